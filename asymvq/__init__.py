@@ -1,0 +1,33 @@
+"""asymvq: Stable Diffusion 1.x inpainting and text-to-image with the Asymmetric
+VQGAN decoder, on a C core built on oneDNN.
+
+Thread control: :func:`set_num_threads` / :func:`get_num_threads` set the
+threads used by oneDNN and asymvq's own OpenMP kernels together.
+"""
+from __future__ import annotations
+
+from ._loader import preload_onednn as _preload_onednn
+
+_preload_onednn()
+
+from . import _core  # noqa: E402
+
+__version__: str = _core.__version__
+
+
+def info() -> dict:
+    """asymvq version, oneDNN version, the CPU ISA oneDNN dispatches to, threads."""
+    return dict(_core.info())
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for every later compute call (oneDNN and OpenMP kernels)."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads used by compute calls."""
+    return int(_core.get_num_threads())
+
+
+__all__ = ["__version__", "info", "set_num_threads", "get_num_threads"]

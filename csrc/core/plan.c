@@ -1,0 +1,279 @@
+#include "plan.h"
+
+#include <stdlib.h>
+
+#include "engine.h"
+
+enum { PLAN_EMPTY = 0, PLAN_BUILDING, PLAN_BUILT, PLAN_RUNNING };
+
+typedef struct span {
+    int64_t off, size;
+} span;
+
+struct avq_plan {
+    int state;
+    dnnl_engine_t engine; /* borrowed global */
+    dnnl_stream_t stream; /* owned */
+
+    avq_step *steps; /* owned */
+    size_t nsteps, cap_steps, cursor;
+
+    span *live; /* arena blocks alive now, sorted by offset */
+    size_t nlive, cap_live;
+    int64_t peak;
+    int64_t *alloc_log; /* offsets handed out while building; a run must match */
+    size_t nlog, cap_log, log_cursor;
+
+    void *arena; /* owned, peak bytes */
+    size_t arena_bytes;
+    void *scratch; /* owned */
+    size_t scratch_bytes;
+
+    const volatile int *abort_flag; /* borrowed */
+};
+
+#define ARENA_ALIGN 64
+
+avq_status avq_plan_create(avq_plan **out) {
+    avq_plan *p = calloc(1, sizeof *p);
+    if (!p) return avq_error(AVQ_ERR_MEMORY, "out of memory creating a plan");
+    avq_status st = avq_engine_get(&p->engine);
+    if (st == AVQ_OK && dnnl_stream_create(&p->stream, p->engine, dnnl_stream_default_flags) != dnnl_success)
+        st = avq_error(AVQ_ERR_DNNL, "cannot create a oneDNN stream");
+    if (st != AVQ_OK) {
+        free(p);
+        return st;
+    }
+    *out = p;
+    return AVQ_OK;
+}
+
+static void free_steps(avq_plan *p) {
+    for (size_t i = 0; i < p->nsteps; i++) {
+        avq_step *s = &p->steps[i];
+        for (int a = 0; a < s->nargs; a++)
+            if (s->owned[a] && s->args[a].memory) dnnl_memory_destroy(s->args[a].memory);
+        if (s->prim) dnnl_primitive_destroy(s->prim);
+    }
+    free(p->steps);
+    p->steps = NULL;
+    p->nsteps = p->cap_steps = p->cursor = 0;
+}
+
+static void reset(avq_plan *p) {
+    free_steps(p);
+    free(p->arena);
+    free(p->scratch);
+    free(p->alloc_log);
+    p->arena = p->scratch = NULL;
+    p->alloc_log = NULL;
+    p->arena_bytes = p->scratch_bytes = 0;
+    p->nlog = p->cap_log = p->log_cursor = 0;
+    p->nlive = 0;
+    p->peak = 0;
+    p->state = PLAN_EMPTY;
+}
+
+void avq_plan_destroy(avq_plan *p) {
+    if (!p) return;
+    reset(p);
+    free(p->live);
+    if (p->stream) dnnl_stream_destroy(p->stream);
+    free(p);
+}
+
+int avq_plan_building(const avq_plan *p) { return p->state == PLAN_BUILDING; }
+int avq_plan_built(const avq_plan *p) { return p->state == PLAN_BUILT || p->state == PLAN_RUNNING; }
+size_t avq_plan_arena_bytes(const avq_plan *p) { return p->arena_bytes; }
+size_t avq_plan_scratch_bytes(const avq_plan *p) { return p->scratch_bytes; }
+size_t avq_plan_num_steps(const avq_plan *p) { return p->nsteps; }
+dnnl_engine_t avq_plan_engine(const avq_plan *p) { return p->engine; }
+
+void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag) { p->abort_flag = flag; }
+int avq_plan_aborted(const avq_plan *p) { return p->abort_flag && *p->abort_flag; }
+
+static void *aligned(size_t bytes) {
+    if (bytes == 0) bytes = ARENA_ALIGN;
+    bytes = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    return aligned_alloc(ARENA_ALIGN, bytes);
+}
+
+static avq_status finish_build(avq_plan *p) {
+    if (p->nlive != 0) return avq_error(AVQ_ERR_INTERNAL, "plan build leaked %zu arena tensors", p->nlive);
+    p->arena_bytes = (size_t)p->peak;
+    p->arena = aligned(p->arena_bytes);
+    p->scratch = aligned(p->scratch_bytes);
+    if (!p->arena || !p->scratch)
+        return avq_error(AVQ_ERR_MEMORY, "cannot allocate %zu bytes of activations", p->arena_bytes + p->scratch_bytes);
+    p->state = PLAN_BUILT;
+    return AVQ_OK;
+}
+
+avq_status avq_plan_run(avq_plan *p, avq_forward_fn fn, void *ctx) {
+    avq_threads_enter();
+    if (p->state == PLAN_EMPTY) {
+        p->state = PLAN_BUILDING;
+        p->nlive = 0;
+        avq_status st = fn(p, ctx);
+        if (st == AVQ_OK) st = finish_build(p);
+        if (st != AVQ_OK) {
+            reset(p);
+            return st;
+        }
+    }
+    if (p->state != PLAN_BUILT) return avq_error(AVQ_ERR_INTERNAL, "plan is in use by another run");
+    p->state = PLAN_RUNNING;
+    p->cursor = 0;
+    p->log_cursor = 0;
+    p->nlive = 0;
+    avq_status st = fn(p, ctx);
+    if (st == AVQ_OK && p->cursor != p->nsteps)
+        st = avq_error(AVQ_ERR_INTERNAL, "run executed %zu of %zu planned steps", p->cursor, p->nsteps);
+    p->state = PLAN_BUILT;
+    return st;
+}
+
+/* First fit over the gaps between live blocks: deterministic, so the build
+ * and every run hand out identical offsets for the same sequence. */
+avq_status avq_plan_alloc(avq_plan *p, avq_tensor *t) {
+    int64_t size = (int64_t)((avq_tensor_bytes(t) + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN);
+    if (size == 0) size = ARENA_ALIGN;
+    if (p->state != PLAN_BUILDING && p->state != PLAN_RUNNING)
+        return avq_error(AVQ_ERR_INTERNAL, "arena allocation outside a plan pass");
+    int64_t off = 0;
+    size_t pos = 0;
+    for (; pos < p->nlive; pos++) {
+        if (p->live[pos].off - off >= size) break;
+        off = p->live[pos].off + p->live[pos].size;
+    }
+    if (p->nlive == p->cap_live) {
+        if (p->state == PLAN_RUNNING) return avq_error(AVQ_ERR_INTERNAL, "arena replay diverged");
+        size_t cap = p->cap_live ? 2 * p->cap_live : 64;
+        span *nl = realloc(p->live, cap * sizeof *nl);
+        if (!nl) return avq_error(AVQ_ERR_MEMORY, "out of memory planning activations");
+        p->live = nl;
+        p->cap_live = cap;
+    }
+    memmove(&p->live[pos + 1], &p->live[pos], (p->nlive - pos) * sizeof(span));
+    p->live[pos].off = off;
+    p->live[pos].size = size;
+    p->nlive++;
+    if (off + size > p->peak) p->peak = off + size;
+    t->arena_off = off;
+    if (p->state == PLAN_BUILDING) {
+        if (p->nlog == p->cap_log) {
+            size_t cap = p->cap_log ? 2 * p->cap_log : 256;
+            int64_t *nl = realloc(p->alloc_log, cap * sizeof *nl);
+            if (!nl) return avq_error(AVQ_ERR_MEMORY, "out of memory planning activations");
+            p->alloc_log = nl;
+            p->cap_log = cap;
+        }
+        p->alloc_log[p->nlog++] = off;
+        t->data = NULL;
+    } else {
+        if (p->log_cursor >= p->nlog || p->alloc_log[p->log_cursor] != off)
+            return avq_error(AVQ_ERR_INTERNAL, "arena replay diverged from the build");
+        p->log_cursor++;
+        t->data = (char *)p->arena + off;
+    }
+    return AVQ_OK;
+}
+
+void avq_plan_release(avq_plan *p, avq_tensor *t) {
+    if (t->arena_off < 0) return;
+    for (size_t i = 0; i < p->nlive; i++) {
+        if (p->live[i].off == t->arena_off) {
+            memmove(&p->live[i], &p->live[i + 1], (p->nlive - i - 1) * sizeof(span));
+            p->nlive--;
+            break;
+        }
+    }
+    t->arena_off = -1;
+    t->data = NULL;
+}
+
+avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout layout, int ndim,
+                           const int64_t *dims) {
+    *t = avq_tensor_make(dt, layout, ndim, dims);
+    return avq_plan_alloc(p, t);
+}
+
+avq_status avq_plan_step(avq_plan *p, int kind, avq_step **out) {
+    if (p->state == PLAN_BUILDING) {
+        if (p->nsteps == p->cap_steps) {
+            size_t cap = p->cap_steps ? 2 * p->cap_steps : 64;
+            avq_step *ns = realloc(p->steps, cap * sizeof *ns);
+            if (!ns) return avq_error(AVQ_ERR_MEMORY, "out of memory building a plan");
+            p->steps = ns;
+            p->cap_steps = cap;
+        }
+        avq_step *s = &p->steps[p->nsteps++];
+        memset(s, 0, sizeof *s);
+        s->kind = kind;
+        *out = s;
+        return AVQ_OK;
+    }
+    if (p->state != PLAN_RUNNING) return avq_error(AVQ_ERR_INTERNAL, "op called outside a plan pass");
+    if (p->cursor >= p->nsteps || p->steps[p->cursor].kind != kind)
+        return avq_error(AVQ_ERR_INTERNAL, "plan replay diverged at step %zu", p->cursor);
+    *out = &p->steps[p->cursor++];
+    return AVQ_OK;
+}
+
+avq_status avq_step_arg(avq_step *s, int arg, const_dnnl_memory_desc_t md) {
+    if (s->nargs >= AVQ_STEP_MAX_ARGS) return avq_error(AVQ_ERR_INTERNAL, "too many step arguments");
+    dnnl_engine_t eng;
+    AVQ_TRY(avq_engine_get(&eng));
+    dnnl_memory_t m;
+    if (dnnl_memory_create(&m, md, eng, DNNL_MEMORY_NONE) != dnnl_success)
+        return avq_error(AVQ_ERR_DNNL, "cannot create a oneDNN memory object");
+    s->args[s->nargs].arg = arg;
+    s->args[s->nargs].memory = m;
+    s->owned[s->nargs] = 1;
+    s->nargs++;
+    return AVQ_OK;
+}
+
+avq_status avq_step_arg_fixed(avq_step *s, int arg, dnnl_memory_t mem) {
+    if (s->nargs >= AVQ_STEP_MAX_ARGS) return avq_error(AVQ_ERR_INTERNAL, "too many step arguments");
+    s->args[s->nargs].arg = arg;
+    s->args[s->nargs].memory = mem;
+    s->owned[s->nargs] = 0;
+    s->nargs++;
+    return AVQ_OK;
+}
+
+avq_status avq_step_set_primitive(avq_plan *p, avq_step *s, dnnl_primitive_desc_t pd) {
+    avq_status st = AVQ_OK;
+    const_dnnl_memory_desc_t smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    size_t sbytes = smd ? dnnl_memory_desc_get_size(smd) : 0;
+    if (dnnl_primitive_create(&s->prim, pd) != dnnl_success) {
+        st = avq_error(AVQ_ERR_DNNL, "cannot create a oneDNN primitive");
+    } else if (sbytes > 0) {
+        if (sbytes > p->scratch_bytes) p->scratch_bytes = sbytes;
+        st = avq_step_arg(s, DNNL_ARG_SCRATCHPAD, smd);
+    }
+    dnnl_primitive_desc_destroy(pd);
+    return st;
+}
+
+avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nhandles) {
+    int h = 0;
+    for (int a = 0; a < s->nargs; a++) {
+        if (!s->owned[a]) continue;
+        void *ptr;
+        if (s->args[a].arg == DNNL_ARG_SCRATCHPAD)
+            ptr = p->scratch;
+        else if (h < nhandles)
+            ptr = handles[h++];
+        else
+            return avq_error(AVQ_ERR_INTERNAL, "step is missing a data handle");
+        if (!ptr) continue;
+        if (dnnl_memory_set_data_handle(s->args[a].memory, ptr) != dnnl_success)
+            return avq_error(AVQ_ERR_DNNL, "cannot bind a buffer to a oneDNN memory object");
+    }
+    if (dnnl_primitive_execute(s->prim, p->stream, s->nargs, s->args) != dnnl_success ||
+        dnnl_stream_wait(p->stream) != dnnl_success)
+        return avq_error(AVQ_ERR_DNNL, "oneDNN primitive execution failed");
+    return AVQ_OK;
+}

@@ -1,0 +1,69 @@
+/* Plans: everything a forward needs for one input shape, built once.
+ *
+ * A model's forward function is written once and run in two modes. The first
+ * call builds: each oneDNN op creates its primitive and memory objects and
+ * appends a step; activations get arena offsets from a deterministic first-fit
+ * allocator, so the arena's peak is measured. Later calls run: the same code
+ * walks the recorded steps in order, the same allocation sequence yields the
+ * same offsets inside one arena allocated at the end of the build, and nothing
+ * is created or allocated. One user-mode scratchpad per plan lets a plan run
+ * on any thread (the GIL is released around compute). */
+#ifndef AVQ_PLAN_H
+#define AVQ_PLAN_H
+
+#include "tensor.h"
+
+#define AVQ_STEP_MAX_ARGS 10
+
+typedef struct avq_step {
+    int kind; /* op tag: a run must replay the build's sequence exactly */
+    dnnl_primitive_t prim;
+    int nargs;
+    dnnl_exec_arg_t args[AVQ_STEP_MAX_ARGS];
+    unsigned char owned[AVQ_STEP_MAX_ARGS]; /* memory objects this step destroys */
+    int64_t iaux[6];                         /* op-private integers */
+} avq_step;
+
+typedef struct avq_plan avq_plan;
+
+avq_status avq_plan_create(avq_plan **out);
+void avq_plan_destroy(avq_plan *p);
+
+int avq_plan_building(const avq_plan *p);
+int avq_plan_built(const avq_plan *p);
+size_t avq_plan_arena_bytes(const avq_plan *p);
+size_t avq_plan_scratch_bytes(const avq_plan *p);
+size_t avq_plan_num_steps(const avq_plan *p);
+
+/* The cooperative abort flag, polled between sampler steps (borrowed). */
+void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag);
+int avq_plan_aborted(const avq_plan *p);
+
+typedef avq_status (*avq_forward_fn)(avq_plan *p, void *ctx);
+/* Builds on first use, then runs `fn`. A failed build leaves the plan empty. */
+avq_status avq_plan_run(avq_plan *p, avq_forward_fn fn, void *ctx);
+
+/* Arena tensors: fill dtype/layout/dims, then alloc; release when dead. */
+avq_status avq_plan_alloc(avq_plan *p, avq_tensor *t);
+void avq_plan_release(avq_plan *p, avq_tensor *t);
+/* Convenience: make + alloc. */
+avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout layout, int ndim,
+                           const int64_t *dims);
+
+/* Steps for oneDNN ops. Build: appends a step of `kind`. Run: returns the
+ * next step, checking it has that kind. */
+avq_status avq_plan_step(avq_plan *p, int kind, avq_step **out);
+/* Creates the primitive from `pd` (takes ownership of pd) and wires the
+ * plan's scratchpad into the step. */
+avq_status avq_step_set_primitive(avq_plan *p, avq_step *s, dnnl_primitive_desc_t pd);
+/* An argument whose data handle is set at every run (activations). */
+avq_status avq_step_arg(avq_step *s, int arg, const_dnnl_memory_desc_t md);
+/* An argument bound once (packed weights; not owned). */
+avq_status avq_step_arg_fixed(avq_step *s, int arg, dnnl_memory_t mem);
+/* Sets the handles of the per-run arguments (in the order they were added,
+ * NULL entries skip) and executes. */
+avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nhandles);
+
+dnnl_engine_t avq_plan_engine(const avq_plan *p);
+
+#endif

@@ -1,0 +1,127 @@
+#include "weight.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "engine.h"
+
+void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data) {
+    memset(w, 0, sizeof *w);
+    w->name = name;
+    w->dtype = dt;
+    w->ndim = ndim;
+    for (int i = 0; i < ndim && i < 4; i++) w->dims[i] = dims[i];
+    w->data = data;
+}
+
+avq_weight avq_weight_rows(const avq_weight *w, int64_t r0, int64_t n) {
+    avq_weight v = *w;
+    int64_t row = 1;
+    for (int i = 1; i < w->ndim; i++) row *= w->dims[i];
+    v.dims[0] = n;
+    v.data = (const char *)w->data + (size_t)(r0 * row) * avq_dtype_size(w->dtype);
+    v.packed = NULL;
+    return v;
+}
+
+int64_t avq_weight_numel(const avq_weight *w) {
+    int64_t n = 1;
+    for (int i = 0; i < w->ndim; i++) n *= w->dims[i];
+    return n;
+}
+
+void avq_weight_release(avq_weight *w) {
+    avq_packed *p = w->packed;
+    while (p) {
+        avq_packed *next = p->next;
+        dnnl_memory_destroy(p->mem);
+        dnnl_memory_desc_destroy(p->md);
+        free(p);
+        p = next;
+    }
+    w->packed = NULL;
+}
+
+static avq_status reorder(dnnl_engine_t eng, const_dnnl_memory_desc_t src_md, const void *src,
+                          dnnl_memory_t dst) {
+    dnnl_memory_t src_mem = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_stream_t stream = NULL;
+    const_dnnl_memory_desc_t dst_md;
+    avq_status st = AVQ_OK;
+    dnnl_memory_get_memory_desc(dst, &dst_md);
+    if (dnnl_memory_create(&src_mem, src_md, eng, (void *)src) != dnnl_success ||
+        dnnl_reorder_primitive_desc_create(&pd, src_md, eng, dst_md, eng, NULL) != dnnl_success ||
+        dnnl_primitive_create(&prim, pd) != dnnl_success || dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) != dnnl_success) {
+        st = avq_error(AVQ_ERR_DNNL, "cannot create a weight reorder");
+        goto done;
+    }
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src_mem}, {DNNL_ARG_TO, dst}};
+    if (dnnl_primitive_execute(prim, stream, 2, args) != dnnl_success || dnnl_stream_wait(stream) != dnnl_success)
+        st = avq_error(AVQ_ERR_DNNL, "weight reorder failed");
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (prim) dnnl_primitive_destroy(prim);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (src_mem) dnnl_memory_destroy(src_mem);
+    return st;
+}
+
+avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t want,
+                             dnnl_memory_t *out) {
+    dnnl_engine_t eng;
+    AVQ_TRY(avq_engine_get(&eng));
+    if (!w->data) return avq_error(AVQ_ERR_INTERNAL, "weight %s has no data", w->name ? w->name : "?");
+    avq_status st = AVQ_OK;
+    avq_pack_lock();
+    for (avq_packed *p = w->packed; p; p = p->next) {
+        if (dnnl_memory_desc_equal(p->md, want)) {
+            *out = p->mem;
+            goto done;
+        }
+    }
+    avq_packed *p = calloc(1, sizeof *p);
+    if (!p) {
+        st = avq_error(AVQ_ERR_MEMORY, "out of memory packing %s", w->name);
+        goto done;
+    }
+    if (dnnl_memory_desc_clone(&p->md, want) != dnnl_success ||
+        dnnl_memory_create(&p->mem, p->md, eng, DNNL_MEMORY_ALLOCATE) != dnnl_success) {
+        if (p->md) dnnl_memory_desc_destroy(p->md);
+        free(p);
+        st = avq_error(AVQ_ERR_MEMORY, "cannot allocate the packed copy of %s", w->name);
+        goto done;
+    }
+    st = reorder(eng, src, w->data, p->mem);
+    if (st != AVQ_OK) {
+        dnnl_memory_destroy(p->mem);
+        dnnl_memory_desc_destroy(p->md);
+        free(p);
+        goto done;
+    }
+    p->next = w->packed;
+    w->packed = p;
+    *out = p->mem;
+done:
+    avq_pack_unlock();
+    return st;
+}
+
+avq_status avq_weight_expect(const avq_weight *w, int ndim, const int64_t *dims) {
+    int ok = w->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = w->dims[i] == dims[i];
+    if (ok) return AVQ_OK;
+    char got[128], want[128];
+    size_t k = 0;
+    k += (size_t)snprintf(got + k, sizeof got - k, "[");
+    for (int i = 0; i < w->ndim && k < sizeof got; i++)
+        k += (size_t)snprintf(got + k, sizeof got - k, i ? ", %lld" : "%lld", (long long)w->dims[i]);
+    if (k < sizeof got) snprintf(got + k, sizeof got - k, "]");
+    k = 0;
+    k += (size_t)snprintf(want + k, sizeof want - k, "[");
+    for (int i = 0; i < ndim && k < sizeof want; i++)
+        k += (size_t)snprintf(want + k, sizeof want - k, i ? ", %lld" : "%lld", (long long)dims[i]);
+    if (k < sizeof want) snprintf(want + k, sizeof want - k, "]");
+    return avq_error(AVQ_ERR_SHAPE, "weight %s has shape %s, expected %s", w->name ? w->name : "?", got, want);
+}

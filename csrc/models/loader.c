@@ -1,0 +1,78 @@
+#include "loader.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+void avq_weight_set_init(avq_weight_set *ws, const avq_weight_source *src, const char *prefix) {
+    memset(ws, 0, sizeof *ws);
+    ws->src = src;
+    ws->prefix = prefix ? prefix : "";
+}
+
+static void note(avq_weight_set *ws, const char *line) {
+    size_t add = strlen(line) + 1;
+    char *e = realloc(ws->errors, ws->errors_len + add + 1);
+    if (!e) return;
+    ws->errors = e;
+    memcpy(ws->errors + ws->errors_len, line, add - 1);
+    ws->errors[ws->errors_len + add - 1] = '\n';
+    ws->errors_len += add;
+    ws->errors[ws->errors_len] = '\0';
+    ws->nerrors++;
+}
+
+avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, const char *fmt, ...) {
+    char suffix[256], name[320], msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(suffix, sizeof suffix, fmt, ap);
+    va_end(ap);
+    snprintf(name, sizeof name, "%s%s", ws->prefix, suffix);
+    if (ws->n == ws->cap) {
+        size_t cap = ws->cap ? 2 * ws->cap : 128;
+        avq_weight **na = realloc(ws->all, cap * sizeof *na);
+        if (!na) return NULL;
+        ws->all = na;
+        ws->cap = cap;
+    }
+    avq_weight *w = calloc(1, sizeof *w + strlen(name) + 1);
+    if (!w) return NULL;
+    char *owned = (char *)(w + 1);
+    strcpy(owned, name);
+    avq_weight_init(w, owned, AVQ_F32, ndim, dims, NULL);
+    msg[0] = '\0';
+    if (!ws->src || ws->src->get(ws->src->ctx, owned, ndim, dims, w, msg, sizeof msg) != 0) {
+        avq_weight_init(w, owned, AVQ_F32, ndim, dims, NULL);
+        char line[640];
+        snprintf(line, sizeof line, "  %s: %s", owned, msg[0] ? msg : "missing");
+        note(ws, line);
+    }
+    w->name = owned;
+    ws->all[ws->n++] = w;
+    return w;
+}
+
+avq_status avq_weight_set_finish(avq_weight_set *ws, const char *model) {
+    ws->src = NULL;
+    ws->prefix = NULL;
+    if (ws->nerrors == 0) return AVQ_OK;
+    return avq_error(AVQ_ERR_IO, "%s: %zu weight problem%s:\n%s", model, ws->nerrors, ws->nerrors == 1 ? "" : "s",
+                     ws->errors ? ws->errors : "");
+}
+
+void avq_weight_set_free(avq_weight_set *ws) {
+    for (size_t i = 0; i < ws->n; i++) {
+        avq_weight_release(ws->all[i]);
+        free(ws->all[i]);
+    }
+    free(ws->all);
+    free(ws->errors);
+    memset(ws, 0, sizeof *ws);
+}
+
+int64_t avq_weight_set_numel(const avq_weight_set *ws) {
+    int64_t n = 0;
+    for (size_t i = 0; i < ws->n; i++) n += avq_weight_numel(ws->all[i]);
+    return n;
+}

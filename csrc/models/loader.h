@@ -1,0 +1,42 @@
+/* How models get their weights: by checkpoint name, from a source the caller
+ * provides (the binding looks names up in the checked state dict). Every
+ * failed lookup is recorded and reported together, so a model with five
+ * mismatched tensors fails once with five lines. */
+#ifndef AVQ_LOADER_H
+#define AVQ_LOADER_H
+
+#include "core/weight.h"
+
+typedef struct avq_weight_source {
+    void *ctx;
+    /* Fills *w (name left to the caller, data borrowed) for `name` with exactly
+     * `dims`. Returns 0 on success; otherwise nonzero, and writes why into msg. */
+    int (*get)(void *ctx, const char *name, int ndim, const int64_t *dims, avq_weight *w, char *msg, size_t msg_len);
+} avq_weight_source;
+
+/* The weights a model holds: owned names, borrowed data, owned packed copies. */
+typedef struct avq_weight_set {
+    const avq_weight_source *src; /* borrowed, only during model creation */
+    const char *prefix;           /* borrowed, only during model creation */
+    avq_weight **all;             /* owned list of owned weights */
+    size_t n, cap;
+    char *errors; /* owned: accumulated problems, one per line */
+    size_t errors_len, nerrors;
+} avq_weight_set;
+
+void avq_weight_set_init(avq_weight_set *ws, const avq_weight_source *src, const char *prefix);
+/* Looks up prefix + printf(fmt, ...) with the given dims; returns a weight
+ * owned by the set (never NULL unless out of memory; on a failed lookup the
+ * problem is recorded and a placeholder without data is returned). */
+avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* After all lookups: AVQ_OK, or AVQ_ERR_IO listing every problem. */
+avq_status avq_weight_set_finish(avq_weight_set *ws, const char *model);
+void avq_weight_set_free(avq_weight_set *ws);
+/* Number of parameters held (for repr and parity with the tables). */
+int64_t avq_weight_set_numel(const avq_weight_set *ws);
+
+#define AVQ_DIMS(...) ((const int64_t[]){__VA_ARGS__})
+/* avq_weight_get(ws, 4, AVQ_DIMS(512, 4, 3, 3), "decoder.up.%d.block.%d.conv1.weight", L, b) */
+
+#endif

@@ -1,0 +1,94 @@
+/* Ops: the layers every model is made of, forward only, fp32 and bf16.
+ *
+ * Each op is called inside a plan pass (core/plan.h): while building it creates
+ * and records its oneDNN primitive (or nothing, for the OpenMP kernels); while
+ * running it executes. Outputs are tensors the caller allocated, so the caller
+ * decides lifetimes. Activations are NHWC 4-D or plain [rows, features] tensors;
+ * logical shapes follow PyTorch ([N, C, H, W], [B, tokens, features]). */
+#ifndef AVQ_OPS_H
+#define AVQ_OPS_H
+
+#include "../core/plan.h"
+#include "../core/weight.h"
+
+typedef enum avq_act {
+    AVQ_ACT_NONE = 0,
+    AVQ_ACT_RELU,
+    AVQ_ACT_SILU,       /* x * sigmoid(x) */
+    AVQ_ACT_GELU,       /* exact erf form */
+    AVQ_ACT_QUICK_GELU  /* x * sigmoid(1.702 x) */
+} avq_act;
+
+/* Step kinds (a run replays the build's sequence). */
+enum { AVQ_STEP_CONV = 1, AVQ_STEP_MATMUL, AVQ_STEP_REORDER, AVQ_STEP_SOFTMAX, AVQ_STEP_ATTN_QK, AVQ_STEP_ATTN_PV };
+
+typedef struct avq_conv_params {
+    int stride_h, stride_w;
+    int pad_t, pad_l, pad_b, pad_r; /* the VAE downsampler uses (0, 0, 1, 1) */
+    avq_act act;
+    const avq_tensor *add; /* optional, added after act: dst's shape, or [N, C, 1, 1] */
+} avq_conv_params;
+
+/* Symmetric padding p, stride s, no activation, no add. */
+avq_conv_params avq_conv_simple(int stride, int pad);
+avq_status avq_conv2d_out_size(const avq_tensor *x, const avq_weight *w, const avq_conv_params *prm, int64_t *oh,
+                               int64_t *ow);
+/* y = act(conv(x, w) + b) + add. x, y NHWC; w [O, I, kh, kw]; b [O] or NULL. */
+avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
+                      const avq_conv_params *prm);
+
+/* y = act(x W^T + b) * mul + add over rows: x [rows, K], w [N, K], y [rows, N];
+ * mul/add optional, y's shape. 4-D NHWC tensors count as [N*H*W, C]. */
+avq_status avq_linear(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y, avq_act act,
+                      const avq_tensor *mul, const avq_tensor *add);
+
+/* Batched c = alpha * a @ b (b transposed if trans_b): a [B, M, K], b [B, K, N]
+ * or [B, N, K], c [B, M, N]; plain tensors. */
+avq_status avq_matmul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *c, int trans_b, float alpha);
+
+/* Softmax over the last dim (oneDNN primitive). */
+avq_status avq_softmax(avq_plan *p, const avq_tensor *x, avq_tensor *y);
+
+/* Multi-head scaled dot-product attention. q [B, N, C], k and v [B, M, C],
+ * o [B, N, C] (plain, or NHWC 4-D viewed as tokens); heads split C into
+ * consecutive groups. Scores are made tile by tile over queries, so the
+ * B x heads x N x M tensor never exists at once. causal: key j > query i masked. */
+avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v, avq_tensor *o,
+                         int heads, float scale, int causal);
+
+/* GroupNorm over NHWC or [N, C] tensors, fp32 statistics, optional fused SiLU. */
+avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const avq_weight *gamma,
+                          const avq_weight *beta, int groups, float eps, int silu);
+/* LayerNorm over the last dim (features), biased variance, affine. */
+avq_status avq_layer_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const avq_weight *gamma,
+                          const avq_weight *beta, float eps);
+
+avq_status avq_activation(avq_plan *p, const avq_tensor *x, avq_tensor *y, avq_act act);
+/* x [rows, 2F] -> y [rows, F] = x[:, :F] * gelu(x[:, F:]). */
+avq_status avq_geglu(avq_plan *p, const avq_tensor *x, avq_tensor *y);
+
+/* y = a + b and y = a * b; b is a's shape, [N, C, 1, 1] (per channel) or
+ * [N, 1, H, W] (per pixel) for 4-D a. */
+avq_status avq_add(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *y);
+avq_status avq_mul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *y);
+/* y = h * m + f * (1 - m), m [N, 1, H, W] broadcast over channels. */
+avq_status avq_blend(avq_plan *p, const avq_tensor *h, const avq_tensor *f, const avq_tensor *m, avq_tensor *y);
+/* y = concat(a, b) along channels. */
+avq_status avq_concat_channels(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *y);
+avq_status avq_upsample2x(avq_plan *p, const avq_tensor *x, avq_tensor *y);
+/* PyTorch F.interpolate(mode="nearest") to y's size: src = min(floor(dst * (in/out)), in - 1). */
+avq_status avq_resize_nearest(avq_plan *p, const avq_tensor *x, avq_tensor *y);
+/* Sinusoidal embedding, cos first: t [B] f32 -> y [B, dim]. */
+avq_status avq_timestep_embedding(avq_plan *p, const avq_tensor *t, avq_tensor *y, int dim, float max_period);
+/* y[b, i, :] = table[ids[b, i], :] + pos[i, :] (pos optional): ids int32 [B, L]. */
+avq_status avq_embedding(avq_plan *p, const int32_t *ids, const avq_weight *table, const avq_weight *pos,
+                         avq_tensor *y);
+/* Layout and dtype conversion (oneDNN reorder). */
+avq_status avq_reorder(avq_plan *p, const avq_tensor *x, avq_tensor *y);
+/* y = x (same layout & dtype) */
+avq_status avq_copy(avq_plan *p, const avq_tensor *x, avq_tensor *y);
+
+/* Vectorisable float kernels shared by ops and samplers. */
+float avq_expf(float x);
+
+#endif

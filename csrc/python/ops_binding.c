@@ -1,0 +1,663 @@
+/* asymvq._core.ops: every op callable on NumPy arrays, for tests and
+ * benchmarks (private API). Inputs are float32 in PyTorch's layouts; each call
+ * builds a one-op plan that converts them to the internal layout and
+ * precision, runs the op with the GIL released, and converts the result back.
+ * Calling the same function twice builds twice: plans are for models. */
+#include <math.h>
+
+#include "common.h"
+
+#define MAX_IN 6
+
+typedef struct op_call op_call;
+typedef avq_status (*op_body)(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out);
+
+struct op_call {
+    int nin;
+    avq_tensor ext[MAX_IN];
+    int keep[MAX_IN]; /* 1: hand the f32 array to the op as is */
+    avq_tensor out_ext;
+    avq_dtype dt;
+    op_body body;
+    avq_weight w[3];
+    int nw;
+    /* op parameters */
+    avq_conv_params conv;
+    avq_act act;
+    int i0, i1, i2;
+    float f0, f1;
+};
+
+static avq_layout internal_layout(const avq_tensor *t) { return t->ndim == 4 ? AVQ_NHWC : AVQ_PLAIN; }
+
+static avq_status op_forward(avq_plan *p, void *ctx) {
+    op_call *c = ctx;
+    avq_tensor in[MAX_IN], out;
+    avq_status st = AVQ_OK;
+    int made = 0;
+    for (; made < c->nin && st == AVQ_OK; made++) {
+        if (c->keep[made]) {
+            in[made] = c->ext[made];
+            continue;
+        }
+        st = avq_plan_tensor(p, &in[made], c->dt, internal_layout(&c->ext[made]), c->ext[made].ndim, c->ext[made].dims);
+        if (st == AVQ_OK) st = avq_reorder(p, &c->ext[made], &in[made]);
+    }
+    if (st != AVQ_OK) return st;
+    AVQ_TRY(avq_plan_tensor(p, &out, c->dt, internal_layout(&c->out_ext), c->out_ext.ndim, c->out_ext.dims));
+    AVQ_TRY(c->body(p, c, in, &out));
+    AVQ_TRY(avq_reorder(p, &out, &c->out_ext));
+    avq_plan_release(p, &out);
+    for (int i = c->nin - 1; i >= 0; i--)
+        if (!c->keep[i]) avq_plan_release(p, &in[i]);
+    return AVQ_OK;
+}
+
+/* Runs the call into a new float32 array of out_dims. Steals the array refs. */
+static PyObject *run(op_call *c, PyArrayObject **arrays, int narrays, int out_nd, const int64_t *out_dims) {
+    npy_intp od[AVQ_MAX_DIMS];
+    for (int i = 0; i < out_nd; i++) od[i] = (npy_intp)out_dims[i];
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(out_nd, od, NPY_FLOAT32);
+    PyObject *ret = NULL;
+    avq_plan *plan = NULL;
+    avq_status st;
+    if (!out) goto done;
+    c->out_ext = avq_py_tensor(out);
+    st = avq_plan_create(&plan);
+    if (st == AVQ_OK) {
+        Py_BEGIN_ALLOW_THREADS st = avq_plan_run(plan, op_forward, c);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != AVQ_OK) {
+        avq_py_raise(st);
+        goto done;
+    }
+    ret = (PyObject *)out;
+    out = NULL;
+done:
+    avq_plan_destroy(plan);
+    for (int i = 0; i < c->nw; i++) avq_weight_release(&c->w[i]);
+    Py_XDECREF(out);
+    for (int i = 0; i < narrays; i++) Py_XDECREF(arrays[i]);
+    return ret;
+}
+
+static int add_input(op_call *c, PyArrayObject *a, int keep) {
+    c->ext[c->nin] = avq_py_tensor(a);
+    c->keep[c->nin] = keep;
+    return c->nin++;
+}
+
+static int parse_act(PyObject *o, avq_act *act) {
+    if (!o || o == Py_None) {
+        *act = AVQ_ACT_NONE;
+        return 0;
+    }
+    const char *names[] = {"none", "relu", "silu", "gelu", "quick_gelu"};
+    if (PyUnicode_Check(o))
+        for (int i = 0; i < 5; i++)
+            if (PyUnicode_CompareWithASCIIString(o, names[i]) == 0) {
+                *act = (avq_act)i;
+                return 0;
+            }
+    PyErr_Format(PyExc_ValueError, "activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got %R", o);
+    return -1;
+}
+
+static int shape_eq(PyArrayObject *a, int nd, const npy_intp *d) {
+    if (PyArray_NDIM(a) != nd) return 0;
+    for (int i = 0; i < nd; i++)
+        if (PyArray_DIM(a, i) != d[i]) return 0;
+    return 1;
+}
+
+static void dims_of(PyArrayObject *a, int64_t *d) {
+    for (int i = 0; i < PyArray_NDIM(a); i++) d[i] = PyArray_DIM(a, i);
+}
+
+/* ---- conv2d ---- */
+
+static avq_status body_conv(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    avq_conv_params prm = c->conv;
+    prm.add = c->nin > 1 ? &in[1] : NULL;
+    return avq_conv2d(p, &c->w[0], c->nw > 1 ? &c->w[1] : NULL, &in[0], out, &prm);
+}
+
+static int parse_pair_or_quad(PyObject *o, const char *name, int *vals, int n4) {
+    /* int -> all; (a, b) -> (a, b, a, b); (t, l, b, r) */
+    if (PyLong_Check(o)) {
+        long v = PyLong_AsLong(o);
+        for (int i = 0; i < n4; i++) vals[i] = (int)v;
+        return 0;
+    }
+    if (PyTuple_Check(o) || PyList_Check(o)) {
+        Py_ssize_t n = PySequence_Size(o);
+        if (n == 2 || (n == 4 && n4 == 4)) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyObject *it = PySequence_GetItem(o, i);
+                long v = it ? PyLong_AsLong(it) : -1;
+                Py_XDECREF(it);
+                if (PyErr_Occurred()) return -1;
+                vals[i] = (int)v;
+            }
+            if (n == 2 && n4 == 4) {
+                vals[2] = vals[0];
+                vals[3] = vals[1];
+            }
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "%s must be an int, a pair%s; got %R", name, n4 == 4 ? " or (top, left, bottom, right)" : "", o);
+    return -1;
+}
+
+static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"x", "weight", "bias", "stride", "padding", "activation", "residual", "precision", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL, *ao = Py_None, *ro = Py_None, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOO", kwl, &xo, &wo, &bo, &so, &po, &ao, &ro, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    int stride[2] = {1, 1}, pad[4] = {0, 0, 0, 0};
+    if (avq_py_precision(pr, &c.dt) < 0 || parse_act(ao, &c.act) < 0) return NULL;
+    if (so && parse_pair_or_quad(so, "stride", stride, 2) < 0) return NULL;
+    if (po && parse_pair_or_quad(po, "padding", pad, 4) < 0) return NULL;
+    PyArrayObject *arr[4] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(xo, "x", 4, 4)) || !(arr[na++] = avq_py_f32(wo, "weight", 4, 4))) goto fail;
+    if (bo != Py_None && !(arr[na++] = avq_py_f32(bo, "bias", 1, 1))) goto fail;
+    if (ro != Py_None && !(arr[na++] = avq_py_f32(ro, "residual", 4, 4))) goto fail;
+    PyArrayObject *x = arr[0], *w = arr[1];
+    if (PyArray_DIM(x, 1) != PyArray_DIM(w, 1)) {
+        PyErr_Format(PyExc_ValueError, "x has %zd channels but weight expects %zd (weight shape [O, I, kh, kw])",
+                     (Py_ssize_t)PyArray_DIM(x, 1), (Py_ssize_t)PyArray_DIM(w, 1));
+        goto fail;
+    }
+    c.conv = (avq_conv_params){stride[0], stride[1], pad[0], pad[1], pad[2], pad[3], c.act, NULL};
+    c.w[c.nw++] = avq_py_weight(w, "weight");
+    if (bo != Py_None) c.w[c.nw++] = avq_py_weight(arr[2], "bias");
+    add_input(&c, x, 0);
+    avq_tensor xt = avq_py_tensor(x);
+    int64_t oh, ow;
+    avq_status st = avq_conv2d_out_size(&xt, &c.w[0], &c.conv, &oh, &ow);
+    if (st != AVQ_OK) {
+        avq_py_raise(st);
+        goto fail;
+    }
+    int64_t od[4] = {PyArray_DIM(x, 0), PyArray_DIM(w, 0), oh, ow};
+    if (ro != Py_None) {
+        npy_intp full[4] = {od[0], od[1], od[2], od[3]}, chan[4] = {od[0], od[1], 1, 1};
+        PyArrayObject *r = arr[na - 1];
+        if (!shape_eq(r, 4, full) && !shape_eq(r, 4, chan)) {
+            PyErr_Format(PyExc_ValueError, "residual must have the output shape [%lld, %lld, %lld, %lld] or [N, C, 1, 1]",
+                         (long long)od[0], (long long)od[1], (long long)od[2], (long long)od[3]);
+            goto fail;
+        }
+        add_input(&c, r, 0);
+    }
+    c.body = body_conv;
+    return run(&c, arr, na, 4, od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+/* ---- linear ---- */
+
+static avq_status body_linear(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    const avq_tensor *mul = c->i0 >= 0 ? &in[c->i0] : NULL, *add = c->i1 >= 0 ? &in[c->i1] : NULL;
+    return avq_linear(p, &c->w[0], c->nw > 1 ? &c->w[1] : NULL, &in[0], out, c->act, mul, add);
+}
+
+static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"x", "weight", "bias", "activation", "mul", "add", "precision", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *ao = Py_None, *mo = Py_None, *ado = Py_None, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOO", kwl, &xo, &wo, &bo, &ao, &mo, &ado, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    c.i0 = c.i1 = -1;
+    if (avq_py_precision(pr, &c.dt) < 0 || parse_act(ao, &c.act) < 0) return NULL;
+    PyArrayObject *arr[5] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(xo, "x", 2, 3)) || !(arr[na++] = avq_py_f32(wo, "weight", 2, 2))) goto fail;
+    PyArrayObject *x = arr[0], *w = arr[1];
+    int nd = PyArray_NDIM(x);
+    if (PyArray_DIM(x, nd - 1) != PyArray_DIM(w, 1)) {
+        PyErr_Format(PyExc_ValueError, "x has %zd features but weight [out, in] expects %zd", (Py_ssize_t)PyArray_DIM(x, nd - 1),
+                     (Py_ssize_t)PyArray_DIM(w, 1));
+        goto fail;
+    }
+    c.w[c.nw++] = avq_py_weight(w, "weight");
+    if (bo != Py_None) {
+        if (!(arr[na++] = avq_py_f32(bo, "bias", 1, 1))) goto fail;
+        if (PyArray_DIM(arr[na - 1], 0) != PyArray_DIM(w, 0)) {
+            PyErr_Format(PyExc_ValueError, "bias must have shape [%zd]", (Py_ssize_t)PyArray_DIM(w, 0));
+            goto fail;
+        }
+        c.w[c.nw++] = avq_py_weight(arr[na - 1], "bias");
+    }
+    int64_t od[3];
+    dims_of(x, od);
+    od[nd - 1] = PyArray_DIM(w, 0);
+    npy_intp odn[3] = {od[0], od[1], nd == 3 ? od[2] : 0};
+    add_input(&c, x, 0);
+    PyObject *extra[2] = {mo, ado};
+    const char *ename[2] = {"mul", "add"};
+    for (int i = 0; i < 2; i++) {
+        if (extra[i] == Py_None) continue;
+        if (!(arr[na++] = avq_py_f32(extra[i], ename[i], nd, nd))) goto fail;
+        if (!shape_eq(arr[na - 1], nd, odn)) {
+            PyErr_Format(PyExc_ValueError, "%s must have the output's shape", ename[i]);
+            goto fail;
+        }
+        int idx = add_input(&c, arr[na - 1], 0);
+        if (i == 0) c.i0 = idx; else c.i1 = idx;
+    }
+    c.body = body_linear;
+    return run(&c, arr, na, nd, od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+/* ---- matmul, softmax ---- */
+
+static avq_status body_matmul(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return avq_matmul(p, &in[0], &in[1], out, c->i0, c->f0);
+}
+
+static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"a", "b", "trans_b", "alpha", "precision", NULL};
+    PyObject *ao, *bo, *pr = NULL;
+    int tb = 0;
+    float alpha = 1.f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pfO", kwl, &ao, &bo, &tb, &alpha, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *arr[2] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(ao, "a", 3, 3)) || !(arr[na++] = avq_py_f32(bo, "b", 3, 3))) goto fail;
+    PyArrayObject *a = arr[0], *b = arr[1];
+    npy_intp K = PyArray_DIM(a, 2), Kb = PyArray_DIM(b, tb ? 2 : 1), N = PyArray_DIM(b, tb ? 1 : 2);
+    if (PyArray_DIM(a, 0) != PyArray_DIM(b, 0) || K != Kb) {
+        PyErr_Format(PyExc_ValueError, "matmul: a [B, M, K] and b [B, %s] do not fit", tb ? "N, K" : "K, N");
+        goto fail;
+    }
+    c.i0 = tb;
+    c.f0 = alpha;
+    add_input(&c, a, 0);
+    add_input(&c, b, 0);
+    c.body = body_matmul;
+    int64_t od[3] = {PyArray_DIM(a, 0), PyArray_DIM(a, 1), N};
+    return run(&c, arr, na, 3, od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+static avq_status body_softmax(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    (void)c;
+    return avq_softmax(p, &in[0], out);
+}
+
+static PyObject *py_softmax(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"x", "precision", NULL};
+    PyObject *xo, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *x = avq_py_f32(xo, "x", 1, 3);
+    if (!x) return NULL;
+    add_input(&c, x, 0);
+    c.body = body_softmax;
+    int64_t od[3];
+    dims_of(x, od);
+    return run(&c, &x, 1, PyArray_NDIM(x), od);
+}
+
+/* ---- attention ---- */
+
+static avq_status body_attention(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return avq_attention(p, &in[0], &in[1], &in[2], out, c->i0, c->f0, c->i1);
+}
+
+static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"q", "k", "v", "heads", "scale", "causal", "precision", NULL};
+    PyObject *qo, *ko, *vo, *so = Py_None, *pr = NULL;
+    int heads, causal = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OpO", kwl, &qo, &ko, &vo, &heads, &so, &causal, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *arr[3] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(qo, "q", 3, 3)) || !(arr[na++] = avq_py_f32(ko, "k", 3, 3)) ||
+        !(arr[na++] = avq_py_f32(vo, "v", 3, 3)))
+        goto fail;
+    npy_intp C = PyArray_DIM(arr[0], 2);
+    if (heads < 1 || C % heads) {
+        PyErr_Format(PyExc_ValueError, "heads must divide the %zd features of q, got %d", (Py_ssize_t)C, heads);
+        goto fail;
+    }
+    if (so == Py_None) {
+        c.f0 = 1.f / sqrtf((float)(C / heads));
+    } else {
+        c.f0 = (float)PyFloat_AsDouble(so);
+        if (PyErr_Occurred()) goto fail;
+    }
+    c.i0 = heads;
+    c.i1 = causal;
+    for (int i = 0; i < 3; i++) add_input(&c, arr[i], 0);
+    c.body = body_attention;
+    int64_t od[3];
+    dims_of(arr[0], od);
+    return run(&c, arr, na, 3, od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+/* ---- norms ---- */
+
+static avq_status body_group_norm(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return avq_group_norm(p, &in[0], out, &c->w[0], &c->w[1], c->i0, c->f0, c->i1);
+}
+
+static avq_status body_layer_norm(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return avq_layer_norm(p, &in[0], out, &c->w[0], &c->w[1], c->f0);
+}
+
+static PyObject *norm_common(PyObject *args, PyObject *kw, int group) {
+    static char *kwg[] = {"x", "weight", "bias", "groups", "eps", "silu", "precision", NULL};
+    static char *kwl[] = {"x", "weight", "bias", "eps", "precision", NULL};
+    PyObject *xo, *wo, *bo, *pr = NULL;
+    int groups = 32, silu = 0;
+    float eps = 1e-5f;
+    int ok = group ? PyArg_ParseTupleAndKeywords(args, kw, "OOO|ifpO", kwg, &xo, &wo, &bo, &groups, &eps, &silu, &pr)
+                   : PyArg_ParseTupleAndKeywords(args, kw, "OOO|fO", kwl, &xo, &wo, &bo, &eps, &pr);
+    if (!ok) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *arr[3] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(xo, "x", group ? 2 : 2, group ? 4 : 3)) || !(arr[na++] = avq_py_f32(wo, "weight", 1, 1)) ||
+        !(arr[na++] = avq_py_f32(bo, "bias", 1, 1)))
+        goto fail;
+    PyArrayObject *x = arr[0];
+    npy_intp C = group ? PyArray_DIM(x, 1) : PyArray_DIM(x, PyArray_NDIM(x) - 1);
+    if (group && PyArray_NDIM(x) == 3) {
+        PyErr_SetString(PyExc_ValueError, "x must be [N, C] or [N, C, H, W] for group_norm");
+        goto fail;
+    }
+    if (PyArray_DIM(arr[1], 0) != C || PyArray_DIM(arr[2], 0) != C) {
+        PyErr_Format(PyExc_ValueError, "weight and bias must have shape [%zd]", (Py_ssize_t)C);
+        goto fail;
+    }
+    if (group && (groups < 1 || C % groups)) {
+        PyErr_Format(PyExc_ValueError, "groups must divide the %zd channels, got %d", (Py_ssize_t)C, groups);
+        goto fail;
+    }
+    if (!(eps > 0.f)) {
+        PyErr_SetString(PyExc_ValueError, "eps must be > 0");
+        goto fail;
+    }
+    c.w[c.nw++] = avq_py_weight(arr[1], "weight");
+    c.w[c.nw++] = avq_py_weight(arr[2], "bias");
+    c.i0 = groups;
+    c.i1 = silu;
+    c.f0 = eps;
+    add_input(&c, x, 0);
+    c.body = group ? body_group_norm : body_layer_norm;
+    int64_t od[4];
+    dims_of(x, od);
+    return run(&c, arr, na, PyArray_NDIM(x), od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+static PyObject *py_group_norm(PyObject *s, PyObject *a, PyObject *k) { (void)s; return norm_common(a, k, 1); }
+static PyObject *py_layer_norm(PyObject *s, PyObject *a, PyObject *k) { (void)s; return norm_common(a, k, 0); }
+
+/* ---- elementwise ---- */
+
+static avq_status body_act(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return avq_activation(p, &in[0], out, c->act);
+}
+static avq_status body_geglu(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    (void)c;
+    return avq_geglu(p, &in[0], out);
+}
+static avq_status body_add(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return c->i0 ? avq_mul(p, &in[0], &in[1], out) : avq_add(p, &in[0], &in[1], out);
+}
+static avq_status body_blend(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    (void)c;
+    return avq_blend(p, &in[0], &in[1], &in[2], out);
+}
+static avq_status body_concat(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    (void)c;
+    return avq_concat_channels(p, &in[0], &in[1], out);
+}
+static avq_status body_resize(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return c->i0 ? avq_upsample2x(p, &in[0], out) : avq_resize_nearest(p, &in[0], out);
+}
+static avq_status body_temb(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return avq_timestep_embedding(p, &in[0], out, c->i0, c->f0);
+}
+
+static PyObject *py_activation(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"x", "kind", "precision", NULL};
+    PyObject *xo, *ko, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &xo, &ko, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0 || parse_act(ko, &c.act) < 0) return NULL;
+    PyArrayObject *x = avq_py_f32(xo, "x", 1, 4);
+    if (!x) return NULL;
+    add_input(&c, x, 0);
+    c.body = body_act;
+    int64_t od[4];
+    dims_of(x, od);
+    return run(&c, &x, 1, PyArray_NDIM(x), od);
+}
+
+static PyObject *py_geglu(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"x", "precision", NULL};
+    PyObject *xo, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *x = avq_py_f32(xo, "x", 2, 3);
+    if (!x) return NULL;
+    int nd = PyArray_NDIM(x);
+    if (PyArray_DIM(x, nd - 1) % 2) {
+        Py_DECREF(x);
+        PyErr_SetString(PyExc_ValueError, "geglu: the last dim of x must be even ([value | gate])");
+        return NULL;
+    }
+    add_input(&c, x, 0);
+    c.body = body_geglu;
+    int64_t od[3];
+    dims_of(x, od);
+    od[nd - 1] /= 2;
+    return run(&c, &x, 1, nd, od);
+}
+
+static PyObject *binary_common(PyObject *args, PyObject *kw, int is_mul) {
+    static char *kwl[] = {"a", "b", "precision", NULL};
+    PyObject *ao, *bo, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &ao, &bo, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *arr[2] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(ao, "a", 1, 4)) || !(arr[na++] = avq_py_f32(bo, "b", 1, 4))) goto fail;
+    c.i0 = is_mul;
+    add_input(&c, arr[0], 0);
+    add_input(&c, arr[1], 0);
+    c.body = body_add;
+    int64_t od[4];
+    dims_of(arr[0], od);
+    return run(&c, arr, na, PyArray_NDIM(arr[0]), od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+static PyObject *py_add(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 0); }
+static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 1); }
+
+static PyObject *py_blend(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"h", "f", "mask", "precision", NULL};
+    PyObject *ho, *fo, *mo, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwl, &ho, &fo, &mo, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *arr[3] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(ho, "h", 4, 4)) || !(arr[na++] = avq_py_f32(fo, "f", 4, 4)) ||
+        !(arr[na++] = avq_py_f32(mo, "mask", 4, 4)))
+        goto fail;
+    for (int i = 0; i < 3; i++) add_input(&c, arr[i], 0);
+    c.body = body_blend;
+    int64_t od[4];
+    dims_of(arr[0], od);
+    return run(&c, arr, na, 4, od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+static PyObject *py_concat(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"a", "b", "precision", NULL};
+    PyObject *ao, *bo, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &ao, &bo, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *arr[2] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(ao, "a", 4, 4)) || !(arr[na++] = avq_py_f32(bo, "b", 4, 4))) goto fail;
+    add_input(&c, arr[0], 0);
+    add_input(&c, arr[1], 0);
+    c.body = body_concat;
+    int64_t od[4];
+    dims_of(arr[0], od);
+    od[1] += PyArray_DIM(arr[1], 1);
+    return run(&c, arr, na, 4, od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
+    static char *kwu[] = {"x", "precision", NULL};
+    static char *kwr[] = {"x", "size", "precision", NULL};
+    PyObject *xo, *pr = NULL;
+    int oh = 0, ow = 0;
+    int ok = up2 ? PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwu, &xo, &pr)
+                 : PyArg_ParseTupleAndKeywords(args, kw, "O(ii)|O", kwr, &xo, &oh, &ow, &pr);
+    if (!ok) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *x = avq_py_f32(xo, "x", 4, 4);
+    if (!x) return NULL;
+    int64_t od[4];
+    dims_of(x, od);
+    if (up2) {
+        od[2] *= 2;
+        od[3] *= 2;
+    } else {
+        if (oh < 1 || ow < 1) {
+            Py_DECREF(x);
+            PyErr_Format(PyExc_ValueError, "size must be positive (height, width), got (%d, %d)", oh, ow);
+            return NULL;
+        }
+        od[2] = oh;
+        od[3] = ow;
+    }
+    c.i0 = up2;
+    add_input(&c, x, 0);
+    c.body = body_resize;
+    return run(&c, &x, 1, 4, od);
+}
+static PyObject *py_upsample2x(PyObject *s, PyObject *a, PyObject *k) { (void)s; return resize_common(a, k, 1); }
+static PyObject *py_resize_nearest(PyObject *s, PyObject *a, PyObject *k) { (void)s; return resize_common(a, k, 0); }
+
+static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"t", "dim", "max_period", "precision", NULL};
+    PyObject *to, *pr = NULL;
+    int dim;
+    float maxp = 10000.f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|fO", kwl, &to, &dim, &maxp, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    if (dim < 2 || dim % 2) {
+        PyErr_Format(PyExc_ValueError, "dim must be even and >= 2, got %d", dim);
+        return NULL;
+    }
+    PyArrayObject *t = avq_py_f32(to, "t", 1, 1);
+    if (!t) return NULL;
+    c.i0 = dim;
+    c.f0 = maxp;
+    add_input(&c, t, 1);
+    c.body = body_temb;
+    int64_t od[2] = {PyArray_DIM(t, 0), dim};
+    return run(&c, &t, 1, 2, od);
+}
+
+static PyMethodDef ops_methods[] = {
+    {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
+     "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32')"},
+    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS,
+     "linear(x, weight, bias=None, activation=None, mul=None, add=None, precision='fp32')"},
+    {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,
+     "matmul(a, b, trans_b=False, alpha=1.0, precision='fp32')"},
+    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_VARARGS | METH_KEYWORDS, "softmax(x, precision='fp32')"},
+    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
+     "attention(q, k, v, heads, scale=None, causal=False, precision='fp32')"},
+    {"group_norm", (PyCFunction)(void (*)(void))py_group_norm, METH_VARARGS | METH_KEYWORDS,
+     "group_norm(x, weight, bias, groups=32, eps=1e-5, silu=False, precision='fp32')"},
+    {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
+     "layer_norm(x, weight, bias, eps=1e-5, precision='fp32')"},
+    {"activation", (PyCFunction)(void (*)(void))py_activation, METH_VARARGS | METH_KEYWORDS,
+     "activation(x, kind, precision='fp32'), kind in relu, silu, gelu, quick_gelu"},
+    {"geglu", (PyCFunction)(void (*)(void))py_geglu, METH_VARARGS | METH_KEYWORDS, "geglu(x, precision='fp32')"},
+    {"add", (PyCFunction)(void (*)(void))py_add, METH_VARARGS | METH_KEYWORDS, "add(a, b, precision='fp32')"},
+    {"mul", (PyCFunction)(void (*)(void))py_mul, METH_VARARGS | METH_KEYWORDS, "mul(a, b, precision='fp32')"},
+    {"blend", (PyCFunction)(void (*)(void))py_blend, METH_VARARGS | METH_KEYWORDS,
+     "blend(h, f, mask, precision='fp32') = h * mask + f * (1 - mask)"},
+    {"concat", (PyCFunction)(void (*)(void))py_concat, METH_VARARGS | METH_KEYWORDS, "concat(a, b, precision='fp32')"},
+    {"upsample2x", (PyCFunction)(void (*)(void))py_upsample2x, METH_VARARGS | METH_KEYWORDS,
+     "upsample2x(x, precision='fp32')"},
+    {"resize_nearest", (PyCFunction)(void (*)(void))py_resize_nearest, METH_VARARGS | METH_KEYWORDS,
+     "resize_nearest(x, size, precision='fp32')"},
+    {"timestep_embedding", (PyCFunction)(void (*)(void))py_timestep_embedding, METH_VARARGS | METH_KEYWORDS,
+     "timestep_embedding(t, dim, max_period=10000.0, precision='fp32')"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef ops_def = {
+    PyModuleDef_HEAD_INIT, "asymvq._core.ops",
+    "Every op on NumPy arrays (private: for tests and benchmarks; float32 in PyTorch layouts).", -1, ops_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyObject *avq_ops_module(void) { return PyModule_Create(&ops_def); }

@@ -1,0 +1,52 @@
+/* The dict-backed weight source used by every model binding. */
+#include <stdio.h>
+
+#include "common.h"
+
+static int dict_get(void *ctx, const char *name, int ndim, const int64_t *dims, avq_weight *w, char *msg,
+                    size_t msg_len) {
+    PyObject *dict = ctx;
+    PyObject *obj = PyDict_GetItemString(dict, name); /* borrowed */
+    if (!obj) {
+        snprintf(msg, msg_len, "missing");
+        return 1;
+    }
+    if (!PyArray_Check(obj)) {
+        snprintf(msg, msg_len, "not a numpy array (%s)", Py_TYPE(obj)->tp_name);
+        return 1;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    int t = PyArray_TYPE(a);
+    if (t != NPY_FLOAT32 && t != NPY_UINT16) {
+        snprintf(msg, msg_len, "dtype must be float32 or bfloat16 (uint16 bits), got %s", PyArray_DESCR(a)->typeobj->tp_name);
+        return 1;
+    }
+    int same = PyArray_NDIM(a) == ndim;
+    for (int i = 0; same && i < ndim; i++) same = PyArray_DIM(a, i) == dims[i];
+    if (!same) {
+        char got[128], want[128];
+        size_t k = 0;
+        k += (size_t)snprintf(got + k, sizeof got - k, "[");
+        for (int i = 0; i < PyArray_NDIM(a) && k < sizeof got; i++)
+            k += (size_t)snprintf(got + k, sizeof got - k, i ? ", %zd" : "%zd", (Py_ssize_t)PyArray_DIM(a, i));
+        if (k < sizeof got) snprintf(got + k, sizeof got - k, "]");
+        k = 0;
+        k += (size_t)snprintf(want + k, sizeof want - k, "[");
+        for (int i = 0; i < ndim && k < sizeof want; i++)
+            k += (size_t)snprintf(want + k, sizeof want - k, i ? ", %lld" : "%lld", (long long)dims[i]);
+        if (k < sizeof want) snprintf(want + k, sizeof want - k, "]");
+        snprintf(msg, msg_len, "shape %s, expected %s", got, want);
+        return 1;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        snprintf(msg, msg_len, "array is not C-contiguous and aligned");
+        return 1;
+    }
+    avq_weight_init(w, name, t == NPY_FLOAT32 ? AVQ_F32 : AVQ_BF16, ndim, dims, PyArray_DATA(a));
+    return 0;
+}
+
+void avq_py_dict_source(avq_weight_source *src, PyObject *dict) {
+    src->ctx = dict;
+    src->get = dict_get;
+}
