@@ -7,33 +7,11 @@
 #include <stdio.h>
 
 #include "ops_internal.h"
+#include "vmath.h"
 
-/* exp(x) by 2^n * p(r), branch-free so loops vectorise; ~2 ulp, saturates
- * to 1.6e-38 / 1.6e38 outside [-87, 88]. */
-static inline float expf_fast(float x) {
-    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-    float t = x * 1.44269504088896341f;
-    float n = (t + 12582912.f) - 12582912.f; /* round to nearest */
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723e-06f;
-    float p = 1.f / 40320.f;
-    p = p * r + 1.f / 5040.f;
-    p = p * r + 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &bits, 4);
-    return p * s;
-}
+float avq_expf(float x) { return avq_vexpf(x); }
 
-float avq_expf(float x) { return expf_fast(x); }
-
-static inline float silu(float x) { return x / (1.f + expf_fast(-x)); }
+static inline float silu(float x) { return x / (1.f + avq_vexpf(-x)); }
 static inline float gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
 static inline float act_apply(avq_act a, float x) {
@@ -41,7 +19,7 @@ static inline float act_apply(avq_act a, float x) {
     case AVQ_ACT_RELU: return x > 0.f ? x : 0.f;
     case AVQ_ACT_SILU: return silu(x);
     case AVQ_ACT_GELU: return gelu(x);
-    case AVQ_ACT_QUICK_GELU: return x / (1.f + expf_fast(-1.702f * x));
+    case AVQ_ACT_QUICK_GELU: return x / (1.f + avq_vexpf(-1.702f * x));
     default: return x;
     }
 }
