@@ -1,0 +1,1112 @@
+"""Read PyTorch ``.ckpt`` and ``.safetensors`` files safely; write ``.safetensors``.
+
+Nothing here imports PyTorch, and nothing in a checkpoint is ever run:
+
+* ``.ckpt`` (the zip format that ``torch.save`` writes since PyTorch 1.6) is
+  read with a restricted unpickler. Only the tensor and parameter rebuild
+  functions, the storage types, ``collections.OrderedDict`` and plain
+  containers are understood. Every other class or function the pickle names
+  (optimizer states, callbacks, OmegaConf, ``pathlib``, ``argparse``...)
+  becomes an inert placeholder, and no module is ever imported. Globals that
+  only an attack needs (``builtins.eval``, ``os.system``, ``subprocess``,
+  ``pickle.loads``...) are refused with :class:`CheckpointError`.
+* ``.safetensors`` headers are validated completely (size, JSON, dtypes,
+  shapes, offsets that tile the data exactly) before any tensor is returned.
+
+Tensors come back as read-only NumPy arrays that are views into one
+``numpy.memmap`` of the whole file: opening a checkpoint reads only its index,
+never its weights.
+
+dtypes are named by their safetensors tags (:data:`DTYPES`). NumPy has no
+bfloat16, so **bf16 tensors come back as ``uint16`` arrays holding the raw
+bits**, with the dtype :data:`BF16`: ``numpy.uint16`` carrying the metadata
+tag ``{"asymvq.dtype": "BF16"}``. The tag survives views, slices, transposes
+and copies, so :func:`dtype_of` can tell bf16 from plain integers, and
+:func:`save_safetensors` writes such arrays back as ``BF16``.
+:func:`bf16_to_float32` and :func:`float32_to_bf16` convert. float16 comes
+back as ``numpy.float16``.
+
+Not checked, to keep opening free of reads proportional to the weights: the CRCs of
+storage members (that of ``data.pkl`` is checked), and that ``BOOL`` bytes are 0 or 1.
+
+Public API: :func:`open_checkpoint` (both formats; listing, info, lazy views),
+:func:`load` (the state dict as a dict of arrays), :func:`load_safetensors`,
+:func:`safetensors_metadata`, :func:`save_safetensors`.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import io
+import json
+import os
+import pickle
+import struct
+import zipfile
+import zlib
+from collections import OrderedDict
+from typing import (Any, Callable, Dict, IO, Iterator, List, Mapping, NamedTuple, Optional, Tuple,
+                    Union)
+
+import numpy as np
+
+__all__ = [
+    "BF16", "DTYPES", "Checkpoint", "CheckpointError", "TensorInfo", "bf16_to_float32",
+    "dtype_of", "float32_to_bf16", "load", "load_safetensors", "open_checkpoint",
+    "safetensors_metadata", "save_safetensors",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, corrupt, unsupported or refused as unsafe."""
+
+
+# --------------------------------------------------------------------------------------------
+# dtypes
+
+#: The dtype of bf16 tensors: uint16 raw bits, tagged so that :func:`dtype_of` returns "BF16".
+BF16 = np.dtype("<u2", metadata={"asymvq.dtype": "BF16"})
+
+_NP_DTYPES: Dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": BF16,
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+#: The dtype tags both readers and the writer support (safetensors spelling).
+DTYPES: Tuple[str, ...] = tuple(_NP_DTYPES)
+
+# numpy dtype (little-endian, untagged) -> tag; uint16 is deliberately absent.
+_TAG_OF_NP = {dt: tag for tag, dt in _NP_DTYPES.items() if tag != "BF16"}
+
+# Arrays never get more dimensions than this (NumPy 1.x's limit).
+_MAX_NDIM = 32
+
+
+def dtype_of(array: np.ndarray) -> str:
+    """Return the dtype tag ("F32", "BF16", ...) of ``array``.
+
+    Raises :class:`CheckpointError` for dtypes outside :data:`DTYPES`; an untagged
+    ``uint16`` array is refused because it is ambiguous (use :data:`BF16` or the
+    ``(array, "BF16")`` form of :func:`save_safetensors`).
+    """
+    dt = array.dtype
+    if dt.metadata and dt.metadata.get("asymvq.dtype") == "BF16" and dt.itemsize == 2:
+        return "BF16"
+    tag = _TAG_OF_NP.get(dt.newbyteorder("<") if dt.byteorder in "<>=" else dt)
+    if tag is None:
+        hint = ""
+        if dt.kind == "u" and dt.itemsize == 2:
+            hint = " (for bfloat16 bits use the dtype checkpoint.BF16)"
+        raise CheckpointError(f"unsupported dtype {dt}{hint}; supported: {', '.join(DTYPES)}")
+    return tag
+
+
+def bf16_to_float32(array: np.ndarray) -> np.ndarray:
+    """Widen bf16 bits (any uint16 array, e.g. dtype :data:`BF16`) to float32, exactly."""
+    bits = np.asarray(array)
+    if bits.dtype.itemsize != 2 or bits.dtype.kind != "u":
+        raise TypeError(f"bf16_to_float32 expects uint16 bf16 bits, got dtype {bits.dtype}")
+    return (bits.astype("<u4") << 16).view("<f4")
+
+
+def float32_to_bf16(array: np.ndarray) -> np.ndarray:
+    """Round float32 values to bf16 (nearest, ties to even; NaN stays NaN) as :data:`BF16` bits."""
+    values = np.ascontiguousarray(array, dtype="<f4")
+    bits = values.view("<u4")
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
+    quiet_nan = (bits >> 16) | np.uint32(0x0040)
+    out = np.where(np.isnan(values), quiet_nan, rounded)
+    return out.astype("<u2").astype(BF16)
+
+
+class TensorInfo(NamedTuple):
+    """What a checkpoint says about one tensor, known without touching its data."""
+
+    dtype: str  #: a tag from :data:`DTYPES`
+    shape: Tuple[int, ...]
+    nbytes: int  #: product(shape) * itemsize
+
+
+class _TensorRef(NamedTuple):
+    """Where a tensor lives in the file: absolute byte offset and byte strides."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+    offset: int
+    strides: Tuple[int, ...]
+
+
+def _numel_within(shape: Tuple[int, ...], limit: int) -> Optional[int]:
+    """product(shape), or None once it exceeds ``limit`` (never builds huge integers)."""
+    if 0 in shape:
+        return 0
+    numel = 1
+    for dim in shape:
+        numel *= dim
+        if numel > limit:
+            return None
+    return numel
+
+
+# --------------------------------------------------------------------------------------------
+# The opened checkpoint (both formats)
+
+class Checkpoint:
+    """An opened checkpoint: tensor names, their dtype/shape, and zero-copy views.
+
+    Obtain one with :func:`open_checkpoint`. All arrays it returns are read-only
+    views into one memory map of the file, which stays mapped as long as any of
+    them is alive.
+
+    Attributes:
+        path: the file.
+        format: ``"ckpt"`` or ``"safetensors"``.
+        metadata: the safetensors ``__metadata__`` strings (empty for ``.ckpt``).
+        skipped: entries of the state dict that are not readable tensors, name ->
+            reason (e.g. a quantized tensor, an int, an object of an unknown class).
+        other_entries: top-level keys next to an unwrapped ``state_dict``
+            (``global_step``, ``optimizer_states``...); empty otherwise.
+    """
+
+    def __init__(self, path: str, fmt: str, mm: np.memmap, refs: Dict[str, _TensorRef],
+                 metadata: Dict[str, str], skipped: Dict[str, str],
+                 other_entries: Tuple[str, ...]) -> None:
+        self.path = path
+        self.format = fmt
+        self.metadata = metadata
+        self.skipped = skipped
+        self.other_entries = other_entries
+        self._mm = mm
+        self._refs = refs
+
+    def keys(self) -> List[str]:
+        """Tensor names, in file order."""
+        return list(self._refs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._refs
+
+    def _ref(self, name: str) -> _TensorRef:
+        try:
+            return self._refs[name]
+        except KeyError:
+            raise KeyError(f"{self.path} has no tensor named {name!r}") from None
+
+    def info(self, name: str) -> TensorInfo:
+        """dtype tag, shape and byte size of tensor ``name`` (reads no tensor data)."""
+        ref = self._ref(name)
+        numel = _numel_within(ref.shape, 1 << 62) or 0
+        return TensorInfo(ref.dtype, ref.shape, numel * _NP_DTYPES[ref.dtype].itemsize)
+
+    def get(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a read-only view into the mapped file (no copy)."""
+        ref = self._ref(name)
+        try:
+            return np.ndarray(ref.shape, _NP_DTYPES[ref.dtype], buffer=self._mm,
+                              offset=ref.offset, strides=ref.strides)
+        except (ValueError, TypeError, OverflowError) as e:  # the readers validate; defensive
+            raise CheckpointError(f"{self.path}: tensor {name!r} does not fit the file: {e}") from e
+
+    __getitem__ = get
+
+    def tensors(self) -> Dict[str, np.ndarray]:
+        """All tensors, name -> read-only view."""
+        return {name: self.get(name) for name in self._refs}
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop this object's reference to the mapping (views already handed out stay valid)."""
+        self._refs = {}
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.path!r} ({self.format}, {len(self._refs)} tensors)>"
+
+
+def open_checkpoint(path: PathLike) -> Checkpoint:
+    """Open a ``.ckpt`` (torch.save zip) or ``.safetensors`` file, recognised by its bytes.
+
+    For ``.ckpt`` files the state dict is the top-level dict, or its ``state_dict``
+    entry when it has one (Lightning checkpoints); nested dicts and lists inside it
+    are flattened with dotted names (``{"a": [t]}`` -> ``"a.0"``).
+
+    Raises :class:`CheckpointError` for anything unreadable, corrupt or unsafe.
+    """
+    path = os.fspath(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CheckpointError(f"cannot open checkpoint {path}: {e.strerror or e}") from e
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(16)
+        if head[:4] == b"PK\x03\x04":
+            return _open_ckpt(path, f, size)
+        if head[:1] == b"\x80":
+            raise CheckpointError(_legacy_message(path))
+        if head[8:9] in (b"{", b" ") or path.endswith(".safetensors"):
+            return _open_safetensors(path, f, size)
+        what = "empty" if size == 0 else "neither a torch.save zip (.ckpt) nor a .safetensors file"
+        raise CheckpointError(f"{path}: not a checkpoint: the file is {what}")
+
+
+def load(path: PathLike) -> Dict[str, np.ndarray]:
+    """The state dict of a ``.ckpt`` or ``.safetensors`` file: name -> read-only array view.
+
+    A top-level ``state_dict`` entry is unwrapped. bf16 tensors have dtype :data:`BF16`.
+    Raises :class:`CheckpointError` when the file holds no dict of tensors.
+    """
+    return open_checkpoint(path).tensors()
+
+
+def _memmap(path: str, f: IO[bytes], size: int) -> np.memmap:
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    try:
+        return np.memmap(f, dtype=np.uint8, mode="r", shape=(size,))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot memory-map the file: {e}") from e
+
+
+# --------------------------------------------------------------------------------------------
+# .ckpt: the zip container
+
+def _legacy_message(path: str) -> str:
+    return (f"{path} uses PyTorch's legacy (pre-1.6, non-zip) format, which cannot be read "
+            "without running its pickle. Re-save it once with a recent PyTorch, e.g. "
+            "torch.save(torch.load(p, weights_only=True), p2) (only for a file you trust if "
+            "weights_only must be False), or convert it with `python -m asymvq convert`, then "
+            "load the new file")
+
+
+class _Member(NamedTuple):
+    offset: int  # absolute offset of the member's bytes
+    size: int
+    crc: int
+
+
+def _read_at(f: IO[bytes], offset: int, count: int) -> bytes:
+    f.seek(offset)
+    return f.read(count)
+
+
+def _zip_members(path: str, f: IO[bytes], size: int) -> Dict[str, _Member]:
+    """Stored zip members name -> (data offset, size), every header checked against the file.
+
+    Local headers are read with plain reads, not through the memory map: a page fault
+    would read ahead ~128 KiB per tensor, which on a cold cache costs ~1 s per 4 GB.
+    """
+    try:
+        infos = zipfile.ZipFile(f).infolist()
+    except Exception as e:  # zipfile raises many types on hostile input
+        raise CheckpointError(f"{path}: not a readable zip archive (truncated or corrupt?): "
+                              f"{type(e).__name__}: {e}") from e
+    members: Dict[str, _Member] = {}
+    for info in infos:
+        name = info.filename
+        if name in members:
+            raise CheckpointError(f"{path}: zip member {name!r} appears twice")
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{path}: zip member {name!r} is encrypted")
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise CheckpointError(
+                f"{path}: zip member {name!r} is compressed (method {info.compress_type}); "
+                "tensors can only be memory-mapped from uncompressed members, as torch.save "
+                "writes them. The file was probably re-zipped by another tool: re-save it with "
+                "torch.save(torch.load(p, weights_only=True), p2) or convert it with "
+                "`python -m asymvq convert`")
+        header = info.header_offset
+        if header < 0 or header + 30 > size:
+            raise CheckpointError(f"{path}: zip member {name!r}: local header at {header} lies "
+                                  f"outside the {size}-byte file")
+        local = _read_at(f, header, 30)
+        sig, _, _, method, _, _, _, _, _, name_len, extra_len = struct.unpack("<4s5HIIIHH", local)
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        try:
+            central_name = info.orig_filename.encode(encoding)
+        except UnicodeEncodeError:
+            central_name = b""
+        local_name = f.read(name_len)
+        if sig != b"PK\x03\x04" or method != zipfile.ZIP_STORED or local_name != central_name:
+            raise CheckpointError(f"{path}: zip member {name!r}: local header at {header} does "
+                                  "not match the central directory (corrupt file)")
+        offset = header + 30 + name_len + extra_len
+        if offset + info.file_size > size:
+            raise CheckpointError(f"{path}: zip member {name!r} claims {info.file_size} bytes at "
+                                  f"offset {offset}, past the end of the {size}-byte file "
+                                  "(truncated?)")
+        members[name] = _Member(offset, info.file_size, info.CRC)
+    return members
+
+
+def _open_ckpt(path: str, f: IO[bytes], size: int) -> Checkpoint:
+    members = _zip_members(path, f, size)
+    pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        found = "no" if not pickles else "several"
+        raise CheckpointError(f"{path}: {found} '<archive>/data.pkl' member; this zip was not "
+                              "written by torch.save")
+    prefix = pickles[0][: -len("data.pkl")]
+    byteorder = members.get(prefix + "byteorder")
+    if byteorder is not None:
+        order = _read_at(f, byteorder.offset, min(byteorder.size, 16))
+        if order != b"little":
+            raise CheckpointError(f"{path}: storages are stored with byte order {order[:16]!r}; "
+                                  "only little-endian checkpoints are supported")
+    pkl = members[pickles[0]]
+    data = _read_at(f, pkl.offset, pkl.size)
+    if zlib.crc32(data) != pkl.crc:
+        raise CheckpointError(f"{path}: {pickles[0]} fails its CRC check (corrupt file)")
+    root = _RestrictedUnpickler(path, data, members, prefix).load_checked()
+    state, other = root, ()
+    if isinstance(root, dict) and isinstance(root.get("state_dict"), dict):
+        state = root["state_dict"]
+        other = tuple(k if isinstance(k, str) else _short(k) for k in root if k != "state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds {_describe(state)}, not a dict of tensors "
+                              "(a state dict)")
+    refs, skipped = _flatten(path, state)
+    return Checkpoint(path, "ckpt", _memmap(path, f, size), refs, {}, skipped, other)
+
+
+_CONTAINERS = (dict, OrderedDict, list, tuple)
+_MAX_DEPTH = 64  # real state dicts nest a few levels; this bounds names in hostile files
+
+
+def _flatten(path: str, state: dict) -> Tuple[Dict[str, _TensorRef], Dict[str, str]]:
+    """Dotted names for the tensors of a (possibly nested) state dict; the rest goes to skipped.
+
+    Iterative, and each container is visited once, so deep or cyclic structures in a
+    hostile pickle cost linear time.
+    """
+    refs: Dict[str, _TensorRef] = {}
+    skipped: Dict[str, str] = {}
+    seen: Dict[int, str] = {}
+    stack: List[Tuple[str, Any, int]] = [("", state, 0)]
+    while stack:
+        name, obj, depth = stack.pop()
+        if type(obj) is _TensorRef:
+            if name in refs:
+                raise CheckpointError(f"{path}: two tensors are both named {name!r}")
+            refs[name] = obj
+            continue
+        if type(obj) not in _CONTAINERS:
+            skipped[name] = _describe(obj)
+            continue
+        if id(obj) in seen:
+            skipped[name] = f"the same container as {seen[id(obj)]!r}"
+            continue
+        if depth == _MAX_DEPTH:
+            skipped[name] = f"a container nested deeper than {_MAX_DEPTH} levels"
+            continue
+        seen[id(obj)] = name
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        children = []
+        for key, value in items:
+            if isinstance(key, bool) or not isinstance(key, (str, int)) or (
+                    isinstance(key, int) and key.bit_length() > 64):
+                skipped[f"{name}[{_short(key)}]"] = "an entry whose key is not a string"
+                continue
+            children.append((f"{name}.{key}" if name else str(key), value, depth + 1))
+        stack.extend(reversed(children))
+    return refs, skipped
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, _Placeholder):
+        return f"an object of {type(obj)._global}, which is not read"
+    if isinstance(obj, type) and issubclass(obj, _Placeholder):
+        return f"{obj._global}, which is not read"
+    kind = type(obj)
+    if kind is _Unsupported:
+        return obj.reason  # type: ignore[union-attr]
+    if kind is _TorchDType:
+        return f"the dtype torch.{obj.name}"  # type: ignore[union-attr]
+    if kind is _StorageType:
+        return f"the type torch.{obj.name}"  # type: ignore[union-attr]
+    if kind is _Storage:
+        return "a bare storage"
+    if kind is _TensorRef:
+        return "a tensor"
+    if kind is _Callable:
+        return repr(obj)
+    return f"a value of type {kind.__name__}"
+
+
+# --------------------------------------------------------------------------------------------
+# .ckpt: the restricted unpickler
+
+class _Unsupported(NamedTuple):
+    """Stands for a tensor this reader cannot return (dtype, layout); keeps the reason."""
+
+    reason: str
+
+
+class _StorageType(NamedTuple):
+    name: str
+    dtype: Optional[str]  # None: a dtype this reader does not support
+    untyped: bool = False
+
+
+class _TorchDType(NamedTuple):
+    name: str
+    dtype: Optional[str]
+
+
+class _Storage(NamedTuple):
+    key: str
+    dtype: Optional[str]  # None: unsupported; "U8" for untyped byte storages
+    offset: int
+    nbytes: int
+    untyped: bool
+    type_name: str
+
+
+_STORAGE_TAGS = {
+    "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16",
+    "DoubleStorage": "F64", "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16",
+    "CharStorage": "I8", "ByteStorage": "U8", "BoolStorage": "BOOL",
+}
+_TORCH_DTYPE_TAGS = {
+    "float32": "F32", "float": "F32", "float16": "F16", "half": "F16", "bfloat16": "BF16",
+    "float64": "F64", "double": "F64", "int64": "I64", "long": "I64", "int32": "I32",
+    "int": "I32", "int16": "I16", "short": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+}
+
+# Modules that a checkpoint only names to run code, touch files or processes, or unpickle more
+# data: refused outright. (Nothing is imported or called either way; unknown globals elsewhere
+# just become placeholders, so this list only needs to catch the obvious attacks loudly.)
+_REFUSED_MODULES = frozenset({
+    "builtins", "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "pickle",
+    "_pickle", "pickletools", "marshal", "shelve", "dill", "cloudpickle", "joblib", "importlib",
+    "imp", "zipimport", "pkgutil", "runpy", "shutil", "tempfile", "glob", "socket", "_socket",
+    "ssl", "http", "urllib", "ftplib", "smtplib", "ctypes", "_ctypes", "cffi", "code", "codeop",
+    "pty", "pdb", "bdb", "trace", "timeit", "profile", "cProfile", "doctest", "pydoc",
+    "webbrowser", "multiprocessing", "threading", "_thread", "signal", "asyncio", "io", "_io",
+    "codecs", "_codecs", "operator", "_operator", "inspect", "gc",
+})
+# Specific globals refused although their module also holds harmless, picklable classes.
+_REFUSED_GLOBALS = frozenset({
+    ("types", "FunctionType"), ("types", "LambdaType"), ("types", "CodeType"),
+    ("types", "MethodType"), ("types", "ModuleType"), ("types", "BuiltinFunctionType"),
+    ("functools", "reduce"), ("torch", "load"), ("torch.serialization", "load"),
+    ("torch.hub", "load"), ("torch.jit", "load"), ("numpy", "load"),
+    ("numpy.lib.npyio", "load"), ("numpy.lib._npyio_impl", "load"),
+})
+# builtins that may appear in ordinary pickles but are not needed: inert placeholders.
+_INERT_BUILTINS = frozenset({"object", "type", "NoneType"})
+
+
+class _Callable:
+    """A function the pickle may call; immutable so a pickle cannot tamper with it."""
+
+    __slots__ = ("_name", "_fn")
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"{self._name} cannot be modified")
+
+    def __repr__(self) -> str:
+        return f"<allowed {self._name}>"
+
+
+class _PlaceholderMeta(type):
+    """Metaclass of placeholder classes: their attributes cannot be set by a pickle."""
+
+    def __setattr__(cls, key: str, value: object) -> None:
+        raise AttributeError(f"placeholder {cls.__name__} cannot be modified")
+
+    def __delattr__(cls, key: str) -> None:
+        raise AttributeError(f"placeholder {cls.__name__} cannot be modified")
+
+
+class _Placeholder(metaclass=_PlaceholderMeta):
+    """Inert stand-in for any object of a class this reader does not know.
+
+    It accepts whatever the pickle does to it (construction, state, items) and
+    keeps nothing: no method of the real class is ever looked up or run.
+    """
+
+    __slots__ = ()
+    _global = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Placeholder":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Placeholder":
+        return type(self)()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
+        pass
+
+    def add(self, item: object) -> None:
+        pass
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"placeholder for {type(self)._global} cannot be modified")
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {type(self)._global}>"
+
+
+_ITERABLES = (str, bytes, bytearray, list, tuple, dict, set, frozenset, OrderedDict)
+_TEXT_ENCODINGS = {"latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1",
+                   "utf8": "utf-8", "utf-8": "utf-8", "ascii": "ascii"}
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Unpickles ``data.pkl`` calling nothing but this module's own allow-listed functions.
+
+    The pure-Python unpickler is used on purpose: its memo is a dict, so a corrupt
+    memo index cannot make it allocate gigabytes as the C unpickler does.
+    """
+
+    def __init__(self, path: str, data: bytes, members: Dict[str, _Member], prefix: str) -> None:
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._path = path
+        self._members = members
+        self._prefix = prefix
+        self._placeholders: Dict[str, type] = {}
+        rebuild_v2 = _Callable("torch._utils._rebuild_tensor_v2", self._rebuild_tensor_v2)
+        self._allowed: Dict[Tuple[str, str], object] = {
+            ("torch._utils", "_rebuild_tensor_v2"): rebuild_v2,
+            ("torch._utils", "_rebuild_tensor"): _Callable("torch._utils._rebuild_tensor",
+                                                           self._rebuild_tensor),
+            ("torch._utils", "_rebuild_tensor_v3"): _Callable("torch._utils._rebuild_tensor_v3",
+                                                              self._rebuild_tensor_v3),
+            ("torch._utils", "_rebuild_parameter"): _Callable("torch._utils._rebuild_parameter",
+                                                              _rebuild_parameter),
+            ("torch._utils", "_rebuild_parameter_with_state"): _Callable(
+                "torch._utils._rebuild_parameter_with_state", _rebuild_parameter),
+            ("torch._tensor", "_rebuild_from_type_v2"): _Callable(
+                "torch._tensor._rebuild_from_type_v2", self._rebuild_from_type_v2),
+            ("collections", "OrderedDict"): _Callable("collections.OrderedDict",
+                                                      self._ordered_dict),
+            ("collections", "defaultdict"): _Callable("collections.defaultdict",
+                                                      lambda *args: {}),
+            ("_codecs", "encode"): _Callable("_codecs.encode", self._codecs_encode),
+            ("codecs", "encode"): _Callable("codecs.encode", self._codecs_encode),
+        }
+        for name in ("set", "frozenset", "list", "tuple", "dict"):
+            self._allowed[("builtins", name)] = _Callable(f"builtins.{name}",
+                                                          self._container(name))
+        for name in ("bytes", "bytearray", "str"):
+            self._allowed[("builtins", name)] = _Callable(f"builtins.{name}", self._text(name))
+        for name in ("int", "float", "complex", "bool", "slice", "range"):
+            self._allowed[("builtins", name)] = _Callable(f"builtins.{name}", self._scalar(name))
+        self._allowed[("builtins", "Ellipsis")] = Ellipsis
+        self._allowed[("builtins", "NotImplemented")] = NotImplemented
+
+    # Extension codes resolve through copyreg's process-wide cache, around find_class: refused.
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def _refuse_extension(self) -> None:
+        raise CheckpointError(f"{self._path}: data.pkl uses pickle extension codes, which "
+                              "torch.save never writes")
+
+    for _opcode in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_opcode[0]] = _refuse_extension
+    del _opcode
+
+    # -- entry point ---------------------------------------------------------------------------
+    def load_checked(self) -> Any:
+        try:
+            return self.load()
+        except CheckpointError:
+            raise
+        except Exception as e:  # any failure of the pickle machine on a corrupt file
+            raise CheckpointError(f"{self._path}: data.pkl is corrupt or not a torch.save "
+                                  f"pickle: {type(e).__name__}: {e}") from e
+
+    # -- the two hooks -------------------------------------------------------------------------
+    def find_class(self, module: str, name: str) -> Any:
+        if not isinstance(module, str) or not isinstance(name, str):
+            raise CheckpointError(f"{self._path}: data.pkl names a global that is not a string")
+        # Python 2 spellings, which protocol-2 pickles use ("__builtin__.eval",
+        # "commands.Popen" for subprocess.Popen), mapped as the standard unpickler does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        allowed = self._allowed.get((module, name))
+        if allowed is not None:
+            return allowed
+        if module == "torch" and name.endswith("Storage"):
+            tag = _STORAGE_TAGS.get(name)
+            if name == "UntypedStorage":
+                return _StorageType(name, "U8", untyped=True)
+            return _StorageType(name, tag)
+        if module == "torch.storage" and name == "UntypedStorage":
+            return _StorageType(name, "U8", untyped=True)
+        if module == "torch" and name in _TORCH_DTYPE_TAGS:
+            return _TorchDType(name, _TORCH_DTYPE_TAGS[name])
+        root = module.split(".", 1)[0]
+        if module == "builtins" and (name in _INERT_BUILTINS
+                                     or name.endswith(("Error", "Exception", "Warning"))):
+            return self._placeholder(module, name)
+        if root in _REFUSED_MODULES or (module, name) in _REFUSED_GLOBALS:
+            raise CheckpointError(
+                f"refusing {self._path}: its pickle references {module}.{name}, which a "
+                "checkpoint only needs to run code. Nothing was executed. If you trust this "
+                "file, re-save its weights with torch.save(model.state_dict(), p2) or as "
+                ".safetensors")
+        return self._placeholder(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointError(f"{self._path}: data.pkl holds a persistent id that is not a "
+                                  "torch storage reference")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(key, str) or not _is_count(numel):
+            raise CheckpointError(f"{self._path}: malformed storage reference {key!r}")
+        member = self._members.get(f"{self._prefix}data/{key}")
+        if member is None:
+            raise CheckpointError(f"{self._path}: storage {key!r} is missing from the archive "
+                                  f"(no member {self._prefix}data/{key})")
+        if not isinstance(storage_type, _StorageType):
+            return _Storage(key, None, member.offset, member.size, False,
+                            _global_name(storage_type))
+        if storage_type.dtype is not None:
+            itemsize = _NP_DTYPES[storage_type.dtype].itemsize
+            if numel * itemsize != member.size:
+                raise CheckpointError(
+                    f"{self._path}: storage {key!r} declares {numel} {storage_type.dtype} "
+                    f"elements ({numel * itemsize} bytes) but its member holds {member.size} bytes")
+        return _Storage(key, storage_type.dtype, member.offset, member.size,
+                        storage_type.untyped, storage_type.name)
+
+    # -- allowed callables ---------------------------------------------------------------------
+    def _placeholder(self, module: str, name: str) -> type:
+        qualified = f"{module}.{name}"
+        cls = self._placeholders.get(qualified)
+        if cls is None:
+            cls = _PlaceholderMeta(name[:100], (_Placeholder,),
+                                   {"__slots__": (), "_global": qualified[:200]})
+            self._placeholders[qualified] = cls
+        return cls
+
+    def _rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
+                           *_ignored: Any) -> Any:
+        return self._tensor(storage, storage_offset, size, stride, None)
+
+    def _rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
+        return self._tensor(storage, storage_offset, size, stride, None)
+
+    def _rebuild_tensor_v3(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
+                           requires_grad: Any = None, hooks: Any = None, dtype: Any = None,
+                           *_ignored: Any) -> Any:
+        if not isinstance(dtype, _TorchDType):
+            return _Unsupported(f"a tensor of dtype {_global_name(dtype)}, which is not read")
+        if dtype.dtype is None:
+            return _Unsupported(f"a tensor of dtype torch.{dtype.name}, which is not read")
+        return self._tensor(storage, storage_offset, size, stride, dtype.dtype)
+
+    def _rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, *_ignored: Any) -> Any:
+        if isinstance(func, _Callable) and isinstance(args, tuple):
+            return func(*args)
+        return _Unsupported(f"a tensor subclass rebuilt by {_global_name(func)}, which is not read")
+
+    def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any,
+                view_dtype: Optional[str]) -> Any:
+        path = self._path
+        if not isinstance(storage, _Storage):
+            raise CheckpointError(f"{path}: a tensor in data.pkl is rebuilt from "
+                                  f"{_describe(storage)} instead of a storage")
+        if storage.dtype is None:
+            return _Unsupported(f"a tensor stored as {storage.type_name}, which is not read "
+                                f"(supported dtypes: {', '.join(DTYPES)})")
+        dtype = view_dtype or storage.dtype
+        if storage.untyped and view_dtype is None:
+            dtype = "U8"
+        where = f"{path}: tensor on storage {storage.key!r}"
+        if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+                and len(size) == len(stride) <= _MAX_NDIM):
+            raise CheckpointError(f"{where}: malformed shape {_short(size)} / strides "
+                                  f"{_short(stride)}")
+        if not (all(_is_count(d) for d in size) and all(_is_count(s) for s in stride)
+                and _is_count(offset)):
+            raise CheckpointError(f"{where}: shape {_short(size)}, strides {_short(stride)} and "
+                                  f"offset {_short(offset)} must be non-negative integers")
+        itemsize = _NP_DTYPES[dtype].itemsize
+        capacity = storage.nbytes // itemsize
+        shape = tuple(int(d) for d in size)
+        strides = tuple(int(s) for s in stride)
+        limit = (1 << 62) // itemsize
+        if _numel_within(shape, limit) is None or max(strides, default=0) > limit:
+            raise CheckpointError(f"{where}: shape {_short(list(shape))} or strides "
+                                  f"{_short(list(strides))} are impossibly large")
+        if 0 not in shape:
+            last = offset + sum((d - 1) * s for d, s in zip(shape, strides))
+            if last >= capacity:
+                raise CheckpointError(
+                    f"{where}: shape {list(shape)}, strides {list(strides)} and offset {offset} "
+                    f"reach element {last}, past the storage's {capacity} elements")
+        elif offset > capacity:
+            raise CheckpointError(f"{where}: offset {offset} is past the storage's "
+                                  f"{capacity} elements")
+        return _TensorRef(dtype, shape, storage.offset + offset * itemsize,
+                          tuple(s * itemsize for s in strides))
+
+    def _ordered_dict(self, *args: Any) -> Any:
+        if not args:
+            return OrderedDict()
+        if len(args) == 1 and isinstance(args[0], (list, tuple, dict)):
+            try:
+                return OrderedDict(args[0])
+            except (TypeError, ValueError):
+                pass
+        return self._placeholder("collections", "OrderedDict")()
+
+    def _container(self, name: str) -> Callable[..., Any]:
+        kind = {"set": set, "frozenset": frozenset, "list": list, "tuple": tuple,
+                "dict": dict}[name]
+
+        def make(*args: Any) -> Any:
+            if not args:
+                return kind()
+            if len(args) == 1 and type(args[0]) in _ITERABLES:
+                try:
+                    return kind(args[0])
+                except (TypeError, ValueError):
+                    pass
+            return self._placeholder("builtins", name)()
+        return make
+
+    def _text(self, name: str) -> Callable[..., Any]:
+        def make(*args: Any) -> Any:
+            if not args:
+                return {"bytes": b"", "bytearray": bytearray(), "str": ""}[name]
+            value = args[0]
+            encoding = None
+            if len(args) == 2 and isinstance(args[1], str):
+                encoding = _TEXT_ENCODINGS.get(args[1])
+            if name == "str" and len(args) == 1 and isinstance(value, str):
+                return value
+            if name == "str" and encoding and isinstance(value, (bytes, bytearray)):
+                try:
+                    return bytes(value).decode(encoding)
+                except UnicodeDecodeError:
+                    pass
+            if name != "str":
+                data: Optional[bytes] = None
+                if len(args) == 1 and isinstance(value, (bytes, bytearray, list, tuple)):
+                    try:
+                        data = bytes(value)
+                    except (TypeError, ValueError):
+                        data = None
+                elif encoding and isinstance(value, str):
+                    try:
+                        data = value.encode(encoding)
+                    except UnicodeEncodeError:
+                        data = None
+                if data is not None:
+                    return data if name == "bytes" else bytearray(data)
+            return self._placeholder("builtins", name)()
+        return make
+
+    def _scalar(self, name: str) -> Callable[..., Any]:
+        kind = {"int": int, "float": float, "complex": complex, "bool": bool, "slice": slice,
+                "range": range}[name]
+
+        def make(*args: Any) -> Any:
+            if len(args) <= 3 and all(type(a) in (type(None), bool, int, float, str) for a in args):
+                try:
+                    return kind(*args)
+                except (TypeError, ValueError, OverflowError):
+                    pass
+            return self._placeholder("builtins", name)()
+        return make
+
+    def _codecs_encode(self, *args: Any) -> Any:
+        if len(args) == 2 and isinstance(args[0], str) and args[1] in _TEXT_ENCODINGS:
+            try:
+                return args[0].encode(_TEXT_ENCODINGS[args[1]])
+            except UnicodeEncodeError:
+                pass
+        return self._placeholder("_codecs", "encode")()
+
+
+def _rebuild_parameter(data: Any, *_ignored: Any) -> Any:
+    return data
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _global_name(obj: object) -> str:
+    if isinstance(obj, type) and issubclass(obj, _Placeholder):
+        return obj._global
+    if isinstance(obj, _Placeholder):
+        return type(obj)._global
+    return _short(obj)
+
+
+def _short(obj: object) -> str:
+    """A bounded repr for messages; never fails, whatever a hostile pickle built."""
+    try:
+        text = repr(obj) if not isinstance(obj, int) or obj.bit_length() < 128 else "<huge int>"
+    except Exception:  # e.g. RecursionError on deeply nested containers
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# .safetensors
+
+#: Header size limit (the reference implementation's, 100 MB).
+_MAX_HEADER = 100 * 1000 * 1000
+
+
+def _open_safetensors(path: str, f: IO[bytes], size: int) -> Checkpoint:
+    mm = _memmap(path, f, size)
+    refs, metadata = _safetensors_header(path, f, size)
+    return Checkpoint(path, "safetensors", mm, refs, metadata, {}, ())
+
+
+def _safetensors_header(path: str, f: IO[bytes], size: int
+                        ) -> Tuple[Dict[str, _TensorRef], Dict[str, str]]:
+    f.seek(0)
+    head = f.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: {size} bytes is too short for a .safetensors file")
+    (header_size,) = struct.unpack("<Q", head)
+    if header_size > size - 8:
+        raise CheckpointError(f"{path}: the header claims {header_size} bytes but the file has "
+                              f"only {size - 8} after the size field (truncated or not "
+                              ".safetensors)")
+    if header_size > _MAX_HEADER:
+        raise CheckpointError(f"{path}: header of {header_size} bytes exceeds the "
+                              f"{_MAX_HEADER}-byte limit")
+    raw = f.read(header_size)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: the header is not valid JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the header is a JSON {type(header).__name__}, not an "
+                              "object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
+    data_start = 8 + header_size
+    data_size = size - data_start
+    spans = []
+    refs: Dict[str, _TensorRef] = {}
+    for name, entry in header.items():
+        dtype, shape, begin, end = _header_entry(path, name, entry, data_size)
+        spans.append((begin, end, name))
+        itemsize = _NP_DTYPES[dtype].itemsize
+        strides = [itemsize] * len(shape)
+        for i in range(len(shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * shape[i + 1]
+        refs[name] = _TensorRef(dtype, shape, data_start + begin, tuple(strides))
+    position = 0
+    previous = None
+    for begin, end, name in sorted(spans):
+        if begin < position:
+            raise CheckpointError(f"{path}: tensor {name!r} (bytes {begin}..{end}) overlaps "
+                                  f"tensor {previous!r}")
+        if begin > position:
+            raise CheckpointError(f"{path}: data bytes {position}..{begin} belong to no tensor "
+                                  "(offsets must tile the data)")
+        position, previous = end, name
+    if position != data_size:
+        raise CheckpointError(f"{path}: the tensors cover {position} data bytes but the file "
+                              f"holds {data_size}")
+    return refs, dict(metadata)
+
+
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _header_entry(path: str, name: str, entry: Any, data_size: int
+                  ) -> Tuple[str, Tuple[int, ...], int, int]:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise CheckpointError(f"{where}: header entry must have exactly dtype, shape and "
+                              "data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _NP_DTYPES:
+        raise CheckpointError(f"{where}: unsupported dtype {_short(dtype)}; supported: "
+                              f"{', '.join(DTYPES)}")
+    if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM
+            and all(_is_count(d) for d in shape)):
+        raise CheckpointError(f"{where}: shape {_short(shape)} must be a list of at most "
+                              f"{_MAX_NDIM} non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{where}: data_offsets {_short(offsets)} must be [begin, end] "
+                              "with 0 <= begin <= end")
+    begin, end = offsets
+    if end > data_size:
+        raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] run past the "
+                              f"{data_size} data bytes of the file")
+    itemsize = _NP_DTYPES[dtype].itemsize
+    numel = _numel_within(tuple(shape), data_size)
+    if numel is None or numel * itemsize != end - begin:
+        raise CheckpointError(f"{where}: shape {_short(shape)} of {dtype} does not match its "
+                              f"{end - begin} bytes")
+    return dtype, tuple(shape), begin, end
+
+
+def load_safetensors(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """Read a ``.safetensors`` file: (name -> read-only array view, ``__metadata__`` strings)."""
+    ckpt = open_checkpoint(path)
+    if ckpt.format != "safetensors":
+        raise CheckpointError(f"{ckpt.path} is a {ckpt.format} file, not .safetensors")
+    return ckpt.tensors(), dict(ckpt.metadata)
+
+
+def safetensors_metadata(path: PathLike) -> Dict[str, str]:
+    """The ``__metadata__`` strings of a ``.safetensors`` file (reads only its header)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return _safetensors_header(path, f, os.fstat(f.fileno()).st_size)[1]
+    except OSError as e:
+        raise CheckpointError(f"cannot open {path}: {e.strerror or e}") from e
+
+
+TensorLike = Union[np.ndarray, Tuple[np.ndarray, str]]
+
+
+def save_safetensors(path: PathLike, tensors: Mapping[str, TensorLike],
+                     metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write ``tensors`` (and string ``metadata``) to ``path`` as ``.safetensors``.
+
+    A value is a NumPy array of a dtype in :data:`DTYPES` (bf16 as an array of dtype
+    :data:`BF16`, as :func:`load` returns it), or a pair ``(array, tag)`` such as
+    ``(uint16_bits, "BF16")``. The file is written under a temporary name in the same
+    directory and renamed over ``path`` only when complete, so an interrupted write
+    never leaves a partial file. Tensors are laid out largest item size first so that
+    each is aligned to its item size; the header is padded with spaces to 8 bytes.
+    """
+    path = os.fspath(path)
+    entries = []
+    for name, value in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"tensor name {name!r} is not allowed")
+        array, tag = _tensor_and_tag(name, value)
+        entries.append((name, array, tag))
+    header: Dict[str, Any] = {}
+    if metadata is not None:
+        for key, text in metadata.items():
+            if not isinstance(key, str) or not isinstance(text, str):
+                raise TypeError(f"metadata must map str to str; got {key!r}: {type(text).__name__}")
+        header["__metadata__"] = dict(metadata)
+    entries.sort(key=lambda e: (-e[1].dtype.itemsize, e[0]))
+    position = 0
+    for name, array, tag in entries:
+        header[name] = {"dtype": tag, "shape": list(array.shape),
+                        "data_offsets": [position, position + array.nbytes]}
+        position += array.nbytes
+    blob = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    directory = os.path.dirname(os.path.abspath(path))
+    unique = f"{os.getpid()}.{os.urandom(4).hex()}"
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            for _, array, _ in entries:
+                _write_array(out, array)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+def _tensor_and_tag(name: str, value: Any) -> Tuple[np.ndarray, str]:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
+        array, tag = value
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"tensor {name!r}: expected a numpy array, got {type(array).__name__}")
+        if tag not in _NP_DTYPES:
+            raise ValueError(f"tensor {name!r}: unknown dtype tag {tag!r}; supported: "
+                             f"{', '.join(DTYPES)}")
+        expected = _NP_DTYPES[tag]
+        if tag == "BF16":
+            ok = array.dtype.kind == "u" and array.dtype.itemsize == 2
+        else:
+            ok = array.dtype.newbyteorder("<") == expected or array.dtype == expected
+        if not ok:
+            raise ValueError(f"tensor {name!r}: array of dtype {array.dtype} cannot be "
+                             f"written as {tag}")
+    elif isinstance(value, np.ndarray):
+        array = value
+        try:
+            tag = dtype_of(array)
+        except CheckpointError as e:
+            raise ValueError(f"tensor {name!r}: {e}") from None
+    else:
+        raise TypeError(f"tensor {name!r}: expected a numpy array or (array, dtype tag), got "
+                        f"{type(value).__name__}")
+    little = _NP_DTYPES[tag].newbyteorder("<") if tag != "BF16" else np.dtype("<u2")
+    if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
+        array = array.astype(little)
+    return array, tag
+
+
+def _write_array(out: IO[bytes], array: np.ndarray) -> None:
+    """Write the bytes of ``array`` in C order, copying at most ~16 MiB at a time."""
+    if array.size == 0:
+        return
+    if array.flags.c_contiguous:
+        out.write(memoryview(array.reshape(-1).view(np.uint8)))
+        return
+    row_bytes = array[0].nbytes if array.ndim > 0 else array.nbytes
+    step = max(1, (16 << 20) // max(1, row_bytes))
+    for start in range(0, array.shape[0], step):
+        chunk = np.ascontiguousarray(array[start:start + step])
+        out.write(memoryview(chunk.reshape(-1).view(np.uint8)))
