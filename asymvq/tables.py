@@ -1,0 +1,467 @@
+"""Required-tensor tables: every weight name and shape a model needs, derived from its spec.
+
+Names are the original checkpoint names (SPEC §1.3, §2.5, §3.5, §4.8); the order is the order in which
+the original modules register their parameters.  The converter, the C binding and the tests all use
+these tables, and :func:`check` reports every mismatch between a table and a state dict at once.
+
+Each table is an ordered ``dict`` name -> shape tuple.  A :class:`Requirements` bundles a table with the
+prefixes it owns (a key under an owned prefix that is neither required nor known-unused means the
+config does not describe the weights) and the known-unused prefixes (:func:`ignored_prefixes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal, Mapping
+
+import numpy as np
+
+from . import checkpoint
+from .config import AutoencoderSpec, DiffusionSpec, Spec, TextEncoderSpec, UNetSpec
+
+__all__ = [
+    "Shape",
+    "Table",
+    "Kind",
+    "WeightsError",
+    "Requirements",
+    "unet_tensors",
+    "text_encoder_tensors",
+    "vae_encoder_tensors",
+    "decoder_tensors",
+    "cond_encoder_tensors",
+    "up_layers_tensors",
+    "schedule_buffer_names",
+    "kind_of",
+    "ignored_prefixes",
+    "owned_prefixes",
+    "requirements",
+    "check",
+    "dtype_name",
+    "WEIGHT_DTYPES",
+    "count_parameters",
+    "iter_tables",
+]
+
+Shape = tuple[int, ...]
+Table = dict[str, Shape]
+Kind = Literal["inpaint", "txt2img", "decoder", "decoder_wocondition"]
+
+UNET_PREFIX = "model.diffusion_model."
+TEXT_PREFIX = "cond_stage_model.transformer.text_model."
+FIRST_STAGE_PREFIX = "first_stage_model."
+
+#: Weight dtypes the models accept (names as in safetensors: F32, F16, BF16).
+WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
+
+_SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+
+
+def schedule_buffer_names() -> tuple[str, ...]:
+    """Top-level DDPM schedule buffers of SD checkpoints (recomputed from the config, never loaded)."""
+    return _SCHEDULE_BUFFERS
+
+
+class WeightsError(ValueError):
+    """Weights do not match what the config describes; the message lists every problem."""
+
+    def __init__(self, problems: list[str], context: str = "", hint: str = "") -> None:
+        self.problems = list(problems)
+        head = f"{context}: " if context else ""
+        kinds: dict[str, int] = {}
+        for p in self.problems:
+            kind = p.split(": ", 2)[-2] if ": " in p else p
+            kinds[kind] = kinds.get(kind, 0) + 1
+        counts = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        tail = f"\n{hint}" if hint else ""
+        super().__init__(
+            f"{head}{len(self.problems)} problem(s) with the weights ({counts}):\n  "
+            + "\n  ".join(self.problems)
+            + tail
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks (each appends to an ordered table)
+
+
+class _Builder:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.table: Table = {}
+
+    def add(self, name: str, *shape: int) -> None:
+        self.table[self.prefix + name] = tuple(shape)
+
+    def affine(self, name: str, c: int) -> None:  # GroupNorm / LayerNorm
+        self.add(f"{name}.weight", c)
+        self.add(f"{name}.bias", c)
+
+    def conv(self, name: str, cout: int, cin: int, k: int) -> None:
+        self.add(f"{name}.weight", cout, cin, k, k)
+        self.add(f"{name}.bias", cout)
+
+    def linear(self, name: str, cout: int, cin: int, bias: bool = True) -> None:
+        self.add(f"{name}.weight", cout, cin)
+        if bias:
+            self.add(f"{name}.bias", cout)
+
+    # VAE family (SPEC §3.2)
+    def vae_resnet(self, name: str, cin: int, cout: int) -> None:
+        self.affine(f"{name}.norm1", cin)
+        self.conv(f"{name}.conv1", cout, cin, 3)
+        self.affine(f"{name}.norm2", cout)
+        self.conv(f"{name}.conv2", cout, cout, 3)
+        if cin != cout:
+            self.conv(f"{name}.nin_shortcut", cout, cin, 1)
+
+    def vae_attn(self, name: str, c: int) -> None:
+        self.affine(f"{name}.norm", c)
+        for part in ("q", "k", "v", "proj_out"):
+            self.conv(f"{name}.{part}", c, c, 1)
+
+    def vae_mid(self, name: str, c: int) -> None:
+        self.vae_resnet(f"{name}.block_1", c, c)
+        self.vae_attn(f"{name}.attn_1", c)
+        self.vae_resnet(f"{name}.block_2", c, c)
+
+    # UNet family (SPEC §2.3)
+    def unet_resblock(self, name: str, cin: int, cout: int, emb: int) -> None:
+        self.affine(f"{name}.in_layers.0", cin)
+        self.conv(f"{name}.in_layers.2", cout, cin, 3)
+        self.linear(f"{name}.emb_layers.1", cout, emb)
+        self.affine(f"{name}.out_layers.0", cout)
+        self.conv(f"{name}.out_layers.3", cout, cout, 3)
+        if cin != cout:
+            self.conv(f"{name}.skip_connection", cout, cin, 1)
+
+    def spatial_transformer(self, name: str, c: int, context: int, depth: int) -> None:
+        self.affine(f"{name}.norm", c)
+        self.conv(f"{name}.proj_in", c, c, 1)
+        for d in range(depth):
+            blk = f"{name}.transformer_blocks.{d}"
+            for attn, kv in (("attn1", c), ("attn2", context)):
+                if attn == "attn2":
+                    # registration order: attn1, ff, attn2, norm1..3
+                    self.linear(f"{blk}.ff.net.0.proj", 8 * c, c)
+                    self.linear(f"{blk}.ff.net.2", c, 4 * c)
+                self.linear(f"{blk}.{attn}.to_q", c, c, bias=False)
+                self.linear(f"{blk}.{attn}.to_k", c, kv, bias=False)
+                self.linear(f"{blk}.{attn}.to_v", c, kv, bias=False)
+                self.linear(f"{blk}.{attn}.to_out.0", c, c)
+            for norm in ("norm1", "norm2", "norm3"):
+                self.affine(f"{blk}.{norm}", c)
+        self.conv(f"{name}.proj_out", c, c, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-model tables
+
+
+def unet_tensors(spec: UNetSpec, prefix: str = UNET_PREFIX) -> Table:
+    """Every weight of ``openaimodel.UNetModel`` (SPEC §2.5: 686 tensors for SD 1.x)."""
+    b = _Builder(prefix)
+    mc, emb = spec.model_channels, spec.time_embed_dim
+    attn = set(spec.attention_resolutions)
+    b.linear("time_embed.0", emb, mc)
+    b.linear("time_embed.2", emb, emb)
+
+    def attention(name: str, c: int) -> None:
+        b.spatial_transformer(name, c, spec.context_dim, spec.transformer_depth)
+
+    b.conv("input_blocks.0.0", mc, spec.in_channels, 3)
+    skips, ch, ds, i = [mc], mc, 1, 1
+    for level, mult in enumerate(spec.channel_mult):
+        for _ in range(spec.num_res_blocks):
+            b.unet_resblock(f"input_blocks.{i}.0", ch, mult * mc, emb)
+            ch = mult * mc
+            if ds in attn:
+                attention(f"input_blocks.{i}.1", ch)
+            skips.append(ch)
+            i += 1
+        if level != len(spec.channel_mult) - 1:
+            b.conv(f"input_blocks.{i}.0.op", ch, ch, 3)
+            skips.append(ch)
+            ds, i = ds * 2, i + 1
+
+    b.unet_resblock("middle_block.0", ch, ch, emb)
+    attention("middle_block.1", ch)
+    b.unet_resblock("middle_block.2", ch, ch, emb)
+
+    i = 0
+    for level, mult in reversed(list(enumerate(spec.channel_mult))):
+        for r in range(spec.num_res_blocks + 1):
+            b.unet_resblock(f"output_blocks.{i}.0", ch + skips.pop(), mult * mc, emb)
+            ch, sub = mult * mc, 1
+            if ds in attn:
+                attention(f"output_blocks.{i}.1", ch)
+                sub = 2
+            if level and r == spec.num_res_blocks:
+                b.conv(f"output_blocks.{i}.{sub}.conv", ch, ch, 3)
+                ds //= 2
+            i += 1
+
+    b.affine("out.0", ch)
+    b.conv("out.2", spec.out_channels, ch, 3)
+    return b.table
+
+
+def text_encoder_tensors(spec: TextEncoderSpec, prefix: str = TEXT_PREFIX) -> Table:
+    """Every weight of the CLIP text transformer (SPEC §1.3: 196 for ViT-L/14; ``position_ids`` excluded)."""
+    b = _Builder(prefix)
+    d = spec.width
+    b.add("embeddings.token_embedding.weight", spec.vocab_size, d)
+    b.add("embeddings.position_embedding.weight", spec.max_positions, d)
+    for i in range(spec.layers):
+        layer = f"encoder.layers.{i}"
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            b.linear(f"{layer}.self_attn.{proj}", d, d)
+        b.affine(f"{layer}.layer_norm1", d)
+        b.linear(f"{layer}.mlp.fc1", spec.mlp, d)
+        b.linear(f"{layer}.mlp.fc2", d, spec.mlp)
+        b.affine(f"{layer}.layer_norm2", d)
+    b.affine("final_layer_norm", d)
+    return b.table
+
+
+def vae_encoder_tensors(spec: AutoencoderSpec, prefix: str = FIRST_STAGE_PREFIX) -> Table:
+    """The KL encoder and ``quant_conv`` (SPEC §3.5: 106 + 2 tensors for SD's VAE)."""
+    enc = spec.encoder
+    b = _Builder(prefix)
+    b.conv("encoder.conv_in", enc.ch, enc.in_channels, 3)
+    cin = enc.ch
+    for level, width in enumerate(enc.widths):
+        for r in range(enc.num_res_blocks):
+            b.vae_resnet(f"encoder.down.{level}.block.{r}", cin, width)
+            cin = width
+        if level != len(enc.widths) - 1:
+            b.conv(f"encoder.down.{level}.downsample.conv", cin, cin, 3)
+    b.vae_mid("encoder.mid", cin)
+    b.affine("encoder.norm_out", cin)
+    moments = 2 * enc.z_channels if enc.double_z else enc.z_channels
+    b.conv("encoder.conv_out", moments, cin, 3)
+    b.conv("quant_conv", 2 * spec.embed_dim, moments, 1)
+    return b.table
+
+
+def cond_encoder_tensors(spec: AutoencoderSpec, prefix: str = "") -> Table:
+    """The condition encoder ``decoder.encoder.layers.0..4`` (SPEC §4.4), in every asymmetric checkpoint."""
+    c0, c1, c2 = spec.decoder.cond_channels
+    b = _Builder(prefix)
+    for i, (cout, cin, k) in enumerate([(c0, 3, 3), (c1, c0, 3), (c2, c1, 4), (c2, c2, 4), (c2, c2, 4)]):
+        b.conv(f"decoder.encoder.layers.{i}", cout, cin, k)
+    return b.table
+
+
+def up_layers_tensors(spec: AutoencoderSpec, prefix: str = "") -> Table:
+    """The dead ``decoder.up_layers.*`` ConvTranspose weights ([in, out, 4, 4], SPEC §4.7): never loaded."""
+    w = spec.decoder.widths
+    b = _Builder(prefix)
+    for i, (cin, cout) in enumerate([(w[3], w[3]), (2 * w[2], w[2]), (w[2], w[1]), (w[1], w[0])]):
+        b.add(f"decoder.up_layers.{i}.deconv.weight", cin, cout, 4, 4)
+        b.add(f"decoder.up_layers.{i}.deconv.bias", cout)
+    return b.table
+
+
+def decoder_tensors(spec: AutoencoderSpec, prefix: str = "") -> Table:
+    """``post_quant_conv`` and the decoder the spec runs (SPEC §4.8).
+
+    The condition encoder is included only for a conditional decoder: ``_wocondition`` checkpoints
+    carry it too but never run it.  ``up_layers`` are never included.
+    """
+    dec = spec.decoder
+    w, top = dec.widths, dec.widths[-1]
+    b = _Builder(prefix)
+    b.conv("post_quant_conv", dec.z_channels, spec.embed_dim, 1)
+    b.conv("decoder.conv_in", top, dec.z_channels, 3)
+    b.vae_mid("decoder.mid", top)
+    table = b.table
+    if dec.conditional:
+        table.update(cond_encoder_tensors(spec, prefix))
+    for level in range(len(w)):
+        cin = w[level + 1] if level + 1 < len(w) else top
+        for r in range(dec.blocks_per_level):
+            b.vae_resnet(f"decoder.up.{level}.block.{r}", cin, w[level])
+            cin = w[level]
+        if level != 0:
+            b.conv(f"decoder.up.{level}.upsample.conv", w[level], w[level], 3)
+    b.affine("decoder.norm_out", w[0])
+    b.conv("decoder.conv_out", dec.out_channels, w[0], 3)
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Requirements per model kind
+
+
+def kind_of(spec: Spec) -> Kind:
+    """The model kind a spec describes."""
+    if isinstance(spec, DiffusionSpec):
+        return spec.kind
+    return "decoder" if spec.decoder.conditional else "decoder_wocondition"
+
+
+def ignored_prefixes(kind: Kind) -> tuple[str, ...]:
+    """Name prefixes (or whole names) present in the original checkpoints of ``kind`` and never used."""
+    if kind in ("inpaint", "txt2img"):
+        unused_first_stage = (
+            ("first_stage_model.",)
+            if kind == "txt2img"
+            else (
+                "first_stage_model.decoder.",
+                "first_stage_model.post_quant_conv.",
+            )
+        )
+        return (
+            *unused_first_stage,
+            TEXT_PREFIX + "embeddings.position_ids",
+            "model_ema.",
+            *_SCHEDULE_BUFFERS,
+        )
+    if kind in ("decoder", "decoder_wocondition"):
+        unused_cond = ("decoder.encoder.",) if kind == "decoder_wocondition" else ()
+        return ("decoder.up_layers.", *unused_cond, "loss.", "encoder.", "quant_conv.")
+    raise ValueError(f"unknown model kind {kind!r}; expected inpaint, txt2img, decoder or decoder_wocondition")
+
+
+def owned_prefixes(kind: Kind) -> tuple[str, ...]:
+    """Prefixes whose every key must be either required or known-unused for ``kind``."""
+    if kind in ("inpaint", "txt2img"):
+        return (UNET_PREFIX, "cond_stage_model.", FIRST_STAGE_PREFIX)
+    if kind in ("decoder", "decoder_wocondition"):
+        return ("decoder.", "post_quant_conv.")
+    raise ValueError(f"unknown model kind {kind!r}; expected inpaint, txt2img, decoder or decoder_wocondition")
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a model needs from a state dict: the table, the owned and the known-unused prefixes."""
+
+    kind: Kind
+    table: Table
+    owned: tuple[str, ...]
+    ignored: tuple[str, ...]
+
+    def is_ignored(self, name: str) -> bool:
+        """Whether ``name`` is a known-unused key of this kind of checkpoint."""
+        return name.startswith(self.ignored)
+
+    def is_owned(self, name: str) -> bool:
+        """Whether ``name`` lies under a prefix this model owns."""
+        return name.startswith(self.owned)
+
+
+def requirements(spec: Spec) -> Requirements:
+    """The tensors a spec's model needs, with its owned and ignored prefixes."""
+    kind = kind_of(spec)
+    if isinstance(spec, DiffusionSpec):
+        table = text_encoder_tensors(spec.text_encoder)
+        table.update(unet_tensors(spec.unet))
+        if spec.kind == "inpaint":
+            table.update(vae_encoder_tensors(spec.first_stage))
+    else:
+        table = decoder_tensors(spec)
+    return Requirements(kind, table, owned_prefixes(kind), ignored_prefixes(kind))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking a state dict
+
+
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def dtype_name(array: Any, dtype_of: Callable[[Any], str] | None = None) -> str:
+    """The element type name of ``array``: ``float32``, ``float16``, ``bfloat16``, ``int64``...
+
+    bf16 arrays as :mod:`asymvq.checkpoint` returns them (uint16 bits of dtype ``checkpoint.BF16``)
+    are ``bfloat16``; ``dtype_of`` overrides the resolution for other carriers.
+    """
+    if dtype_of is not None:
+        return dtype_of(array)
+    try:
+        return _DTYPE_NAMES[checkpoint.dtype_of(array)]
+    except checkpoint.CheckpointError:
+        return np.dtype(array.dtype).name
+
+
+def check(
+    table: Mapping[str, Shape] | Requirements,
+    tensors: Mapping[str, Any],
+    *,
+    dtype_of: Callable[[Any], str] | None = None,
+    context: str = "",
+) -> None:
+    """Raise :class:`WeightsError` listing every problem of ``tensors`` against ``table``.
+
+    Problems: a required tensor missing; a key under an owned prefix that the model neither needs nor
+    knowingly ignores (only with a :class:`Requirements`); a wrong shape; a dtype other than
+    float32/float16/bfloat16.  Keys outside the owned prefixes are not checked.  ``dtype_of`` maps an
+    array to its true dtype name (see :func:`dtype_name`); ``context`` prefixes the message.
+    """
+    req: Requirements | None
+    shapes: Mapping[str, Shape]
+    if isinstance(table, Requirements):
+        req, shapes = table, table.table
+    else:
+        req, shapes = None, table
+    problems: list[str] = []
+    missing = [name for name in shapes if name not in tensors]
+    for name in missing:
+        problems.append(f"missing: {name} (expected shape {list(shapes[name])})")
+    if req is not None:
+        for name in tensors:
+            if name not in shapes and req.is_owned(name) and not req.is_ignored(name):
+                problems.append(f"unexpected: {name} (the config's {req.kind} model has no such tensor)")
+    for name, shape in shapes.items():
+        if name not in tensors:
+            continue
+        array = tensors[name]
+        got = tuple(int(n) for n in array.shape)
+        if got != tuple(shape):
+            problems.append(f"wrong shape: {name} is {list(got)}, expected {list(shape)}")
+        dtype = dtype_name(array, dtype_of)
+        if dtype not in WEIGHT_DTYPES:
+            problems.append(f"wrong dtype: {name} is {dtype}, expected one of {', '.join(WEIGHT_DTYPES)}")
+    if problems:
+        raise WeightsError(problems, context)
+
+
+def count_parameters(table: Mapping[str, Shape]) -> int:
+    """Total number of elements in a table."""
+    return sum(int(np.prod(shape, dtype=np.int64)) for shape in table.values())
+
+
+def iter_tables(spec: Spec) -> Iterable[tuple[str, Table]]:
+    """The per-component tables of ``spec``'s model, named (for reports)."""
+    if isinstance(spec, DiffusionSpec):
+        yield "text_encoder", text_encoder_tensors(spec.text_encoder)
+        yield "unet", unet_tensors(spec.unet)
+        if spec.kind == "inpaint":
+            yield "vae_encoder", vae_encoder_tensors(spec.first_stage)
+    else:
+        yield "decoder", decoder_tensors(spec)
