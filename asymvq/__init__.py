@@ -30,4 +30,7 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-__all__ = ["__version__", "info", "set_num_threads", "get_num_threads"]
+from .unet import UNet  # noqa: E402
+from .sampler import Sampler  # noqa: E402
+
+__all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "UNet", "Sampler"]

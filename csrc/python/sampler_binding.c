@@ -1,7 +1,504 @@
-/* Placeholder until the sampler binding lands: registers nothing. */
+/* asymvq._core.Sampler and asymvq._core.randn (private; the public API is
+ * asymvq.sampler).
+ *
+ *   Sampler(kind: "ddim" | "plms", steps, eta, linear_start, linear_end, timesteps)
+ *   sampler.sample(unet, x_T, cond, uncond, scale, c_concat, noise, seed, callback) -> x_0
+ *   randn(seed, shape) -> float32 array == RandomState(seed).randn(*shape).astype(float32)
+ *
+ * The loop runs in C with the GIL released. The model is reached in one of two
+ * ways:
+ *
+ *  - the fast path, any object with the attributes
+ *      _c_unet                   a PyCapsule named "asymvq.unet" holding an avq_unet*,
+ *      _c_plan_for(batch, h, w)  (optional) -> a PyCapsule named "asymvq.plan"
+ *                                   holding the avq_plan* that UNet keeps for that
+ *                                   input shape (batch = 2B with guidance);
+ *    both pointers must stay valid while the object and the plan capsule live
+ *    (the capsule is held for the whole loop), and nothing else may run that
+ *    plan meanwhile. Without _c_plan_for the sampler builds a plan of its own
+ *    for the call. The loop then calls avq_unet_run without the GIL.
+ *  - the slow path, any callable unet(x, t, context) -> eps (x float32
+ *    [N, Cin, h, w], t int64 [N], context float32 [N, L, D]; eps convertible to
+ *    float32 [N, C, h, w]), called with the GIL taken for each model call. Its
+ *    optional int attributes in_channels / out_channels / context_dim are
+ *    checked against the inputs like the C UNet's.
+ *
+ * After every step the loop takes the GIL briefly: PyErr_CheckSignals() (so
+ * Ctrl-C stops within one step), then callback(step, timestep, x_copy); a
+ * returned array replaces the latent. Any Python exception raised there (or by
+ * a Python model) stops the loop and is re-raised unchanged once the GIL is
+ * back; nothing is left half-done, so the sampler and the UNet stay usable. */
+#include <math.h>
+#include <stdint.h>
+
 #include "common.h"
+#include "models/unet.h"
+#include "sampling/rng.h"
+#include "sampling/sampler.h"
+
+#define UNET_CAPSULE "asymvq.unet"
+#define PLAN_CAPSULE "asymvq.plan"
+
+/* ---- Python <-> loop glue --------------------------------------------------------- */
+
+typedef struct py_run {
+    /* the model: a C UNet and its plan, or a Python callable */
+    avq_unet *unet;     /* borrowed from the capsule */
+    avq_plan *plan;     /* borrowed from the plan capsule */
+    PyObject *callable; /* borrowed */
+    PyObject *callback; /* borrowed, may be NULL */
+    /* the first Python exception raised inside the loop, re-raised afterwards
+     * (type, value, traceback before Python 3.12; the exception alone from 3.12 on) */
+    PyObject *exc[3];
+} py_run;
+
+/* Moves the pending Python exception into the run (keeps the first). */
+static avq_status stash_exception(py_run *r) {
+    if (r->exc[0]) {
+        PyErr_Clear();
+    } else {
+#if PY_VERSION_HEX >= 0x030C0000
+        r->exc[0] = PyErr_GetRaisedException();
+#else
+        PyErr_Fetch(&r->exc[0], &r->exc[1], &r->exc[2]);
+#endif
+    }
+    return avq_error(AVQ_ERR_ABORTED, "a Python exception stopped the sampler");
+}
+
+/* Raises the stashed exception again (the run gives up its references). */
+static void restore_exception(py_run *r) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(r->exc[0]);
+#else
+    PyErr_Restore(r->exc[0], r->exc[1], r->exc[2]);
+#endif
+    r->exc[0] = r->exc[1] = r->exc[2] = NULL;
+}
+
+static avq_status c_unet_eps(void *ud, const avq_tensor *x, const avq_tensor *t, const avq_tensor *ctx,
+                             avq_tensor *eps) {
+    py_run *r = ud;
+    return avq_unet_run(r->unet, r->plan, x, t, ctx, eps);
+}
+
+static PyObject *copy_to_array(const avq_tensor *t, int type) {
+    npy_intp d[AVQ_MAX_DIMS];
+    for (int i = 0; i < t->ndim; i++) d[i] = (npy_intp)t->dims[i];
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(t->ndim, d, type);
+    if (!a) return NULL;
+    const int64_t n = avq_tensor_numel(t);
+    const float *src = t->data;
+    if (type == NPY_FLOAT32) {
+        memcpy(PyArray_DATA(a), src, sizeof(float) * (size_t)n);
+    } else { /* NPY_INT64: the integer timesteps */
+        int64_t *dst = PyArray_DATA(a);
+        for (int64_t i = 0; i < n; i++) dst[i] = (int64_t)src[i];
+    }
+    return (PyObject *)a;
+}
+
+/* Copies `obj` (anything convertible to float32 of t's shape) into t. -1 with an exception set. */
+static int copy_from_array(PyObject *obj, avq_tensor *t, const char *what) {
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32,
+                                                         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+    if (!a) return -1;
+    int ok = PyArray_NDIM(a) == t->ndim;
+    for (int i = 0; ok && i < t->ndim; i++) ok = PyArray_DIM(a, i) == t->dims[i];
+    if (!ok) {
+        char buf[96];
+        PyObject *shape = PyObject_GetAttrString((PyObject *)a, "shape");
+        PyErr_Format(PyExc_ValueError, "%s has shape %R, expected %s", what, shape ? shape : Py_None,
+                     avq_tensor_str(t, buf, sizeof buf));
+        Py_XDECREF(shape);
+        Py_DECREF(a);
+        return -1;
+    }
+    memcpy(t->data, PyArray_DATA(a), sizeof(float) * (size_t)avq_tensor_numel(t));
+    Py_DECREF(a);
+    return 0;
+}
+
+static avq_status py_unet_eps(void *ud, const avq_tensor *x, const avq_tensor *t, const avq_tensor *ctx,
+                              avq_tensor *eps) {
+    py_run *r = ud;
+    avq_status st = AVQ_OK;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *ax = copy_to_array(x, NPY_FLOAT32), *at = copy_to_array(t, NPY_INT64), *ac = copy_to_array(ctx, NPY_FLOAT32);
+    PyObject *out = NULL;
+    if (ax && at && ac) out = PyObject_CallFunctionObjArgs(r->callable, ax, at, ac, NULL);
+    if (!out || copy_from_array(out, eps, "the output of unet(x, t, context)") < 0) st = stash_exception(r);
+    Py_XDECREF(out);
+    Py_XDECREF(ax);
+    Py_XDECREF(at);
+    Py_XDECREF(ac);
+    PyGILState_Release(g);
+    return st;
+}
+
+static avq_status step_hook(void *ud, int step, int timestep, avq_tensor *x, int *modified) {
+    py_run *r = ud;
+    avq_status st = AVQ_OK;
+    PyGILState_STATE g = PyGILState_Ensure();
+    if (PyErr_CheckSignals() < 0) {
+        st = stash_exception(r);
+    } else if (r->callback) {
+        PyObject *ax = copy_to_array(x, NPY_FLOAT32);
+        PyObject *ret = ax ? PyObject_CallFunction(r->callback, "iiO", step, timestep, ax) : NULL;
+        if (!ret) {
+            st = stash_exception(r);
+        } else if (ret != Py_None) {
+            if (copy_from_array(ret, x, "the latent returned by the callback") < 0)
+                st = stash_exception(r);
+            else
+                *modified = 1;
+        }
+        Py_XDECREF(ret);
+        Py_XDECREF(ax);
+    }
+    PyGILState_Release(g);
+    return st;
+}
+
+/* ---- argument helpers --------------------------------------------------------------- */
+
+/* NULL for None; otherwise a float32 C-contiguous array of `ndim` dims (new reference). */
+static int opt_array(PyObject *obj, const char *name, int ndim, PyArrayObject **out) {
+    *out = NULL;
+    if (!obj || obj == Py_None) return 0;
+    *out = avq_py_f32(obj, name, ndim, ndim);
+    return *out ? 0 : -1;
+}
+
+/* Reads an optional non-negative int attribute (0 when absent or None). */
+static int int_attr(PyObject *obj, const char *name, int *out) {
+    *out = 0;
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (!v) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v != Py_None) {
+        long n = PyLong_AsLong(v);
+        if (n == -1 && PyErr_Occurred()) {
+            Py_DECREF(v);
+            PyErr_Format(PyExc_TypeError, "unet.%s must be an int", name);
+            return -1;
+        }
+        *out = n > 0 && n < INT32_MAX ? (int)n : 0;
+    }
+    Py_DECREF(v);
+    return 0;
+}
+
+/* ---- the Sampler type ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    avq_sampler *s; /* owned */
+    int steps;      /* as requested */
+} SamplerObject;
+
+static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"kind", "steps", "eta", "linear_start", "linear_end", "timesteps", NULL};
+    const char *kind_s;
+    int steps, timesteps = 1000;
+    double eta, ls = 0.00085, le = 0.012;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sid|ddi:Sampler", kwlist, &kind_s, &steps, &eta, &ls, &le, &timesteps))
+        return NULL;
+    avq_sampler_kind kind;
+    if (strcmp(kind_s, "ddim") == 0)
+        kind = AVQ_SAMPLER_DDIM;
+    else if (strcmp(kind_s, "plms") == 0)
+        kind = AVQ_SAMPLER_PLMS;
+    else
+        return PyErr_Format(PyExc_ValueError, "kind must be \"ddim\" or \"plms\", got \"%s\"", kind_s);
+    avq_schedule_config cfg = {ls, le, timesteps};
+    avq_sampler *s;
+    avq_status st = avq_sampler_create(kind, steps, eta, &cfg, &s);
+    if (st != AVQ_OK) return avq_py_raise(st);
+    SamplerObject *self = (SamplerObject *)type->tp_alloc(type, 0);
+    if (!self) {
+        avq_sampler_destroy(s);
+        return NULL;
+    }
+    self->s = s;
+    self->steps = steps;
+    return (PyObject *)self;
+}
+
+static void sampler_dealloc(SamplerObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    avq_sampler_destroy(self->s);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* Finds the model: fills r (C unet or Python callable) and the denoiser.
+ * -1 with an exception set. The C path's plan is requested later, once the
+ * inputs are checked and the model batch is known (sampler_sample). */
+static int resolve_model(PyObject *unet, py_run *r, avq_denoiser *d) {
+    memset(d, 0, sizeof *d);
+    d->user_data = r;
+    PyObject *cap = PyObject_GetAttrString(unet, "_c_unet");
+    if (cap) {
+        r->unet = PyCapsule_GetPointer(cap, UNET_CAPSULE);
+        Py_DECREF(cap);
+        if (!r->unet) return -1; /* wrong capsule: PyCapsule raised ValueError */
+        d->eps = c_unet_eps;
+        d->in_channels = avq_unet_in_channels(r->unet);
+        d->out_channels = avq_unet_out_channels(r->unet);
+        d->context_dim = avq_unet_context_dim(r->unet);
+        return 0;
+    }
+    PyErr_Clear();
+    if (!PyCallable_Check(unet)) {
+        PyErr_Format(PyExc_TypeError, "unet must be an asymvq.UNet or a callable unet(x, t, context) -> eps, got %s",
+                     Py_TYPE(unet)->tp_name);
+        return -1;
+    }
+    r->callable = unet;
+    d->eps = py_unet_eps;
+    if (int_attr(unet, "in_channels", &d->in_channels) < 0 || int_attr(unet, "out_channels", &d->out_channels) < 0 ||
+        int_attr(unet, "context_dim", &d->context_dim) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"unet", "x_T", "cond", "uncond", "scale", "c_concat", "noise", "seed", "callback", NULL};
+    PyObject *unet, *ox, *oc, *ou = Py_None, *occ = Py_None, *on = Py_None, *oseed = Py_None, *ocb = Py_None;
+    double scale = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|OdOOOO:sample", kwlist, &unet, &ox, &oc, &ou, &scale, &occ, &on,
+                                     &oseed, &ocb))
+        return NULL;
+    py_run r;
+    memset(&r, 0, sizeof r);
+    avq_denoiser model;
+    PyArrayObject *x = NULL, *c = NULL, *u = NULL, *cc = NULL, *noise = NULL, *out = NULL;
+    PyObject *plan_cap = NULL, *ret = NULL;
+    avq_plan *own_plan = NULL; /* when the unet shares no plan */
+    avq_tensor tx, tc, tu, tcc, tn, tout;
+    avq_sample_inputs in;
+    memset(&in, 0, sizeof in);
+
+    if (resolve_model(unet, &r, &model) < 0) goto done;
+    if (!(x = avq_py_f32(ox, "x_T", 4, 4)) || !(c = avq_py_f32(oc, "cond", 3, 3)) || opt_array(ou, "uncond", 3, &u) < 0 ||
+        opt_array(occ, "c_concat", 4, &cc) < 0 || opt_array(on, "noise", 5, &noise) < 0)
+        goto done;
+    if (oseed != Py_None) {
+        unsigned long long sv = PyLong_AsUnsignedLongLong(oseed);
+        if (PyErr_Occurred() || sv > 0xffffffffULL) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "seed must be an integer between 0 and 2**32 - 1, got %R", oseed);
+            goto done;
+        }
+        in.use_seed = 1;
+        in.seed = (uint32_t)sv;
+    }
+    if (ocb != Py_None) {
+        if (!PyCallable_Check(ocb)) {
+            PyErr_Format(PyExc_TypeError, "callback must be callable(step, timestep, x) or None, got %s",
+                         Py_TYPE(ocb)->tp_name);
+            goto done;
+        }
+        r.callback = ocb;
+    }
+    tx = avq_py_tensor(x);
+    tc = avq_py_tensor(c);
+    in.x_T = &tx;
+    in.cond = &tc;
+    in.scale = (float)scale;
+    if (u) tu = avq_py_tensor(u), in.uncond = &tu;
+    if (cc) tcc = avq_py_tensor(cc), in.c_concat = &tcc;
+    if (noise) tn = avq_py_tensor(noise), in.noise = &tn;
+    in.on_step = step_hook;
+    in.on_step_data = &r;
+
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, PyArray_DIMS(x), NPY_FLOAT32))) goto done;
+    tout = avq_py_tensor(out);
+    avq_status st = avq_sampler_check(self->s, &model, &in, &tout);
+    if (st != AVQ_OK) {
+        avq_py_raise(st);
+        goto done;
+    }
+    if (r.unet) {
+        const long long batch = avq_sample_guided(&in) ? 2 * tx.dims[0] : tx.dims[0];
+        if (PyObject_HasAttrString(unet, "_c_plan_for")) {
+            plan_cap = PyObject_CallMethod(unet, "_c_plan_for", "LLL", batch, (long long)tx.dims[2], (long long)tx.dims[3]);
+            if (!plan_cap) goto done;
+            r.plan = PyCapsule_GetPointer(plan_cap, PLAN_CAPSULE);
+            if (!r.plan) goto done;
+        } else {
+            /* no shared plan cache: a plan for this call only, built by the first step */
+            st = avq_plan_create(&own_plan);
+            if (st != AVQ_OK) {
+                avq_py_raise(st);
+                goto done;
+            }
+            r.plan = own_plan;
+        }
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    st = avq_sampler_run(self->s, &model, &in, &tout);
+    Py_END_ALLOW_THREADS
+
+    if (r.exc[0]) {
+        restore_exception(&r);
+        goto done;
+    }
+    if (st != AVQ_OK) {
+        avq_py_raise(st);
+        goto done;
+    }
+    ret = (PyObject *)out;
+    out = NULL;
+done:
+    for (int i = 0; i < 3; i++) Py_XDECREF(r.exc[i]);
+    Py_XDECREF(plan_cap);
+    avq_plan_destroy(own_plan);
+    Py_XDECREF(out);
+    Py_XDECREF(x);
+    Py_XDECREF(c);
+    Py_XDECREF(u);
+    Py_XDECREF(cc);
+    Py_XDECREF(noise);
+    return ret;
+}
+
+static PyObject *int_array(const int *v, int n) {
+    npy_intp d = n;
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &d, NPY_INT64);
+    if (!a) return NULL;
+    int64_t *p = PyArray_DATA(a);
+    for (int i = 0; i < n; i++) p[i] = v[i];
+    return (PyObject *)a;
+}
+
+static PyObject *float_array(const float *v, int n) {
+    npy_intp d = n;
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &d, NPY_FLOAT32);
+    if (!a) return NULL;
+    memcpy(PyArray_DATA(a), v, sizeof(float) * (size_t)n);
+    return (PyObject *)a;
+}
+
+static PyObject *get_kind(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyUnicode_FromString(avq_sampler_get_kind(self->s) == AVQ_SAMPLER_DDIM ? "ddim" : "plms");
+}
+static PyObject *get_steps(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(self->steps);
+}
+static PyObject *get_eta(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyFloat_FromDouble(avq_sampler_eta(self->s));
+}
+static PyObject *get_num_model_calls(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(avq_sampler_num_model_calls(self->s));
+}
+static PyObject *get_timesteps(SamplerObject *self, void *closure) {
+    (void)closure;
+    return int_array(avq_sampler_timesteps(self->s), avq_sampler_num_steps(self->s));
+}
+static PyObject *get_alphas(SamplerObject *self, void *closure) {
+    (void)closure;
+    return float_array(avq_sampler_alphas(self->s), avq_sampler_num_steps(self->s));
+}
+static PyObject *get_alphas_prev(SamplerObject *self, void *closure) {
+    (void)closure;
+    return float_array(avq_sampler_alphas_prev(self->s), avq_sampler_num_steps(self->s));
+}
+static PyObject *get_sigmas(SamplerObject *self, void *closure) {
+    (void)closure;
+    return float_array(avq_sampler_sigmas(self->s), avq_sampler_num_steps(self->s));
+}
+static PyObject *get_alphas_cumprod(SamplerObject *self, void *closure) {
+    (void)closure;
+    int T;
+    const float *abar = avq_sampler_alphas_cumprod(self->s, &T);
+    return float_array(abar, T);
+}
+
+static PyMethodDef sampler_methods[] = {
+    {"sample", (PyCFunction)(void (*)(void))sampler_sample, METH_VARARGS | METH_KEYWORDS,
+     "sample(unet, x_T, cond, uncond=None, scale=1.0, c_concat=None, noise=None, seed=None, callback=None) -> x_0"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sampler_getset[] = {
+    {"kind", (getter)get_kind, NULL, "\"ddim\" or \"plms\".", NULL},
+    {"steps", (getter)get_steps, NULL, "The number of steps asked for.", NULL},
+    {"eta", (getter)get_eta, NULL, "DDIM eta (0 for PLMS).", NULL},
+    {"num_model_calls", (getter)get_num_model_calls, NULL, "Model evaluations per sample (PLMS: steps + 1).", NULL},
+    {"timesteps", (getter)get_timesteps, NULL, "int64 DDIM timesteps, ascending (the loop runs them backwards).", NULL},
+    {"alphas", (getter)get_alphas, NULL, "float32 a_k = alphas_cumprod[timesteps[k]].", NULL},
+    {"alphas_prev", (getter)get_alphas_prev, NULL, "float32 aprev_k (aprev_0 = alphas_cumprod[0]).", NULL},
+    {"sigmas", (getter)get_sigmas, NULL, "float32 sigma_k.", NULL},
+    {"alphas_cumprod", (getter)get_alphas_cumprod, NULL, "The float32 DDPM schedule.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot sampler_slots[] = {
+    {Py_tp_new, sampler_new},
+    {Py_tp_dealloc, sampler_dealloc},
+    {Py_tp_methods, sampler_methods},
+    {Py_tp_getset, sampler_getset},
+    {Py_tp_doc, "Sampler(kind, steps, eta, linear_start=0.00085, linear_end=0.012, timesteps=1000) (private)."},
+    {0, NULL},
+};
+
+static PyType_Spec sampler_spec = {
+    "asymvq._core.Sampler", sizeof(SamplerObject), 0, Py_TPFLAGS_DEFAULT, sampler_slots,
+};
+
+/* ---- randn ------------------------------------------------------------------------------- */
+
+static PyObject *py_randn(PyObject *self, PyObject *args, PyObject *kwds) {
+    (void)self;
+    static char *kwlist[] = {"seed", "shape", NULL};
+    PyObject *oseed, *oshape;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:randn", kwlist, &oseed, &oshape)) return NULL;
+    unsigned long long sv = PyLong_AsUnsignedLongLong(oseed);
+    if (PyErr_Occurred() || sv > 0xffffffffULL) {
+        PyErr_Clear();
+        return PyErr_Format(PyExc_ValueError, "seed must be an integer between 0 and 2**32 - 1, got %R", oseed);
+    }
+    PyArray_Dims dims = {NULL, 0};
+    if (!PyArray_IntpConverter(oshape, &dims)) return NULL;
+    for (int i = 0; i < dims.len; i++)
+        if (dims.ptr[i] < 0) {
+            PyDimMem_FREE(dims.ptr);
+            return PyErr_Format(PyExc_ValueError, "shape must not hold negative sizes, got %R", oshape);
+        }
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(dims.len, dims.ptr, NPY_FLOAT32);
+    PyDimMem_FREE(dims.ptr);
+    if (!a) return NULL;
+    avq_rng rng;
+    avq_rng_seed(&rng, (uint32_t)sv);
+    float *p = PyArray_DATA(a);
+    const npy_intp n = PyArray_SIZE(a);
+    Py_BEGIN_ALLOW_THREADS
+    avq_rng_randn_f32(&rng, p, (int64_t)n);
+    Py_END_ALLOW_THREADS
+    return (PyObject *)a;
+}
+
+static PyMethodDef randn_defs[] = {
+    {"randn", (PyCFunction)(void (*)(void))py_randn, METH_VARARGS | METH_KEYWORDS,
+     "randn(seed, shape) -> float32 array equal to numpy.random.RandomState(seed).randn(*shape).astype(float32)"},
+    {NULL, NULL, 0, NULL},
+};
 
 int avq_py_add_sampler(PyObject *m) {
-    (void)m;
-    return 0;
+    PyObject *type = PyType_FromSpec(&sampler_spec);
+    if (!type) return -1;
+    if (PyModule_AddObject(m, "Sampler", type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return PyModule_AddFunctions(m, randn_defs);
 }

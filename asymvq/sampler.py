@@ -1,0 +1,193 @@
+"""DDIM and PLMS samplers of the original code, with the whole loop in C.
+
+:class:`Sampler` reproduces ``ldm.models.diffusion.ddim.DDIMSampler`` (any ``eta``) and
+``ldm.models.diffusion.plms.PLMSSampler`` (SPEC §6) with classifier-free guidance (one model call on
+the batch ``[uncond, cond]``, ``eps = eps_u + scale * (eps_c - eps_u)``) and the hybrid inpainting
+input (``x_t``, then ``c_concat`` = mask and masked-image latent, along channels).  The loop runs in C
+with the GIL released; Python is entered only once per step, for Ctrl-C and the optional callback.
+
+Schedule (SPEC §5.1): ``beta`` linear in ``sqrt`` between the config's ``linear_start`` and
+``linear_end`` over ``timesteps`` steps, ``alphas_cumprod`` computed in float64 and stored as float32.
+DDIM timesteps: ``range(0, T, T // steps) + 1`` (the original's "uniform" discretisation with its +1
+offset; for steps not dividing T this list is longer than ``steps``, as in the original).
+
+Noise (DDIM with ``eta > 0``): ``noise[i]`` is added at the ``i``-th step of the loop (the loop visits
+``timesteps[::-1]``), or, with ``seed``, the sampler draws it itself from NumPy's legacy generator in C:
+the noise of a seeded run equals ``noise=randn(seed, (len(timesteps), B, C, h, w))``.
+
+:func:`randn` is that generator: ``numpy.random.RandomState(seed).randn(*shape).astype(numpy.float32)``
+bit for bit (MT19937, polar Gaussians with the cached second value; SPEC §8.5), e.g. the inpainting
+start code ``randn(0, (1, 4, h, w))``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _core
+from . import config as config_mod
+
+__all__ = ["Sampler", "randn", "StepCallback"]
+
+#: ``callback(step, timestep, x)`` after every step; ``x`` is a float32 copy of the latent
+#: ``[B, C, h, w]``.  Return ``None``, or an array of that shape to replace the latent.
+StepCallback = Callable[[int, int, np.ndarray], Optional[np.ndarray]]
+
+#: SD v1's schedule (both shipped configs).
+SD1_SCHEDULE = (0.00085, 0.012, 1000)
+
+ConfigLike = Union[None, str, "os.PathLike[str]", config_mod.DiffusionSpec]
+
+
+def randn(seed: int, shape: Union[int, Sequence[int]]) -> np.ndarray:
+    """``numpy.random.RandomState(seed).randn(*shape).astype(numpy.float32)``, computed in C.
+
+    ``seed`` must be in ``[0, 2**32 - 1]``; ``shape`` an int or a sequence of ints.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return _core.randn(int(seed), shape)
+
+
+def _schedule(config: ConfigLike) -> tuple[float, float, int]:
+    if config is None:
+        return SD1_SCHEDULE
+    if isinstance(config, (str, os.PathLike)):
+        config = config_mod.load(config)
+    if not isinstance(config, config_mod.DiffusionSpec):
+        raise TypeError(
+            "config must be None (SD v1's schedule), a diffusion config path or an asymvq.config.DiffusionSpec, "
+            f"got {type(config).__name__}"
+        )
+    return config.linear_start, config.linear_end, config.timesteps
+
+
+def _float_array(name: str, value: Any, optional: bool = False) -> Optional[np.ndarray]:
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name} is required (a float32 array)")
+    a = np.asarray(value)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class Sampler:
+    """``Sampler(kind="ddim" | "plms", steps=50, eta=0.0, config=None)``.
+
+    ``config``: ``None`` (SD v1: ``linear_start=0.00085``, ``linear_end=0.012``, 1000 timesteps), a
+    diffusion YAML path, or an :class:`asymvq.config.DiffusionSpec`.  Raises ``ValueError`` for
+    ``steps`` outside ``1..timesteps`` (or a step count the original discretisation cannot run:
+    its last timestep would be ``T``), ``eta < 0``, or PLMS with ``eta != 0``.
+
+    A sampler holds only its tables: one instance can serve any number of calls, models and
+    threads.
+    """
+
+    def __init__(self, kind: str = "ddim", steps: int = 50, eta: float = 0.0, config: ConfigLike = None) -> None:
+        if kind not in ("ddim", "plms"):
+            raise ValueError(f'kind must be "ddim" or "plms", got {kind!r}')
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        linear_start, linear_end, timesteps = _schedule(config)
+        if not 1 <= int(steps) <= timesteps:
+            raise ValueError(f"steps must be between 1 and {timesteps} (the schedule's timesteps), got {steps}")
+        self._c = _core.Sampler(kind, int(steps), float(eta), linear_start, linear_end, timesteps)
+
+    @property
+    def kind(self) -> str:
+        """``"ddim"`` or ``"plms"``."""
+        return self._c.kind
+
+    @property
+    def steps(self) -> int:
+        """The number of steps asked for (``len(timesteps)`` may be larger)."""
+        return self._c.steps
+
+    @property
+    def eta(self) -> float:
+        """DDIM's eta (0 for PLMS)."""
+        return self._c.eta
+
+    @property
+    def timesteps(self) -> np.ndarray:
+        """int64 DDIM timesteps, ascending (``[1, 21, ..., 981]`` for 50 steps); the loop runs them backwards."""
+        return self._c.timesteps
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        """The float32 DDPM schedule ``alphas_cumprod[0..T)``."""
+        return self._c.alphas_cumprod
+
+    @property
+    def alphas(self) -> np.ndarray:
+        """float32 ``a_k = alphas_cumprod[timesteps[k]]``."""
+        return self._c.alphas
+
+    @property
+    def alphas_prev(self) -> np.ndarray:
+        """float32 ``aprev_k = alphas_cumprod[timesteps[k - 1]]``, ``aprev_0 = alphas_cumprod[0]``."""
+        return self._c.alphas_prev
+
+    @property
+    def sigmas(self) -> np.ndarray:
+        """float32 ``sigma_k = eta * sqrt((1 - aprev_k) / (1 - a_k) * (1 - a_k / aprev_k))``."""
+        return self._c.sigmas
+
+    @property
+    def num_model_calls(self) -> int:
+        """Model evaluations per :meth:`sample` (``len(timesteps)``, plus one for PLMS)."""
+        return self._c.num_model_calls
+
+    def sample(
+        self,
+        unet: Any,
+        x_T: np.ndarray,
+        cond: np.ndarray,
+        uncond: Optional[np.ndarray],
+        scale: float,
+        c_concat: Optional[np.ndarray] = None,
+        noise: Optional[np.ndarray] = None,
+        seed: Optional[int] = None,
+        callback: Optional[StepCallback] = None,
+    ) -> np.ndarray:
+        """Denoise ``x_T`` and return ``x_0`` (float32 ``[B, C, h, w]``).
+
+        * ``unet``: an :class:`asymvq.UNet` (the loop then calls the C UNet without the GIL), or any
+          callable ``unet(x, t, context) -> eps`` (x float32 ``[N, Cin, h, w]``, t int64 ``[N]``,
+          context float32 ``[N, L, D]``), called with the GIL for each model evaluation.
+        * ``x_T``: ``[B, C, h, w]``, ``h`` and ``w`` multiples of 8.
+        * ``cond`` / ``uncond``: ``[B or 1, L, D]`` (batch 1 is repeated).  With ``uncond=None`` or
+          ``scale == 1`` the model is called once per step on ``B`` without guidance; otherwise once
+          on ``[uncond, cond]`` (``2B``).
+        * ``c_concat``: ``[B or 1, Cin - C, h, w]`` for an inpainting UNet (mask, masked-image latent),
+          appended after ``x_t`` along channels; ``None`` for a txt2img UNet.
+        * ``noise``: ``[len(timesteps), B, C, h, w]``, the per-step noise of DDIM with ``eta > 0``
+          (``noise[i]`` at the ``i``-th step); or ``seed`` (``0..2**32-1``) to draw it as
+          ``randn(seed, noise_shape)``.  One of them is required when ``eta > 0``; ignored otherwise.
+        * ``callback``: see :data:`StepCallback`; exceptions it raises stop the loop and propagate.
+
+        Ctrl-C stops the loop within one step (``KeyboardInterrupt``); the sampler and the UNet stay
+        usable.  ``ValueError`` names any inconsistent input; ``FloatingPointError`` if the latent
+        becomes NaN/Inf (after a step or the callback's replacement).
+        """
+        x = _float_array("x_T", x_T)
+        c = _float_array("cond", cond)
+        u = _float_array("uncond", uncond, optional=True)
+        cc = _float_array("c_concat", c_concat, optional=True)
+        z = _float_array("noise", noise, optional=True)
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+            if noise is not None:
+                raise ValueError("pass either noise or seed, not both")
+            seed = int(seed)
+        return self._c.sample(unet, x, c, u, float(scale), cc, z, seed, callback)
+
+    def __repr__(self) -> str:
+        return (f"Sampler(kind={self.kind!r}, steps={self.steps}, eta={self.eta}, "
+                f"timesteps={len(self.timesteps)} of {len(self.alphas_cumprod)})")

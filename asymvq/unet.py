@@ -1,0 +1,219 @@
+"""The Stable Diffusion v1 UNet (SPEC §2) on the C core: ``eps = unet(x_t, t, context)``.
+
+Example::
+
+    unet = asymvq.UNet.from_config("configs/v1-inpainting-inference.yaml", "sd-v1-5-inpainting.ckpt")
+    eps = unet(x, timesteps, context)   # x [B, 9, h, w] float32, timesteps [B] ints, context [B, 77, 768]
+
+The model is built once (weights checked and memory-mapped, packed into oneDNN's layouts on first use);
+each input shape (batch, h, w) gets a plan, built on its first call and reused afterwards, so a
+sampling loop at one shape never allocates. Computation runs with the GIL released.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Union
+
+import numpy as np
+
+from . import _core
+from . import checkpoint as _checkpoint
+from . import config as _config
+from .config import DiffusionSpec, UNetSpec
+
+__all__ = ["UNet", "CONTEXT_LENGTH", "UNET_PREFIX"]
+
+#: Tokens per prompt in the cross-attention context (CLIP's 77 positions).
+CONTEXT_LENGTH = 77
+#: Where the UNet's tensors live in an SD checkpoint.
+UNET_PREFIX = "model.diffusion_model."
+
+ConfigLike = Union[str, "os.PathLike[str]", DiffusionSpec, UNetSpec]
+WeightsLike = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+
+
+def _unet_spec(config: ConfigLike) -> UNetSpec:
+    if isinstance(config, (str, os.PathLike)):
+        config = _config.load(config)
+    if isinstance(config, DiffusionSpec):
+        return config.unet
+    if isinstance(config, UNetSpec):
+        return config
+    if isinstance(config, _config.AutoencoderSpec):
+        raise ValueError(f"config {config.source} describes an autoencoder, not a diffusion model with a UNet")
+    raise TypeError(f"config must be a YAML path, a DiffusionSpec or a UNetSpec, got {type(config).__name__}")
+
+
+def _as_c_array(array: Any) -> Any:
+    """float32 (little-endian, contiguous) or bf16 bits as the C loader takes them; other dtypes pass
+    through unchanged so that the loader names them in its report."""
+    if not isinstance(array, np.ndarray):
+        return array
+    try:
+        tag = _checkpoint.dtype_of(array)
+    except _checkpoint.CheckpointError:
+        return array
+    if tag == "BF16":
+        return np.ascontiguousarray(array)
+    if tag in ("F32", "F16", "F64"):
+        return np.ascontiguousarray(array, dtype="<f4")
+    return array
+
+
+def _unet_weights(weights: WeightsLike) -> dict[str, Any]:
+    if isinstance(weights, (str, os.PathLike)):
+        weights = _checkpoint.load(weights)
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a checkpoint path or a mapping name -> array, got {type(weights).__name__}")
+    picked = {name: _as_c_array(a) for name, a in weights.items() if name.startswith(UNET_PREFIX)}
+    if not picked:
+        raise ValueError(f"the weights hold no UNet tensors (no key starts with {UNET_PREFIX!r})")
+    return picked
+
+
+def _c_config(spec: UNetSpec) -> dict[str, Any]:
+    return {
+        "in_channels": spec.in_channels,
+        "out_channels": spec.out_channels,
+        "model_channels": spec.model_channels,
+        "channel_mult": list(spec.channel_mult),
+        "num_res_blocks": spec.num_res_blocks,
+        "attention_resolutions": list(spec.attention_resolutions),
+        "num_heads": spec.num_heads,
+        "num_head_channels": spec.num_head_channels,
+        "transformer_depth": spec.transformer_depth,
+        "context_dim": spec.context_dim,
+    }
+
+
+class UNet:
+    """The SD v1 UNet (4-channel txt2img or 9-channel inpainting) running in C.
+
+    Build it with :meth:`from_config`; call it as ``unet(x, timesteps, context) -> eps``.
+    """
+
+    def __init__(self, spec: UNetSpec, core: Any) -> None:
+        """Use :meth:`from_config`."""
+        self._spec = spec
+        self._core = core
+
+    @classmethod
+    def from_config(cls, config: ConfigLike, weights: WeightsLike, precision: str = "fp32") -> "UNet":
+        """Build the UNet of ``config`` with ``weights``.
+
+        ``config``: a diffusion YAML path (``v1-inpainting-inference.yaml``, ``v1-t2i-inference.yaml`` or a
+        tiny variant), a :class:`~asymvq.config.DiffusionSpec` or a :class:`~asymvq.config.UNetSpec`.
+        ``weights``: a ``.ckpt``/``.safetensors`` path or a mapping name -> array (float32, float16 or
+        bf16 bits), with the UNet's tensors under ``model.diffusion_model.``; arrays are borrowed, not
+        copied, when they are float32 or bf16 and contiguous.
+        ``precision``: ``"fp32"`` or ``"bf16"`` (bf16 activations and weights, float32 output).
+
+        Raises ValueError naming every missing or mis-shaped tensor at once, and for a bad precision.
+        """
+        spec = _unet_spec(config)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f'precision must be "fp32" or "bf16", got {precision!r}')
+        core = _core.UNet(_c_config(spec), _unet_weights(weights), precision)
+        return cls(spec, core)
+
+    @property
+    def spec(self) -> UNetSpec:
+        """The UNet's configuration."""
+        return self._spec
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``."""
+        return str(self._core.precision)
+
+    @property
+    def in_channels(self) -> int:
+        """4 (txt2img) or 9 (inpainting: ``[x_t, mask, masked-image latent]``)."""
+        return int(self._core.in_channels)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the predicted noise (4)."""
+        return int(self._core.out_channels)
+
+    @property
+    def context_dim(self) -> int:
+        """Feature width of the cross-attention context (768 for SD v1)."""
+        return int(self._core.context_dim)
+
+    @property
+    def num_params(self) -> int:
+        """Number of parameters."""
+        return int(self._core.num_params)
+
+    @property
+    def size_multiple(self) -> int:
+        """Latent height and width must be multiples of this (8 for SD v1)."""
+        return int(self._core.size_multiple)
+
+    @property
+    def plans(self) -> list[dict[str, int]]:
+        """The cached per-shape plans: batch, height, width, arena and scratchpad bytes, steps."""
+        return list(self._core.plans())
+
+    @property
+    def _c_unet(self) -> Any:
+        """PyCapsule "asymvq.unet" with the C model, for the sampler's C loop (valid while self lives)."""
+        return self._core.capsule
+
+    def _c_plan_for(self, batch: int, height: int, width: int) -> Any:
+        """PyCapsule "asymvq.plan" with the cached plan for (batch, height, width), pinned while it lives."""
+        return self._core.plan_capsule(batch, height, width, CONTEXT_LENGTH)
+
+    def clear_plans(self) -> None:
+        """Free the cached plans (their activation memory); the next call builds again."""
+        self._core.clear_plans()
+
+    def __call__(self, x: Any, timesteps: Any, context: Any) -> np.ndarray:
+        """Predict the noise ``eps`` [B, 4, h, w] (float32).
+
+        ``x``: [B, in_channels, h, w] float32 (h, w multiples of :attr:`size_multiple`);
+        ``timesteps``: B integers (the DDPM step index, e.g. 981), or one integer for the whole batch;
+        ``context``: [B, 77, context_dim] float32 (the CLIP text embedding).
+        """
+        x = np.asarray(x, dtype=np.float32)
+        context = np.asarray(context, dtype=np.float32)
+        if x.ndim != 4:
+            raise ValueError(f"x must be 4-D [B, {self.in_channels}, h, w], got shape {list(x.shape)}")
+        batch = x.shape[0]
+        if x.shape[1] != self.in_channels:
+            what = (
+                "an inpainting UNet takes [x_t (4), mask (1), masked-image latent (4)]"
+                if self.in_channels == 9
+                else f"this is a {self.in_channels}-channel (txt2img) UNet"
+            )
+            raise ValueError(f"x has {x.shape[1]} channels, expected {self.in_channels}: {what}")
+        m = self.size_multiple
+        if x.shape[2] % m or x.shape[3] % m or x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(
+                f"latent height and width must be positive multiples of {m} (image sizes multiples of {8 * m}), "
+                f"got {x.shape[2]}x{x.shape[3]}"
+            )
+        want = (batch, CONTEXT_LENGTH, self.context_dim)
+        if context.shape != want:
+            raise ValueError(f"context must have shape {list(want)}, got {list(context.shape)}")
+        t = np.asarray(timesteps)
+        if t.ndim == 0:
+            t = np.full(batch, t)
+        if t.shape != (batch,):
+            raise ValueError(f"timesteps must be one integer or {batch} of them, got shape {list(t.shape)}")
+        if not np.issubdtype(t.dtype, np.integer):
+            if not np.issubdtype(t.dtype, np.floating) or not np.all(np.isfinite(t)) or np.any(t != np.round(t)):
+                raise ValueError(f"timesteps must be integers, got {t!r}")
+        if np.any(t < 0):
+            raise ValueError(f"timesteps must be >= 0, got {t.tolist()}")
+        return self._core(x, t.astype(np.float32), context)
+
+    def __repr__(self) -> str:
+        s = self._spec
+        return (
+            f"UNet(in_channels={s.in_channels}, model_channels={s.model_channels}, "
+            f"channel_mult={list(s.channel_mult)}, context_dim={s.context_dim}, precision={self.precision!r}, "
+            f"params={self.num_params:,})"
+        )

@@ -1,0 +1,122 @@
+/* DDIM (any eta) and PLMS as the original code runs them (SPEC §5.5, §6),
+ * with classifier-free guidance and the hybrid (inpainting) input, the whole
+ * loop in C.
+ *
+ * The model is a callback (avq_denoiser), so the samplers know nothing about
+ * the UNet: the Python binding wires asymvq's C UNet (or, slowly, any Python
+ * callable) into it, and tests use deterministic stand-ins.
+ *
+ *   avq_sampler *s;  avq_sampler_create(AVQ_SAMPLER_DDIM, 50, 1.0, &cfg, &s);
+ *   avq_sample_inputs in = {.x_T = &xT, .cond = &c, .uncond = &uc, .scale = 7.5f,
+ *                           .c_concat = &cc, .seed = 0, .use_seed = 1};
+ *   avq_sampler_run(s, &model, &in, &x0);
+ *
+ * A sampler is immutable after creation; avq_sampler_run allocates its work
+ * buffers once before the loop (none inside it) and may run concurrently on
+ * different inputs if the denoiser allows it.
+ *
+ * Per step i = 0..n-1 the loop visits k = n-1-i (t = tau[k], descending):
+ *   guided eps   e = e_u + scale * (e_c - e_u), one model call on the batch
+ *                [uncond (B); cond (B)] in that order; unguided (uncond NULL or
+ *                scale == 1): one call on B.
+ *   model input  x_t alone, or x_t (C) ++ c_concat (mask, masked-image latent)
+ *                along channels, in that order (SPEC §5.3).
+ *   DDIM         x0 = (x - sqrt(1-a_k) e) / sqrt(a_k)
+ *                x  = sqrt(aprev_k) x0 + sqrt(1 - aprev_k - sigma_k^2) e + sigma_k xi_i
+ *   PLMS         SPEC §6.2: the first step averages e with a second model call at
+ *                the next timestep; later steps use Adams-Bashforth 2/3/4 on the
+ *                history of raw e; n + 1 model calls in all.
+ * Float32 arithmetic in the reference's operation order.
+ *
+ * Noise xi_i (DDIM with eta > 0 only): noise[i] from the caller, or generated
+ * from `seed` by NumPy's legacy generator (rng.h): one stream for the whole
+ * run, so xi equals float32(RandomState(seed).randn(n, B, C, h, w))[i]. */
+#ifndef AVQ_SAMPLER_H
+#define AVQ_SAMPLER_H
+
+#include <stdint.h>
+
+#include "core/tensor.h"
+#include "sampling/schedule.h"
+
+typedef enum avq_sampler_kind { AVQ_SAMPLER_DDIM = 0, AVQ_SAMPLER_PLMS = 1 } avq_sampler_kind;
+
+typedef struct avq_sampler avq_sampler;
+
+/* The model: eps_out = eps(x, t, context) for one batch of N = x->dims[0].
+ * All tensors f32, AVQ_PLAIN, contiguous, data set, owned by the sampler:
+ *   x        [N, in_channels, h, w]
+ *   t        [N]            integer DDPM timesteps as floats (981, 961, ...)
+ *   context  [N, L, D]
+ *   eps_out  [N, C, h, w]   to be written (C = the latent's channels)
+ * A non-OK status stops the loop and is returned by avq_sampler_run. The
+ * *_channels / context_dim fields let the sampler check the inputs against the
+ * model before any call (0 = unknown, not checked). */
+typedef struct avq_denoiser {
+    avq_status (*eps)(void *user_data, const avq_tensor *x, const avq_tensor *t, const avq_tensor *context,
+                      avq_tensor *eps_out);
+    void *user_data; /* borrowed */
+    int in_channels;
+    int out_channels;
+    int context_dim;
+} avq_denoiser;
+
+/* Called after every step with the new latent x [B, C, h, w] (step = 0-based
+ * loop index, timestep = the t that step denoised from). The hook may write x;
+ * it then sets *modified = 1 and the sampler checks x again. A non-OK status
+ * stops the loop and is returned as is. */
+typedef avq_status (*avq_sampler_step_fn)(void *user_data, int step, int timestep, avq_tensor *x, int *modified);
+
+typedef struct avq_sample_inputs {
+    const avq_tensor *x_T;      /* [B, C, h, w], h and w multiples of 8 */
+    const avq_tensor *cond;     /* [B or 1, L, D] (batch 1 is repeated) */
+    const avq_tensor *uncond;   /* [B or 1, L, D], or NULL: no guidance */
+    float scale;                /* guidance scale; 1 means one unguided call */
+    const avq_tensor *c_concat; /* [B or 1, Cc, h, w] or NULL; in_channels = C + Cc */
+    const avq_tensor *noise;    /* [n, B, C, h, w] or NULL (n = avq_sampler_num_steps) */
+    int use_seed;               /* DDIM, eta > 0, noise NULL: generate xi from seed */
+    uint32_t seed;
+    avq_sampler_step_fn on_step; /* optional */
+    void *on_step_data;
+    const volatile int *abort_flag; /* optional: nonzero stops before the next step */
+} avq_sample_inputs;
+
+/* AVQ_ERR_ARG naming the problem: steps outside 1..T or a step count the
+ * original discretisation cannot run (schedule.h), eta < 0, PLMS with eta != 0,
+ * a bad schedule config. */
+avq_status avq_sampler_create(avq_sampler_kind kind, int steps, double eta, const avq_schedule_config *cfg,
+                              avq_sampler **out);
+void avq_sampler_destroy(avq_sampler *s);
+
+avq_sampler_kind avq_sampler_get_kind(const avq_sampler *s);
+double avq_sampler_eta(const avq_sampler *s);
+/* n: the number of timesteps the loop visits (can exceed the requested steps). */
+int avq_sampler_num_steps(const avq_sampler *s);
+/* Number of model calls of one run (n, or n + 1 for PLMS); each on 2B with guidance. */
+int avq_sampler_num_model_calls(const avq_sampler *s);
+/* Tables indexed by k (ascending timesteps, length n): tau, a, aprev, sigma. */
+const int *avq_sampler_timesteps(const avq_sampler *s);
+const float *avq_sampler_alphas(const avq_sampler *s);
+const float *avq_sampler_alphas_prev(const avq_sampler *s);
+const float *avq_sampler_sigmas(const avq_sampler *s);
+/* The float32 schedule, length *timesteps. */
+const float *avq_sampler_alphas_cumprod(const avq_sampler *s, int *timesteps);
+
+/* 1 when the inputs ask for classifier-free guidance (uncond set, scale != 1):
+ * the model then sees batches of 2B, otherwise B. */
+int avq_sample_guided(const avq_sample_inputs *in);
+
+/* Checks every input against the others, the sampler and the model (what the
+ * model declares): AVQ_ERR_SHAPE / AVQ_ERR_ARG naming the problem. */
+avq_status avq_sampler_check(const avq_sampler *s, const avq_denoiser *model, const avq_sample_inputs *in,
+                             const avq_tensor *x_out);
+
+/* Runs the loop from x_T into x_out [B, C, h, w] (may alias x_T). Errors:
+ * those of avq_sampler_check; AVQ_ERR_NUMERIC when the latent holds NaN/Inf
+ * after a step or after the hook changed it; AVQ_ERR_ABORTED when the abort
+ * flag was raised; whatever the model or the hook returned. On error x_out
+ * holds the last latent reached. */
+avq_status avq_sampler_run(const avq_sampler *s, const avq_denoiser *model, const avq_sample_inputs *in,
+                           avq_tensor *x_out);
+
+#endif
