@@ -17,7 +17,7 @@
 #include "ops_internal.h"
 #include "vmath.h"
 
-#define ATTN_T 64
+#define ATTN_T 128
 
 static int tokens_view(const avq_tensor *t, int64_t *B, int64_t *N, int64_t *C) {
     if (t->layout == AVQ_NHWC) {
@@ -38,7 +38,10 @@ static void widen(const void *src, avq_dtype dt, int64_t ld, int64_t rows, int64
     for (int64_t r = 0; r < rows; r++) avq_load_row(src, dt, r * ld, dst + r * d, d);
 }
 
-AVQ_MULTIVERSION static void softmax_row(float *row, int64_t limit, int64_t M) {
+/* exp(row - max) in place over [0, limit), zeros after; returns the sum.
+ * The 1/sum normalisation is applied to the T x d output instead of the
+ * T x M probabilities: one pass over the scores fewer. */
+AVQ_MULTIVERSION static float softmax_row_unnormalised(float *row, int64_t limit, int64_t M) {
     float mx = -FLT_MAX;
 #pragma omp simd reduction(max : mx)
     for (int64_t j = 0; j < limit; j++) mx = row[j] > mx ? row[j] : mx;
@@ -49,10 +52,8 @@ AVQ_MULTIVERSION static void softmax_row(float *row, int64_t limit, int64_t M) {
         row[j] = e;
         sum += e;
     }
-    float inv = 1.f / sum;
-#pragma omp simd
-    for (int64_t j = 0; j < limit; j++) row[j] *= inv;
     for (int64_t j = limit; j < M; j++) row[j] = 0.f;
+    return sum;
 }
 
 avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v, avq_tensor *o,
@@ -77,7 +78,7 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
     /* Per-thread workspace: scores T x M, and for bf16 the widened q tile,
      * k and v of one head, and the output tile. Threads fixed at build. */
     int nthr = avq_get_num_threads();
-    const int64_t per = T * M + (wide ? T * d + 2 * M * d + T * d : 0);
+    const int64_t per = T * M + T + (wide ? T * d + 2 * M * d + T * d : 0);
     avq_tensor ws;
     int64_t wd[1] = {per * nthr};
     AVQ_TRY(avq_plan_tensor(p, &ws, AVQ_F32, AVQ_PLAIN, 1, wd));
@@ -94,7 +95,7 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
 #pragma omp parallel num_threads(run_thr)
     {
         float *S = (float *)ws.data + per * omp_get_thread_num();
-        float *qt = S + T * M, *kh = qt + T * d, *vh = kh + M * d, *ot = vh + M * d;
+        float *inv = S + T * M, *qt = inv + T, *kh = qt + T * d, *vh = kh + M * d, *ot = vh + M * d;
         int64_t cur = -1; /* (b, head) whose k/v are widened in kh/vh */
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < ntask; task++) {
@@ -126,14 +127,15 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
             if (dnnl_sgemm('N', 'T', rows, M, d, scale, A, lda, K, ldk, 0.f, S, M) != dnnl_success) failed = 1;
             for (int64_t r = 0; r < rows; r++) {
                 int64_t limit = causal ? q0 + r + 1 : M;
-                softmax_row(S + r * M, limit < M ? limit : M, M);
+                inv[r] = 1.f / softmax_row_unnormalised(S + r * M, limit < M ? limit : M, M);
             }
-            if (wide) {
-                if (dnnl_sgemm('N', 'N', rows, d, M, 1.f, S, M, V, ldk, 0.f, ot, d) != dnnl_success) failed = 1;
-                for (int64_t r = 0; r < rows; r++) avq_store_row(op, dt, r * C, ot + r * d, d);
-            } else {
-                if (dnnl_sgemm('N', 'N', rows, d, M, 1.f, S, M, V, ldk, 0.f, (float *)op, C) != dnnl_success)
-                    failed = 1;
+            float *out = wide ? ot : (float *)op;
+            int64_t ldo = wide ? d : C;
+            if (dnnl_sgemm('N', 'N', rows, d, M, 1.f, S, M, V, ldk, 0.f, out, ldo) != dnnl_success) failed = 1;
+            for (int64_t r = 0; r < rows; r++) {
+                float *orow = out + r * ldo;
+                for (int64_t j = 0; j < d; j++) orow[j] *= inv[r];
+                if (wide) avq_store_row(op, dt, r * C, orow, d);
             }
         }
     }
