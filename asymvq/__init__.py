@@ -32,5 +32,6 @@ def get_num_threads() -> int:
 
 from .unet import UNet  # noqa: E402
 from .sampler import Sampler  # noqa: E402
+from .text_encoder import TextEncoder  # noqa: E402
 
-__all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "UNet", "Sampler"]
+__all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "UNet", "Sampler", "TextEncoder"]
