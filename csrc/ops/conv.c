@@ -117,6 +117,22 @@ done:
     return st;
 }
 
+/* oneDNN 3.2's fast convolutions take a binary post-op broadcast per output
+ * channel, but not per (sample, channel): a [N, C, 1, 1] add with N > 1 (the
+ * UNet's time-embedding injection, batch 2 under guidance) falls back to the
+ * reference kernel, hundreds of times slower. Such a conv is built for one
+ * sample and run once per sample (iaux[0] = number of samples). */
+static int per_sample_add(const avq_tensor *y, const avq_conv_params *prm) {
+    const avq_tensor *a = prm->add;
+    return a && y->dims[0] > 1 && a->dims[2] == 1 && a->dims[3] == 1 && (y->dims[2] != 1 || y->dims[3] != 1);
+}
+
+static avq_tensor one_sample(const avq_tensor *t) {
+    avq_tensor s = *t;
+    s.dims[0] = 1;
+    return s;
+}
+
 avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
                       const avq_conv_params *prm) {
     avq_step *s;
@@ -126,9 +142,24 @@ avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
         AVQ_TRY(avq_check_act_tensor(x, "conv2d input"));
         AVQ_TRY(avq_check_act_tensor(y, "conv2d output"));
         AVQ_TRY(avq_plan_step(p, AVQ_STEP_CONV, &s));
-        return build(p, s, w, b, x, y, prm);
+        if (!per_sample_add(y, prm)) return build(p, s, w, b, x, y, prm);
+        avq_tensor x1 = one_sample(x), y1 = one_sample(y), a1 = one_sample(prm->add);
+        avq_conv_params prm1 = *prm;
+        prm1.add = &a1;
+        s->iaux[0] = y->dims[0];
+        return build(p, s, w, b, &x1, &y1, &prm1);
     }
     AVQ_TRY(avq_plan_step(p, AVQ_STEP_CONV, &s));
+    if (s->iaux[0] > 1) {
+        int64_t n = s->iaux[0];
+        size_t xs = avq_tensor_bytes(x) / (size_t)n, ys = avq_tensor_bytes(y) / (size_t)n;
+        size_t as = avq_tensor_bytes(prm->add) / (size_t)n;
+        for (int64_t i = 0; i < n; i++) {
+            void *h[3] = {(char *)x->data + i * xs, (char *)y->data + i * ys, (char *)prm->add->data + i * as};
+            AVQ_TRY(avq_step_exec(p, s, h, 3));
+        }
+        return AVQ_OK;
+    }
     void *h[3] = {x->data, y->data, prm->add ? prm->add->data : NULL};
     return avq_step_exec(p, s, h, prm->add ? 3 : 2);
 }

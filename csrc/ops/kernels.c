@@ -14,16 +14,6 @@ float avq_expf(float x) { return avq_vexpf(x); }
 static inline float silu(float x) { return x / (1.f + avq_vexpf(-x)); }
 static inline float gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
-static inline float act_apply(avq_act a, float x) {
-    switch (a) {
-    case AVQ_ACT_RELU: return x > 0.f ? x : 0.f;
-    case AVQ_ACT_SILU: return silu(x);
-    case AVQ_ACT_GELU: return gelu(x);
-    case AVQ_ACT_QUICK_GELU: return x / (1.f + avq_vexpf(-1.702f * x));
-    default: return x;
-    }
-}
-
 #define ROW_CHUNK 1024
 
 static avq_status need_rows(const avq_tensor *t, const char *what, int64_t *rows, int64_t *cols) {
@@ -43,6 +33,49 @@ static const float *wdata_f32(const avq_weight *w, float *tmp, int64_t n) {
 
 /* ---- group norm ------------------------------------------------------- */
 
+/* Pixels per partial sum. Fixed (not per thread) so results do not depend on
+ * the thread count. */
+#define GN_BLOCK 128
+
+/* Rows [r0, r0 + n) of an NHWC activation, C wide: acc[c] += x[r, c] (sq = 0)
+ * or acc[c] += (x[r, c] - mean[c])^2 (sq = 1). */
+AVQ_MULTIVERSION static void gn_accumulate(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C,
+                                           const float *mean, float *acc, int sq) {
+    float buf[ROW_CHUNK];
+    for (int64_t r = r0; r < r0 + n; r++) {
+        for (int64_t k = 0; k < C; k += ROW_CHUNK) {
+            int64_t m = C - k < ROW_CHUNK ? C - k : ROW_CHUNK;
+            const float *v = buf;
+            if (dt == AVQ_F32)
+                v = (const float *)xd + r * C + k;
+            else
+                avq_load_row(xd, dt, r * C + k, buf, m);
+            float *a = acc + k;
+            if (sq) {
+                const float *mu = mean + k;
+#pragma omp simd
+                for (int64_t i = 0; i < m; i++) a[i] += (v[i] - mu[i]) * (v[i] - mu[i]);
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < m; i++) a[i] += v[i];
+            }
+        }
+    }
+}
+
+/* v = (v - mu) * a + b, then SiLU if asked (the clamps in exp need AVX2 blends
+ * to vectorise: hence the clones). */
+AVQ_MULTIVERSION static void gn_apply(float *v, const float *mu, const float *a, const float *b, int64_t m,
+                                      int silu_after) {
+    if (silu_after) {
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) v[i] = silu((v[i] - mu[i]) * a[i] + b[i]);
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) v[i] = (v[i] - mu[i]) * a[i] + b[i];
+    }
+}
+
 avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const avq_weight *gamma,
                           const avq_weight *beta, int groups, float eps, int silu_after) {
     int64_t rows, C;
@@ -57,50 +90,47 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
         return avq_error(AVQ_ERR_SHAPE, "group_norm weight %s and bias %s must have shape [%lld]",
                          gamma->name ? gamma->name : "", beta->name ? beta->name : "", (long long)C);
     if (!(eps > 0.f)) return avq_error(AVQ_ERR_ARG, "group_norm eps must be > 0");
-    int64_t N = x->dims[0], HW = rows / N, cg = C / groups;
-    avq_tensor ab;
-    int64_t abd[1] = {N * C * 2 + 2 * C};
-    AVQ_TRY(avq_plan_tensor(p, &ab, AVQ_F32, AVQ_PLAIN, 1, abd));
+    int64_t N = x->dims[0], HW = rows / N, cg = C / groups, nblk = (HW + GN_BLOCK - 1) / GN_BLOCK;
+    /* scratch: per-block channel sums [N, nblk, C], then per (n, c): the group
+     * mean M and the scale A; gamma and beta as f32 */
+    avq_tensor ws;
+    int64_t wsd[1] = {N * nblk * C + 2 * N * C + 2 * C};
+    AVQ_TRY(avq_plan_tensor(p, &ws, AVQ_F32, AVQ_PLAIN, 1, wsd));
     if (!avq_plan_building(p)) {
-        float *A = (float *)ab.data, *Bc = A + N * C, *gtmp = Bc + N * C, *btmp = gtmp + C;
+        float *part = (float *)ws.data, *M = part + N * nblk * C, *A = M + N * C, *gtmp = A + N * C, *btmp = gtmp + C;
         const float *g = wdata_f32(gamma, gtmp, C), *bt = wdata_f32(beta, btmp, C);
         const void *xd = x->data;
         avq_dtype dt = x->dtype;
+        double cnt = (double)(HW * cg);
+        /* Two passes over the tensor in memory order (mean, then centred
+         * squares: fp32 parity with PyTorch even for large means), each
+         * parallel over pixel blocks and vectorised over channels; the block
+         * sums are reduced per group in double, in a fixed order, serially
+         * (N x nblk x C adds: small next to a pass, and one barrier fewer). */
+        for (int pass = 0; pass < 2; pass++) {
 #pragma omp parallel for collapse(2) schedule(static)
-        for (int64_t n = 0; n < N; n++) {
-            for (int64_t gi = 0; gi < groups; gi++) {
-                float buf[ROW_CHUNK];
-                double sum = 0.0, sq = 0.0;
-                int64_t c0 = gi * cg;
-                /* two passes (mean, then centred squares) keep fp32 parity */
-                for (int64_t px = 0; px < HW; px++) {
-                    int64_t off = (n * HW + px) * C + c0;
-                    for (int64_t k = 0; k < cg; k += ROW_CHUNK) {
-                        int64_t m = cg - k < ROW_CHUNK ? cg - k : ROW_CHUNK;
-                        avq_load_row(xd, dt, off + k, buf, m);
-                        float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                        for (int64_t i = 0; i < m; i++) s += buf[i];
-                        sum += s;
-                    }
+            for (int64_t n = 0; n < N; n++) {
+                for (int64_t b = 0; b < nblk; b++) {
+                    float *acc = part + (n * nblk + b) * C;
+                    int64_t r0 = b * GN_BLOCK, len = HW - r0 < GN_BLOCK ? HW - r0 : GN_BLOCK;
+                    for (int64_t c = 0; c < C; c++) acc[c] = 0.f;
+                    gn_accumulate(xd, dt, n * HW + r0, len, C, M + n * C, acc, pass);
                 }
-                double cnt = (double)(HW * cg);
-                float mean = (float)(sum / cnt);
-                for (int64_t px = 0; px < HW; px++) {
-                    int64_t off = (n * HW + px) * C + c0;
-                    for (int64_t k = 0; k < cg; k += ROW_CHUNK) {
-                        int64_t m = cg - k < ROW_CHUNK ? cg - k : ROW_CHUNK;
-                        avq_load_row(xd, dt, off + k, buf, m);
-                        float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                        for (int64_t i = 0; i < m; i++) s += (buf[i] - mean) * (buf[i] - mean);
-                        sq += s;
+            }
+            for (int64_t n = 0; n < N; n++) {
+                for (int64_t gi = 0; gi < groups; gi++) {
+                    double sum = 0.0;
+                    for (int64_t b = 0; b < nblk; b++) {
+                        const float *acc = part + (n * nblk + b) * C + gi * cg;
+                        for (int64_t c = 0; c < cg; c++) sum += acc[c];
                     }
-                }
-                float rstd = (float)(1.0 / sqrt(sq / cnt + (double)eps));
-                for (int64_t c = c0; c < c0 + cg; c++) {
-                    A[n * C + c] = rstd * g[c];
-                    Bc[n * C + c] = bt[c] - mean * rstd * g[c];
+                    if (pass == 0) {
+                        float mean = (float)(sum / cnt);
+                        for (int64_t c = gi * cg; c < (gi + 1) * cg; c++) M[n * C + c] = mean;
+                    } else {
+                        float rstd = (float)(1.0 / sqrt(sum / cnt + (double)eps));
+                        for (int64_t c = gi * cg; c < (gi + 1) * cg; c++) A[n * C + c] = rstd * g[c];
+                    }
                 }
             }
         }
@@ -111,20 +141,13 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
             int64_t n = r / HW;
             for (int64_t k = 0; k < C; k += ROW_CHUNK) {
                 int64_t m = C - k < ROW_CHUNK ? C - k : ROW_CHUNK;
-                const float *a = A + n * C + k, *b = Bc + n * C + k;
                 avq_load_row(xd, dt, r * C + k, buf, m);
-                if (silu_after) {
-#pragma omp simd
-                    for (int64_t i = 0; i < m; i++) buf[i] = silu(buf[i] * a[i] + b[i]);
-                } else {
-#pragma omp simd
-                    for (int64_t i = 0; i < m; i++) buf[i] = buf[i] * a[i] + b[i];
-                }
+                gn_apply(buf, M + n * C + k, A + n * C + k, bt + k, m, silu_after);
                 avq_store_row(yd, y->dtype, r * C + k, buf, m);
             }
         }
     }
-    avq_plan_release(p, &ab);
+    avq_plan_release(p, &ws);
     return AVQ_OK;
 }
 
@@ -159,10 +182,17 @@ avq_status avq_layer_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
                     float s = 0.f;
 #pragma omp simd reduction(+ : s)
                     for (int64_t i = 0; i < C; i++) s += buf[i];
-                    float mean = s / (float)C, v = 0.f;
-#pragma omp simd reduction(+ : v)
-                    for (int64_t i = 0; i < C; i++) v += (buf[i] - mean) * (buf[i] - mean);
-                    float rstd = 1.f / sqrtf(v / (float)C + eps);
+                    float mean = s / (float)C, v = 0.f, dsum = 0.f;
+                    /* corrected two-pass: the residual sum fixes the mean's rounding */
+#pragma omp simd reduction(+ : v, dsum)
+                    for (int64_t i = 0; i < C; i++) {
+                        v += (buf[i] - mean) * (buf[i] - mean);
+                        dsum += buf[i] - mean;
+                    }
+                    float dm = dsum / (float)C;
+                    mean += dm;
+                    float var = v / (float)C - dm * dm;
+                    float rstd = 1.f / sqrtf((var > 0.f ? var : 0.f) + eps);
 #pragma omp simd
                     for (int64_t i = 0; i < C; i++) buf[i] = (buf[i] - mean) * rstd * g[i] + bt[i];
                     avq_store_row(y->data, y->dtype, r * C, buf, C);
@@ -197,6 +227,28 @@ static avq_status same(const avq_tensor *a, const avq_tensor *y, const char *op)
     return AVQ_OK;
 }
 
+/* One activation over a row, the switch outside the loops so they vectorise. */
+AVQ_MULTIVERSION static void act_row(float *v, int64_t m, avq_act act) {
+    switch (act) {
+    case AVQ_ACT_RELU:
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) v[i] = v[i] > 0.f ? v[i] : 0.f;
+        break;
+    case AVQ_ACT_SILU:
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) v[i] = silu(v[i]);
+        break;
+    case AVQ_ACT_QUICK_GELU:
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) v[i] = v[i] / (1.f + avq_vexpf(-1.702f * v[i]));
+        break;
+    case AVQ_ACT_GELU:
+        for (int64_t i = 0; i < m; i++) v[i] = gelu(v[i]); /* erff: scalar */
+        break;
+    default: break;
+    }
+}
+
 avq_status avq_activation(avq_plan *p, const avq_tensor *x, avq_tensor *y, avq_act act) {
     AVQ_TRY(same(x, y, "activation"));
     if (act < AVQ_ACT_NONE || act > AVQ_ACT_QUICK_GELU) return avq_error(AVQ_ERR_ARG, "unknown activation %d", (int)act);
@@ -207,7 +259,7 @@ avq_status avq_activation(avq_plan *p, const avq_tensor *x, avq_tensor *y, avq_a
         float buf[ROW_CHUNK];
         int64_t m = n - k < ROW_CHUNK ? n - k : ROW_CHUNK;
         avq_load_row(x->data, x->dtype, k, buf, m);
-        for (int64_t i = 0; i < m; i++) buf[i] = act_apply(act, buf[i]);
+        act_row(buf, m, act);
         avq_store_row(y->data, y->dtype, k, buf, m);
     }
     return AVQ_OK;
@@ -396,6 +448,9 @@ avq_status avq_timestep_embedding(avq_plan *p, const avq_tensor *t, avq_tensor *
         dim < 2 || dim % 2)
         return avq_error(AVQ_ERR_SHAPE, "timestep_embedding: t %s (f32 [B]) and output %s ([B, %d], even) do not fit",
                          avq_tensor_str(t, bt, sizeof bt), avq_tensor_str(y, by, sizeof by), dim);
+    if (!(max_period > 0.f) || isinf(max_period))
+        return avq_error(AVQ_ERR_ARG, "timestep_embedding: max_period must be a positive finite number, got %g",
+                         (double)max_period);
     if (avq_plan_building(p)) return AVQ_OK;
     int half = dim / 2;
     float c = (float)(-log((double)max_period));

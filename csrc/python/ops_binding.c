@@ -2,8 +2,12 @@
  * benchmarks (private API). Inputs are float32 in PyTorch's layouts; each call
  * builds a one-op plan that converts them to the internal layout and
  * precision, runs the op with the GIL released, and converts the result back.
- * Calling the same function twice builds twice: plans are for models. */
+ * Calling the same function twice builds twice: plans are for models.
+ * ops.timeit(name, *args, repeat=n, **kw) replays one plan n times and returns
+ * the best time of the op itself (edge conversions excluded), for benchmarks. */
+#include <limits.h>
 #include <math.h>
+#include <time.h>
 
 #include "common.h"
 
@@ -26,7 +30,23 @@ struct op_call {
     avq_act act;
     int i0, i1, i2;
     float f0, f1;
+    /* timing (ops.timeit): body seconds of the fastest run pass */
+    int timed;
+    double best;
 };
+
+/* Set by ops.timeit for the run() it triggers on this thread (GIL held). */
+typedef struct op_timing {
+    int repeat;
+    double best;
+} op_timing;
+static _Thread_local op_timing *t_timing;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static avq_layout internal_layout(const avq_tensor *t) { return t->ndim == 4 ? AVQ_NHWC : AVQ_PLAIN; }
 
@@ -45,7 +65,13 @@ static avq_status op_forward(avq_plan *p, void *ctx) {
     }
     if (st != AVQ_OK) return st;
     AVQ_TRY(avq_plan_tensor(p, &out, c->dt, internal_layout(&c->out_ext), c->out_ext.ndim, c->out_ext.dims));
+    int timing = c->timed && !avq_plan_building(p);
+    double t0 = timing ? now_s() : 0.0;
     AVQ_TRY(c->body(p, c, in, &out));
+    if (timing) {
+        double dt = now_s() - t0;
+        if (c->best < 0.0 || dt < c->best) c->best = dt;
+    }
     AVQ_TRY(avq_reorder(p, &out, &c->out_ext));
     avq_plan_release(p, &out);
     for (int i = c->nin - 1; i >= 0; i--)
@@ -61,17 +87,24 @@ static PyObject *run(op_call *c, PyArrayObject **arrays, int narrays, int out_nd
     PyObject *ret = NULL;
     avq_plan *plan = NULL;
     avq_status st;
+    op_timing *tm = t_timing;
+    int passes = tm ? tm->repeat : 1;
+    t_timing = NULL;
+    c->timed = tm != NULL;
+    c->best = -1.0;
     if (!out) goto done;
     c->out_ext = avq_py_tensor(out);
     st = avq_plan_create(&plan);
     if (st == AVQ_OK) {
-        Py_BEGIN_ALLOW_THREADS st = avq_plan_run(plan, op_forward, c);
+        Py_BEGIN_ALLOW_THREADS
+        for (int i = 0; i < passes && st == AVQ_OK; i++) st = avq_plan_run(plan, op_forward, c);
         Py_END_ALLOW_THREADS
     }
     if (st != AVQ_OK) {
         avq_py_raise(st);
         goto done;
     }
+    if (tm) tm->best = c->best;
     ret = (PyObject *)out;
     out = NULL;
 done:
@@ -123,11 +156,29 @@ static avq_status body_conv(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor 
     return avq_conv2d(p, &c->w[0], c->nw > 1 ? &c->w[1] : NULL, &in[0], out, &prm);
 }
 
+/* A Python int that fits a C int (a silent truncation would change the op). */
+static int int_value(PyObject *o, const char *name, int *out) {
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s values must be ints, got %R", name, o);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < INT_MIN || v > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s value %R is out of range", name, o);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
 static int parse_pair_or_quad(PyObject *o, const char *name, int *vals, int n4) {
     /* int -> all; (a, b) -> (a, b, a, b); (t, l, b, r) */
     if (PyLong_Check(o)) {
-        long v = PyLong_AsLong(o);
-        for (int i = 0; i < n4; i++) vals[i] = (int)v;
+        int v;
+        if (int_value(o, name, &v) < 0) return -1;
+        for (int i = 0; i < n4; i++) vals[i] = v;
         return 0;
     }
     if (PyTuple_Check(o) || PyList_Check(o)) {
@@ -135,10 +186,9 @@ static int parse_pair_or_quad(PyObject *o, const char *name, int *vals, int n4) 
         if (n == 2 || (n == 4 && n4 == 4)) {
             for (Py_ssize_t i = 0; i < n; i++) {
                 PyObject *it = PySequence_GetItem(o, i);
-                long v = it ? PyLong_AsLong(it) : -1;
+                int bad = !it || int_value(it, name, &vals[i]) < 0;
                 Py_XDECREF(it);
-                if (PyErr_Occurred()) return -1;
-                vals[i] = (int)v;
+                if (bad) return -1;
             }
             if (n == 2 && n4 == 4) {
                 vals[2] = vals[0];
@@ -171,6 +221,11 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     if (PyArray_DIM(x, 1) != PyArray_DIM(w, 1)) {
         PyErr_Format(PyExc_ValueError, "x has %zd channels but weight expects %zd (weight shape [O, I, kh, kw])",
                      (Py_ssize_t)PyArray_DIM(x, 1), (Py_ssize_t)PyArray_DIM(w, 1));
+        goto fail;
+    }
+    if (bo != Py_None && PyArray_DIM(arr[2], 0) != PyArray_DIM(w, 0)) {
+        PyErr_Format(PyExc_ValueError, "bias must have shape [%zd] (one value per output channel of weight), got [%zd]",
+                     (Py_ssize_t)PyArray_DIM(w, 0), (Py_ssize_t)PyArray_DIM(arr[2], 0));
         goto fail;
     }
     c.conv = (avq_conv_params){stride[0], stride[1], pad[0], pad[1], pad[2], pad[3], c.act, NULL};
@@ -623,6 +678,51 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
     return run(&c, &t, 1, 2, od);
 }
 
+static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
+    Py_ssize_t n = PyTuple_Size(args);
+    if (n < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
+        PyErr_SetString(PyExc_TypeError, "timeit(name, *args, repeat=10, **kwargs): name must be an op name (str)");
+        return NULL;
+    }
+    PyObject *name = PyTuple_GET_ITEM(args, 0);
+    op_timing tm = {10, -1.0};
+    PyObject *rest = NULL, *kw2 = NULL, *fn = NULL, *res = NULL, *ret = NULL;
+    if (PyUnicode_CompareWithASCIIString(name, "timeit") == 0 || !(fn = PyObject_GetAttr(self, name)) ||
+        !PyCFunction_Check(fn)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "timeit: %R is not an op of asymvq._core.ops", name);
+        goto done;
+    }
+    if (!(kw2 = kw ? PyDict_Copy(kw) : PyDict_New())) goto done;
+    PyObject *r = PyDict_GetItemString(kw2, "repeat"); /* borrowed */
+    if (r) {
+        long v = PyLong_Check(r) ? PyLong_AsLong(r) : -1;
+        if (v < 1 || v > 1000000) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "repeat must be an int between 1 and 1000000, got %R", r);
+            goto done;
+        }
+        tm.repeat = (int)v;
+        if (PyDict_DelItemString(kw2, "repeat") < 0) goto done;
+    }
+    if (!(rest = PyTuple_GetSlice(args, 1, n))) goto done;
+    t_timing = &tm;
+    res = PyObject_Call(fn, rest, kw2);
+    t_timing = NULL;
+    if (!res) goto done;
+    if (tm.best < 0.0) {
+        PyErr_SetString(PyExc_RuntimeError, "timeit: the op did not run");
+        goto done;
+    }
+    ret = PyFloat_FromDouble(tm.best);
+done:
+    Py_XDECREF(res);
+    Py_XDECREF(rest);
+    Py_XDECREF(kw2);
+    Py_XDECREF(fn);
+    return ret;
+}
+
 static PyMethodDef ops_methods[] = {
     {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
      "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32')"},
@@ -651,6 +751,9 @@ static PyMethodDef ops_methods[] = {
      "resize_nearest(x, size, precision='fp32')"},
     {"timestep_embedding", (PyCFunction)(void (*)(void))py_timestep_embedding, METH_VARARGS | METH_KEYWORDS,
      "timestep_embedding(t, dim, max_period=10000.0, precision='fp32')"},
+    {"timeit", (PyCFunction)(void (*)(void))py_timeit, METH_VARARGS | METH_KEYWORDS,
+     "timeit(name, *args, repeat=10, **kwargs) -> float: builds the plan of ops.<name>(*args, **kwargs) once, runs it "
+     "`repeat` times and returns the best seconds of the op itself (input/output layout conversions excluded)"},
     {NULL, NULL, 0, NULL},
 };
 
