@@ -33,5 +33,8 @@ def get_num_threads() -> int:
 from .unet import UNet  # noqa: E402
 from .sampler import Sampler  # noqa: E402
 from .text_encoder import TextEncoder  # noqa: E402
+from .autoencoder import Autoencoder  # noqa: E402
+from .pipelines import InpaintPipeline, Txt2ImgPipeline  # noqa: E402
 
-__all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "UNet", "Sampler", "TextEncoder"]
+__all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "UNet", "Sampler", "TextEncoder", "Autoencoder",
+           "InpaintPipeline", "Txt2ImgPipeline"]

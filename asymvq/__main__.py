@@ -1,4 +1,5 @@
 """``python -m asymvq <command>``: info (self-check), convert, and friends."""
+
 from __future__ import annotations
 
 import sys
@@ -14,8 +15,10 @@ def _info(argv: Sequence[str]) -> int:
 
     inf = asymvq.info()
     print(f"asymvq {inf['version']}")
-    print(f"oneDNN {inf['onednn_version']} ({inf['onednn_hash'][:12]}), ISA {inf['isa']}, "
-          f"bf16 {'native' if inf['bf16_native'] else 'emulated'}")
+    print(
+        f"oneDNN {inf['onednn_version']} ({inf['onednn_hash'][:12]}), ISA {inf['isa']}, "
+        f"bf16 {'native' if inf['bf16_native'] else 'emulated'}"
+    )
     print(f"threads {inf['num_threads']}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 8, 16, 16), dtype=np.float32)
@@ -26,7 +29,7 @@ def _info(argv: Sequence[str]) -> int:
     ref = np.zeros((1, 8, 16, 16))
     for i in range(3):
         for j in range(3):
-            ref += np.einsum("oc,nchw->nohw", w[:, :, i, j], xp[:, :, i:i + 16, j:j + 16])
+            ref += np.einsum("oc,nchw->nohw", w[:, :, i, j], xp[:, :, i : i + 16, j : j + 16])
     err = float(np.abs(got - ref).max() / np.abs(ref).max())
     ok = err < 1e-5
     print(f"self-check: 3x3 convolution through oneDNN, relative error {err:.1e} ... {'ok' if ok else 'FAILED'}")
@@ -39,9 +42,23 @@ def _convert(argv: Sequence[str]) -> int:
     return int(main(list(argv)) or 0)
 
 
+def _demo(argv: Sequence[str]) -> int:
+    from asymvq.demo import main
+
+    return int(main(list(argv)) or 0)
+
+
+def _bench(argv: Sequence[str]) -> int:
+    from asymvq.bench import main
+
+    return int(main(list(argv)) or 0)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "info": _info,
+    "demo": _demo,
     "convert": _convert,
+    "bench": _bench,
 }
 
 
@@ -50,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print("usage: python -m asymvq {" + ",".join(COMMANDS) + "} [options]")
         print("  info      versions, CPU ISA, threads, and a oneDNN self-check")
+        print("  demo      the inpainting pipeline on tiny random-weight models (seconds)")
         print("  convert   checkpoint(s) + config -> one .safetensors file (see --help)")
+        print("  bench     benchmarks against PyTorch: ops, vae, text, unet (see --help)")
         return 0 if args else 2
     cmd = COMMANDS.get(args[0])
     if cmd is None:

@@ -1,0 +1,442 @@
+"""The KL autoencoders: SD's encoder, SD's decoder and the Asymmetric VQGAN decoders (C core).
+
+:class:`Autoencoder` wraps one C model holding an encoder, a decoder or both (SPEC §3, §4):
+
+* ``encode`` / ``posterior``: SD's KL encoder + ``quant_conv`` -> the posterior mean and log-variance
+  (clamped to [-30, 20]); ``encode`` returns the mode, or a sample ``mean + exp(logvar / 2) * noise``.
+* ``decode``: ``post_quant_conv`` + the decoder.  With the conditional asymmetric decoder
+  (``autoencoder_kl_32x32x4{,_large,_large2}.yaml``), ``image`` and ``mask`` drive the condition
+  encoder and the merges; the ``_wocondition`` decoders and SD's decoder take the latent only.
+
+Conventions: arrays are NCHW float32; images in [-1, 1]; masks [B, 1, H, W] with values exactly 0 or 1,
+**1 = the hole** (the region to repaint), as in the original; latents are *unscaled* (the pipelines
+multiply by 0.18215 themselves).  H and W must be multiples of 8 (the latent is H/8 x W/8).
+
+Non-finite inputs (NaN or Inf in the image, latent, mask or noise) raise ``ValueError``: a single one
+spreads through every GroupNorm of the network, so the output would be all NaN.
+
+Tiled decoding (``decode(..., tile=...)``) bounds the activation memory of large images: the latent is
+cut into overlapping square tiles, each decoded alone (one plan serves every tile), and the tiles are
+blended with weights that ramp linearly across each overlap.  The conditional branch is tiled the same
+way: each tile gets the image and mask crop of its own pixels (8 x its latent window), so the mask's
+nearest down-sampling picks the same samples as in the whole image.  Tiling is an approximation: the
+mid-block attention and every GroupNorm see one tile instead of the whole image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Union
+
+import numpy as np
+
+from . import _core, checkpoint, tables
+from . import config as _config
+from .config import AutoencoderSpec, DiffusionSpec, Spec
+
+__all__ = ["Autoencoder", "Parts", "FIRST_STAGE_PREFIX"]
+
+#: Key prefix of the first stage inside SD checkpoints.
+FIRST_STAGE_PREFIX = "first_stage_model."
+
+Parts = Literal["auto", "both", "encoder", "decoder"]
+PathLike = Union[str, "os.PathLike[str]"]
+ConfigLike = Union[PathLike, Spec, None]
+WeightsLike = Union[PathLike, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One part of the model: the autoencoder spec that describes it and its key prefix."""
+
+    spec: AutoencoderSpec
+    prefix: str
+
+
+def _candidates(config: ConfigLike, weights: WeightsLike) -> tuple[_Part | None, _Part | None]:
+    """(encoder, decoder) the config (or a converted file's metadata) can describe."""
+    if config is None:
+        if isinstance(weights, Mapping):
+            raise ValueError("config is None: weights must then be the path of a converted .safetensors file")
+        from .convert import read_metadata
+
+        meta = read_metadata(weights)
+        if isinstance(meta.spec, DiffusionSpec):
+            # The converter keeps the first-stage encoder of inpainting models and no SD decoder.
+            enc = _Part(meta.spec.first_stage, FIRST_STAGE_PREFIX) if meta.spec.kind == "inpaint" else None
+            dec = _Part(meta.decoder, "") if meta.decoder is not None else None
+            return enc, dec
+        return None, _Part(meta.spec, "")
+    spec = config if isinstance(config, (AutoencoderSpec, DiffusionSpec)) else _config.load(config)
+    if isinstance(spec, DiffusionSpec):
+        # SD's first stage: the KL encoder and SD's vanilla decoder (SPEC §3.5, §4.3).
+        part = _Part(spec.first_stage, FIRST_STAGE_PREFIX)
+        return part, part
+    return _Part(spec, ""), _Part(spec, "")
+
+
+def _present(weights: Mapping[str, Any], prefix: str) -> bool:
+    return any(name.startswith(prefix) for name in weights)
+
+
+def _choose(
+    parts: str, enc: _Part | None, dec: _Part | None, weights: Mapping[str, Any]
+) -> tuple[_Part | None, _Part | None]:
+    if parts not in ("auto", "both", "encoder", "decoder"):
+        raise ValueError(f"parts must be 'auto', 'both', 'encoder' or 'decoder', got {parts!r}")
+    if parts == "auto":
+        use_enc = enc is not None and _present(weights, enc.prefix + "encoder.")
+        use_dec = dec is not None and _present(weights, dec.prefix + "decoder.")
+        if use_enc or use_dec:
+            return (enc if use_enc else None), (dec if use_dec else None)
+        parts = "both" if enc is not None and dec is not None else ("encoder" if enc is not None else "decoder")
+    want_enc, want_dec = parts in ("both", "encoder"), parts in ("both", "decoder")
+    if want_enc and enc is None:
+        raise ValueError("this config / converted file describes no encoder (a converted decoder file has none)")
+    if want_dec and dec is None:
+        raise ValueError("this config / converted file describes no decoder")
+    return (enc if want_enc else None), (dec if want_dec else None)
+
+
+def _weight_array(value: Any) -> Any:
+    """A C-contiguous, aligned array the C loader accepts (float32, or bf16 bits as uint16)."""
+    a = np.asarray(value)
+    if a.dtype.kind == "f" and a.dtype != np.float32:
+        return np.require(a, dtype=np.float32, requirements=["C", "A"])  # float16 / float64 widened
+    if a.dtype == np.float32 or (a.dtype.kind == "u" and a.dtype.itemsize == 2):
+        return np.require(a, requirements=["C", "A"])
+    return a  # the C loader names the bad dtype
+
+
+def _needed(enc: _Part | None, dec: _Part | None) -> list[str]:
+    names: list[str] = []
+    if enc is not None:
+        names += tables.vae_encoder_tensors(enc.spec, prefix=enc.prefix)
+    if dec is not None:
+        names += tables.decoder_tensors(dec.spec, prefix=dec.prefix)
+    return names
+
+
+def _encoder_config(part: _Part) -> dict[str, Any]:
+    e = part.spec.encoder
+    return {
+        "in_channels": e.in_channels,
+        "ch": e.ch,
+        "ch_mult": list(e.ch_mult),
+        "num_res_blocks": e.num_res_blocks,
+        "z_channels": e.z_channels,
+        "embed_dim": part.spec.embed_dim,
+        "prefix": part.prefix,
+    }
+
+
+def _decoder_config(part: _Part) -> dict[str, Any]:
+    d = part.spec.decoder
+    return {
+        "embed_dim": part.spec.embed_dim,
+        "z_channels": d.z_channels,
+        "widths": list(d.widths),
+        "blocks_per_level": d.blocks_per_level,
+        "out_channels": d.out_channels,
+        "conditional": d.conditional,
+        "cond_channels": list(d.cond_channels),
+        "prefix": part.prefix,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _finite(a: np.ndarray, name: str) -> None:
+    if not np.isfinite(a).all():
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); inputs must be finite")
+
+
+def _nchw(x: Any, name: str, channels: int, multiple: int = 1, layout: str = "") -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
+    layout = layout or f"[B, {channels}, H, W]"
+    if a.ndim != 4:
+        raise ValueError(f"{name} must be 4-D {layout} (NCHW), got shape {list(a.shape)}")
+    if a.shape[0] < 1 or a.shape[2] < 1 or a.shape[3] < 1:
+        raise ValueError(f"{name} has an empty dimension: shape {list(a.shape)}")
+    if a.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channel(s) {layout}, got {a.shape[1]} (shape {list(a.shape)})")
+    if a.shape[2] % multiple or a.shape[3] % multiple:
+        raise ValueError(
+            f"{name} height and width must be multiples of {multiple}, got {a.shape[2]} x {a.shape[3]}"
+        )
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    _finite(a, name)
+    return a
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiling
+
+
+def _starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts covering [0, n) with tiles of ``tile`` (the last one flush with the end)."""
+    if n <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, n - tile, stride))
+    return starts + [n - tile]
+
+
+def _ramp(starts: list[int], index: int, size: int, scale: int) -> np.ndarray:
+    """Blend weights of one tile along one axis (image pixels): linear ramps across its overlaps."""
+    w = np.ones(size * scale, dtype=np.float64)
+    s = starts[index]
+    if index > 0:
+        ov = (starts[index - 1] + size - s) * scale
+        w[:ov] = np.minimum(w[:ov], (np.arange(ov) + 0.5) / ov)
+    if index + 1 < len(starts):
+        ov = (s + size - starts[index + 1]) * scale
+        w[size * scale - ov :] = np.minimum(w[size * scale - ov :], (ov - np.arange(ov) - 0.5) / ov)
+    return w
+
+
+class Autoencoder:
+    """SD's KL encoder and an SD / asymmetric decoder on the C core (see the module docs).
+
+    Build with :meth:`from_config`.  Thread-safe: calls on one object are serialised.
+    """
+
+    def __init__(
+        self,
+        encoder: _Part | None,
+        decoder: _Part | None,
+        weights: Mapping[str, Any],
+        precision: str = "fp32",
+    ) -> None:
+        if encoder is None and decoder is None:
+            raise ValueError("an Autoencoder needs an encoder, a decoder or both")
+        needed = {name: _weight_array(weights[name]) for name in _needed(encoder, decoder) if name in weights}
+        self._core = _core.Autoencoder(
+            needed,
+            encoder=_encoder_config(encoder) if encoder is not None else None,
+            decoder=_decoder_config(decoder) if decoder is not None else None,
+            precision=precision,
+        )
+        self._encoder = encoder
+        self._decoder = decoder
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ConfigLike,
+        weights: WeightsLike,
+        precision: str = "fp32",
+        parts: Parts = "auto",
+    ) -> "Autoencoder":
+        """Build from an original config and checkpoint, or from a converted file.
+
+        ``config``: an autoencoder YAML (keys ``encoder.*``, ``quant_conv.*``, ``decoder.*``,
+        ``post_quant_conv.*``), a diffusion YAML (its first stage, keys under ``first_stage_model.``;
+        the decoder is then SD's vanilla decoder), a parsed :mod:`asymvq.config` spec, or None when
+        ``weights`` is a file written by ``python -m asymvq convert`` (its metadata holds the config;
+        an inpainting file gives SD's encoder and, with ``--decoder-config``, the asymmetric decoder).
+        ``weights``: a ``.ckpt`` / ``.safetensors`` path or a dict name -> array (float32, float16 or
+        bf16 bits). ``precision``: ``"fp32"`` or ``"bf16"`` (weights and activations).
+        ``parts``: ``"both"``, ``"encoder"``, ``"decoder"``, or ``"auto"``: the parts whose tensors the
+        weights contain (both when they contain neither, so that the error lists what is missing).
+
+        Missing or mis-shaped tensors raise ``ValueError`` listing every problem at once.
+        """
+        enc, dec = _candidates(config, weights)
+        tensors = checkpoint.load(weights) if not isinstance(weights, Mapping) else weights
+        enc, dec = _choose(parts, enc, dec, tensors)
+        return cls(enc, dec, tensors, precision)
+
+    # ---- properties ------------------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        """``"fp32"`` or ``"bf16"``."""
+        return str(self._core.precision)
+
+    @property
+    def has_encoder(self) -> bool:
+        return self._encoder is not None
+
+    @property
+    def has_decoder(self) -> bool:
+        return self._decoder is not None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the decoder takes ``image`` and ``mask`` (the asymmetric decoders with condition)."""
+        return self._decoder is not None and self._decoder.spec.decoder.conditional
+
+    @property
+    def encoder_spec(self) -> AutoencoderSpec | None:
+        return self._encoder.spec if self._encoder is not None else None
+
+    @property
+    def decoder_spec(self) -> AutoencoderSpec | None:
+        return self._decoder.spec if self._decoder is not None else None
+
+    @property
+    def latent_channels(self) -> int:
+        part = self._encoder or self._decoder
+        assert part is not None
+        return part.spec.embed_dim
+
+    @property
+    def factor(self) -> int:
+        """Image size / latent size (8 for every SD 1.x autoencoder)."""
+        part = self._decoder or self._encoder
+        assert part is not None
+        return 2 ** (len(part.spec.encoder.ch_mult) - 1)
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the loaded parts (the dead ``up_layers`` and unused condition encoders excluded)."""
+        return int(self._core.num_parameters)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Activation memory (arena + scratchpad) of the cached plans."""
+        return int(self._core.memory_bytes)
+
+    def clear_plans(self) -> None:
+        """Free the cached plans and their activation memory (rebuilt on the next call)."""
+        self._core.clear_plans()
+
+    def __repr__(self) -> str:
+        parts = []
+        if self._encoder is not None:
+            parts.append("encoder")
+        if self._decoder is not None:
+            d = self._decoder.spec.decoder
+            kind = "SD" if self._decoder.prefix == FIRST_STAGE_PREFIX else d.variant
+            parts.append(f"decoder={kind}{'' if d.conditional else ' (no condition)'}")
+        return f"Autoencoder({', '.join(parts)}, precision={self.precision!r}, parameters={self.num_parameters:,})"
+
+    # ---- encoder ---------------------------------------------------------------------------------
+
+    def _image_for_encoder(self, image: Any) -> np.ndarray:
+        if self._encoder is None:
+            raise ValueError("this Autoencoder has no encoder (build it with parts='encoder' or 'both')")
+        e = self._encoder.spec.encoder
+        return _nchw(image, "image", e.in_channels, 2 ** (len(e.ch_mult) - 1))
+
+    def posterior(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, logvar) of the posterior for ``image`` [B, 3, H, W] in [-1, 1]; logvar clamped to [-30, 20]."""
+        mean, logvar = self._core.encode(self._image_for_encoder(image))
+        return mean, logvar
+
+    def encode(self, image: Any, sample: bool = False, noise: Any = None, seed: int | None = None) -> np.ndarray:
+        """The (unscaled) latent of ``image`` [B, 3, H, W]: [B, 4, H/8, W/8].
+
+        ``sample=False``: the posterior mode (its mean).  ``sample=True``: ``mean + exp(logvar / 2) * noise``
+        (what the original's ``get_first_stage_encoding`` uses before the 0.18215 scale), with ``noise``
+        given (the latent's shape) or drawn from ``numpy.random.RandomState(seed).standard_normal``.
+        """
+        x = self._image_for_encoder(image)
+        if not sample:
+            if noise is not None or seed is not None:
+                raise ValueError("noise and seed apply only with sample=True")
+            return self._core.encode(x)[0]
+        f = 2 ** (len(self._encoder.spec.encoder.ch_mult) - 1)  # type: ignore[union-attr]
+        shape = (x.shape[0], self.latent_channels, x.shape[2] // f, x.shape[3] // f)
+        if noise is None:
+            noise = np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
+        elif seed is not None:
+            raise ValueError("give noise or seed, not both")
+        n = _nchw(noise, "noise", self.latent_channels)
+        if n.shape != shape:
+            raise ValueError(f"noise must have the latent's shape {list(shape)}, got {list(n.shape)}")
+        return self._core.encode(x, n)[2]
+
+    # ---- decoder ---------------------------------------------------------------------------------
+
+    def decode(
+        self,
+        latent: Any,
+        image: Any = None,
+        mask: Any = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+    ) -> np.ndarray:
+        """The image [B, 3, H, W] (about [-1, 1]) for an unscaled ``latent`` [B, 4, H/8, W/8].
+
+        Conditional decoder: pass ``image`` [B, 3, H, W] (the full, unmasked image) and ``mask``
+        [B, 1, H, W] (1 = hole) together, or neither (then no merge happens, which equals an all-ones
+        mask).  Decoders without condition take neither.  ``tile`` (image pixels, a multiple of 8)
+        decodes in overlapping tiles of at most ``tile`` x ``tile`` pixels; ``overlap`` (image pixels,
+        default ``tile // 4`` rounded down to a multiple of 8) is how much neighbouring tiles share.
+        """
+        if self._decoder is None:
+            raise ValueError("this Autoencoder has no decoder (build it with parts='decoder' or 'both')")
+        d = self._decoder.spec.decoder
+        f = 2 ** (len(d.widths) - 1)
+        z = _nchw(latent, "latent", self._decoder.spec.embed_dim, layout=f"[B, {self._decoder.spec.embed_dim}, h, w]")
+        if (image is None) != (mask is None):
+            raise ValueError(
+                "mask was given without image: pass both or neither"
+                if image is None
+                else "image was given without mask: pass both or neither"
+            )
+        img = msk = None
+        if image is not None:
+            if not d.conditional:
+                raise ValueError(
+                    "this decoder has no condition (a _wocondition config or SD's decoder): pass neither image nor mask"
+                )
+            expected = [z.shape[0], d.out_channels, f * z.shape[2], f * z.shape[3]]
+            img = _nchw(image, "image", d.out_channels, f)
+            if list(img.shape) != expected:
+                raise ValueError(f"image must have shape {expected} ({f} x the latent's size), got {list(img.shape)}")
+            msk = _nchw(mask, "mask", 1, layout="[B, 1, H, W]")
+            if list(msk.shape) != [expected[0], 1, expected[2], expected[3]]:
+                raise ValueError(
+                    f"mask must have the image's shape [B, 1, H, W] = {[expected[0], 1, *expected[2:]]}, "
+                    f"got {list(msk.shape)}"
+                )
+            if not np.all((msk == 0) | (msk == 1)):
+                raise ValueError("mask values must be exactly 0 or 1 (1 = hole); binarise it first, e.g. mask >= 0.5")
+        if tile is None:
+            return self._core.decode(z, img, msk)
+        return self._decode_tiled(z, img, msk, f, tile, overlap)
+
+    def _decode_tiled(
+        self, z: np.ndarray, img: np.ndarray | None, msk: np.ndarray | None, f: int, tile: int, overlap: int | None
+    ) -> np.ndarray:
+        if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 2 * f or tile % f:
+            raise ValueError(
+                f"tile must be an integer number of pixels, a multiple of {f} and >= {2 * f}; got {tile!r}"
+            )
+        if overlap is None:
+            overlap = (tile // 4) // f * f
+        integer = isinstance(overlap, (int, np.integer)) and not isinstance(overlap, bool)
+        if not integer or overlap % f or not 0 <= overlap < tile:
+            raise ValueError(f"overlap must be a multiple of {f} in [0, tile), got {overlap!r}")
+        t, o = tile // f, overlap // f
+        B, _, h, w = z.shape
+        th, tw = min(t, h), min(t, w)
+        ys, xs = _starts(h, th, o), _starts(w, tw, o)
+        out_ch = self._decoder.spec.decoder.out_channels  # type: ignore[union-attr]
+        acc = np.zeros((B, out_ch, h * f, w * f), dtype=np.float64)
+        total = np.zeros((h * f, w * f), dtype=np.float64)
+        for i, y0 in enumerate(ys):
+            wy = _ramp(ys, i, th, f)
+            for j, x0 in enumerate(xs):
+                wx = _ramp(xs, j, tw, f)
+                zt = np.ascontiguousarray(z[:, :, y0 : y0 + th, x0 : x0 + tw])
+                py, px = slice(y0 * f, (y0 + th) * f), slice(x0 * f, (x0 + tw) * f)
+                if img is not None and msk is not None:
+                    part = self._core.decode(
+                        zt, np.ascontiguousarray(img[:, :, py, px]), np.ascontiguousarray(msk[:, :, py, px])
+                    )
+                else:
+                    part = self._core.decode(zt)
+                weight = np.outer(wy, wx)
+                acc[:, :, py, px] += part * weight
+                total[py, px] += weight
+        return (acc / total).astype(np.float32)
