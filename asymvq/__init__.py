@@ -6,7 +6,16 @@ threads used by oneDNN and asymvq's own OpenMP kernels together.
 """
 from __future__ import annotations
 
-from ._loader import preload_onednn as _preload_onednn
+import os as _os
+
+# OpenMP threads that spin while waiting for work stall badly when the machine is
+# busier than its cores (a notebook next to other jobs, tests beside a browser): a
+# small forward then takes seconds instead of milliseconds. Sleeping waiters cost
+# microseconds per parallel region. Must be set before libgomp loads (with oneDNN,
+# just below); an explicit OMP_WAIT_POLICY from the user wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ._loader import preload_onednn as _preload_onednn  # noqa: E402
 
 _preload_onednn()
 
