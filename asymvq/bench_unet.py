@@ -234,6 +234,20 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
             start = time.perf_counter()
             result["breakdown"] = _breakdown(lambda: unet(x, t, context))
             result["breakdown_total"] = time.perf_counter() - start
+        if job.get("loop_steps"):
+            # a whole guided DDIM loop in C (batch 1 -> the UNet runs at batch 2), plan already built
+            from .sampler import Sampler
+
+            smp = Sampler(kind="ddim", steps=job["loop_steps"], eta=0.0)
+            rng = np.random.default_rng(job["seed"] + 1)
+            h = job["size"]
+            cin = spec.in_channels
+            x_T = rng.standard_normal((1, 4, h, h), dtype=np.float32)
+            c_concat = rng.standard_normal((1, cin - 4, h, h), dtype=np.float32) if cin > 4 else None
+            ctx1 = context[:1]
+            start = time.perf_counter()
+            smp.sample(unet, x_T, ctx1, ctx1 * 0.5, 7.5, c_concat=c_concat)
+            result["loop"] = time.perf_counter() - start
     result["peak_rss"] = _peak_rss()
     return result
 
@@ -279,6 +293,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--config", help="diffusion YAML (default: the packaged v1-t2i-inference.yaml)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch + diffusers comparison")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-primitive breakdown")
+    p.add_argument("--loop-steps", type=int, default=0,
+                   help="also time a whole guided DDIM loop of this many steps in C (the issue's figure: 50)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
     precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
@@ -303,7 +319,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
           + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"), flush=True)
 
     job = {"config": args.config, "size": args.size, "batch": args.batch, "threads": threads, "seed": args.seed,
-           "repeat": args.repeat, "breakdown": not args.no_breakdown}
+           "repeat": args.repeat, "breakdown": not args.no_breakdown, "loop_steps": args.loop_steps}
     results: Dict[str, Dict[str, Any]] = {}
     for engine in precisions + ([] if args.no_torch else ["torch"]):
         results[engine] = _run_child({**job, "engine": engine})
@@ -350,6 +366,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         rest = results[engine]["breakdown_total"] - accounted
         print(f"  {'OpenMP kernels':<17}{rest:7.2f} s  (group/layer norm, softmax, adds, concat, upsample)")
 
+    for engine in precisions:
+        if "loop" in results.get(engine, {}):
+            r = results[engine]
+            print(f"\nasymvq {engine}: {args.loop_steps}-step guided DDIM loop in C: {r['loop']:.1f} s "
+                  f"({r['loop'] / args.loop_steps:.2f} s/step)")
     if torch_s:
         print("\ntargets:")
         for engine in precisions:
