@@ -1,0 +1,1 @@
+"""The original YAML configs, shipped as package data (read with asymvq.config)."""
