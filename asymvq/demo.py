@@ -138,6 +138,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.size % 64 or args.size < 64:
         print("error: --size must be a positive multiple of 64", file=sys.stderr)
         return 2
+    try:
+        from .sampler import Sampler
+
+        Sampler(kind="ddim", steps=args.steps, eta=1.0)
+    except ValueError as e:
+        print(f"error: --steps: {e}", file=sys.stderr)
+        return 2
     from .metrics import preservation_error, psnr_outside_mask
 
     out = Path(args.outdir)
