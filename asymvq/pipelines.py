@@ -122,6 +122,17 @@ class _Base:
             self._samplers[key] = s
         return s
 
+    def _denoise(self, x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
+                 c_concat=None) -> np.ndarray:
+        """The sampler loop with a progress bar; step noise from ``step_noise`` or ``seed + 2``."""
+        smp = self._sampler(sampler, steps, eta)
+        bar = _Progress(len(smp.timesteps), "denoise", progress, callback)
+        try:
+            return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, noise=step_noise,
+                              seed=None if step_noise is not None or eta == 0 else seed + 2, callback=bar)
+        finally:
+            bar.close()
+
     def _encode_text(self, prompts: Sequence[str]) -> np.ndarray:
         ids = self.tokenizer(list(prompts))
         return self.text_encoder.encode_ids(ids)
@@ -226,14 +237,9 @@ class InpaintPipeline(_Base):
             timings["encode"] = time.perf_counter() - t
 
             x_T = x_T if x_T is not None else _randn(seed, (1, 4, h, w))
-            smp = self._sampler(sampler, steps, eta)
-            bar = _Progress(len(smp.timesteps), "denoise", progress, callback)
             t = time.perf_counter()
-            try:
-                x0 = smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_cat, noise=step_noise,
-                                seed=None if step_noise is not None or eta == 0 else seed + 2, callback=bar)
-            finally:
-                bar.close()
+            x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
+                               c_concat=c_cat)
             timings["sample"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -342,14 +348,8 @@ class Txt2ImgPipeline(_Base):
             uc = self._encode_text([negative_prompt] * n_samples)
             timings["text"] = time.perf_counter() - t
             x_T = x_T if x_T is not None else _randn(seed, (n_samples, 4, h, w))
-            smp = self._sampler(sampler, steps, eta)
-            bar = _Progress(len(smp.timesteps), "denoise", progress, callback)
             t = time.perf_counter()
-            try:
-                x0 = smp.sample(self.unet, x_T, c, uc, scale, noise=step_noise,
-                                seed=None if step_noise is not None or eta == 0 else seed + 2, callback=bar)
-            finally:
-                bar.close()
+            x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback)
             timings["sample"] = time.perf_counter() - t
             t = time.perf_counter()
             out = self.decoder.decode(x0 / SCALE_FACTOR)
