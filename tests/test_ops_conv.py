@@ -212,3 +212,83 @@ def test_conv_is_deterministic_across_calls() -> None:
     rng = np.random.default_rng(5)
     x, w, b = operands(rng, 2, 32, 32, 16, 16, 3)
     np.testing.assert_array_equal(ops.conv2d(x, w, b, padding=1), ops.conv2d(x, w, b, padding=1))
+
+
+# ---- Winograd F(2x2, 3x3): the algorithm "auto" picks for large 3x3 stride-1 f32 convs ------
+#
+# Same float64 reference and the same fp32 bound as the direct path: the transforms only add,
+# subtract and halve, so the rounding is that of a float32 GEMM over 16 * Cin products
+# (measured worst 7e-7 of max|ref| at 320 -> 320, 64x64).
+
+WINOGRAD_CONVS = {
+    "unet_resblock_320_at_64x64": (2, 320, 320, 64, 64),
+    "unet_up_resblock_640_to_320_at_64x64": (2, 640, 320, 64, 64),
+    "unet_resblock_1280_at_16x16": (2, 1280, 1280, 16, 16),
+    "vae_decoder_512_at_64x64": (1, 512, 512, 64, 64),
+    "many_chunks_last_one_padded": (1, 64, 64, 250, 246),
+    "odd_height_and_width_batch_3": (3, 65, 70, 5, 7),
+    "one_pixel": (1, 64, 72, 1, 1),
+    "channels_not_multiple_of_16": (2, 13, 21, 9, 8),
+}
+
+
+@pytest.mark.parametrize("n, ci, co, h, w", conv_params(WINOGRAD_CONVS))
+def test_winograd_conv_matches_torch_in_fp32(n, ci, co, h, w) -> None:
+    rng = np.random.default_rng(6)
+    x, wt, b = operands(rng, n, ci, co, h, w, 3)
+    got = ops.conv2d(x, wt, b, padding=1, algorithm="winograd")
+    assert rel_err(got, reference(x, wt, b, 1, (1, 1, 1, 1))) <= FP32_BOUND
+
+
+@pytest.mark.parametrize("act", [None, "silu", "gelu"])
+@pytest.mark.parametrize("residual", [None, "full", "channel"])
+def test_winograd_conv_fuses_activation_then_residual(act, residual) -> None:
+    n, ci, co, h, w = 2, 64, 80, 9, 11
+    rng = np.random.default_rng(7)
+    x, wt, b = operands(rng, n, ci, co, h, w, 3)
+    res = {None: None, "full": rng.standard_normal((n, co, h, w), dtype=np.float32),
+           "channel": rng.standard_normal((n, co, 1, 1), dtype=np.float32)}[residual]
+    got = ops.conv2d(x, wt, b, padding=1, activation=act, residual=res, algorithm="winograd")
+    assert rel_err(got, reference(x, wt, b, 1, (1, 1, 1, 1), act, res)) <= FP32_BOUND
+
+
+def test_winograd_and_direct_agree_to_float32_rounding() -> None:
+    rng = np.random.default_rng(8)
+    x, wt, b = operands(rng, 2, 320, 320, 32, 32, 3)
+    direct = ops.conv2d(x, wt, b, padding=1, algorithm="direct")
+    wino = ops.conv2d(x, wt, b, padding=1, algorithm="winograd")
+    assert float(np.abs(direct - wino).max() / np.abs(direct).max()) <= 2 * FP32_BOUND
+
+
+def test_auto_algorithm_matches_torch_where_it_picks_winograd() -> None:
+    rng = np.random.default_rng(9)
+    x, wt, b = operands(rng, 2, 64, 64, 32, 32, 3)  # 512 tiles, 64 channels: Winograd
+    got = ops.conv2d(x, wt, b, padding=1, precision="fp32")
+    assert rel_err(got, reference(x, wt, b, 1, (1, 1, 1, 1))) <= FP32_BOUND
+
+
+@pytest.mark.parametrize("kw", [
+    pytest.param(dict(stride=2, padding=1), id="stride_2"),
+    pytest.param(dict(padding=0), id="no_padding"),
+    pytest.param(dict(padding=(0, 0, 1, 1)), id="asymmetric_padding"),
+    pytest.param(dict(padding=1, precision="bf16"), id="bf16"),
+])
+def test_forcing_winograd_where_it_does_not_apply_raises_value_error(kw) -> None:
+    rng = np.random.default_rng(10)
+    x, wt, b = operands(rng, 1, 8, 8, 8, 8, 3)
+    with pytest.raises(ValueError, match="Winograd"):
+        ops.conv2d(x, wt, b, algorithm="winograd", **kw)
+
+
+def test_forcing_winograd_on_a_1x1_kernel_raises_value_error() -> None:
+    rng = np.random.default_rng(11)
+    x, wt, b = operands(rng, 1, 8, 8, 8, 8, 1)
+    with pytest.raises(ValueError, match="3x3"):
+        ops.conv2d(x, wt, b, padding=1, algorithm="winograd")
+
+
+def test_unknown_conv_algorithm_raises_value_error() -> None:
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="algorithm"):
+        ops.conv2d(x, w, padding=1, algorithm="fft")

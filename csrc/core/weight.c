@@ -68,12 +68,15 @@ done:
     return st;
 }
 
-avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t want,
-                             dnnl_memory_t *out) {
+/* Looks up `want` in w's cache; on a miss reorders the source (or, with
+ * derive, the f32 buffer derive fills from it) into a new cached copy. */
+static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive, void *ctx,
+                         const_dnnl_memory_desc_t want, dnnl_memory_t *out) {
     dnnl_engine_t eng;
     AVQ_TRY(avq_engine_get(&eng));
     if (!w->data) return avq_error(AVQ_ERR_INTERNAL, "weight %s has no data", w->name ? w->name : "?");
     avq_status st = AVQ_OK;
+    void *tmp = NULL;
     avq_pack_lock();
     for (avq_packed *p = w->packed; p; p = p->next) {
         if (dnnl_memory_desc_equal(p->md, want)) {
@@ -93,7 +96,13 @@ avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_
         st = avq_error(AVQ_ERR_MEMORY, "cannot allocate the packed copy of %s", w->name);
         goto done;
     }
-    st = reorder(eng, src, w->data, p->mem);
+    const void *from = w->data;
+    if (derive) {
+        tmp = malloc(dnnl_memory_desc_get_size(src));
+        st = tmp ? derive(w, (float *)tmp, ctx) : avq_error(AVQ_ERR_MEMORY, "out of memory transforming %s", w->name);
+        from = tmp;
+    }
+    if (st == AVQ_OK) st = reorder(eng, src, from, p->mem);
     if (st != AVQ_OK) {
         dnnl_memory_destroy(p->mem);
         dnnl_memory_desc_destroy(p->md);
@@ -105,7 +114,18 @@ avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_
     *out = p->mem;
 done:
     avq_pack_unlock();
+    free(tmp);
     return st;
+}
+
+avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t want,
+                             dnnl_memory_t *out) {
+    return packed(w, src, NULL, NULL, want, out);
+}
+
+avq_status avq_weight_packed_derived(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive,
+                                     void *ctx, const_dnnl_memory_desc_t want, dnnl_memory_t *out) {
+    return packed(w, src, derive, ctx, want, out);
 }
 
 avq_status avq_weight_expect(const avq_weight *w, int ndim, const int64_t *dims) {

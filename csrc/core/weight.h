@@ -33,6 +33,14 @@ void avq_weight_release(avq_weight *w);
 avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t want,
                              dnnl_memory_t *out);
 
+/* Fills `dst` (f32, laid out as the `src` md below) with a transform of w. */
+typedef avq_status (*avq_weight_derive_fn)(const avq_weight *w, float *dst, void *ctx);
+/* As avq_weight_packed, for a copy of a transform of w (e.g. Winograd's
+ * G g G^T): derive runs only on a cache miss, into a temporary f32 buffer
+ * that `src` describes. `want` must differ from every md of w's plain copies. */
+avq_status avq_weight_packed_derived(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive,
+                                     void *ctx, const_dnnl_memory_desc_t want, dnnl_memory_t *out);
+
 /* Checks dims, naming the weight and both shapes on mismatch. */
 avq_status avq_weight_expect(const avq_weight *w, int ndim, const int64_t *dims);
 

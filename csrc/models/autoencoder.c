@@ -423,7 +423,7 @@ static avq_status mid(avq_plan *p, avq_dtype dt, const mid_w *w, avq_tensor *x) 
 
 /* Encoder: zero-pad one column right and one row bottom, conv 3x3 stride 2 (SPEC §3.2). */
 static avq_status downsample(avq_plan *p, avq_dtype dt, const conv_w *cw, avq_tensor *x) {
-    avq_conv_params prm = {2, 2, 0, 0, 1, 1, AVQ_ACT_NONE, NULL};
+    avq_conv_params prm = {2, 2, 0, 0, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO};
     avq_tensor y;
     AVQ_TRY(conv(p, dt, cw, x, &y, &prm));
     avq_plan_release(p, x);

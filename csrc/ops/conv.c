@@ -6,7 +6,7 @@
 #include "ops_internal.h"
 
 avq_conv_params avq_conv_simple(int stride, int pad) {
-    avq_conv_params prm = {stride, stride, pad, pad, pad, pad, AVQ_ACT_NONE, NULL};
+    avq_conv_params prm = {stride, stride, pad, pad, pad, pad, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO};
     return prm;
 }
 
@@ -136,11 +136,15 @@ static avq_tensor one_sample(const avq_tensor *t) {
 avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
                       const avq_conv_params *prm) {
     avq_step *s;
+    if (prm->algo < AVQ_CONV_AUTO || prm->algo > AVQ_CONV_WINOGRAD)
+        return avq_error(AVQ_ERR_ARG, "unknown conv2d algorithm %d", (int)prm->algo);
+    const int wino = prm->algo == AVQ_CONV_WINOGRAD || (prm->algo == AVQ_CONV_AUTO && avq_conv2d_winograd_fits(w, x, prm));
     if (avq_plan_building(p)) {
         AVQ_TRY(check(w, b, x, y, prm));
         if (x->dtype != y->dtype) return avq_error(AVQ_ERR_DTYPE, "conv2d input and output dtypes differ");
         AVQ_TRY(avq_check_act_tensor(x, "conv2d input"));
         AVQ_TRY(avq_check_act_tensor(y, "conv2d output"));
+        if (wino) return avq_conv2d_winograd(p, w, b, x, y, prm);
         AVQ_TRY(avq_plan_step(p, AVQ_STEP_CONV, &s));
         if (!per_sample_add(y, prm)) return build(p, s, w, b, x, y, prm);
         avq_tensor x1 = one_sample(x), y1 = one_sample(y), a1 = one_sample(prm->add);
@@ -149,6 +153,7 @@ avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
         s->iaux[0] = y->dims[0];
         return build(p, s, w, b, &x1, &y1, &prm1);
     }
+    if (wino) return avq_conv2d_winograd(p, w, b, x, y, prm);
     AVQ_TRY(avq_plan_step(p, AVQ_STEP_CONV, &s));
     if (s->iaux[0] > 1) {
         int64_t n = s->iaux[0];

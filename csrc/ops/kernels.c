@@ -228,7 +228,7 @@ static avq_status same(const avq_tensor *a, const avq_tensor *y, const char *op)
 }
 
 /* One activation over a row, the switch outside the loops so they vectorise. */
-AVQ_MULTIVERSION static void act_row(float *v, int64_t m, avq_act act) {
+AVQ_MULTIVERSION void avq_act_row(float *v, int64_t m, avq_act act) {
     switch (act) {
     case AVQ_ACT_RELU:
 #pragma omp simd
@@ -259,7 +259,7 @@ avq_status avq_activation(avq_plan *p, const avq_tensor *x, avq_tensor *y, avq_a
         float buf[ROW_CHUNK];
         int64_t m = n - k < ROW_CHUNK ? n - k : ROW_CHUNK;
         avq_load_row(x->data, x->dtype, k, buf, m);
-        act_row(buf, m, act);
+        avq_act_row(buf, m, act);
         avq_store_row(y->data, y->dtype, k, buf, m);
     }
     return AVQ_OK;

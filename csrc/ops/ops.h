@@ -20,13 +20,20 @@ typedef enum avq_act {
 } avq_act;
 
 /* Step kinds (a run replays the build's sequence). */
-enum { AVQ_STEP_CONV = 1, AVQ_STEP_MATMUL, AVQ_STEP_REORDER, AVQ_STEP_SOFTMAX, AVQ_STEP_ATTN_QK, AVQ_STEP_ATTN_PV };
+enum { AVQ_STEP_CONV = 1, AVQ_STEP_MATMUL, AVQ_STEP_REORDER, AVQ_STEP_SOFTMAX, AVQ_STEP_ATTN_QK, AVQ_STEP_ATTN_PV, AVQ_STEP_WINOGRAD };
+
+/* How a conv is computed. AUTO takes Winograd F(2x2, 3x3) for the large 3x3
+ * stride-1 f32 convs, where it needs 2.25x fewer multiplies than direct
+ * convolution (rounding differs at the 1e-6 relative level), and oneDNN's
+ * direct convolution everywhere else. */
+typedef enum avq_conv_algo { AVQ_CONV_AUTO = 0, AVQ_CONV_DIRECT, AVQ_CONV_WINOGRAD } avq_conv_algo;
 
 typedef struct avq_conv_params {
     int stride_h, stride_w;
     int pad_t, pad_l, pad_b, pad_r; /* the VAE downsampler uses (0, 0, 1, 1) */
     avq_act act;
     const avq_tensor *add; /* optional, added after act: dst's shape, or [N, C, 1, 1] */
+    avq_conv_algo algo;
 } avq_conv_params;
 
 /* Symmetric padding p, stride s, no activation, no add. */

@@ -203,9 +203,19 @@ static int parse_pair_or_quad(PyObject *o, const char *name, int *vals, int n4) 
 
 static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"x", "weight", "bias", "stride", "padding", "activation", "residual", "precision", NULL};
+    static char *kwl[] = {"x", "weight", "bias", "stride", "padding", "activation", "residual", "precision", "algorithm", NULL};
     PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL, *ao = Py_None, *ro = Py_None, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOO", kwl, &xo, &wo, &bo, &so, &po, &ao, &ro, &pr)) return NULL;
+    const char *algo = "auto";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOOs", kwl, &xo, &wo, &bo, &so, &po, &ao, &ro, &pr, &algo))
+        return NULL;
+    avq_conv_algo alg;
+    if (!strcmp(algo, "auto")) alg = AVQ_CONV_AUTO;
+    else if (!strcmp(algo, "direct")) alg = AVQ_CONV_DIRECT;
+    else if (!strcmp(algo, "winograd")) alg = AVQ_CONV_WINOGRAD;
+    else {
+        PyErr_Format(PyExc_ValueError, "algorithm must be 'auto', 'direct' or 'winograd', got '%s'", algo);
+        return NULL;
+    }
     op_call c;
     memset(&c, 0, sizeof c);
     int stride[2] = {1, 1}, pad[4] = {0, 0, 0, 0};
@@ -228,7 +238,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
                      (Py_ssize_t)PyArray_DIM(w, 0), (Py_ssize_t)PyArray_DIM(arr[2], 0));
         goto fail;
     }
-    c.conv = (avq_conv_params){stride[0], stride[1], pad[0], pad[1], pad[2], pad[3], c.act, NULL};
+    c.conv = (avq_conv_params){stride[0], stride[1], pad[0], pad[1], pad[2], pad[3], c.act, NULL, alg};
     c.w[c.nw++] = avq_py_weight(w, "weight");
     if (bo != Py_None) c.w[c.nw++] = avq_py_weight(arr[2], "bias");
     add_input(&c, x, 0);
@@ -725,7 +735,8 @@ done:
 
 static PyMethodDef ops_methods[] = {
     {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32')"},
+     "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32', "
+     "algorithm='auto')"},
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS,
      "linear(x, weight, bias=None, activation=None, mul=None, add=None, precision='fp32')"},
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,

@@ -1,0 +1,285 @@
+/* 3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3).
+ *
+ * Each 2x2 output tile is A^T [ (G g G^T) . (B^T d B) ] A over its 4x4 input
+ * patch d: 16 multiplies per (tile, input channel, output channel) where the
+ * direct form needs 36. The 16 elementwise products summed over input
+ * channels are 16 GEMMs, [tiles, Cin] x [Cin, Cout], run as one batched oneDNN
+ * matmul whose weights U = G g G^T are made and packed once. The transforms
+ * only add and subtract (plus the 1/2 of G), so rounding stays at the level
+ * of a direct convolution's.
+ *
+ * Tiles go in chunks so the transformed input V [16, chunk, Cin] and the
+ * products M [16, chunk, Cout] stay a few MiB: for each chunk, the input
+ * transform (OpenMP, vectorised over channels: activations are NHWC), the
+ * matmul, then the output transform with bias, activation and residual add
+ * fused (a per-sample [N, C, 1, 1] add included, which oneDNN's direct
+ * convolution cannot fuse). Zero padding of 1 is read from a zero row. */
+#include <omp.h>
+#include <stdio.h>
+
+#include "core/engine.h"
+#include "ops_internal.h"
+#include "vmath.h"
+
+/* V + M per chunk: a quarter of the input and output's own size, at most
+ * 16 MiB, so the workspace grows slower than the activations (tiled decodes
+ * rely on it) and stays in cache; but at least 64 tiles, below which the
+ * GEMMs get too short to run at speed. */
+#define WINO_CHUNK_MAX_BYTES (16 << 20)
+#define WINO_CHUNK_MIN_TILES 64
+
+/* Auto-selection: the GEMMs must be big enough to beat oneDNN's direct conv. */
+#define WINO_MIN_CHANNELS 64
+#define WINO_MIN_TILES 128
+
+typedef struct wino_shape {
+    int64_t n, h, w, ci, co; /* input [n, ci, h, w]; output [n, co, h, w] */
+    int64_t th, tw, tiles;   /* tiles per column and row, in all */
+    int64_t chunk, nchunks;  /* tiles per chunk (the last one padded with zero rows) */
+} wino_shape;
+
+static int fits_shape(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
+    return w->ndim == 4 && w->dims[2] == 3 && w->dims[3] == 3 && x->ndim == 4 && x->dims[1] == w->dims[1] &&
+           prm->stride_h == 1 && prm->stride_w == 1 && prm->pad_t == 1 && prm->pad_l == 1 && prm->pad_b == 1 &&
+           prm->pad_r == 1 && x->dtype == AVQ_F32 && x->layout == AVQ_NHWC;
+}
+
+int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
+    if (!fits_shape(w, x, prm)) return 0;
+    int64_t tiles = x->dims[0] * ((x->dims[2] + 1) / 2) * ((x->dims[3] + 1) / 2);
+    return w->dims[0] >= WINO_MIN_CHANNELS && w->dims[1] >= WINO_MIN_CHANNELS && tiles >= WINO_MIN_TILES;
+}
+
+static wino_shape shape_of(const avq_weight *w, const avq_tensor *x) {
+    wino_shape s;
+    s.n = x->dims[0];
+    s.ci = x->dims[1];
+    s.h = x->dims[2];
+    s.w = x->dims[3];
+    s.co = w->dims[0];
+    s.th = (s.h + 1) / 2;
+    s.tw = (s.w + 1) / 2;
+    s.tiles = s.n * s.th * s.tw;
+    int64_t per_tile = 16 * (s.ci + s.co) * (int64_t)sizeof(float);
+    int64_t budget = s.n * s.h * s.w * (s.ci + s.co) * (int64_t)sizeof(float) / 4;
+    if (budget > WINO_CHUNK_MAX_BYTES) budget = WINO_CHUNK_MAX_BYTES;
+    int64_t most = budget / per_tile;
+    if (most < WINO_CHUNK_MIN_TILES) most = WINO_CHUNK_MIN_TILES;
+    s.nchunks = (s.tiles + most - 1) / most;
+    s.chunk = (s.tiles + s.nchunks - 1) / s.nchunks;
+    return s;
+}
+
+/* U[a][i][o] = (G g G^T)[a] for g = w[o, i] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
+static avq_status transform_weights(const avq_weight *w, float *u, void *ctx) {
+    (void)ctx;
+    const int64_t co = w->dims[0], ci = w->dims[1];
+#pragma omp parallel for schedule(static)
+    for (int64_t o = 0; o < co; o++) {
+        for (int64_t i = 0; i < ci; i++) {
+            float g[9], t[4][3];
+            avq_load_row(w->data, w->dtype, (o * ci + i) * 9, g, 9);
+            for (int c = 0; c < 3; c++) { /* t = G g */
+                t[0][c] = g[c];
+                t[1][c] = 0.5f * (g[c] + g[3 + c] + g[6 + c]);
+                t[2][c] = 0.5f * (g[c] - g[3 + c] + g[6 + c]);
+                t[3][c] = g[6 + c];
+            }
+            for (int r = 0; r < 4; r++) { /* (G g) G^T */
+                float v[4] = {t[r][0], 0.5f * (t[r][0] + t[r][1] + t[r][2]), 0.5f * (t[r][0] - t[r][1] + t[r][2]),
+                              t[r][2]};
+                for (int c = 0; c < 4; c++) u[((int64_t)(r * 4 + c) * ci + i) * co + o] = v[c];
+            }
+        }
+    }
+    return AVQ_OK;
+}
+
+/* v[a][c] = (B^T d B)[a] over one tile's 16 input rows d,
+ * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. */
+AVQ_MULTIVERSION static void input_tile(const float *const *d, float *const *v, int64_t C) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        float t[4][4];
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = d[j][c] - d[8 + j][c];
+            t[1][j] = d[4 + j][c] + d[8 + j][c];
+            t[2][j] = d[8 + j][c] - d[4 + j][c];
+            t[3][j] = d[4 + j][c] - d[12 + j][c];
+        }
+        for (int i = 0; i < 4; i++) {
+            v[i * 4 + 0][c] = t[i][0] - t[i][2];
+            v[i * 4 + 1][c] = t[i][1] + t[i][2];
+            v[i * 4 + 2][c] = t[i][2] - t[i][1];
+            v[i * 4 + 3][c] = t[i][1] - t[i][3];
+        }
+    }
+}
+
+/* y[k][c] = (A^T m A)[k] + bias[c] + a[k][c] over one tile, A^T = [1 1 1 0; 0 1 -1 -1]. */
+AVQ_MULTIVERSION static void output_tile(const float *const *m, float *const *y, const float *bias,
+                                         const float *const *a, int64_t C) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        float t[2][4];
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = m[j][c] + m[4 + j][c] + m[8 + j][c];
+            t[1][j] = m[4 + j][c] - m[8 + j][c] - m[12 + j][c];
+        }
+        for (int i = 0; i < 2; i++) {
+            y[i * 2 + 0][c] = t[i][0] + t[i][1] + t[i][2] + bias[c] + a[i * 2 + 0][c];
+            y[i * 2 + 1][c] = t[i][1] - t[i][2] - t[i][3] + bias[c] + a[i * 2 + 1][c];
+        }
+    }
+}
+
+static void input_chunk(const wino_shape *s, const float *x, int64_t t0, const float *zeros, float *V) {
+    const int64_t per_img = s->th * s->tw, nt = s->tiles - t0 < s->chunk ? s->tiles - t0 : s->chunk;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < s->chunk; r++) {
+        float *v[16];
+        for (int a = 0; a < 16; a++) v[a] = V + (a * s->chunk + r) * s->ci;
+        if (r >= nt) { /* padding rows of the last chunk */
+            for (int a = 0; a < 16; a++) memset(v[a], 0, (size_t)s->ci * sizeof(float));
+            continue;
+        }
+        int64_t t = t0 + r, n = t / per_img, ty = t % per_img / s->tw, tx = t % s->tw;
+        const float *d[16];
+        for (int i = 0; i < 4; i++) {
+            int64_t yy = 2 * ty - 1 + i;
+            for (int j = 0; j < 4; j++) {
+                int64_t xx = 2 * tx - 1 + j;
+                int in = yy >= 0 && yy < s->h && xx >= 0 && xx < s->w;
+                d[i * 4 + j] = in ? x + ((n * s->h + yy) * s->w + xx) * s->ci : zeros;
+            }
+        }
+        input_tile(d, v, s->ci);
+    }
+}
+
+typedef struct out_args {
+    const float *bias; /* [co] or zeros */
+    const float *add;  /* NULL, the output's shape, or [n, co] */
+    int add_per_channel;
+    avq_act act;
+    float *spill; /* threads x co: where the outputs past the edge go */
+} out_args;
+
+static void output_chunk(const wino_shape *s, const float *M, int64_t t0, const float *zeros, const out_args *o,
+                         float *y) {
+    const int64_t per_img = s->th * s->tw, nt = s->tiles - t0 < s->chunk ? s->tiles - t0 : s->chunk;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nt; r++) {
+        float *spill = o->spill + omp_get_thread_num() * s->co;
+        const float *m[16];
+        for (int a = 0; a < 16; a++) m[a] = M + (a * s->chunk + r) * s->co;
+        int64_t t = t0 + r, n = t / per_img, ty = t % per_img / s->tw, tx = t % s->tw;
+        float *out[4];
+        const float *add[4];
+        int valid[4];
+        for (int k = 0; k < 4; k++) {
+            int64_t yy = 2 * ty + k / 2, xx = 2 * tx + k % 2;
+            int64_t off = ((n * s->h + yy) * s->w + xx) * s->co;
+            valid[k] = yy < s->h && xx < s->w;
+            out[k] = valid[k] ? y + off : spill;
+            add[k] = !o->add || o->act != AVQ_ACT_NONE ? zeros
+                     : o->add_per_channel              ? o->add + n * s->co
+                     : valid[k]                        ? o->add + off
+                                                       : zeros;
+        }
+        output_tile(m, out, o->bias, add, s->co);
+        if (o->act == AVQ_ACT_NONE) continue;
+        for (int k = 0; k < 4; k++) { /* act first, then the add: the fused order of the direct path */
+            if (!valid[k]) continue;
+            avq_act_row(out[k], s->co, o->act);
+            if (!o->add) continue;
+            const float *ak = o->add + (o->add_per_channel ? n * s->co : ((n * s->h + 2 * ty + k / 2) * s->w + 2 * tx + k % 2) * s->co);
+            for (int64_t c = 0; c < s->co; c++) out[k][c] += ak[c];
+        }
+    }
+}
+
+static avq_status build_matmul(avq_plan *p, avq_step *s, avq_weight *w, const wino_shape *ws) {
+    avq_status st = AVQ_OK;
+    dnnl_memory_desc_t src_md = NULL, wany_md = NULL, dst_md = NULL, usrc_md = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_memory_t umem;
+    dnnl_dims_t sd = {16, ws->chunk, ws->ci}, wd = {16, ws->ci, ws->co}, dd = {16, ws->chunk, ws->co};
+    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&src_md, 3, sd, dnnl_f32, dnnl_abc), "winograd input md");
+    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&wany_md, 3, wd, dnnl_f32, dnnl_format_tag_any), "winograd weights md");
+    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&usrc_md, 3, wd, dnnl_f32, dnnl_abc), "winograd weights source md");
+    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&dst_md, 3, dd, dnnl_f32, dnnl_abc), "winograd output md");
+    AVQ_DNNL(dnnl_primitive_attr_create(&attr), "attr");
+    AVQ_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+    AVQ_DNNL(dnnl_matmul_primitive_desc_create(&pd, avq_plan_engine(p), src_md, wany_md, NULL, dst_md, attr),
+             "winograd matmul descriptor");
+    if ((st = avq_weight_packed_derived(w, usrc_md, transform_weights, NULL,
+                                        dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &umem)) != AVQ_OK)
+        goto done;
+    if ((st = avq_step_arg(s, DNNL_ARG_SRC, src_md)) != AVQ_OK) goto done;
+    if ((st = avq_step_arg(s, DNNL_ARG_DST, dst_md)) != AVQ_OK) goto done;
+    if ((st = avq_step_arg_fixed(s, DNNL_ARG_WEIGHTS, umem)) != AVQ_OK) goto done;
+    st = avq_step_set_primitive(p, s, pd);
+    pd = NULL;
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (src_md) dnnl_memory_desc_destroy(src_md);
+    if (wany_md) dnnl_memory_desc_destroy(wany_md);
+    if (usrc_md) dnnl_memory_desc_destroy(usrc_md);
+    if (dst_md) dnnl_memory_desc_destroy(dst_md);
+    return st;
+}
+
+avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
+                               const avq_conv_params *prm) {
+    if (!fits_shape(w, x, prm))
+        return avq_error(AVQ_ERR_ARG, "Winograd convolution needs a 3x3 kernel, stride 1, padding 1 and f32 "
+                                      "channels-last tensors (conv %s)", w->name ? w->name : "");
+    const wino_shape ws = shape_of(w, x);
+    const int building = avq_plan_building(p);
+    avq_step *s;
+    AVQ_TRY(avq_plan_step(p, AVQ_STEP_WINOGRAD, &s));
+    if (building) AVQ_TRY(build_matmul(p, s, w, &ws));
+
+    /* Bias as f32; its cached copy is found again (no allocation) on every run. */
+    const float *bias = NULL;
+    if (b) {
+        dnnl_memory_t bmem;
+        void *h = NULL;
+        AVQ_TRY(avq_bias_mem(b, ws.co, &bmem, NULL));
+        if (dnnl_memory_get_data_handle(bmem, &h) != dnnl_success || !h)
+            return avq_error(AVQ_ERR_DNNL, "cannot read the bias of %s", w->name ? w->name : "");
+        bias = (const float *)h;
+    }
+
+    const int64_t zn = ws.ci > ws.co ? ws.ci : ws.co;
+    const int nthr = avq_get_num_threads();
+    avq_tensor V, M, Z, S;
+    int64_t vd[1] = {16 * ws.chunk * ws.ci}, md[1] = {16 * ws.chunk * ws.co}, zd[1] = {zn}, sd[1] = {nthr * ws.co};
+    AVQ_TRY(avq_plan_tensor(p, &V, AVQ_F32, AVQ_PLAIN, 1, vd));
+    AVQ_TRY(avq_plan_tensor(p, &M, AVQ_F32, AVQ_PLAIN, 1, md));
+    AVQ_TRY(avq_plan_tensor(p, &Z, AVQ_F32, AVQ_PLAIN, 1, zd));
+    AVQ_TRY(avq_plan_tensor(p, &S, AVQ_F32, AVQ_PLAIN, 1, sd));
+    avq_status st = AVQ_OK;
+    if (!building) {
+        float *zeros = (float *)Z.data;
+        memset(zeros, 0, (size_t)zn * sizeof(float));
+        out_args o = {bias ? bias : zeros, prm->add ? (const float *)prm->add->data : NULL,
+                      prm->add && prm->add->dims[2] == 1 && prm->add->dims[3] == 1 && (ws.h != 1 || ws.w != 1),
+                      prm->act, (float *)S.data};
+        for (int64_t k = 0; k < ws.nchunks && st == AVQ_OK; k++) {
+            int64_t t0 = k * ws.chunk;
+            input_chunk(&ws, (const float *)x->data, t0, zeros, (float *)V.data);
+            void *h[2] = {V.data, M.data};
+            st = avq_step_exec(p, s, h, 2);
+            if (st == AVQ_OK) output_chunk(&ws, (const float *)M.data, t0, zeros, &o, (float *)y->data);
+        }
+    }
+    avq_plan_release(p, &S);
+    avq_plan_release(p, &Z);
+    avq_plan_release(p, &M);
+    avq_plan_release(p, &V);
+    return st;
+}
