@@ -25,7 +25,8 @@ __version__: str = _core.__version__
 
 
 def info() -> dict:
-    """asymvq version, oneDNN version, the CPU ISA oneDNN dispatches to, threads."""
+    """asymvq version, oneDNN version, the CPU ISA oneDNN dispatches to, threads, and whether bf16
+    attention runs on AMX tiles (``amx_attention``; else its operands are widened to f32)."""
     return dict(_core.info())
 
 

@@ -17,7 +17,8 @@ def _info(argv: Sequence[str]) -> int:
     print(f"asymvq {inf['version']}")
     print(
         f"oneDNN {inf['onednn_version']} ({inf['onednn_hash'][:12]}), ISA {inf['isa']}, "
-        f"bf16 {'native' if inf['bf16_native'] else 'emulated'}"
+        f"bf16 {'native' if inf['bf16_native'] else 'emulated'}, "
+        f"bf16 attention on {'AMX tiles' if inf['amx_attention'] else 'f32 sgemm'}"
     )
     print(f"threads {inf['num_threads']}")
     rng = np.random.default_rng(0)

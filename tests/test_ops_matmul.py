@@ -257,3 +257,26 @@ def test_causal_attention_first_query_sees_only_the_first_key() -> None:
     q, k, v = randn(rng, 2, 77, 64), randn(rng, 2, 77, 64), randn(rng, 2, 77, 64)
     got = ops.attention(q, k, v, 4, causal=True)
     np.testing.assert_allclose(got[:, 0], v[:, 0], rtol=1e-6, atol=1e-6)
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_bf16_attention_runs_on_amx_exactly_where_the_cpu_has_it() -> None:
+    """Every bf16 attention test above runs on the AMX tile path on a machine with AMX-BF16
+    (this one) and on the widening sgemm path elsewhere; info() says which."""
+    import asymvq
+
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
+    has_amx = {"amx_bf16", "amx_tile"} <= flags
+    assert asymvq.info()["amx_attention"] is has_amx

@@ -38,23 +38,93 @@ static void widen(const void *src, avq_dtype dt, int64_t ld, int64_t rows, int64
     for (int64_t r = 0; r < rows; r++) avq_load_row(src, dt, r * ld, dst + r * d, d);
 }
 
-/* exp(row - max) in place over [0, limit), zeros after; returns the sum.
- * The 1/sum normalisation is applied to the T x d output instead of the
- * T x M probabilities: one pass over the scores fewer. */
-AVQ_MULTIVERSION static float softmax_row_unnormalised(float *row, int64_t limit, int64_t M) {
+/* exp(scale * row - max) in place over [0, limit), zeros after; returns the
+ * sum. The 1/sum normalisation is applied to the T x d output (f32 path) or
+ * while rounding the probabilities (AMX path), not in an extra pass here. */
+AVQ_MULTIVERSION static float softmax_row_unnormalised(float *row, int64_t limit, int64_t M, float scale) {
     float mx = -FLT_MAX;
 #pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < limit; j++) mx = row[j] > mx ? row[j] : mx;
+    for (int64_t j = 0; j < limit; j++) mx = scale * row[j] > mx ? scale * row[j] : mx;
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < limit; j++) {
-        float e = avq_vexpf(row[j] - mx);
+        float e = avq_vexpf(scale * row[j] - mx);
         row[j] = e;
         sum += e;
     }
     for (int64_t j = limit; j < M; j++) row[j] = 0.f;
     return sum;
 }
+
+#if AVQ_HAVE_AMX_KERNELS
+/* The tile loop below for bf16 on AMX (attention_amx.c): same tasks, both
+ * products on the tile unit, 64 query rows per task. */
+#define ATTN_AMX_T 64
+
+static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v,
+                                avq_tensor *o, int64_t B, int64_t N, int64_t M, int64_t C, int heads, float scale,
+                                int causal) {
+    const int64_t d = C / heads, T = N < ATTN_AMX_T ? (N + 31) / 32 * 32 : ATTN_AMX_T;
+    avq_amx_dims g;
+    avq_attention_amx_dims(M, d, &g);
+    /* Per thread, in bytes: scores, probabilities, packed K and V, query rows, output rows. */
+    const int64_t sb = T * g.Mpad * 4, pb = T * g.Mpad * 2, kb = g.Mpad * g.dk * 2, vb = g.Mpad * g.dn * 2,
+                  qb = T * g.dk * 2, ob = T * g.dn * 4;
+    const int64_t per = (sb + pb + kb + vb + qb + ob + 63) / 64 * 16; /* floats, 64-byte multiple */
+    int nthr = avq_get_num_threads();
+    avq_tensor ws;
+    int64_t wd[1] = {per * nthr};
+    AVQ_TRY(avq_plan_tensor(p, &ws, AVQ_F32, AVQ_PLAIN, 1, wd));
+    if (avq_plan_building(p)) {
+        avq_plan_release(p, &ws);
+        return AVQ_OK;
+    }
+    const int64_t nblk = (N + T - 1) / T, ntask = B * heads * nblk;
+    int run_thr = omp_get_max_threads() < nthr ? omp_get_max_threads() : nthr;
+#pragma omp parallel num_threads(run_thr)
+    {
+        char *base = (char *)((float *)ws.data + per * omp_get_thread_num());
+        float *S = (float *)base;
+        uint16_t *P = (uint16_t *)(base + sb), *kp = (uint16_t *)(base + sb + pb);
+        uint16_t *vp = (uint16_t *)(base + sb + pb + kb), *qp = (uint16_t *)(base + sb + pb + kb + vb);
+        float *O = (float *)(base + sb + pb + kb + vb + qb);
+        int64_t cur = -1;
+        avq_attention_amx_begin();
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < ntask; task++) {
+            int64_t bh = task / nblk, blk = task % nblk, b = bh / heads, h = bh % heads;
+            int64_t q0 = blk * T, rows = N - q0 < T ? N - q0 : T;
+            const uint16_t *qsrc = (const uint16_t *)q->data + (b * N + q0) * C + h * d;
+            uint16_t *op = (uint16_t *)o->data + (b * N + q0) * C + h * d;
+            if (cur != bh) {
+                avq_attention_amx_pack_k((const uint16_t *)k->data + b * M * C + h * d, C, M, d, &g, kp);
+                avq_attention_amx_pack_v((const uint16_t *)v->data + b * M * C + h * d, C, M, d, &g, vp);
+                cur = bh;
+            }
+            memset(qp, 0, (size_t)qb);
+            for (int64_t r = 0; r < rows; r++) memcpy(qp + r * g.dk, qsrc + r * C, (size_t)d * 2);
+            for (int64_t r0 = 0; r0 < T; r0 += 32) avq_attention_amx_qk32(qp + r0 * g.dk, kp, &g, S + r0 * g.Mpad);
+            for (int64_t r = 0; r < T; r++) {
+                if (r >= rows) {
+                    memset(P + r * g.Mpad, 0, (size_t)g.Mpad * 2);
+                    continue;
+                }
+                int64_t limit = causal ? q0 + r + 1 : M;
+                limit = limit < M ? limit : M;
+                float sum = softmax_row_unnormalised(S + r * g.Mpad, limit, limit, scale);
+                avq_attention_amx_probs(S + r * g.Mpad, limit, g.Mpad, 1.f / sum, P + r * g.Mpad);
+            }
+            for (int64_t r0 = 0; r0 < T; r0 += 32) avq_attention_amx_pv32(P + r0 * g.Mpad, vp, &g, O + r0 * g.dn);
+            for (int64_t r = 0; r < rows; r++) avq_store_row(op, AVQ_BF16, r * C, O + r * g.dn, d);
+        }
+        avq_attention_amx_end();
+    }
+    avq_plan_release(p, &ws);
+    return AVQ_OK;
+}
+#endif
+
+int avq_attention_uses_amx(void) { return AVQ_HAVE_AMX_KERNELS && avq_attention_amx_supported(); }
 
 avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v, avq_tensor *o,
                          int heads, float scale, int causal) {
@@ -73,6 +143,10 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
     if (causal && M != N) return avq_error(AVQ_ERR_ARG, "causal attention needs as many keys as queries");
     if (B < 1 || N < 1 || M < 1) return avq_error(AVQ_ERR_SHAPE, "attention on empty tensors");
 
+#if AVQ_HAVE_AMX_KERNELS
+    if (q->dtype == AVQ_BF16 && avq_attention_amx_supported())
+        return attention_amx(p, q, k, v, o, B, N, M, C, heads, scale, causal);
+#endif
     const int64_t d = C / heads, T = N < ATTN_T ? N : ATTN_T;
     const int wide = q->dtype != AVQ_F32;
     /* Per-thread workspace: scores T x M, and for bf16 the widened q tile,
@@ -127,7 +201,7 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
             if (dnnl_sgemm('N', 'T', rows, M, d, scale, A, lda, K, ldk, 0.f, S, M) != dnnl_success) failed = 1;
             for (int64_t r = 0; r < rows; r++) {
                 int64_t limit = causal ? q0 + r + 1 : M;
-                inv[r] = 1.f / softmax_row_unnormalised(S + r * M, limit < M ? limit : M, M);
+                inv[r] = 1.f / softmax_row_unnormalised(S + r * M, limit < M ? limit : M, M, 1.f);
             }
             float *out = wide ? ot : (float *)op;
             int64_t ldo = wide ? d : C;

@@ -25,6 +25,29 @@ avq_status avq_check_act_tensor(const avq_tensor *t, const char *what);
 /* act over a row of floats in place (AVQ_ACT_NONE: nothing). */
 void avq_act_row(float *v, int64_t m, avq_act act);
 
+/* bf16 attention tiles on AMX (attention_amx.c), where GCC can target it. */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define AVQ_HAVE_AMX_KERNELS 1
+#else
+#define AVQ_HAVE_AMX_KERNELS 0
+#endif
+typedef struct avq_amx_dims {
+    int64_t Mpad; /* keys, padded to 32 */
+    int64_t dk;   /* head dim padded to 32 (reduction of Q K^T) */
+    int64_t dn;   /* head dim padded to 16 (columns of P V) */
+} avq_amx_dims;
+int avq_attention_amx_supported(void); /* AMX-BF16 present and granted by the kernel */
+void avq_attention_amx_dims(int64_t M, int64_t d, avq_amx_dims *g);
+void avq_attention_amx_begin(void); /* per thread: configure the tiles */
+void avq_attention_amx_end(void);
+void avq_attention_amx_pack_k(const uint16_t *k, int64_t ld, int64_t M, int64_t d, const avq_amx_dims *g,
+                              uint16_t *kp);
+void avq_attention_amx_pack_v(const uint16_t *v, int64_t ld, int64_t M, int64_t d, const avq_amx_dims *g,
+                              uint16_t *vp);
+void avq_attention_amx_qk32(const uint16_t *q, const uint16_t *kp, const avq_amx_dims *g, float *S);
+void avq_attention_amx_pv32(const uint16_t *P, const uint16_t *vp, const avq_amx_dims *g, float *O);
+void avq_attention_amx_probs(const float *s, int64_t limit, int64_t Mpad, float inv, uint16_t *p);
+
 /* The Winograd path of avq_conv2d (3x3, stride 1, padding 1, f32). */
 int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm);
 avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,

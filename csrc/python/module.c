@@ -93,9 +93,10 @@ static PyObject *py_info(PyObject *self, PyObject *noargs) {
     if (st != AVQ_OK) return avq_py_raise(st);
     char dnnl[64];
     snprintf(dnnl, sizeof dnnl, "%d.%d.%d", info.dnnl_major, info.dnnl_minor, info.dnnl_patch);
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:O}", "version", info.version, "onednn_version", dnnl, "onednn_hash",
-                         info.dnnl_hash, "isa", info.isa, "num_threads", info.num_threads, "bf16_native",
-                         info.bf16_native ? Py_True : Py_False);
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:O,s:O}", "version", info.version, "onednn_version", dnnl,
+                         "onednn_hash", info.dnnl_hash, "isa", info.isa, "num_threads", info.num_threads,
+                         "bf16_native", info.bf16_native ? Py_True : Py_False, "amx_attention",
+                         avq_attention_uses_amx() ? Py_True : Py_False);
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {

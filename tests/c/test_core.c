@@ -373,13 +373,13 @@ static void check_conv_case(const char *name, const conv_case *cc, avq_dtype dt,
 
 static void test_conv2d_matches_naive_loops(void) {
     conv_case cases[] = {
-        {2, 5, 4, 7, 6, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL}, 0},   /* 3x3 pad 1, odd channels */
-        {2, 5, 4, 8, 6, 3, {2, 2, 0, 0, 1, 1, AVQ_ACT_NONE, NULL}, 0},   /* VAE downsample (0, 0, 1, 1) */
-        {3, 6, 10, 9, 11, 4, {2, 2, 1, 1, 1, 1, AVQ_ACT_RELU, NULL}, 0}, /* cond encoder 4x4 s2 p1 */
-        {2, 16, 16, 5, 5, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_SILU, NULL}, 1}, /* SiLU then residual */
-        {2, 16, 32, 6, 4, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL}, 2}, /* time-embedding add [N, C, 1, 1] */
-        {3, 8, 8, 4, 4, 1, {1, 1, 0, 0, 0, 0, AVQ_ACT_SILU, NULL}, 2},   /* 1x1, batch 3, per-sample add */
-        {1, 3, 2, 1, 1, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL}, 0},   /* 1x1 spatial input */
+        {2, 5, 4, 7, 6, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0},   /* 3x3 pad 1, odd channels */
+        {2, 5, 4, 8, 6, 3, {2, 2, 0, 0, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0},   /* VAE downsample (0, 0, 1, 1) */
+        {3, 6, 10, 9, 11, 4, {2, 2, 1, 1, 1, 1, AVQ_ACT_RELU, NULL, AVQ_CONV_AUTO}, 0}, /* cond encoder 4x4 s2 p1 */
+        {2, 16, 16, 5, 5, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_SILU, NULL, AVQ_CONV_AUTO}, 1}, /* SiLU then residual */
+        {2, 16, 32, 6, 4, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 2}, /* time-embedding add [N, C, 1, 1] */
+        {3, 8, 8, 4, 4, 1, {1, 1, 0, 0, 0, 0, AVQ_ACT_SILU, NULL, AVQ_CONV_AUTO}, 2},   /* 1x1, batch 3, per-sample add */
+        {1, 3, 2, 1, 1, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0},   /* 1x1 spatial input */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char name[32];
@@ -389,8 +389,25 @@ static void test_conv2d_matches_naive_loops(void) {
     }
 }
 
+/* Winograd F(2x2, 3x3), forced on small shapes: edges, odd sizes, several tile chunks, fused post-ops. */
+static void test_winograd_conv2d_matches_naive_loops(void) {
+    const avq_conv_algo W = AVQ_CONV_WINOGRAD;
+    conv_case cases[] = {
+        {2, 5, 4, 7, 6, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, W}, 0},   /* odd height, odd channels */
+        {1, 8, 8, 20, 21, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, W}, 0}, /* 110 tiles: 2 chunks, last padded */
+        {2, 16, 16, 5, 5, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_SILU, NULL, W}, 1}, /* SiLU then residual */
+        {2, 16, 32, 6, 4, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, W}, 2}, /* time-embedding add [N, C, 1, 1] */
+        {1, 3, 2, 1, 1, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, W}, 0},   /* 1x1 spatial input */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "winograd case %zu", i);
+        check_conv_case(name, &cases[i], AVQ_F32, 1e-5);
+    }
+}
+
 static void test_conv2d_packs_weights_once_across_plans(void) {
-    conv_case cc = {1, 4, 4, 5, 5, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL}, 0};
+    conv_case cc = {1, 4, 4, 5, 5, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0};
     float *x = random_buffer(100), *wd = random_buffer(144), *bd = random_buffer(4), *y = calloc(100, sizeof *y);
     avq_weight w, b;
     avq_weight_init(&w, "w", AVQ_F32, 4, DIMS(4, 4, 3, 3), wd);
@@ -669,7 +686,7 @@ static avq_status bad_forward(avq_plan *p, void *vctx) {
     case 0: st = avq_conv2d(p, &w, NULL, &x, &y, &prm); break; /* 3 channels into a 5-channel conv */
     case 1: {
         avq_tensor x5 = avq_tensor_4d(AVQ_F32, AVQ_NHWC, 2, 5, 8, 8);
-        st = avq_conv2d(p, &w, NULL, &x5, &y, &(avq_conv_params){2, 2, 1, 1, 1, 1, AVQ_ACT_NONE, NULL});
+        st = avq_conv2d(p, &w, NULL, &x5, &y, &(avq_conv_params){2, 2, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO});
         break; /* stride 2 gives 4x4, y is 8x8 */
     }
     case 2: st = avq_group_norm(p, &k, &k, &g, &g, 32, 1e-5f, 0); break; /* 30 channels, 32 groups */
@@ -732,6 +749,7 @@ static const test_entry tests[] = {
     TEST(test_plan_failed_build_can_be_retried),
     TEST(test_plan_arena_allocation_outside_a_pass_fails),
     TEST(test_conv2d_matches_naive_loops),
+    TEST(test_winograd_conv2d_matches_naive_loops),
     TEST(test_conv2d_packs_weights_once_across_plans),
     TEST(test_group_norm_matches_naive_loops),
     TEST(test_linear_matches_naive_loops),
