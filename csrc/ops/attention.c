@@ -56,6 +56,33 @@ AVQ_MULTIVERSION static float softmax_row_unnormalised(float *row, int64_t limit
     return sum;
 }
 
+/* The per-thread workspace of both tile loops: `per` floats per thread in the
+ * plan arena, for the threads fixed at build. */
+static avq_status thread_workspace(avq_plan *p, int64_t per, avq_tensor *ws) {
+    int64_t wd[1] = {per * avq_get_num_threads()};
+    return avq_plan_tensor(p, ws, AVQ_F32, AVQ_PLAIN, 1, wd);
+}
+
+static int run_threads(void) {
+    int nthr = avq_get_num_threads();
+    return omp_get_max_threads() < nthr ? omp_get_max_threads() : nthr;
+}
+
+/* Task t of B x heads x ceil(N / T): one head's block of up to T query rows. */
+typedef struct attn_task {
+    int64_t bh, b, h, q0, rows;
+} attn_task;
+
+static attn_task task_at(int64_t t, int64_t nblk, int heads, int64_t T, int64_t N) {
+    attn_task a;
+    a.bh = t / nblk;
+    a.b = a.bh / heads;
+    a.h = a.bh % heads;
+    a.q0 = t % nblk * T;
+    a.rows = N - a.q0 < T ? N - a.q0 : T;
+    return a;
+}
+
 #if AVQ_HAVE_AMX_KERNELS
 /* The tile loop below for bf16 on AMX (attention_amx.c): same tasks, both
  * products on the tile unit, 64 query rows per task. */
@@ -71,17 +98,14 @@ static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tens
     const int64_t sb = T * g.Mpad * 4, pb = T * g.Mpad * 2, kb = g.Mpad * g.dk * 2, vb = g.Mpad * g.dn * 2,
                   qb = T * g.dk * 2, ob = T * g.dn * 4;
     const int64_t per = (sb + pb + kb + vb + qb + ob + 63) / 64 * 16; /* floats, 64-byte multiple */
-    int nthr = avq_get_num_threads();
     avq_tensor ws;
-    int64_t wd[1] = {per * nthr};
-    AVQ_TRY(avq_plan_tensor(p, &ws, AVQ_F32, AVQ_PLAIN, 1, wd));
+    AVQ_TRY(thread_workspace(p, per, &ws));
     if (avq_plan_building(p)) {
         avq_plan_release(p, &ws);
         return AVQ_OK;
     }
     const int64_t nblk = (N + T - 1) / T, ntask = B * heads * nblk;
-    int run_thr = omp_get_max_threads() < nthr ? omp_get_max_threads() : nthr;
-#pragma omp parallel num_threads(run_thr)
+#pragma omp parallel num_threads(run_threads())
     {
         char *base = (char *)((float *)ws.data + per * omp_get_thread_num());
         float *S = (float *)base;
@@ -92,8 +116,8 @@ static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tens
         avq_attention_amx_begin();
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < ntask; task++) {
-            int64_t bh = task / nblk, blk = task % nblk, b = bh / heads, h = bh % heads;
-            int64_t q0 = blk * T, rows = N - q0 < T ? N - q0 : T;
+            const attn_task a = task_at(task, nblk, heads, T, N);
+            const int64_t bh = a.bh, b = a.b, h = a.h, q0 = a.q0, rows = a.rows;
             const uint16_t *qsrc = (const uint16_t *)q->data + (b * N + q0) * C + h * d;
             uint16_t *op = (uint16_t *)o->data + (b * N + q0) * C + h * d;
             if (cur != bh) {
@@ -151,11 +175,9 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
     const int wide = q->dtype != AVQ_F32;
     /* Per-thread workspace: scores T x M, and for bf16 the widened q tile,
      * k and v of one head, and the output tile. Threads fixed at build. */
-    int nthr = avq_get_num_threads();
     const int64_t per = T * M + T + (wide ? T * d + 2 * M * d + T * d : 0);
     avq_tensor ws;
-    int64_t wd[1] = {per * nthr};
-    AVQ_TRY(avq_plan_tensor(p, &ws, AVQ_F32, AVQ_PLAIN, 1, wd));
+    AVQ_TRY(thread_workspace(p, per, &ws));
     if (avq_plan_building(p)) {
         avq_plan_release(p, &ws);
         return AVQ_OK;
@@ -165,16 +187,15 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
     const avq_dtype dt = q->dtype;
     const size_t es = avq_dtype_size(dt);
     int failed = 0;
-    int run_thr = omp_get_max_threads() < nthr ? omp_get_max_threads() : nthr;
-#pragma omp parallel num_threads(run_thr)
+#pragma omp parallel num_threads(run_threads())
     {
         float *S = (float *)ws.data + per * omp_get_thread_num();
         float *inv = S + T * M, *qt = inv + T, *kh = qt + T * d, *vh = kh + M * d, *ot = vh + M * d;
         int64_t cur = -1; /* (b, head) whose k/v are widened in kh/vh */
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < ntask; task++) {
-            int64_t bh = task / nblk, blk = task % nblk, b = bh / heads, h = bh % heads;
-            int64_t q0 = blk * T, rows = N - q0 < T ? N - q0 : T;
+            const attn_task a = task_at(task, nblk, heads, T, N);
+            const int64_t bh = a.bh, b = a.b, h = a.h, q0 = a.q0, rows = a.rows;
             const char *qp = (const char *)q->data + (size_t)((b * N + q0) * C + h * d) * es;
             const char *kp = (const char *)k->data + (size_t)(b * M * C + h * d) * es;
             const char *vp = (const char *)v->data + (size_t)(b * M * C + h * d) * es;

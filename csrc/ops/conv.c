@@ -73,8 +73,7 @@ static avq_status build(avq_plan *p, avq_step *s, avq_weight *w, avq_weight *b, 
         dnnl_dims_t bd = {w->dims[0]};
         AVQ_DNNL(dnnl_memory_desc_create_with_tag(&bias_md, 1, bd, dnnl_f32, dnnl_a), "bias md");
     }
-    AVQ_DNNL(dnnl_primitive_attr_create(&attr), "attr");
-    AVQ_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+    if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
     AVQ_DNNL(dnnl_post_ops_create(&po), "post-ops");
     if ((st = avq_post_act(po, prm->act)) != AVQ_OK) goto done;
     if (prm->add) {

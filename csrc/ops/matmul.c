@@ -29,6 +29,17 @@ avq_status avq_post_act(dnnl_post_ops_t po, avq_act act) {
     return s == dnnl_success ? AVQ_OK : avq_error(AVQ_ERR_DNNL, "cannot fuse activation %s", avq_act_name(act));
 }
 
+avq_status avq_primitive_attr(dnnl_primitive_attr_t *attr) {
+    *attr = NULL;
+    if (dnnl_primitive_attr_create(attr) != dnnl_success) return avq_error(AVQ_ERR_DNNL, "cannot create primitive attributes");
+    if (dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user) != dnnl_success) {
+        dnnl_primitive_attr_destroy(*attr);
+        *attr = NULL;
+        return avq_error(AVQ_ERR_DNNL, "cannot set the user scratchpad mode");
+    }
+    return AVQ_OK;
+}
+
 avq_status avq_weight_src_md(const avq_weight *w, int ndim, const int64_t *dims, const int64_t *strides,
                              dnnl_memory_desc_t *md) {
     dnnl_dims_t d, s;
@@ -97,8 +108,7 @@ static avq_status linear_build(avq_plan *p, avq_step *s, avq_weight *w, avq_weig
     dnnl_dims_t wd = {K, N}, bd = {1, N};
     AVQ_DNNL(dnnl_memory_desc_create_with_tag(&w_md, 2, wd, avq_dnnl_dt(x->dtype), dnnl_format_tag_any), "weights md");
     if (b) AVQ_DNNL(dnnl_memory_desc_create_with_tag(&b_md, 2, bd, dnnl_f32, dnnl_ab), "bias md");
-    AVQ_DNNL(dnnl_primitive_attr_create(&attr), "attr");
-    AVQ_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+    if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
     AVQ_DNNL(dnnl_post_ops_create(&po), "post-ops");
     if ((st = avq_post_act(po, act)) != AVQ_OK) goto done;
     if (act != AVQ_ACT_NONE) idx++;
@@ -208,8 +218,7 @@ avq_status avq_matmul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq
     AVQ_DNNL(dnnl_memory_desc_create_with_strides(&amd, 3, ad, dt, as), "a md");
     AVQ_DNNL(dnnl_memory_desc_create_with_strides(&bmd, 3, bd, dt, trans_b ? bs_t : bs_n), "b md");
     AVQ_DNNL(dnnl_memory_desc_create_with_strides(&cmd, 3, cd, dt, cs), "c md");
-    AVQ_DNNL(dnnl_primitive_attr_create(&attr), "attr");
-    AVQ_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+    if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
     if (alpha != 1.f) {
         AVQ_DNNL(dnnl_post_ops_create(&po), "post-ops");
         AVQ_DNNL(dnnl_post_ops_append_eltwise(po, dnnl_eltwise_linear, alpha, 0.f), "scale post-op");
@@ -250,8 +259,7 @@ avq_status avq_softmax(avq_plan *p, const avq_tensor *x, avq_tensor *y) {
     dnnl_primitive_desc_t pd = NULL;
     if ((st = avq_tensor_md(x, &xmd)) != AVQ_OK) goto done;
     if ((st = avq_tensor_md(y, &ymd)) != AVQ_OK) goto done;
-    AVQ_DNNL(dnnl_primitive_attr_create(&attr), "attr");
-    AVQ_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+    if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
     AVQ_DNNL(dnnl_softmax_forward_primitive_desc_create(&pd, avq_plan_engine(p), dnnl_forward_inference,
                                                         dnnl_softmax_accurate, xmd, ymd, x->ndim - 1, attr),
              "softmax descriptor");
@@ -286,8 +294,7 @@ avq_status avq_reorder(avq_plan *p, const avq_tensor *x, avq_tensor *y) {
     dnnl_primitive_desc_t pd = NULL;
     if ((st = avq_tensor_md(x, &xmd)) != AVQ_OK) goto done;
     if ((st = avq_tensor_md(y, &ymd)) != AVQ_OK) goto done;
-    AVQ_DNNL(dnnl_primitive_attr_create(&attr), "attr");
-    AVQ_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+    if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
     AVQ_DNNL(dnnl_reorder_primitive_desc_create(&pd, xmd, avq_plan_engine(p), ymd, avq_plan_engine(p), attr),
              "reorder descriptor");
     if ((st = avq_step_arg(s, DNNL_ARG_FROM, xmd)) != AVQ_OK) goto done;

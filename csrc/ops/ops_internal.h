@@ -13,6 +13,9 @@
         }                                                                     \
     } while (0)
 
+/* New primitive attributes with the scratchpad in user mode (every plan step
+ * runs on the plan's own scratchpad). Caller destroys *attr. */
+avq_status avq_primitive_attr(dnnl_primitive_attr_t *attr);
 /* Appends act to post-ops (no-op for AVQ_ACT_NONE). */
 avq_status avq_post_act(dnnl_post_ops_t po, avq_act act);
 const char *avq_act_name(avq_act act);

@@ -210,8 +210,7 @@ static avq_status build_matmul(avq_plan *p, avq_step *s, avq_weight *w, const wi
     AVQ_DNNL(dnnl_memory_desc_create_with_tag(&wany_md, 3, wd, dnnl_f32, dnnl_format_tag_any), "winograd weights md");
     AVQ_DNNL(dnnl_memory_desc_create_with_tag(&usrc_md, 3, wd, dnnl_f32, dnnl_abc), "winograd weights source md");
     AVQ_DNNL(dnnl_memory_desc_create_with_tag(&dst_md, 3, dd, dnnl_f32, dnnl_abc), "winograd output md");
-    AVQ_DNNL(dnnl_primitive_attr_create(&attr), "attr");
-    AVQ_DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode");
+    if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
     AVQ_DNNL(dnnl_matmul_primitive_desc_create(&pd, avq_plan_engine(p), src_md, wany_md, NULL, dst_md, attr),
              "winograd matmul descriptor");
     if ((st = avq_weight_packed_derived(w, usrc_md, transform_weights, NULL,
