@@ -94,10 +94,10 @@ static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tens
     const int64_t d = C / heads, T = N < ATTN_AMX_T ? (N + 31) / 32 * 32 : ATTN_AMX_T;
     avq_amx_dims g;
     avq_attention_amx_dims(M, d, &g);
-    /* Per thread, in bytes: scores, probabilities, packed K and V, query rows, output rows. */
+    /* Per thread, in bytes: scores, probabilities, packed K and V, query rows, output rows, 1/sums. */
     const int64_t sb = T * g.Mpad * 4, pb = T * g.Mpad * 2, kb = g.Mpad * g.dk * 2, vb = g.Mpad * g.dn * 2,
-                  qb = T * g.dk * 2, ob = T * g.dn * 4;
-    const int64_t per = (sb + pb + kb + vb + qb + ob + 63) / 64 * 16; /* floats, 64-byte multiple */
+                  qb = T * g.dk * 2, ob = T * g.dn * 4, ib = T * 4;
+    const int64_t per = (sb + pb + kb + vb + qb + ob + ib + 63) / 64 * 16; /* floats, 64-byte multiple */
     avq_tensor ws;
     AVQ_TRY(thread_workspace(p, per, &ws));
     if (avq_plan_building(p)) {
@@ -111,7 +111,7 @@ static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tens
         float *S = (float *)base;
         uint16_t *P = (uint16_t *)(base + sb), *kp = (uint16_t *)(base + sb + pb);
         uint16_t *vp = (uint16_t *)(base + sb + pb + kb), *qp = (uint16_t *)(base + sb + pb + kb + vb);
-        float *O = (float *)(base + sb + pb + kb + vb + qb);
+        float *O = (float *)(base + sb + pb + kb + vb + qb), *inv = (float *)(base + sb + pb + kb + vb + qb + ob);
         int64_t cur = -1;
         avq_attention_amx_begin();
 #pragma omp for schedule(static)
@@ -135,11 +135,14 @@ static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tens
                 }
                 int64_t limit = causal ? q0 + r + 1 : M;
                 limit = limit < M ? limit : M;
-                float sum = softmax_row_unnormalised(S + r * g.Mpad, limit, limit, scale);
-                avq_attention_amx_probs(S + r * g.Mpad, limit, g.Mpad, 1.f / sum, P + r * g.Mpad);
+                inv[r] = 1.f / avq_attention_amx_softmax(S + r * g.Mpad, limit, g.Mpad, scale, P + r * g.Mpad);
             }
             for (int64_t r0 = 0; r0 < T; r0 += 32) avq_attention_amx_pv32(P + r0 * g.Mpad, vp, &g, O + r0 * g.dn);
-            for (int64_t r = 0; r < rows; r++) avq_store_row(op, AVQ_BF16, r * C, O + r * g.dn, d);
+            for (int64_t r = 0; r < rows; r++) {
+                float *orow = O + r * g.dn;
+                for (int64_t j = 0; j < d; j++) orow[j] *= inv[r];
+                avq_store_row(op, AVQ_BF16, r * C, orow, d);
+            }
         }
         avq_attention_amx_end();
     }

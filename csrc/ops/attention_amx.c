@@ -163,17 +163,50 @@ AMX_TARGET void avq_attention_amx_pv32(const uint16_t *P, const uint16_t *vp, co
     }
 }
 
-/* p[0, Mpad) = bf16(s * inv) over [0, limit), zeros after. */
-AMX_TARGET void avq_attention_amx_probs(const float *s, int64_t limit, int64_t Mpad, float inv, uint16_t *p) {
-    const __m512 vi = _mm512_set1_ps(inv);
+/* p[0, Mpad) = bf16(exp(scale * s - max)) over [0, limit), zeros after;
+ * returns the sum of the rounded values' f32 originals. One pass for the max,
+ * one for exp, sum and rounding: the 1/sum goes onto the output rows. The exp
+ * is 2^n * p(r) with a degree-5 polynomial (relative error 3e-6, a thousandth
+ * of the bf16 rounding that follows), n applied by vscalefps, which also
+ * takes exponents far below the float range to 0 without a clamp. */
+AMX_TARGET float avq_attention_amx_softmax(const float *s, int64_t limit, int64_t Mpad, float scale, uint16_t *p) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 vmx = _mm512_set1_ps(-FLT_MAX);
     int64_t j = 0;
+    for (; j + 16 <= limit; j += 16) vmx = _mm512_max_ps(vmx, _mm512_mul_ps(_mm512_loadu_ps(s + j), vs));
+    float mx = _mm512_reduce_max_ps(vmx);
+    for (; j < limit; j++) mx = scale * s[j] > mx ? scale * s[j] : mx;
+    const __m512 vm = _mm512_set1_ps(mx), l2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 c1 = _mm512_set1_ps(0.693145751953125f), c2 = _mm512_set1_ps(1.42860682030941723e-06f);
+    const __m512 p5 = _mm512_set1_ps(1.f / 120.f), p4 = _mm512_set1_ps(1.f / 24.f), p3 = _mm512_set1_ps(1.f / 6.f),
+                 p2 = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.f);
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
+#define AVQ_EXP16(x_, out_)                                                                            \
+    do {                                                                                               \
+        __m512 n_ = _mm512_roundscale_ps(_mm512_mul_ps(x_, l2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); \
+        __m512 r_ = _mm512_fnmadd_ps(n_, c2, _mm512_fnmadd_ps(n_, c1, x_));                            \
+        __m512 q_ = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(p5, r_, p4), r_, p3), r_, p2);     \
+        q_ = _mm512_fmadd_ps(_mm512_fmadd_ps(q_, r_, one), r_, one);                                   \
+        out_ = _mm512_scalef_ps(q_, n_);                                                               \
+    } while (0)
+    j = 0;
     for (; j + 32 <= limit; j += 32) {
-        __m512bh two = _mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(s + j + 16), vi),
-                                           _mm512_mul_ps(_mm512_loadu_ps(s + j), vi));
-        _mm512_storeu_si512(p + j, (__m512i)two);
+        __m512 e0, e1;
+        AVQ_EXP16(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), vs, vm), e0);
+        AVQ_EXP16(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), vs, vm), e1);
+        sum0 = _mm512_add_ps(sum0, e0);
+        sum1 = _mm512_add_ps(sum1, e1);
+        _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
     }
-    for (; j < limit; j++) p[j] = avq_f32_to_bf16(s[j] * inv);
+#undef AVQ_EXP16
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+    for (; j < limit; j++) {
+        float e = avq_vexpf(scale * s[j] - mx);
+        sum += e;
+        p[j] = avq_f32_to_bf16(e);
+    }
     for (; j < Mpad; j++) p[j] = 0;
+    return sum;
 }
 
 #else

@@ -49,7 +49,7 @@ void avq_attention_amx_pack_v(const uint16_t *v, int64_t ld, int64_t M, int64_t 
                               uint16_t *vp);
 void avq_attention_amx_qk32(const uint16_t *q, const uint16_t *kp, const avq_amx_dims *g, float *S);
 void avq_attention_amx_pv32(const uint16_t *P, const uint16_t *vp, const avq_amx_dims *g, float *O);
-void avq_attention_amx_probs(const float *s, int64_t limit, int64_t Mpad, float inv, uint16_t *p);
+float avq_attention_amx_softmax(const float *s, int64_t limit, int64_t Mpad, float scale, uint16_t *p);
 
 /* The Winograd path of avq_conv2d (3x3, stride 1, padding 1, f32). */
 int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm);
