@@ -10,8 +10,10 @@ the build is reported separately. torch runs once, eagerly, as the reference imp
 
 Each engine runs in a child process of its own, so each peak RSS is that engine's alone (it includes
 the 3.4 GB of float32 source weights every engine holds). The breakdown (``--breakdown``, on by
-default) sums oneDNN's own per-primitive times over one more asymvq forward: convolutions, linear
-layers and attention matmuls with their GFLOP/s, and the rest (norms, softmax, elementwise kernels).
+default) sums oneDNN's own per-primitive times over one more asymvq forward: convolutions (the
+Winograd convolutions' batched GEMMs included, their GFLOP/s counted as direct convolution), linear
+layers and the fp32 attention's sgemm calls with their GFLOP/s, and the rest (norms, softmax,
+elementwise kernels, the Winograd transforms, and bf16 attention where it runs on AMX tiles).
 
 Work per forward is counted from the config (2 FLOP per multiply-add): 803 GFLOP for batch 1 at
 64x64, as in DESIGN.md. The roof is ``--roof FP32[,BF16]`` in GFLOP/s, or measured here with
@@ -180,8 +182,9 @@ def _breakdown(call: Any) -> Dict[str, List[float]]:
         if prim == "convolution":
             kind = "conv"
         elif prim == "matmul":
-            kind = "attention" if len(shape.split(":")[0].split("x")) > 2 else "linear"
-        elif prim == "gemm_api":  # the attention's strided batched matmuls run through oneDNN's gemm
+            # batched (3-D) matmuls are the 16 GEMMs of a Winograd convolution
+            kind = "conv" if len(shape.split(":")[0].split("x")) > 2 else "linear"
+        elif prim == "gemm_api":  # the fp32 attention's tile products run through oneDNN's sgemm
             kind = "attention"
         else:
             kind = "other primitives"
@@ -364,7 +367,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                 rate = f"{g:7.0f} GFLOP/s = {100 * g / rf[engine]:3.0f} % of the {engine} roof"
             print(f"  {kind:<17}{ms / 1e3:7.2f} s  {int(n):6d} calls  {rate}")
         rest = results[engine]["breakdown_total"] - accounted
-        print(f"  {'OpenMP kernels':<17}{rest:7.2f} s  (group/layer norm, softmax, adds, concat, upsample)")
+        extra = "Winograd transforms" if engine == "fp32" else "attention on AMX tiles"
+        print(f"  {'OpenMP kernels':<17}{rest:7.2f} s  (group/layer norm, softmax, adds, concat, upsample, {extra})")
 
     for engine in precisions:
         if "loop" in results.get(engine, {}):
