@@ -5,9 +5,10 @@
  * head straight out of the [B, N, C] token matrix through its leading
  * dimension), a row softmax in place (with the causal mask when asked), then
  * O_blk = P V written back through the leading dimension. Only
- * threads x T x M scores exist at once (T = 64: 1 MiB per thread for 4096
- * keys), so nothing of size B x heads x N x M is ever made. bf16 operands are
- * widened per task into f32 buffers (fp32 accumulation). */
+ * threads x T x M scores exist at once (T = 128: 2 MiB per thread for 4096
+ * keys), so nothing of size B x heads x N x M is ever made. bf16 runs the
+ * same tasks on AMX tiles where the CPU has them (attention_amx.c); elsewhere
+ * its operands are widened per task into f32 buffers (fp32 accumulation). */
 #include <float.h>
 #include <math.h>
 #include <omp.h>

@@ -6,7 +6,8 @@
  * Per (batch, head) a thread repacks K (as B of S = Q K^T, head dim padded to
  * 32 with zeros) and V (as B of O = P V, keys padded to 32) into whole tiles;
  * a query block is copied into zero-padded rows. Scores and accumulation are
- * f32; the probabilities are rounded to bf16, as a bf16 attention's are.
+ * f32; exp(score - max) is rounded to bf16 for P V (as a bf16 attention's
+ * probabilities are) and the 1/sum is applied to the f32 output rows.
  *
  * Linux hands out the tile registers only on request (arch_prctl
  * ARCH_REQ_XCOMP_PERM), asked once; without it, or without AMX, the caller
@@ -38,7 +39,8 @@ static int amx_probe(void) {
 }
 
 int avq_attention_amx_supported(void) {
-    static int state = -1; /* probe once: -1 unknown, else 0/1 */
+    /* A fact of the machine, probed once (the prctl is per process): -1 unknown, else 0/1. */
+    static int state = -1;
     int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
     if (s < 0) {
         s = amx_probe();
