@@ -194,6 +194,23 @@ def _breakdown(call: Any) -> Dict[str, List[float]]:
     return out
 
 
+def merge_round(results: Dict[str, Dict[str, Any]], engine: str, r: Dict[str, Any]) -> None:
+    """Folds one round's child result into ``results[engine]``: best times and CPU times, highest peak
+    RSS, and the last round's breakdown and loop figures."""
+    old = results.get(engine)
+    if old is None or "error" in old or "times" not in r:
+        if old is None or "error" in old:
+            results[engine] = r
+        return
+    old["times"] = [min(old["times"] + r["times"])]
+    if "cpu" in old and "cpu" in r:
+        old["cpu"] = [min(old["cpu"] + r["cpu"])]
+    old["peak_rss"] = max(old["peak_rss"], r["peak_rss"])
+    for key in ("breakdown", "breakdown_total", "loop"):
+        if key in r:
+            old[key] = r[key]
+
+
 def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     set_num_threads(job["threads"])
     spec = _spec(job["config"])
@@ -298,14 +315,17 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-primitive breakdown")
     p.add_argument("--loop-steps", type=int, default=0,
                    help="also time a whole guided DDIM loop of this many steps in C (the issue's figure: 50)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of (asymvq fp32, asymvq bf16, torch) children, best kept: on a machine whose speed "
+                        "drifts, alternating rounds give every engine the same chances (default 1)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
     precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
     for s in precisions:
         if s not in ("fp32", "bf16"):
             p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
-    if args.size < 8 or args.size % 8 or args.batch < 1 or args.repeat < 1:
-        p.error("--size must be a positive multiple of 8; --batch and --repeat must be >= 1")
+    if args.size < 8 or args.size % 8 or args.batch < 1 or args.repeat < 1 or args.rounds < 1:
+        p.error("--size must be a positive multiple of 8; --batch, --repeat and --rounds must be >= 1")
     if args.threads:
         set_num_threads(args.threads)
     threads = get_num_threads()
@@ -324,8 +344,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     job = {"config": args.config, "size": args.size, "batch": args.batch, "threads": threads, "seed": args.seed,
            "repeat": args.repeat, "breakdown": not args.no_breakdown, "loop_steps": args.loop_steps}
     results: Dict[str, Dict[str, Any]] = {}
-    for engine in precisions + ([] if args.no_torch else ["torch"]):
-        results[engine] = _run_child({**job, "engine": engine})
+    for rnd in range(args.rounds):
+        last = rnd == args.rounds - 1
+        for engine in precisions + ([] if args.no_torch else ["torch"]):
+            extra = {} if last else {"breakdown": False, "loop_steps": 0}
+            merge_round(results, engine, _run_child({**job, "engine": engine, **extra}))
     torch_s = min(results["torch"]["times"]) if "times" in results.get("torch", {}) else None
 
     print(f"\n{'engine':<12}{'build s':>9}{'forward s':>11}{'/ torch':>9}{'GFLOP/s':>9}{'% roof':>8}"

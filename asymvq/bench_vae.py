@@ -40,6 +40,7 @@ import numpy as np
 
 from . import config as _config
 from . import get_num_threads, set_num_threads, tables
+from .bench_unet import merge_round
 from .config import AutoencoderSpec, DiffusionSpec
 
 __all__ = ["run", "random_weights", "encoder_flop", "decoder_flop", "MODELS"]
@@ -374,16 +375,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         for rnd in range(0 if args.interleave else args.rounds):
             for engine in engines:
                 last = rnd == args.rounds - 1
-                r = _run_child({**job, "engine": engine, "breakdown": last and not args.no_breakdown})
-                old = results.get(engine)
-                if old is None or "error" in old:
-                    results[engine] = r
-                elif "times" in r:
-                    old["times"] = [min(old["times"] + r["times"])]
-                    old["peak_rss"] = max(old["peak_rss"], r["peak_rss"])
-                    for key in ("breakdown", "breakdown_total"):
-                        if key in r:
-                            old[key] = r[key]
+                merge_round(results, engine,
+                            _run_child({**job, "engine": engine, "breakdown": last and not args.no_breakdown}))
         torch_s = min(results["torch"]["times"]) if "times" in results.get("torch", {}) else None
         for engine in engines:
             r = results[engine]
