@@ -16,6 +16,7 @@ from importlib import metadata
 
 import numpy as np
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def _dist_dir(dist_name: str, marker: str) -> str:
@@ -70,4 +71,21 @@ ext = Extension(
     extra_link_args=["-fopenmp", "-Wl,-rpath,$ORIGIN/../../..", "-Wl,--enable-new-dtags"],
 )
 
-setup(ext_modules=[ext])
+
+
+class BuildExt(build_ext):
+    """Links with only asymvq's own rpath.
+
+    Some Pythons (pyenv, conda) put ``-Wl,-rpath,<their prefix>/lib`` into
+    LDSHARED; in a binary wheel that would be a build-machine path searched
+    first on every user's machine.
+    """
+
+    def build_extensions(self) -> None:
+        linker = getattr(self.compiler, "linker_so", None)
+        if linker:
+            self.compiler.linker_so = [a for a in linker if not a.startswith("-Wl,-rpath,")]
+        super().build_extensions()
+
+
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExt})

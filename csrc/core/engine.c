@@ -6,7 +6,8 @@
 
 static dnnl_engine_t g_engine;
 static dnnl_status_t g_engine_status = dnnl_runtime_error;
-static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
+static atomic_int g_engine_ready;
+static pthread_mutex_t g_engine_mutex = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int g_threads;
 static pthread_mutex_t g_pack_mutex = PTHREAD_MUTEX_INITIALIZER;
 
@@ -16,8 +17,20 @@ static void engine_init(void) {
     atomic_store(&g_threads, n > 0 ? n : 1);
 }
 
+/* Not pthread_once: that symbol moved into libc in glibc 2.34 and would tie the
+ * binary wheel to glibc >= 2.34 (manylinux_2_34) instead of manylinux2014. */
+static void engine_once(void) {
+    if (atomic_load_explicit(&g_engine_ready, memory_order_acquire)) return;
+    pthread_mutex_lock(&g_engine_mutex);
+    if (!atomic_load_explicit(&g_engine_ready, memory_order_relaxed)) {
+        engine_init();
+        atomic_store_explicit(&g_engine_ready, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&g_engine_mutex);
+}
+
 avq_status avq_engine_get(dnnl_engine_t *engine) {
-    pthread_once(&g_engine_once, engine_init);
+    engine_once();
     if (g_engine_status != dnnl_success)
         return avq_error(AVQ_ERR_DNNL, "cannot create the oneDNN CPU engine (status %d)", (int)g_engine_status);
     *engine = g_engine;
@@ -25,7 +38,7 @@ avq_status avq_engine_get(dnnl_engine_t *engine) {
 }
 
 avq_status avq_set_num_threads(int n) {
-    pthread_once(&g_engine_once, engine_init);
+    engine_once();
     if (n < 1) return avq_error(AVQ_ERR_ARG, "number of threads must be >= 1, got %d", n);
     atomic_store(&g_threads, n);
     omp_set_num_threads(n);
@@ -33,7 +46,7 @@ avq_status avq_set_num_threads(int n) {
 }
 
 int avq_get_num_threads(void) {
-    pthread_once(&g_engine_once, engine_init);
+    engine_once();
     return atomic_load(&g_threads);
 }
 
