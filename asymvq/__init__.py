@@ -13,13 +13,18 @@ import os as _os
 # small forward then takes seconds instead of milliseconds. Sleeping waiters cost
 # microseconds per parallel region. Must be set before libgomp loads (with oneDNN,
 # just below); an explicit OMP_WAIT_POLICY from the user wins.
+# An OpenMP runtime already loaded (torch imported first) has read its policy already:
+# asymvq warns (OpenMPWarning) below; see _loader.
+from . import _loader  # noqa: E402
+
+_openmp_before = _loader.openmp_runtimes()
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from ._loader import preload_onednn as _preload_onednn  # noqa: E402
-
-_preload_onednn()
+_loader.preload_onednn()
 
 from . import _core  # noqa: E402
+from ._loader import OpenMPWarning  # noqa: E402
+
+_loader.warn_openmp_problems(_openmp_before)
 
 __version__: str = _core.__version__
 
@@ -46,5 +51,5 @@ from .text_encoder import TextEncoder  # noqa: E402
 from .autoencoder import Autoencoder  # noqa: E402
 from .pipelines import InpaintPipeline, Txt2ImgPipeline  # noqa: E402
 
-__all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "UNet", "Sampler", "TextEncoder", "Autoencoder",
+__all__ = ["__version__", "info", "OpenMPWarning", "set_num_threads", "get_num_threads", "UNet", "Sampler", "TextEncoder", "Autoencoder",
            "InpaintPipeline", "Txt2ImgPipeline"]
