@@ -14,7 +14,7 @@ import os as _os
 # microseconds per parallel region. Must be set before libgomp loads (with oneDNN,
 # just below); an explicit OMP_WAIT_POLICY from the user wins.
 # An OpenMP runtime already loaded (torch imported first) has read its policy already:
-# asymvq warns (OpenMPWarning) below; see _loader.
+# asymvq throttles its spinning, or warns (OpenMPWarning), below; see _loader.
 from . import _loader  # noqa: E402
 
 _openmp_before = _loader.openmp_runtimes()
@@ -24,7 +24,7 @@ _loader.preload_onednn()
 from . import _core  # noqa: E402
 from ._loader import OpenMPWarning  # noqa: E402
 
-_loader.warn_openmp_problems(_openmp_before)
+_loader.settle_openmp(_openmp_before)
 
 __version__: str = _core.__version__
 

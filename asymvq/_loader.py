@@ -6,14 +6,18 @@ hold (editable installs, a source checkout, unusual schemes) the library is
 located through the wheel's file list and loaded with RTLD_GLOBAL before the
 extension, so the dynamic loader resolves it by soname.
 
-It also checks the OpenMP runtime asymvq will share or compete with: asymvq sets
+It also settles the OpenMP runtime asymvq shares or competes with. asymvq sets
 ``OMP_WAIT_POLICY=PASSIVE`` before oneDNN loads libgomp, which only works if no OpenMP
-runtime is in the process yet (libgomp reads the variable once, when it loads). A torch
-imported first has loaded one (its wheel's libgomp, which then also serves asymvq: same
-soname) with the default policy, whose idle threads spin; on a machine with more work than
-cores that made asymvq 3-6x slower (``python -m asymvq.bench inprocess``). That, and a
-second runtime with its own thread pool, cannot be undone from inside the process, so
-asymvq warns (:class:`OpenMPWarning`) with the setting that avoids it.
+runtime is in the process yet: libgomp reads the variable once, when it loads. A torch
+imported first has loaded one (its wheel's libgomp, which then serves asymvq too: same
+soname) with the default policy, whose idle threads spin up to 300,000 times; on a machine
+with more work than cores that made asymvq 2.5x slower and burn 2.6x the CPU time
+(``python -m asymvq.bench inprocess``). The policy cannot be changed afterwards, so asymvq
+parks a small team of sleeping threads (``_core.throttle_openmp_spinning``): while libgomp
+manages more threads than CPUs it spins only 1,000 times (its documented GOMP_SPINCOUNT
+rule). ``ASYMVQ_OPENMP_THROTTLE=0`` turns that off (asymvq then warns instead). A second
+runtime, with threads of its own, cannot be fixed from inside the process: asymvq warns
+(:class:`OpenMPWarning`).
 """
 from __future__ import annotations
 
@@ -60,17 +64,28 @@ def openmp_runtimes(maps: Optional[Iterable[str]] = None) -> List[str]:
     return found
 
 
-def openmp_problems(before: List[str], after: List[str], user_policy: Optional[str]) -> List[str]:
+#: Size of the parked OpenMP team (0: none was needed or it is turned off); see the module docstring.
+PARKED_TEAM = 0
+
+
+def shares_early_runtime(before: List[str], after: List[str]) -> bool:
+    """Whether asymvq runs on a runtime that was loaded before it (``before``: runtimes mapped
+    before asymvq loaded oneDNN; ``after``: after): true when it brought none of its own."""
+    return bool(before) and all(r in before for r in after)
+
+
+def openmp_problems(before: List[str], after: List[str], user_policy: Optional[str], throttled: bool) -> List[str]:
     """What is wrong with the OpenMP runtimes, given those mapped ``before`` asymvq loaded oneDNN,
-    those mapped ``after`` and the user's ``OMP_WAIT_POLICY``; one sentence per problem."""
+    those mapped ``after``, the user's ``OMP_WAIT_POLICY`` and whether asymvq ``throttled`` the
+    spinning of a shared runtime; one sentence per problem."""
     problems = []
-    if before and user_policy is None:
+    if shares_early_runtime(before, after) and user_policy is None and not throttled:
         problems.append(
             f"an OpenMP runtime ({before[0]}) was loaded before asymvq, most likely by torch, with the "
             "default OMP_WAIT_POLICY: its idle threads spin, which makes asymvq (and torch) several times "
             "slower when the machine has other work. Set OMP_WAIT_POLICY=PASSIVE in the environment before "
-            "Python starts (or import asymvq before torch); set OMP_WAIT_POLICY=ACTIVE to keep spinning "
-            "and silence this warning")
+            "Python starts, import asymvq before torch, or leave ASYMVQ_OPENMP_THROTTLE unset; "
+            "OMP_WAIT_POLICY=ACTIVE keeps the spinning and silences this warning")
     if len(after) > 1:
         problems.append(
             f"{len(after)} OpenMP runtimes are loaded ({', '.join(after)}): each keeps its own threads, so "
@@ -80,9 +95,18 @@ def openmp_problems(before: List[str], after: List[str], user_policy: Optional[s
     return problems
 
 
-def warn_openmp_problems(before: List[str]) -> None:
-    """Warns (:class:`OpenMPWarning`) about each problem :func:`openmp_problems` finds now."""
-    for problem in openmp_problems(before, openmp_runtimes(), USER_WAIT_POLICY):
+def settle_openmp(before: List[str]) -> None:
+    """After ``_core`` loaded: throttles the spinning of a runtime asymvq shares with whoever loaded it
+    first (unless the user chose a policy or ``ASYMVQ_OPENMP_THROTTLE=0``), then warns
+    (:class:`OpenMPWarning`) about each problem :func:`openmp_problems` still finds."""
+    global PARKED_TEAM
+    after = openmp_runtimes()
+    wanted = os.environ.get("ASYMVQ_OPENMP_THROTTLE", "1").strip() not in ("0", "")
+    if shares_early_runtime(before, after) and USER_WAIT_POLICY is None and wanted and not PARKED_TEAM:
+        from . import _core
+
+        PARKED_TEAM = _core.throttle_openmp_spinning()
+    for problem in openmp_problems(before, after, USER_WAIT_POLICY, PARKED_TEAM > 0):
         warnings.warn(problem, OpenMPWarning, stacklevel=2)
 
 

@@ -5,9 +5,13 @@ Times one mid-size asymvq call (by default SD's KL encoder on a 256 x 256 image,
 
 ``alone``
     asymvq only.
-``torch-first``
+``torch-first-unthrottled``
     ``import torch``, a few torch ops (conv2d, matmul: torch's OpenMP team is started), then
-    ``import asymvq``: the order of a notebook that pre-processes with torch.
+    ``import asymvq``, the order of a notebook that pre-processes with torch, with
+    ``ASYMVQ_OPENMP_THROTTLE=0``: asymvq only warns, as before it throttled (the "before" figure).
+``torch-first``
+    the same with asymvq's default: it parks a sleeping OpenMP team so that the spinning runtime
+    torch loaded spins briefly (``asymvq._loader``).
 ``asymvq-first``
     ``import asymvq``, then ``import torch`` and the same torch ops.
 ``torch-first-passive``
@@ -16,8 +20,9 @@ Times one mid-size asymvq call (by default SD's KL encoder on a 256 x 256 image,
 
 Each variant is one fresh child per round; rounds alternate the variants so that load from other
 processes hits all alike, and each keeps its best time. Reported per variant: the best wall time,
-the ratio to ``alone``, the process CPU time of that call (CPU time far above threads x wall time is
-spinning), the OpenMP runtime the child mapped and whether asymvq's import warned about it.
+the ratio to ``alone``, the process CPU time of that call and its ratio to ``alone`` (on a busy machine
+the steadier figure: spinning shows as CPU time that does no work), the OpenMP runtime the child
+mapped, the parked team's size and whether asymvq's import warned.
 
 Children start from the environment ``python`` was started with: asymvq's own default
 ``OMP_WAIT_POLICY=PASSIVE`` of this (parent) process is not passed on, unless the user had set it.
@@ -42,6 +47,7 @@ _RESULT = "ASYMVQ_BENCH_INPROCESS_RESULT "
 #: variant -> (what the child does before importing asymvq, after it, extra environment)
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "alone": {"before": False, "after": False, "env": {}},
+    "torch-first-unthrottled": {"before": True, "after": False, "env": {"ASYMVQ_OPENMP_THROTTLE": "0"}},
     "torch-first": {"before": True, "after": False, "env": {}},
     "asymvq-first": {"before": False, "after": True, "env": {}},
     "torch-first-passive": {"before": True, "after": False, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
@@ -93,7 +99,7 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
         call()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu0)
-    return {"times": times, "cpu": cpu, "runtimes": _loader.openmp_runtimes(),
+    return {"times": times, "cpu": cpu, "runtimes": _loader.openmp_runtimes(), "parked": _loader.PARKED_TEAM,
             "wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
@@ -101,6 +107,7 @@ def _child_env(extra: Dict[str, str]) -> Dict[str, str]:
     env = dict(os.environ)
     if _loader.USER_WAIT_POLICY is None:
         env.pop("OMP_WAIT_POLICY", None)  # asymvq's default here, not the user's: children choose their own
+    env.pop("ASYMVQ_OPENMP_THROTTLE", None)
     env.update(extra)
     return env
 
@@ -165,18 +172,22 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         return min(r["times"]) if "times" in r else None
 
     base = best("alone")
-    print(f"\n{'variant':<21}{'best s':>8}{'/ alone':>9}{'CPU s':>8}  OpenMP runtime, warning")
+    base_cpu = None
+    if base:
+        base_cpu = results["alone"]["cpu"][results["alone"]["times"].index(base)]
+    print(f"\n{'variant':<25}{'best s':>8}{'/ alone':>9}{'CPU s':>8}{'/ alone':>9}  OpenMP runtime; parked team; warning")
     for v in variants:
         r = results[v]
         if "error" in r:
-            print(f"{v:<21} failed: {r['error']}")
+            print(f"{v:<25} failed: {r['error']}")
             continue
         b = min(r["times"])
         cpu = r["cpu"][r["times"].index(b)]
         ratio = f"{b / base:9.2f}" if base else f"{'-':>9}"
+        cpu_ratio = f"{cpu / base_cpu:9.2f}" if base_cpu else f"{'-':>9}"
         libs = ", ".join(r["runtimes"]) or "none"
         warned = "warned" if r["warned"] else "no warning"
-        print(f"{v:<21}{b:8.2f}{ratio}{cpu:8.2f}  {libs}; {warned}")
+        print(f"{v:<25}{b:8.2f}{ratio}{cpu:8.2f}{cpu_ratio}  {libs}; {r['parked']}; {warned}")
     print(f"(load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; CPU s above "
           f"{threads} x the wall time means waiting threads spin)")
     return 0
