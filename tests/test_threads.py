@@ -1,5 +1,6 @@
-"""asymvq and PyTorch in one process: which OpenMP runtime serves both, its wait policy, and the
-OpenMPWarning asymvq gives when it cannot make that runtime's idle threads sleep.
+"""asymvq and PyTorch in one process: which OpenMP runtime serves both, its wait policy, the parked
+team asymvq starts when torch loaded a spinning runtime first, and the OpenMPWarning it gives when
+it does not fix the problem.
 
 Each scenario runs in a fresh child process (the runtime reads OMP_WAIT_POLICY once, when it loads).
 The runtime's real spin setting is read independently of asymvq, from libgomp's own report at load
@@ -49,16 +50,23 @@ print(json.dumps({
     "warnings": [str(m.message) for m in caught if issubclass(m.category, asymvq.OpenMPWarning)],
     "runtimes": _loader.openmp_runtimes(),
     "policy": os.environ.get("OMP_WAIT_POLICY"),
+    "parked": _loader.PARKED_TEAM,
+    "park_threads": sum(open(f"/proc/self/task/{t}/comm").read().strip() == "avq-omp-park"
+                        for t in os.listdir("/proc/self/task")),
+    "threads": asymvq.get_num_threads(),
     "linear_error": err,
 }))
 """
 
 
-def _run(order: str, policy: Optional[str]) -> Dict[str, Any]:
+def _run(order: str, policy: Optional[str], throttle: Optional[str] = None) -> Dict[str, Any]:
     env = dict(os.environ, OMP_DISPLAY_ENV="VERBOSE")
     env.pop("OMP_WAIT_POLICY", None)  # this test process's own value is asymvq's default
+    env.pop("ASYMVQ_OPENMP_THROTTLE", None)
     if policy is not None:
         env["OMP_WAIT_POLICY"] = policy
+    if throttle is not None:
+        env["ASYMVQ_OPENMP_THROTTLE"] = throttle
     proc = subprocess.run([sys.executable, "-c", _CHILD, order], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -70,9 +78,20 @@ def _run(order: str, policy: Optional[str]) -> Dict[str, Any]:
     return out
 
 
-def test_torch_imported_first_leaves_a_spinning_runtime_and_asymvq_warns_how_to_fix_it() -> None:
+def test_torch_imported_first_gets_a_parked_team_that_throttles_its_spinning_runtime() -> None:
     r = _run("torch-first", None)
     assert r["spincount"] == 300000  # torch's libgomp loaded with the default policy: idle threads spin
+    assert len(r["runtimes"]) == 1  # ... and serves asymvq too
+    # libgomp spins briefly while it manages more threads than CPUs: asymvq's plus the team's minus its master
+    assert r["parked"] >= 2
+    assert r["threads"] + r["parked"] - 1 > len(os.sched_getaffinity(0))
+    assert r["park_threads"] == r["parked"]  # the team really exists: its threads sleep under that name
+    assert r["warnings"] == []
+
+
+def test_torch_imported_first_without_the_throttle_warns_how_to_fix_it() -> None:
+    r = _run("torch-first", None, throttle="0")
+    assert r["parked"] == 0 and r["park_threads"] == 0
     assert len(r["warnings"]) == 1
     assert "OMP_WAIT_POLICY=PASSIVE" in r["warnings"][0] and "before torch" in r["warnings"][0]
 
@@ -81,6 +100,7 @@ def test_asymvq_imported_first_makes_the_one_runtime_passive_for_both() -> None:
     r = _run("asymvq-first", None)
     assert r["spincount"] == 0
     assert r["warnings"] == []
+    assert r["parked"] == 0 and r["park_threads"] == 0
     assert len(r["runtimes"]) == 1  # torch's libgomp has the same soname: asymvq's runtime serves it
 
 
@@ -88,12 +108,14 @@ def test_passive_policy_set_before_python_starts_removes_the_spinning_and_the_wa
     r = _run("torch-first", "PASSIVE")
     assert r["spincount"] == 0
     assert r["warnings"] == []
+    assert r["parked"] == 0
 
 
-def test_an_explicit_active_policy_is_kept_without_a_warning() -> None:
+def test_an_explicit_active_policy_is_kept_without_throttle_or_warning() -> None:
     r = _run("torch-first", "ACTIVE")
     assert r["policy"] == "ACTIVE"
     assert r["warnings"] == []
+    assert r["parked"] == 0
 
 
 def test_asymvq_alone_sets_the_passive_policy_as_the_runtime_loads() -> None:
@@ -123,16 +145,24 @@ def test_openmp_runtimes_lists_each_mapped_runtime_once_in_load_order() -> None:
 
 
 def test_two_runtimes_are_a_problem_whatever_the_policy() -> None:
-    problems = _loader.openmp_problems([], ["/a/libgomp.so.1", "/b/libiomp5.so"], "PASSIVE")
+    problems = _loader.openmp_problems([], ["/a/libgomp.so.1", "/b/libiomp5.so"], "PASSIVE", throttled=False)
     assert len(problems) == 1
     assert "/a/libgomp.so.1" in problems[0] and "/b/libiomp5.so" in problems[0]
     assert "set_num_threads" in problems[0]
 
 
-def test_a_runtime_loaded_earlier_is_a_problem_only_without_a_user_policy() -> None:
-    assert len(_loader.openmp_problems(["/a/libgomp.so.1"], ["/a/libgomp.so.1"], None)) == 1
-    assert _loader.openmp_problems(["/a/libgomp.so.1"], ["/a/libgomp.so.1"], "PASSIVE") == []
-    assert _loader.openmp_problems([], ["/a/libgomp.so.1"], None) == []
+def test_a_shared_early_runtime_is_a_problem_only_without_a_user_policy_or_throttle() -> None:
+    gomp = ["/a/libgomp.so.1"]
+    assert len(_loader.openmp_problems(gomp, gomp, None, throttled=False)) == 1
+    assert _loader.openmp_problems(gomp, gomp, None, throttled=True) == []
+    assert _loader.openmp_problems(gomp, gomp, "PASSIVE", throttled=False) == []
+    assert _loader.openmp_problems([], gomp, None, throttled=False) == []
+
+
+def test_asymvq_shares_an_early_runtime_only_when_it_brought_none_of_its_own() -> None:
+    assert _loader.shares_early_runtime(["/t/libgomp.so.1"], ["/t/libgomp.so.1"])
+    assert not _loader.shares_early_runtime([], ["/s/libgomp.so.1"])
+    assert not _loader.shares_early_runtime(["/t/libiomp5.so"], ["/t/libiomp5.so", "/s/libgomp.so.1"])
 
 
 def test_bench_inprocess_rejects_an_unknown_variant_with_a_clear_error() -> None:
