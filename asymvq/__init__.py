@@ -2,7 +2,9 @@
 VQGAN decoder, on a C core built on oneDNN.
 
 Thread control: :func:`set_num_threads` / :func:`get_num_threads` set the
-threads used by oneDNN and asymvq's own OpenMP kernels together.
+threads used by oneDNN and asymvq's own OpenMP kernels together. With torch imported
+first, asymvq throttles the spinning of the OpenMP runtime torch loaded, or warns
+(:class:`OpenMPWarning`); see ``asymvq._loader`` and the README's "Threads" section.
 """
 from __future__ import annotations
 
@@ -36,7 +38,12 @@ def info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for every later compute call (oneDNN and OpenMP kernels)."""
+    """Use ``n`` threads for every later compute call (oneDNN and OpenMP kernels).
+
+    The count is the calling thread's OpenMP setting, which a torch in the same process shares
+    (one OpenMP runtime serves both): this call and every asymvq call set it to ``n``, so
+    ``torch.get_num_threads()`` reads ``n`` afterwards; asymvq calls use ``n`` whatever
+    ``torch.set_num_threads`` set."""
     _core.set_num_threads(int(n))
 
 

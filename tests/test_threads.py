@@ -127,6 +127,26 @@ def test_asymvq_alone_sets_the_passive_policy_as_the_runtime_loads() -> None:
     assert re.findall(r"GOMP_SPINCOUNT = '(\d+)'", proc.stderr) == ["0"]
 
 
+def test_asymvq_calls_use_its_thread_count_whatever_torch_set_and_torch_then_reads_it() -> None:
+    import numpy as np
+    import torch
+
+    import asymvq
+    from asymvq._core import ops
+
+    ours, theirs = asymvq.get_num_threads(), torch.get_num_threads()
+    x = np.ones((8, 16), np.float32)
+    try:
+        asymvq.set_num_threads(3)
+        torch.set_num_threads(1)
+        ops.linear(x, x)
+        assert asymvq.get_num_threads() == 3
+        assert torch.get_num_threads() == 3  # one runtime, one per-thread setting: asymvq's call set it
+    finally:
+        asymvq.set_num_threads(ours)
+        torch.set_num_threads(theirs)
+
+
 MAPS = """\
 7f00-7f01 r-xp 00000000 08:01 11 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0
 7f01-7f02 r--p 00010000 08:01 11 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0
