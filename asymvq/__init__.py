@@ -58,5 +58,6 @@ from .text_encoder import TextEncoder  # noqa: E402
 from .autoencoder import Autoencoder  # noqa: E402
 from .pipelines import InpaintPipeline, Txt2ImgPipeline  # noqa: E402
 
-__all__ = ["__version__", "info", "OpenMPWarning", "set_num_threads", "get_num_threads", "UNet", "Sampler", "TextEncoder", "Autoencoder",
+__all__ = ["__version__", "info", "OpenMPWarning", "set_num_threads", "get_num_threads", "UNet", "Sampler",
+           "TextEncoder", "Autoencoder",
            "InpaintPipeline", "Txt2ImgPipeline"]

@@ -175,7 +175,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     base_cpu = None
     if base:
         base_cpu = results["alone"]["cpu"][results["alone"]["times"].index(base)]
-    print(f"\n{'variant':<25}{'best s':>8}{'/ alone':>9}{'CPU s':>8}{'/ alone':>9}  OpenMP runtime; parked team; warning")
+    print(f"\n{'variant':<25}{'best s':>8}{'/ alone':>9}{'CPU s':>8}{'/ alone':>9}"
+          "  OpenMP runtime; parked team; warning")
     for v in variants:
         r = results[v]
         if "error" in r:

@@ -121,8 +121,8 @@ def test_an_explicit_active_policy_is_kept_without_throttle_or_warning() -> None
 def test_asymvq_alone_sets_the_passive_policy_as_the_runtime_loads() -> None:
     env = dict(os.environ, OMP_DISPLAY_ENV="VERBOSE")
     env.pop("OMP_WAIT_POLICY", None)
-    proc = subprocess.run([sys.executable, "-c", "import warnings; warnings.simplefilter('error'); import asymvq"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    code = "import warnings; warnings.simplefilter('error'); import asymvq"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.findall(r"GOMP_SPINCOUNT = '(\d+)'", proc.stderr) == ["0"]
 
