@@ -15,11 +15,8 @@ import subprocess
 import sys
 from typing import Any, Dict, Optional
 
-import pytest
 
 from asymvq import _loader
-
-pytest.importorskip("torch")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
