@@ -2,7 +2,9 @@
 VQGAN decoder, on a C core built on oneDNN.
 
 Thread control: :func:`set_num_threads` / :func:`get_num_threads` set the
-threads used by oneDNN and asymvq's own OpenMP kernels together.
+threads used by oneDNN and asymvq's own OpenMP kernels together. With torch imported
+first, asymvq throttles the spinning of the OpenMP runtime torch loaded, or warns
+(:class:`OpenMPWarning`); see ``asymvq._loader`` and the README's "Threads" section.
 """
 from __future__ import annotations
 
@@ -13,13 +15,18 @@ import os as _os
 # small forward then takes seconds instead of milliseconds. Sleeping waiters cost
 # microseconds per parallel region. Must be set before libgomp loads (with oneDNN,
 # just below); an explicit OMP_WAIT_POLICY from the user wins.
+# An OpenMP runtime already loaded (torch imported first) has read its policy already:
+# asymvq throttles its spinning, or warns (OpenMPWarning), below; see _loader.
+from . import _loader  # noqa: E402
+
+_openmp_before = _loader.openmp_runtimes()
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from ._loader import preload_onednn as _preload_onednn  # noqa: E402
-
-_preload_onednn()
+_loader.preload_onednn()
 
 from . import _core  # noqa: E402
+from ._loader import OpenMPWarning  # noqa: E402
+
+_loader.settle_openmp(_openmp_before)
 
 __version__: str = _core.__version__
 
@@ -31,7 +38,12 @@ def info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for every later compute call (oneDNN and OpenMP kernels)."""
+    """Use ``n`` threads for every later compute call (oneDNN and OpenMP kernels).
+
+    The count is the calling thread's OpenMP setting, which a torch in the same process shares
+    (one OpenMP runtime serves both): this call and every asymvq call set it to ``n``, so
+    ``torch.get_num_threads()`` reads ``n`` afterwards; asymvq calls use ``n`` whatever
+    ``torch.set_num_threads`` set."""
     _core.set_num_threads(int(n))
 
 
@@ -46,5 +58,6 @@ from .text_encoder import TextEncoder  # noqa: E402
 from .autoencoder import Autoencoder  # noqa: E402
 from .pipelines import InpaintPipeline, Txt2ImgPipeline  # noqa: E402
 
-__all__ = ["__version__", "info", "set_num_threads", "get_num_threads", "UNet", "Sampler", "TextEncoder", "Autoencoder",
+__all__ = ["__version__", "info", "OpenMPWarning", "set_num_threads", "get_num_threads", "UNet", "Sampler",
+           "TextEncoder", "Autoencoder",
            "InpaintPipeline", "Txt2ImgPipeline"]

@@ -6,6 +6,7 @@ Subcommands::
                                [--no-torch] [--no-roof]
     python -m asymvq.bench roof
     python -m asymvq.bench vae|text|unet ...    (asymvq.bench_vae / bench_text / bench_unet)
+    python -m asymvq.bench inprocess ...        (asymvq.bench_inprocess: torch in the same process)
 
 ``ops`` times every op of ``asymvq._core.ops`` against PyTorch in one process with the same
 number of threads, and prints both times, the ratio asymvq / torch (below 1 means asymvq is
@@ -484,7 +485,8 @@ def _roof_main(argv: Sequence[str]) -> int:
 
 
 #: Model benchmarks live in their own modules, written alongside the models.
-MODEL_BENCHES = {"vae": "asymvq.bench_vae", "text": "asymvq.bench_text", "unet": "asymvq.bench_unet"}
+MODEL_BENCHES = {"vae": "asymvq.bench_vae", "text": "asymvq.bench_text", "unet": "asymvq.bench_unet",
+                 "inprocess": "asymvq.bench_inprocess"}
 
 
 def _model_main(name: str, argv: Sequence[str]) -> int:
@@ -502,13 +504,14 @@ def _model_main(name: str, argv: Sequence[str]) -> int:
 
 _ops_main.__doc__ = "Times every op at the SD v1 shapes against torch with the same threads."
 
-USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet} [options]
+USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet,inprocess} [options]
 
   ops    every op at the SD v1 shapes: asymvq vs torch, ratio, GFLOP/s (needs torch)
   roof   the machine's achievable fp32 / bf16 GFLOP/s (large GEMM)
   vae    VAE / asymmetric decoder benchmark (asymvq.bench_vae)
   text   text encoder benchmark (asymvq.bench_text)
   unet   UNet benchmark (asymvq.bench_unet)
+  inprocess  asymvq with torch imported in the same process, before or after (asymvq.bench_inprocess)
 """
 
 

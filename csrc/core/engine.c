@@ -55,6 +55,61 @@ void avq_threads_enter(void) {
     if (omp_get_max_threads() != n) omp_set_num_threads(n);
 }
 
+/* A runtime that loaded before asymvq could set OMP_WAIT_POLICY=PASSIVE (torch imported
+ * first: its libgomp then serves asymvq too) lets idle threads spin 300,000 times before they
+ * sleep; on a machine with more work than cores they take the cores from the threads that
+ * work. The policy is read once, at load. What libgomp still checks on every wait is its
+ * documented GOMP_SPINCOUNT rule: while it manages more threads than CPUs, it spins only 1,000
+ * times. A parked team (a thread of ours that opened a parallel region and then sleeps for
+ * ever, keeping its pool) adds enough threads to be over that line whenever asymvq uses its
+ * thread count. */
+static pthread_once_t g_park_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_park_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_park_cond = PTHREAD_COND_INITIALIZER;
+static int g_park_size;    /* the team's threads, 0 until it exists */
+static int g_park_request; /* the team size asked for */
+static int g_park_error;   /* pthread_create's error, 0 if it started */
+
+static void *park_main(void *arg) {
+    (void)arg;
+    int got = 0;
+#pragma omp parallel num_threads(g_park_request)
+    {
+#pragma omp single
+        got = omp_get_num_threads();
+    }
+    pthread_mutex_lock(&g_park_mutex);
+    g_park_size = got;
+    pthread_cond_broadcast(&g_park_cond);
+    for (;;) pthread_cond_wait(&g_park_cond, &g_park_mutex); /* never exits: the pool lives with it */
+    return NULL;
+}
+
+static void park_start(void) {
+    /* the managed threads are asymvq's n plus the team's k - 1: more than the CPUs from k = CPUs - n + 2 */
+    int k = omp_get_num_procs() - avq_get_num_threads() + 2;
+    g_park_request = k < 2 ? 2 : k;
+    pthread_attr_t attr;
+    pthread_t thread;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 1 << 18); /* it only opens one empty region */
+    g_park_error = pthread_create(&thread, &attr, park_main, NULL);
+    pthread_attr_destroy(&attr);
+    if (g_park_error) return;
+    pthread_setname_np(thread, "avq-omp-park");
+    pthread_mutex_lock(&g_park_mutex);
+    while (!g_park_size) pthread_cond_wait(&g_park_cond, &g_park_mutex);
+    pthread_mutex_unlock(&g_park_mutex);
+}
+
+avq_status avq_throttle_openmp_spinning(int *team) {
+    pthread_once(&g_park_once, park_start);
+    if (g_park_error) return avq_error(AVQ_ERR_MEMORY, "cannot start the parked OpenMP team (error %d)", g_park_error);
+    *team = g_park_size;
+    return AVQ_OK;
+}
+
 void avq_pack_lock(void) { pthread_mutex_lock(&g_pack_mutex); }
 void avq_pack_unlock(void) { pthread_mutex_unlock(&g_pack_mutex); }
 

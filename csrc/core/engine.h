@@ -18,6 +18,11 @@ int avq_get_num_threads(void);
  * calls it, because OpenMP's thread count is a per-thread setting. */
 void avq_threads_enter(void);
 
+/* Makes idle OpenMP threads of a runtime that spins (loaded with the default wait policy
+ * before asymvq could make it passive) spin 1,000 times instead of 300,000, by parking a team
+ * of sleeping threads (started once, never ended; *team: its size). engine.c says how. */
+avq_status avq_throttle_openmp_spinning(int *team);
+
 void avq_pack_lock(void);
 void avq_pack_unlock(void);
 

@@ -118,10 +118,21 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(avq_get_num_threads());
 }
 
+static PyObject *py_throttle_openmp_spinning(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    int team = 0;
+    avq_status st = avq_throttle_openmp_spinning(&team);
+    if (st != AVQ_OK) return avq_py_raise(st);
+    return PyLong_FromLong(team);
+}
+
 static PyMethodDef core_methods[] = {
     {"info", py_info, METH_NOARGS, "Versions, the CPU ISA oneDNN dispatches to, and the thread count."},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads for oneDNN and asymvq's OpenMP kernels."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by compute calls."},
+    {"throttle_openmp_spinning", py_throttle_openmp_spinning, METH_NOARGS,
+     "Parks a sleeping OpenMP team so that a spinning runtime spins briefly; returns its size."},
     {NULL, NULL, 0, NULL},
 };
 

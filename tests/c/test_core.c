@@ -9,6 +9,7 @@
  *   tests/c/test_core NAME...    run the tests whose names contain NAME
  */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +160,16 @@ static void test_engine_info_and_threads(void) {
     CHECK_OK(avq_set_num_threads(1));
     CHECK(avq_get_num_threads() == 1, "set to 1");
     CHECK_OK(avq_set_num_threads(n));
+}
+
+static void test_parked_openmp_team_starts_once_and_pushes_the_threads_past_the_cpus(void) {
+    int first = 0, again = 0;
+    CHECK_OK(avq_throttle_openmp_spinning(&first));
+    CHECK_OK(avq_throttle_openmp_spinning(&again));
+    CHECK(first >= 2 && again == first, "team %d, then %d", first, again);
+    /* libgomp spins briefly while it manages more threads than CPUs: ours plus the team's minus its master */
+    CHECK(avq_get_num_threads() + first - 1 > omp_get_num_procs(), "%d threads + team %d vs %d CPUs",
+          avq_get_num_threads(), first, omp_get_num_procs());
 }
 
 /* ---- plans: build once, replay, arena ------------------------------------- */
@@ -743,6 +754,7 @@ static const test_entry tests[] = {
     TEST(test_nhwc_memory_descriptor_has_channels_last_strides),
     TEST(test_bf16_rounds_to_nearest_even_and_keeps_nan),
     TEST(test_engine_info_and_threads),
+    TEST(test_parked_openmp_team_starts_once_and_pushes_the_threads_past_the_cpus),
     TEST(test_plan_arena_is_first_fit_with_measured_peak),
     TEST(test_plan_replay_that_diverges_from_the_build_fails),
     TEST(test_plan_build_that_leaks_a_tensor_fails),
