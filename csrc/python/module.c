@@ -93,9 +93,10 @@ static PyObject *py_info(PyObject *self, PyObject *noargs) {
     if (st != AVQ_OK) return avq_py_raise(st);
     char dnnl[64];
     snprintf(dnnl, sizeof dnnl, "%d.%d.%d", info.dnnl_major, info.dnnl_minor, info.dnnl_patch);
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:O,s:O}", "version", info.version, "onednn_version", dnnl,
-                         "onednn_hash", info.dnnl_hash, "isa", info.isa, "num_threads", info.num_threads,
-                         "bf16_native", info.bf16_native ? Py_True : Py_False, "amx_attention",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:O,s:O}", "version", info.version, "onednn_version", dnnl,
+                         "onednn_hash", info.dnnl_hash, "isa", info.isa, "cpu_isa", info.cpu_isa, "kernel_isa",
+                         info.kernel_isa, "num_threads", info.num_threads, "bf16_native",
+                         info.bf16_native ? Py_True : Py_False, "amx_attention",
                          avq_attention_uses_amx() ? Py_True : Py_False);
 }
 
@@ -119,7 +120,7 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
 }
 
 static PyMethodDef core_methods[] = {
-    {"info", py_info, METH_NOARGS, "Versions, the CPU ISA oneDNN dispatches to, and the thread count."},
+    {"info", py_info, METH_NOARGS, "Versions, the ISA that oneDNN and asymvq's kernels run (the cap applied), bf16/AMX paths, threads."},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads for oneDNN and asymvq's OpenMP kernels."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by compute calls."},
     {NULL, NULL, 0, NULL},
