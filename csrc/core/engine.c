@@ -1,6 +1,8 @@
 #include "engine.h"
 
 #include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -162,6 +164,25 @@ const char *avq_isa_level_name(avq_isa_level level) {
     case AVQ_ISA_AVX2: return "avx2";
     default: return "baseline";
     }
+}
+
+const char *avq_isa_dnnl_name(void) { return isa_name(avq_isa_get()->dnnl_isa); }
+
+avq_status avq_check_bf16(void) {
+    const avq_isa *isa = avq_isa_get();
+    if (isa->level >= AVQ_ISA_AVX512) return AVQ_OK;
+    const char *cap = getenv("ONEDNN_MAX_CPU_ISA");
+    if (!cap || !cap[0]) cap = getenv("DNNL_MAX_CPU_ISA");
+    char why[160];
+    if (cap && cap[0])
+        snprintf(why, sizeof why, "oneDNN is capped at %s by ONEDNN_MAX_CPU_ISA=%s (the CPU has %s)",
+                 isa_name(isa->dnnl_isa), cap, isa->cpu_isa);
+    else
+        snprintf(why, sizeof why, "this CPU has %s", isa->cpu_isa);
+    return avq_error(AVQ_ERR_DNNL,
+                     "bf16 needs a CPU with AVX-512 (native bf16: AVX512_BF16 or AMX; plain AVX-512 emulates it) "
+                     "and %s: use precision \"fp32\", or \"auto\" to take bf16 only where the CPU has it natively",
+                     why);
 }
 
 avq_status avq_get_info(avq_info *info) {

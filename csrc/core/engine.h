@@ -43,6 +43,14 @@ typedef struct avq_isa {
 /* Decided once; never NULL. */
 const avq_isa *avq_isa_get(void);
 const char *avq_isa_level_name(avq_isa_level level);
+/* oneDNN's name of its effective ISA ("avx2", "avx512_core_bf16", ...). */
+const char *avq_isa_dnnl_name(void);
+
+/* AVQ_OK where bf16 models can run: natively (AVX512-BF16, AMX) or as
+ * oneDNN's AVX-512 emulation. Elsewhere (oneDNN at AVX2 or below, by the CPU
+ * or the ONEDNN_MAX_CPU_ISA cap) oneDNN 3.2 has no bf16 matmul or convolution:
+ * AVQ_ERR_DNNL with a message that says so and suggests fp32. */
+avq_status avq_check_bf16(void);
 
 typedef struct avq_info {
     const char *version;

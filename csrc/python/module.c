@@ -34,6 +34,12 @@ int avq_py_precision(PyObject *obj, avq_dtype *out) {
             return 0;
         }
         if (PyUnicode_CompareWithASCIIString(obj, "bf16") == 0 || PyUnicode_CompareWithASCIIString(obj, "bfloat16") == 0) {
+            /* refused here, before any weight is packed, rather than as a raw descriptor failure later */
+            avq_status st = avq_check_bf16();
+            if (st != AVQ_OK) {
+                avq_py_raise(st);
+                return -1;
+            }
             *out = AVQ_BF16;
             return 0;
         }
@@ -119,8 +125,17 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(avq_get_num_threads());
 }
 
+static PyObject *py_check_precision(PyObject *self, PyObject *arg) {
+    (void)self;
+    avq_dtype dt;
+    if (avq_py_precision(arg, &dt) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
     {"info", py_info, METH_NOARGS, "Versions, the ISA that oneDNN and asymvq's kernels run (the cap applied), bf16/AMX paths, threads."},
+    {"check_precision", py_check_precision, METH_O,
+     "Raises what a model would for this precision (ValueError: unknown; RuntimeError: bf16 cannot run here)."},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads for oneDNN and asymvq's OpenMP kernels."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by compute calls."},
     {NULL, NULL, 0, NULL},
