@@ -251,6 +251,7 @@ class Autoencoder:
 
         Missing or mis-shaped tensors raise ``ValueError`` listing every problem at once.
         """
+        precision = resolve_precision(precision)  # before any file is read
         enc, dec = _candidates(config, weights)
         tensors = checkpoint.load(weights) if not isinstance(weights, Mapping) else weights
         enc, dec = _choose(parts, enc, dec, tensors)

@@ -131,11 +131,10 @@ def test_auto_precision_is_fp32_under_a_cap_without_native_bf16(cap):
 
 
 BF16_UNDER_CAP = """
-import numpy as np
-from asymvq import UNet
-from asymvq._core import ops
-for make in (lambda: ops.linear(np.ones((2, 8), np.float32), np.ones((4, 8), np.float32), precision="bf16"),
-             lambda: UNet.from_config({cfg!r}, {{}}, precision="bf16")):
+from asymvq import Autoencoder, TextEncoder, UNet
+for make in (lambda: UNet.from_config({cfg!r}, {{}}, precision="bf16"),
+             lambda: TextEncoder.from_config({cfg!r}, {{}}, precision="bf16"),
+             lambda: Autoencoder.from_config({cfg!r}, {{}}, precision="bf16")):
     try:
         make()
         print("RAN")
@@ -144,14 +143,33 @@ for make in (lambda: ops.linear(np.ones((2, 8), np.float32), np.ones((4, 8), np.
 """
 
 
-def test_bf16_under_an_avx2_cap_is_a_runtime_error_that_says_why_and_suggests_fp32():
+def test_bf16_models_under_an_avx2_cap_are_a_runtime_error_that_says_why_and_suggests_fp32():
     r = run_py(BF16_UNDER_CAP.format(cfg=str(TINY / "v1-t2i-inference.yaml")), "AVX2")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert len(lines) == 2
-    for line in lines:  # the op and the model (refused before its weights are even looked at)
+    assert len(lines) == 3
+    for line in lines:  # refused before the (here empty) weights are even looked at
         assert line.startswith("RuntimeError: bf16 needs a CPU with AVX-512"), line
         assert "ONEDNN_MAX_CPU_ISA=AVX2" in line and '"fp32"' in line and "descriptor" not in line
+
+
+BF16_OP_UNDER_CAP = """
+import numpy as np
+from asymvq._core import ops
+try:
+    ops.linear(np.ones((2, 8), np.float32), np.ones((4, 8), np.float32), precision="bf16")
+    print("RAN")
+except RuntimeError as e:
+    print("RuntimeError:", e)
+"""
+
+
+def test_a_bf16_onednn_op_under_an_avx2_cap_names_the_isa_and_suggests_fp32():
+    """The ops are a test surface without the models' up-front check: oneDNN's refusal is explained."""
+    r = run_py(BF16_OP_UNDER_CAP, "AVX2")
+    assert r.returncode == 0, r.stderr
+    assert "not implemented for these data types at ISA avx2" in r.stdout
+    assert "bf16 needs AVX-512: use fp32" in r.stdout
 
 
 BF16_LINEAR = """

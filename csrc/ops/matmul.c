@@ -18,8 +18,9 @@ const char *avq_act_name(avq_act act) {
 
 avq_status avq_dnnl_error(dnnl_status_t s, const char *what) {
     if (s == dnnl_unimplemented)
-        return avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed: not implemented for these data types at ISA %s (status %d)",
-                         what, avq_isa_dnnl_name(), (int)s);
+        return avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed: not implemented for these data types at ISA %s (status %d)%s",
+                         what, avq_isa_dnnl_name(), (int)s,
+                         avq_isa_get()->level < AVQ_ISA_AVX512 ? "; bf16 needs AVX-512: use fp32" : "");
     return avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed (status %d)", what, (int)s);
 }
 

@@ -34,12 +34,6 @@ int avq_py_precision(PyObject *obj, avq_dtype *out) {
             return 0;
         }
         if (PyUnicode_CompareWithASCIIString(obj, "bf16") == 0 || PyUnicode_CompareWithASCIIString(obj, "bfloat16") == 0) {
-            /* refused here, before any weight is packed, rather than as a raw descriptor failure later */
-            avq_status st = avq_check_bf16();
-            if (st != AVQ_OK) {
-                avq_py_raise(st);
-                return -1;
-            }
             *out = AVQ_BF16;
             return 0;
         }
@@ -129,6 +123,11 @@ static PyObject *py_check_precision(PyObject *self, PyObject *arg) {
     (void)self;
     avq_dtype dt;
     if (avq_py_precision(arg, &dt) < 0) return NULL;
+    /* the models call this before reading any weight, rather than fail on a raw descriptor later */
+    if (dt == AVQ_BF16) {
+        avq_status st = avq_check_bf16();
+        if (st != AVQ_OK) return avq_py_raise(st);
+    }
     Py_RETURN_NONE;
 }
 
