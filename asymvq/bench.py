@@ -383,7 +383,7 @@ def _roof(threads: int, shape: Tuple[int, int, int], repeat: int) -> Tuple[float
 
 
 def roof(shape: Tuple[int, int, int] = ROOF_SHAPE, repeat: int = 10) -> Dict[str, float]:
-    """The machine's achievable GFLOP/s: ``{"fp32": ..., "bf16": ...}``.
+    """The machine's achievable GFLOP/s: ``{"fp32": ..., "bf16": ...}`` (bf16 NaN below AVX-512).
 
     Measured once per thread count and shape (then cached) as the best of ``repeat`` runs
     (4x as many in bf16) of a large GEMM through ``asymvq._core.ops.linear`` on oneDNN:
@@ -458,6 +458,9 @@ def _ops_main(argv: Sequence[str]) -> int:
     for s in precisions:
         if s not in ("fp32", "bf16"):
             p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
+    if "bf16" in precisions and asymvq.info()["kernel_isa"] != "avx512":
+        print(f"bf16 needs AVX-512 (oneDNN runs at {asymvq.info()['isa']} here): timing fp32 only")
+        precisions = [s for s in precisions if s != "bf16"]
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
     threads = asymvq.get_num_threads()
