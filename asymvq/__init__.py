@@ -32,8 +32,14 @@ __version__: str = _core.__version__
 
 
 def info() -> dict:
-    """asymvq version, oneDNN version, the CPU ISA oneDNN dispatches to, threads, and whether bf16
-    attention runs on AMX tiles (``amx_attention``; else its operands are widened to f32)."""
+    """What runs here, with oneDNN's ``ONEDNN_MAX_CPU_ISA`` cap applied (asymvq's own kernels honour it too).
+
+    Keys: ``version``, ``onednn_version``, ``onednn_hash``; ``isa``: the ISA oneDNN dispatches to;
+    ``cpu_isa``: the CPU's own best ISA (no cap); ``kernel_isa``: asymvq's own kernels (``"avx512"``,
+    ``"avx2"`` or ``"baseline"``); ``bf16_native``: AVX512-BF16 or AMX in use (``precision="auto"`` then
+    means bf16; bf16 runs, emulated, wherever ``kernel_isa`` is ``"avx512"``); ``amx_attention``: bf16
+    attention on AMX tiles (else its operands are widened to f32); ``num_threads``.
+    """
     return dict(_core.info())
 
 

@@ -69,8 +69,25 @@ def fail(msg: str) -> int:
 
 
 def precision_arg(value: Optional[str]) -> str:
-    """The scripts' --precision: 'autocast' -> bf16, 'full' -> fp32; fp32/bf16 accepted too."""
-    m = {"autocast": "bf16", "full": "fp32", "fp32": "fp32", "bf16": "bf16"}
+    """The scripts' --precision as the precision to build with: 'autocast' (the original's default) and
+    'auto' -> bf16 where the CPU has native bf16, else fp32 (one line on stderr says which); 'full' ->
+    fp32; fp32/bf16 as given. bf16 where it cannot run is a CLIError saying why."""
+    from .precision import resolve_precision
+
+    m = {"autocast": "auto", "auto": "auto", "full": "fp32", "fp32": "fp32", "bf16": "bf16"}
     if value not in m:
-        raise CLIError(f"--precision must be one of autocast, full, fp32, bf16; got {value!r}")
-    return m[value]
+        raise CLIError(f"--precision must be one of autocast, auto, full, fp32, bf16; got {value!r}")
+    try:
+        return resolve_precision(m[value])
+    except RuntimeError as e:
+        raise CLIError(f"--precision {value}: {e}") from None
+
+
+def precision_type(value: str) -> str:
+    """:func:`precision_arg` as an argparse ``type=`` (its errors become argparse's one-line usage error)."""
+    import argparse
+
+    try:
+        return precision_arg(value)
+    except CLIError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

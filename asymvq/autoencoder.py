@@ -34,6 +34,7 @@ import numpy as np
 from . import _core, checkpoint, tables
 from . import config as _config
 from .config import AutoencoderSpec, DiffusionSpec, Spec
+from .precision import resolve_precision
 
 __all__ = ["Autoencoder", "Parts", "FIRST_STAGE_PREFIX"]
 
@@ -216,6 +217,7 @@ class Autoencoder:
     ) -> None:
         if encoder is None and decoder is None:
             raise ValueError("an Autoencoder needs an encoder, a decoder or both")
+        precision = resolve_precision(precision)
         needed = {name: _weight_array(weights[name]) for name in _needed(encoder, decoder) if name in weights}
         self._core = _core.Autoencoder(
             needed,
@@ -242,12 +244,14 @@ class Autoencoder:
         ``weights`` is a file written by ``python -m asymvq convert`` (its metadata holds the config;
         an inpainting file gives SD's encoder and, with ``--decoder-config``, the asymmetric decoder).
         ``weights``: a ``.ckpt`` / ``.safetensors`` path or a dict name -> array (float32, float16 or
-        bf16 bits). ``precision``: ``"fp32"`` or ``"bf16"`` (weights and activations).
+        bf16 bits). ``precision``: ``"fp32"``, ``"bf16"`` (weights and activations) or ``"auto"`` (bf16
+        where the CPU has it natively, see :mod:`asymvq.precision`; bf16 without AVX-512 is a RuntimeError).
         ``parts``: ``"both"``, ``"encoder"``, ``"decoder"``, or ``"auto"``: the parts whose tensors the
         weights contain (both when they contain neither, so that the error lists what is missing).
 
         Missing or mis-shaped tensors raise ``ValueError`` listing every problem at once.
         """
+        precision = resolve_precision(precision)  # before any file is read
         enc, dec = _candidates(config, weights)
         tensors = checkpoint.load(weights) if not isinstance(weights, Mapping) else weights
         enc, dec = _choose(parts, enc, dec, tensors)

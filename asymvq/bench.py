@@ -27,6 +27,9 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import json
+import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -374,12 +377,14 @@ def _roof(threads: int, shape: Tuple[int, int, int], repeat: int) -> Tuple[float
     w = _randn(rng, n, k, scale=k ** -0.5)
     flop = 2.0 * rows * k * n
     fp32 = flop / ops.timeit("linear", x, w, repeat=repeat, precision="fp32") / 1e9
+    if asymvq.info()["kernel_isa"] != "avx512":  # no bf16 below AVX-512 (by the CPU or the ISA cap)
+        return fp32, float("nan")
     bf16 = flop / ops.timeit("linear", x, w, repeat=4 * repeat, precision="bf16") / 1e9
     return fp32, bf16
 
 
 def roof(shape: Tuple[int, int, int] = ROOF_SHAPE, repeat: int = 10) -> Dict[str, float]:
-    """The machine's achievable GFLOP/s: ``{"fp32": ..., "bf16": ...}``.
+    """The machine's achievable GFLOP/s: ``{"fp32": ..., "bf16": ...}`` (bf16 NaN below AVX-512).
 
     Measured once per thread count and shape (then cached) as the best of ``repeat`` runs
     (4x as many in bf16) of a large GEMM through ``asymvq._core.ops.linear`` on oneDNN:
@@ -388,6 +393,45 @@ def roof(shape: Tuple[int, int, int] = ROOF_SHAPE, repeat: int = 10) -> Dict[str
     """
     fp32, bf16 = _roof(asymvq.get_num_threads(), tuple(int(v) for v in shape), int(repeat))
     return {"fp32": fp32, "bf16": bf16}
+
+
+#: ``--isa`` of the model benchmarks -> what each child process gets in its environment, so that every
+#: library in it is capped alike, as on a CPU that has no more: oneDNN (asymvq's, and PyTorch's
+#: mkldnn convolutions), PyTorch's own ATen kernels, and MKL (PyTorch's sgemm).
+ISA_ENV: Dict[str, Dict[str, str]] = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+
+
+def child_env(isa: Optional[str]) -> Dict[str, str]:
+    """The environment of a benchmark child under ``--isa isa`` (None: this process's own)."""
+    env = dict(os.environ)
+    env.update(ISA_ENV.get(isa or "", {}))
+    return env
+
+
+def roof_in_child(isa: Optional[str], threads: int) -> Dict[str, float]:
+    """:func:`roof` measured in a child process under ``--isa isa`` (this process's ISA is decided)."""
+    code = ("import json, asymvq; from asymvq.bench import roof; "
+            f"asymvq.set_num_threads({int(threads)}); print(json.dumps(roof()))")
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"roof measurement under --isa {isa} failed: {proc.stderr.strip()[-500:]}")
+    return {k: float(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def child_isa_line(isa: Optional[str]) -> str:
+    """What a child under ``--isa isa`` runs: asymvq's ISAs and PyTorch's (when installed)."""
+    code = ("import asymvq, json\ni = asymvq.info()\nout = {'onednn': i['isa'], 'kernels': i['kernel_isa']}\n"
+            "try:\n    import torch\n    out['torch'] = torch.backends.cpu.get_cpu_capability()\n"
+            "except Exception:\n    pass\nprint(json.dumps(out))")
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
+    try:
+        d = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return f"ISA check failed: {proc.stderr.strip()[-300:]}"
+    line = f"children run oneDNN at {d['onednn']}, asymvq's kernels at {d['kernels']}"
+    return line + (f", torch at {d['torch']}" if "torch" in d else "")
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -415,6 +459,9 @@ def _ops_main(argv: Sequence[str]) -> int:
     for s in precisions:
         if s not in ("fp32", "bf16"):
             p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
+    if "bf16" in precisions and asymvq.info()["kernel_isa"] != "avx512":
+        print(f"bf16 needs AVX-512 (oneDNN runs at {asymvq.info()['isa']} here): timing fp32 only")
+        precisions = [s for s in precisions if s != "bf16"]
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
     threads = asymvq.get_num_threads()
@@ -504,7 +551,28 @@ def _model_main(name: str, argv: Sequence[str]) -> int:
 
 _ops_main.__doc__ = "Times every op at the SD v1 shapes against torch with the same threads."
 
-USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet,inprocess} [options]
+
+def _isa_main(argv: Sequence[str]) -> int:
+    """Issue 12's AVX2 comparison in one command: the UNet forward (64x64 latent, batch 2) and the base
+    decoder at 512x512, fp32, against PyTorch, every child capped by ``--isa`` (see ``ISA_ENV``)."""
+    p = argparse.ArgumentParser(prog="python -m asymvq.bench isa", description=_isa_main.__doc__)
+    p.add_argument("--isa", default="avx2", choices=sorted(ISA_ENV), help="the cap (default avx2)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds, best kept (default 2)")
+    p.add_argument("--config", help="diffusion YAML for the UNet (default: the packaged v1-t2i-inference.yaml)")
+    args = p.parse_args(list(argv))
+    from . import bench_unet, bench_vae
+
+    common = ["--isa", args.isa, "--threads", str(args.threads), "--rounds", str(args.rounds), "--no-breakdown"]
+    rf = roof_in_child(args.isa, args.threads)
+    roof_arg = ["--roof", f"{rf['fp32']:.1f}"]
+    print(f"== UNet forward, {args.isa} cap ==", flush=True)
+    rc = bench_unet.run(common + roof_arg + (["--config", args.config] if args.config else []))
+    print(f"\n== base decoder at 512x512, {args.isa} cap ==", flush=True)
+    return rc or bench_vae.run(common + roof_arg + ["--models", "base"])
+
+
+USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet,inprocess,isa} [options]
 
   ops    every op at the SD v1 shapes: asymvq vs torch, ratio, GFLOP/s (needs torch)
   roof   the machine's achievable fp32 / bf16 GFLOP/s (large GEMM)
@@ -512,6 +580,7 @@ USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet,inprocess} [opt
   text   text encoder benchmark (asymvq.bench_text)
   unet   UNet benchmark (asymvq.bench_unet)
   inprocess  asymvq with torch imported in the same process, before or after (asymvq.bench_inprocess)
+  isa    UNet and base decoder fp32 vs torch with both capped to AVX2 (issue 12), one command
 """
 
 
@@ -526,6 +595,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _ops_main(rest)
     if cmd == "roof":
         return _roof_main(rest)
+    if cmd == "isa":
+        return _isa_main(rest)
     if cmd in MODEL_BENCHES:
         return _model_main(cmd, rest)
     print(f"unknown benchmark {cmd!r}\n{USAGE}", end="", file=sys.stderr)

@@ -47,6 +47,8 @@ __all__ = ["run", "random_weights", "forward_flop"]
 
 _RESULT = "ASYMVQ_BENCH_UNET_RESULT "
 _TARGETS = {"fp32": 0.67, "bf16": 0.35}
+#: fp32 / torch fp32 with every library capped by --isa (issue 12: where most users are).
+_ISA_TARGET = 0.8
 
 
 def random_weights(spec: UNetSpec, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -273,8 +275,10 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
+    from .bench import child_env
+
     cmd = [sys.executable, "-m", "asymvq.bench_unet", "--child", json.dumps(job)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(job.get("isa")))
     for line in proc.stdout.splitlines():
         if line.startswith(_RESULT):
             return json.loads(line[len(_RESULT) :])
@@ -318,12 +322,20 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=1,
                    help="rounds of (asymvq fp32, asymvq bf16, torch) children, best kept: on a machine whose speed "
                         "drifts, alternating rounds give every engine the same chances (default 1)")
+    p.add_argument("--isa", choices=["avx2"],
+                   help="cap every child, asymvq's and torch's, to this ISA as on a CPU without more "
+                        "(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS); fp32 only, target 0.8")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
     precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
     for s in precisions:
         if s not in ("fp32", "bf16"):
             p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
+    if args.isa:
+        if "bf16" in precisions:
+            print(f"--isa {args.isa}: bf16 needs AVX-512, timing fp32 only")
+        precisions = ["fp32"]
+    targets = {**_TARGETS, "fp32": _ISA_TARGET} if args.isa else _TARGETS
     if args.size < 8 or args.size % 8 or args.batch < 1 or args.repeat < 1 or args.rounds < 1:
         p.error("--size must be a positive multiple of 8; --batch, --repeat and --rounds must be >= 1")
     if args.threads:
@@ -337,12 +349,16 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
           f"latent {args.size}x{args.size}, batch {args.batch}, {threads} thread(s)")
     print(f"work per forward: {total / 1e9:.0f} GFLOP (conv {flop['conv'] / 1e9:.0f}, linear "
           f"{flop['linear'] / 1e9:.0f}, attention {flop['attention'] / 1e9:.0f})")
-    rf = _parse_roof(args.roof)
+    if args.isa:
+        from .bench import child_isa_line, roof_in_child
+
+        print(f"--isa {args.isa}: {child_isa_line(args.isa)}")
+    rf = roof_in_child(args.isa, threads) if args.isa and not args.roof else _parse_roof(args.roof)
     print(f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
           + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"), flush=True)
 
     job = {"config": args.config, "size": args.size, "batch": args.batch, "threads": threads, "seed": args.seed,
-           "repeat": args.repeat, "breakdown": not args.no_breakdown, "loop_steps": args.loop_steps}
+           "repeat": args.repeat, "breakdown": not args.no_breakdown, "loop_steps": args.loop_steps, "isa": args.isa}
     results: Dict[str, Dict[str, Any]] = {}
     for rnd in range(args.rounds):
         last = rnd == args.rounds - 1
@@ -403,7 +419,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         for engine in precisions:
             if "times" in results.get(engine, {}):
                 ratio = min(results[engine]["times"]) / torch_s
-                print(f"  {engine}: {ratio:.2f}x torch fp32 (target <= {_TARGETS[engine]})")
+                print(f"  {engine}: {ratio:.2f}x torch fp32 (target <= {targets[engine]})")
     bd = results.get("fp32", {}).get("breakdown", {})
     if "conv" in bd and bd["conv"][1] > 0:
         share = flop["conv"] / (bd["conv"][1] / 1e3) / 1e9 / rf["fp32"]

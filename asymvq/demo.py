@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import _cli
 from . import config as config_mod
 from . import tables
 
@@ -132,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--outdir", default="asymvq-demo", help="where to write result.png and side_by_side.png")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (inpaint_st uses 50)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", type=_cli.precision_type, metavar="{fp32,bf16,auto}")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.size % 64 or args.size < 64:

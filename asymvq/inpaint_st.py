@@ -51,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt_d", type=str, default="/mnt/output/pre_models/sd-v1-5-inpainting.ckpt",
                    help="SD 1.5 inpainting checkpoint")
     # ours
-    p.add_argument("--precision", type=str, default="fp32", help="fp32 or bf16 (autocast = bf16, full = fp32)")
+    p.add_argument("--precision", type=str, default="fp32",
+                   help="fp32, bf16 or auto (bf16 where the CPU has it natively; autocast = auto, full = fp32)")
     p.add_argument("--round", action="store_true", help="round to uint8 instead of truncating (the original truncates)")
     p.add_argument("--report", action="store_true", help="print the preservation error and PSNR outside the mask")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")

@@ -40,6 +40,7 @@ from PIL import Image
 
 from . import checkpoint, config as config_mod
 from .image import ImageLike, load_pair, to_pil, to_uint8
+from .precision import resolve_precision
 
 PathLike = Union[str, os.PathLike]
 
@@ -157,10 +158,14 @@ class InpaintPipeline(_Base):
 
     @classmethod
     def from_original(cls, config_d: PathLike, ckpt_d: PathLike, config: PathLike, ckpt: PathLike, *,
-                      vocab: Optional[PathLike] = None, precision: str = "fp32") -> "InpaintPipeline":
+                      vocab: Optional[PathLike] = None, precision: str = "auto") -> "InpaintPipeline":
         """From the original files, as inpaint_st's ``--config_d --ckpt_d --config --ckpt``:
-        the SD inpainting config/checkpoint and the asymmetric decoder config/checkpoint."""
+        the SD inpainting config/checkpoint and the asymmetric decoder config/checkpoint.
+        ``precision``: ``"auto"`` (bf16 where the CPU has it natively, else fp32; one line on stderr
+        says which), ``"fp32"`` or ``"bf16"`` (see :mod:`asymvq.precision`)."""
         from .tokenizer import CLIPTokenizer, find_vocab
+
+        precision = resolve_precision(precision)
 
         spec_d = config_mod.load(config_d)
         spec_c = config_mod.load(config)
@@ -178,10 +183,11 @@ class InpaintPipeline(_Base):
 
     @classmethod
     def from_file(cls, path: PathLike, *, decoder: Optional[PathLike] = None, vocab: Optional[PathLike] = None,
-                  precision: str = "fp32") -> "InpaintPipeline":
+                  precision: str = "auto") -> "InpaintPipeline":
         """From a file written by ``python -m asymvq convert`` holding the SD inpainting model
         and (with ``--decoder-config/--decoder-ckpt``) the decoder; or the decoder in its
-        own converted file ``decoder=``."""
+        own converted file ``decoder=``. ``precision`` as in :meth:`from_original`."""
+        precision = resolve_precision(precision)
         spec_d, spec_c, wd, wc, tok, src = _from_converted(path, decoder, vocab)
         if spec_d.kind != "inpaint":
             raise config_mod.ConfigError(f"{path} holds a {spec_d.kind} model, not an inpainting one")
@@ -193,6 +199,7 @@ class InpaintPipeline(_Base):
         from .text_encoder import TextEncoder
         from .unet import UNet
 
+        precision = resolve_precision(precision)  # once, so "auto" is announced once
         te = TextEncoder.from_config(cfg_d, wd, precision=precision)
         un = UNet.from_config(cfg_d, wd, precision=precision)
         enc = Autoencoder.from_config(cfg_d, wd, precision=precision)
@@ -282,9 +289,12 @@ class Txt2ImgPipeline(_Base):
 
     @classmethod
     def from_original(cls, config_c: PathLike, ckpt_c: PathLike, config: PathLike, ckpt: PathLike, *,
-                      vocab: Optional[PathLike] = None, precision: str = "fp32") -> "Txt2ImgPipeline":
-        """From the original files, as txt2img's ``--config_c --ckpt_c --config --ckpt``."""
+                      vocab: Optional[PathLike] = None, precision: str = "auto") -> "Txt2ImgPipeline":
+        """From the original files, as txt2img's ``--config_c --ckpt_c --config --ckpt``; ``precision`` as
+        in :meth:`InpaintPipeline.from_original`."""
         from .tokenizer import CLIPTokenizer, find_vocab
+
+        precision = resolve_precision(precision)
 
         spec_c = config_mod.load(config_c)
         spec_d = config_mod.load(config)
@@ -300,8 +310,9 @@ class Txt2ImgPipeline(_Base):
 
     @classmethod
     def from_file(cls, path: PathLike, *, decoder: Optional[PathLike] = None, vocab: Optional[PathLike] = None,
-                  precision: str = "fp32") -> "Txt2ImgPipeline":
+                  precision: str = "auto") -> "Txt2ImgPipeline":
         """From a converted file (see :meth:`InpaintPipeline.from_file`)."""
+        precision = resolve_precision(precision)
         spec_d, spec_c, wd, wc, tok, src = _from_converted(path, decoder, vocab)
         if spec_d.kind != "txt2img":
             raise config_mod.ConfigError(f"{path} holds a {spec_d.kind} model, not a text-to-image one")
@@ -313,6 +324,7 @@ class Txt2ImgPipeline(_Base):
         from .text_encoder import TextEncoder
         from .unet import UNet
 
+        precision = resolve_precision(precision)  # once, so "auto" is announced once
         te = TextEncoder.from_config(cfg_d, wd, precision=precision)
         un = UNet.from_config(cfg_d, wd, precision=precision)
         dec = Autoencoder.from_config(cfg_c, wc, precision=precision)

@@ -25,6 +25,7 @@ from . import _core, checkpoint, tables
 from . import config as _config
 from . import tokenizer as _tokenizer
 from .config import DiffusionSpec, TextEncoderSpec
+from .precision import resolve_precision
 from .tokenizer import CLIPTokenizer
 
 __all__ = ["TextEncoder"]
@@ -34,7 +35,6 @@ ConfigLike = Union[PathLike, DiffusionSpec, TextEncoderSpec, Mapping[str, Any]]
 WeightsLike = Union[PathLike, Mapping[str, Any]]
 VocabLike = Union[PathLike, CLIPTokenizer, None]
 
-_PRECISIONS = ("fp32", "bf16")
 
 
 def _text_spec(config: ConfigLike) -> TextEncoderSpec:
@@ -128,8 +128,7 @@ class TextEncoder:
 
         Prefer :meth:`from_config`, which loads and checks the weights.
         """
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
+        precision = resolve_precision(precision)
         self._spec = spec
         self._precision = precision
         self._core = _core.TextEncoder(
@@ -168,15 +167,16 @@ class TextEncoder:
                 or a :class:`asymvq.tokenizer.CLIPTokenizer`. ``None``: the vocabulary embedded in a
                 converted file, else ``ASYMVQ_CLIP_VOCAB``, else the local Hugging Face cache — looked up
                 at the first :meth:`encode` (``encode_ids`` needs none).
-            precision: ``"fp32"`` or ``"bf16"`` activations (the output is float32 either way).
+            precision: ``"fp32"`` or ``"bf16"`` activations (the output is float32 either way), or ``"auto"``:
+                bf16 where the CPU has it natively (see :mod:`asymvq.precision`).
 
         Raises:
             asymvq.config.ConfigError: the config file is unreadable or not a supported model.
             asymvq.tables.WeightsError: tensors missing, mis-shaped or of an unsupported dtype (all listed).
             asymvq.tokenizer.VocabNotFoundError: ``vocab`` names a path that does not exist.
+            RuntimeError: bf16 on a CPU (or under an ISA cap) without AVX-512.
         """
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
+        precision = resolve_precision(precision)
         spec = _text_spec(config)
         arrays, embedded = _load_weights(weights, spec)
         return cls(spec, arrays, precision=precision, vocab=vocab, embedded_vocab=embedded)

@@ -18,8 +18,8 @@ hard-codes CUDA); ``--n_iter``, ``--n_samples > 1``, ``--from-file``,
 them and ignores them or breaks); the start code comes from
 ``numpy.random.RandomState(--seed)`` (the original uses torch's CUDA generator,
 which cannot be reproduced elsewhere) — ``--fixed_code`` reuses the first
-iteration's start code for every iteration; ``--precision autocast`` means bf16
-and ``full`` fp32. ``--laion400m`` (the old LDM model) is not supported.
+iteration's start code for every iteration; ``--precision autocast`` (and ``auto``)
+means bf16 where the CPU has native bf16, else fp32, and ``full`` fp32. ``--laion400m`` (the old LDM model) is not supported.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=str, default="configs/autoencoder/v1-t2i-inference.yaml")
     p.add_argument("--ckpt", type=str, default="/mnt/output/pre_models/v1-5-pruned-emaonly.ckpt")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", type=str, default="autocast", choices=["full", "autocast", "fp32", "bf16"])
+    p.add_argument("--precision", type=str, default="autocast", choices=["full", "autocast", "auto", "fp32", "bf16"])
     # ours
     p.add_argument("--round", action="store_true", help="round to uint8 instead of truncating")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")

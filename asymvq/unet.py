@@ -21,6 +21,7 @@ from . import _core
 from . import checkpoint as _checkpoint
 from . import config as _config
 from .config import DiffusionSpec, UNetSpec
+from .precision import resolve_precision
 
 __all__ = ["UNet", "CONTEXT_LENGTH", "UNET_PREFIX"]
 
@@ -107,13 +108,14 @@ class UNet:
         ``weights``: a ``.ckpt``/``.safetensors`` path or a mapping name -> array (float32, float16 or
         bf16 bits), with the UNet's tensors under ``model.diffusion_model.``; arrays are borrowed, not
         copied, when they are float32 or bf16 and contiguous.
-        ``precision``: ``"fp32"`` or ``"bf16"`` (bf16 activations and weights, float32 output).
+        ``precision``: ``"fp32"``, ``"bf16"`` (bf16 activations and weights, float32 output) or ``"auto"``
+        (bf16 where the CPU has it natively, see :mod:`asymvq.precision`).
 
-        Raises ValueError naming every missing or mis-shaped tensor at once, and for a bad precision.
+        Raises ValueError naming every missing or mis-shaped tensor at once, and for a bad precision;
+        RuntimeError for bf16 on a CPU (or under an ISA cap) without AVX-512.
         """
         spec = _unet_spec(config)
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f'precision must be "fp32" or "bf16", got {precision!r}')
+        precision = resolve_precision(precision)
         core = _core.UNet(_c_config(spec), _unet_weights(weights), precision)
         return cls(spec, core)
 

@@ -30,6 +30,7 @@ from asymvq import checkpoint, config, convert, tables
 from asymvq.autoencoder import Autoencoder
 from asymvq.config import AutoencoderSpec, DiffusionSpec
 from fixtures import checkpoints, fixture_config, fixture_spec, random_tensor, state_dict_items  # noqa: F401
+from isa import needs_bf16
 from reference import vae_reference as ref
 
 FP32_TOL = 1e-4
@@ -136,6 +137,7 @@ def test_encoder_posterior_matches_diffusers_autoencoderkl(shape: tuple[int, int
     assert_fp32_close(logvar, want_logvar)
 
 
+@needs_bf16
 def test_encoder_in_bf16_stays_within_the_bf16_bound() -> None:
     image = inputs()["image"]
     mean, logvar = sd_autoencoder("bf16").posterior(image)
@@ -222,6 +224,7 @@ def test_decoder_without_condition_matches_the_spec_reference(size: str) -> None
     assert_fp32_close(run_decoder(size, False, x), reference_decode(size, False, x))
 
 
+@needs_bf16
 @pytest.mark.parametrize("size", ["base", "large2"])
 @pytest.mark.parametrize("condition", [True, False])
 def test_decoder_in_bf16_stays_within_the_bf16_bound(size: str, condition: bool) -> None:
@@ -314,6 +317,7 @@ def test_float16_weights_are_widened_to_float32() -> None:
     np.testing.assert_array_equal(ae.decode(z), want.decode(z))
 
 
+@needs_bf16
 def test_bf16_weights_are_accepted() -> None:
     bits = {k: checkpoint.float32_to_bf16(v.numpy()) for k, v in decoder_state("base").items()}
     ae = Autoencoder.from_config(decoder_config("base", False), bits, precision="bf16", parts="decoder")

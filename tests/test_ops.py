@@ -29,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asymvq._core import ops
+from isa import bf16
 
 
 def r(*shape: int, seed: int = 0) -> np.ndarray:
@@ -278,7 +279,7 @@ def test_read_only_inputs_are_accepted_and_give_the_same_result(name, make, kw) 
     np.testing.assert_array_equal(getattr(ops, name)(*arrays, **kw_ro), want)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", bf16("bf16")])
 @pytest.mark.parametrize("name, make, kw", CALL_PARAMS)
 def test_ops_never_write_into_their_inputs(name, make, kw, precision) -> None:
     arrays: List[np.ndarray] = make()
@@ -296,7 +297,7 @@ def test_results_are_new_arrays_not_views_of_inputs() -> None:
     assert not np.shares_memory(x, y)
 
 
-@pytest.mark.parametrize("spelling, same_as", [("float32", "fp32"), ("bfloat16", "bf16"), (None, "fp32")])
+@pytest.mark.parametrize("spelling, same_as", [("float32", "fp32"), bf16("bfloat16", "bf16"), (None, "fp32")])
 def test_precision_spellings(spelling: Any, same_as: str) -> None:
     x, w = r(1, 4, 5, 5), r(3, 4, 3, 3)
     np.testing.assert_array_equal(ops.conv2d(x, w, precision=spelling), ops.conv2d(x, w, precision=same_as))

@@ -18,6 +18,7 @@ import pytest
 
 from asymvq import bench
 from asymvq._core import ops
+from isa import BF16_RUNS
 
 
 def test_ops_table_has_both_times_and_their_ratio_per_op_and_precision(capsys: Any) -> None:
@@ -25,7 +26,7 @@ def test_ops_table_has_both_times_and_their_ratio_per_op_and_precision(capsys: A
     out = capsys.readouterr().out
     assert rc == 0
     rows = [line for line in out.splitlines() if line.startswith("unet timestep_embedding")]
-    assert [line.split()[3] for line in rows] == ["fp32", "bf16"]
+    assert [line.split()[3] for line in rows] == (["fp32", "bf16"] if BF16_RUNS else ["fp32"])
     for line in rows:
         assert re.search(r"(fp32|bf16)\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+ GB/s", line), line
 
@@ -44,7 +45,10 @@ def test_ops_reports_the_issue_targets_when_their_rows_ran(capsys: Any) -> None:
     out = capsys.readouterr().out
     assert rc == 0
     assert "3x3 conv 320->320 @64x64 fp32:" in out and "x torch's time (target <= 1.0)" in out
-    assert "bf16 conv 320->320 @64x64:" in out and "faster than fp32 (target >= 1.6)" in out
+    if BF16_RUNS:
+        assert "bf16 conv 320->320 @64x64:" in out and "faster than fp32 (target >= 1.6)" in out
+    else:  # below AVX-512 (the CPU or ONEDNN_MAX_CPU_ISA): said, not a crash
+        assert "bf16 needs AVX-512" in out and "timing fp32 only" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -81,7 +85,11 @@ def test_a_missing_model_benchmark_is_named(monkeypatch: Any, capsys: Any) -> No
 def test_roof_returns_positive_gflops_for_both_precisions() -> None:
     rf = bench.roof(shape=(256, 256, 256), repeat=1)
     assert set(rf) == {"fp32", "bf16"}
-    assert all(v > 0 and np.isfinite(v) for v in rf.values())
+    assert rf["fp32"] > 0 and np.isfinite(rf["fp32"])
+    if BF16_RUNS:
+        assert rf["bf16"] > 0 and np.isfinite(rf["bf16"])
+    else:  # no bf16 below AVX-512: not a number rather than a crash
+        assert np.isnan(rf["bf16"])
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from asymvq._core import ops
+from isa import bf16, needs_bf16
 
 FP32_BOUND = 1e-5
 BF16_BOUND = 1e-2
@@ -126,12 +127,13 @@ def test_conv_matches_torch_in_fp32_at_sd_shapes(n, ci, co, h, w, k, stride, pad
     assert check_conv(n, ci, co, h, w, k, stride, pad, "fp32") <= FP32_BOUND
 
 
+@needs_bf16
 @pytest.mark.parametrize("n, ci, co, h, w, k, stride, pad", conv_params(SD_CONVS))
 def test_conv_matches_torch_in_bf16_at_sd_shapes(n, ci, co, h, w, k, stride, pad) -> None:
     assert check_conv(n, ci, co, h, w, k, stride, pad, "bf16") <= BF16_BOUND
 
 
-@pytest.mark.parametrize("precision, bound", [("fp32", FP32_BOUND), ("bf16", BF16_BOUND)])
+@pytest.mark.parametrize("precision, bound", [("fp32", FP32_BOUND), bf16("bf16", BF16_BOUND)])
 @pytest.mark.parametrize("n, ci, co, h, w, k, stride, pad", conv_params(ODD_CONVS))
 def test_conv_matches_torch_at_odd_shapes(n, ci, co, h, w, k, stride, pad, precision, bound) -> None:
     assert check_conv(n, ci, co, h, w, k, stride, pad, precision) <= bound
@@ -183,7 +185,7 @@ FUSED = [
 ]
 
 
-@pytest.mark.parametrize("precision, bound", [("fp32", FP32_BOUND), ("bf16", BF16_BOUND)])
+@pytest.mark.parametrize("precision, bound", [("fp32", FP32_BOUND), bf16("bf16", BF16_BOUND)])
 @pytest.mark.parametrize("shape, act, residual", [pytest.param(*f[1:], id=f[0]) for f in FUSED])
 def test_conv_fuses_activation_and_residual_like_torch(shape, act, residual, precision, bound) -> None:
     n, ci, co, h, w, k, stride, pad = shape

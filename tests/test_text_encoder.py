@@ -24,6 +24,7 @@ from asymvq.tables import WeightsError
 from asymvq.text_encoder import TextEncoder
 from asymvq.tokenizer import CLIPTokenizer, VocabNotFoundError
 from fixtures import checkpoints, random_tensor  # noqa: F401  (session fixture)
+from isa import needs_bf16
 from reference import clip_vocab
 
 FP32_BOUND = 1e-4
@@ -115,6 +116,7 @@ def test_tiny_fp32_matches_transformers_on_padded_prompts(tiny, tiny_ref, tok):
     assert worst <= FP32_BOUND
 
 
+@needs_bf16
 def test_tiny_bf16_within_stated_bound(tiny_weights, tiny_ref, tok):
     enc = TextEncoder.from_config(TINY, tiny_weights, precision="bf16")
     ids = np.concatenate([random_ids(TINY, 2), tok(PROMPTS)])
@@ -328,6 +330,7 @@ def test_full_size_fp32_matches_transformers(full_case):
     assert worst <= FP32_BOUND
 
 
+@needs_bf16
 @pytest.mark.slow
 def test_full_size_bf16_within_stated_bound(full_case):
     weights, ids, want = full_case

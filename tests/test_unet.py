@@ -16,6 +16,7 @@ import torch
 
 from asymvq import checkpoint, config
 from asymvq.unet import UNet
+from isa import needs_bf16
 from reference.unet_reference import build_reference, random_unet_weights, reference_eps
 
 FP32_TOL = 1e-4
@@ -80,6 +81,7 @@ def test_fp32_matches_diffusers_on_a_non_square_latent_with_distinct_timesteps(w
     assert max_error(got, want) <= FP32_TOL
 
 
+@needs_bf16
 @pytest.mark.parametrize("which", ["t2i", "inpaint"])
 def test_bf16_stays_within_the_stated_bound_of_fp32_diffusers(which, request):
     spec, weights = request.getfixturevalue(which)

@@ -1,8 +1,17 @@
 #include "engine.h"
 
 #include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <stdatomic.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#define AVQ_X86 1
+#else
+#define AVQ_X86 0
+#endif
 
 static dnnl_engine_t g_engine;
 static dnnl_status_t g_engine_status = dnnl_runtime_error;
@@ -130,19 +139,134 @@ static const char *isa_name(dnnl_cpu_isa_t isa) {
     }
 }
 
+/* ---- the ISA decision --------------------------------------------------- */
+
+typedef struct cpu_features {
+    int avx2_fma, avx512, avx512_vnni, avx512_bf16, avx512_fp16, amx_bf16, avx, sse41;
+} cpu_features;
+
+#if AVQ_X86
+/* XCR0: which register states the OS saves (YMM, ZMM, AMX tiles). */
+static unsigned long long xcr0(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return 0; /* no OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+#endif
+
+static cpu_features cpu_probe(void) {
+    cpu_features f = {0};
+#if AVQ_X86
+    __builtin_cpu_init();
+    /* __builtin_cpu_supports also checks that the OS saves YMM / ZMM state. */
+    f.sse41 = __builtin_cpu_supports("sse4.1");
+    f.avx = __builtin_cpu_supports("avx");
+    f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    f.avx512 = f.avx2_fma && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    unsigned a, b, c, d;
+    if (f.avx512 && __get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        f.avx512_vnni = (c >> 11) & 1;
+        f.avx512_fp16 = (d >> 23) & 1;
+        const int tile = (d >> 24) & 1, tbf16 = (d >> 22) & 1;
+        if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = (a >> 5) & 1;
+        /* the AMX attention also rounds with AVX512-BF16; the OS must save XTILECFG and XTILEDATA */
+        f.amx_bf16 = tile && tbf16 && f.avx512_bf16 && (xcr0() & (3ull << 17)) == (3ull << 17);
+    }
+#endif
+    return f;
+}
+
+static const char *cpu_isa_name(const cpu_features *f) {
+    if (f->amx_bf16) return "avx512_core_amx";
+    if (f->avx512_fp16) return "avx512_core_fp16";
+    if (f->avx512_bf16) return "avx512_core_bf16";
+    if (f->avx512_vnni) return "avx512_core_vnni";
+    if (f->avx512) return "avx512_core";
+    if (f->avx2_fma) return "avx2";
+    if (f->avx) return "avx";
+    if (f->sse41) return "sse41";
+    return "baseline";
+}
+
+static avq_isa g_isa;
+static pthread_once_t g_isa_once = PTHREAD_ONCE_INIT;
+
+static void isa_init(void) {
+    const cpu_features f = cpu_probe();
+    /* oneDNN's effective ISA is min(CPU, cap); reading it also fixes the cap
+     * for the rest of the process, so both libraries keep the same answer. */
+    const dnnl_cpu_isa_t d = dnnl_get_effective_cpu_isa();
+    avq_isa_level dnnl_level = AVQ_ISA_BASELINE;
+    int dnnl_bf16 = 0, dnnl_amx = 0;
+    switch (d) {
+    case dnnl_cpu_isa_avx512_core_amx:
+    case dnnl_cpu_isa_avx512_core_amx_fp16: dnnl_amx = 1; /* fall through */
+    case dnnl_cpu_isa_avx512_core_bf16:
+    case dnnl_cpu_isa_avx512_core_fp16: dnnl_bf16 = 1; /* fall through */
+    case dnnl_cpu_isa_avx512_core:
+    case dnnl_cpu_isa_avx512_core_vnni: dnnl_level = AVQ_ISA_AVX512; break;
+    case dnnl_cpu_isa_avx2:
+    case dnnl_cpu_isa_avx2_vnni:
+    case dnnl_cpu_isa_avx2_vnni_2: dnnl_level = AVQ_ISA_AVX2; break;
+    default: break;
+    }
+    const avq_isa_level cpu_level = f.avx512 ? AVQ_ISA_AVX512 : f.avx2_fma ? AVQ_ISA_AVX2 : AVQ_ISA_BASELINE;
+    g_isa.level = cpu_level < dnnl_level ? cpu_level : dnnl_level;
+    g_isa.amx_bf16 = f.amx_bf16 && dnnl_amx && g_isa.level == AVQ_ISA_AVX512;
+    g_isa.bf16_native = g_isa.level == AVQ_ISA_AVX512 && dnnl_bf16 && (f.avx512_bf16 || f.amx_bf16);
+    g_isa.dnnl_isa = d;
+    g_isa.cpu_isa = cpu_isa_name(&f);
+}
+
+const avq_isa *avq_isa_get(void) {
+    pthread_once(&g_isa_once, isa_init);
+    return &g_isa;
+}
+
+const char *avq_isa_level_name(avq_isa_level level) {
+    switch (level) {
+    case AVQ_ISA_AVX512: return "avx512";
+    case AVQ_ISA_AVX2: return "avx2";
+    default: return "baseline";
+    }
+}
+
+const char *avq_isa_dnnl_name(void) { return isa_name(avq_isa_get()->dnnl_isa); }
+
+avq_status avq_check_bf16(void) {
+    const avq_isa *isa = avq_isa_get();
+    if (isa->level >= AVQ_ISA_AVX512) return AVQ_OK;
+    const char *cap = getenv("ONEDNN_MAX_CPU_ISA");
+    if (!cap || !cap[0]) cap = getenv("DNNL_MAX_CPU_ISA");
+    char why[160];
+    if (cap && cap[0])
+        snprintf(why, sizeof why, "oneDNN is capped at %s by ONEDNN_MAX_CPU_ISA=%s (the CPU has %s)",
+                 isa_name(isa->dnnl_isa), cap, isa->cpu_isa);
+    else
+        snprintf(why, sizeof why, "this CPU has %s", isa->cpu_isa);
+    return avq_error(AVQ_ERR_DNNL,
+                     "bf16 needs a CPU with AVX-512 (native bf16: AVX512_BF16 or AMX; plain AVX-512 emulates it) "
+                     "and %s: use precision \"fp32\", or \"auto\" to take bf16 only where the CPU has it natively",
+                     why);
+}
+
 avq_status avq_get_info(avq_info *info) {
     dnnl_engine_t e;
     AVQ_TRY(avq_engine_get(&e));
     const dnnl_version_t *v = dnnl_version();
-    dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    const avq_isa *isa = avq_isa_get();
     info->version = AVQ_VERSION;
     info->dnnl_major = v->major;
     info->dnnl_minor = v->minor;
     info->dnnl_patch = v->patch;
     info->dnnl_hash = v->hash;
-    info->isa = isa_name(isa);
+    info->isa = isa_name(isa->dnnl_isa);
+    info->cpu_isa = isa->cpu_isa;
+    info->kernel_isa = avq_isa_level_name(isa->level);
     info->num_threads = avq_get_num_threads();
-    info->bf16_native = (isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_fp16 ||
-                         isa == dnnl_cpu_isa_avx512_core_amx || isa == dnnl_cpu_isa_avx512_core_amx_fp16);
+    info->bf16_native = isa->bf16_native;
     return AVQ_OK;
 }

@@ -26,13 +26,46 @@ avq_status avq_throttle_openmp_spinning(int *team);
 void avq_pack_lock(void);
 void avq_pack_unlock(void);
 
+/* The instruction set asymvq's own kernels use. One decision per process,
+ * taken on first use from the CPU (CPUID, OS register support) and oneDNN's
+ * effective ISA, which already honours the ONEDNN_MAX_CPU_ISA cap: so with
+ * the cap at AVX2 nothing of asymvq executes AVX-512 or AMX, as nothing of
+ * oneDNN does. */
+typedef enum avq_isa_level {
+    AVQ_ISA_BASELINE = 0, /* x86-64 SSE2 (or a non-x86 CPU) */
+    AVQ_ISA_AVX2,         /* AVX2 + FMA */
+    AVQ_ISA_AVX512        /* AVX-512 F, BW, DQ, VL (oneDNN's avx512_core) */
+} avq_isa_level;
+
+typedef struct avq_isa {
+    avq_isa_level level;
+    int bf16_native; /* AVX512-BF16 or AMX-BF16 on the CPU and allowed by the cap */
+    int amx_bf16;    /* AMX-BF16 on the CPU and allowed by the cap (the OS grant is probed apart) */
+    dnnl_cpu_isa_t dnnl_isa;
+    const char *cpu_isa; /* the CPU's best ISA in oneDNN's names, from CPUID alone (no cap) */
+} avq_isa;
+
+/* Decided once; never NULL. */
+const avq_isa *avq_isa_get(void);
+const char *avq_isa_level_name(avq_isa_level level);
+/* oneDNN's name of its effective ISA ("avx2", "avx512_core_bf16", ...). */
+const char *avq_isa_dnnl_name(void);
+
+/* AVQ_OK where bf16 models can run: natively (AVX512-BF16, AMX) or as
+ * oneDNN's AVX-512 emulation. Elsewhere (oneDNN at AVX2 or below, by the CPU
+ * or the ONEDNN_MAX_CPU_ISA cap) oneDNN 3.2 has no bf16 matmul or convolution:
+ * AVQ_ERR_DNNL with a message that says so and suggests fp32. */
+avq_status avq_check_bf16(void);
+
 typedef struct avq_info {
     const char *version;
     int dnnl_major, dnnl_minor, dnnl_patch;
     const char *dnnl_hash;
-    const char *isa; /* what oneDNN dispatches to on this CPU */
+    const char *isa;        /* what oneDNN dispatches to (cap applied) */
+    const char *cpu_isa;    /* what the CPU has (cap not applied) */
+    const char *kernel_isa; /* asymvq's own kernels: "avx512", "avx2" or "baseline" */
     int num_threads;
-    int bf16_native; /* AVX512-BF16 or AMX available */
+    int bf16_native; /* AVX512-BF16 or AMX allowed */
 } avq_info;
 
 avq_status avq_get_info(avq_info *info);

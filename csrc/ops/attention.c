@@ -16,7 +16,7 @@
 
 #include "core/engine.h"
 #include "ops_internal.h"
-#include "vmath.h"
+#include "simd.h"
 
 #define ATTN_T 128
 
@@ -37,24 +37,6 @@ static int tokens_view(const avq_tensor *t, int64_t *B, int64_t *N, int64_t *C) 
 /* Copies a [rows, d] head slice (leading dim ld) into a dense f32 buffer. */
 static void widen(const void *src, avq_dtype dt, int64_t ld, int64_t rows, int64_t d, float *dst) {
     for (int64_t r = 0; r < rows; r++) avq_load_row(src, dt, r * ld, dst + r * d, d);
-}
-
-/* exp(scale * row - max) in place over [0, limit), zeros after; returns the
- * sum. The 1/sum normalisation is applied to the T x d output (f32 path) or
- * while rounding the probabilities (AMX path), not in an extra pass here. */
-AVQ_MULTIVERSION static float softmax_row_unnormalised(float *row, int64_t limit, int64_t M, float scale) {
-    float mx = -FLT_MAX;
-#pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < limit; j++) mx = scale * row[j] > mx ? scale * row[j] : mx;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < limit; j++) {
-        float e = avq_vexpf(scale * row[j] - mx);
-        row[j] = e;
-        sum += e;
-    }
-    for (int64_t j = limit; j < M; j++) row[j] = 0.f;
-    return sum;
 }
 
 /* The per-thread workspace of both tile loops: `per` floats per thread in the
@@ -191,6 +173,7 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
     const avq_dtype dt = q->dtype;
     const size_t es = avq_dtype_size(dt);
     int failed = 0;
+    float (*softmax_row)(float *, int64_t, int64_t, float) = avq_simd()->softmax_row_unnormalised;
 #pragma omp parallel num_threads(run_threads())
     {
         float *S = (float *)ws.data + per * omp_get_thread_num();
@@ -226,7 +209,7 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
             if (dnnl_sgemm('N', 'T', rows, M, d, scale, A, lda, K, ldk, 0.f, S, M) != dnnl_success) failed = 1;
             for (int64_t r = 0; r < rows; r++) {
                 int64_t limit = causal ? q0 + r + 1 : M;
-                inv[r] = 1.f / softmax_row_unnormalised(S + r * M, limit < M ? limit : M, M, 1.f);
+                inv[r] = 1.f / softmax_row(S + r * M, limit < M ? limit : M, M, 1.f);
             }
             float *out = wide ? ot : (float *)op;
             int64_t ldo = wide ? d : C;

@@ -9,12 +9,15 @@
  * f32; exp(score - max) is rounded to bf16 for P V (as a bf16 attention's
  * probabilities are) and the 1/sum is applied to the f32 output rows.
  *
+ * Used only where the process's ISA decision (core/engine.h) allows AMX, so
+ * ONEDNN_MAX_CPU_ISA below avx512_core_amx turns it off as it does oneDNN's.
  * Linux hands out the tile registers only on request (arch_prctl
  * ARCH_REQ_XCOMP_PERM), asked once; without it, or without AMX, the caller
  * keeps its widening path. */
 #include <float.h>
 #include <string.h>
 
+#include "core/engine.h"
 #include "ops_internal.h"
 #include "vmath.h"
 
@@ -22,19 +25,16 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <cpuid.h>
 
 #define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
+/* The ISA decision (core/engine.c) says whether the CPU has AMX-BF16 with the
+ * OS saving tile state and whether oneDNN's cap allows AMX; what is left is
+ * Linux's per-process grant of the tile data. */
 static int amx_probe(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    const int tile = (d >> 24) & 1, bf16 = (d >> 22) & 1;
-    if (!tile || !bf16) return 0;
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512bw")) return 0;
+    if (!avq_isa_get()->amx_bf16) return 0;
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 }
 

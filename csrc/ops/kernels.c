@@ -7,11 +7,11 @@
 #include <stdio.h>
 
 #include "ops_internal.h"
+#include "simd.h"
 #include "vmath.h"
 
 float avq_expf(float x) { return avq_vexpf(x); }
 
-static inline float silu(float x) { return x / (1.f + avq_vexpf(-x)); }
 static inline float gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
 #define ROW_CHUNK 1024
@@ -36,45 +36,6 @@ static const float *wdata_f32(const avq_weight *w, float *tmp, int64_t n) {
 /* Pixels per partial sum. Fixed (not per thread) so results do not depend on
  * the thread count. */
 #define GN_BLOCK 128
-
-/* Rows [r0, r0 + n) of an NHWC activation, C wide: acc[c] += x[r, c] (sq = 0)
- * or acc[c] += (x[r, c] - mean[c])^2 (sq = 1). */
-AVQ_MULTIVERSION static void gn_accumulate(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C,
-                                           const float *mean, float *acc, int sq) {
-    float buf[ROW_CHUNK];
-    for (int64_t r = r0; r < r0 + n; r++) {
-        for (int64_t k = 0; k < C; k += ROW_CHUNK) {
-            int64_t m = C - k < ROW_CHUNK ? C - k : ROW_CHUNK;
-            const float *v = buf;
-            if (dt == AVQ_F32)
-                v = (const float *)xd + r * C + k;
-            else
-                avq_load_row(xd, dt, r * C + k, buf, m);
-            float *a = acc + k;
-            if (sq) {
-                const float *mu = mean + k;
-#pragma omp simd
-                for (int64_t i = 0; i < m; i++) a[i] += (v[i] - mu[i]) * (v[i] - mu[i]);
-            } else {
-#pragma omp simd
-                for (int64_t i = 0; i < m; i++) a[i] += v[i];
-            }
-        }
-    }
-}
-
-/* v = (v - mu) * a + b, then SiLU if asked (the clamps in exp need AVX2 blends
- * to vectorise: hence the clones). */
-AVQ_MULTIVERSION static void gn_apply(float *v, const float *mu, const float *a, const float *b, int64_t m,
-                                      int silu_after) {
-    if (silu_after) {
-#pragma omp simd
-        for (int64_t i = 0; i < m; i++) v[i] = silu((v[i] - mu[i]) * a[i] + b[i]);
-    } else {
-#pragma omp simd
-        for (int64_t i = 0; i < m; i++) v[i] = (v[i] - mu[i]) * a[i] + b[i];
-    }
-}
 
 avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const avq_weight *gamma,
                           const avq_weight *beta, int groups, float eps, int silu_after) {
@@ -107,6 +68,7 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
          * parallel over pixel blocks and vectorised over channels; the block
          * sums are reduced per group in double, in a fixed order, serially
          * (N x nblk x C adds: small next to a pass, and one barrier fewer). */
+        const avq_simd_kernels *k = avq_simd();
         for (int pass = 0; pass < 2; pass++) {
 #pragma omp parallel for collapse(2) schedule(static)
             for (int64_t n = 0; n < N; n++) {
@@ -114,7 +76,7 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
                     float *acc = part + (n * nblk + b) * C;
                     int64_t r0 = b * GN_BLOCK, len = HW - r0 < GN_BLOCK ? HW - r0 : GN_BLOCK;
                     for (int64_t c = 0; c < C; c++) acc[c] = 0.f;
-                    gn_accumulate(xd, dt, n * HW + r0, len, C, M + n * C, acc, pass);
+                    k->gn_accumulate(xd, dt, n * HW + r0, len, C, M + n * C, acc, pass);
                 }
             }
             for (int64_t n = 0; n < N; n++) {
@@ -139,11 +101,11 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
         for (int64_t r = 0; r < rows; r++) {
             float buf[ROW_CHUNK];
             int64_t n = r / HW;
-            for (int64_t k = 0; k < C; k += ROW_CHUNK) {
-                int64_t m = C - k < ROW_CHUNK ? C - k : ROW_CHUNK;
-                avq_load_row(xd, dt, r * C + k, buf, m);
-                gn_apply(buf, M + n * C + k, A + n * C + k, bt + k, m, silu_after);
-                avq_store_row(yd, y->dtype, r * C + k, buf, m);
+            for (int64_t c0 = 0; c0 < C; c0 += ROW_CHUNK) {
+                int64_t m = C - c0 < ROW_CHUNK ? C - c0 : ROW_CHUNK;
+                avq_load_row(xd, dt, r * C + c0, buf, m);
+                k->gn_apply(buf, M + n * C + c0, A + n * C + c0, bt + c0, m, silu_after);
+                avq_store_row(yd, y->dtype, r * C + c0, buf, m);
             }
         }
     }
@@ -227,27 +189,8 @@ static avq_status same(const avq_tensor *a, const avq_tensor *y, const char *op)
     return AVQ_OK;
 }
 
-/* One activation over a row, the switch outside the loops so they vectorise. */
-AVQ_MULTIVERSION void avq_act_row(float *v, int64_t m, avq_act act) {
-    switch (act) {
-    case AVQ_ACT_RELU:
-#pragma omp simd
-        for (int64_t i = 0; i < m; i++) v[i] = v[i] > 0.f ? v[i] : 0.f;
-        break;
-    case AVQ_ACT_SILU:
-#pragma omp simd
-        for (int64_t i = 0; i < m; i++) v[i] = silu(v[i]);
-        break;
-    case AVQ_ACT_QUICK_GELU:
-#pragma omp simd
-        for (int64_t i = 0; i < m; i++) v[i] = v[i] / (1.f + avq_vexpf(-1.702f * v[i]));
-        break;
-    case AVQ_ACT_GELU:
-        for (int64_t i = 0; i < m; i++) v[i] = gelu(v[i]); /* erff: scalar */
-        break;
-    default: break;
-    }
-}
+/* One activation over a row, by the kernels of this process's ISA level. */
+void avq_act_row(float *v, int64_t m, avq_act act) { avq_simd()->act_row(v, m, act); }
 
 avq_status avq_activation(avq_plan *p, const avq_tensor *x, avq_tensor *y, avq_act act) {
     AVQ_TRY(same(x, y, "activation"));

@@ -2,6 +2,7 @@
  * plus the small helpers the primitive-based ops share. */
 #include <stdio.h>
 
+#include "core/engine.h"
 #include "ops_internal.h"
 
 const char *avq_act_name(avq_act act) {
@@ -13,6 +14,14 @@ const char *avq_act_name(avq_act act) {
     case AVQ_ACT_QUICK_GELU: return "quick_gelu";
     }
     return "?";
+}
+
+avq_status avq_dnnl_error(dnnl_status_t s, const char *what) {
+    if (s == dnnl_unimplemented)
+        return avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed: not implemented for these data types at ISA %s (status %d)%s",
+                         what, avq_isa_dnnl_name(), (int)s,
+                         avq_isa_get()->level < AVQ_ISA_AVX512 ? "; bf16 needs AVX-512: use fp32" : "");
+    return avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed (status %d)", what, (int)s);
 }
 
 avq_status avq_post_act(dnnl_post_ops_t po, avq_act act) {

@@ -8,10 +8,14 @@
     do {                                                                      \
         dnnl_status_t avq_dnnl_s_ = (call);                                   \
         if (avq_dnnl_s_ != dnnl_success) {                                    \
-            st = avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed (status %d)", what, (int)avq_dnnl_s_); \
+            st = avq_dnnl_error(avq_dnnl_s_, what);                           \
             goto done;                                                        \
         }                                                                     \
     } while (0)
+
+/* The message of a failed oneDNN call; "unimplemented" also names the ISA
+ * oneDNN runs at, the usual reason (bf16 below AVX-512, say). */
+avq_status avq_dnnl_error(dnnl_status_t s, const char *what);
 
 /* New primitive attributes with the scratchpad in user mode (every plan step
  * runs on the plan's own scratchpad). Caller destroys *attr. */

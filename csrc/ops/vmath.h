@@ -1,4 +1,5 @@
-/* Branch-free float math that compilers vectorise, for the OpenMP kernels. */
+/* Branch-free float math that compilers vectorise, for the OpenMP kernels (the
+ * vectorised loops themselves live in simd_body.h, one copy per ISA level). */
 #ifndef AVQ_VMATH_H
 #define AVQ_VMATH_H
 
@@ -25,12 +26,5 @@ static inline float avq_vexpf(float x) {
     memcpy(&s, &bits, 4);
     return p * s;
 }
-
-/* Hot loops get AVX-512 and AVX2 clones picked at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define AVQ_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define AVQ_MULTIVERSION
-#endif
 
 #endif

@@ -19,7 +19,7 @@
 
 #include "core/engine.h"
 #include "ops_internal.h"
-#include "vmath.h"
+#include "simd.h"
 
 /* V + M per chunk: a quarter of the input and output's own size, at most
  * 16 MiB, so the workspace grows slower than the activations (tiled decodes
@@ -95,46 +95,9 @@ static avq_status transform_weights(const avq_weight *w, float *u, void *ctx) {
     return AVQ_OK;
 }
 
-/* v[a][c] = (B^T d B)[a] over one tile's 16 input rows d,
- * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. */
-AVQ_MULTIVERSION static void input_tile(const float *const *d, float *const *v, int64_t C) {
-#pragma omp simd
-    for (int64_t c = 0; c < C; c++) {
-        float t[4][4];
-        for (int j = 0; j < 4; j++) {
-            t[0][j] = d[j][c] - d[8 + j][c];
-            t[1][j] = d[4 + j][c] + d[8 + j][c];
-            t[2][j] = d[8 + j][c] - d[4 + j][c];
-            t[3][j] = d[4 + j][c] - d[12 + j][c];
-        }
-        for (int i = 0; i < 4; i++) {
-            v[i * 4 + 0][c] = t[i][0] - t[i][2];
-            v[i * 4 + 1][c] = t[i][1] + t[i][2];
-            v[i * 4 + 2][c] = t[i][2] - t[i][1];
-            v[i * 4 + 3][c] = t[i][1] - t[i][3];
-        }
-    }
-}
-
-/* y[k][c] = (A^T m A)[k] + bias[c] + a[k][c] over one tile, A^T = [1 1 1 0; 0 1 -1 -1]. */
-AVQ_MULTIVERSION static void output_tile(const float *const *m, float *const *y, const float *bias,
-                                         const float *const *a, int64_t C) {
-#pragma omp simd
-    for (int64_t c = 0; c < C; c++) {
-        float t[2][4];
-        for (int j = 0; j < 4; j++) {
-            t[0][j] = m[j][c] + m[4 + j][c] + m[8 + j][c];
-            t[1][j] = m[4 + j][c] - m[8 + j][c] - m[12 + j][c];
-        }
-        for (int i = 0; i < 2; i++) {
-            y[i * 2 + 0][c] = t[i][0] + t[i][1] + t[i][2] + bias[c] + a[i * 2 + 0][c];
-            y[i * 2 + 1][c] = t[i][1] - t[i][2] - t[i][3] + bias[c] + a[i * 2 + 1][c];
-        }
-    }
-}
-
 static void input_chunk(const wino_shape *s, const float *x, int64_t t0, const float *zeros, float *V) {
     const int64_t per_img = s->th * s->tw, nt = s->tiles - t0 < s->chunk ? s->tiles - t0 : s->chunk;
+    const avq_simd_kernels *k = avq_simd();
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < s->chunk; r++) {
         float *v[16];
@@ -153,7 +116,7 @@ static void input_chunk(const wino_shape *s, const float *x, int64_t t0, const f
                 d[i * 4 + j] = in ? x + ((n * s->h + yy) * s->w + xx) * s->ci : zeros;
             }
         }
-        input_tile(d, v, s->ci);
+        k->wino_input_tile(d, v, s->ci);
     }
 }
 
@@ -168,6 +131,7 @@ typedef struct out_args {
 static void output_chunk(const wino_shape *s, const float *M, int64_t t0, const float *zeros, const out_args *o,
                          float *y) {
     const int64_t per_img = s->th * s->tw, nt = s->tiles - t0 < s->chunk ? s->tiles - t0 : s->chunk;
+    const avq_simd_kernels *k = avq_simd();
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < nt; r++) {
         float *spill = o->spill + omp_get_thread_num() * s->co;
@@ -187,7 +151,7 @@ static void output_chunk(const wino_shape *s, const float *M, int64_t t0, const 
                      : valid[k]                        ? o->add + off
                                                        : zeros;
         }
-        output_tile(m, out, o->bias, add, s->co);
+        k->wino_output_tile(m, out, o->bias, add, s->co);
         if (o->act == AVQ_ACT_NONE) continue;
         for (int k = 0; k < 4; k++) { /* act first, then the add: the fused order of the direct path */
             if (!valid[k]) continue;

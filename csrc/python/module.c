@@ -93,9 +93,10 @@ static PyObject *py_info(PyObject *self, PyObject *noargs) {
     if (st != AVQ_OK) return avq_py_raise(st);
     char dnnl[64];
     snprintf(dnnl, sizeof dnnl, "%d.%d.%d", info.dnnl_major, info.dnnl_minor, info.dnnl_patch);
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:i,s:O,s:O}", "version", info.version, "onednn_version", dnnl,
-                         "onednn_hash", info.dnnl_hash, "isa", info.isa, "num_threads", info.num_threads,
-                         "bf16_native", info.bf16_native ? Py_True : Py_False, "amx_attention",
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:O,s:O}", "version", info.version, "onednn_version", dnnl,
+                         "onednn_hash", info.dnnl_hash, "isa", info.isa, "cpu_isa", info.cpu_isa, "kernel_isa",
+                         info.kernel_isa, "num_threads", info.num_threads, "bf16_native",
+                         info.bf16_native ? Py_True : Py_False, "amx_attention",
                          avq_attention_uses_amx() ? Py_True : Py_False);
 }
 
@@ -127,8 +128,22 @@ static PyObject *py_throttle_openmp_spinning(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(team);
 }
 
+static PyObject *py_check_precision(PyObject *self, PyObject *arg) {
+    (void)self;
+    avq_dtype dt;
+    if (avq_py_precision(arg, &dt) < 0) return NULL;
+    /* the models call this before reading any weight, rather than fail on a raw descriptor later */
+    if (dt == AVQ_BF16) {
+        avq_status st = avq_check_bf16();
+        if (st != AVQ_OK) return avq_py_raise(st);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
-    {"info", py_info, METH_NOARGS, "Versions, the CPU ISA oneDNN dispatches to, and the thread count."},
+    {"info", py_info, METH_NOARGS, "Versions, the ISA that oneDNN and asymvq's kernels run (the cap applied), bf16/AMX paths, threads."},
+    {"check_precision", py_check_precision, METH_O,
+     "Raises what a model would for this precision (ValueError: unknown; RuntimeError: bf16 cannot run here)."},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads for oneDNN and asymvq's OpenMP kernels."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Threads used by compute calls."},
     {"throttle_openmp_spinning", py_throttle_openmp_spinning, METH_NOARGS,

@@ -153,6 +153,15 @@ static void test_engine_info_and_threads(void) {
     CHECK(info.dnnl_major == 3, "oneDNN major %d", info.dnnl_major);
     CHECK(strcmp(info.version, AVQ_VERSION) == 0, "version");
     CHECK(info.isa && info.isa[0], "isa");
+    /* one ISA decision: what info reports is what the kernels use; bf16 exactly from AVX-512 up */
+    const avq_isa *isa = avq_isa_get();
+    CHECK(isa == avq_isa_get(), "decided once");
+    CHECK(strcmp(info.kernel_isa, avq_isa_level_name(isa->level)) == 0, "kernel isa %s", info.kernel_isa);
+    CHECK(info.cpu_isa && info.cpu_isa[0], "cpu isa");
+    CHECK(!isa->bf16_native || isa->level == AVQ_ISA_AVX512, "native bf16 implies AVX-512");
+    CHECK(!isa->amx_bf16 || isa->bf16_native, "AMX implies native bf16");
+    CHECK((avq_check_bf16() == AVQ_OK) == (isa->level == AVQ_ISA_AVX512), "bf16 allowed exactly at AVX-512");
+    if (isa->level != AVQ_ISA_AVX512) CHECK(strstr(avq_last_error(), "fp32") != NULL, "says fp32: %s", avq_last_error());
     int n = avq_get_num_threads();
     CHECK(n >= 1, "threads %d", n);
     CHECK(avq_set_num_threads(0) == AVQ_ERR_ARG, "0 threads refused");
@@ -396,7 +405,7 @@ static void test_conv2d_matches_naive_loops(void) {
         char name[32];
         snprintf(name, sizeof name, "conv case %zu", i);
         check_conv_case(name, &cases[i], AVQ_F32, 1e-5);
-        check_conv_case(name, &cases[i], AVQ_BF16, 2e-2);
+        if (avq_check_bf16() == AVQ_OK) check_conv_case(name, &cases[i], AVQ_BF16, 2e-2); /* bf16 from AVX-512 up */
     }
 }
 
@@ -542,7 +551,7 @@ static void test_linear_matches_naive_loops(void) {
     avq_weight w, b;
     avq_weight_init(&w, "fc.weight", AVQ_F32, 2, DIMS(n, k), wd);
     avq_weight_init(&b, "fc.bias", AVQ_F32, 1, DIMS(n), bd);
-    for (int d = 0; d < 2; d++) {
+    for (int d = 0; d < (avq_check_bf16() == AVQ_OK ? 2 : 1); d++) { /* bf16 from AVX-512 up */
         lin_ctx c = {.w = &w, .b = &b, .act = AVQ_ACT_GELU, .dt = d ? AVQ_BF16 : AVQ_F32};
         c.x = ext_tensor(2, DIMS(rows, k), x);
         c.y = ext_tensor(2, DIMS(rows, n), y);

@@ -1,0 +1,186 @@
+/* The bodies of simd.h's kernels. Included once per ISA level, after a target
+ * pragma, with AVQ_SIMD_TABLE naming the table to define: every function here
+ * is static, so each level gets its own copies. Loops are written for the
+ * auto-vectoriser (omp simd, branch-free exp). */
+#include <math.h>
+#include <string.h>
+
+#include "core/tensor.h"
+#include "simd.h"
+#include "vmath.h"
+
+#if !defined(AVQ_SIMD_TABLE) || !defined(AVQ_SIMD_WIDTH)
+#error "define AVQ_SIMD_TABLE and AVQ_SIMD_WIDTH (floats per vector) before including simd_body.h"
+#endif
+
+#define SIMD_ROW_CHUNK 1024
+
+static inline float simd_silu(float x) { return x / (1.f + avq_vexpf(-x)); }
+static inline float simd_gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
+
+/* avq_vexpf on AVQ_SIMD_WIDTH lanes with GCC vector extensions: GCC will not
+ * if-convert the scalar form's clamps without AVX-512 masks (AVX2 and SSE2
+ * loops stayed scalar), so the clamps here are explicit selects. NaN stays
+ * NaN (it fails both compares). Same polynomial, so the same values. */
+typedef float vf_t __attribute__((vector_size(4 * AVQ_SIMD_WIDTH)));
+typedef int32_t vi_t __attribute__((vector_size(4 * AVQ_SIMD_WIDTH)));
+#define VW AVQ_SIMD_WIDTH
+
+static inline vf_t vf_load(const float *p) {
+    vf_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void vf_store(float *p, vf_t v) { memcpy(p, &v, sizeof v); }
+static inline vf_t vf_select(vi_t mask, vf_t a, vf_t b) { return (vf_t)(((vi_t)a & mask) | ((vi_t)b & ~mask)); }
+
+static inline vf_t vexp(vf_t x) {
+    const vf_t zero = {0};
+    x = vf_select(x < -87.f, zero - 87.f, x);
+    x = vf_select(x > 88.f, zero + 88.f, x);
+    vf_t t = x * 1.44269504088896341f;
+    vf_t n = (t + 12582912.f) - 12582912.f; /* round to nearest */
+    vf_t r = x - n * 0.693145751953125f;
+    r = r - n * 1.42860682030941723e-06f;
+    vf_t p = zero + 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    vi_t bits = (__builtin_convertvector(n, vi_t) + 127) << 23;
+    return p * (vf_t)bits;
+}
+
+static inline vf_t vsilu(vf_t x) { return x / (1.f + vexp(-x)); }
+
+static void gn_accumulate(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C, const float *mean,
+                          float *acc, int sq) {
+    float buf[SIMD_ROW_CHUNK];
+    for (int64_t r = r0; r < r0 + n; r++) {
+        for (int64_t k = 0; k < C; k += SIMD_ROW_CHUNK) {
+            int64_t m = C - k < SIMD_ROW_CHUNK ? C - k : SIMD_ROW_CHUNK;
+            const float *v = buf;
+            if (dt == AVQ_F32)
+                v = (const float *)xd + r * C + k;
+            else
+                avq_load_row(xd, dt, r * C + k, buf, m);
+            float *a = acc + k;
+            if (sq) {
+                const float *mu = mean + k;
+#pragma omp simd
+                for (int64_t i = 0; i < m; i++) a[i] += (v[i] - mu[i]) * (v[i] - mu[i]);
+            } else {
+#pragma omp simd
+                for (int64_t i = 0; i < m; i++) a[i] += v[i];
+            }
+        }
+    }
+}
+
+static void gn_apply(float *v, const float *mu, const float *a, const float *b, int64_t m, int silu_after) {
+    if (silu_after) {
+        int64_t i = 0;
+        for (; i + VW <= m; i += VW)
+            vf_store(v + i, vsilu((vf_load(v + i) - vf_load(mu + i)) * vf_load(a + i) + vf_load(b + i)));
+        for (; i < m; i++) v[i] = simd_silu((v[i] - mu[i]) * a[i] + b[i]);
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) v[i] = (v[i] - mu[i]) * a[i] + b[i];
+    }
+}
+
+/* The switch outside the loops so they vectorise. */
+static void act_row(float *v, int64_t m, avq_act act) {
+    switch (act) {
+    case AVQ_ACT_RELU:
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) v[i] = v[i] > 0.f ? v[i] : 0.f;
+        break;
+    case AVQ_ACT_SILU: {
+        int64_t i = 0;
+        for (; i + VW <= m; i += VW) vf_store(v + i, vsilu(vf_load(v + i)));
+        for (; i < m; i++) v[i] = simd_silu(v[i]);
+        break;
+    }
+    case AVQ_ACT_QUICK_GELU: {
+        int64_t i = 0;
+        for (; i + VW <= m; i += VW) {
+            vf_t x = vf_load(v + i);
+            vf_store(v + i, x / (1.f + vexp(x * -1.702f)));
+        }
+        for (; i < m; i++) v[i] = v[i] / (1.f + avq_vexpf(-1.702f * v[i]));
+        break;
+    }
+    case AVQ_ACT_GELU:
+        for (int64_t i = 0; i < m; i++) v[i] = simd_gelu(v[i]); /* erff: scalar */
+        break;
+    default: break;
+    }
+}
+
+/* The 1/sum normalisation is left to the caller (it goes onto the T x d
+ * output, not an extra pass over the T x M scores). */
+static float softmax_row_unnormalised(float *row, int64_t limit, int64_t M, float scale) {
+    float mx = -3.40282347e38f;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < limit; j++) mx = scale * row[j] > mx ? scale * row[j] : mx;
+    vf_t vsum = {0};
+    int64_t j = 0;
+    for (; j + VW <= limit; j += VW) {
+        vf_t e = vexp(vf_load(row + j) * scale - mx);
+        vf_store(row + j, e);
+        vsum += e;
+    }
+    float sum = 0.f;
+    for (int l = 0; l < VW; l++) sum += vsum[l];
+    for (; j < limit; j++) {
+        float e = avq_vexpf(scale * row[j] - mx);
+        row[j] = e;
+        sum += e;
+    }
+    for (int64_t j = limit; j < M; j++) row[j] = 0.f;
+    return sum;
+}
+
+/* v[a][c] = (B^T d B)[a], B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. */
+static void wino_input_tile(const float *const *d, float *const *v, int64_t C) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        float t[4][4];
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = d[j][c] - d[8 + j][c];
+            t[1][j] = d[4 + j][c] + d[8 + j][c];
+            t[2][j] = d[8 + j][c] - d[4 + j][c];
+            t[3][j] = d[4 + j][c] - d[12 + j][c];
+        }
+        for (int i = 0; i < 4; i++) {
+            v[i * 4 + 0][c] = t[i][0] - t[i][2];
+            v[i * 4 + 1][c] = t[i][1] + t[i][2];
+            v[i * 4 + 2][c] = t[i][2] - t[i][1];
+            v[i * 4 + 3][c] = t[i][1] - t[i][3];
+        }
+    }
+}
+
+/* y[k][c] = (A^T m A)[k] + bias[c] + a[k][c], A^T = [1 1 1 0; 0 1 -1 -1]. */
+static void wino_output_tile(const float *const *m, float *const *y, const float *bias, const float *const *a,
+                             int64_t C) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        float t[2][4];
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = m[j][c] + m[4 + j][c] + m[8 + j][c];
+            t[1][j] = m[4 + j][c] - m[8 + j][c] - m[12 + j][c];
+        }
+        for (int i = 0; i < 2; i++) {
+            y[i * 2 + 0][c] = t[i][0] + t[i][1] + t[i][2] + bias[c] + a[i * 2 + 0][c];
+            y[i * 2 + 1][c] = t[i][1] - t[i][2] - t[i][3] + bias[c] + a[i * 2 + 1][c];
+        }
+    }
+}
+
+const avq_simd_kernels AVQ_SIMD_TABLE = {
+    AVQ_SIMD_NAME, gn_accumulate, gn_apply, act_row, softmax_row_unnormalised, wino_input_tile, wino_output_tile,
+};
