@@ -21,6 +21,7 @@ avq_weight avq_weight_rows(const avq_weight *w, int64_t r0, int64_t n) {
     v.dims[0] = n;
     v.data = (const char *)w->data + (size_t)(r0 * row) * avq_dtype_size(w->dtype);
     v.packed = NULL;
+    v.own = NULL;
     return v;
 }
 
@@ -40,6 +41,43 @@ void avq_weight_release(avq_weight *w) {
         p = next;
     }
     w->packed = NULL;
+    free(w->own);
+    w->own = NULL;
+    w->data = NULL;
+}
+
+avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfinite) {
+    const int64_t n = avq_weight_numel(w);
+    *nonfinite = 0;
+    if (!w->data || w->own) return AVQ_OK;
+    const int narrow = store == AVQ_BF16 && w->dtype == AVQ_F32;
+    const avq_dtype dt = narrow ? AVQ_BF16 : w->dtype;
+    const size_t bytes = (size_t)n * avq_dtype_size(dt);
+    /* 64-byte aligned like oneDNN's own buffers; aligned_alloc wants a multiple. */
+    void *buf = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!buf) return avq_error(AVQ_ERR_MEMORY, "out of memory copying weight %s (%zu bytes)", w->name ? w->name : "?", bytes);
+    int64_t bad = 0;
+    if (w->dtype == AVQ_F32) {
+        const uint32_t *src = w->data;
+        /* Inf/NaN: all exponent bits set. */
+        for (int64_t i = 0; i < n; i++) bad += (src[i] & 0x7f800000u) == 0x7f800000u;
+        if (narrow) {
+            const float *f = w->data;
+            uint16_t *dst = buf;
+            for (int64_t i = 0; i < n; i++) dst[i] = avq_f32_to_bf16(f[i]);
+        } else {
+            memcpy(buf, w->data, bytes);
+        }
+    } else {
+        const uint16_t *src = w->data;
+        for (int64_t i = 0; i < n; i++) bad += (src[i] & 0x7f80u) == 0x7f80u;
+        memcpy(buf, w->data, bytes);
+    }
+    w->own = buf;
+    w->data = buf;
+    w->dtype = dt;
+    *nonfinite = bad;
+    return AVQ_OK;
 }
 
 static avq_status reorder(dnnl_engine_t eng, const_dnnl_memory_desc_t src_md, const void *src,

@@ -7,8 +7,8 @@
  *   .encode(image, noise=None) -> (mean, logvar) or (mean, logvar, sample)
  *   .decode(latent, image=None, mask=None) -> image
  *
- * Arrays are float32 NCHW. The object keeps a reference to the weights dict
- * (the model borrows its arrays) and up to MAX_PLANS plans, one per (task,
+ * Arrays are float32 NCHW. The model copies the weights it needs while it is
+ * built (the dict is not kept) and keeps up to MAX_PLANS plans, one per (task,
  * batch, height, width), the oldest dropped first: a decoder plan's arena can
  * hold gigabytes. Runs release the GIL and are serialised by a lock, because a
  * plan's arena is not re-entrant. */
@@ -28,7 +28,6 @@ typedef struct plan_entry {
 typedef struct {
     PyObject_HEAD
     avq_autoencoder *model; /* owned */
-    PyObject *weights;      /* owned reference: the arrays the model borrows */
     plan_entry plans[MAX_PLANS];
     size_t nplans;
     PyThread_type_lock lock; /* serialises runs */
@@ -43,7 +42,6 @@ static void ae_dealloc(AutoencoderObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     ae_clear_plans(self);
     avq_autoencoder_destroy(self->model);
-    Py_XDECREF(self->weights);
     if (self->lock) PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -183,8 +181,6 @@ static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         Py_DECREF(self);
         return avq_py_raise(st);
     }
-    Py_INCREF(weights);
-    self->weights = weights;
     return (PyObject *)self;
 }
 

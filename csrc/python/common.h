@@ -31,8 +31,8 @@ PyObject *avq_ops_module(void);
 
 /* A weight source over a dict {checkpoint name: ndarray}: float32 arrays are
  * f32 weights, uint16 arrays are bf16 bit patterns (asymvq.checkpoint's form).
- * Arrays must be C-contiguous; the dict must outlive model creation and the
- * model (the model objects keep a reference). Call with the GIL held. */
+ * Arrays must be C-contiguous; the dict is read only during model creation
+ * (the model copies every weight). Call with the GIL held. */
 void avq_py_dict_source(avq_weight_source *src, PyObject *dict);
 
 /* Registration hooks, one per model family binding file. */

@@ -4,8 +4,8 @@
  *   UNet(config: dict, weights: dict, precision="fp32")
  *   unet(x f32 [B, C, h, w], t f32 [B], context f32 [B, L, D]) -> eps f32 [B, out, h, w]
  *
- * The object keeps a reference to the weights dict (the C model borrows the
- * arrays) and caches one plan per input shape (the most recent MAX_PLANS), so
+ * The C model copies its weights while it is built (the dict is not kept) and
+ * caches one plan per input shape (the most recent MAX_PLANS), so
  * repeated calls at one shape only run. The GIL is released around compute.
  *
  * For the sampler's C loop (csrc/python/sampler_binding.c):
@@ -35,7 +35,6 @@ typedef struct cached_plan {
 typedef struct {
     PyObject_HEAD
     avq_unet *unet;   /* owned */
-    PyObject *weights; /* owned reference: the arrays the unet borrows */
     cached_plan plans[MAX_PLANS];
     unsigned long long clock;
     int busy; /* a call is running with the GIL released */
@@ -130,8 +129,6 @@ static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         Py_DECREF(self);
         return avq_py_raise(st);
     }
-    Py_INCREF(weights);
-    self->weights = weights;
     return (PyObject *)self;
 }
 
@@ -148,7 +145,6 @@ static void unet_dealloc(UNetObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     clear_plans(self);
     avq_unet_destroy(self->unet);
-    Py_XDECREF(self->weights);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
