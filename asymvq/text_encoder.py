@@ -132,16 +132,20 @@ class TextEncoder:
             raise ValueError(f"precision must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}")
         self._spec = spec
         self._precision = precision
-        self._core = _core.TextEncoder(
-            dict(weights),
-            vocab_size=spec.vocab_size,
-            width=spec.width,
-            layers=spec.layers,
-            heads=spec.heads,
-            mlp=spec.mlp,
-            max_positions=spec.max_positions,
-            eps=float(spec.eps),
-            precision=precision,
+        arrays = dict(weights)
+        self._core = tables.build_model(
+            lambda: _core.TextEncoder(
+                arrays,
+                vocab_size=spec.vocab_size,
+                width=spec.width,
+                layers=spec.layers,
+                heads=spec.heads,
+                mlp=spec.mlp,
+                max_positions=spec.max_positions,
+                eps=float(spec.eps),
+                precision=precision,
+            ),
+            arrays,
         )
         self._vocab = vocab
         self._embedded_vocab = embedded_vocab

@@ -89,8 +89,13 @@ size_t avq_plan_scratch_bytes(const avq_plan *p) { return p->scratch_bytes; }
 size_t avq_plan_num_steps(const avq_plan *p) { return p->nsteps; }
 dnnl_engine_t avq_plan_engine(const avq_plan *p) { return p->engine; }
 
+static _Thread_local const volatile int *thread_abort_flag; /* borrowed */
+
 void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag) { p->abort_flag = flag; }
-int avq_plan_aborted(const avq_plan *p) { return p->abort_flag && *p->abort_flag; }
+void avq_plan_set_thread_abort_flag(const volatile int *flag) { thread_abort_flag = flag; }
+int avq_plan_aborted(const avq_plan *p) {
+    return (p->abort_flag && *p->abort_flag) || (thread_abort_flag && *thread_abort_flag);
+}
 
 static void *aligned(size_t bytes) {
     if (bytes == 0) bytes = ARENA_ALIGN;
@@ -199,6 +204,9 @@ avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout 
 }
 
 avq_status avq_plan_step(avq_plan *p, int kind, avq_step **out) {
+    /* Every op asks for its step first: the one place to notice an abort
+     * between layers, building or running. */
+    if (avq_plan_aborted(p)) return avq_error(AVQ_ERR_ABORTED, "interrupted");
     if (p->state == PLAN_BUILDING) {
         if (p->nsteps == p->cap_steps) {
             size_t cap = p->cap_steps ? 2 * p->cap_steps : 64;

@@ -264,14 +264,18 @@ static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw
     avq_status st;
     const float *ip = PyArray_DATA(image), *np_ = noise ? PyArray_DATA(noise) : NULL;
     float *mp = PyArray_DATA(mean), *lp = PyArray_DATA(logvar), *sp = sample ? PyArray_DATA(sample) : NULL;
+    if (avq_py_interrupt_begin() < 0) goto done;
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     avq_autoencoder_plan *plan = NULL;
     st = ae_plan(self, AVQ_AE_ENCODE, B, H, W, &plan);
     if (st == AVQ_OK) st = avq_autoencoder_encode(self->model, plan, ip, np_, mp, lp, sp);
+    avq_plan_set_thread_abort_flag(NULL);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
-        avq_py_raise(st);
+        avq_py_raise_run(st);
         goto done;
     }
     ret = sample ? PyTuple_Pack(3, mean, logvar, sample) : PyTuple_Pack(2, mean, logvar);
@@ -328,14 +332,18 @@ static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw
     const float *zp = PyArray_DATA(z), *ip = image ? PyArray_DATA(image) : NULL, *mp = mask ? PyArray_DATA(mask) : NULL;
     float *op = PyArray_DATA(out);
     avq_ae_task task = cond ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE;
+    if (avq_py_interrupt_begin() < 0) goto done;
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     avq_autoencoder_plan *plan = NULL;
     st = ae_plan(self, task, B, H, W, &plan);
     if (st == AVQ_OK) st = avq_autoencoder_decode(self->model, plan, zp, ip, mp, op);
+    avq_plan_set_thread_abort_flag(NULL);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
-        avq_py_raise(st);
+        avq_py_raise_run(st);
         goto done;
     }
     ret = (PyObject *)out;

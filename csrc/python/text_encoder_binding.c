@@ -151,15 +151,23 @@ static PyObject *te_run(TextEncoderObject *self, PyObject *ids_obj) {
     avq_status st;
     const int32_t *idp = PyArray_DATA(ids);
     float *op = PyArray_DATA(out);
+    if (avq_py_interrupt_begin() < 0) {
+        Py_DECREF(ids);
+        Py_DECREF(out);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     avq_text_encoder_plan *plan = NULL;
     st = te_plan(self, B, L, &plan);
     if (st == AVQ_OK) st = avq_text_encoder_run(self->model, plan, idp, op);
+    avq_plan_set_thread_abort_flag(NULL);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS Py_DECREF(ids);
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
         Py_DECREF(out);
-        return avq_py_raise(st);
+        return avq_py_raise_run(st);
     }
     return (PyObject *)out;
 }

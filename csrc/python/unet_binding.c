@@ -204,13 +204,17 @@ static PyObject *unet_call(UNetObject *self, PyObject *args, PyObject *kwds) {
     }
     avq_plan *plan = slot->plan;
     avq_status st;
+    if (avq_py_interrupt_begin() < 0) goto done;
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     st = avq_unet_run(self->unet, plan, &tx, &tt, &tc, &te);
+    avq_plan_set_thread_abort_flag(NULL);
     Py_END_ALLOW_THREADS
     self->busy = 0;
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
-        avq_py_raise(st);
+        avq_py_raise_run(st);
         goto done;
     }
     ret = (PyObject *)eps;
