@@ -71,4 +71,13 @@ avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nha
 
 dnnl_engine_t avq_plan_engine(const avq_plan *p);
 
+/* AVQ_ERR_MEMORY unless a few tens of MiB of address space are left: oneDNN
+ * 3.2 crashes instead of failing when it runs out while creating a descriptor
+ * or primitive (plan.c says how), so creation is not attempted without room.
+ * `what` ends the message ("... left to <what>"). */
+avq_status avq_memory_headroom(const char *what);
+/* dnnl_primitive_create behind that check; a failure for lack of memory is
+ * AVQ_ERR_MEMORY and does not stay in oneDNN's primitive cache. */
+avq_status avq_primitive_create(dnnl_primitive_t *prim, const_dnnl_primitive_desc_t pd, const char *what);
+
 #endif

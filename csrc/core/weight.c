@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "engine.h"
+#include "plan.h"
 
 void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data) {
     memset(w, 0, sizeof *w);
@@ -89,10 +90,16 @@ static avq_status reorder(dnnl_engine_t eng, const_dnnl_memory_desc_t src_md, co
     const_dnnl_memory_desc_t dst_md;
     avq_status st = AVQ_OK;
     dnnl_memory_get_memory_desc(dst, &dst_md);
+    if ((st = avq_memory_headroom("reorder a weight")) != AVQ_OK) goto done;
     if (dnnl_memory_create(&src_mem, src_md, eng, (void *)src) != dnnl_success ||
-        dnnl_reorder_primitive_desc_create(&pd, src_md, eng, dst_md, eng, NULL) != dnnl_success ||
-        dnnl_primitive_create(&prim, pd) != dnnl_success || dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) != dnnl_success) {
-        st = avq_error(AVQ_ERR_DNNL, "cannot create a weight reorder");
+        dnnl_reorder_primitive_desc_create(&pd, src_md, eng, dst_md, eng, NULL) != dnnl_success) {
+        st = avq_memory_headroom("reorder a weight");
+        if (st == AVQ_OK) st = avq_error(AVQ_ERR_DNNL, "cannot create a weight reorder");
+        goto done;
+    }
+    if ((st = avq_primitive_create(&prim, pd, "a weight reorder")) != AVQ_OK) goto done;
+    if (dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) != dnnl_success) {
+        st = avq_error(AVQ_ERR_MEMORY, "cannot create a oneDNN stream for a weight reorder");
         goto done;
     }
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src_mem}, {DNNL_ARG_TO, dst}};
