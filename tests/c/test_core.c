@@ -564,6 +564,48 @@ static void test_an_owned_weight_copy_does_not_depend_on_its_source(void) {
     CHECK(w.own == NULL && w.data == NULL, "release frees the copy");
 }
 
+static avq_status double_it(const avq_weight *w, float *dst, void *ctx) {
+    (void)ctx;
+    for (int64_t i = 0; i < avq_weight_numel(w); i++) dst[i] = 2.0f * ((const float *)w->data)[i];
+    return AVQ_OK;
+}
+
+static void test_the_first_packed_copy_replaces_the_source_and_later_copies_are_made_from_it(void) {
+    float src[12];
+    for (int i = 0; i < 12; i++) src[i] = (float)i - 5.5f;
+    avq_weight w;
+    avq_weight_init(&w, "w", AVQ_F32, 2, DIMS(3, 4), src);
+    int64_t bad;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad));
+    dnnl_memory_desc_t ab, ba;
+    dnnl_dims_t d = {3, 4};
+    CHECK(dnnl_memory_desc_create_with_tag(&ab, 2, d, dnnl_f32, dnnl_ab) == dnnl_success, "md ab");
+    CHECK(dnnl_memory_desc_create_with_tag(&ba, 2, d, dnnl_f32, dnnl_ba) == dnnl_success, "md ba");
+    dnnl_memory_t m1, m2, m3;
+    CHECK_OK(avq_weight_packed(&w, ab, ab, &m1));
+    CHECK(w.data == NULL && w.own == NULL && w.origin != NULL, "the packed copy is now the only one");
+    CHECK_OK(avq_weight_packed(&w, ab, ba, &m2));
+    float *t = NULL;
+    dnnl_memory_get_data_handle(m2, (void **)&t);
+    int ok = 1;
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 4; c++) ok = ok && t[c * 3 + r] == src[r * 4 + c];
+    CHECK(ok, "a second layout is reordered from the first copy");
+    dnnl_memory_desc_t ab16;
+    CHECK(dnnl_memory_desc_create_with_tag(&ab16, 2, d, dnnl_bf16, dnnl_ab) == dnnl_success, "md ab bf16");
+    CHECK_OK(avq_weight_packed_derived(&w, ab, double_it, NULL, ab16, &m3));
+    uint16_t *h = NULL;
+    dnnl_memory_get_data_handle(m3, (void **)&h);
+    ok = 1;
+    for (int i = 0; i < 12; i++) ok = ok && avq_bf16_to_f32(h[i]) == 2.0f * src[i];
+    CHECK(ok, "a derived copy reads the source back");
+    CHECK(w.data == NULL, "and the source is dropped again");
+    dnnl_memory_desc_destroy(ab);
+    dnnl_memory_desc_destroy(ba);
+    dnnl_memory_desc_destroy(ab16);
+    avq_weight_release(&w);
+}
+
 static void test_a_bf16_store_narrows_f32_weights_like_a_reorder(void) {
     float src[4] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 3.0e-3f};
     avq_weight w;
@@ -825,6 +867,7 @@ static const test_entry tests[] = {
     TEST(test_linear_matches_naive_loops),
     TEST(test_an_owned_weight_copy_does_not_depend_on_its_source),
     TEST(test_a_bf16_store_narrows_f32_weights_like_a_reorder),
+    TEST(test_the_first_packed_copy_replaces_the_source_and_later_copies_are_made_from_it),
     TEST(test_taking_a_copy_counts_nan_and_inf_values),
     TEST(test_a_raised_thread_abort_flag_stops_a_run_at_the_next_step_and_the_plan_stays_usable),
     TEST(test_attention_matches_naive_loops),
