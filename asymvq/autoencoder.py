@@ -219,11 +219,14 @@ class Autoencoder:
             raise ValueError("an Autoencoder needs an encoder, a decoder or both")
         precision = resolve_precision(precision)
         needed = {name: _weight_array(weights[name]) for name in _needed(encoder, decoder) if name in weights}
-        self._core = _core.Autoencoder(
+        self._core = tables.build_model(
+            lambda: _core.Autoencoder(
+                needed,
+                encoder=_encoder_config(encoder) if encoder is not None else None,
+                decoder=_decoder_config(decoder) if decoder is not None else None,
+                precision=precision,
+            ),
             needed,
-            encoder=_encoder_config(encoder) if encoder is not None else None,
-            decoder=_decoder_config(decoder) if decoder is not None else None,
-            precision=precision,
         )
         self._encoder = encoder
         self._decoder = decoder

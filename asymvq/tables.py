@@ -11,6 +11,7 @@ config does not describe the weights) and the known-unused prefixes (:func:`igno
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Mapping
 
@@ -38,6 +39,7 @@ __all__ = [
     "requirements",
     "check",
     "dtype_name",
+    "build_model",
     "WEIGHT_DTYPES",
     "count_parameters",
     "iter_tables",
@@ -465,3 +467,30 @@ def iter_tables(spec: Spec) -> Iterable[tuple[str, Table]]:
             yield "vae_encoder", vae_encoder_tensors(spec.first_stage)
     else:
         yield "decoder", decoder_tensors(spec)
+
+
+def _mapped_file(array: Any) -> str | None:
+    """The file an array is a view into (through a :class:`numpy.memmap`), else None."""
+    a, depth = array, 0
+    while isinstance(a, np.ndarray) and depth < 64:
+        if isinstance(a, np.memmap):
+            name = getattr(a, "filename", None)
+            return str(name) if name else None
+        a, depth = a.base, depth + 1
+    return None
+
+
+def build_model(make: Callable[[], Any], arrays: Mapping[str, Any], source: Any = None) -> Any:
+    """``make()`` (a C model built from ``arrays``), with its weight problems (missing or mis-shaped
+    tensors, NaN/Inf values found while the weights are copied) prefixed by the file they come from:
+    ``source`` when it is a path, else the file the arrays are memory-mapped from, when there is one."""
+    try:
+        return make()
+    except ValueError as e:
+        if isinstance(source, (str, os.PathLike)):
+            where: str | None = os.fspath(source)
+        else:
+            where = next((f for f in map(_mapped_file, arrays.values()) if f is not None), None)
+        if where is None or str(e).startswith(where):
+            raise
+        raise ValueError(f"{where}: {e}") from e

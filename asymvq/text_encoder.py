@@ -131,16 +131,20 @@ class TextEncoder:
         precision = resolve_precision(precision)
         self._spec = spec
         self._precision = precision
-        self._core = _core.TextEncoder(
-            dict(weights),
-            vocab_size=spec.vocab_size,
-            width=spec.width,
-            layers=spec.layers,
-            heads=spec.heads,
-            mlp=spec.mlp,
-            max_positions=spec.max_positions,
-            eps=float(spec.eps),
-            precision=precision,
+        arrays = dict(weights)
+        self._core = tables.build_model(
+            lambda: _core.TextEncoder(
+                arrays,
+                vocab_size=spec.vocab_size,
+                width=spec.width,
+                layers=spec.layers,
+                heads=spec.heads,
+                mlp=spec.mlp,
+                max_positions=spec.max_positions,
+                eps=float(spec.eps),
+                precision=precision,
+            ),
+            arrays,
         )
         self._vocab = vocab
         self._embedded_vocab = embedded_vocab

@@ -5,7 +5,8 @@ Example::
     unet = asymvq.UNet.from_config("configs/v1-inpainting-inference.yaml", "sd-v1-5-inpainting.ckpt")
     eps = unet(x, timesteps, context)   # x [B, 9, h, w] float32, timesteps [B] ints, context [B, 77, 768]
 
-The model is built once (weights checked and memory-mapped, packed into oneDNN's layouts on first use);
+The model is built once (weights checked and copied out of the checkpoint, packed into oneDNN's layouts
+on first use);
 each input shape (batch, h, w) gets a plan, built on its first call and reused afterwards, so a
 sampling loop at one shape never allocates. Computation runs with the GIL released.
 """
@@ -20,10 +21,11 @@ import numpy as np
 from . import _core
 from . import checkpoint as _checkpoint
 from . import config as _config
+from . import tables as _tables
 from .config import DiffusionSpec, UNetSpec
 from .precision import resolve_precision
 
-__all__ = ["UNet", "CONTEXT_LENGTH", "UNET_PREFIX"]
+__all__ = ["UNet", "CONTEXT_LENGTH", "UNET_PREFIX", "DEFAULT_NUM_TIMESTEPS"]
 
 #: Tokens per prompt in the cross-attention context (CLIP's 77 positions).
 CONTEXT_LENGTH = 77
@@ -34,13 +36,18 @@ ConfigLike = Union[str, "os.PathLike[str]", DiffusionSpec, UNetSpec]
 WeightsLike = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
 
-def _unet_spec(config: ConfigLike) -> UNetSpec:
+#: Timesteps of SD v1's DDPM schedule: a UNet built from a bare UNetSpec takes t in [0, 1000).
+DEFAULT_NUM_TIMESTEPS = 1000
+
+
+def _unet_spec(config: ConfigLike) -> tuple[UNetSpec, int]:
+    """The UNet's spec and the number of diffusion timesteps it is trained for."""
     if isinstance(config, (str, os.PathLike)):
         config = _config.load(config)
     if isinstance(config, DiffusionSpec):
-        return config.unet
+        return config.unet, int(config.timesteps)
     if isinstance(config, UNetSpec):
-        return config
+        return config, DEFAULT_NUM_TIMESTEPS
     if isinstance(config, _config.AutoencoderSpec):
         raise ValueError(f"config {config.source} describes an autoencoder, not a diffusion model with a UNet")
     raise TypeError(f"config must be a YAML path, a DiffusionSpec or a UNetSpec, got {type(config).__name__}")
@@ -94,10 +101,11 @@ class UNet:
     Build it with :meth:`from_config`; call it as ``unet(x, timesteps, context) -> eps``.
     """
 
-    def __init__(self, spec: UNetSpec, core: Any) -> None:
+    def __init__(self, spec: UNetSpec, core: Any, num_timesteps: int = DEFAULT_NUM_TIMESTEPS) -> None:
         """Use :meth:`from_config`."""
         self._spec = spec
         self._core = core
+        self._num_timesteps = int(num_timesteps)
 
     @classmethod
     def from_config(cls, config: ConfigLike, weights: WeightsLike, precision: str = "fp32") -> "UNet":
@@ -111,13 +119,18 @@ class UNet:
         ``precision``: ``"fp32"``, ``"bf16"`` (bf16 activations and weights, float32 output) or ``"auto"``
         (bf16 where the CPU has it natively, see :mod:`asymvq.precision`).
 
-        Raises ValueError naming every missing or mis-shaped tensor at once, and for a bad precision;
-        RuntimeError for bf16 on a CPU (or under an ISA cap) without AVX-512.
+        The model copies its weights while it is built (bf16 ones for bf16) and keeps no reference to
+        ``weights``: afterwards the checkpoint file may be deleted, truncated or rewritten.
+
+        Raises ValueError naming every missing or mis-shaped tensor, and every tensor holding NaN or Inf
+        (the first ten; with the file they come from), at once, and for a bad precision; RuntimeError for
+        bf16 on a CPU (or under an ISA cap) without AVX-512.
         """
-        spec = _unet_spec(config)
+        spec, num_timesteps = _unet_spec(config)
         precision = resolve_precision(precision)
-        core = _core.UNet(_c_config(spec), _unet_weights(weights), precision)
-        return cls(spec, core)
+        arrays = _unet_weights(weights)
+        core = _tables.build_model(lambda: _core.UNet(_c_config(spec), arrays, precision), arrays, weights)
+        return cls(spec, core, num_timesteps)
 
     @property
     def spec(self) -> UNetSpec:
@@ -128,6 +141,11 @@ class UNet:
     def precision(self) -> str:
         """``"fp32"`` or ``"bf16"``."""
         return str(self._core.precision)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Timesteps of the diffusion schedule (1000 for SD v1): valid ``timesteps`` lie in [0, this)."""
+        return self._num_timesteps
 
     @property
     def in_channels(self) -> int:
@@ -176,8 +194,13 @@ class UNet:
         """Predict the noise ``eps`` [B, 4, h, w] (float32).
 
         ``x``: [B, in_channels, h, w] float32 (h, w multiples of :attr:`size_multiple`);
-        ``timesteps``: B integers (the DDPM step index, e.g. 981), or one integer for the whole batch;
+        ``timesteps``: B integers (the DDPM step index, e.g. 981) in [0, :attr:`num_timesteps`), or one
+        integer for the whole batch;
         ``context``: [B, 77, context_dim] float32 (the CLIP text embedding).
+
+        Raises ValueError for a wrong shape, NaN or Inf in ``x`` or ``context``, and timesteps that are not
+        integers in range; KeyboardInterrupt when Ctrl-C arrives during the call (it stops within one layer,
+        and the UNet stays usable).
         """
         x = np.asarray(x, dtype=np.float32)
         context = np.asarray(context, dtype=np.float32)
@@ -208,8 +231,12 @@ class UNet:
         if not np.issubdtype(t.dtype, np.integer):
             if not np.issubdtype(t.dtype, np.floating) or not np.all(np.isfinite(t)) or np.any(t != np.round(t)):
                 raise ValueError(f"timesteps must be integers, got {t!r}")
-        if np.any(t < 0):
-            raise ValueError(f"timesteps must be >= 0, got {t.tolist()}")
+        if np.any(t < 0) or np.any(t >= self._num_timesteps):
+            raise ValueError(f"timesteps must lie in [0, {self._num_timesteps}), got {t.tolist()}")
+        for name, a in (("x", x), ("context", context)):
+            if not np.isfinite(a).all():
+                bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+                raise ValueError(f"{name} holds {bad} NaN or Inf value(s); the UNet's inputs must be finite")
         return self._core(x, t.astype(np.float32), context)
 
     def __repr__(self) -> str:

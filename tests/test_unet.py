@@ -8,6 +8,7 @@ configs: ~1.6 % and <= 0.10, while diffusers itself cast to bf16 gives ~1.8 % an
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import numpy as np
@@ -248,6 +249,43 @@ def test_bad_timesteps_are_refused(t2i, timesteps):
     x, _, context = inputs(spec, 1, 8, 8)
     with pytest.raises(ValueError, match="timesteps"):
         UNet.from_config(spec, weights)(x, timesteps, context)
+
+
+@pytest.mark.parametrize("t", [1000, 1e30, np.inf, np.nan])
+def test_timesteps_outside_the_schedule_are_refused(t2i, t):
+    spec, weights = t2i
+    x, _, context = inputs(spec, 1, 8, 8)
+    unet = UNet.from_config(spec, weights)
+    with pytest.raises(ValueError, match="timesteps"):
+        unet(x, np.array([t]), context)
+
+
+def test_the_last_timestep_of_the_schedule_is_accepted(t2i):
+    spec, weights = t2i
+    x, _, context = inputs(spec, 1, 8, 8)
+    unet = UNet.from_config(spec, weights)
+    assert unet.num_timesteps == 1000
+    assert np.isfinite(unet(x, 999, context)).all()
+
+
+def test_the_schedule_length_comes_from_a_diffusion_config(t2i):
+    short = dataclasses.replace(config.load(config.packaged_tiny_config(T2I)), timesteps=500)
+    spec, weights = t2i
+    x, _, context = inputs(spec, 1, 8, 8)
+    unet = UNet.from_config(short, weights)
+    assert unet.num_timesteps == 500
+    with pytest.raises(ValueError, match=r"\[0, 500\)"):
+        unet(x, 500, context)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["x", "context"])
+def test_nan_or_inf_inputs_are_refused_naming_the_input(t2i, bad, where):
+    spec, weights = t2i
+    x, t, context = inputs(spec, 1, 8, 8)
+    (x if where == "x" else context).flat[5] = bad
+    with pytest.raises(ValueError, match=rf"{where} holds 1 NaN or Inf"):
+        UNet.from_config(spec, weights)(x, t, context)
 
 
 def test_a_latent_that_is_not_4d_is_refused(t2i):

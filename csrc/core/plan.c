@@ -1,6 +1,7 @@
 #include "plan.h"
 
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "engine.h"
 
@@ -89,8 +90,13 @@ size_t avq_plan_scratch_bytes(const avq_plan *p) { return p->scratch_bytes; }
 size_t avq_plan_num_steps(const avq_plan *p) { return p->nsteps; }
 dnnl_engine_t avq_plan_engine(const avq_plan *p) { return p->engine; }
 
+static _Thread_local const volatile int *thread_abort_flag; /* borrowed */
+
 void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag) { p->abort_flag = flag; }
-int avq_plan_aborted(const avq_plan *p) { return p->abort_flag && *p->abort_flag; }
+void avq_plan_set_thread_abort_flag(const volatile int *flag) { thread_abort_flag = flag; }
+int avq_plan_aborted(const avq_plan *p) {
+    return (p->abort_flag && *p->abort_flag) || (thread_abort_flag && *thread_abort_flag);
+}
 
 static void *aligned(size_t bytes) {
     if (bytes == 0) bytes = ARENA_ALIGN;
@@ -199,7 +205,12 @@ avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout 
 }
 
 avq_status avq_plan_step(avq_plan *p, int kind, avq_step **out) {
+    /* Every op asks for its step first: the one place to notice an abort
+     * between layers, building or running. */
+    if (avq_plan_aborted(p)) return avq_error(AVQ_ERR_ABORTED, "interrupted");
     if (p->state == PLAN_BUILDING) {
+        /* The op about to be built creates oneDNN descriptors (see CREATE_HEADROOM). */
+        AVQ_TRY(avq_memory_headroom("build the next layer"));
         if (p->nsteps == p->cap_steps) {
             size_t cap = p->cap_steps ? 2 * p->cap_steps : 64;
             avq_step *ns = realloc(p->steps, cap * sizeof *ns);
@@ -243,12 +254,56 @@ avq_status avq_step_arg_fixed(avq_step *s, int arg, dnnl_memory_t mem) {
     return AVQ_OK;
 }
 
+/* oneDNN 3.2 allocates its primitive descriptors and primitives through a
+ * class operator new (c_compatible) that returns NULL when malloc fails, and
+ * constructs into it: out of memory inside dnnl_*_primitive_desc_create or
+ * dnnl_primitive_create is a segfault (seen in matmul_pd_t's copy constructor
+ * under pd_t::clone()), not an error status. It cannot be caught, so an op is
+ * not started without this much address space to spare; what oneDNN
+ * allocates while creating one op (descriptors, JIT code, the OpenMP pool's
+ * first threads) is far less. */
+#define CREATE_HEADROOM ((size_t)64 << 20)
+
+avq_status avq_memory_headroom(const char *what) {
+    /* Mapped, never touched: counts against RLIMIT_AS (and the commit limit
+     * in strict overcommit) without costing resident memory. */
+    void *probe = mmap(NULL, CREATE_HEADROOM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (probe == MAP_FAILED)
+        return avq_error(AVQ_ERR_MEMORY, "out of memory: less than %zu MiB of address space left to %s",
+                         CREATE_HEADROOM >> 20, what);
+    munmap(probe, CREATE_HEADROOM);
+    return AVQ_OK;
+}
+
+/* oneDNN's primitive cache keeps a creation that failed for lack of memory
+ * and hands the failure back for the same descriptor later, even once memory
+ * is free again: dropping the cache's contents makes the next try real. */
+static void flush_primitive_cache(void) {
+    int cap = 0;
+    if (dnnl_get_primitive_cache_capacity(&cap) == dnnl_success && cap > 0) {
+        dnnl_set_primitive_cache_capacity(0);
+        dnnl_set_primitive_cache_capacity(cap);
+    }
+}
+
+avq_status avq_primitive_create(dnnl_primitive_t *prim, const_dnnl_primitive_desc_t pd, const char *what) {
+    *prim = NULL;
+    AVQ_TRY(avq_memory_headroom("create a oneDNN primitive"));
+    dnnl_status_t s = dnnl_primitive_create(prim, pd);
+    if (s == dnnl_success) return AVQ_OK;
+    *prim = NULL;
+    flush_primitive_cache();
+    if (s == dnnl_out_of_memory || avq_memory_headroom("create a oneDNN primitive") != AVQ_OK)
+        return avq_error(AVQ_ERR_MEMORY, "out of memory creating a oneDNN primitive (%s)", what);
+    return avq_error(AVQ_ERR_DNNL, "cannot create a oneDNN primitive (%s): status %d", what, (int)s);
+}
+
 avq_status avq_step_set_primitive(avq_plan *p, avq_step *s, dnnl_primitive_desc_t pd) {
     avq_status st = AVQ_OK;
     const_dnnl_memory_desc_t smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     size_t sbytes = smd ? dnnl_memory_desc_get_size(smd) : 0;
-    if (dnnl_primitive_create(&s->prim, pd) != dnnl_success) {
-        st = avq_error(AVQ_ERR_DNNL, "cannot create a oneDNN primitive");
+    if ((st = avq_primitive_create(&s->prim, pd, "a plan step")) != AVQ_OK) {
+        /* the message says why */
     } else if (sbytes > 0) {
         if (sbytes > p->scratch_bytes) p->scratch_bytes = sbytes;
         st = avq_step_arg(s, DNNL_ARG_SCRATCHPAD, smd);

@@ -35,8 +35,13 @@ size_t avq_plan_arena_bytes(const avq_plan *p);
 size_t avq_plan_scratch_bytes(const avq_plan *p);
 size_t avq_plan_num_steps(const avq_plan *p);
 
-/* The cooperative abort flag, polled between sampler steps (borrowed). */
+/* Cooperative abort: a run (or build) whose flag becomes nonzero stops at the
+ * next step (op) with AVQ_ERR_ABORTED; the plan stays usable (an interrupted
+ * build leaves it empty, to be built again). Two flags are polled: the plan's
+ * own (borrowed) and the calling thread's (borrowed; set around one model
+ * call, which runs its steps on that thread, e.g. by the Python binding). */
 void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag);
+void avq_plan_set_thread_abort_flag(const volatile int *flag);
 int avq_plan_aborted(const avq_plan *p);
 
 typedef avq_status (*avq_forward_fn)(avq_plan *p, void *ctx);
@@ -65,5 +70,14 @@ avq_status avq_step_arg_fixed(avq_step *s, int arg, dnnl_memory_t mem);
 avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nhandles);
 
 dnnl_engine_t avq_plan_engine(const avq_plan *p);
+
+/* AVQ_ERR_MEMORY unless a few tens of MiB of address space are left: oneDNN
+ * 3.2 crashes instead of failing when it runs out while creating a descriptor
+ * or primitive (plan.c says how), so creation is not attempted without room.
+ * `what` ends the message ("... left to <what>"). */
+avq_status avq_memory_headroom(const char *what);
+/* dnnl_primitive_create behind that check; a failure for lack of memory is
+ * AVQ_ERR_MEMORY and does not stay in oneDNN's primitive cache. */
+avq_status avq_primitive_create(dnnl_primitive_t *prim, const_dnnl_primitive_desc_t pd, const char *what);
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "engine.h"
+#include "plan.h"
 
 void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data) {
     memset(w, 0, sizeof *w);
@@ -14,13 +15,18 @@ void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, co
     w->data = data;
 }
 
-avq_weight avq_weight_rows(const avq_weight *w, int64_t r0, int64_t n) {
+avq_weight avq_weight_rows(avq_weight *w, int64_t r0, int64_t n) {
+    w->has_views = 1;
     avq_weight v = *w;
     int64_t row = 1;
     for (int i = 1; i < w->ndim; i++) row *= w->dims[i];
     v.dims[0] = n;
     v.data = (const char *)w->data + (size_t)(r0 * row) * avq_dtype_size(w->dtype);
     v.packed = NULL;
+    v.own = NULL;
+    v.origin = NULL;
+    v.origin_src_md = NULL;
+    v.has_views = 0;
     return v;
 }
 
@@ -40,6 +46,46 @@ void avq_weight_release(avq_weight *w) {
         p = next;
     }
     w->packed = NULL;
+    w->origin = NULL;
+    if (w->origin_src_md) dnnl_memory_desc_destroy(w->origin_src_md);
+    w->origin_src_md = NULL;
+    free(w->own);
+    w->own = NULL;
+    w->data = NULL;
+}
+
+avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfinite) {
+    const int64_t n = avq_weight_numel(w);
+    *nonfinite = 0;
+    if (!w->data || w->own) return AVQ_OK;
+    const int narrow = store == AVQ_BF16 && w->dtype == AVQ_F32;
+    const avq_dtype dt = narrow ? AVQ_BF16 : w->dtype;
+    const size_t bytes = (size_t)n * avq_dtype_size(dt);
+    /* 64-byte aligned like oneDNN's own buffers; aligned_alloc wants a multiple. */
+    void *buf = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!buf) return avq_error(AVQ_ERR_MEMORY, "out of memory copying weight %s (%zu bytes)", w->name ? w->name : "?", bytes);
+    int64_t bad = 0;
+    if (w->dtype == AVQ_F32) {
+        const uint32_t *src = w->data;
+        /* Inf/NaN: all exponent bits set. */
+        for (int64_t i = 0; i < n; i++) bad += (src[i] & 0x7f800000u) == 0x7f800000u;
+        if (narrow) {
+            const float *f = w->data;
+            uint16_t *dst = buf;
+            for (int64_t i = 0; i < n; i++) dst[i] = avq_f32_to_bf16(f[i]);
+        } else {
+            memcpy(buf, w->data, bytes);
+        }
+    } else {
+        const uint16_t *src = w->data;
+        for (int64_t i = 0; i < n; i++) bad += (src[i] & 0x7f80u) == 0x7f80u;
+        memcpy(buf, w->data, bytes);
+    }
+    w->own = buf;
+    w->data = buf;
+    w->dtype = dt;
+    *nonfinite = bad;
+    return AVQ_OK;
 }
 
 static avq_status reorder(dnnl_engine_t eng, const_dnnl_memory_desc_t src_md, const void *src,
@@ -51,10 +97,16 @@ static avq_status reorder(dnnl_engine_t eng, const_dnnl_memory_desc_t src_md, co
     const_dnnl_memory_desc_t dst_md;
     avq_status st = AVQ_OK;
     dnnl_memory_get_memory_desc(dst, &dst_md);
+    if ((st = avq_memory_headroom("reorder a weight")) != AVQ_OK) goto done;
     if (dnnl_memory_create(&src_mem, src_md, eng, (void *)src) != dnnl_success ||
-        dnnl_reorder_primitive_desc_create(&pd, src_md, eng, dst_md, eng, NULL) != dnnl_success ||
-        dnnl_primitive_create(&prim, pd) != dnnl_success || dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) != dnnl_success) {
-        st = avq_error(AVQ_ERR_DNNL, "cannot create a weight reorder");
+        dnnl_reorder_primitive_desc_create(&pd, src_md, eng, dst_md, eng, NULL) != dnnl_success) {
+        st = avq_memory_headroom("reorder a weight");
+        if (st == AVQ_OK) st = avq_error(AVQ_ERR_DNNL, "cannot create a weight reorder");
+        goto done;
+    }
+    if ((st = avq_primitive_create(&prim, pd, "a weight reorder")) != AVQ_OK) goto done;
+    if (dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) != dnnl_success) {
+        st = avq_error(AVQ_ERR_MEMORY, "cannot create a oneDNN stream for a weight reorder");
         goto done;
     }
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src_mem}, {DNNL_ARG_TO, dst}};
@@ -68,15 +120,46 @@ done:
     return st;
 }
 
+/* dst (described by dst_md) = the contents of a packed copy. */
+static avq_status reorder_from(dnnl_engine_t eng, dnnl_memory_t src, const_dnnl_memory_desc_t dst_md, void *dst) {
+    dnnl_memory_t dst_mem = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_stream_t stream = NULL;
+    const_dnnl_memory_desc_t src_md;
+    avq_status st = AVQ_OK;
+    dnnl_memory_get_memory_desc(src, &src_md);
+    if (dnnl_memory_create(&dst_mem, dst_md, eng, dst) != dnnl_success ||
+        dnnl_reorder_primitive_desc_create(&pd, src_md, eng, dst_md, eng, NULL) != dnnl_success) {
+        st = avq_memory_headroom("unpack a weight");
+        if (st == AVQ_OK) st = avq_error(AVQ_ERR_DNNL, "cannot create a weight unpacking reorder");
+        goto done;
+    }
+    if ((st = avq_primitive_create(&prim, pd, "a weight unpacking reorder")) != AVQ_OK) goto done;
+    if (dnnl_stream_create(&stream, eng, dnnl_stream_default_flags) != dnnl_success) {
+        st = avq_error(AVQ_ERR_MEMORY, "cannot create a oneDNN stream to unpack a weight");
+        goto done;
+    }
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst_mem}};
+    if (dnnl_primitive_execute(prim, stream, 2, args) != dnnl_success || dnnl_stream_wait(stream) != dnnl_success)
+        st = avq_error(AVQ_ERR_DNNL, "weight unpacking reorder failed");
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (prim) dnnl_primitive_destroy(prim);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (dst_mem) dnnl_memory_destroy(dst_mem);
+    return st;
+}
+
 /* Looks up `want` in w's cache; on a miss reorders the source (or, with
  * derive, the f32 buffer derive fills from it) into a new cached copy. */
 static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive, void *ctx,
                          const_dnnl_memory_desc_t want, dnnl_memory_t *out) {
     dnnl_engine_t eng;
     AVQ_TRY(avq_engine_get(&eng));
-    if (!w->data) return avq_error(AVQ_ERR_INTERNAL, "weight %s has no data", w->name ? w->name : "?");
+    if (!w->data && !w->origin) return avq_error(AVQ_ERR_INTERNAL, "weight %s has no data", w->name ? w->name : "?");
     avq_status st = AVQ_OK;
-    void *tmp = NULL;
+    void *tmp = NULL, *source = NULL;
     avq_pack_lock();
     for (avq_packed *p = w->packed; p; p = p->next) {
         if (dnnl_memory_desc_equal(p->md, want)) {
@@ -96,13 +179,20 @@ static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight
         st = avq_error(AVQ_ERR_MEMORY, "cannot allocate the packed copy of %s", w->name);
         goto done;
     }
+    if (!w->data) { /* the source lives on as `origin`: read it back for now */
+        source = malloc(dnnl_memory_desc_get_size(w->origin_src_md));
+        st = source ? reorder_from(eng, w->origin->mem, w->origin_src_md, source)
+                    : avq_error(AVQ_ERR_MEMORY, "out of memory unpacking %s", w->name);
+        w->data = source; /* only while the lock is held */
+    }
     const void *from = w->data;
-    if (derive) {
+    if (st == AVQ_OK && derive) {
         tmp = malloc(dnnl_memory_desc_get_size(src));
         st = tmp ? derive(w, (float *)tmp, ctx) : avq_error(AVQ_ERR_MEMORY, "out of memory transforming %s", w->name);
         from = tmp;
     }
     if (st == AVQ_OK) st = reorder(eng, src, from, p->mem);
+    if (source) w->data = NULL;
     if (st != AVQ_OK) {
         dnnl_memory_destroy(p->mem);
         dnnl_memory_desc_destroy(p->md);
@@ -112,9 +202,22 @@ static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight
     p->next = w->packed;
     w->packed = p;
     *out = p->mem;
+    /* Keep one copy, not two: a lossless copy of an owned conv / linear
+     * weight replaces its source (1-D weights are small and read directly). */
+    const_dnnl_memory_desc_t pmd = p->md;
+    dnnl_data_type_t pdt = dnnl_data_type_undef;
+    dnnl_memory_desc_query(pmd, dnnl_query_data_type, &pdt);
+    if (!derive && w->own && !w->has_views && !w->origin && w->ndim >= 2 && pdt == avq_dnnl_dt(w->dtype) &&
+        dnnl_memory_desc_clone(&w->origin_src_md, src) == dnnl_success) {
+        w->origin = p;
+        free(w->own);
+        w->own = NULL;
+        w->data = NULL;
+    }
 done:
     avq_pack_unlock();
     free(tmp);
+    free(source);
     return st;
 }
 

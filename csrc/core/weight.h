@@ -1,6 +1,12 @@
-/* Weights: a borrowed row-major source (the checkpoint's array, memory-mapped)
- * plus the copies reordered into the layouts oneDNN chose for them. Packing
- * happens once, while a plan is built; every later step reuses the copy. */
+/* Weights: a row-major source plus the copies reordered into the layouts
+ * oneDNN chose for them. Packing happens once, while a plan is built; every
+ * later step reuses the copy.
+ *
+ * A model's weights own their source (avq_weight_take_copy, called while the
+ * model is built): the checkpoint's array, typically a view into a memory-
+ * mapped file, is copied tensor by tensor, so the file may be truncated,
+ * rewritten or deleted once the model exists. Weights made directly with
+ * avq_weight_init (the ops binding) and row views borrow theirs. */
 #ifndef AVQ_WEIGHT_H
 #define AVQ_WEIGHT_H
 
@@ -17,19 +23,40 @@ typedef struct avq_weight {
     avq_dtype dtype;  /* source dtype */
     int ndim;
     int64_t dims[4];
-    const void *data;   /* borrowed, row-major; must outlive the weight */
+    const void *data;   /* row-major: `own`, or borrowed (must outlive the weight); NULL once
+                           the source lives on as `origin` */
+    void *own;          /* owned source buffer, or NULL when `data` is borrowed */
     avq_packed *packed; /* owned cache of reordered copies */
+    /* After the first lossless pack of an owned multi-dimensional source, that
+     * copy is the only one kept: `origin` (one of `packed`) and the md that
+     * reads it back as the row-major source. Later packs and derives
+     * reconstruct the source from it for the time they need it. */
+    avq_packed *origin;
+    dnnl_memory_desc_t origin_src_md; /* owned */
+    int has_views;                    /* row views borrow `data`: keep it */
 } avq_weight;
 
 void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data);
-/* A view of rows [r0, r0 + n) of a 2-D weight or 1-D bias (shares the source). */
-avq_weight avq_weight_rows(const avq_weight *w, int64_t r0, int64_t n);
+/* A view of rows [r0, r0 + n) of a 2-D weight or 1-D bias (borrows w's source:
+ * w must outlive the view, and keeps its source from then on). Make views
+ * before any plan is built. */
+avq_weight avq_weight_rows(avq_weight *w, int64_t r0, int64_t n);
 int64_t avq_weight_numel(const avq_weight *w);
+/* Frees the packed copies and the owned source. */
 void avq_weight_release(avq_weight *w);
+
+/* Replaces the borrowed source by an owned copy stored as `store` (AVQ_BF16
+ * narrows an f32 source with the rounding oneDNN's reorders use, so packing
+ * the copy to bf16 later gives the same bits; AVQ_F32 keeps the source dtype).
+ * Counts the source's NaN/Inf values into *nonfinite (the copy is made anyway;
+ * the caller decides). */
+avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfinite);
 
 /* The copy of `w` laid out as `want`, where `src` describes how the source
  * buffer is read (e.g. the transpose of a [N, K] linear weight). Reorders on
- * first use (thread-safe), returns the cached memory afterwards. */
+ * first use (thread-safe), returns the cached memory afterwards. The first
+ * such copy of an owned weight with 2+ dims in the source's own dtype replaces
+ * the source (see `origin`): do not read `data` of a packed weight. */
 avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t want,
                              dnnl_memory_t *out);
 

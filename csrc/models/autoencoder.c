@@ -302,6 +302,7 @@ avq_status avq_autoencoder_create(const avq_autoencoder_config *cfg, const avq_w
     m->cfg = *cfg;
     m->dtype = precision;
     avq_weight_set_init(&m->ws, src, "");
+    m->ws.store = precision; /* every conv runs in the model's precision */
     loader l = {&m->ws, "", 0};
     avq_status st = AVQ_OK;
     if (cfg->has_encoder) st = load_encoder(m, &l);

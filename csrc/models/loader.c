@@ -8,7 +8,11 @@ void avq_weight_set_init(avq_weight_set *ws, const avq_weight_source *src, const
     memset(ws, 0, sizeof *ws);
     ws->src = src;
     ws->prefix = prefix ? prefix : "";
+    ws->store = AVQ_F32;
 }
+
+/* Listed by name up to this many; the rest are counted on one line. */
+#define MAX_NONFINITE_LISTED 10
 
 static void note(avq_weight_set *ws, const char *line) {
     size_t add = strlen(line) + 1;
@@ -47,6 +51,21 @@ avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, co
         char line[640];
         snprintf(line, sizeof line, "  %s: %s", owned, msg[0] ? msg : "missing");
         note(ws, line);
+    } else {
+        const void *orig = w->data;
+        const size_t bytes = (size_t)avq_weight_numel(w) * avq_dtype_size(w->dtype);
+        int64_t bad = 0;
+        if (avq_weight_take_copy(w, ndim >= 2 ? ws->store : AVQ_F32, &bad) != AVQ_OK) {
+            free(w);
+            return NULL; /* out of memory: the caller reports it */
+        }
+        if (ws->src->done) ws->src->done(ws->src->ctx, owned, orig, bytes);
+        if (bad > 0 && ++ws->nonfinite <= MAX_NONFINITE_LISTED) {
+            char line[640];
+            snprintf(line, sizeof line, "  %s: holds %lld NaN/Inf value%s of %lld", owned, (long long)bad,
+                     bad == 1 ? "" : "s", (long long)avq_weight_numel(w));
+            note(ws, line);
+        }
     }
     w->name = owned;
     ws->all[ws->n++] = w;
@@ -56,6 +75,13 @@ avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, co
 avq_status avq_weight_set_finish(avq_weight_set *ws, const char *model) {
     ws->src = NULL;
     ws->prefix = NULL;
+    if (ws->nonfinite > MAX_NONFINITE_LISTED) {
+        char line[128];
+        size_t more = ws->nonfinite - MAX_NONFINITE_LISTED;
+        snprintf(line, sizeof line, "  and %zu more weight%s holding NaN/Inf", more, more == 1 ? "" : "s");
+        note(ws, line);
+        ws->nerrors += more - 1; /* the summary line stands for `more` problems */
+    }
     if (ws->nerrors == 0) return AVQ_OK;
     return avq_error(AVQ_ERR_IO, "%s: %zu weight problem%s:\n%s", model, ws->nerrors, ws->nerrors == 1 ? "" : "s",
                      ws->errors ? ws->errors : "");

@@ -1,7 +1,12 @@
 /* How models get their weights: by checkpoint name, from a source the caller
  * provides (the binding looks names up in the checked state dict). Every
  * failed lookup is recorded and reported together, so a model with five
- * mismatched tensors fails once with five lines. */
+ * mismatched tensors fails once with five lines.
+ *
+ * Each weight found is copied at once into a buffer the model owns (see
+ * avq_weight_take_copy), tensor by tensor, and the source is told it may drop
+ * the original: after creation a model needs nothing of its source. Weights
+ * holding NaN or Inf are problems too (the first ten named, the rest counted). */
 #ifndef AVQ_LOADER_H
 #define AVQ_LOADER_H
 
@@ -12,18 +17,27 @@ typedef struct avq_weight_source {
     /* Fills *w (name left to the caller, data borrowed) for `name` with exactly
      * `dims`. Returns 0 on success; otherwise nonzero, and writes why into msg. */
     int (*get)(void *ctx, const char *name, int ndim, const int64_t *dims, avq_weight *w, char *msg, size_t msg_len);
+    /* Optional: the weight `name` (bytes at data) has been copied; the source
+     * may release the original's memory (e.g. drop mapped pages). */
+    void (*done)(void *ctx, const char *name, const void *data, size_t bytes);
 } avq_weight_source;
 
-/* The weights a model holds: owned names, borrowed data, owned packed copies. */
+/* The weights a model holds: owned names, owned sources, owned packed copies. */
 typedef struct avq_weight_set {
     const avq_weight_source *src; /* borrowed, only during model creation */
     const char *prefix;           /* borrowed, only during model creation */
+    /* How multi-dimensional (conv / linear) weights are stored: AVQ_BF16 in a
+     * bf16 model, whose ops pack them to bf16 anyway (halves the copy);
+     * AVQ_F32 keeps each source's dtype. 1-D weights always keep theirs. */
+    avq_dtype store;
+    size_t nonfinite; /* weights holding NaN/Inf */
     avq_weight **all;             /* owned list of owned weights */
     size_t n, cap;
     char *errors; /* owned: accumulated problems, one per line */
     size_t errors_len, nerrors;
 } avq_weight_set;
 
+/* store = AVQ_F32 (set ws->store later to narrow the weights looked up next). */
 void avq_weight_set_init(avq_weight_set *ws, const avq_weight_source *src, const char *prefix);
 /* Looks up prefix + printf(fmt, ...) with the given dims; returns a weight
  * owned by the set (never NULL unless out of memory; on a failed lookup the

@@ -103,6 +103,9 @@ avq_status avq_text_encoder_create(const avq_text_encoder_config *cfg, const avq
     avq_weight_set_init(ws, src, AVQ_TEXT_PREFIX);
     m->token = avq_weight_get(ws, 2, AVQ_DIMS(cfg->vocab_size, D), "embeddings.token_embedding.weight");
     m->position = avq_weight_get(ws, 2, AVQ_DIMS(cfg->max_positions, D), "embeddings.position_embedding.weight");
+    /* The embeddings above are read in f32 and summed before rounding; the
+     * layers' linear weights are packed to the model's precision. */
+    ws->store = precision;
     int complete = m->token && m->position;
     for (int i = 0; i < cfg->layers; i++) {
         get_layer(ws, &m->layer[i], i, D, F);

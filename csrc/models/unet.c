@@ -380,6 +380,7 @@ avq_status avq_unet_create(const avq_unet_config *cfg, avq_dtype precision, cons
     if (!u->in || !u->out) st = avq_error(AVQ_ERR_MEMORY, "out of memory creating the UNet");
     if (st == AVQ_OK) {
         avq_weight_set_init(&u->ws, src, "model.diffusion_model.");
+        u->ws.store = precision; /* every UNet conv / linear runs in the model's precision */
         st = load_all(u);
         avq_status fin = avq_weight_set_finish(&u->ws, "UNet");
         if (st == AVQ_OK) st = fin;

@@ -7,8 +7,8 @@
  *   .encode(image, noise=None) -> (mean, logvar) or (mean, logvar, sample)
  *   .decode(latent, image=None, mask=None) -> image
  *
- * Arrays are float32 NCHW. The object keeps a reference to the weights dict
- * (the model borrows its arrays) and up to MAX_PLANS plans, one per (task,
+ * Arrays are float32 NCHW. The model copies the weights it needs while it is
+ * built (the dict is not kept) and keeps up to MAX_PLANS plans, one per (task,
  * batch, height, width), the oldest dropped first: a decoder plan's arena can
  * hold gigabytes. Runs release the GIL and are serialised by a lock, because a
  * plan's arena is not re-entrant. */
@@ -28,7 +28,6 @@ typedef struct plan_entry {
 typedef struct {
     PyObject_HEAD
     avq_autoencoder *model; /* owned */
-    PyObject *weights;      /* owned reference: the arrays the model borrows */
     plan_entry plans[MAX_PLANS];
     size_t nplans;
     PyThread_type_lock lock; /* serialises runs */
@@ -43,7 +42,6 @@ static void ae_dealloc(AutoencoderObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     ae_clear_plans(self);
     avq_autoencoder_destroy(self->model);
-    Py_XDECREF(self->weights);
     if (self->lock) PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -183,8 +181,6 @@ static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         Py_DECREF(self);
         return avq_py_raise(st);
     }
-    Py_INCREF(weights);
-    self->weights = weights;
     return (PyObject *)self;
 }
 
@@ -268,14 +264,18 @@ static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw
     avq_status st;
     const float *ip = PyArray_DATA(image), *np_ = noise ? PyArray_DATA(noise) : NULL;
     float *mp = PyArray_DATA(mean), *lp = PyArray_DATA(logvar), *sp = sample ? PyArray_DATA(sample) : NULL;
+    if (avq_py_interrupt_begin() < 0) goto done;
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     avq_autoencoder_plan *plan = NULL;
     st = ae_plan(self, AVQ_AE_ENCODE, B, H, W, &plan);
     if (st == AVQ_OK) st = avq_autoencoder_encode(self->model, plan, ip, np_, mp, lp, sp);
+    avq_plan_set_thread_abort_flag(NULL);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
-        avq_py_raise(st);
+        avq_py_raise_run(st);
         goto done;
     }
     ret = sample ? PyTuple_Pack(3, mean, logvar, sample) : PyTuple_Pack(2, mean, logvar);
@@ -332,14 +332,18 @@ static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw
     const float *zp = PyArray_DATA(z), *ip = image ? PyArray_DATA(image) : NULL, *mp = mask ? PyArray_DATA(mask) : NULL;
     float *op = PyArray_DATA(out);
     avq_ae_task task = cond ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE;
+    if (avq_py_interrupt_begin() < 0) goto done;
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     avq_autoencoder_plan *plan = NULL;
     st = ae_plan(self, task, B, H, W, &plan);
     if (st == AVQ_OK) st = avq_autoencoder_decode(self->model, plan, zp, ip, mp, op);
+    avq_plan_set_thread_abort_flag(NULL);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
-        avq_py_raise(st);
+        avq_py_raise_run(st);
         goto done;
     }
     ret = (PyObject *)out;

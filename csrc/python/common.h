@@ -31,9 +31,25 @@ PyObject *avq_ops_module(void);
 
 /* A weight source over a dict {checkpoint name: ndarray}: float32 arrays are
  * f32 weights, uint16 arrays are bf16 bit patterns (asymvq.checkpoint's form).
- * Arrays must be C-contiguous; the dict must outlive model creation and the
- * model (the model objects keep a reference). Call with the GIL held. */
+ * Arrays must be C-contiguous; the dict is read only during model creation
+ * (the model copies every weight). Call with the GIL held. */
 void avq_py_dict_source(avq_weight_source *src, PyObject *dict);
+
+/* Ctrl-C during one model call (interrupt.c). With the GIL held around a run:
+ *   if (avq_py_interrupt_begin() < 0) fail;      (a Ctrl-C was already pending)
+ *   release the GIL; avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
+ *   run; avq_plan_set_thread_abort_flag(NULL); take the GIL back;
+ *   avq_py_interrupt_end(); on failure avq_py_raise_run(st).
+ * A SIGINT meanwhile stops the run between layers (AVQ_ERR_ABORTED), which
+ * avq_py_raise_run turns into Python's KeyboardInterrupt. Calls may nest and
+ * run in several threads at once. */
+int avq_py_interrupt_begin(void);
+void avq_py_interrupt_end(void);
+const volatile int *avq_py_interrupt_flag(void);
+PyObject *avq_py_raise_interrupted(void);
+/* avq_py_raise, except that AVQ_ERR_ABORTED runs Python's pending signal
+ * handlers (normally raising KeyboardInterrupt). Returns NULL. */
+PyObject *avq_py_raise_run(avq_status st);
 
 /* Registration hooks, one per model family binding file. */
 int avq_py_add_autoencoder(PyObject *m);

@@ -3,8 +3,8 @@
  *   TextEncoder(weights, vocab_size, width, layers, heads, mlp, max_positions, eps, precision="fp32")
  *   .run(ids) -> float32 ndarray [B, L, width]       ids: integer ndarray [B, L]
  *
- * The object keeps a reference to the weights dict (the model borrows its
- * arrays) and one plan per (B, L) it has seen; runs release the GIL and are
+ * The model copies its weights while it is built (the dict is not kept) and
+ * keeps one plan per (B, L) it has seen; runs release the GIL and are
  * serialised by a lock, because a plan's arena is not re-entrant. */
 #include <stdlib.h>
 
@@ -19,7 +19,6 @@ typedef struct plan_entry {
 typedef struct {
     PyObject_HEAD
     avq_text_encoder *model; /* owned */
-    PyObject *weights;       /* owned reference: the arrays the model borrows */
     plan_entry *plans;       /* owned */
     size_t nplans, cap;
     PyThread_type_lock lock; /* serialises runs */
@@ -35,7 +34,6 @@ static void te_dealloc(TextEncoderObject *self) {
     te_clear_plans(self);
     free(self->plans);
     avq_text_encoder_destroy(self->model);
-    Py_XDECREF(self->weights);
     if (self->lock) PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -65,8 +63,6 @@ static PyObject *te_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         Py_DECREF(self);
         return avq_py_raise(st);
     }
-    Py_INCREF(weights);
-    self->weights = weights;
     return (PyObject *)self;
 }
 
@@ -155,15 +151,23 @@ static PyObject *te_run(TextEncoderObject *self, PyObject *ids_obj) {
     avq_status st;
     const int32_t *idp = PyArray_DATA(ids);
     float *op = PyArray_DATA(out);
+    if (avq_py_interrupt_begin() < 0) {
+        Py_DECREF(ids);
+        Py_DECREF(out);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     avq_text_encoder_plan *plan = NULL;
     st = te_plan(self, B, L, &plan);
     if (st == AVQ_OK) st = avq_text_encoder_run(self->model, plan, idp, op);
+    avq_plan_set_thread_abort_flag(NULL);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS Py_DECREF(ids);
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
         Py_DECREF(out);
-        return avq_py_raise(st);
+        return avq_py_raise_run(st);
     }
     return (PyObject *)out;
 }

@@ -4,8 +4,8 @@
  *   UNet(config: dict, weights: dict, precision="fp32")
  *   unet(x f32 [B, C, h, w], t f32 [B], context f32 [B, L, D]) -> eps f32 [B, out, h, w]
  *
- * The object keeps a reference to the weights dict (the C model borrows the
- * arrays) and caches one plan per input shape (the most recent MAX_PLANS), so
+ * The C model copies its weights while it is built (the dict is not kept) and
+ * caches one plan per input shape (the most recent MAX_PLANS), so
  * repeated calls at one shape only run. The GIL is released around compute.
  *
  * For the sampler's C loop (csrc/python/sampler_binding.c):
@@ -35,7 +35,6 @@ typedef struct cached_plan {
 typedef struct {
     PyObject_HEAD
     avq_unet *unet;   /* owned */
-    PyObject *weights; /* owned reference: the arrays the unet borrows */
     cached_plan plans[MAX_PLANS];
     unsigned long long clock;
     int busy; /* a call is running with the GIL released */
@@ -130,8 +129,6 @@ static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         Py_DECREF(self);
         return avq_py_raise(st);
     }
-    Py_INCREF(weights);
-    self->weights = weights;
     return (PyObject *)self;
 }
 
@@ -148,7 +145,6 @@ static void unet_dealloc(UNetObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     clear_plans(self);
     avq_unet_destroy(self->unet);
-    Py_XDECREF(self->weights);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -208,13 +204,17 @@ static PyObject *unet_call(UNetObject *self, PyObject *args, PyObject *kwds) {
     }
     avq_plan *plan = slot->plan;
     avq_status st;
+    if (avq_py_interrupt_begin() < 0) goto done;
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
+    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     st = avq_unet_run(self->unet, plan, &tx, &tt, &tc, &te);
+    avq_plan_set_thread_abort_flag(NULL);
     Py_END_ALLOW_THREADS
     self->busy = 0;
+    avq_py_interrupt_end();
     if (st != AVQ_OK) {
-        avq_py_raise(st);
+        avq_py_raise_run(st);
         goto done;
     }
     ret = (PyObject *)eps;

@@ -567,6 +567,118 @@ static void test_linear_matches_naive_loops(void) {
     free(x), free(wd), free(bd), free(y);
 }
 
+static void test_an_owned_weight_copy_does_not_depend_on_its_source(void) {
+    float src[6] = {1.0f, -2.0f, 3.5f, 0.25f, 1e-3f, 7.0f};
+    avq_weight w;
+    avq_weight_init(&w, "w", AVQ_F32, 2, DIMS(2, 3), src);
+    int64_t bad = -1;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad));
+    CHECK(bad == 0, "no NaN/Inf counted: %lld", (long long)bad);
+    CHECK(w.own && w.data == w.own && w.data != (const void *)src, "the weight reads its own buffer");
+    for (int i = 0; i < 6; i++) src[i] = -99.0f;
+    CHECK(((const float *)w.data)[2] == 3.5f && w.dtype == AVQ_F32, "the copy keeps the old values in f32");
+    avq_weight view = avq_weight_rows(&w, 1, 1);
+    CHECK(view.own == NULL && ((const float *)view.data)[0] == 0.25f, "a row view borrows the copy");
+    avq_weight_release(&view);
+    avq_weight_release(&w);
+    CHECK(w.own == NULL && w.data == NULL, "release frees the copy");
+}
+
+static avq_status double_it(const avq_weight *w, float *dst, void *ctx) {
+    (void)ctx;
+    for (int64_t i = 0; i < avq_weight_numel(w); i++) dst[i] = 2.0f * ((const float *)w->data)[i];
+    return AVQ_OK;
+}
+
+static void test_the_first_packed_copy_replaces_the_source_and_later_copies_are_made_from_it(void) {
+    float src[12];
+    for (int i = 0; i < 12; i++) src[i] = (float)i - 5.5f;
+    avq_weight w;
+    avq_weight_init(&w, "w", AVQ_F32, 2, DIMS(3, 4), src);
+    int64_t bad;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad));
+    dnnl_memory_desc_t ab, ba;
+    dnnl_dims_t d = {3, 4};
+    CHECK(dnnl_memory_desc_create_with_tag(&ab, 2, d, dnnl_f32, dnnl_ab) == dnnl_success, "md ab");
+    CHECK(dnnl_memory_desc_create_with_tag(&ba, 2, d, dnnl_f32, dnnl_ba) == dnnl_success, "md ba");
+    dnnl_memory_t m1, m2, m3;
+    CHECK_OK(avq_weight_packed(&w, ab, ab, &m1));
+    CHECK(w.data == NULL && w.own == NULL && w.origin != NULL, "the packed copy is now the only one");
+    CHECK_OK(avq_weight_packed(&w, ab, ba, &m2));
+    float *t = NULL;
+    dnnl_memory_get_data_handle(m2, (void **)&t);
+    int ok = 1;
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 4; c++) ok = ok && t[c * 3 + r] == src[r * 4 + c];
+    CHECK(ok, "a second layout is reordered from the first copy");
+    dnnl_memory_desc_t ab16;
+    CHECK(dnnl_memory_desc_create_with_tag(&ab16, 2, d, dnnl_bf16, dnnl_ab) == dnnl_success, "md ab bf16");
+    CHECK_OK(avq_weight_packed_derived(&w, ab, double_it, NULL, ab16, &m3));
+    uint16_t *h = NULL;
+    dnnl_memory_get_data_handle(m3, (void **)&h);
+    ok = 1;
+    for (int i = 0; i < 12; i++) ok = ok && avq_bf16_to_f32(h[i]) == 2.0f * src[i];
+    CHECK(ok, "a derived copy reads the source back");
+    CHECK(w.data == NULL, "and the source is dropped again");
+    dnnl_memory_desc_destroy(ab);
+    dnnl_memory_desc_destroy(ba);
+    dnnl_memory_desc_destroy(ab16);
+    avq_weight_release(&w);
+}
+
+static void test_a_bf16_store_narrows_f32_weights_like_a_reorder(void) {
+    float src[4] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 3.0e-3f};
+    avq_weight w;
+    avq_weight_init(&w, "w", AVQ_F32, 2, DIMS(2, 2), src);
+    int64_t bad = -1;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_BF16, &bad));
+    CHECK(w.dtype == AVQ_BF16, "stored as bf16");
+    for (int i = 0; i < 4; i++)
+        CHECK(((const uint16_t *)w.data)[i] == avq_f32_to_bf16(src[i]), "element %d rounded to nearest even", i);
+    avq_weight_release(&w);
+}
+
+static void test_taking_a_copy_counts_nan_and_inf_values(void) {
+    float f[5] = {0.0f, NAN, INFINITY, -INFINITY, 1.0f};
+    uint16_t h[3] = {0x3F80, 0x7FC0, 0xFF80}; /* 1, NaN, -inf */
+    avq_weight a, b;
+    avq_weight_init(&a, "a", AVQ_F32, 1, DIMS(5), f);
+    avq_weight_init(&b, "b", AVQ_BF16, 1, DIMS(3), h);
+    int64_t na = 0, nb = 0;
+    CHECK_OK(avq_weight_take_copy(&a, AVQ_F32, &na));
+    CHECK_OK(avq_weight_take_copy(&b, AVQ_F32, &nb));
+    CHECK(na == 3, "f32: %lld non-finite", (long long)na);
+    CHECK(nb == 2, "bf16: %lld non-finite", (long long)nb);
+    avq_weight_release(&a);
+    avq_weight_release(&b);
+}
+
+static void test_a_raised_thread_abort_flag_stops_a_run_at_the_next_step_and_the_plan_stays_usable(void) {
+    const int64_t rows = 3, k = 4, n = 5;
+    float *x = random_buffer(rows * k), *wd = random_buffer(n * k), *y = calloc((size_t)(rows * n), 4);
+    float *first = calloc((size_t)(rows * n), 4);
+    avq_weight w;
+    avq_weight_init(&w, "fc.weight", AVQ_F32, 2, DIMS(n, k), wd);
+    lin_ctx c = {.w = &w, .b = NULL, .act = AVQ_ACT_NONE, .dt = AVQ_F32};
+    c.x = ext_tensor(2, DIMS(rows, k), x);
+    c.y = ext_tensor(2, DIMS(rows, n), y);
+    avq_plan *p;
+    CHECK_OK(avq_plan_create(&p));
+    CHECK_OK(avq_plan_run(p, lin_forward, &c));
+    memcpy(first, y, (size_t)(rows * n) * 4);
+    volatile int flag = 1;
+    avq_plan_set_thread_abort_flag(&flag);
+    memset(y, 0, (size_t)(rows * n) * 4);
+    CHECK(avq_plan_run(p, lin_forward, &c) == AVQ_ERR_ABORTED, "an aborted run says so: %s", avq_last_error());
+    flag = 0;
+    CHECK_OK(avq_plan_run(p, lin_forward, &c));
+    CHECK(memcmp(first, y, (size_t)(rows * n) * 4) == 0, "the next run gives the same result");
+    avq_plan_set_thread_abort_flag(NULL);
+    avq_plan_destroy(p);
+    avq_weight_release(&w);
+    free(x), free(wd), free(y), free(first);
+}
+
 typedef struct attn_ctx {
     avq_tensor q, k, v, o;
     int heads, causal;
@@ -774,6 +886,11 @@ static const test_entry tests[] = {
     TEST(test_conv2d_packs_weights_once_across_plans),
     TEST(test_group_norm_matches_naive_loops),
     TEST(test_linear_matches_naive_loops),
+    TEST(test_an_owned_weight_copy_does_not_depend_on_its_source),
+    TEST(test_a_bf16_store_narrows_f32_weights_like_a_reorder),
+    TEST(test_the_first_packed_copy_replaces_the_source_and_later_copies_are_made_from_it),
+    TEST(test_taking_a_copy_counts_nan_and_inf_values),
+    TEST(test_a_raised_thread_abort_flag_stops_a_run_at_the_next_step_and_the_plan_stays_usable),
     TEST(test_attention_matches_naive_loops),
     TEST(test_resize_nearest_uses_floor_of_dst_times_in_over_out),
     TEST(test_bad_shapes_are_reported_with_names_and_shapes),
