@@ -278,8 +278,12 @@ def test_format_is_recognised_from_the_bytes_not_the_extension(tmp_path):
     ckpt = save(tmp_path, {"t": torch.ones(2)}, name="weights.safetensors")
     safe = tmp_path / "weights.ckpt"
     checkpoint.save_safetensors(safe, {"t": np.ones(2, np.float32)})
-    assert checkpoint.open_checkpoint(ckpt).format == "ckpt"
-    assert checkpoint.open_checkpoint(safe).format == "safetensors"
+    with pytest.warns(UserWarning, match="suffix .safetensors says .safetensors but the content is a "
+                                         r"torch.save zip \(.ckpt\); reading it as such"):
+        assert checkpoint.open_checkpoint(ckpt).format == "ckpt"
+    with pytest.warns(UserWarning, match=r"suffix .ckpt says a torch.save zip \(.ckpt\) but the content "
+                                         "is .safetensors"):
+        assert checkpoint.open_checkpoint(safe).format == "safetensors"
 
 
 # ---------------------------------------------------------------------------------------------

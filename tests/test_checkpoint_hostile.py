@@ -367,8 +367,8 @@ def test_huge_memo_index_does_not_exhaust_memory(tmp_path):
     assert list(checkpoint.load(path)) == ["t"]
 
 
-def test_deeply_nested_and_self_referencing_containers_load_in_linear_time(tmp_path):
-    depth = 200_000
+def test_nested_and_self_referencing_containers_load_with_deep_names_cut_at_64_levels(tmp_path):
+    depth = 200  # deeper than the 64 levels that names may have, within the unpickler's limit
     nested = b"]" * depth + b"a" * (depth - 1)  # each list appended into the one below
     cyclic = b"]q\x01h\x01a"                    # a list that contains itself
     path = tmp_path / "a.ckpt"
@@ -380,6 +380,16 @@ def test_deeply_nested_and_self_referencing_containers_load_in_linear_time(tmp_p
         "deep" + ".0" * 63: "a container nested deeper than 64 levels",
         "loop.0": "the same container as 'loop'",
     }
+
+
+def test_containers_nested_200000_deep_are_refused_in_linear_time(tmp_path):
+    depth = 200_000
+    path = tmp_path / "a.ckpt"
+    torch_zip(path, b"\x80\x02}" + text("deep") + b"]" * depth + b"a" * (depth - 1) + b"s"
+              + text("t") + tensor_ops() + b"s.", {"0": float_bytes(4)})
+    with pytest.raises(CheckpointError, match=r"a\.ckpt: data.pkl holds containers nested deeper "
+                                              r"than 256 levels"):
+        checkpoint.open_checkpoint(path)
 
 
 def test_storage_type_this_reader_does_not_support_is_skipped(tmp_path):
