@@ -242,7 +242,7 @@ CASES: Dict[str, Case] = {case.name: case for case in [
          "checkpoint", "", "", "11.4"),
     # Issue 11.3: YAML aliases
     Case("alias_bomb.yaml", _yaml(alias_bomb()),
-         "config", "ConfigError", r"aliases expand to more than \d+ nodes", "11.3"),
+         "config", "ConfigError", r"expands to more than 100000 nodes once its aliases are resolved", "11.3"),
 ]}
 
 
