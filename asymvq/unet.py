@@ -20,6 +20,7 @@ import numpy as np
 from . import _core
 from . import checkpoint as _checkpoint
 from . import config as _config
+from . import tables
 from .config import DiffusionSpec, UNetSpec
 
 __all__ = ["UNet", "CONTEXT_LENGTH", "UNET_PREFIX"]
@@ -61,12 +62,17 @@ def _as_c_array(array: Any) -> Any:
     return array
 
 
-def _unet_weights(weights: WeightsLike) -> dict[str, Any]:
+def _unet_weights(weights: WeightsLike, spec: UNetSpec) -> dict[str, Any]:
     if isinstance(weights, (str, os.PathLike)):
         weights = _checkpoint.load(weights)
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a checkpoint path or a mapping name -> array, got {type(weights).__name__}")
-    picked = {name: _as_c_array(a) for name, a in weights.items() if name.startswith(UNET_PREFIX)}
+    # Only tensors the UNet reads are converted: an unused one stays the file's view, never copied
+    # (a stride-0 view of 16 bytes can stand for gigabytes).
+    used = tables.unet_tensors(spec)
+    picked = {
+        name: _as_c_array(a) if name in used else a for name, a in weights.items() if name.startswith(UNET_PREFIX)
+    }
     if not picked:
         raise ValueError(f"the weights hold no UNet tensors (no key starts with {UNET_PREFIX!r})")
     return picked
@@ -114,7 +120,7 @@ class UNet:
         spec = _unet_spec(config)
         if precision not in ("fp32", "bf16"):
             raise ValueError(f'precision must be "fp32" or "bf16", got {precision!r}')
-        core = _core.UNet(_c_config(spec), _unet_weights(weights), precision)
+        core = _core.UNet(_c_config(spec), _unet_weights(weights, spec), precision)
         return cls(spec, core)
 
     @property
