@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -442,3 +443,18 @@ def test_config_file_larger_than_1_mib_is_refused_unread(tmp_path: Path) -> None
     path.write_text("# padding\n" * 200_000)
     with pytest.raises(ConfigError, match=r"huge.yaml: 1048577 characters is too large for a config"):
         config.load(path)
+
+
+def test_alias_bomb_file_is_refused_in_a_memory_limited_child(tmp_path: Path) -> None:
+    import json
+
+    import hostile
+
+    case = hostile.CASES["alias_bomb.yaml"]
+    path = case.write(tmp_path / "bomb.yaml")
+    result = hostile.probe(case, path, memory_mib=1024, timeout=120)
+    assert result.returncode == 0, f"{result.describe()}\n{result.stderr[-3000:]}"
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["error"] == "ConfigError" and outcome["message"].startswith(f"{path}: ")
+    assert re.search(case.problem, outcome["message"]) and len(outcome["message"]) < 300
+    assert outcome["max_rss_mib"] < 256 and outcome["seconds"] < 10
