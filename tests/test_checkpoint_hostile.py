@@ -11,6 +11,7 @@ fails its test instead of killing pytest.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -579,3 +580,23 @@ def test_command_line_given_a_deeply_nested_ckpt_prints_one_error_line_and_exits
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert str(path) in lines[0] and "nested deeper than 256 levels" in lines[0]
     assert result.max_rss_mib < 512
+
+
+# ---------------------------------------------------------------------------------------------
+# A stride-0 view stays a view: an unused "broadcast" tensor of 4 bytes standing for 1 GiB
+
+def test_an_unused_broadcast_tensor_stays_a_view_and_the_unet_never_copies_it(tmp_path):
+    from fixtures import fixture_config, state_dict_items
+
+    items = collections.OrderedDict(state_dict_items("sd15-inpaint", tiny=True))
+    items["model.diffusion_model.extra"] = torch.zeros(4)[:1].expand(1 << 28)  # 1 GiB of float32
+    path = tmp_path / "broadcast.ckpt"
+    torch.save({"state_dict": items}, path)
+    assert path.stat().st_size < 64 << 20
+    extra = checkpoint.load(path)["model.diffusion_model.extra"]
+    assert extra.strides == (0,) and extra.nbytes == 1 << 30 and not extra.flags.owndata
+    build = "import sys; from asymvq.unet import UNet; UNet.from_config(sys.argv[1], sys.argv[2]); print('built')"
+    result = hostile.run_limited([sys.executable, "-c", build, str(fixture_config("sd15-inpaint")), str(path)],
+                                 memory_mib=MEMORY_MIB, timeout=TIMEOUT)
+    assert result.returncode == 0 and result.stdout.strip() == "built", f"{result.describe()}\n{result.stderr[-3000:]}"
+    assert result.max_rss_mib < PEAK_RSS_MIB, result.describe()
