@@ -13,6 +13,17 @@ Nothing here imports PyTorch, and nothing in a checkpoint is ever run:
 * ``.safetensors`` headers are validated completely (size, JSON, dtypes,
   shapes, offsets that tile the data exactly) before any tensor is returned.
 
+The format is recognised from the content, never from one byte or the suffix (see
+:func:`open_checkpoint`). A hostile file costs bounded work: every length a file declares
+(zip member sizes, storage sizes, tensor geometry, safetensors header and offsets, the length
+field of every length-prefixed pickle opcode) is checked against the bytes present before
+anything is allocated; the unpickler refuses containers nested deeper than 256 levels as it
+builds them, before anything is hashed or compared (C recursion has no depth check there);
+BUILD cannot set attributes on the dicts it builds; what the allowed functions copy is bounded
+by the pickle's size; and any failure while reading is a :class:`CheckpointError` naming the
+file. Peak memory stays proportional to ``data.pkl`` (at most ~100 bytes per pickle byte for
+a pickle of empty containers; ~100 KB for a real state dict's pickle).
+
 Tensors come back as read-only NumPy arrays that are views into one
 ``numpy.memmap`` of the whole file: opening a checkpoint reads only its index,
 never its weights.

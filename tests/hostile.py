@@ -20,7 +20,7 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -278,11 +278,34 @@ class ChildResult:
         return f"{how}, peak RSS {self.max_rss_mib:.0f} MiB, {self.seconds:.1f} s"
 
 
+# Runs argv in a grandchild and reports the grandchild's peak RSS: a child forked from pytest
+# inherits pytest's RSS as the start of its ru_maxrss (Linux keeps the pre-exec high-water mark),
+# while this small launcher's is only ~10 MiB.
+LAUNCHER = r"""
+import os, signal, sys
+report, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    signal.signal(-code, signal.SIG_DFL)
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
 def run_limited(argv: Sequence[str], *, memory_mib: int, timeout: float,
                 cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> ChildResult:
     """Run ``argv`` with its address space limited to ``memory_mib`` MiB; never raises for the child's sake.
 
-    The child's peak RSS comes from ``wait4``, so it is known even when the child dies of a signal.
+    Its peak RSS comes from ``wait4`` in a small launcher, so it is known even when it dies of a signal.
     """
     limit = memory_mib << 20
 
@@ -293,36 +316,25 @@ def run_limited(argv: Sequence[str], *, memory_mib: int, timeout: float,
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("OMP_NUM_THREADS", "1")
     child_env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    start = time.perf_counter()
-    proc = subprocess.Popen(list(argv), cwd=cwd or REPO, env=child_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=limit_memory)
-    output: Dict[str, bytes] = {}
-    readers = [threading.Thread(target=lambda k=k, f=f: output.__setitem__(k, f.read()), daemon=True)
-               for k, f in (("out", proc.stdout), ("err", proc.stderr))]
-    for r in readers:
-        r.start()
-    # wait4 (not Popen.wait) so that the child's own peak RSS is known, even after a signal.
-    deadline = start + timeout
-    timed_out = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "maxrss"
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), *argv], cwd=cwd or REPO,
+                                env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=limit_memory, start_new_session=True)
+        timed_out = False
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
             timed_out = True
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.01)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # tells Popen the child is reaped
-    for r in readers:
-        r.join()
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the command
+            stdout, stderr = proc.communicate()
+        seconds = time.perf_counter() - start
+        rss = int(report.read_text()) / 1024 if report.exists() else float("nan")
     code = proc.returncode
     sig = -code if code < 0 else None
     return ChildResult(None if (sig is not None or timed_out) else code, sig, timed_out,
-                       output.get("out", b"").decode(errors="replace"),
-                       output.get("err", b"").decode(errors="replace"), usage.ru_maxrss / 1024, seconds)
+                       stdout.decode(errors="replace"), stderr.decode(errors="replace"), rss, seconds)
 
 
 PROBE = r"""
@@ -342,7 +354,8 @@ except Exception as e:
     result["error"] = type(e).__name__
     result["message"] = str(e)
 result["seconds"] = time.perf_counter() - start
-result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+result["max_rss_mib"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(result))
 """
 
