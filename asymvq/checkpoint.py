@@ -21,8 +21,9 @@ anything is allocated; the unpickler refuses containers nested deeper than 256 l
 builds them, before anything is hashed or compared (C recursion has no depth check there);
 BUILD cannot set attributes on the dicts it builds; what the allowed functions copy is bounded
 by the pickle's size; and any failure while reading is a :class:`CheckpointError` naming the
-file. Peak memory stays proportional to ``data.pkl`` (at most ~100 bytes per pickle byte for
-a pickle of empty containers; ~100 KB for a real state dict's pickle).
+file. Peak memory stays proportional to the size of ``data.pkl``: Python objects cost up to
+~250 bytes per pickle byte for a pickle of nothing but empty sets (a real state dict's pickle
+is ~100 KB).
 
 Tensors come back as read-only NumPy arrays that are views into one
 ``numpy.memmap`` of the whole file: opening a checkpoint reads only its index,
@@ -800,7 +801,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             children = itertools.chain(dict.keys(obj), dict.values(obj))
         depth = 1 + max(map(self._nesting, children), default=0)
         self._limit_depth(depth)
-        self._depths[id(obj)] = (obj, depth)
+        if depth > 1:  # 1 is what _nesting assumes: empty containers cost no bookkeeping
+            self._depths[id(obj)] = (obj, depth)
 
     def _grow(self, container: Any, items: Any) -> Callable[[], None]:
         """Before items go into a container: check the depth it would reach; returns the update."""
