@@ -13,6 +13,18 @@ Nothing here imports PyTorch, and nothing in a checkpoint is ever run:
 * ``.safetensors`` headers are validated completely (size, JSON, dtypes,
   shapes, offsets that tile the data exactly) before any tensor is returned.
 
+The format is recognised from the content, never from one byte or the suffix (see
+:func:`open_checkpoint`). A hostile file costs bounded work: every length a file declares
+(zip member sizes, storage sizes, tensor geometry, safetensors header and offsets, the length
+field of every length-prefixed pickle opcode) is checked against the bytes present before
+anything is allocated; the unpickler refuses containers nested deeper than 256 levels as it
+builds them, before anything is hashed or compared (C recursion has no depth check there);
+BUILD cannot set attributes on the dicts it builds; what the allowed functions copy is bounded
+by the pickle's size; and any failure while reading is a :class:`CheckpointError` naming the
+file. Peak memory stays proportional to the size of ``data.pkl``: Python objects cost up to
+~250 bytes per pickle byte for a pickle of nothing but empty sets (a real state dict's pickle
+is ~100 KB).
+
 Tensors come back as read-only NumPy arrays that are views into one
 ``numpy.memmap`` of the whole file: opening a checkpoint reads only its index,
 never its weights.
@@ -38,10 +50,12 @@ from __future__ import annotations
 
 import _compat_pickle
 import io
+import itertools
 import json
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -245,11 +259,16 @@ class Checkpoint:
 def open_checkpoint(path: PathLike) -> Checkpoint:
     """Open a ``.ckpt`` (torch.save zip) or ``.safetensors`` file, recognised by its bytes.
 
-    For ``.ckpt`` files the state dict is the top-level dict, or its ``state_dict``
-    entry when it has one (Lightning checkpoints); nested dicts and lists inside it
-    are flattened with dotted names (``{"a": [t]}`` -> ``"a.0"``).
+    The content decides the format, not the file name: a torch.save zip starts with a zip
+    local-file signature, a ``.safetensors`` file with a plausible header length followed by
+    ``{``, and PyTorch's legacy format (refused) with torch's magic number pickled. When the
+    suffix says otherwise a :class:`UserWarning` says which format was read.
 
-    Raises :class:`CheckpointError` for anything unreadable, corrupt or unsafe.
+    For ``.ckpt`` files the state dict is the top-level dict, or its ``state_dict`` entry
+    when it has one (Lightning checkpoints); nested dicts and lists inside it are flattened
+    with dotted names (``{"a": [t]}`` -> ``"a.0"``).
+
+    Raises :class:`CheckpointError` naming the file for anything unreadable, corrupt or unsafe.
     """
     path = os.fspath(path)
     try:
@@ -257,16 +276,74 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
     except OSError as e:
         raise CheckpointError(f"cannot open checkpoint {path}: {e.strerror or e}") from e
     with f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(16)
-        if head[:4] == b"PK\x03\x04":
-            return _open_ckpt(path, f, size)
-        if head[:1] == b"\x80":
-            raise CheckpointError(_legacy_message(path))
-        if head[8:9] in (b"{", b" ") or path.endswith(".safetensors"):
-            return _open_safetensors(path, f, size)
-        what = "empty" if size == 0 else "neither a torch.save zip (.ckpt) nor a .safetensors file"
-        raise CheckpointError(f"{path}: not a checkpoint: the file is {what}")
+        try:
+            return _open(path, f)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a reader bug or an exhausted resource: still the file's fault
+            raise CheckpointError(f"{path}: cannot read the checkpoint: {type(e).__name__}: "
+                                  f"{_excerpt(str(e))}") from e
+
+
+def _open(path: str, f: IO[bytes]) -> Checkpoint:
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(32)
+    found = _detect(head, size)
+    suffix = os.path.splitext(path)[1].lower()
+    expected = _SUFFIX_FORMATS.get(suffix)
+    if found is not None and expected is not None and _FAMILY[found] != expected:
+        warnings.warn(f"{path}: the suffix {suffix} says {_FORMAT_NAMES[expected]} but the "
+                      f"content is {_FORMAT_NAMES[found]}; reading it as such", UserWarning,
+                      stacklevel=3)
+    if found == "ckpt":
+        return _open_ckpt(path, f, size)
+    if found == "legacy":
+        raise CheckpointError(_legacy_message(path))
+    if found == "safetensors" or expected == "safetensors":
+        # A file named .safetensors that does not look like one gets the reader's precise diagnosis.
+        return _open_safetensors(path, f, size)
+    if size == 0:
+        what = "empty"
+    elif head[:1] == b"\x80":
+        what = ("a bare pickle (not written by torch.save, or not a checkpoint); nothing in it "
+                "was run")
+    else:
+        what = "neither a torch.save zip (.ckpt) nor a .safetensors file"
+    raise CheckpointError(f"{path}: not a checkpoint: the file is {what}")
+
+
+# What the content of a file says it is; None: nothing this module knows.
+_FORMAT_NAMES = {"ckpt": "a torch.save zip (.ckpt)", "safetensors": ".safetensors",
+                 "legacy": "PyTorch's legacy (pre-1.6) format"}
+# Suffixes that promise a format; "ckpt" covers both torch.save formats (zip and legacy).
+_SUFFIX_FORMATS = {".safetensors": "safetensors", ".ckpt": "ckpt", ".pt": "ckpt", ".pth": "ckpt"}
+_FAMILY = {"ckpt": "ckpt", "legacy": "ckpt", "safetensors": "safetensors"}
+# torch.save's legacy format begins with this number pickled (LONG1 of 10 bytes).
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _detect(head: bytes, size: int) -> Optional[str]:
+    """"ckpt", "safetensors", "legacy" or None, from the first 32 bytes of a ``size``-byte file.
+
+    Each test is one that no file of the other formats can pass: a zip's local-file signature;
+    a safetensors header length between 8 and the bytes present (and the header cap) followed by
+    ``{``; the pickled magic number (after PROTO and an optional FRAME) of torch's legacy format.
+    A single leading byte would not do: 0x80 is the PROTO opcode of a legacy file but also the
+    low byte of one safetensors header length in 256.
+    """
+    if head[:4] == b"PK\x03\x04":
+        return "ckpt"
+    if len(head) >= 9:
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if 8 <= header_size <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{":
+            return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        body = head[2:]
+        if body[:1] == b"\x95":  # protocol 4+: FRAME and its 8-byte length come first
+            body = body[9:]
+        if body.startswith(_LEGACY_MAGIC):
+            return "legacy"
+    return None
 
 
 def load(path: PathLike) -> Dict[str, np.ndarray]:
@@ -378,8 +455,8 @@ def _open_ckpt(path: str, f: IO[bytes], size: int) -> Checkpoint:
         raise CheckpointError(f"{path}: {pickles[0]} fails its CRC check (corrupt file)")
     root = _RestrictedUnpickler(path, data, members, prefix).load_checked()
     state, other = root, ()
-    if isinstance(root, dict) and isinstance(root.get("state_dict"), dict):
-        state = root["state_dict"]
+    if isinstance(root, dict) and isinstance(dict.get(root, "state_dict"), dict):
+        state = dict.__getitem__(root, "state_dict")
         other = tuple(k if isinstance(k, str) else _short(k) for k in root if k != "state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds {_describe(state)}, not a dict of tensors "
@@ -419,7 +496,7 @@ def _flatten(path: str, state: dict) -> Tuple[Dict[str, _TensorRef], Dict[str, s
             skipped[name] = f"a container nested deeper than {_MAX_DEPTH} levels"
             continue
         seen[id(obj)] = name
-        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        items = dict.items(obj) if isinstance(obj, dict) else enumerate(obj)
         children = []
         for key, value in items:
             if isinstance(key, bool) or not isinstance(key, (str, int)) or (
@@ -599,8 +676,16 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     """
 
     def __init__(self, path: str, data: bytes, members: Dict[str, _Member], prefix: str) -> None:
-        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._data = data
+        self._file = io.BytesIO(data)
+        super().__init__(self._file, encoding="utf-8")
         self._path = path
+        # id -> (container, nesting depth) of every container built so far; holding the
+        # container keeps its id from being reused.
+        self._depths: Dict[int, Tuple[Any, int]] = {}
+        # Elements and bytes that the allowed callables have copied: bounded by the pickle's size.
+        self._copied = 0
+        self._copy_limit = 2 * len(data) + (1 << 16)
         self._members = members
         self._prefix = prefix
         self._placeholders: Dict[str, type] = {}
@@ -644,6 +729,100 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     for _opcode in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_opcode[0]] = _refuse_extension
     del _opcode
+
+    def load_build(self) -> None:
+        """BUILD keeps nothing: no attribute of a dict (torch's ``_metadata``) is needed, and an
+        attribute set on one could shadow its methods (``items``); placeholders ignore their state."""
+        stack = self.stack
+        stack.pop()
+        inst = stack[-1]
+        if isinstance(inst, _Placeholder) or type(inst) in (dict, OrderedDict):
+            return
+        raise CheckpointError(f"{self._path}: data.pkl sets the state of {_describe(inst)}, "
+                              "which torch.save never does")
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    # -- declared lengths ----------------------------------------------------------------------
+    def _check_declared_length(self, name: str, field: str) -> None:
+        """Refuse a length field that claims more bytes than data.pkl still holds, before the
+        standard opcode reads it (BYTEARRAY8 would allocate the claimed size first)."""
+        width = struct.calcsize(field)
+        at_file = self._file.tell()
+        left_in_file = len(self._data) - at_file
+        frame = getattr(getattr(self, "_unframer", None), "current_frame", None)
+        left_in_frame, raw, opcode_at = 0, b"", at_file - 1
+        if frame is not None:
+            with frame.getbuffer() as view:
+                at = frame.tell()
+                left_in_frame = len(view) - at
+                raw = bytes(view[at:at + width])
+                opcode_at = at_file - len(view) + at - 1
+        if left_in_frame == 0:
+            raw = self._data[at_file:at_file + width]
+            follow = left_in_file - width
+        elif left_in_frame >= width:
+            follow = left_in_frame - width + left_in_file
+        else:
+            return  # the field straddles the end of a frame: the standard reader reports that
+        if len(raw) < width:
+            return  # truncated: the standard reader reports that
+        (declared,) = struct.unpack(field, raw)
+        if declared < 0:
+            raise CheckpointError(f"{self._path}: data.pkl is corrupt: {name} at byte {opcode_at} "
+                                  f"declares a negative length ({declared})")
+        if declared > follow:
+            raise CheckpointError(f"{self._path}: data.pkl is corrupt: {name} at byte {opcode_at} "
+                                  f"declares {declared} bytes but only {max(follow, 0)} follow")
+
+    # -- nesting depth -------------------------------------------------------------------------
+    def _nesting(self, obj: Any) -> int:
+        if type(obj) not in _NESTING_TYPES:
+            return 0
+        entry = self._depths.get(id(obj))
+        return entry[1] if entry is not None and entry[0] is obj else 1
+
+    def _limit_depth(self, depth: int) -> None:
+        if depth > _MAX_PICKLE_DEPTH:
+            raise CheckpointError(
+                f"{self._path}: data.pkl holds containers nested deeper than {_MAX_PICKLE_DEPTH} "
+                "levels, which no checkpoint needs (refused while unpickling, before anything "
+                "was hashed or compared)")
+
+    def _register(self, obj: Any) -> None:
+        """Record the depth of a container an opcode just pushed; refuse it if too deep."""
+        if type(obj) not in _NESTING_TYPES:
+            return
+        entry = self._depths.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            return  # an existing container handed back (e.g. by _rebuild_parameter)
+        children: Any = obj
+        if type(obj) in (dict, OrderedDict):
+            children = itertools.chain(dict.keys(obj), dict.values(obj))
+        depth = 1 + max(map(self._nesting, children), default=0)
+        self._limit_depth(depth)
+        if depth > 1:  # 1 is what _nesting assumes: empty containers cost no bookkeeping
+            self._depths[id(obj)] = (obj, depth)
+
+    def _grow(self, container: Any, items: Any) -> Callable[[], None]:
+        """Before items go into a container: check the depth it would reach; returns the update."""
+        if type(container) not in _NESTING_TYPES:
+            return lambda: None
+        depth = 1 + max(map(self._nesting, items), default=0)
+        self._limit_depth(depth)
+
+        def update() -> None:
+            if depth > self._nesting(container):
+                self._depths[id(container)] = (container, depth)
+        return update
+
+    def _charge(self, count: int) -> None:
+        """Account for ``count`` elements or bytes an allowed callable is about to copy."""
+        self._copied += count
+        if self._copied > self._copy_limit:
+            raise CheckpointError(f"{self._path}: data.pkl makes its allowed functions copy more "
+                                  f"than {self._copy_limit} elements, more than the "
+                                  f"{len(self._data)}-byte pickle holds")
 
     # -- entry point ---------------------------------------------------------------------------
     def load_checked(self) -> Any:
@@ -788,6 +967,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if not args:
             return OrderedDict()
         if len(args) == 1 and isinstance(args[0], (list, tuple, dict)):
+            self._charge(len(args[0]))
             try:
                 return OrderedDict(args[0])
             except (TypeError, ValueError):
@@ -802,6 +982,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             if not args:
                 return kind()
             if len(args) == 1 and type(args[0]) in _ITERABLES:
+                self._charge(len(args[0]))
                 try:
                     return kind(args[0])
                 except (TypeError, ValueError):
@@ -814,6 +995,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             if not args:
                 return {"bytes": b"", "bytearray": bytearray(), "str": ""}[name]
             value = args[0]
+            if isinstance(value, (str, bytes, bytearray, list, tuple)):
+                self._charge(len(value))
             encoding = None
             if len(args) == 2 and isinstance(args[1], str):
                 encoding = _TEXT_ENCODINGS.get(args[1])
@@ -847,6 +1030,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
         def make(*args: Any) -> Any:
             if len(args) <= 3 and all(type(a) in (type(None), bool, int, float, str) for a in args):
+                self._charge(sum(len(a) for a in args if type(a) is str))
                 try:
                     return kind(*args)
                 except (TypeError, ValueError, OverflowError):
@@ -855,12 +1039,88 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         return make
 
     def _codecs_encode(self, *args: Any) -> Any:
-        if len(args) == 2 and isinstance(args[0], str) and args[1] in _TEXT_ENCODINGS:
+        if (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str)
+                and args[1] in _TEXT_ENCODINGS):
+            self._charge(len(args[0]))
             try:
                 return args[0].encode(_TEXT_ENCODINGS[args[1]])
             except UnicodeEncodeError:
                 pass
         return self._placeholder("_codecs", "encode")()
+
+
+# Containers whose nesting the unpickler tracks (exact types: it builds no subclasses).
+_NESTING_TYPES = frozenset({tuple, list, dict, set, frozenset, OrderedDict})
+# Hashing or comparing nested tuples recurses in C without a depth check, so a ~1 MB pickle of a
+# million-deep tuple used as a dict key would overflow the C stack. Every container is checked as
+# it is built, so no deeper one ever exists; real checkpoints nest a few levels.
+_MAX_PICKLE_DEPTH = 256
+
+# Opcodes with a length prefix -> (name, struct format of the length).
+_LENGTH_PREFIXED = {
+    pickle.BINSTRING: ("BINSTRING", "<i"), pickle.SHORT_BINSTRING: ("SHORT_BINSTRING", "<B"),
+    pickle.BINBYTES: ("BINBYTES", "<I"), pickle.SHORT_BINBYTES: ("SHORT_BINBYTES", "<B"),
+    pickle.BINBYTES8: ("BINBYTES8", "<Q"), pickle.BINUNICODE: ("BINUNICODE", "<I"),
+    pickle.SHORT_BINUNICODE: ("SHORT_BINUNICODE", "<B"), pickle.BINUNICODE8: ("BINUNICODE8", "<Q"),
+    pickle.BYTEARRAY8: ("BYTEARRAY8", "<Q"), pickle.LONG1: ("LONG1", "<B"),
+    pickle.LONG4: ("LONG4", "<i"), pickle.FRAME: ("FRAME", "<Q"),
+}
+# Opcodes that push a new object (or replace the top of the stack with one).
+_BUILDERS = (pickle.EMPTY_TUPLE, pickle.EMPTY_LIST, pickle.EMPTY_DICT, pickle.EMPTY_SET,
+             pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.LIST, pickle.DICT,
+             pickle.FROZENSET, pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.OBJ,
+             pickle.INST)
+
+
+def _marked(u: "_RestrictedUnpickler") -> Tuple[Any, Any]:
+    return u.metastack[-1][-1], u.stack
+
+
+# Opcodes that put items into a container already built -> (container, new items).
+_FILLERS: Dict[bytes, Callable[["_RestrictedUnpickler"], Tuple[Any, Any]]] = {
+    pickle.APPEND: lambda u: (u.stack[-2], u.stack[-1:]),
+    pickle.SETITEM: lambda u: (u.stack[-3], u.stack[-2:]),
+    pickle.APPENDS: _marked, pickle.SETITEMS: _marked, pickle.ADDITEMS: _marked,
+}
+
+
+def _length_checked(handler: Callable[[Any], None], name: str, field: str) -> Callable[[Any], None]:
+    def load(self: "_RestrictedUnpickler") -> None:
+        self._check_declared_length(name, field)
+        handler(self)
+    return load
+
+
+def _registered(handler: Callable[[Any], None]) -> Callable[[Any], None]:
+    def load(self: "_RestrictedUnpickler") -> None:
+        handler(self)
+        if self.stack:
+            self._register(self.stack[-1])
+    return load
+
+
+def _filling(handler: Callable[[Any], None],
+             operands: Callable[["_RestrictedUnpickler"], Tuple[Any, Any]]) -> Callable[[Any], None]:
+    def load(self: "_RestrictedUnpickler") -> None:
+        try:
+            container, items = operands(self)
+        except IndexError:  # a malformed stack: the standard opcode reports it
+            handler(self)
+            return
+        update = self._grow(container, items)
+        handler(self)
+        update()
+    return load
+
+
+for _op, (_name, _field) in _LENGTH_PREFIXED.items():
+    _RestrictedUnpickler.dispatch[_op[0]] = _length_checked(
+        _RestrictedUnpickler.dispatch[_op[0]], _name, _field)
+for _op in _BUILDERS:
+    _RestrictedUnpickler.dispatch[_op[0]] = _registered(_RestrictedUnpickler.dispatch[_op[0]])
+for _op, _operands in _FILLERS.items():
+    _RestrictedUnpickler.dispatch[_op[0]] = _filling(_RestrictedUnpickler.dispatch[_op[0]], _operands)
+del _op, _name, _field, _operands
 
 
 def _rebuild_parameter(data: Any, *_ignored: Any) -> Any:
@@ -877,6 +1137,11 @@ def _global_name(obj: object) -> str:
     if isinstance(obj, _Placeholder):
         return type(obj)._global
     return _short(obj)
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """``text`` cut to about ``limit`` characters, for messages."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _short(obj: object) -> str:
@@ -923,6 +1188,9 @@ def _safetensors_header(path: str, f: IO[bytes], size: int
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the header is a JSON {type(header).__name__}, not an "
                               "object")
+    if raw[:1] != b"{":
+        raise CheckpointError(f"{path}: the header must begin with '{{' (it begins with "
+                              f"{raw[:8]!r})")
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: __metadata__ must map strings to strings")

