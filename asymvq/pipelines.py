@@ -256,6 +256,12 @@ class InpaintPipeline(_Base):
                 raise ValueError(f"image array must be [1, 3, H, W] float32 in [-1, 1], got {img.shape}")
             if msk.shape != (1, 1) + img.shape[2:]:
                 raise ValueError(f"mask array must be [1, 1, {img.shape[2]}, {img.shape[3]}], got {msk.shape}")
+            # checked here, not by the decoder after the whole sampling loop
+            if not np.isfinite(img).all():
+                raise ValueError("image array has NaN or Inf values")
+            if not np.isin(msk, (0.0, 1.0)).all():
+                raise ValueError("mask array values must be exactly 0 or 1 (1 = hole); binarise it first, "
+                                 "e.g. (mask >= 0.5).astype(np.float32)")
         else:
             img, msk, _ = load_pair(image, mask, resize=resize)
         H, W = img.shape[-2:]
