@@ -29,6 +29,7 @@ shared by the OS page cache).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from . import checkpoint, config as config_mod
+from . import checkpoint, config as config_mod, tables
 from .image import ImageLike, load_pair, to_pil, to_uint8
 
 PathLike = Union[str, os.PathLike]
@@ -84,6 +85,17 @@ def _load_weights(path_or_dict: Union[PathLike, Mapping[str, np.ndarray]]) -> Ma
     if isinstance(path_or_dict, Mapping):
         return path_or_dict
     return checkpoint.load(path_or_dict)
+
+
+@contextlib.contextmanager
+def _weights_of(source: Optional[str]):
+    """Prefixes a weights problem with the file it is in (the models only know the tensors)."""
+    try:
+        yield
+    except tables.WeightsError as e:
+        if source and e.args and not str(e.args[0]).startswith(f"{source}: "):
+            e.args = (f"{source}: {e.args[0]}",) + e.args[1:]
+        raise
 
 
 class _Progress:
@@ -193,10 +205,12 @@ class InpaintPipeline(_Base):
         from .text_encoder import TextEncoder
         from .unet import UNet
 
-        te = TextEncoder.from_config(cfg_d, wd, precision=precision)
-        un = UNet.from_config(cfg_d, wd, precision=precision)
-        enc = Autoencoder.from_config(cfg_d, wd, precision=precision)
-        dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
+        with _weights_of(sources.get("diffusion")):
+            te = TextEncoder.from_config(cfg_d, wd, precision=precision)
+            un = UNet.from_config(cfg_d, wd, precision=precision)
+            enc = Autoencoder.from_config(cfg_d, wd, precision=precision)
+        with _weights_of(sources.get("decoder")):
+            dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
         return cls(diffusion_spec=spec_d, decoder_spec=spec_c, text_encoder=te, unet=un, encoder=enc, decoder=dec,
                    tokenizer=tok, precision=precision, sources=sources)
 
@@ -319,9 +333,11 @@ class Txt2ImgPipeline(_Base):
         from .text_encoder import TextEncoder
         from .unet import UNet
 
-        te = TextEncoder.from_config(cfg_d, wd, precision=precision)
-        un = UNet.from_config(cfg_d, wd, precision=precision)
-        dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
+        with _weights_of(sources.get("diffusion")):
+            te = TextEncoder.from_config(cfg_d, wd, precision=precision)
+            un = UNet.from_config(cfg_d, wd, precision=precision)
+        with _weights_of(sources.get("decoder")):
+            dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
         return cls(diffusion_spec=spec_d, decoder_spec=spec_c, text_encoder=te, unet=un, decoder=dec, tokenizer=tok,
                    precision=precision, sources=sources)
 

@@ -253,3 +253,15 @@ def test_the_checks_do_not_load_weights(empty_ckpts, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and (str(empty_ckpts["t2i"]) in err or str(empty_ckpts["decoder"]) in err), err
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_weights_that_do_not_fit_are_one_line_naming_the_file_and_cut_after_ten(tmp_path, capsys):
+    from fixtures import write_checkpoint
+
+    decoder = write_checkpoint(tmp_path / "decoder.ckpt", "decoder-base")
+    ckpts = {"inpaint": decoder, "decoder": decoder}  # a decoder where the SD model belongs
+    code = inpaint_st.main(inpaint_argv(ckpts, one_pair(tmp_path / "in"), tmp_path / "out"))
+    assert_one_error_line(capsys, code, f"error: {decoder}: weights (CLIP text encoder): 36 problem(s)")
+    # (assert_one_error_line consumed stderr; run again to look at the tail)
+    inpaint_st.main(inpaint_argv(ckpts, tmp_path / "in", tmp_path / "out"))
+    assert capsys.readouterr().err.rstrip().endswith("; and 26 more")
