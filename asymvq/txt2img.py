@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     images: List[Image.Image] = []
     count = 0
     sampler = "plms" if args.plms else "ddim"
+    grid = "grid.png" in output_names(args, len(prompts))
     for it in tqdm(range(iterations(args)), desc="iterations", unit="it"):
         code = first_code if (it == 0 or args.fixed_code) else rng.randn(n, 4, h, w).astype(np.float32)
         for prompt in prompts:
@@ -180,11 +181,12 @@ def run(args: argparse.Namespace) -> int:
             for im in res.images:
                 if not args.skip_save:
                     _cli.save_png(im, outdir / f"{count}.png")
-                images.append(im)
+                if grid:
+                    images.append(im)  # only the grid needs them all
                 count += 1
             tqdm.write(_cli.summary(f"{prompt[:40]!r} x{n}", args.W, args.H, time.perf_counter() - t,
                                     args.ddim_steps))
-    if not args.skip_grid and len(images) > 1:
+    if grid:
         per_row = args.n_rows if args.n_rows > 0 else n
         _cli.save_png(make_grid(images, per_row), outdir / "grid.png")
     return 0
