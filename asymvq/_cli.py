@@ -155,6 +155,25 @@ def load_config(path: str, flag: str) -> Any:
         raise CLIError(f"{flag} {path}: {one_line(e)}") from None
 
 
+def load_diffusion_config(path: str, flag: str, kind: str, example: str) -> Any:
+    """The diffusion config at ``path``, refused unless it is of ``kind`` (inpaint, txt2img)."""
+    spec = load_config(path, flag)
+    if not isinstance(spec, config_mod.DiffusionSpec) or spec.kind != kind:
+        what = "an inpainting" if kind == "inpaint" else "a text-to-image"
+        raise CLIError(f"{flag} {path} is not {what} diffusion config (e.g. {example})")
+    return spec
+
+
+def load_decoder_config(path: str, flag: str, example: str, conditional: bool = False) -> Any:
+    """The autoencoder config at ``path``; with ``conditional``, refused unless its decoder takes
+    the image and mask (the asymmetric decoder of inpaint_st)."""
+    spec = load_config(path, flag)
+    if not isinstance(spec, config_mod.AutoencoderSpec) or (conditional and not spec.decoder.conditional):
+        what = "an asymmetric decoder config with condition" if conditional else "an autoencoder config"
+        raise CLIError(f"{flag} {path} is not {what} (e.g. {example})")
+    return spec
+
+
 def resolve_config(path: str) -> str:
     """The config at ``path``; if it does not exist but names one of the original configs
     (e.g. the scripts' default ``configs/autoencoder/v1-inpainting-inference.yaml``), the copy

@@ -153,8 +153,10 @@ def run(args: argparse.Namespace) -> int:
     precision = _cli.precision_arg(args.precision)
     prompts = read_prompts(args)
     config, config_c = _cli.resolve_config(args.config), _cli.resolve_config(args.config_c)
-    _cli.check_sampler("plms" if args.plms else "ddim", args.ddim_steps, args.ddim_eta,
-                       _cli.load_config(config, "--config"), "--ddim_steps", "--ddim_eta")
+    spec = _cli.load_diffusion_config(config, "--config", "txt2img", "v1-t2i-inference.yaml")
+    _cli.load_decoder_config(config_c, "--config_c", "autoencoder_kl_woc_32x32x4.yaml")
+    _cli.check_sampler("plms" if args.plms else "ddim", args.ddim_steps, args.ddim_eta, spec, "--ddim_steps",
+                       "--ddim_eta")
     _cli.require_file(args.ckpt, "--ckpt checkpoint")
     _cli.require_file(args.ckpt_c, "--ckpt_c checkpoint")
     outdir = _cli.prepare_outdir(args.outdir)

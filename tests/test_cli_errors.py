@@ -265,3 +265,27 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_file_and_cut_after_ten(
     # (assert_one_error_line consumed stderr; run again to look at the tail)
     inpaint_st.main(inpaint_argv(ckpts, tmp_path / "in", tmp_path / "out"))
     assert capsys.readouterr().err.rstrip().endswith("; and 26 more")
+
+
+@pytest.mark.parametrize("flag, config, match", [
+    ("--config", "autoencoder_kl_32x32x4.yaml", "is not a text-to-image diffusion config"),
+    ("--config", "v1-inpainting-inference.yaml", "is not a text-to-image diffusion config"),
+    ("--config_c", "v1-t2i-inference.yaml", "is not an autoencoder config"),
+])
+def test_txt2img_config_of_the_wrong_kind_is_refused_before_loading(empty_ckpts, tmp_path, capsys, flag, config,
+                                                                    match):
+    argv = t2i_argv(empty_ckpts, tmp_path / "out")
+    argv[argv.index(flag) + 1] = str(TINY / config)
+    assert_one_error_line(capsys, txt2img.main(argv), match)
+
+
+@pytest.mark.parametrize("flag, config, match", [
+    ("--config_d", "autoencoder_kl_32x32x4.yaml", "is not an inpainting diffusion config"),
+    ("--config_d", "v1-t2i-inference.yaml", "is not an inpainting diffusion config"),
+    ("--config", "autoencoder_kl_woc_32x32x4.yaml", "is not an asymmetric decoder config with condition"),
+])
+def test_inpaint_st_config_of_the_wrong_kind_is_refused_before_loading(empty_ckpts, tmp_path, capsys, flag, config,
+                                                                       match):
+    argv = inpaint_argv(empty_ckpts, one_pair(tmp_path / "in"), tmp_path / "out")
+    argv[argv.index(flag) + 1] = str(TINY / config)
+    assert_one_error_line(capsys, inpaint_st.main(argv), match)
