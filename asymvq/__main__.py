@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     cmd = COMMANDS.get(args[0])
     if cmd is None:
-        print(f"asymvq: unknown command {args[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"error: unknown command {args[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     return cmd(args[1:])
 

@@ -36,7 +36,6 @@ import argparse
 import io
 import json
 import os
-import signal
 import struct
 import sys
 import time
@@ -265,6 +264,13 @@ def _header(entries: Sequence[_Entry], metadata: Mapping[str, str]) -> bytes:
     return struct.pack("<Q", len(blob) + (-len(blob) % 8)) + blob + b" " * (-len(blob) % 8)
 
 
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
 def _temporary(output: Path) -> Path:
     return output.with_name(f".{output.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
@@ -340,6 +346,11 @@ def convert(
         raise ValueError(f"{out}: the output must be a .safetensors file")
     if not out.parent.is_dir():
         raise ValueError(f"{out}: the folder {out.parent} does not exist")
+    for flag, source in (("--ckpt", ckpt_path), ("--decoder-ckpt", decoder_ckpt), ("--config", config_path),
+                         ("--decoder-config", decoder_config), ("--tokenizer", tokenizer)):
+        if source is not None and _same_file(out, source):
+            raise ValueError(f"{out} is the {flag} input: writing it would destroy the input (and whatever it "
+                             "holds beyond the weights, e.g. an embedded decoder or vocabulary); choose another -o")
 
     spec = config.load(config_path)
     inputs: list[tuple[Spec, str | os.PathLike[str]]] = [(spec, ckpt_path)]
@@ -451,7 +462,9 @@ def read_metadata(path: str | os.PathLike[str]) -> ConvertedMetadata:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from ._cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="python -m asymvq convert",
         description="Convert original checkpoints (.ckpt or .safetensors) to one asymvq .safetensors file.",
     )
@@ -471,17 +484,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the cleanup of the temporary file
-
-
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m asymvq convert ...``; returns the exit status (0 done, 2 bad input or usage: one ``error:`` line)."""
-    args = _parser().parse_args(None if argv is None else list(argv))
-    if (args.decoder_config is None) != (args.decoder_ckpt is None):
-        _parser().error("--decoder-config and --decoder-ckpt go together")
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    """``python -m asymvq convert ...``; returns the exit status: 0 done, 2 a bad argument or input
+    (one ``error:`` line), 143 on SIGTERM (no file left behind); see :func:`asymvq._cli.run_command`."""
+    from . import _cli
+
+    def run() -> int:
+        parser = _parser()
+        args = parser.parse_args(None if argv is None else list(argv))
+        if (args.decoder_config is None) != (args.decoder_ckpt is None):
+            parser.error("--decoder-config and --decoder-ckpt go together")
         report = convert(
             args.config,
             args.ckpt,
@@ -493,14 +505,11 @@ def main(argv: Iterable[str] | None = None) -> int:
             ema=args.ema,
             progress=not args.quiet and sys.stderr.isatty(),
         )
-    except (ConfigError, checkpoint.CheckpointError, WeightsError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if not args.quiet:
-        print(report.summary())
-    return 0
+        if not args.quiet:
+            print(report.summary())
+        return 0
+
+    return _cli.run_command(run)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,8 @@ byte-pair vocabulary of the same size.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -129,7 +126,15 @@ def build_txt2img_pipeline(precision: str = "fp32", seed: int = 0):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m asymvq demo", description=__doc__.split("\n\n")[0])
+    from . import _cli
+
+    return _cli.run_command(lambda: run(argv))
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    from . import _cli
+
+    p = _cli.ArgumentParser(prog="python -m asymvq demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--outdir", default="asymvq-demo", help="where to write result.png and side_by_side.png")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (inpaint_st uses 50)")
@@ -137,19 +142,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.size % 64 or args.size < 64:
-        print("error: --size must be a positive multiple of 64", file=sys.stderr)
-        return 2
-    try:
-        from .sampler import Sampler
-
-        Sampler(kind="ddim", steps=args.steps, eta=1.0)
-    except ValueError as e:
-        print(f"error: --steps: {e}", file=sys.stderr)
-        return 2
+        raise _cli.CLIError(f"--size must be a positive multiple of 64, got {args.size}")
+    _cli.check_sampler("ddim", args.steps, 1.0, None, "--steps")
+    _cli.check_seed(args.seed, maximum=_cli.SEED_MAX - 2)  # the noise streams use seed + 1 and seed + 2
     from .metrics import preservation_error, psnr_outside_mask
 
-    out = Path(args.outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _cli.prepare_outdir(args.outdir)
+    _cli.check_outputs([out / "result.png", out / "side_by_side.png"])
     print("asymvq demo: the inpainting pipeline of inpaint_st on TINY models with RANDOM weights.")
     print("The result is not a meaningful picture; it shows the engine end to end.\n")
     t = time.perf_counter()
@@ -157,12 +156,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_load = time.perf_counter() - t
     img, mask = demo_inputs(args.size)
     res = pipe(img, mask, seed=args.seed, steps=args.steps, progress=True)
-    res.images[0].save(out / "result.png")
+    _cli.save_png(res.images[0], out / "result.png")
     side = Image.new("RGB", (args.size * 3, args.size))
     side.paste(img, (0, 0))
     side.paste(mask.convert("RGB"), (args.size, 0))
     side.paste(res.images[0], (2 * args.size, 0))
-    side.save(out / "side_by_side.png")
+    _cli.save_png(side, out / "side_by_side.png")
     pe = preservation_error(img, res.images[0], mask)
     ps = psnr_outside_mask(img, res.images[0], mask)
     tm = res.timings

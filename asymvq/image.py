@@ -4,6 +4,10 @@ Images are RGB, normalised to ``[-1, 1]`` float32 NCHW; masks are ``{0, 1}``
 float32 ``[1, 1, H, W]`` with 1 = the hole to repaint (white in the mask file).
 Outputs go back to uint8 by truncation, as ``inpaint_st.py`` does (``round=True``
 rounds instead, as diffusers does).
+
+16-bit greyscale files (PNG ``I;16``) are scaled to 8 bits (``round(v / 257)``), so a mask
+is a hole where ``v / 65535 >= 0.5``; Pillow's own conversion would clip them (any value
+above 255 white). 16-bit RGB(A) PNGs are reduced to 8 bits by Pillow when opened.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ class ImageError(ValueError):
 def open_image(src: ImageLike, what: str = "image") -> Image.Image:
     """A PIL image from a path, a PIL image or a uint8 HWC / HW array."""
     if isinstance(src, Image.Image):
-        return src
+        return to_8bit(src)
     if isinstance(src, np.ndarray):
         if src.dtype != np.uint8 or src.ndim not in (2, 3):
             raise ImageError(f"{what}: arrays must be uint8 HxW or HxWxC, got {src.dtype} {src.shape}")
@@ -37,9 +41,57 @@ def open_image(src: ImageLike, what: str = "image") -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what} {path} is too large to open safely: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageError(f"{what} {path} is not a readable image: {e}") from None
-    return img
+    return to_8bit(img)
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit greyscale -> 8-bit ``L`` by ``round(v * 255 / 65535)`` (Pillow's ``convert("L")``
+    clips at 255 instead, turning a near-black 16-bit mask into a full hole). A PNG opened as
+    32-bit ``I`` (16-bit greyscale in some Pillow versions) is read the same way. Other images
+    are returned as they are."""
+    sixteen = img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG")
+    if not sixteen:
+        return img
+    a = np.asarray(img).astype(np.int64)
+    if a.min() < 0 or a.max() > 65535:
+        raise ImageError(f"{img.mode} image values {a.min()}..{a.max()} are outside the 16-bit range")
+    return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
+def probe_image(path: "os.PathLike[str] | str", what: str = "image") -> Tuple[int, int]:
+    """Checks a file without decoding its pixels (header, and for PNG every chunk's checksum, so a
+    truncated file is found) and returns its size; memory does not depend on the image."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            img.verify()
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what} {path} is too large to open safely: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(f"{what} {path} is not a readable image: {e}") from None
+    return size
+
+
+def probe_pair(image: "os.PathLike[str] | str", mask: "os.PathLike[str] | str") -> Tuple[int, int]:
+    """What :func:`load_pair` would check, from the headers only; returns the working size (W, H)."""
+    iw, ih = probe_image(image, "image")
+    mw, mh = probe_image(mask, "mask")
+    if (iw, ih) != (mw, mh):
+        raise ImageError(f"mask {os.fspath(mask)}: size {mw}x{mh} differs from image size {iw}x{ih}")
+    try:
+        return inpaint_size(iw, ih)
+    except ImageError as e:
+        raise ImageError(f"{os.fspath(image)}: {e}") from None
 
 
 def inpaint_size(width: int, height: int, max_size: int = MAX_SIZE, multiple: int = MULTIPLE) -> Tuple[int, int]:

@@ -12,8 +12,14 @@ the fixed prompt, seed 0, 50 DDIM steps, eta 1.0, guidance 7.5, and writes
 
 * the mask is resized with the image (nearest, then the 0.5 threshold): the
   original crashes on any image it has to resize;
-* models are loaded once, not per image; everything is checked before the first
-  image is generated (missing masks, sizes, unreadable files, writable outdir);
+* models are loaded once, not per image; every argument and every input file
+  (headers: sizes, unreadable files) is checked before the models are loaded, then
+  the pairs are loaded, run and written one at a time (memory does not grow with
+  their number);
+* images without a ``NAME_mask.png`` are skipped with one warning line (the
+  original ignores them silently); a mask without its image is an error;
+* ``--outdir`` may not be the ``--indir`` folder (the results, named like the
+  inputs, would replace them); 16-bit PNGs are scaled to 8 bits, not clipped;
 * the config paths fall back to the copies shipped with asymvq when the original
   relative paths do not exist.
 
@@ -32,13 +38,13 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from . import _cli
-from .image import ImageError, load_pair, open_image
+from .image import load_pair, open_image, probe_pair
 
 PROMPT = "photograph of a beautiful empty scene, highest quality settings"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asymvq.inpaint_st", description=__doc__.split("\n\n")[0])
+    p = _cli.ArgumentParser(prog="python -m asymvq.inpaint_st", description=__doc__.split("\n\n")[0])
     # the original flags, with the original defaults
     p.add_argument("--ckpt", type=str, default="base.ckpt", help="asymmetric decoder checkpoint")
     p.add_argument("--outdir", type=str, default="/mnt/output/git_results", help="output folder")
@@ -61,14 +67,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def find_pairs(indir: str) -> List[Tuple[Path, Path]]:
-    """(image, mask) pairs: every NAME_mask.png with its NAME.png, sorted like the original;
-    an image without a mask, or a mask without an image, is an error."""
+def find_pairs(indir: str) -> Tuple[List[Tuple[Path, Path]], List[Path]]:
+    """``(pairs, skipped)``: every NAME_mask.png with its NAME.png, sorted like the original, and
+    the images that have no mask (the original never looks at them). A mask without its image
+    is an error."""
     if not os.path.isdir(indir):
         raise _cli.CLIError(f"--indir {indir} is not a directory")
     masks = sorted(glob.glob(os.path.join(indir, "*_mask.png")))
     images = sorted(p for p in glob.glob(os.path.join(indir, "*.png")) if not p.endswith("_mask.png"))
-    if not masks and not images:
+    if not masks:
         raise _cli.CLIError(f"--indir {indir} has no NAME.png + NAME_mask.png pairs")
     pairs = []
     for m in masks:
@@ -77,63 +84,74 @@ def find_pairs(indir: str) -> List[Tuple[Path, Path]]:
             raise _cli.CLIError(f"mask {m} has no image {os.path.basename(img)}")
         pairs.append((Path(img), Path(m)))
     with_mask = {str(i) for i, _ in pairs}
-    for img in images:
-        if img not in with_mask:
-            raise _cli.CLIError(f"image {img} has no mask {os.path.basename(img)[:-4]}_mask.png")
-    return pairs
+    skipped = [Path(img) for img in images if img not in with_mask]
+    return pairs, skipped
+
+
+def check_not_overwriting_inputs(indir: str, outdir: Path, pairs: Sequence[Tuple[Path, Path]]) -> None:
+    """Outputs are ``OUTDIR/NAME.png``: with ``--outdir`` the same folder as ``--indir`` (or an
+    output name that is a link to an input) they would replace the inputs, so this is refused."""
+    if _cli.same_file(indir, outdir):
+        raise _cli.CLIError(f"--outdir {outdir} is the --indir folder: the results would replace the input "
+                            "images; choose another --outdir")
+    if not outdir.is_dir():
+        return  # nothing there yet, so nothing to overwrite
+    inputs = {_cli.file_id(p) for pair in pairs for p in pair}
+    clash = [str(outdir / img.name) for img, _ in pairs if _cli.file_id(outdir / img.name) in inputs - {None}]
+    if clash:
+        raise _cli.CLIError(f"output {_cli.listing(clash)} is one of the input files; choose another --outdir")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return run(args)
-    except _cli.CLIError as e:
-        return _cli.fail(str(e))
-    except ImageError as e:
-        return _cli.fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return _cli.run_command(lambda: run(parser().parse_args(argv)))
 
 
 def run(args: argparse.Namespace) -> int:
     import asymvq
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
     from .metrics import preservation_error, psnr_outside_mask
     from .pipelines import InpaintPipeline
 
+    # 1. every argument and input file, before any model is loaded
     precision = _cli.precision_arg(args.precision)
-    if args.threads is not None:
-        asymvq.set_num_threads(args.threads)
+    _cli.check_threads(args.threads)
     config_d, config = _cli.resolve_config(args.config_d), _cli.resolve_config(args.config)
+    spec_d = _cli.load_diffusion_config(config_d, "--config_d", "inpaint", "v1-inpainting-inference.yaml")
+    _cli.load_decoder_config(config, "--config", "autoencoder_kl_32x32x4.yaml", conditional=True)
+    _cli.check_sampler("ddim", args.steps, 1.0, spec_d, "--steps")
     _cli.require_file(args.ckpt_d, "--ckpt_d checkpoint")
     _cli.require_file(args.ckpt, "--ckpt checkpoint")
-    pairs = find_pairs(args.indir)
-    inputs = []
-    for img, msk in pairs:  # validate everything before the first image is generated
-        x, m, size = load_pair(img, msk)
-        inputs.append((img, msk, x, m, size))
+    pairs, skipped = find_pairs(args.indir)
+    check_not_overwriting_inputs(args.indir, Path(args.outdir), pairs)
+    sizes = [probe_pair(img, msk) for img, msk in pairs]  # headers only: memory stays flat
     outdir = _cli.prepare_outdir(args.outdir)
-    try:
-        pipe = InpaintPipeline.from_original(config_d, args.ckpt_d, config, args.ckpt, vocab=args.vocab,
-                                             precision=precision)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        raise _cli.CLIError(str(e)) from None
+    _cli.check_outputs(outdir / img.name for img, _ in pairs)
+    if skipped:
+        print(f"warning: skipping {len(skipped)} image(s) without a NAME_mask.png: "
+              f"{_cli.listing([p.name for p in skipped])}", file=sys.stderr)
+    if args.threads is not None:
+        asymvq.set_num_threads(args.threads)
+
+    # 2. the models, once
+    pipe = InpaintPipeline.from_original(config_d, args.ckpt_d, config, args.ckpt, vocab=args.vocab,
+                                         precision=precision)
     from tqdm.auto import tqdm
 
-    for img, msk, x, m, (w, h) in tqdm(inputs, desc="images", unit="img"):
+    # 3. one pair at a time: load, run, write, forget
+    for (img, msk), (w, h) in tqdm(list(zip(pairs, sizes)), desc="images", unit="img"):
         t = time.perf_counter()
+        x, m, _ = load_pair(img, msk)
         res = pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=args.steps, eta=1.0, round=args.round)
         out = outdir / img.name
         _cli.save_png(res.images[0], out)
         extra = ""
         if args.report:
-            orig = open_image(img).convert("RGB").resize((w, h)) if open_image(img).size != (w, h) else open_image(img)
+            orig = open_image(img).convert("RGB")
+            orig = orig.resize((w, h)) if orig.size != (w, h) else orig
             pe = preservation_error(orig, res.images[0], m)
             ps = psnr_outside_mask(orig, res.images[0], m)
             extra = f", pre_error {pe * 1e5:.2f}e-5, PSNR outside mask {ps:.2f} dB"
         tqdm.write(_cli.summary(out.name, w, h, time.perf_counter() - t, args.steps, extra))
+        del x, m, res
     return 0
 
 

@@ -29,6 +29,7 @@ shared by the OS page cache).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -36,9 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from PIL import Image
 
-from . import checkpoint, config as config_mod
+from . import checkpoint, config as config_mod, tables
 from .image import ImageLike, load_pair, to_pil, to_uint8
 from .precision import resolve_precision
 
@@ -85,6 +85,17 @@ def _load_weights(path_or_dict: Union[PathLike, Mapping[str, np.ndarray]]) -> Ma
     if isinstance(path_or_dict, Mapping):
         return path_or_dict
     return checkpoint.load(path_or_dict)
+
+
+@contextlib.contextmanager
+def _weights_of(source: Optional[str]):
+    """Prefixes a weights problem with the file it is in (the models only know the tensors)."""
+    try:
+        yield
+    except tables.WeightsError as e:
+        if source and e.args and not str(e.args[0]).startswith(f"{source}: "):
+            e.args = (f"{source}: {e.args[0]}",) + e.args[1:]
+        raise
 
 
 class _Progress:
@@ -200,10 +211,12 @@ class InpaintPipeline(_Base):
         from .unet import UNet
 
         precision = resolve_precision(precision)  # once, so "auto" is announced once
-        te = TextEncoder.from_config(cfg_d, wd, precision=precision)
-        un = UNet.from_config(cfg_d, wd, precision=precision)
-        enc = Autoencoder.from_config(cfg_d, wd, precision=precision)
-        dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
+        with _weights_of(sources.get("diffusion")):
+            te = TextEncoder.from_config(cfg_d, wd, precision=precision)
+            un = UNet.from_config(cfg_d, wd, precision=precision)
+            enc = Autoencoder.from_config(cfg_d, wd, precision=precision)
+        with _weights_of(sources.get("decoder")):
+            dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
         return cls(diffusion_spec=spec_d, decoder_spec=spec_c, text_encoder=te, unet=un, encoder=enc, decoder=dec,
                    tokenizer=tok, precision=precision, sources=sources)
 
@@ -263,6 +276,12 @@ class InpaintPipeline(_Base):
                 raise ValueError(f"image array must be [1, 3, H, W] float32 in [-1, 1], got {img.shape}")
             if msk.shape != (1, 1) + img.shape[2:]:
                 raise ValueError(f"mask array must be [1, 1, {img.shape[2]}, {img.shape[3]}], got {msk.shape}")
+            # checked here, not by the decoder after the whole sampling loop
+            if not np.isfinite(img).all():
+                raise ValueError("image array has NaN or Inf values")
+            if not np.isin(msk, (0.0, 1.0)).all():
+                raise ValueError("mask array values must be exactly 0 or 1 (1 = hole); binarise it first, "
+                                 "e.g. (mask >= 0.5).astype(np.float32)")
         else:
             img, msk, _ = load_pair(image, mask, resize=resize)
         H, W = img.shape[-2:]
@@ -325,9 +344,11 @@ class Txt2ImgPipeline(_Base):
         from .unet import UNet
 
         precision = resolve_precision(precision)  # once, so "auto" is announced once
-        te = TextEncoder.from_config(cfg_d, wd, precision=precision)
-        un = UNet.from_config(cfg_d, wd, precision=precision)
-        dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
+        with _weights_of(sources.get("diffusion")):
+            te = TextEncoder.from_config(cfg_d, wd, precision=precision)
+            un = UNet.from_config(cfg_d, wd, precision=precision)
+        with _weights_of(sources.get("decoder")):
+            dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
         return cls(diffusion_spec=spec_d, decoder_spec=spec_c, text_encoder=te, unet=un, decoder=dec, tokenizer=tok,
                    precision=precision, sources=sources)
 

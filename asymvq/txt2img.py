@@ -6,16 +6,18 @@ Same flags and defaults (SPEC §7.2)::
         --config_c autoencoder_kl_woc_32x32x4.yaml --ckpt_c base.ckpt \
         --config v1-t2i-inference.yaml --ckpt v1-5-pruned-emaonly.ckpt --outdir OUT
 
-Writes ``OUT/0.png`` for the first sample, as the original does, then
-``OUT/1.png`` ... for every further sample (``--n_samples`` per iteration,
-``--n_iter`` iterations) unless ``--skip_save``, and ``OUT/grid.png`` (rows of
-``--n_rows`` images, default ``--n_samples``) when there is more than one image,
-unless ``--skip_grid``.
+With the original's flags it writes what the original writes: ``OUT/0.png`` and
+nothing more (the original parses ``--n_iter 2`` but runs one iteration, and
+saves the first sample). Where asymvq goes beyond the original: ``--n_iter N``
+given explicitly runs N iterations; ``--n_samples > 1`` and ``--from-file``
+work; every sample is written, ``OUT/0.png``, ``OUT/1.png`` ... (unless
+``--skip_save``), and ``OUT/grid.png`` (rows of ``--n_rows`` images, default
+``--n_samples``) when more than one image was made, unless ``--skip_grid``.
 
 Differences from the original, on purpose: it runs on a CPU (the original
 hard-codes CUDA); ``--n_iter``, ``--n_samples > 1``, ``--from-file``,
-``--skip_grid`` / ``--skip_save`` and ``--n_rows`` work (the original parses
-them and ignores them or breaks); the start code comes from
+``--skip_grid`` / ``--skip_save`` and ``--n_rows`` work as above (the original
+parses them and ignores them or breaks); the start code comes from
 ``numpy.random.RandomState(--seed)`` (the original uses torch's CUDA generator,
 which cannot be reproduced elsewhere) — ``--fixed_code`` reuses the first
 iteration's start code for every iteration; ``--precision autocast`` (and ``auto``)
@@ -35,8 +37,23 @@ from PIL import Image
 from . import _cli
 
 
+class _Default(int):
+    """An int default that can be told apart from the same value given on the command line."""
+
+
+#: The original's ``--n_iter`` default: parsed, but the original runs one iteration.
+ORIGINAL_N_ITER = _Default(2)
+
+
+def iterations(args: argparse.Namespace) -> int:
+    """Iterations to run: 1 with the original's default (as the original), else ``--n_iter``."""
+    return 1 if args.n_iter is ORIGINAL_N_ITER else args.n_iter
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asymvq.txt2img", description=__doc__.split("\n\n")[0])
+    beyond = __doc__.split("\n\n", 3)[3].replace("``", "")  # where asymvq goes beyond the original
+    p = _cli.ArgumentParser(prog="python -m asymvq.txt2img", description=__doc__.split("\n\n")[0], epilog=beyond,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar")
     p.add_argument("--outdir", type=str, nargs="?", default="/mnt/output/git_results")
     p.add_argument("--config_c", type=str, default="configs/autoencoder/autoencoder_kl_woc_32x32x4.yaml")
@@ -48,7 +65,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--laion400m", action="store_true")
     p.add_argument("--fixed_code", action="store_true")
     p.add_argument("--ddim_eta", type=float, default=0.0)
-    p.add_argument("--n_iter", type=int, default=2)
+    p.add_argument("--n_iter", type=int, default=ORIGINAL_N_ITER,
+                   help="iterations; the original parses the default 2 but runs once, and so does asymvq unless "
+                        "--n_iter is given")
     p.add_argument("--H", type=int, default=512)
     p.add_argument("--W", type=int, default=512)
     p.add_argument("--C", type=int, default=4)
@@ -76,6 +95,9 @@ def read_prompts(args: argparse.Namespace) -> List[str]:
             prompts = [line.strip() for line in f if line.strip()]
     except OSError as e:
         raise _cli.CLIError(f"--from-file {args.from_file}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise _cli.CLIError(f"--from-file {args.from_file} is not UTF-8 text (byte {e.start}: "
+                            f"{e.object[e.start:e.start + 1]!r})") from None
     if not prompts:
         raise _cli.CLIError(f"--from-file {args.from_file} has no prompts")
     return prompts
@@ -106,39 +128,43 @@ def validate(args: argparse.Namespace) -> None:
             raise _cli.CLIError(f"--{flag} must be >= 1")
     if args.n_rows < 0:
         raise _cli.CLIError("--n_rows must be >= 0")
+    _cli.check_finite(args.scale, "--scale")
+    _cli.check_seed(args.seed)
+    _cli.check_threads(args.threads)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return run(args)
-    except _cli.CLIError as e:
-        return _cli.fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return _cli.run_command(lambda: run(parser().parse_args(argv)))
+
+
+def output_names(args: argparse.Namespace, n_prompts: int) -> List[str]:
+    """The files this run writes, in order."""
+    count = iterations(args) * n_prompts * args.n_samples
+    names = [] if args.skip_save else [f"{i}.png" for i in range(count)]
+    return names + (["grid.png"] if not args.skip_grid and count > 1 else [])
 
 
 def run(args: argparse.Namespace) -> int:
     import asymvq
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
     from .pipelines import Txt2ImgPipeline
 
+    # every argument and file before any model is loaded
     validate(args)
     precision = _cli.precision_arg(args.precision)
-    if args.threads is not None:
-        asymvq.set_num_threads(args.threads)
     prompts = read_prompts(args)
     config, config_c = _cli.resolve_config(args.config), _cli.resolve_config(args.config_c)
+    spec = _cli.load_diffusion_config(config, "--config", "txt2img", "v1-t2i-inference.yaml")
+    _cli.load_decoder_config(config_c, "--config_c", "autoencoder_kl_woc_32x32x4.yaml")
+    _cli.check_sampler("plms" if args.plms else "ddim", args.ddim_steps, args.ddim_eta, spec, "--ddim_steps",
+                       "--ddim_eta")
     _cli.require_file(args.ckpt, "--ckpt checkpoint")
     _cli.require_file(args.ckpt_c, "--ckpt_c checkpoint")
     outdir = _cli.prepare_outdir(args.outdir)
-    try:
-        pipe = Txt2ImgPipeline.from_original(config_c, args.ckpt_c, config, args.ckpt, vocab=args.vocab,
-                                             precision=precision)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        raise _cli.CLIError(str(e)) from None
+    _cli.check_outputs(outdir / name for name in output_names(args, len(prompts)))
+    if args.threads is not None:
+        asymvq.set_num_threads(args.threads)
+    pipe = Txt2ImgPipeline.from_original(config_c, args.ckpt_c, config, args.ckpt, vocab=args.vocab,
+                                         precision=precision)
     from tqdm.auto import tqdm
 
     n, h, w = args.n_samples, args.H // 8, args.W // 8
@@ -147,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     images: List[Image.Image] = []
     count = 0
     sampler = "plms" if args.plms else "ddim"
-    for it in tqdm(range(args.n_iter), desc="iterations", unit="it"):
+    grid = "grid.png" in output_names(args, len(prompts))
+    for it in tqdm(range(iterations(args)), desc="iterations", unit="it"):
         code = first_code if (it == 0 or args.fixed_code) else rng.randn(n, 4, h, w).astype(np.float32)
         for prompt in prompts:
             t = time.perf_counter()
@@ -156,11 +183,12 @@ def run(args: argparse.Namespace) -> int:
             for im in res.images:
                 if not args.skip_save:
                     _cli.save_png(im, outdir / f"{count}.png")
-                images.append(im)
+                if grid:
+                    images.append(im)  # only the grid needs them all
                 count += 1
             tqdm.write(_cli.summary(f"{prompt[:40]!r} x{n}", args.W, args.H, time.perf_counter() - t,
                                     args.ddim_steps))
-    if not args.skip_grid and len(images) > 1:
+    if grid:
         per_row = args.n_rows if args.n_rows > 0 else n
         _cli.save_png(make_grid(images, per_row), outdir / "grid.png")
     return 0

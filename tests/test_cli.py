@@ -78,11 +78,23 @@ def _fails(capsys, argv, main, match):
     assert err.startswith("error: ") and err.count("error: ") == 1, err
 
 
-def test_inpaint_st_missing_mask_fails_before_writing_anything(ckpts, tmp_path, capsys):
+def test_inpaint_st_image_without_mask_is_skipped_with_one_warning(ckpts, tmp_path, capsys):
+    # issue 11/13: like the original, which lists *_mask.png (before: an error)
     indir = two_pairs(tmp_path)
     (indir / "bench2_mask.png").unlink()
     out = tmp_path / "out"
-    _fails(capsys, inpaint_args(ckpts, indir, out), inpaint_st.main, "has no mask bench2_mask.png")
+    assert inpaint_st.main(inpaint_args(ckpts, indir, out)) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["overture-creations-5sI6fQgYIuo.png"]
+    err = capsys.readouterr().err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert warnings == ["warning: skipping 1 image(s) without a NAME_mask.png: bench2.png"]
+
+
+def test_inpaint_st_mask_without_image_fails_before_writing_anything(ckpts, tmp_path, capsys):
+    indir = two_pairs(tmp_path)
+    (indir / "bench2.png").unlink()
+    out = tmp_path / "out"
+    _fails(capsys, inpaint_args(ckpts, indir, out), inpaint_st.main, "has no image bench2.png")
     assert not list(out.glob("*.png")) if out.exists() else True
 
 
@@ -124,6 +136,27 @@ def test_txt2img_writes_samples_and_a_grid(ckpts, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png", "2.png", "3.png", "grid.png"]
     assert Image.open(out / "0.png").size == (128, 128)
     assert Image.open(out / "grid.png").size == (256, 256)
+
+
+def test_txt2img_with_the_original_defaults_writes_only_0_png(ckpts, tmp_path):
+    # the original parses --n_iter 2 but runs one iteration and saves one image (before: 0, 1 and grid)
+    out = tmp_path / "out"
+    assert txt2img.main(txt2img_args(ckpts, out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0.png"]
+
+
+def test_txt2img_explicit_n_iter_2_writes_both_images_and_the_grid(ckpts, tmp_path):
+    out = tmp_path / "out"
+    assert txt2img.main(txt2img_args(ckpts, out, "--n_iter", "2")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "grid.png"]
+
+
+def test_txt2img_help_says_where_asymvq_goes_beyond_the_original(capsys):
+    with pytest.raises(SystemExit):
+        txt2img.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "writes what the original writes: OUT/0.png and nothing more" in text
+    assert "--n_iter N given explicitly runs N iterations" in text
 
 
 def test_txt2img_skip_flags_and_plms(ckpts, tmp_path):

@@ -454,7 +454,7 @@ def test_command_line_converts_and_prints_the_report(
     assert printed.startswith(f"wrote {out}: ") and "decoder.up_layers.*: 8 tensors" in printed
 
 
-def test_command_line_reports_mismatches_on_stderr_with_status_1(
+def test_command_line_reports_mismatches_on_one_stderr_line_with_status_2(
     checkpoints: CheckpointCache, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = convert.main(
@@ -468,7 +468,10 @@ def test_command_line_reports_mismatches_on_stderr_with_status_1(
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: checking ") and "wrong shape: decoder.conv_in.weight" in err
+    # issue 11: status 2 and one error: line, like every command line (before: status 1, one line per problem)
+    # (145 problems: the first 10, then "and 135 more", and the hint naming the configs that fit)
+    assert code == 2 and err.startswith("error: checking decoder-base-tiny") and "145 problem(s)" in err
+    assert len(err.strip().splitlines()) == 1 and "; and 135 more" in err and "fits the shipped config" in err
     assert only_file(tmp_path) == []
 
 

@@ -119,3 +119,63 @@ def test_preservation_error_rejects_a_full_mask():
     a = np.zeros((4, 4, 3), np.uint8)
     with pytest.raises(ValueError, match="nothing is preserved"):
         preservation_error(a, a, np.ones((4, 4), np.float32))
+
+
+# 16-bit files (issue 11 item 10): scaled to 8 bits, not clipped
+
+
+def save_16bit_gray(path, values):
+    Image.fromarray(np.asarray(values, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")  # really a 16-bit PNG
+
+
+def test_near_black_16bit_mask_stays_known_region(tmp_path):
+    # 1000/65535 is near black: Pillow's own convert("L") clips it to 255, a full hole
+    save_16bit_gray(tmp_path / "m.png", np.full((8, 8), 1000))
+    m = im.mask_to_array(im.open_image(tmp_path / "m.png"))
+    assert m.sum() == 0
+
+
+def test_16bit_mask_threshold_is_half_of_the_16bit_range(tmp_path):
+    save_16bit_gray(tmp_path / "m.png", [[0, 32767, 32768, 65535]])
+    m = im.mask_to_array(im.open_image(tmp_path / "m.png"))
+    np.testing.assert_array_equal(m[0, 0, 0], [0, 0, 1, 1])
+
+
+def test_16bit_gray_image_is_scaled_to_8_bits(tmp_path):
+    save_16bit_gray(tmp_path / "a.png", [[0, 257, 32896, 65535]])
+    x = im.image_to_array(im.open_image(tmp_path / "a.png"))
+    np.testing.assert_allclose(x[0, :, 0, :], np.tile(np.array([0, 1, 128, 255]) / 127.5 - 1, (3, 1)), atol=1e-7)
+
+
+def save_16bit_rgb(path, rgb):
+    """A 16-bit RGB PNG, encoded by hand (Pillow does not write them)."""
+    import struct
+    import zlib
+
+    a = np.asarray(rgb, dtype=">u2")
+    h, w, _ = a.shape
+    raw = b"".join(b"\0" + a[y].tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_image_keeps_its_colours(tmp_path):
+    v = np.array([[[0, 1000, 65535], [51400, 25700, 12850]]])
+    save_16bit_rgb(tmp_path / "a.png", v)
+    x = im.image_to_array(im.open_image(tmp_path / "a.png"))
+    got = (x[0].transpose(1, 2, 0) + 1) * 127.5  # [H, W, 3]
+    np.testing.assert_allclose(got, np.round(v / 257), atol=1.0 + 1e-4)  # Pillow keeps the high byte
+
+
+def test_probe_pair_reads_headers_only_and_finds_size_mismatch(tmp_path):
+    Image.new("RGB", (128, 64)).save(tmp_path / "a.png")
+    save_16bit_gray(tmp_path / "a_mask.png", np.zeros((64, 128)))
+    assert im.probe_pair(tmp_path / "a.png", tmp_path / "a_mask.png") == (128, 64)
+    Image.new("L", (64, 64)).save(tmp_path / "a_mask.png")
+    with pytest.raises(im.ImageError, match="differs from image size"):
+        im.probe_pair(tmp_path / "a.png", tmp_path / "a_mask.png")
