@@ -1,0 +1,147 @@
+"""asymvq.rng.Generator: the "torch-cpu" kind equals torch's CPU generator bit for bit, the "numpy"
+kind equals RandomState, and "torch-cuda" is refused with the reason.
+
+torch (a test-only reference) must run with its x86 vectorised CPU kernels (capability AVX2 or
+AVX512, torch's default on any AVX2 machine): that is the arithmetic "torch-cpu" reproduces.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asymvq.rng import TORCH_DEFAULT_SEED, Generator, as_generator
+
+SEEDS = [0, 42, 2**32 - 1, 2**63 - 1]
+
+# Below 16 elements (the scalar path), exactly 16, multiples of 16, and sizes that are not
+# (the tail of 16 is redrawn), up to SD's latents.
+SHAPES = [
+    (1,), (2,), (3,), (5,), (7,), (8,), (15,), (2, 3), (3, 5),
+    (16,), (17,), (18,), (31,), (32,), (33,), (47,), (48,), (63,), (100,), (255,), (257,), (1000,),
+    (4, 4), (3, 7, 5), (2, 3, 5, 7), (1, 4, 8, 8), (1, 4, 7, 9), (1, 4, 64, 64), (2, 4, 40, 56), (1, 4, 80, 48),
+    (3, 4, 8, 8), (1, 4, 128, 96),
+]
+
+# Sequences where one draw changes the next: odd scalar draws leave a cached value that survives a
+# block draw, block draws whose tails redraw 16 uniforms, and SD's start code + per-step noises.
+SEQUENCES = [
+    [(3,), (16,), (1,), (1,)],
+    [(5,), (40,), (2,), (17,), (3,)],
+    [(1,), (1,), (1,)],
+    [(20,), (20,), (20,)],
+    [(15,), (15,), (16,)],
+    [(1, 4, 8, 8)] * 4,
+    [(2, 4, 8, 16), (1,), (2, 4, 8, 16), (7,)],
+    [(33,), (1,), (33,), (1,), (1,)],
+]
+
+
+def torch_draws(seed: int, shapes) -> list[np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float32).numpy() for s in shapes]
+
+
+def ours(seed: int, shapes) -> list[np.ndarray]:
+    g = Generator("torch-cpu", seed)
+    return [g.randn(s) for s in shapes]
+
+
+def assert_bits_equal(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == np.float32 and a.shape == b.shape
+    np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_torch_runs_its_vectorised_cpu_kernels() -> None:
+    # what the reference values below come from; the DEFAULT capability would use libm
+    assert torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"), torch.backends.cpu.get_cpu_capability()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_torch_cpu_single_draw_is_bit_exact(seed: int, shape: tuple[int, ...]) -> None:
+    assert_bits_equal(ours(seed, [shape])[0], torch_draws(seed, [shape])[0])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seq", SEQUENCES, ids=lambda q: "-".join("x".join(map(str, s)) for s in q))
+def test_torch_cpu_sequence_of_draws_is_bit_exact(seed: int, seq) -> None:
+    for a, b in zip(ours(seed, seq), torch_draws(seed, seq)):
+        assert_bits_equal(a, b)
+
+
+def test_torch_cpu_one_hundred_thousand_values_with_tails() -> None:
+    shapes = [(8, 4, 64, 64), (3,), (1, 4, 63, 65)]
+    for a, b in zip(ours(1234567, shapes), torch_draws(1234567, shapes)):
+        assert_bits_equal(a, b)
+
+
+def test_torch_cpu_default_seed_is_torchs_unseeded_stream() -> None:
+    assert torch.Generator().initial_seed() == TORCH_DEFAULT_SEED
+    assert_bits_equal(ours(TORCH_DEFAULT_SEED, [(1, 4, 8, 8)])[0],
+                      torch.randn((1, 4, 8, 8), generator=torch.Generator()).numpy())
+
+
+def test_torch_cpu_reproduces_diffusers_cpu_latents() -> None:
+    # diffusers' randn_tensor with a CPU generator is torch.randn(shape, generator=g) (float32)
+    from diffusers.utils.torch_utils import randn_tensor
+
+    g = torch.Generator().manual_seed(7)
+    ref = randn_tensor((1, 4, 64, 64), generator=g, dtype=torch.float32).numpy()
+    assert_bits_equal(Generator("torch-cpu", 7).randn((1, 4, 64, 64)), ref)
+
+
+def test_seeds_equal_modulo_two_to_the_32_as_in_torch() -> None:
+    # torch's mt19937 keeps the low 32 bits of the seed
+    assert_bits_equal(ours(2**32 + 5, [(20,)])[0], ours(5, [(20,)])[0])
+    assert_bits_equal(ours(2**32 + 5, [(20,)])[0], torch_draws(2**32 + 5, [(20,)])[0])
+
+
+@pytest.mark.parametrize("seed", [0, 42, 2**32 - 1])
+def test_numpy_kind_continues_one_randomstate_stream(seed: int) -> None:
+    g = Generator("numpy", seed)
+    a, b = g.randn((3,)), g.randn((2, 4))
+    ref = np.random.RandomState(seed).randn(11).astype(np.float32)
+    assert_bits_equal(np.concatenate([a, b.ravel()]), ref)
+
+
+def test_empty_and_zero_dimensional_draws_follow_torch() -> None:
+    shapes = [(0, 4), (), (3,)]
+    for a, b in zip(ours(0, shapes), torch_draws(0, shapes)):
+        assert_bits_equal(a, b)
+
+
+def test_torch_cuda_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="torch-cuda.*not available.*GPU"):
+        Generator("torch-cuda", 0)
+
+
+def test_unknown_kind_is_a_value_error_listing_the_kinds() -> None:
+    with pytest.raises(ValueError, match="'numpy', 'torch-cpu', 'torch-cuda'"):
+        Generator("mt", 0)
+
+
+@pytest.mark.parametrize("kind,seed", [("numpy", 2**32), ("numpy", -1), ("torch-cpu", 2**64), ("torch-cpu", -3)])
+def test_seed_out_of_range_is_a_value_error(kind: str, seed: int) -> None:
+    with pytest.raises(ValueError, match="seed"):
+        Generator(kind, seed)
+
+
+def test_non_integer_seed_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="seed"):
+        Generator("torch-cpu", 1.5)  # type: ignore[arg-type]
+
+
+def test_negative_size_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        Generator("torch-cpu", 0).randn((2, -1))
+
+
+def test_as_generator_refuses_a_seed_with_a_generator() -> None:
+    with pytest.raises(ValueError, match="either seed or a Generator"):
+        as_generator(Generator("numpy", 1), 3)
+
+
+def test_as_generator_needs_a_seed_with_a_kind() -> None:
+    with pytest.raises(ValueError, match="needs a seed"):
+        as_generator("torch-cpu", None)
