@@ -134,6 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (inpaint_st uses 50)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rng", default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
+                   help="noise source; with torch-cpu every stream follows --seed (a torch CPU generator)")
     args = p.parse_args(argv)
     if args.size % 64 or args.size < 64:
         print("error: --size must be a positive multiple of 64", file=sys.stderr)
@@ -145,6 +147,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         print(f"error: --steps: {e}", file=sys.stderr)
         return 2
+    from .rng import Generator
+
+    try:
+        rng = "numpy" if args.rng == "numpy" else Generator(args.rng, args.seed)
+    except ValueError as e:
+        print(f"error: --rng {args.rng}: {e}", file=sys.stderr)
+        return 2
     from .metrics import preservation_error, psnr_outside_mask
 
     out = Path(args.outdir)
@@ -155,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pipe, vocab_note = build_pipeline(args.precision, args.seed)
     t_load = time.perf_counter() - t
     img, mask = demo_inputs(args.size)
-    res = pipe(img, mask, seed=args.seed, steps=args.steps, progress=True)
+    res = pipe(img, mask, seed=args.seed, steps=args.steps, progress=True, rng=rng)
     res.images[0].save(out / "result.png")
     side = Image.new("RGB", (args.size * 3, args.size))
     side.paste(img, (0, 0))

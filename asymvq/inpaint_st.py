@@ -19,7 +19,16 @@ the fixed prompt, seed 0, 50 DDIM steps, eta 1.0, guidance 7.5, and writes
 
 Extra flags: ``--precision fp32|bf16``, ``--round`` (round instead of truncating
 to uint8), ``--report`` (preservation error and PSNR outside the mask per image),
-``--vocab`` (CLIP vocabulary), ``--threads``.
+``--vocab`` (CLIP vocabulary), ``--threads``, ``--rng``.
+
+Noise (``--rng``): the start code is ``numpy.random.RandomState(0)`` for every
+image, as the original. ``--rng numpy`` (default): the posterior sample and the
+DDIM noise from ``RandomState(1)`` and ``RandomState(2)`` per image. ``--rng
+torch-cpu``: the original's order with torch's CPU generator standing in for its
+CUDA one: the DDIM noise from one generator at torch's default seed
+67280421310721 (the original never seeds torch), running on across the images
+of the run, and the posterior mean (the original's posterior sample comes from
+a CPU generator in an unknowable state; its effect is tiny, see the README).
 """
 from __future__ import annotations
 
@@ -57,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--steps", type=int, default=50, help=argparse.SUPPRESS)  # for quick checks; original: 50
+    p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
+                   help="DDIM noise source: numpy RandomState, or torch's CPU generator at torch's default seed")
     return p
 
 
@@ -102,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
     from .metrics import preservation_error, psnr_outside_mask
     from .pipelines import InpaintPipeline
 
+    from .rng import TORCH_DEFAULT_SEED, Generator
+
+    try:  # one generator for the run: its stream runs on across the images, as the original's
+        rng = "numpy" if args.rng == "numpy" else Generator(args.rng, TORCH_DEFAULT_SEED)
+    except ValueError as e:
+        raise _cli.CLIError(f"--rng {args.rng}: {e}") from None
     precision = _cli.precision_arg(args.precision)
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
@@ -123,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     for img, msk, x, m, (w, h) in tqdm(inputs, desc="images", unit="img"):
         t = time.perf_counter()
-        res = pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=args.steps, eta=1.0, round=args.round)
+        res = pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=args.steps, eta=1.0, round=args.round, rng=rng)
         out = outdir / img.name
         _cli.save_png(res.images[0], out)
         extra = ""
