@@ -24,10 +24,10 @@ to uint8), ``--report`` (preservation error and PSNR outside the mask per image)
 Noise (``--rng``): the start code is ``numpy.random.RandomState(0)`` for every
 image, as the original. ``--rng numpy`` (default): the posterior sample and the
 DDIM noise from ``RandomState(1)`` and ``RandomState(2)`` per image. ``--rng
-torch-cpu``: the original's order with torch's CPU generator standing in for its
-CUDA one: the DDIM noise from one generator at torch's default seed
-67280421310721 (the original never seeds torch), running on across the images
-of the run, and the posterior mean (the original's posterior sample comes from
+torch-cuda``: the original's streams: the DDIM noise from torch's CUDA generator
+(emulated) at torch's default seed 67280421310721 (the original never seeds
+torch), running on across the images of the run, and the posterior mean
+(``--rng torch-cpu``: the same with torch's CPU generator) (the original's posterior sample comes from
 a CPU generator in an unknowable state; its effect is tiny, see the README).
 """
 from __future__ import annotations
@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--steps", type=int, default=50, help=argparse.SUPPRESS)  # for quick checks; original: 50
     p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
-                   help="DDIM noise source: numpy RandomState, or torch's CPU generator at torch's default seed")
+                   help="DDIM noise source: numpy RandomState, or torch's CPU / CUDA (emulated, the original's) "
+                   "generator at torch's default seed")
     return p
 
 

@@ -17,8 +17,9 @@ Noise streams, chosen by ``rng=`` (:mod:`asymvq.rng`):
   ``inpaint_st.py``); the posterior sample of the masked-image latent
   ``RandomState(seed + 1)``; the per-step DDIM noise (eta > 0) the stream of
   ``RandomState(seed + 2)``.
-* ``rng="torch-cpu"`` (or an :class:`asymvq.rng.Generator`, whose stream then
-  continues across calls): the original's draw order on that torch generator.
+* ``rng="torch-cuda"`` / ``"torch-cpu"`` (or an :class:`asymvq.rng.Generator`,
+  whose stream then continues across calls): the original's draw order on that
+  torch generator (``"torch-cuda"`` is the original's own, emulated).
   txt2img: ``seed_everything(seed)`` then x_T ``randn([n, 4, h, w])`` and, with
   eta > 0, one ``randn([n, 4, h, w])`` per step after it, all on one generator
   seeded with ``seed`` (the original's CUDA generator; ``"torch-cpu"`` is
@@ -236,7 +237,7 @@ class InpaintPipeline(_Base):
         Noise, as the original draws it (see the module doc): the start code is always
         ``numpy.random.RandomState(seed)``. ``rng="numpy"``: the posterior sample from
         ``RandomState(seed + 1)`` and the DDIM noise from ``RandomState(seed + 2)``.
-        ``rng="torch-cpu"``: the posterior mean, and the DDIM noise (one ``[1, 4, h, w]``
+        ``rng="torch-cuda"`` (the original's) or ``"torch-cpu"``: the posterior mean, and the DDIM noise (one ``[1, 4, h, w]``
         draw per step) from a torch generator at torch's default seed 67280421310721,
         as the original, which never seeds torch; pass an :class:`asymvq.rng.Generator`
         instead to choose that generator and let its stream run on across calls (the
@@ -364,7 +365,8 @@ class Txt2ImgPipeline(_Base):
         """Generates ``n_samples`` images for ``prompt`` (one prompt repeated, or one per sample).
 
         Noise: ``rng="numpy"``: x_T ``numpy.random.RandomState(seed).randn(n_samples, 4, h, w)``, DDIM
-        noise (eta > 0) from ``RandomState(seed + 2)``. ``rng="torch-cpu"``: the original's order on one
+        noise (eta > 0) from ``RandomState(seed + 2)``. ``rng="torch-cuda"`` (the original's) or
+        ``"torch-cpu"``: the original's order on one
         generator seeded with ``seed`` (``seed_everything``): x_T ``randn([n_samples, 4, h, w])`` (unless
         ``x_T`` is given, as ``--fixed_code`` draws it beforehand), then one ``randn([n_samples, 4, h, w])``
         per DDIM step. An :class:`asymvq.rng.Generator` works the same from its current state (``seed``

@@ -21,9 +21,17 @@ Kinds:
   AVX512, the default on any x86 CPU with AVX2); a torch forced to
   ``ATEN_CPU_CAPABILITY=default`` computes it with libm and differs by a few ulp.
   Seeds ``0 .. 2**64 - 1`` (torch's mt19937 uses the low 32 bits).
-* ``"torch-cuda"``: not available. It would reproduce ``torch.manual_seed(seed)`` then
-  ``torch.randn(shape, device="cuda")`` (Philox4x32-10); it is not shipped because it
-  could not be verified against values produced by torch on a GPU.
+* ``"torch-cuda"``: ``torch.manual_seed(seed)`` (or a CUDA ``torch.Generator`` seeded so) then
+  successive ``torch.randn(shape, device="cuda")`` in float32: Philox4x32-10 keyed by the seed,
+  with the thread layout and offsets of torch's CUDA normal kernel (each of ``256 * blocks``
+  threads draws four normals from its own Philox subsequence; the offset grows by 4 per launch
+  round). A GPU caps ``blocks`` at ``SMs * (max threads per SM / 256)``; below that cap every GPU
+  gives the same values, above it the stream depends on the GPU. ``cuda_max_blocks=None`` assumes
+  no cap, which matches any GPU for SD's latents up to one wave (e.g. ``[1, 4, 64, 64]`` = 16384
+  elements; an A100's wave is 221184, an RTX 3060's 43008); pass the original GPU's cap for larger
+  draws. Not bit-exact: the GPU computes sin/cos with the ``__sincosf`` intrinsic, so values differ
+  from the GPU's by a few 1e-6 (checked against values torch printed on GPUs, published in
+  PyTorch's issue tracker; see tests/test_rng_torch.py). No GPU was available to check more.
 """
 from __future__ import annotations
 
@@ -37,40 +45,40 @@ __all__ = ["Generator", "KINDS", "TORCH_DEFAULT_SEED", "RngLike", "as_generator"
 
 #: The kinds accepted by :class:`Generator` and every ``rng=`` argument.
 KINDS = ("numpy", "torch-cpu", "torch-cuda")
-_CODES = {"numpy": 0, "torch-cpu": 1}
+_CODES = {"numpy": 0, "torch-cpu": 1, "torch-cuda": 2}
 
 #: torch's default seed (``torch.initial_seed()`` of a generator never seeded): the
 #: original ``inpaint_st.py`` never seeds torch, so its DDIM noise starts from it.
 TORCH_DEFAULT_SEED = 67280421310721
 
-TORCH_CUDA_UNAVAILABLE = (
-    'rng="torch-cuda" is not available: reproducing torch\'s CUDA Philox stream needs verification against '
-    "values produced by torch on a GPU, which this build could not do; use \"torch-cpu\" (torch's CPU generator, "
-    "bit-exact) or \"numpy\""
-)
-
-
 class Generator:
-    """``Generator(kind="numpy", seed=0)``: a Gaussian stream of the given kind (see the module doc).
+    """``Generator(kind="numpy", seed=0, *, cuda_max_blocks=None)``: a Gaussian stream of the given
+    kind (see the module doc); ``cuda_max_blocks`` only for ``"torch-cuda"``.
 
-    Raises ``ValueError`` for an unknown kind, ``"torch-cuda"`` (not available), or a seed out of
-    range; ``TypeError`` for a non-integer seed.  A generator must not be used by two threads at
-    once (that raises ``RuntimeError``).
+    Raises ``ValueError`` for an unknown kind or a seed out of range; ``TypeError`` for a non-integer
+    seed.  A generator must not be used by two threads at once (that raises ``RuntimeError``).
     """
 
-    def __init__(self, kind: str = "numpy", seed: int = 0) -> None:
+    def __init__(self, kind: str = "numpy", seed: int = 0, *, cuda_max_blocks: Optional[int] = None) -> None:
         check_kind(kind)
+        if cuda_max_blocks is not None:
+            if kind != "torch-cuda":
+                raise ValueError("cuda_max_blocks applies only to the \"torch-cuda\" kind")
+            if isinstance(cuda_max_blocks, bool) or not isinstance(cuda_max_blocks, (int, np.integer)) \
+                    or not 1 <= cuda_max_blocks < 2**31:
+                raise ValueError(f"cuda_max_blocks must be a positive int (SMs * threads per SM / 256), "
+                                 f"got {cuda_max_blocks!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         seed = int(seed)
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self._kind = kind
-        self._c = _core.Generator(_CODES[kind], seed)
+        self._c = _core.Generator(_CODES[kind], seed, int(cuda_max_blocks or 0))
 
     @property
     def kind(self) -> str:
-        """``"numpy"`` or ``"torch-cpu"``."""
+        """``"numpy"``, ``"torch-cpu"`` or ``"torch-cuda"``."""
         return self._kind
 
     @property
@@ -95,8 +103,6 @@ def check_kind(kind: object) -> str:
     if not isinstance(kind, str):
         raise TypeError(f"rng must be one of {', '.join(map(repr, KINDS))} or an asymvq.rng.Generator, "
                         f"got {type(kind).__name__}")
-    if kind == "torch-cuda":
-        raise ValueError(TORCH_CUDA_UNAVAILABLE)
     if kind not in _CODES:
         raise ValueError(f"rng must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
     return kind

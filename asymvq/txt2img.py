@@ -22,9 +22,10 @@ Noise (``--rng``): one generator seeded with ``--seed`` gives every draw in the
 original's order: the start code of each sample call (``--fixed_code``: once,
 before the first iteration), then one noise per DDIM step when ``--ddim_eta >
 0``, running on across prompts and ``--n_iter`` iterations. ``--rng numpy``
-(default) is ``numpy.random.RandomState(--seed)``; ``--rng torch-cpu`` is
-torch's CPU generator after ``torch.manual_seed(--seed)`` (the original draws
-on its CUDA generator instead; ``torch-cuda`` is not available).
+(default) is ``numpy.random.RandomState(--seed)``; ``--rng torch-cuda`` is the
+original's own stream (torch's CUDA generator after ``seed_everything(--seed)``,
+emulated: within a few 1e-6 of the GPU's values); ``--rng torch-cpu`` is torch's
+CPU generator seeded the same way (bit-exact).
 """
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
-                   help="noise source seeded by --seed: numpy RandomState or torch's CPU generator")
+                   help="noise source seeded by --seed: numpy RandomState, torch's CPU generator, or torch's "
+                   "CUDA generator (the original's; emulated on the CPU)")
     return p
 
 

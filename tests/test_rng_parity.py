@@ -156,11 +156,11 @@ def test_inpaint_st_rng_torch_cpu_equals_the_originals_flow_with_an_unseeded_tor
         assert_within_one_level(out / f"{name}.png", to_uint8(x))
 
 
-def test_txt2img_rng_torch_cuda_fails_with_one_error_line(ckpts, tmp_path, capsys):
+def test_txt2img_numpy_seed_out_of_range_fails_with_one_error_line(ckpts, tmp_path, capsys):
     args = ["--outdir", str(tmp_path / "out"), "--config", str(TINY / "v1-t2i-inference.yaml"),
             "--ckpt", str(ckpts["t2i"]), "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-            "--ckpt_c", str(ckpts["decoder"]), "--vocab", str(VOCAB), "--rng", "torch-cuda"]
+            "--ckpt_c", str(ckpts["decoder"]), "--vocab", str(VOCAB), "--rng", "numpy", "--seed", str(2**32)]
     assert txt2img.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --rng torch-cuda") and "not available" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: --rng numpy --seed 4294967296") and "seed" in err[0]
     assert not (tmp_path / "out").exists()

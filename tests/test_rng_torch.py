@@ -1,5 +1,6 @@
 """asymvq.rng.Generator: the "torch-cpu" kind equals torch's CPU generator bit for bit, the "numpy"
-kind equals RandomState, and "torch-cuda" is refused with the reason.
+kind equals RandomState, and "torch-cuda" equals values that torch printed on CUDA GPUs, published
+in PyTorch's issue tracker (no GPU was available to produce more).
 
 torch (a test-only reference) must run with its x86 vectorised CPU kernels (capability AVX2 or
 AVX512, torch's default on any AVX2 machine): that is the arithmetic "torch-cpu" reproduces.
@@ -111,9 +112,66 @@ def test_empty_and_zero_dimensional_draws_follow_torch() -> None:
         assert_bits_equal(a, b)
 
 
-def test_torch_cuda_is_refused_with_the_reason() -> None:
-    with pytest.raises(ValueError, match="torch-cuda.*not available.*GPU"):
-        Generator("torch-cuda", 0)
+# ---- torch-cuda against published GPU output (4 printed decimals: |diff| <= 5e-5 + our 1e-5) ----------
+
+CUDA_TOL = 6e-5
+
+
+def test_torch_cuda_seed_10_three_values_published_in_pytorch_issue_79496() -> None:
+    # https://github.com/pytorch/pytorch/issues/79496 (torch 1.11, cu113):
+    #   torch.manual_seed(10); torch.randn(3, device=cuda) -> tensor([-0.1029,  1.6810, -0.2708])
+    np.testing.assert_allclose(Generator("torch-cuda", 10).randn(3), [-0.1029, 1.6810, -0.2708], rtol=0, atol=CUDA_TOL)
+
+
+def test_torch_cuda_seed_42_1x64x2048_published_in_pytorch_issue_158398() -> None:
+    # https://github.com/pytorch/pytorch/issues/158398 (cuda 12.6): torch.randn([1, 64, 2048],
+    # generator=torch.Generator(device).manual_seed(42), device=cuda), first three rows as printed on
+    # both machines (the first 40960+ elements lie in every GPU's first wave of threads).
+    x = Generator("torch-cuda", 42).randn((1, 64, 2048))[0]
+    rows = {
+        0: ([0.1940, 2.1614, -0.1721], [1.4540, -2.7733, -0.8932]),
+        1: ([-0.4574, 0.8063, 0.1580], [0.1124, 0.2769, -1.2535]),
+        2: ([1.1346, -0.6329, -0.9147], [-1.0001, -1.1552, -0.6955]),
+    }
+    for r, (head, tail) in rows.items():
+        np.testing.assert_allclose(x[r, :3], head, rtol=0, atol=CUDA_TOL)
+        np.testing.assert_allclose(x[r, -3:], tail, rtol=0, atol=CUDA_TOL)
+
+
+def test_torch_cuda_capped_grid_reproduces_the_other_machine_of_issue_158398() -> None:
+    # The same issue's first machine printed different last rows: 131072 elements exceed its GPU's
+    # wave. A grid capped at 168 blocks (28 SMs x 6 blocks, an RTX 3060-class GPU) reproduces them,
+    # which checks the thread -> element mapping beyond one wave; the first rows stay the same.
+    x = Generator("torch-cuda", 42, cuda_max_blocks=168).randn((1, 64, 2048))[0]
+    np.testing.assert_allclose(x[61, :3], [-0.4861, 0.3358, 1.0578], rtol=0, atol=CUDA_TOL)
+    np.testing.assert_allclose(x[63, :3], [-1.2356, -0.4083, -0.4695], rtol=0, atol=CUDA_TOL)
+    np.testing.assert_allclose(x[63, -3:], [-0.4841, 1.2850, -0.0282], rtol=0, atol=CUDA_TOL)
+    np.testing.assert_allclose(x[0, :3], [0.1940, 2.1614, -0.1721], rtol=0, atol=CUDA_TOL)
+
+
+def test_torch_cuda_seed_43_1x3x128x128_published_in_pytorch_issue_62467() -> None:
+    # https://github.com/pytorch/pytorch/issues/62467: torch.Generator(device='cuda:0').manual_seed(43),
+    # torch.empty(1, 3, 128, 128).normal_(generator=...) on an RTX A6000 printed noise0[..., 0, 0] =
+    # [[1.9983, 0.8704, 2.1127]] (49152 elements: within the A6000's first wave, 84 SMs x 6 blocks).
+    x = Generator("torch-cuda", 43).randn((1, 3, 128, 128))
+    np.testing.assert_allclose(x[0, :, 0, 0], [1.9983, 0.8704, 2.1127], rtol=0, atol=CUDA_TOL)
+
+
+def test_torch_cuda_successive_draws_advance_the_offset_by_one_philox_block_per_wave() -> None:
+    # torch adds 4 * ceil(n / (4 * threads)) to the Philox offset after each launch: a second draw of
+    # a small tensor starts one counter later, so it is not the first one repeated. (Offsets beyond the
+    # first draw follow torch's source; no published GPU output covers them.)
+    g = Generator("torch-cuda", 10)
+    a, b = g.randn(3), g.randn(3)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(Generator("torch-cuda", 10).randn(3), a)
+
+
+def test_cuda_max_blocks_is_only_for_torch_cuda() -> None:
+    with pytest.raises(ValueError, match="cuda_max_blocks"):
+        Generator("torch-cpu", 0, cuda_max_blocks=4)
+    with pytest.raises(ValueError, match="cuda_max_blocks"):
+        Generator("torch-cuda", 0, cuda_max_blocks=0)
 
 
 def test_unknown_kind_is_a_value_error_listing_the_kinds() -> None:

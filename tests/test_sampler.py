@@ -253,10 +253,21 @@ def test_numpy_rng_with_a_seed_is_the_plain_seeded_stream() -> None:
                                   s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=9))
 
 
-def test_rng_torch_cuda_is_refused_with_the_reason() -> None:
+def test_torch_cuda_noise_is_one_generator_draw_per_step() -> None:
+    from asymvq.rng import Generator
+
     x_T, c, uc = inputs()
-    with pytest.raises(ValueError, match="torch-cuda.*not available"):
-        Sampler("ddim", 10, 1.0).sample(StandInUNet(), x_T, c, uc, 7.5, seed=1, rng="torch-cuda")
+    s = Sampler("ddim", 10, 1.0)
+    g = Generator("torch-cuda", 3)
+    noise = np.stack([g.randn((B, 4, H, W)) for _ in range(10)])
+    np.testing.assert_array_equal(s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=3, rng="torch-cuda"),
+                                  s.sample(StandInUNet(), x_T, c, uc, 7.5, noise=noise))
+
+
+def test_an_unknown_rng_is_rejected() -> None:
+    x_T, c, uc = inputs()
+    with pytest.raises(ValueError, match="rng must be one of"):
+        Sampler("ddim", 10, 1.0).sample(StandInUNet(), x_T, c, uc, 7.5, seed=1, rng="cuda")
 
 
 def test_a_generator_with_a_seed_is_rejected() -> None:

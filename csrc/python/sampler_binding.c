@@ -4,7 +4,8 @@
  *   Sampler(kind: "ddim" | "plms", steps, eta, linear_start, linear_end, timesteps)
  *   sampler.sample(unet, x_T, cond, uncond, scale, c_concat, noise, seed, callback, generator) -> x_0
  *   randn(seed, shape) -> float32 array == RandomState(seed).randn(*shape).astype(float32)
- *   Generator(kind: 0 numpy | 1 torch-cpu, seed)   generator.randn(shape) -> float32 array
+ *   Generator(kind: 0 numpy | 1 torch-cpu | 2 torch-cuda, seed, cuda_max_blocks=0)
+ *   generator.randn(shape) -> float32 array
  *
  * A Generator is marked busy while a draw or a sampler loop uses it without the
  * GIL; a second use meanwhile (another thread) is a RuntimeError, not a race.
@@ -280,10 +281,11 @@ typedef struct GeneratorObject {
 static PyTypeObject *generator_type = NULL; /* owned by the module (a reference kept here) */
 
 static PyObject *generator_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"kind", "seed", NULL};
+    static char *kwlist[] = {"kind", "seed", "cuda_max_blocks", NULL};
     int kind;
     PyObject *oseed;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO:Generator", kwlist, &kind, &oseed)) return NULL;
+    unsigned int max_blocks = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|I:Generator", kwlist, &kind, &oseed, &max_blocks)) return NULL;
     if (!avq_rng_kind_supported(kind)) return PyErr_Format(PyExc_ValueError, "unsupported generator kind %d", kind);
     unsigned long long sv = PyLong_AsUnsignedLongLong(oseed);
     const unsigned long long max = kind == AVQ_RNG_NUMPY ? 0xffffffffULL : 0xffffffffffffffffULL;
@@ -295,6 +297,7 @@ static PyObject *generator_new(PyTypeObject *type, PyObject *args, PyObject *kwd
     GeneratorObject *self = (GeneratorObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     avq_generator_seed(&self->g, (avq_rng_kind)kind, (uint64_t)sv);
+    self->g.cuda_max_blocks = max_blocks;
     return (PyObject *)self;
 }
 
@@ -353,7 +356,7 @@ static PyMethodDef generator_methods[] = {
 };
 
 static PyGetSetDef generator_getset[] = {
-    {"kind", (getter)generator_get_kind, NULL, "0 numpy, 1 torch-cpu.", NULL},
+    {"kind", (getter)generator_get_kind, NULL, "0 numpy, 1 torch-cpu, 2 torch-cuda.", NULL},
     {"seed", (getter)generator_get_seed, NULL, "The seed it was created with.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

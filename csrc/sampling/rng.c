@@ -79,7 +79,9 @@ void avq_rng_randn_f64(avq_rng *r, double *out, int64_t n) {
 
 /* ---- torch's CPU generator (see rng.h) ------------------------------------------- */
 
-int avq_rng_kind_supported(int kind) { return kind == AVQ_RNG_NUMPY || kind == AVQ_RNG_TORCH_CPU; }
+int avq_rng_kind_supported(int kind) {
+    return kind == AVQ_RNG_NUMPY || kind == AVQ_RNG_TORCH_CPU || kind == AVQ_RNG_TORCH_CUDA;
+}
 
 void avq_generator_seed(avq_generator *g, avq_rng_kind kind, uint64_t seed) {
     g->kind = kind;
@@ -88,6 +90,8 @@ void avq_generator_seed(avq_generator *g, avq_rng_kind kind, uint64_t seed) {
     avq_rng_seed(&g->mt, (uint32_t)(seed & 0xffffffffu));
     g->has_normal = 0;
     g->next_normal = 0.0;
+    g->offset = 0;
+    g->cuda_max_blocks = 0;
 }
 
 /* uniform_real_distribution<float>(0, 1): the low 24 bits of one word, exact. */
@@ -229,9 +233,66 @@ static void torch_cpu_randn(avq_generator *g, float *out, int64_t n) {
     }
 }
 
+/* ---- torch's CUDA generator (see rng.h) ------------------------------------------ */
+
+/* Philox4x32-10: ten rounds of two 32x32->64 multiplies, the key bumped by the
+ * Weyl constants between rounds. */
+static void philox4x32_10(uint32_t ctr[4], uint32_t k0, uint32_t k1) {
+    for (int r = 0; r < 10; r++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * ctr[0];
+        const uint64_t p1 = (uint64_t)0xCD9E8D57u * ctr[2];
+        const uint32_t c1 = ctr[1], c3 = ctr[3];
+        ctr[0] = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
+        ctr[1] = (uint32_t)p1;
+        ctr[2] = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        ctr[3] = (uint32_t)p0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+}
+
+/* curand's Box-Muller on two words: u in (0, 1], v in (0, 2 pi]. */
+static void curand_box_muller(uint32_t x, uint32_t y, float *a, float *b) {
+    const float inv = 2.3283064e-10f, inv_2pi = 2.3283064e-10f * 6.2831855f;
+    const float u = (float)x * inv + inv / 2.0f;
+    const float v = (float)y * inv_2pi + inv_2pi / 2.0f;
+    const float s = sqrtf(-2.0f * logf(u));
+    *a = sinf(v) * s;
+    *b = cosf(v) * s;
+}
+
+static void torch_cuda_randn(avq_generator *g, float *out, int64_t n) {
+    if (n <= 0) return;
+    const uint64_t threads_per_block = 256, unroll = 4;
+    uint64_t blocks = ((uint64_t)n + threads_per_block - 1) / threads_per_block;
+    if (g->cuda_max_blocks && blocks > g->cuda_max_blocks) blocks = g->cuda_max_blocks;
+    const uint64_t T = threads_per_block * blocks;  /* threads in the launch */
+    const uint64_t rounds = ((uint64_t)n - 1) / (T * unroll) + 1;
+    const uint32_t k0 = (uint32_t)g->seed, k1 = (uint32_t)(g->seed >> 32);
+    for (uint64_t j = 0; j < rounds; j++) {
+        const uint64_t c = g->offset / 4 + j; /* 64-bit counter low half */
+        for (uint64_t i = 0; i < T; i++) {
+            const uint64_t base = j * T * unroll + i;
+            if (base >= (uint64_t)n) break;
+            uint32_t ctr[4] = {(uint32_t)c, (uint32_t)(c >> 32), (uint32_t)i, (uint32_t)(i >> 32)};
+            philox4x32_10(ctr, k0, k1);
+            float v[4];
+            curand_box_muller(ctr[0], ctr[1], &v[0], &v[1]);
+            curand_box_muller(ctr[2], ctr[3], &v[2], &v[3]);
+            for (uint64_t k = 0; k < unroll; k++) {
+                const uint64_t li = base + k * T;
+                if (li < (uint64_t)n) out[li] = v[k];
+            }
+        }
+    }
+    g->offset += rounds * unroll;
+}
+
 void avq_generator_randn(avq_generator *g, float *out, int64_t n) {
     if (g->kind == AVQ_RNG_TORCH_CPU)
         torch_cpu_randn(g, out, n);
+    else if (g->kind == AVQ_RNG_TORCH_CUDA)
+        torch_cuda_randn(g, out, n);
     else
         avq_rng_randn_f32(&g->mt, out, n);
 }

@@ -74,7 +74,21 @@ void avq_rng_randn_f64(avq_rng *r, double *out, int64_t n);
  *                      repeated here scalar (fmaf), so the result is bit-exact.
  *                      (torch's DEFAULT capability, e.g. ATEN_CPU_CAPABILITY=
  *                      default, uses libm instead and differs from both.)
- *   AVQ_RNG_TORCH_CUDA is reserved: see avq_rng_kind_supported. */
+ *   AVQ_RNG_TORCH_CUDA torch.manual_seed(seed) then successive
+ *                      torch.randn(shape, device="cuda") (float32): Philox4x32-10
+ *                      keyed by the seed, as torch's CUDA normal kernel runs it.
+ *                      A launch of n elements has T = 256 * blocks threads,
+ *                      blocks = ceil(n / 256), capped by the GPU at SMs *
+ *                      (max threads per SM / 256) (cuda_max_blocks; 0 = no cap,
+ *                      which every GPU matches while n <= 256 * its cap, e.g.
+ *                      SD's [1, 4, 64, 64]). Thread i draws curand_normal4 from
+ *                      counter (offset / 4 + j, 0, i, 0) for its j-th round of 4T
+ *                      elements and writes element i + (4T) j + T k with the k-th
+ *                      value (Box-Muller on two 32-bit words: sqrt(-2 log u)
+ *                      times sin, then cos, of v). After the launch the offset
+ *                      grows by 4 * ceil(n / (4T)). The GPU's sincos is the
+ *                      __sincosf intrinsic, so values agree to a few 1e-6, not
+ *                      bit for bit. */
 
 typedef enum avq_rng_kind { AVQ_RNG_NUMPY = 0, AVQ_RNG_TORCH_CPU = 1, AVQ_RNG_TORCH_CUDA = 2 } avq_rng_kind;
 
@@ -84,14 +98,16 @@ typedef struct avq_generator {
     avq_rng mt;         /* NUMPY (with its cached polar value) and TORCH_CPU */
     int has_normal;     /* TORCH_CPU: a cached double normal of the scalar path */
     double next_normal;
+    uint64_t offset;          /* TORCH_CUDA: the Philox offset (a multiple of 4) */
+    uint32_t cuda_max_blocks; /* TORCH_CUDA: the GPU's grid cap; 0 = none */
 } avq_generator;
 
-/* 1 when draws of this kind can be made; 0 for unknown kinds and TORCH_CUDA
- * (not shipped: no GPU-produced reference values were available to verify it). */
+/* 1 when draws of this kind can be made (0 for unknown kinds). */
 int avq_rng_kind_supported(int kind);
 
-/* Seeds g. The caller checks the range: NUMPY seeds must be < 2**32 (NumPy
- * refuses larger ones); TORCH_CPU accepts any 64-bit seed, as manual_seed does. */
+/* Seeds g (offset 0, no grid cap). The caller checks the range: NUMPY seeds
+ * must be < 2**32 (NumPy refuses larger ones); the torch kinds accept any
+ * 64-bit seed, as manual_seed does. */
 void avq_generator_seed(avq_generator *g, avq_rng_kind kind, uint64_t seed);
 
 /* The next n float32 standard normals: one draw of n elements (for TORCH_CPU

@@ -4,6 +4,7 @@
  *
  *   gcc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc tests/c/test_rng.c csrc/sampling/rng.c -lm -o test_rng && ./test_rng
  */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -143,10 +144,24 @@ static void test_numpy_kind_is_randomstate(void) {
     float f[2];
     avq_generator_randn(&g, f, 2);
     CHECK(f[0] == (float)1.764052345967664 && f[1] == (float)0.4001572083672233, "numpy kind: %.9g %.9g", f[0], f[1]);
-    CHECK(avq_rng_kind_supported(AVQ_RNG_TORCH_CUDA) == 0, "torch-cuda must not be offered (unverified)");
+}
+
+/* torch-cuda: torch.manual_seed(10); torch.randn(3, device="cuda") printed
+ * [-0.1029, 1.6810, -0.2708] on a GPU (github.com/pytorch/pytorch/issues/79496).
+ * The next draw starts one Philox block later (offset 4). */
+static void test_torch_cuda_published_values(void) {
+    avq_generator g;
+    avq_generator_seed(&g, AVQ_RNG_TORCH_CUDA, 10u);
+    float f[3];
+    avq_generator_randn(&g, f, 3);
+    const float want[3] = {-0.1029f, 1.6810f, -0.2708f};
+    for (int i = 0; i < 3; i++)
+        CHECK(fabsf(f[i] - want[i]) <= 6e-5f, "seed 10 value %d: %.6f, published %.4f", i, f[i], want[i]);
+    CHECK(g.offset == 4, "offset after one small draw: %llu, expected 4", (unsigned long long)g.offset);
 }
 
 int main(void) {
+    test_torch_cuda_published_values();
     test_torch_cpu_reference_bits();
     test_torch_cpu_seed_low_32_bits();
     test_numpy_kind_is_randomstate();
