@@ -164,3 +164,19 @@ def test_txt2img_numpy_seed_out_of_range_fails_with_one_error_line(ckpts, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --rng numpy --seed 4294967296") and "seed" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_txt2img_numpy_noise_follows_the_seed_and_differs_per_iteration(ckpts, tmp_path):
+    # issue 11 item 10: --fixed_code --n_iter 2 --ddim_eta 0.5 used to write the same image twice
+    def run(out, seed):
+        args = ["--outdir", str(out), "--config", str(TINY / "v1-t2i-inference.yaml"), "--ckpt", str(ckpts["t2i"]),
+                "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"), "--ckpt_c", str(ckpts["decoder"]),
+                "--vocab", str(VOCAB), "--H", "64", "--W", "64", "--ddim_steps", "2", "--ddim_eta", "0.5",
+                "--fixed_code", "--n_iter", "2", "--seed", str(seed), "--precision", "full", "--skip_grid"]
+        assert txt2img.main(args) == 0
+        return [np.asarray(Image.open(out / f"{i}.png")) for i in (0, 1)]
+
+    a0, a1 = run(tmp_path / "a", 5)
+    b0, _ = run(tmp_path / "b", 6)
+    assert not np.array_equal(a0, a1)  # the step noise runs on into the second iteration
+    assert not np.array_equal(a0, b0)  # and follows --seed

@@ -10,7 +10,7 @@ with the tiny random-weight models of ``asymvq.demo``:
 * max |delta| of the uint8 image (and the share of values that differ), everything else equal
   (start code RandomState(0), the same torch-cpu DDIM noise, eta 1).
 
-    python tools/posterior_sample_vs_mean.py [--steps 10] [--indir DIR]
+    PYTHONPATH=. python tools/posterior_sample_vs_mean.py [--steps 10] [--indir DIR]
 """
 from __future__ import annotations
 
