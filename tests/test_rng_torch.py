@@ -203,3 +203,25 @@ def test_as_generator_refuses_a_seed_with_a_generator() -> None:
 def test_as_generator_needs_a_seed_with_a_kind() -> None:
     with pytest.raises(ValueError, match="needs a seed"):
         as_generator("torch-cpu", None)
+
+
+# ---- Autoencoder.encode(sample=True, rng=...) --------------------------------------------------------
+
+
+def test_encode_sample_draws_its_noise_from_the_torch_cpu_generator() -> None:
+    # the original's DiagonalGaussianDistribution.sample: mean + std * torch.randn(mean.shape)
+    from test_autoencoder import inputs, sd_autoencoder
+
+    image, ae = inputs()["image"], sd_autoencoder()
+    noise = torch.randn((1, 4, 6, 8), generator=torch.Generator().manual_seed(3)).numpy()
+    want = ae.encode(image, sample=True, noise=noise)
+    np.testing.assert_array_equal(ae.encode(image, sample=True, seed=3, rng="torch-cpu"), want)
+    np.testing.assert_array_equal(ae.encode(image, sample=True, rng=Generator("torch-cpu", 3)), want)
+
+
+def test_encode_refuses_noise_together_with_a_torch_rng() -> None:
+    from test_autoencoder import inputs, sd_autoencoder
+
+    with pytest.raises(ValueError, match="not both"):
+        sd_autoencoder().encode(inputs()["image"], sample=True, noise=np.zeros((1, 4, 6, 8), np.float32),
+                                rng="torch-cpu")
