@@ -338,12 +338,16 @@ class Autoencoder:
         mean, logvar = self._core.encode(self._image_for_encoder(image))
         return mean, logvar
 
-    def encode(self, image: Any, sample: bool = False, noise: Any = None, seed: int | None = None) -> np.ndarray:
+    def encode(self, image: Any, sample: bool = False, noise: Any = None, seed: int | None = None,
+               rng: Any = "numpy") -> np.ndarray:
         """The (unscaled) latent of ``image`` [B, 3, H, W]: [B, 4, H/8, W/8].
 
         ``sample=False``: the posterior mode (its mean).  ``sample=True``: ``mean + exp(logvar / 2) * noise``
         (what the original's ``get_first_stage_encoding`` uses before the 0.18215 scale), with ``noise``
-        given (the latent's shape) or drawn from ``numpy.random.RandomState(seed).standard_normal``.
+        given (the latent's shape) or drawn from ``rng`` (:mod:`asymvq.rng`): ``"numpy"`` (the default:
+        ``numpy.random.RandomState(seed).standard_normal``), ``"torch-cpu"`` with ``seed`` (the original's
+        ``torch.randn(mean.shape)`` on a CPU generator seeded so), or an :class:`asymvq.rng.Generator`
+        (one draw of the latent's shape; ``seed`` not given).
         """
         x = self._image_for_encoder(image)
         if not sample:
@@ -353,9 +357,14 @@ class Autoencoder:
         f = 2 ** (len(self._encoder.spec.encoder.ch_mult) - 1)  # type: ignore[union-attr]
         shape = (x.shape[0], self.latent_channels, x.shape[2] // f, x.shape[3] // f)
         if noise is None:
-            noise = np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
-        elif seed is not None:
-            raise ValueError("give noise or seed, not both")
+            from .rng import as_generator
+
+            if isinstance(rng, str) and rng == "numpy":
+                noise = np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
+            else:
+                noise = as_generator(rng, seed).randn(shape)
+        elif seed is not None or not (isinstance(rng, str) and rng == "numpy"):
+            raise ValueError("give noise, or seed / rng to draw it, not both")
         n = _nchw(noise, "noise", self.latent_channels)
         if n.shape != shape:
             raise ValueError(f"noise must have the latent's shape {list(shape)}, got {list(n.shape)}")

@@ -126,25 +126,29 @@ def build_txt2img_pipeline(precision: str = "fp32", seed: int = 0):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import _cli
-
     return _cli.run_command(lambda: run(argv))
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
-    from . import _cli
-
     p = _cli.ArgumentParser(prog="python -m asymvq demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--outdir", default="asymvq-demo", help="where to write result.png and side_by_side.png")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (multiple of 64)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (inpaint_st uses 50)")
     p.add_argument("--precision", default="fp32", type=_cli.precision_type, metavar="{fp32,bf16,auto}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rng", default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
+                   help="noise source; with torch-cpu every stream follows --seed (a torch CPU generator)")
     args = p.parse_args(argv)
     if args.size % 64 or args.size < 64:
         raise _cli.CLIError(f"--size must be a positive multiple of 64, got {args.size}")
     _cli.check_sampler("ddim", args.steps, 1.0, None, "--steps")
     _cli.check_seed(args.seed, maximum=_cli.SEED_MAX - 2)  # the noise streams use seed + 1 and seed + 2
+    from .rng import Generator
+
+    try:
+        rng = "numpy" if args.rng == "numpy" else Generator(args.rng, args.seed)
+    except ValueError as e:
+        raise _cli.CLIError(f"--rng {args.rng}: {e}") from None
     from .metrics import preservation_error, psnr_outside_mask
 
     out = _cli.prepare_outdir(args.outdir)
@@ -155,7 +159,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     pipe, vocab_note = build_pipeline(args.precision, args.seed)
     t_load = time.perf_counter() - t
     img, mask = demo_inputs(args.size)
-    res = pipe(img, mask, seed=args.seed, steps=args.steps, progress=True)
+    res = pipe(img, mask, seed=args.seed, steps=args.steps, progress=True, rng=rng)
     _cli.save_png(res.images[0], out / "result.png")
     side = Image.new("RGB", (args.size * 3, args.size))
     side.paste(img, (0, 0))

@@ -25,7 +25,16 @@ the fixed prompt, seed 0, 50 DDIM steps, eta 1.0, guidance 7.5, and writes
 
 Extra flags: ``--precision fp32|bf16``, ``--round`` (round instead of truncating
 to uint8), ``--report`` (preservation error and PSNR outside the mask per image),
-``--vocab`` (CLIP vocabulary), ``--threads``.
+``--vocab`` (CLIP vocabulary), ``--threads``, ``--rng``.
+
+Noise (``--rng``): the start code is ``numpy.random.RandomState(0)`` for every
+image, as the original. ``--rng numpy`` (default): the posterior sample and the
+DDIM noise from ``RandomState(1)`` and ``RandomState(2)`` per image. ``--rng
+torch-cuda``: the original's streams: the DDIM noise from torch's CUDA generator
+(emulated) at torch's default seed 67280421310721 (the original never seeds
+torch), running on across the images of the run, and the posterior mean
+(``--rng torch-cpu``: the same with torch's CPU generator) (the original's posterior sample comes from
+a CPU generator in an unknowable state; its effect is tiny, see the README).
 """
 from __future__ import annotations
 
@@ -64,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--steps", type=int, default=50, help=argparse.SUPPRESS)  # for quick checks; original: 50
+    p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
+                   help="DDIM noise source: numpy RandomState, or torch's CPU / CUDA (emulated, the original's) "
+                   "generator at torch's default seed")
     return p
 
 
@@ -110,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
     import asymvq
     from .metrics import preservation_error, psnr_outside_mask
     from .pipelines import InpaintPipeline
+    from .rng import TORCH_DEFAULT_SEED, Generator
+
+    try:  # one generator for the run: its stream runs on across the images, as the original's
+        rng = "numpy" if args.rng == "numpy" else Generator(args.rng, TORCH_DEFAULT_SEED)
+    except ValueError as e:
+        raise _cli.CLIError(f"--rng {args.rng}: {e}") from None
 
     # 1. every argument and input file, before any model is loaded
     precision = _cli.precision_arg(args.precision)
@@ -140,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     for (img, msk), (w, h) in tqdm(list(zip(pairs, sizes)), desc="images", unit="img"):
         t = time.perf_counter()
         x, m, _ = load_pair(img, msk)
-        res = pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=args.steps, eta=1.0, round=args.round)
+        res = pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=args.steps, eta=1.0, round=args.round,
+                   rng=rng)
         out = outdir / img.name
         _cli.save_png(res.images[0], out)
         extra = ""

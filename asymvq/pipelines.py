@@ -10,14 +10,25 @@ condition.
 Weights are loaded once (memory-mapped, no copy) and plans are built on the
 first call for a given size and reused afterwards.
 
-Noise streams (all reproducible from ``seed``):
+Noise streams, chosen by ``rng=`` (:mod:`asymvq.rng`):
 
-* start code x_T: ``numpy.random.RandomState(seed).randn(...)`` cast to float32,
-  exactly as ``inpaint_st.py`` (txt2img's original draws it from torch's CUDA
-  generator, which cannot be reproduced; we use the same numpy rule);
-* the posterior sample of the masked-image latent: ``RandomState(seed + 1)``;
-* the per-step DDIM noise when eta > 0: the sampler's generator seeded with
-  ``seed + 2``.
+* ``rng="numpy"`` (the default), all reproducible from ``seed``: start code
+  x_T ``numpy.random.RandomState(seed).randn(...)`` cast to float32 (exactly as
+  ``inpaint_st.py``); the posterior sample of the masked-image latent
+  ``RandomState(seed + 1)``; the per-step DDIM noise (eta > 0) the stream of
+  ``RandomState(seed + 2)``.
+* ``rng="torch-cuda"`` / ``"torch-cpu"`` (or an :class:`asymvq.rng.Generator`,
+  whose stream then continues across calls): the original's draw order on that
+  torch generator (``"torch-cuda"`` is the original's own, emulated).
+  txt2img: ``seed_everything(seed)`` then x_T ``randn([n, 4, h, w])`` and, with
+  eta > 0, one ``randn([n, 4, h, w])`` per step after it, all on one generator
+  seeded with ``seed`` (the original's CUDA generator; ``"torch-cpu"`` is
+  torch's CPU generator standing in for it). inpaint_st: x_T stays
+  ``RandomState(seed)`` (the original's numpy start code), the DDIM noise comes
+  from a torch generator at torch's default seed 67280421310721 (the original
+  never seeds torch) and the posterior is its mean (the original's sample comes
+  from a CPU generator whose state nobody can know; its standard deviation is
+  tiny, see the README).
 
 Each can also be passed in as arrays (``x_T=``, ``posterior_noise=``,
 ``step_noise=``), which is how parity tests inject a reference's noise.
@@ -41,6 +52,7 @@ import numpy as np
 from . import checkpoint, config as config_mod, tables
 from .image import ImageLike, load_pair, to_pil, to_uint8
 from .precision import resolve_precision
+from .rng import TORCH_DEFAULT_SEED, Generator, RngLike, check_kind
 
 PathLike = Union[str, os.PathLike]
 
@@ -135,13 +147,17 @@ class _Base:
         return s
 
     def _denoise(self, x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
-                 c_concat=None) -> np.ndarray:
-        """The sampler loop with a progress bar; step noise from ``step_noise`` or ``seed + 2``."""
+                 c_concat=None, gen: Optional[Generator] = None) -> np.ndarray:
+        """The sampler loop with a progress bar; step noise from ``step_noise``, else ``gen``, else
+        the numpy stream of ``seed + 2``."""
         smp = self._sampler(sampler, steps, eta)
         bar = _Progress(len(smp.timesteps), "denoise", progress, callback)
         try:
-            return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, noise=step_noise,
-                              seed=None if step_noise is not None or eta == 0 else seed + 2, callback=bar)
+            if step_noise is not None or eta == 0:
+                return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, noise=step_noise, callback=bar)
+            if gen is not None:
+                return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, rng=gen, callback=bar)
+            return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, seed=seed + 2, callback=bar)
         finally:
             bar.close()
 
@@ -231,13 +247,27 @@ class InpaintPipeline(_Base):
                  steps: int = 50, eta: float = 1.0, sampler: str = "ddim", x_T: Optional[np.ndarray] = None,
                  posterior_noise: Optional[np.ndarray] = None, step_noise: Optional[np.ndarray] = None,
                  resize: bool = True, round: bool = False, progress: bool = True,
-                 callback: Optional[StepCallback] = None) -> PipelineResult:
+                 callback: Optional[StepCallback] = None, rng: RngLike = "numpy") -> PipelineResult:
         """Inpaints ``image`` where ``mask`` is white (1).
 
         ``image``/``mask``: paths, PIL images, uint8 arrays, or float arrays already
         prepared ([1, 3, H, W] in [-1, 1] and [1, 1, H, W] in {0, 1}). PIL/paths are
         resized as inpaint_st does (≤ 640 px, multiples of 64; the mask too).
+
+        Noise, as the original draws it (see the module doc): the start code is always
+        ``numpy.random.RandomState(seed)``. ``rng="numpy"``: the posterior sample from
+        ``RandomState(seed + 1)`` and the DDIM noise from ``RandomState(seed + 2)``.
+        ``rng="torch-cuda"`` (the original's) or ``"torch-cpu"``: the posterior mean, and the DDIM noise (one ``[1, 4, h, w]``
+        draw per step) from a torch generator at torch's default seed 67280421310721,
+        as the original, which never seeds torch; pass an :class:`asymvq.rng.Generator`
+        instead to choose that generator and let its stream run on across calls (the
+        original's runs on across the images of one run).
         """
+        gen: Optional[Generator] = None
+        if isinstance(rng, Generator):
+            gen = rng
+        elif check_kind(rng) != "numpy":
+            gen = Generator(rng, TORCH_DEFAULT_SEED)
         t0 = time.perf_counter()
         img, msk = self._prepare(image, mask, resize)
         H, W = img.shape[-2:]
@@ -251,15 +281,18 @@ class InpaintPipeline(_Base):
 
             t = time.perf_counter()
             masked = img * (msk < 0.5).astype(np.float32)
-            eps_post = posterior_noise if posterior_noise is not None else _randn(seed + 1, (1, 4, h, w))
-            z_mi = SCALE_FACTOR * self.encoder.encode(masked, sample=True, noise=eps_post)
+            if posterior_noise is None and gen is not None:
+                z_mi = SCALE_FACTOR * self.encoder.encode(masked)  # the posterior mean
+            else:
+                eps_post = posterior_noise if posterior_noise is not None else _randn(seed + 1, (1, 4, h, w))
+                z_mi = SCALE_FACTOR * self.encoder.encode(masked, sample=True, noise=eps_post)
             c_cat = np.concatenate([_nearest_resize(msk, h, w), z_mi], axis=1).astype(np.float32)
             timings["encode"] = time.perf_counter() - t
 
             x_T = x_T if x_T is not None else _randn(seed, (1, 4, h, w))
             t = time.perf_counter()
             x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
-                               c_concat=c_cat)
+                               c_concat=c_cat, gen=gen)
             timings["sample"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -361,8 +394,22 @@ class Txt2ImgPipeline(_Base):
                  width: int = 512, seed: int = 42, scale: float = 7.5, steps: int = 50, eta: float = 0.0,
                  sampler: str = "ddim", negative_prompt: str = "", x_T: Optional[np.ndarray] = None,
                  step_noise: Optional[np.ndarray] = None, round: bool = False, progress: bool = True,
-                 callback: Optional[StepCallback] = None) -> PipelineResult:
-        """Generates ``n_samples`` images for ``prompt`` (one prompt repeated, or one per sample)."""
+                 callback: Optional[StepCallback] = None, rng: RngLike = "numpy") -> PipelineResult:
+        """Generates ``n_samples`` images for ``prompt`` (one prompt repeated, or one per sample).
+
+        Noise: ``rng="numpy"``: x_T ``numpy.random.RandomState(seed).randn(n_samples, 4, h, w)``, DDIM
+        noise (eta > 0) from ``RandomState(seed + 2)``. ``rng="torch-cuda"`` (the original's) or
+        ``"torch-cpu"``: the original's order on one
+        generator seeded with ``seed`` (``seed_everything``): x_T ``randn([n_samples, 4, h, w])`` (unless
+        ``x_T`` is given, as ``--fixed_code`` draws it beforehand), then one ``randn([n_samples, 4, h, w])``
+        per DDIM step. An :class:`asymvq.rng.Generator` works the same from its current state (``seed``
+        is not used) and runs on, as the original's generator does across ``--n_iter`` iterations.
+        """
+        gen: Optional[Generator] = None
+        if isinstance(rng, Generator):
+            gen = rng
+        elif check_kind(rng) != "numpy":
+            gen = Generator(rng, seed)
         if height % 64 or width % 64 or height < 64 or width < 64:
             raise ValueError(f"height and width must be positive multiples of 64, got {height}x{width}")
         if n_samples < 1:
@@ -380,9 +427,11 @@ class Txt2ImgPipeline(_Base):
             c = self._encode_text(prompts)
             uc = self._encode_text([negative_prompt] * n_samples)
             timings["text"] = time.perf_counter() - t
-            x_T = x_T if x_T is not None else _randn(seed, (n_samples, 4, h, w))
+            if x_T is None:
+                x_T = gen.randn((n_samples, 4, h, w)) if gen is not None else _randn(seed, (n_samples, 4, h, w))
             t = time.perf_counter()
-            x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback)
+            x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
+                               gen=gen)
             timings["sample"] = time.perf_counter() - t
             t = time.perf_counter()
             out = self.decoder.decode(x0 / SCALE_FACTOR)

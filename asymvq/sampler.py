@@ -12,8 +12,11 @@ DDIM timesteps: ``range(0, T, T // steps) + 1`` (the original's "uniform" discre
 offset; for steps not dividing T this list is longer than ``steps``, as in the original).
 
 Noise (DDIM with ``eta > 0``): ``noise[i]`` is added at the ``i``-th step of the loop (the loop visits
-``timesteps[::-1]``), or, with ``seed``, the sampler draws it itself from NumPy's legacy generator in C:
-the noise of a seeded run equals ``noise=randn(seed, (len(timesteps), B, C, h, w))``.
+``timesteps[::-1]``), or the sampler draws it itself in C, one ``[B, C, h, w]`` draw per step as the
+original's ``p_sample_ddim`` does, from ``rng`` (:mod:`asymvq.rng`): a kind seeded with ``seed``
+(default ``"numpy"``: the noise of a seeded run equals ``noise=randn(seed, (len(timesteps), B, C, h, w))``;
+``"torch-cpu"``: successive ``torch.randn([B, C, h, w], generator=torch.Generator().manual_seed(seed))``),
+or a :class:`asymvq.rng.Generator` whose stream continues from wherever it is.
 
 :func:`randn` is that generator: ``numpy.random.RandomState(seed).randn(*shape).astype(numpy.float32)``
 bit for bit (MT19937, polar Gaussians with the cached second value; SPEC §8.5), e.g. the inpainting
@@ -29,6 +32,7 @@ import numpy as np
 
 from . import _core
 from . import config as config_mod
+from .rng import Generator, RngLike, as_generator
 
 __all__ = ["Sampler", "randn", "StepCallback"]
 
@@ -154,6 +158,7 @@ class Sampler:
         noise: Optional[np.ndarray] = None,
         seed: Optional[int] = None,
         callback: Optional[StepCallback] = None,
+        rng: Optional[RngLike] = None,
     ) -> np.ndarray:
         """Denoise ``x_T`` and return ``x_0`` (float32 ``[B, C, h, w]``).
 
@@ -169,6 +174,10 @@ class Sampler:
         * ``noise``: ``[len(timesteps), B, C, h, w]``, the per-step noise of DDIM with ``eta > 0``
           (``noise[i]`` at the ``i``-th step); or ``seed`` (``0..2**32-1``) to draw it as
           ``randn(seed, noise_shape)``.  One of them is required when ``eta > 0``; ignored otherwise.
+        * ``rng``: where seeded noise comes from (``eta > 0``): ``"numpy"`` (the default), ``"torch-cpu"``
+          (with ``seed``), or an :class:`asymvq.rng.Generator` (without ``seed``), which then advances by
+          one ``[B, C, h, w]`` draw per step, so a start code drawn from it before and a next sample
+          after continue the same stream, as in the original.
         * ``callback``: see :data:`StepCallback`; exceptions it raises stop the loop and propagate.
 
         Ctrl-C stops the loop within one step (``KeyboardInterrupt``); the sampler and the UNet stay
@@ -186,7 +195,15 @@ class Sampler:
             if noise is not None:
                 raise ValueError("pass either noise or seed, not both")
             seed = int(seed)
-        return self._c.sample(unet, x, c, u, float(scale), cc, z, seed, callback)
+        gen = None
+        if rng is not None and (isinstance(rng, Generator) or seed is not None):
+            if noise is not None:
+                raise ValueError("pass either noise or a Generator as rng, not both")
+            gen = as_generator(rng, seed)
+            seed = None
+        elif rng is not None:
+            as_generator(rng, 0)  # checks the kind name; without a seed there is nothing to draw
+        return self._c.sample(unet, x, c, u, float(scale), cc, z, seed, callback, gen._c if gen else None)
 
     def __repr__(self) -> str:
         return (f"Sampler(kind={self.kind!r}, steps={self.steps}, eta={self.eta}, "

@@ -17,11 +17,18 @@ work; every sample is written, ``OUT/0.png``, ``OUT/1.png`` ... (unless
 Differences from the original, on purpose: it runs on a CPU (the original
 hard-codes CUDA); ``--n_iter``, ``--n_samples > 1``, ``--from-file``,
 ``--skip_grid`` / ``--skip_save`` and ``--n_rows`` work as above (the original
-parses them and ignores them or breaks); the start code comes from
-``numpy.random.RandomState(--seed)`` (the original uses torch's CUDA generator,
-which cannot be reproduced elsewhere) — ``--fixed_code`` reuses the first
-iteration's start code for every iteration; ``--precision autocast`` (and ``auto``)
-means bf16 where the CPU has native bf16, else fp32, and ``full`` fp32. ``--laion400m`` (the old LDM model) is not supported.
+parses them and ignores them or breaks); ``--precision autocast`` (and ``auto``)
+means bf16 where the CPU has native bf16, else fp32, and ``full`` fp32.
+``--laion400m`` (the old LDM model) is not supported.
+
+Noise (``--rng``): one generator seeded with ``--seed`` gives every draw in the
+original's order: the start code of each sample call (``--fixed_code``: once,
+before the first iteration), then one noise per DDIM step when ``--ddim_eta >
+0``, running on across prompts and ``--n_iter`` iterations. ``--rng numpy``
+(default) is ``numpy.random.RandomState(--seed)``; ``--rng torch-cuda`` is the
+original's own stream (torch's CUDA generator after ``seed_everything(--seed)``,
+emulated: within a few 1e-6 of the GPU's values); ``--rng torch-cpu`` is torch's
+CPU generator seeded the same way (bit-exact).
 """
 from __future__ import annotations
 
@@ -31,7 +38,6 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-import numpy as np
 from PIL import Image
 
 from . import _cli
@@ -84,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--round", action="store_true", help="round to uint8 instead of truncating")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
+                   help="noise source seeded by --seed: numpy RandomState, torch's CPU generator, or torch's "
+                   "CUDA generator (the original's; emulated on the CPU)")
     return p
 
 
@@ -150,6 +159,12 @@ def run(args: argparse.Namespace) -> int:
 
     # every argument and file before any model is loaded
     validate(args)
+    from .rng import Generator
+
+    try:
+        gen = Generator(args.rng, args.seed)
+    except ValueError as e:
+        raise _cli.CLIError(f"--rng {args.rng} --seed {args.seed}: {e}") from None
     precision = _cli.precision_arg(args.precision)
     prompts = read_prompts(args)
     config, config_c = _cli.resolve_config(args.config), _cli.resolve_config(args.config_c)
@@ -168,18 +183,17 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     n, h, w = args.n_samples, args.H // 8, args.W // 8
-    rng = np.random.RandomState(args.seed)
-    first_code = rng.randn(n, 4, h, w).astype(np.float32)
+    # --fixed_code draws the start code once, before sampling; otherwise each call draws its own
+    code = gen.randn((n, 4, h, w)) if args.fixed_code else None
     images: List[Image.Image] = []
     count = 0
     sampler = "plms" if args.plms else "ddim"
     grid = "grid.png" in output_names(args, len(prompts))
     for it in tqdm(range(iterations(args)), desc="iterations", unit="it"):
-        code = first_code if (it == 0 or args.fixed_code) else rng.randn(n, 4, h, w).astype(np.float32)
         for prompt in prompts:
             t = time.perf_counter()
             res = pipe(prompt, n_samples=n, height=args.H, width=args.W, scale=args.scale, steps=args.ddim_steps,
-                       eta=args.ddim_eta, sampler=sampler, x_T=code, round=args.round)
+                       eta=args.ddim_eta, sampler=sampler, x_T=code, round=args.round, rng=gen)
             for im in res.images:
                 if not args.skip_save:
                     _cli.save_png(im, outdir / f"{count}.png")

@@ -220,6 +220,64 @@ def test_seeded_noise_is_randn_of_the_noise_shape() -> None:
     assert not np.array_equal(seeded, other)
 
 
+def test_torch_cpu_noise_is_one_torch_draw_of_the_latent_shape_per_step() -> None:
+    # the original's p_sample_ddim: torch.randn(x.shape) once per step, on one generator
+    import torch
+
+    x_T, c, uc = inputs()
+    s = Sampler("ddim", 20, 1.0)
+    g = torch.Generator().manual_seed(2**63 - 1)
+    draws = np.stack([torch.randn((B, 4, H, W), generator=g).numpy() for _ in range(20)])
+    seeded = s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=2**63 - 1, rng="torch-cpu")
+    np.testing.assert_array_equal(seeded, s.sample(StandInUNet(), x_T, c, uc, 7.5, noise=draws))
+
+
+def test_a_generator_given_as_rng_continues_its_stream_across_samples() -> None:
+    from asymvq.rng import Generator
+
+    x_T, c, uc = inputs()
+    s = Sampler("ddim", 10, 0.5)
+    g = Generator("torch-cpu", 5)
+    first, second = (s.sample(StandInUNet(), x_T, c, uc, 7.5, rng=g) for _ in range(2))
+    ref = Generator("torch-cpu", 5)
+    noise = np.stack([ref.randn((B, 4, H, W)) for _ in range(20)])
+    np.testing.assert_array_equal(first, s.sample(StandInUNet(), x_T, c, uc, 7.5, noise=noise[:10]))
+    np.testing.assert_array_equal(second, s.sample(StandInUNet(), x_T, c, uc, 7.5, noise=noise[10:]))
+    assert not np.array_equal(first, second)
+
+
+def test_numpy_rng_with_a_seed_is_the_plain_seeded_stream() -> None:
+    x_T, c, uc = inputs()
+    s = Sampler("ddim", 10, 1.0)
+    np.testing.assert_array_equal(s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=9, rng="numpy"),
+                                  s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=9))
+
+
+def test_torch_cuda_noise_is_one_generator_draw_per_step() -> None:
+    from asymvq.rng import Generator
+
+    x_T, c, uc = inputs()
+    s = Sampler("ddim", 10, 1.0)
+    g = Generator("torch-cuda", 3)
+    noise = np.stack([g.randn((B, 4, H, W)) for _ in range(10)])
+    np.testing.assert_array_equal(s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=3, rng="torch-cuda"),
+                                  s.sample(StandInUNet(), x_T, c, uc, 7.5, noise=noise))
+
+
+def test_an_unknown_rng_is_rejected() -> None:
+    x_T, c, uc = inputs()
+    with pytest.raises(ValueError, match="rng must be one of"):
+        Sampler("ddim", 10, 1.0).sample(StandInUNet(), x_T, c, uc, 7.5, seed=1, rng="cuda")
+
+
+def test_a_generator_with_a_seed_is_rejected() -> None:
+    from asymvq.rng import Generator
+
+    x_T, c, uc = inputs()
+    with pytest.raises(ValueError, match="either seed or a Generator"):
+        Sampler("ddim", 10, 1.0).sample(StandInUNet(), x_T, c, uc, 7.5, seed=1, rng=Generator("numpy", 1))
+
+
 def test_noise_is_ignored_when_eta_is_0() -> None:
     x_T, c, uc = inputs()
     s = Sampler("ddim", 10, 0.0)

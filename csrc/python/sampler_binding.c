@@ -2,8 +2,13 @@
  * asymvq.sampler).
  *
  *   Sampler(kind: "ddim" | "plms", steps, eta, linear_start, linear_end, timesteps)
- *   sampler.sample(unet, x_T, cond, uncond, scale, c_concat, noise, seed, callback) -> x_0
+ *   sampler.sample(unet, x_T, cond, uncond, scale, c_concat, noise, seed, callback, generator) -> x_0
  *   randn(seed, shape) -> float32 array == RandomState(seed).randn(*shape).astype(float32)
+ *   Generator(kind: 0 numpy | 1 torch-cpu | 2 torch-cuda, seed, cuda_max_blocks=0)
+ *   generator.randn(shape) -> float32 array
+ *
+ * A Generator is marked busy while a draw or a sampler loop uses it without the
+ * GIL; a second use meanwhile (another thread) is a RuntimeError, not a race.
  *
  * The loop runs in C with the GIL released. The model is reached in one of two
  * ways:
@@ -265,12 +270,119 @@ static int resolve_model(PyObject *unet, py_run *r, avq_denoiser *d) {
     return 0;
 }
 
+/* ---- Generator ------------------------------------------------------------------------- */
+
+typedef struct GeneratorObject {
+    PyObject_HEAD
+    avq_generator g;
+    int busy; /* 1 while a draw runs without the GIL */
+} GeneratorObject;
+
+static PyTypeObject *generator_type = NULL; /* owned by the module (a reference kept here) */
+
+static PyObject *generator_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"kind", "seed", "cuda_max_blocks", NULL};
+    int kind;
+    PyObject *oseed;
+    unsigned int max_blocks = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|I:Generator", kwlist, &kind, &oseed, &max_blocks)) return NULL;
+    if (!avq_rng_kind_supported(kind)) return PyErr_Format(PyExc_ValueError, "unsupported generator kind %d", kind);
+    unsigned long long sv = PyLong_AsUnsignedLongLong(oseed);
+    const unsigned long long max = kind == AVQ_RNG_NUMPY ? 0xffffffffULL : 0xffffffffffffffffULL;
+    if (PyErr_Occurred() || sv > max) {
+        PyErr_Clear();
+        return PyErr_Format(PyExc_ValueError, "seed must be an integer between 0 and %llu for this generator, got %R",
+                            max, oseed);
+    }
+    GeneratorObject *self = (GeneratorObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    avq_generator_seed(&self->g, (avq_rng_kind)kind, (uint64_t)sv);
+    self->g.cuda_max_blocks = max_blocks;
+    return (PyObject *)self;
+}
+
+static void generator_dealloc(GeneratorObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int generator_acquire(GeneratorObject *g) {
+    if (g->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this Generator is in use by another thread: use one generator per thread");
+        return -1;
+    }
+    g->busy = 1;
+    return 0;
+}
+
+static PyObject *generator_randn(GeneratorObject *self, PyObject *oshape) {
+    PyArray_Dims dims = {NULL, 0};
+    if (!PyArray_IntpConverter(oshape, &dims)) return NULL;
+    for (int i = 0; i < dims.len; i++)
+        if (dims.ptr[i] < 0) {
+            PyDimMem_FREE(dims.ptr);
+            return PyErr_Format(PyExc_ValueError, "shape must not hold negative sizes, got %R", oshape);
+        }
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(dims.len, dims.ptr, NPY_FLOAT32);
+    PyDimMem_FREE(dims.ptr);
+    if (!a) return NULL;
+    if (generator_acquire(self) < 0) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    float *p = PyArray_DATA(a);
+    const npy_intp n = PyArray_SIZE(a);
+    Py_BEGIN_ALLOW_THREADS
+    avq_generator_randn(&self->g, p, (int64_t)n);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    return (PyObject *)a;
+}
+
+static PyObject *generator_get_kind(GeneratorObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong((long)self->g.kind);
+}
+static PyObject *generator_get_seed(GeneratorObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->g.seed);
+}
+
+static PyMethodDef generator_methods[] = {
+    {"randn", (PyCFunction)generator_randn, METH_O, "randn(shape) -> float32 array; the state advances."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef generator_getset[] = {
+    {"kind", (getter)generator_get_kind, NULL, "0 numpy, 1 torch-cpu, 2 torch-cuda.", NULL},
+    {"seed", (getter)generator_get_seed, NULL, "The seed it was created with.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot generator_slots[] = {
+    {Py_tp_new, generator_new},
+    {Py_tp_dealloc, generator_dealloc},
+    {Py_tp_methods, generator_methods},
+    {Py_tp_getset, generator_getset},
+    {Py_tp_doc, "Generator(kind, seed) (private; see asymvq.rng.Generator)."},
+    {0, NULL},
+};
+
+static PyType_Spec generator_spec = {
+    "asymvq._core.Generator", sizeof(GeneratorObject), 0, Py_TPFLAGS_DEFAULT, generator_slots,
+};
+
 static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"unet", "x_T", "cond", "uncond", "scale", "c_concat", "noise", "seed", "callback", NULL};
+    static char *kwlist[] = {"unet",  "x_T",      "cond",      "uncond", "scale", "c_concat",
+                             "noise", "seed",     "callback",  "generator", NULL};
     PyObject *unet, *ox, *oc, *ou = Py_None, *occ = Py_None, *on = Py_None, *oseed = Py_None, *ocb = Py_None;
+    PyObject *ogen = Py_None;
+    GeneratorObject *gen = NULL; /* acquired (busy) while set */
     double scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|OdOOOO:sample", kwlist, &unet, &ox, &oc, &ou, &scale, &occ, &on,
-                                     &oseed, &ocb))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|OdOOOOO:sample", kwlist, &unet, &ox, &oc, &ou, &scale, &occ, &on,
+                                     &oseed, &ocb, &ogen))
         return NULL;
     py_run r;
     memset(&r, 0, sizeof r);
@@ -295,6 +407,16 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
         }
         in.use_seed = 1;
         in.seed = (uint32_t)sv;
+    }
+    if (ogen != Py_None) {
+        if (!generator_type || !PyObject_TypeCheck(ogen, generator_type)) {
+            PyErr_Format(PyExc_TypeError, "generator must be an asymvq._core.Generator or None, got %s",
+                         Py_TYPE(ogen)->tp_name);
+            goto done;
+        }
+        if (generator_acquire((GeneratorObject *)ogen) < 0) goto done;
+        gen = (GeneratorObject *)ogen;
+        in.generator = &gen->g;
     }
     if (ocb != Py_None) {
         if (!PyCallable_Check(ocb)) {
@@ -355,6 +477,7 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
     ret = (PyObject *)out;
     out = NULL;
 done:
+    if (gen) gen->busy = 0;
     for (int i = 0; i < 3; i++) Py_XDECREF(r.exc[i]);
     Py_XDECREF(plan_cap);
     avq_plan_destroy(own_plan);
@@ -425,7 +548,8 @@ static PyObject *get_alphas_cumprod(SamplerObject *self, void *closure) {
 
 static PyMethodDef sampler_methods[] = {
     {"sample", (PyCFunction)(void (*)(void))sampler_sample, METH_VARARGS | METH_KEYWORDS,
-     "sample(unet, x_T, cond, uncond=None, scale=1.0, c_concat=None, noise=None, seed=None, callback=None) -> x_0"},
+     "sample(unet, x_T, cond, uncond=None, scale=1.0, c_concat=None, noise=None, seed=None, callback=None, "
+     "generator=None) -> x_0"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -500,5 +624,14 @@ int avq_py_add_sampler(PyObject *m) {
         Py_DECREF(type);
         return -1;
     }
+    PyObject *gtype = PyType_FromSpec(&generator_spec);
+    if (!gtype) return -1;
+    Py_INCREF(gtype);
+    if (PyModule_AddObject(m, "Generator", gtype) < 0) {
+        Py_DECREF(gtype);
+        Py_DECREF(gtype);
+        return -1;
+    }
+    generator_type = (PyTypeObject *)gtype; /* the extra reference keeps it alive for the process */
     return PyModule_AddFunctions(m, randn_defs);
 }

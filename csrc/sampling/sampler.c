@@ -165,8 +165,11 @@ avq_status avq_sampler_check(const avq_sampler *s, const avq_denoiser *m, const 
                              s->n, (long long)B, (long long)C, (long long)h, (long long)w,
                              avq_tensor_str(z, buf, sizeof buf));
     }
-    if (s->kind == AVQ_SAMPLER_DDIM && s->eta > 0.0 && !in->noise && !in->use_seed)
-        return avq_error(AVQ_ERR_ARG, "DDIM with eta=%g adds fresh noise every step: pass noise [%d, B, C, h, w] or a seed",
+    if (in->generator && !avq_rng_kind_supported(in->generator->kind))
+        return avq_error(AVQ_ERR_ARG, "the generator's kind %d cannot draw noise", (int)in->generator->kind);
+    if (s->kind == AVQ_SAMPLER_DDIM && s->eta > 0.0 && !in->noise && !in->use_seed && !in->generator)
+        return avq_error(AVQ_ERR_ARG,
+                         "DDIM with eta=%g adds fresh noise every step: pass noise [%d, B, C, h, w], a generator or a seed",
                          s->eta, s->n);
     if (!is_f32_plain(x_out, 4) || !avq_tensor_same_shape(x_out, x))
         return avq_error(AVQ_ERR_SHAPE, "the output must be %s f32 like x_T", avq_tensor_str(x, buf, sizeof buf));
@@ -316,8 +319,12 @@ static avq_status run_loop(const avq_sampler *s, const avq_denoiser *m, const av
     const int plms = s->kind == AVQ_SAMPLER_PLMS;
     const int noisy = s->kind == AVQ_SAMPLER_DDIM && s->eta > 0.0;
     int nh = 0; /* PLMS history length */
-    avq_rng rng;
-    if (wk->xi) avq_rng_seed(&rng, in->seed);
+    avq_generator own; /* the seeded NumPy stream when no generator is given */
+    avq_generator *gen = in->generator;
+    if (wk->xi && !gen) {
+        avq_generator_seed(&own, AVQ_RNG_NUMPY, in->seed);
+        gen = &own;
+    }
     avq_tensor xt = avq_tensor_4d(AVQ_F32, AVQ_PLAIN, wk->B, wk->C, in->x_T->dims[2], in->x_T->dims[3]);
     xt.data = x;
     xt.arena_off = -1;
@@ -331,7 +338,7 @@ static avq_status run_loop(const avq_sampler *s, const avq_denoiser *m, const av
             if (in->noise) {
                 xi = (const float *)in->noise->data + (int64_t)i * lat;
             } else {
-                avq_rng_randn_f32(&rng, wk->xi, lat);
+                avq_generator_randn(gen, wk->xi, lat);
                 xi = wk->xi;
             }
         }

@@ -28,15 +28,19 @@
  *                history of raw e; n + 1 model calls in all.
  * Float32 arithmetic in the reference's operation order.
  *
- * Noise xi_i (DDIM with eta > 0 only): noise[i] from the caller, or generated
- * from `seed` by NumPy's legacy generator (rng.h): one stream for the whole
- * run, so xi equals float32(RandomState(seed).randn(n, B, C, h, w))[i]. */
+ * Noise xi_i (DDIM with eta > 0 only): noise[i] from the caller; or drawn by
+ * the caller's generator (rng.h), one draw of [B, C, h, w] per step, as the
+ * original's p_sample_ddim calls torch.randn(x.shape) once per step: the
+ * generator advances and a later run continues its stream; or generated from
+ * `seed` by NumPy's legacy generator: one stream for the whole run, so xi
+ * equals float32(RandomState(seed).randn(n, B, C, h, w))[i]. */
 #ifndef AVQ_SAMPLER_H
 #define AVQ_SAMPLER_H
 
 #include <stdint.h>
 
 #include "core/tensor.h"
+#include "sampling/rng.h"
 #include "sampling/schedule.h"
 
 typedef enum avq_sampler_kind { AVQ_SAMPLER_DDIM = 0, AVQ_SAMPLER_PLMS = 1 } avq_sampler_kind;
@@ -76,6 +80,8 @@ typedef struct avq_sample_inputs {
     const avq_tensor *noise;    /* [n, B, C, h, w] or NULL (n = avq_sampler_num_steps) */
     int use_seed;               /* DDIM, eta > 0, noise NULL: generate xi from seed */
     uint32_t seed;
+    avq_generator *generator;   /* DDIM, eta > 0, noise NULL: draw xi from it (borrowed, advanced;
+                                   takes precedence over use_seed; nothing else may use it meanwhile) */
     avq_sampler_step_fn on_step; /* optional */
     void *on_step_data;
     const volatile int *abort_flag; /* optional: nonzero stops before the next step */

@@ -4,6 +4,7 @@
  *
  *   gcc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc tests/c/test_rng.c csrc/sampling/rng.c -lm -o test_rng && ./test_rng
  */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -101,7 +102,69 @@ static void test_doubles_in_unit_interval(void) {
     }
 }
 
+/* torch-cpu: g = torch.Generator().manual_seed(42); randn(3), randn(16), randn(1)
+ * (bit patterns printed by torch 2.13, x86 AVX512 kernels). Covers the scalar
+ * path, its cached value surviving a block draw, and the block transform. */
+static uint32_t bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static void test_torch_cpu_reference_bits(void) {
+    avq_generator g;
+    avq_generator_seed(&g, AVQ_RNG_TORCH_CPU, 42u);
+    float a[3], b[16], c[1];
+    avq_generator_randn(&g, a, 3);
+    avq_generator_randn(&g, b, 16);
+    avq_generator_randn(&g, c, 1);
+    const uint32_t ea[3] = {1051484846u, 1040443037u, 1047533287u};
+    const uint32_t eb[5] = {1071961672u, 3203711577u, 3195580399u, 3211732305u, 3211542147u}; /* b[0..3], b[15] */
+    for (int i = 0; i < 3; i++) CHECK(bits(a[i]) == ea[i], "randn(3)[%d] bits %u != %u", i, bits(a[i]), ea[i]);
+    for (int i = 0; i < 4; i++) CHECK(bits(b[i]) == eb[i], "randn(16)[%d] bits %u != %u", i, bits(b[i]), eb[i]);
+    CHECK(bits(b[15]) == eb[4], "randn(16)[15] bits %u != %u", bits(b[15]), eb[4]);
+    CHECK(bits(c[0]) == 1047256172u, "randn(1) after the block: bits %u != 1047256172 (the cached value)", bits(c[0]));
+}
+
+/* torch seeds mt19937 with the low 32 bits of its 64-bit seed. */
+static void test_torch_cpu_seed_low_32_bits(void) {
+    avq_generator a, b;
+    avq_generator_seed(&a, AVQ_RNG_TORCH_CPU, (UINT64_C(1) << 32) + 9u);
+    avq_generator_seed(&b, AVQ_RNG_TORCH_CPU, 9u);
+    float x[20], y[20];
+    avq_generator_randn(&a, x, 20);
+    avq_generator_randn(&b, y, 20);
+    CHECK(memcmp(x, y, sizeof x) == 0, "seeds equal modulo 2**32 gave different streams");
+}
+
+/* The NUMPY kind is the RandomState stream. */
+static void test_numpy_kind_is_randomstate(void) {
+    avq_generator g;
+    avq_generator_seed(&g, AVQ_RNG_NUMPY, 0u);
+    float f[2];
+    avq_generator_randn(&g, f, 2);
+    CHECK(f[0] == (float)1.764052345967664 && f[1] == (float)0.4001572083672233, "numpy kind: %.9g %.9g", f[0], f[1]);
+}
+
+/* torch-cuda: torch.manual_seed(10); torch.randn(3, device="cuda") printed
+ * [-0.1029, 1.6810, -0.2708] on a GPU (github.com/pytorch/pytorch/issues/79496).
+ * The next draw starts one Philox block later (offset 4). */
+static void test_torch_cuda_published_values(void) {
+    avq_generator g;
+    avq_generator_seed(&g, AVQ_RNG_TORCH_CUDA, 10u);
+    float f[3];
+    avq_generator_randn(&g, f, 3);
+    const float want[3] = {-0.1029f, 1.6810f, -0.2708f};
+    for (int i = 0; i < 3; i++)
+        CHECK(fabsf(f[i] - want[i]) <= 6e-5f, "seed 10 value %d: %.6f, published %.4f", i, f[i], want[i]);
+    CHECK(g.offset == 4, "offset after one small draw: %llu, expected 4", (unsigned long long)g.offset);
+}
+
 int main(void) {
+    test_torch_cuda_published_values();
+    test_torch_cpu_reference_bits();
+    test_torch_cpu_seed_low_32_bits();
+    test_numpy_kind_is_randomstate();
     test_mt19937_reference_outputs();
     test_spec_vectors();
     test_float32_is_rounded_double();
