@@ -130,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
         raise _cli.CLIError(f"--rng {args.rng}: {e}") from None
 
     # 1. every argument and input file, before any model is loaded
-    precision = _cli.precision_arg(args.precision)
     _cli.check_threads(args.threads)
     config_d, config = _cli.resolve_config(args.config_d), _cli.resolve_config(args.config)
     spec_d = _cli.load_diffusion_config(config_d, "--config_d", "inpaint", "v1-inpainting-inference.yaml")
@@ -150,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         asymvq.set_num_threads(args.threads)
 
     # 2. the models, once
+    # last of the checks: its "auto" line is printed only once everything else is known good
+    precision = _cli.precision_arg(args.precision)
     pipe = InpaintPipeline.from_original(config_d, args.ckpt_d, config, args.ckpt, vocab=args.vocab,
                                          precision=precision)
     from tqdm.auto import tqdm

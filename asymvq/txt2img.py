@@ -165,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
         gen = Generator(args.rng, args.seed)
     except ValueError as e:
         raise _cli.CLIError(f"--rng {args.rng} --seed {args.seed}: {e}") from None
-    precision = _cli.precision_arg(args.precision)
     prompts = read_prompts(args)
     config, config_c = _cli.resolve_config(args.config), _cli.resolve_config(args.config_c)
     spec = _cli.load_diffusion_config(config, "--config", "txt2img", "v1-t2i-inference.yaml")
@@ -178,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     _cli.check_outputs(outdir / name for name in output_names(args, len(prompts)))
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
+    # last of the checks: its "auto" line is printed only once everything else is known good
+    precision = _cli.precision_arg(args.precision)
     pipe = Txt2ImgPipeline.from_original(config_c, args.ckpt_c, config, args.ckpt, vocab=args.vocab,
                                          precision=precision)
     from tqdm.auto import tqdm
