@@ -472,7 +472,8 @@ def test_command_line_reports_mismatches_on_stderr_with_status_1(
     assert only_file(tmp_path) == []
 
 
-def test_command_line_requires_decoder_config_and_ckpt_together(tmp_path: Path) -> None:
+def test_command_line_refuses_a_decoder_config_without_decoder_ckpt(tmp_path: Path) -> None:
+    # (--decoder-ckpt without --decoder-config is allowed: its config is inferred, test_infer_config.py)
     with pytest.raises(SystemExit) as info:
         convert.main(
             [
@@ -480,8 +481,8 @@ def test_command_line_requires_decoder_config_and_ckpt_together(tmp_path: Path) 
                 "a.yaml",
                 "--ckpt",
                 "b.ckpt",
-                "--decoder-ckpt",
-                "c.ckpt",
+                "--decoder-config",
+                "c.yaml",
                 "-o",
                 str(tmp_path / "o.safetensors"),
             ]
