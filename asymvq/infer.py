@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
+import yaml
+
 from . import checkpoint, config, tables
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
 
@@ -59,12 +61,32 @@ class Inferred:
 
 @functools.lru_cache(maxsize=None)
 def _shipped() -> tuple[tuple[str, Spec], ...]:
-    out = []
+    out: list[tuple[str, Spec]] = []
     for tiny in (False, True):
         for name in config.packaged_config_names(tiny):
             path = (config.packaged_tiny_config if tiny else config.packaged_config)(name)
             out.append((f"tiny/{name}" if tiny else name, config.load(path)))
+    # SD's own VAE decoder (a standalone VAE file) as a decoder without condition, where no shipped
+    # decoder config already describes it (the real one is autoencoder_kl_woc_32x32x4.yaml's).
+    for name, spec in list(out):
+        if isinstance(spec, DiffusionSpec):
+            vae = _sd_vae(spec.first_stage, name)
+            if all(vae != other for _, other in out):
+                out.append((f"SD's VAE of {name}", vae))
     return tuple(out)
+
+
+def _sd_vae(first: AutoencoderSpec, name: str) -> AutoencoderSpec:
+    """A diffusion config's first stage as a ``_wocondition`` autoencoder config (with its YAML text)."""
+    e = first.encoder
+    dd = {"double_z": True, "z_channels": e.z_channels, "resolution": 256, "in_channels": e.in_channels,
+          "out_ch": 3, "ch": e.ch, "ch_mult": list(e.ch_mult), "num_res_blocks": e.num_res_blocks,
+          "attn_resolutions": [], "dropout": 0.0}
+    model = {"target": "ldm.models.autoencoder.AutoencoderKL_wocondition",
+             "params": {"embed_dim": first.embed_dim, "ddconfig": dd}}
+    spec = config.load_text(yaml.safe_dump({"model": model}, sort_keys=False), source=f"SD's VAE of {name}")
+    assert isinstance(spec, AutoencoderSpec)
+    return spec
 
 
 def _wanted(spec: Spec, role: str) -> bool:

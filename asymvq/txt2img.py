@@ -10,7 +10,8 @@ Writes ``OUT/0.png`` for the first sample, as the original does, then
 ``OUT/1.png`` ... for every further sample (``--n_samples`` per iteration,
 ``--n_iter`` iterations) unless ``--skip_save``, and ``OUT/grid.png`` (rows of
 ``--n_rows`` images, default ``--n_samples``) when there is more than one image,
-unless ``--skip_grid``.
+unless ``--skip_grid``. ``--config`` / ``--config_c`` left out are inferred from their
+checkpoints' tensors (the choice is printed on stderr).
 
 Differences from the original, on purpose: it runs on a CPU (the original
 hard-codes CUDA); ``--n_iter``, ``--n_samples > 1``, ``--from-file``,
@@ -130,7 +131,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
     prompts = read_prompts(args)
-    config, config_c = _cli.resolve_config(args.config), _cli.resolve_config(args.config_c)
+    # A config left at its default is inferred from its checkpoint (see inpaint_st).
+    defaults = parser()
+    config = None if args.config == defaults.get_default("config") else _cli.resolve_config(args.config)
+    config_c = None if args.config_c == defaults.get_default("config_c") else _cli.resolve_config(args.config_c)
     _cli.require_file(args.ckpt, "--ckpt checkpoint")
     _cli.require_file(args.ckpt_c, "--ckpt_c checkpoint")
     outdir = _cli.prepare_outdir(args.outdir)
