@@ -415,3 +415,60 @@ def test_a_folder_without_weights_says_what_it_looked_for(folders, tmp_path):
     with pytest.raises(diffusers_io.DiffusersError, match="no weights.*fp16"):
         Autoencoder.from_diffusers(folder)
     assert Autoencoder.from_diffusers(folder, variant="fp16").conditional
+
+
+# --------------------------------------------------------------------------------------------------
+# Real widths (SD 1.x sizes: 860 M-parameter UNet, CLIP ViT-L/14, SD's VAE, the 1.5x and 2x decoders)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["inpaint", "txt2img"])
+def test_real_width_pipeline_folder_matches_diffusers_and_transformers(tmp_path, kind):
+    import gc
+
+    saved = write_pipeline(tmp_path / kind, kind, tiny=False)
+    try:
+        p = (InpaintPipeline if kind == "inpaint" else Txt2ImgPipeline).from_diffusers(
+            tmp_path / kind, decoder=None if kind == "txt2img" else _real_asymmetric_folder(tmp_path))
+        spec = saved["spec"]
+        assert p.diffusion_spec == spec and spec.unet.model_channels == 320
+        rng = np.random.default_rng(7)
+        x = rng.standard_normal((2, spec.unet.in_channels, 32, 32), dtype=np.float32)
+        ts, context = np.array([981, 21]), rng.standard_normal((2, 77, 768), dtype=np.float32)
+        errors = {"unet": assert_close(p.unet(x, ts, context), reference_eps(saved["unet"], x, ts, context))}
+        ids = rng.integers(0, 49408, (2, 77))
+        with torch.inference_mode():
+            want = saved["text"](input_ids=t(ids)).last_hidden_state
+        errors["text"] = assert_close(p.text_encoder.encode_ids(ids), want)
+        y = image_inputs(1, 256, 256, seed=8)
+        if kind == "inpaint":
+            mean = p.encoder.posterior(y["image"])[0]
+            errors["vae encoder"] = assert_close(mean, ref.diffusers_posterior(saved["vae"], t(y["image"]))[0])
+        else:
+            errors["vae decoder"] = assert_close(p.decoder.decode(y["latent"]),
+                                                 ref.diffusers_decode(saved["vae"], t(y["latent"])))
+        print(f"real-width {kind} max error / std:", {k: f"{v:.2e}" for k, v in errors.items()})
+    finally:
+        del saved
+        gc.collect()
+        shutil.rmtree(tmp_path / kind, ignore_errors=True)
+
+
+def _real_asymmetric_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "asym-real-base"
+    if not folder.exists():
+        asymmetric_model("base", tiny=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["base", "large", "large2"])
+def test_real_width_asymmetric_folder_decodes_like_diffusers(tmp_path, size):
+    model = asymmetric_model(size, tiny=False)
+    model.save_pretrained(tmp_path / size)
+    ae = Autoencoder.from_diffusers(tmp_path / size, parts="decoder")
+    assert ae.decoder_spec.decoder.variant == size and ae.decoder_spec == decoder_spec(size, tiny=False)
+    x = image_inputs(1, 128, 128, seed=9)
+    want = ref.diffusers_decode(model, t(x["latent"]), t(x["image"]), t(x["mask"]))
+    err = assert_close(ae.decode(x["latent"], x["image"], x["mask"]), want)
+    print(f"real-width {size} decoder max error / std: {err:.2e}")
