@@ -227,6 +227,33 @@ def test_txt2img_folder_without_decoder_decodes_with_sd_vae_decoder(folders):
     assert_close(got, ref.diffusers_decode(folders["txt2img"]["vae"], t(x["latent"])))
 
 
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
+
+
+def test_bin_weight_files_are_read_through_the_restricted_unpickler(folders, tmp_path):
+    assert (folders["root"] / "sd-txt2img" / "unet" / "diffusion_pytorch_model.bin").is_file()
+    assert (folders["root"] / "sd-txt2img" / "text_encoder" / "pytorch_model.bin").is_file()
+    folder = _copy(folders, "sd-txt2img", tmp_path)
+    torch.save({"conv_in.weight": torch.zeros(1), "x": _Payload()}, folder / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(checkpoint.CheckpointError, match="system"):
+        diffusers_io.read_pipeline(folder)
+
+
+def test_sharded_weights_with_an_index_file_are_read(folders, tmp_path):
+    folder = _copy(folders, "sd-txt2img", tmp_path)
+    shutil.rmtree(folder / "unet")
+    folders["txt2img"]["unet"].save_pretrained(folder / "unet", max_shard_size="100KB")
+    assert len(list((folder / "unet").glob("*.safetensors"))) > 1
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    p = Txt2ImgPipeline.from_diffusers(folder)
+    x, ts, context = unet_inputs(folders["txt2img"]["spec"].unet, seed=6)
+    assert_close(p.unet(x, ts, context), reference_eps(folders["txt2img"]["unet"], x, ts, context))
+
+
 def test_diffusion_spec_is_the_shipped_tiny_config(folders):
     for kind in ("inpaint", "txt2img"):
         assert pipe(folders, kind).diffusion_spec == folders[kind]["spec"]
