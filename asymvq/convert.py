@@ -375,7 +375,9 @@ def convert(
         assert isinstance(spec, DiffusionSpec)
         decoder_input = _resolve(decoder_config, decoder_ckpt, "decoder" if spec.kind == "inpaint" else "anydecoder")
         if not isinstance(decoder_input.spec, AutoencoderSpec):
-            raise ConfigError(f"{decoder_input.label}: expected an autoencoder (decoder), got {decoder_input.spec.target}")
+            raise ConfigError(
+                f"{decoder_input.label}: expected an autoencoder (decoder), got {decoder_input.spec.target}"
+            )
     elif isinstance(spec, DiffusionSpec) and main_input.folder is not None:
         decoder_input = _folder_decoder(main_input.folder, spec)
     if decoder_input is not None:
@@ -407,7 +409,8 @@ def convert(
         ckpt = checkpoint.open_checkpoint(item.path)
         opened.append(ckpt)
         index = len(opened) - 1
-        found, bad, hint, dropped = _plan_source(index, ckpt, item.spec, tag, ema and isinstance(item.spec, DiffusionSpec))
+        use_ema = ema and isinstance(item.spec, DiffusionSpec)
+        found, bad, hint, dropped = _plan_source(index, ckpt, item.spec, tag, use_ema)
         entries += found
         hints += [hint] if hint else []
         problems += [f"{Path(item.path).name}: {p}" if len(inputs) > 1 else p for p in bad]

@@ -141,13 +141,17 @@ def _weight_files(folder: Path, stems: tuple[str, ...], variant: Optional[str]) 
                 if bad:
                     raise DiffusersError(f"{index}: shard(s) {', '.join(bad)} missing from {folder}")
                 return [folder / s for s in shards]
-    present = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+    present = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")) \
+        if folder.is_dir() else []
     wanted = " or ".join(f"{s}{'.' + variant if variant else ''}.safetensors/.bin" for s in stems)
     hint = f"; it has {', '.join(present)} (pass variant= for e.g. .fp16 files)" if present else ""
     raise DiffusersError(f"{folder}: no weights ({wanted}){hint}")
 
 
-def _open_weights(folder: Path, stems: tuple[str, ...], variant: Optional[str]) -> dict[str, tuple[checkpoint.Checkpoint, str]]:
+_Raw = dict[str, tuple[checkpoint.Checkpoint, str]]  # name in the folder -> (opened file, name in it)
+
+
+def _open_weights(folder: Path, stems: tuple[str, ...], variant: Optional[str]) -> _Raw:
     """name -> (opened file, name) over every file (shard) of a component."""
     out: dict[str, tuple[checkpoint.Checkpoint, str]] = {}
     for path in _weight_files(folder, stems, variant):
@@ -187,7 +191,7 @@ class _Cfg:
 
     def integer(self, key: str, default: Any = ...) -> int:
         value = self.data.get(key, default)
-        if value is ... :
+        if value is ...:
             raise self.error(key, "missing")
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"expected an integer, got {value!r}")
@@ -195,7 +199,8 @@ class _Cfg:
 
     def int_list(self, key: str) -> list[int]:
         value = self.data.get(key)
-        if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int)
+                                                           for v in value):
             raise self.error(key, f"expected a list of integers, got {value!r}")
         return value
 
@@ -340,7 +345,8 @@ def _unet_names(spec: config.UNetSpec) -> Callable[[str], Optional[str]]:
             level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
             if kind == "downsamplers":
                 block = 1 + level * per_level + spec.num_res_blocks
-                return f"input_blocks.{block}.0.op.{rest[len('conv.'):]}" if j == 0 and rest.startswith("conv.") else None
+                ok = j == 0 and rest.startswith("conv.")
+                return f"input_blocks.{block}.0.op.{rest[len('conv.'):]}" if ok else None
             block = 1 + level * per_level + j
             if kind == "resnets":
                 r = res(rest)
@@ -495,7 +501,8 @@ def _vae_spec(cfg: _Cfg, condition: bool) -> AutoencoderSpec:
         )
     variant = found[0]
     if [w // up[0] for w in up] != dd["ch_mult"] or any(w % up[0] for w in up):
-        raise cfg.error("up_block_out_channels", f"{up}: the decoder's width ratios must be the encoder's {dd['ch_mult']}")
+        raise cfg.error("up_block_out_channels",
+                        f"{up}: the decoder's width ratios must be the encoder's {dd['ch_mult']}")
     params: dict[str, Any] = {"embed_dim": latent, "ddconfig": dd}
     default = _CLASS_DIMS.get(variant, (dd["ch"], dd["num_res_blocks"] + 1))
     if default != (up[0], blocks):
@@ -504,7 +511,7 @@ def _vae_spec(cfg: _Cfg, condition: bool) -> AutoencoderSpec:
     return _yaml({"target": target, "params": params}, os.fspath(cfg.path))
 
 
-def _map(folder: Path, raw: Mapping[str, tuple[checkpoint.Checkpoint, str]], convert: Callable[[str], Optional[str]],
+def _map(folder: Path, raw: _Raw, convert: Callable[[str], Optional[str]],
          prefix: str, table: Mapping[str, tuple[int, ...]], ignore: tuple[str, ...] = ()) -> dict[str, TensorSource]:
     """Rename every tensor of a component, then check them against the spec's table (all problems at once)."""
     out: dict[str, TensorSource] = {}
@@ -585,7 +592,7 @@ def read_tokenizer(folder: PathLike) -> tuple[Path, Path]:
     return files
 
 
-def _text_model(folder: Path, variant: Optional[str]) -> tuple[dict[str, Any], dict[str, tuple[checkpoint.Checkpoint, str]]]:
+def _text_model(folder: Path, variant: Optional[str]) -> tuple[dict[str, Any], _Raw]:
     cfg = _Cfg(folder, ("CLIPTextModel",))
     cfg.require("hidden_act", ("quick_gelu",), "SD 1.x's CLIP ViT-L/14 (SD 2.x's OpenCLIP uses GELU)")
     cfg.require("model_type", ("clip_text_model",), "a CLIP text model")
@@ -764,7 +771,8 @@ def pipeline_parts(path: PathLike, *, kind: Optional[str] = None, decoder: Optio
     assert isinstance(spec, DiffusionSpec)
     if kind is not None and spec.kind != kind:
         have = "an inpainting (9-channel)" if spec.kind == "inpaint" else "a text-to-image (4-channel)"
-        raise DiffusersError(f"{path} holds {have} model, not {'an inpainting' if kind == 'inpaint' else 'a text-to-image'} one")
+        want = "an inpainting" if kind == "inpaint" else "a text-to-image"
+        raise DiffusersError(f"{path} holds {have} model, not {want} one")
     condition = spec.kind == "inpaint"
     dspec, dweights = read_decoder(decoder if decoder is not None else path, condition=condition, variant=variant)
     tok = _tokenizer(Path(path), vocab)

@@ -142,7 +142,8 @@ def describe_tensors(tensors: Mapping[str, Any]) -> str:
             found.append("(context 1024 is SD 2.x's OpenCLIP: asymvq runs SD 1.x only)")
     tok = _shape(tensors, tables.TEXT_PREFIX + "embeddings.token_embedding.weight")
     if tok is not None:
-        layers = {m.group(1) for n in tensors if (m := re.match(re.escape(tables.TEXT_PREFIX) + r"encoder\.layers\.(\d+)\.", n))}
+        pattern = re.escape(tables.TEXT_PREFIX) + r"encoder\.layers\.(\d+)\."
+        layers = {m.group(1) for n in tensors if (m := re.match(pattern, n))}
         found.append(f"a CLIP text encoder of width {tok[1]} with {len(layers)} layers")
     if any(n.startswith("first_stage_model.encoder.") for n in tensors):
         found.append(f"a VAE encoder with conv_in {_shape(tensors, 'first_stage_model.encoder.conv_in.weight')}")
@@ -224,9 +225,3 @@ def infer_config(weights: WeightsLike, role: Role = "any", source: str | None = 
         print(inferred.message(source), file=sys.stderr)
     return inferred
 
-
-def shipped_path(name: str) -> Path:
-    """The file of a name returned in :attr:`Inferred.name`."""
-    if name.startswith("tiny/"):
-        return config.packaged_tiny_config(name[len("tiny/"):])
-    return config.packaged_config(name)

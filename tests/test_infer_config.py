@@ -229,12 +229,24 @@ def test_convert_command_line_refuses_an_unknown_checkpoint_in_one_line(tmp_path
 # Real widths
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("which", ["sd15-inpaint", "sd15-txt2img", "decoder-base", "decoder-large", "decoder-large2"])
-def test_real_width_checkpoints_get_the_original_configs(tmp_path, which):
-    path = write_checkpoint(tmp_path / f"{which}.safetensors", which, tiny=False)
-    try:
-        found = infer_config(path)
-        assert found.name == CONFIGS[which] and found.spec == fixture_spec(which, tiny=False)
-    finally:
-        path.unlink()
+def real_width_layout(which: str) -> dict[str, np.ndarray]:
+    """The real-width fixture's names, shapes and dtypes, as zero-stride arrays (no memory, no file)."""
+    from fixtures import _layout
+
+    dtypes = {"F32": np.float32, "I64": np.int64, "I32": np.int32}
+    return {name: np.broadcast_to(np.zeros((), dtypes[tag]), shape)
+            for name, (tag, shape, _) in _layout(which, False, "float32", False)}
+
+
+@pytest.mark.parametrize("which", list(CONFIGS))
+def test_real_width_layouts_get_the_original_configs(which):
+    found = infer_config(real_width_layout(which))
+    assert found.name == CONFIGS[which] and found.spec == fixture_spec(which, tiny=False)
+
+
+def test_the_real_sd_vae_decoder_is_the_base_decoder_without_condition():
+    spec = fixture_spec("sd15-inpaint", tiny=False)
+    layout = real_width_layout("sd15-inpaint")
+    names = tables.decoder_tensors(spec.first_stage, prefix="first_stage_model.")
+    vae = {name[len("first_stage_model."):]: layout[name] for name in names}
+    assert infer_config(vae, "decoder_wocondition").name == "autoencoder_kl_woc_32x32x4.yaml"
