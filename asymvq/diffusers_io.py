@@ -172,6 +172,8 @@ class _Cfg:
         self.path = folder / "config.json"
         self.data = _read_json(self.path)
         self.cls = self.data.get("_class_name") or (self.data.get("architectures") or [None])[0]
+        if self.cls is None and self.data.get("model_type") == "clip_text_model":
+            self.cls = "CLIPTextModel"  # transformers configs saved without "architectures"
         if self.cls not in expected:
             raise DiffusersError(
                 f"{self.path}: a {self.cls or 'model of unknown class'}; asymvq runs {' or '.join(expected)} here"
