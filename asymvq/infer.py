@@ -23,7 +23,6 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
 import yaml
