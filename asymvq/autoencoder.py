@@ -260,6 +260,34 @@ class Autoencoder:
         enc, dec = _choose(parts, enc, dec, tensors)
         return cls(enc, dec, tensors, precision)
 
+    # ---- diffusers folders (asymvq.diffusers_io) ----
+
+    @classmethod
+    def from_diffusers(
+        cls,
+        path: PathLike,
+        precision: str = "fp32",
+        parts: Parts = "both",
+        condition: bool = True,
+        variant: str | None = None,
+    ) -> "Autoencoder":
+        """Build from a diffusers ``AutoencoderKL`` or ``AsymmetricAutoencoderKL`` folder (``config.json``
+        and ``diffusion_pytorch_model.safetensors`` / ``.bin``), or a pipeline folder's ``vae/``.
+
+        ``AutoencoderKL``: SD's encoder and SD's decoder (no condition).  ``AsymmetricAutoencoderKL``:
+        SD's encoder and the asymmetric decoder its config describes (base, 1.5x or 2x; other layouts are
+        refused), with condition unless ``condition=False``.  ``parts``: ``"both"``, ``"encoder"`` or
+        ``"decoder"``.  ``variant`` picks weight files such as ``*.fp16.safetensors``.
+        """
+        from .diffusers_io import read_vae
+
+        if parts not in ("both", "encoder", "decoder"):
+            raise ValueError(f"parts must be 'both', 'encoder' or 'decoder', got {parts!r}")
+        model = read_vae(path, condition=condition, variant=variant, encoder=parts != "decoder",
+                         decoder=parts != "encoder")
+        assert isinstance(model.spec, AutoencoderSpec)
+        return cls.from_config(model.spec, model.weights(), precision, parts)
+
     # ---- properties ------------------------------------------------------------------------------
 
     @property

@@ -1,7 +1,11 @@
 """One-step conversion of the original checkpoints to one self-describing ``.safetensors`` file.
 
-``python -m asymvq convert --config CFG --ckpt CKPT [--decoder-config CFG2 --decoder-ckpt CKPT2]
+``python -m asymvq convert [--config CFG] --ckpt CKPT [[--decoder-config CFG2] --decoder-ckpt CKPT2]
 [--tokenizer VOCAB] [--dtype fp32|bf16|fp16] [--ema] -o OUT.safetensors``
+
+``--ckpt`` / ``--decoder-ckpt`` may also be diffusers folders, and the configs may be omitted: they are
+then read from the folder (:mod:`asymvq.diffusers_io`) or inferred from the checkpoint's tensors
+(:mod:`asymvq.infer`);
 
 * keeps exactly the tensors the models use (:func:`asymvq.tables.requirements`), under their original
   names; ``--ema`` takes the UNet from the ``model_ema.*`` copies instead (the reference scripts never
@@ -315,7 +319,7 @@ def _write(
 
 
 def convert(
-    config_path: str | os.PathLike[str],
+    config_path: str | os.PathLike[str] | None,
     ckpt_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
@@ -332,6 +336,12 @@ def convert(
     asymmetric decoder to the same file, and ``tokenizer`` may embed the CLIP vocabulary) or an
     autoencoder config (the decoder alone).  ``dtype`` is ``fp32``, ``fp16``, ``bf16`` or None (keep).
 
+    Without a config (``config_path`` / ``decoder_config`` None), a checkpoint file's config is inferred
+    from its tensors (:mod:`asymvq.infer`, announced on stderr) and a diffusers folder is read with
+    :mod:`asymvq.diffusers_io`: a pipeline folder gives the diffusion model, its tokenizer and, unless
+    ``decoder_ckpt`` is given, its VAE's decoder (an AsymmetricAutoencoderKL's; SD's AutoencoderKL
+    decoder for text-to-image only); a VAE folder gives the decoder alone.
+
     Raises :class:`~asymvq.config.ConfigError`, :class:`~asymvq.checkpoint.CheckpointError`,
     :class:`~asymvq.tables.WeightsError` (every problem of every input at once) or ``ValueError`` for
     bad arguments; in every case no output file is left behind.
@@ -340,8 +350,8 @@ def convert(
     out = Path(output)
     if dtype is not None and dtype not in DTYPE_TAGS:
         raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPE_TAGS)}")
-    if (decoder_config is None) != (decoder_ckpt is None):
-        raise ValueError("--decoder-config and --decoder-ckpt go together")
+    if decoder_config is not None and decoder_ckpt is None:
+        raise ValueError("--decoder-config needs --decoder-ckpt")
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the output must be a .safetensors file")
     if not out.parent.is_dir():
@@ -352,33 +362,47 @@ def convert(
             raise ValueError(f"{out} is the {flag} input: writing it would destroy the input (and whatever it "
                              "holds beyond the weights, e.g. an embedded decoder or vocabulary); choose another -o")
 
-    spec = config.load(config_path)
-    inputs: list[tuple[Spec, str | os.PathLike[str]]] = [(spec, ckpt_path)]
+    main_input = _resolve(config_path, ckpt_path, "any")
+    spec = main_input.spec
+    inputs = [main_input]
     metadata = {
         "format": "pt",
         KEY_VERSION: FORMAT_VERSION,
         KEY_KIND: tables.kind_of(spec),
         KEY_CONFIG: spec.yaml_text,
-        KEY_CONFIG_NAME: Path(config_path).name,
+        KEY_CONFIG_NAME: main_input.config_name,
     }
     if isinstance(spec, AutoencoderSpec):
-        if decoder_config is not None:
-            raise ValueError(f"{config_path} already describes a decoder; --decoder-config needs a diffusion config")
+        if decoder_ckpt is not None:
+            raise ValueError(f"{main_input.label} already holds a decoder; --decoder-ckpt needs a diffusion model")
         if tokenizer is not None:
             raise ValueError("--tokenizer needs a diffusion config (a decoder has no text encoder)")
         if ema:
             raise ValueError("--ema applies to a diffusion model's UNet, not to a decoder")
-    if decoder_config is not None and decoder_ckpt is not None:
-        decoder = config.load(decoder_config)
-        if not isinstance(decoder, AutoencoderSpec):
-            raise ConfigError(f"{decoder_config}: expected an autoencoder (decoder) config, got {decoder.target}")
-        inputs.append((decoder, decoder_ckpt))
-        metadata[KEY_DECODER_CONFIG] = decoder.yaml_text
-        metadata[KEY_DECODER_CONFIG_NAME] = Path(decoder_config).name
+    elif ema and main_input.sources is not None:
+        raise ValueError("--ema applies to original checkpoints (model_ema.*), not to a diffusers folder")
+    decoder_input = None
+    if decoder_ckpt is not None:
+        assert isinstance(spec, DiffusionSpec)
+        decoder_input = _resolve(decoder_config, decoder_ckpt, "decoder" if spec.kind == "inpaint" else "anydecoder")
+        if not isinstance(decoder_input.spec, AutoencoderSpec):
+            raise ConfigError(
+                f"{decoder_input.label}: expected an autoencoder (decoder), got {decoder_input.spec.target}"
+            )
+    elif isinstance(spec, DiffusionSpec) and main_input.folder is not None:
+        decoder_input = _folder_decoder(main_input.folder, spec)
+    if decoder_input is not None:
+        inputs.append(decoder_input)
+        metadata[KEY_DECODER_CONFIG] = decoder_input.spec.yaml_text
+        metadata[KEY_DECODER_CONFIG_NAME] = decoder_input.config_name
     if tokenizer is not None:
         from .tokenizer import CLIPTokenizer
 
         metadata[KEY_VOCAB] = CLIPTokenizer.from_file(tokenizer).to_metadata()
+    elif isinstance(spec, DiffusionSpec) and main_input.folder is not None:
+        vocab = _folder_vocab(main_input.folder)
+        if vocab is not None:
+            metadata[KEY_VOCAB] = vocab
     if ema:
         metadata[KEY_EMA] = "true"
 
@@ -388,18 +412,24 @@ def convert(
     problems: list[str] = []
     hints: list[str] = []
     opened: list[checkpoint.Checkpoint] = []
-    for index, (s, path) in enumerate(inputs):
-        ckpt = checkpoint.open_checkpoint(path)
+    for item in inputs:
+        if item.sources is not None:  # a diffusers folder: already renamed and checked
+            entries += _plan_mapped(item.sources, item.spec, opened, tag)
+            continue
+        assert item.path is not None
+        ckpt = checkpoint.open_checkpoint(item.path)
         opened.append(ckpt)
-        found, bad, hint, dropped = _plan_source(index, ckpt, s, tag, ema and isinstance(s, DiffusionSpec))
+        index = len(opened) - 1
+        use_ema = ema and isinstance(item.spec, DiffusionSpec)
+        found, bad, hint, dropped = _plan_source(index, ckpt, item.spec, tag, use_ema)
         entries += found
         hints += [hint] if hint else []
-        problems += [f"{Path(path).name}: {p}" if len(inputs) > 1 else p for p in bad]
+        problems += [f"{Path(item.path).name}: {p}" if len(inputs) > 1 else p for p in bad]
         report.dropped[ckpt.path] = dict(dropped)
         report.other_entries[ckpt.path] = tuple(ckpt.other_entries)
         report.skipped[ckpt.path] = dict(ckpt.skipped)
     if problems:
-        which = ", ".join(f"{Path(p).name} against {Path(s.source).name}" for s, p in inputs)
+        which = ", ".join(f"{i.label} against {Path(i.spec.source).name}" for i in inputs)
         raise WeightsError(problems, f"checking {which}", hint="\n".join(hints))
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
@@ -418,6 +448,83 @@ def convert(
     report.tensors = len(entries)
     report.seconds = time.perf_counter() - start
     return report
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One model to convert: its spec and where its tensors are."""
+
+    spec: Spec
+    label: str  # the input as named in messages
+    config_name: str  # for the metadata
+    path: str | os.PathLike[str] | None = None  # an original checkpoint file ...
+    sources: Mapping[str, Any] | None = None  # ... or original name -> diffusers_io.TensorSource
+    folder: Path | None = None  # the diffusers pipeline folder, if any
+
+
+def _resolve(config_path: str | os.PathLike[str] | None, ckpt: str | os.PathLike[str], role: str) -> _Input:
+    """The spec and tensors of one input: a config + checkpoint, a checkpoint alone, or a diffusers folder.
+
+    ``role``: ``any`` (main input), ``decoder`` (a conditional decoder for inpainting) or ``anydecoder``.
+    """
+    from . import diffusers_io, infer
+
+    label = Path(ckpt).name
+    if config_path is not None:
+        return _Input(config.load(config_path), label, Path(config_path).name, path=ckpt)
+    if Path(ckpt).is_dir():
+        folder = Path(ckpt)
+        if role == "any" and (folder / "model_index.json").is_file():
+            model = diffusers_io.read_pipeline(folder)
+            return _Input(model.spec, label, f"{folder.name} (diffusers)", sources=model.tensors, folder=folder)
+        asymmetric = diffusers_io.vae_class(folder) == "AsymmetricAutoencoderKL"
+        if role == "decoder" and not asymmetric:
+            raise ConfigError(f"{folder} holds SD's AutoencoderKL, whose decoder has no condition: an inpainting "
+                              "model needs an asymmetric decoder (AsymmetricAutoencoderKL)")
+        model = diffusers_io.read_vae(folder, condition=asymmetric, encoder=False)
+        vae = folder / "vae" if (folder / "model_index.json").is_file() else folder
+        return _Input(model.spec, label, f"{vae.name} (diffusers)", sources=model.tensors)
+    found = infer.infer_config(ckpt, "decoder" if role == "decoder" else "any", announce=True)
+    if role == "anydecoder" and not isinstance(found.spec, AutoencoderSpec):
+        raise ConfigError(f"{ckpt}: --decoder-ckpt holds {found.summary}, not a decoder")
+    return _Input(found.spec, label, found.name, path=ckpt)
+
+
+def _folder_decoder(folder: Path, spec: DiffusionSpec) -> _Input | None:
+    """The decoder a pipeline folder's VAE provides for ``spec``'s kind, or None (SD's decoder, inpainting)."""
+    from . import diffusers_io
+
+    asymmetric = diffusers_io.vae_class(folder) == "AsymmetricAutoencoderKL"
+    if not asymmetric and spec.kind == "inpaint":
+        return None  # SD's decoder has no condition; the decoder comes with the pipeline at load time
+    model = diffusers_io.read_vae(folder, condition=asymmetric, encoder=False)
+    return _Input(model.spec, folder.name, "vae (diffusers)", sources=model.tensors)
+
+
+def _folder_vocab(folder: Path) -> str | None:
+    """The folder's CLIP tokenizer in metadata form, or None when it is not the standard vocabulary."""
+    from . import diffusers_io
+    from .tokenizer import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_file(diffusers_io.read_tokenizer(folder / "tokenizer")).to_metadata()
+    except ValueError:
+        return None  # loading then needs a vocabulary (find_vocab), which says so
+
+
+def _plan_mapped(sources: Mapping[str, Any], spec: Spec, opened: list[checkpoint.Checkpoint],
+                 tag: str | None) -> list[_Entry]:
+    """Entries for tensors already renamed and checked (diffusers folders); adds their files to ``opened``."""
+    index = {id(c): i for i, c in enumerate(opened)}
+    entries = []
+    for name, shape in tables.requirements(spec).table.items():
+        src = sources[name]
+        if id(src.checkpoint) not in index:
+            opened.append(src.checkpoint)
+            index[id(src.checkpoint)] = len(opened) - 1
+        source_tag = src.checkpoint.info(src.name).dtype
+        entries.append(_Entry(name, index[id(src.checkpoint)], src.name, shape, source_tag, tag or source_tag))
+    return entries
 
 
 @dataclass(frozen=True)
@@ -469,11 +576,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert original checkpoints (.ckpt or .safetensors) to one asymvq .safetensors file.",
     )
     p.add_argument(
-        "--config", required=True, help="diffusion config (v1-*.yaml) or decoder config (autoencoder_*.yaml)"
+        "--config",
+        help="diffusion config (v1-*.yaml) or decoder config (autoencoder_*.yaml); omitted: inferred from "
+        "the checkpoint's tensors, or read from a diffusers folder",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint matching --config")
-    p.add_argument("--decoder-config", help="asymmetric decoder config to add to a diffusion model")
-    p.add_argument("--decoder-ckpt", help="asymmetric decoder checkpoint (base / 1.5x / 2x)")
+    p.add_argument("--ckpt", required=True, help="checkpoint matching --config, or a diffusers folder")
+    p.add_argument("--decoder-config", help="asymmetric decoder config to add to a diffusion model (omitted: inferred)")
+    p.add_argument(
+        "--decoder-ckpt", help="asymmetric decoder checkpoint (base / 1.5x / 2x) or AsymmetricAutoencoderKL folder"
+    )
     p.add_argument(
         "--tokenizer", help="CLIP vocabulary to embed (bpe_simple_vocab_16e6.txt.gz, or vocab.json+merges.txt folder)"
     )
@@ -492,8 +603,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     def run() -> int:
         parser = _parser()
         args = parser.parse_args(None if argv is None else list(argv))
-        if (args.decoder_config is None) != (args.decoder_ckpt is None):
-            parser.error("--decoder-config and --decoder-ckpt go together")
+        if args.decoder_config is not None and args.decoder_ckpt is None:
+            parser.error("--decoder-config needs --decoder-ckpt")
         report = convert(
             args.config,
             args.ckpt,

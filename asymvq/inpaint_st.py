@@ -21,7 +21,8 @@ the fixed prompt, seed 0, 50 DDIM steps, eta 1.0, guidance 7.5, and writes
 * ``--outdir`` may not be the ``--indir`` folder (the results, named like the
   inputs, would replace them); 16-bit PNGs are scaled to 8 bits, not clipped;
 * the config paths fall back to the copies shipped with asymvq when the original
-  relative paths do not exist.
+  relative paths do not exist; a config flag left out is inferred from its checkpoint's
+  tensors (the choice is printed on stderr).
 
 Extra flags: ``--precision fp32|bf16``, ``--round`` (round instead of truncating
 to uint8), ``--report`` (preservation error and PSNR outside the mask per image),
@@ -58,11 +59,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=str, default="base.ckpt", help="asymmetric decoder checkpoint")
     p.add_argument("--outdir", type=str, default="/mnt/output/git_results", help="output folder")
     p.add_argument("--config", type=str, default="configs/autoencoder/autoencoder_kl_32x32x4.yaml",
-                   help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml)")
+                   help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml); omitted: inferred from --ckpt")
     p.add_argument("--indir", type=str, default="/mnt/output/my_dataset/val",
                    help="folder with NAME.png + NAME_mask.png pairs")
     p.add_argument("--config_d", type=str, default="configs/autoencoder/v1-inpainting-inference.yaml",
-                   help="diffusion config")
+                   help="diffusion config; omitted: inferred from --ckpt_d")
     p.add_argument("--ckpt_d", type=str, default="/mnt/output/pre_models/sd-v1-5-inpainting.ckpt",
                    help="SD 1.5 inpainting checkpoint")
     # ours
@@ -131,9 +132,16 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. every argument and input file, before any model is loaded
     _cli.check_threads(args.threads)
-    config_d, config = _cli.resolve_config(args.config_d), _cli.resolve_config(args.config)
-    spec_d = _cli.load_diffusion_config(config_d, "--config_d", "inpaint", "v1-inpainting-inference.yaml")
-    _cli.load_decoder_config(config, "--config", "autoencoder_kl_32x32x4.yaml", conditional=True)
+    # A config left at its default is inferred from its checkpoint (the same file for the original
+    # checkpoints; the right one for the 1.5x / 2x decoders and the tiny models).
+    defaults = parser()
+    config_d = None if args.config_d == defaults.get_default("config_d") else _cli.resolve_config(args.config_d)
+    config = None if args.config == defaults.get_default("config") else _cli.resolve_config(args.config)
+    spec_d = None
+    if config_d is not None:
+        spec_d = _cli.load_diffusion_config(config_d, "--config_d", "inpaint", "v1-inpainting-inference.yaml")
+    if config is not None:
+        _cli.load_decoder_config(config, "--config", "autoencoder_kl_32x32x4.yaml", conditional=True)
     _cli.check_sampler("ddim", args.steps, 1.0, spec_d, "--steps")
     _cli.require_file(args.ckpt_d, "--ckpt_d checkpoint")
     _cli.require_file(args.ckpt, "--ckpt checkpoint")

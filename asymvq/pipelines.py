@@ -184,29 +184,35 @@ class InpaintPipeline(_Base):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_original(cls, config_d: PathLike, ckpt_d: PathLike, config: PathLike, ckpt: PathLike, *,
-                      vocab: Optional[PathLike] = None, precision: str = "auto") -> "InpaintPipeline":
+    def from_original(cls, config_d: Optional[PathLike], ckpt_d: PathLike, config: Optional[PathLike],
+                      ckpt: PathLike, *, vocab: Optional[PathLike] = None,
+                      precision: str = "auto") -> "InpaintPipeline":
         """From the original files, as inpaint_st's ``--config_d --ckpt_d --config --ckpt``:
         the SD inpainting config/checkpoint and the asymmetric decoder config/checkpoint.
-        ``precision``: ``"auto"`` (bf16 where the CPU has it natively, else fp32; one line on stderr
-        says which), ``"fp32"`` or ``"bf16"`` (see :mod:`asymvq.precision`)."""
+
+        A config given as None is inferred from its checkpoint's tensors (:mod:`asymvq.infer`; the
+        choice is printed on stderr). ``precision``: ``"auto"`` (bf16 where the CPU has it natively, else
+        fp32; one line on stderr says which), ``"fp32"`` or ``"bf16"`` (see :mod:`asymvq.precision`)."""
         from .tokenizer import CLIPTokenizer, find_vocab
 
         precision = resolve_precision(precision)
 
-        spec_d = config_mod.load(config_d)
-        spec_c = config_mod.load(config)
-        if not isinstance(spec_d, config_mod.DiffusionSpec) or spec_d.kind != "inpaint":
+        spec_d = config_mod.load(config_d) if config_d is not None else None
+        spec_c = config_mod.load(config) if config is not None else None
+        if spec_d is not None and (not isinstance(spec_d, config_mod.DiffusionSpec) or spec_d.kind != "inpaint"):
             raise config_mod.ConfigError(f"{config_d}: --config_d must be an inpainting diffusion config "
                                          "(LatentInpaintDiffusion), e.g. v1-inpainting-inference.yaml")
-        if not isinstance(spec_c, config_mod.AutoencoderSpec) or not spec_c.decoder.conditional:
+        if spec_c is not None and (not isinstance(spec_c, config_mod.AutoencoderSpec)
+                                   or not spec_c.decoder.conditional):
             raise config_mod.ConfigError(f"{config}: --config must be an asymmetric decoder config with condition "
                                          "(autoencoder_kl_32x32x4*.yaml)")
         tok = CLIPTokenizer.from_file(find_vocab(vocab))
         wd = _load_weights(ckpt_d)
         wc = _load_weights(ckpt)
+        spec_d = spec_d or _inferred(wd, "inpaint", ckpt_d)
+        spec_c = spec_c or _inferred(wc, "decoder", ckpt)
         return cls._build(spec_d, spec_c, wd, wc, tok, precision,
-                          {"diffusion": os.fspath(ckpt_d), "decoder": os.fspath(ckpt)}, config_d, config)
+                          {"diffusion": os.fspath(ckpt_d), "decoder": os.fspath(ckpt)}, spec_d, spec_c)
 
     @classmethod
     def from_file(cls, path: PathLike, *, decoder: Optional[PathLike] = None, vocab: Optional[PathLike] = None,
@@ -219,6 +225,25 @@ class InpaintPipeline(_Base):
         if spec_d.kind != "inpaint":
             raise config_mod.ConfigError(f"{path} holds a {spec_d.kind} model, not an inpainting one")
         return cls._build(spec_d, spec_c, wd, wc, tok, precision, src, spec_d, spec_c)
+
+    # ---- diffusers folders (asymvq.diffusers_io) ----
+
+    @classmethod
+    def from_diffusers(cls, path: PathLike, decoder: Optional[PathLike] = None, *, vocab: Optional[PathLike] = None,
+                       precision: str = "auto", variant: Optional[str] = None) -> "InpaintPipeline":
+        """From a diffusers SD 1.x inpainting folder (``model_index.json``, ``unet/`` with 9 input channels,
+        ``vae/``, ``text_encoder/``, ``tokenizer/``).
+
+        ``decoder``: the asymmetric decoder: an ``AsymmetricAutoencoderKL`` folder, a single-file decoder
+        checkpoint (config inferred) or a converted decoder file; None uses the folder's ``vae/``, which
+        must then be an AsymmetricAutoencoderKL.  ``vocab`` overrides the folder's tokenizer files;
+        ``variant`` picks weight files such as ``*.fp16.safetensors``.
+        """
+        from .diffusers_io import pipeline_parts
+
+        p = pipeline_parts(path, kind="inpaint", decoder=decoder, vocab=vocab, variant=variant)
+        return cls._build(p.spec, p.decoder_spec, p.weights, p.decoder_weights, p.tokenizer, precision, p.sources,
+                          p.spec, p.decoder_spec)
 
     @classmethod
     def _build(cls, spec_d, spec_c, wd, wc, tok, precision, sources, cfg_d, cfg_c) -> "InpaintPipeline":
@@ -340,25 +365,30 @@ class Txt2ImgPipeline(_Base):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_original(cls, config_c: PathLike, ckpt_c: PathLike, config: PathLike, ckpt: PathLike, *,
-                      vocab: Optional[PathLike] = None, precision: str = "auto") -> "Txt2ImgPipeline":
-        """From the original files, as txt2img's ``--config_c --ckpt_c --config --ckpt``; ``precision`` as
-        in :meth:`InpaintPipeline.from_original`."""
+    def from_original(cls, config_c: Optional[PathLike], ckpt_c: PathLike, config: Optional[PathLike],
+                      ckpt: PathLike, *, vocab: Optional[PathLike] = None,
+                      precision: str = "auto") -> "Txt2ImgPipeline":
+        """From the original files, as txt2img's ``--config_c --ckpt_c --config --ckpt``; a config given
+        as None is inferred from its checkpoint's tensors (the choice is printed on stderr); ``precision``
+        as in :meth:`InpaintPipeline.from_original`."""
         from .tokenizer import CLIPTokenizer, find_vocab
 
         precision = resolve_precision(precision)
 
-        spec_c = config_mod.load(config_c)
-        spec_d = config_mod.load(config)
-        if not isinstance(spec_d, config_mod.DiffusionSpec) or spec_d.kind != "txt2img":
+        spec_c = config_mod.load(config_c) if config_c is not None else None
+        spec_d = config_mod.load(config) if config is not None else None
+        if spec_d is not None and (not isinstance(spec_d, config_mod.DiffusionSpec) or spec_d.kind != "txt2img"):
             raise config_mod.ConfigError(f"{config}: --config must be a text-to-image diffusion config "
                                          "(LatentDiffusion), e.g. v1-t2i-inference.yaml")
-        if not isinstance(spec_c, config_mod.AutoencoderSpec):
+        if spec_c is not None and not isinstance(spec_c, config_mod.AutoencoderSpec):
             raise config_mod.ConfigError(f"{config_c}: --config_c must be an autoencoder config "
                                          "(autoencoder_kl_woc_32x32x4*.yaml)")
         tok = CLIPTokenizer.from_file(find_vocab(vocab))
-        return cls._build(spec_d, spec_c, _load_weights(ckpt), _load_weights(ckpt_c), tok, precision,
-                          {"diffusion": os.fspath(ckpt), "decoder": os.fspath(ckpt_c)}, config, config_c)
+        wd, wc = _load_weights(ckpt), _load_weights(ckpt_c)
+        spec_d = spec_d or _inferred(wd, "txt2img", ckpt)
+        spec_c = spec_c or _inferred(wc, "decoder_wocondition", ckpt_c)
+        return cls._build(spec_d, spec_c, wd, wc, tok, precision,
+                          {"diffusion": os.fspath(ckpt), "decoder": os.fspath(ckpt_c)}, spec_d, spec_c)
 
     @classmethod
     def from_file(cls, path: PathLike, *, decoder: Optional[PathLike] = None, vocab: Optional[PathLike] = None,
@@ -369,6 +399,22 @@ class Txt2ImgPipeline(_Base):
         if spec_d.kind != "txt2img":
             raise config_mod.ConfigError(f"{path} holds a {spec_d.kind} model, not a text-to-image one")
         return cls._build(spec_d, spec_c, wd, wc, tok, precision, src, spec_d, spec_c)
+
+    # ---- diffusers folders (asymvq.diffusers_io) ----
+
+    @classmethod
+    def from_diffusers(cls, path: PathLike, decoder: Optional[PathLike] = None, *, vocab: Optional[PathLike] = None,
+                       precision: str = "auto", variant: Optional[str] = None) -> "Txt2ImgPipeline":
+        """From a diffusers SD 1.x text-to-image folder (``unet/`` with 4 input channels).
+
+        ``decoder``: as in :meth:`InpaintPipeline.from_diffusers`, used without condition; None uses the
+        folder's ``vae/`` (SD's AutoencoderKL decoder, or an AsymmetricAutoencoderKL's).
+        """
+        from .diffusers_io import pipeline_parts
+
+        p = pipeline_parts(path, kind="txt2img", decoder=decoder, vocab=vocab, variant=variant)
+        return cls._build(p.spec, p.decoder_spec, p.weights, p.decoder_weights, p.tokenizer, precision, p.sources,
+                          p.spec, p.decoder_spec)
 
     @classmethod
     def _build(cls, spec_d, spec_c, wd, wc, tok, precision, sources, cfg_d, cfg_c) -> "Txt2ImgPipeline":
@@ -462,3 +508,11 @@ def _from_converted(path: PathLike, decoder: Optional[PathLike], vocab: Optional
     else:
         tok = CLIPTokenizer.from_metadata(meta.vocab)
     return meta.spec, spec_c, wd, wc, tok, {"diffusion": os.fspath(path), "decoder": os.fspath(decoder or path)}
+
+
+def _inferred(weights: Mapping[str, np.ndarray], role: str, ckpt: Union[PathLike, Mapping[str, np.ndarray]]):
+    """The shipped config that fits ``weights`` (a config given as None), announced on stderr."""
+    from .infer import infer_config
+
+    source = "the weights" if isinstance(ckpt, Mapping) else os.fspath(ckpt)
+    return infer_config(weights, role, source, announce=True).spec  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ given explicitly runs N iterations; ``--n_samples > 1`` and ``--from-file``
 work; every sample is written, ``OUT/0.png``, ``OUT/1.png`` ... (unless
 ``--skip_save``), and ``OUT/grid.png`` (rows of ``--n_rows`` images, default
 ``--n_samples``) when more than one image was made, unless ``--skip_grid``.
+``--config`` / ``--config_c`` left out are inferred from their checkpoints'
+tensors (the choice is printed on stderr).
 
 Differences from the original, on purpose: it runs on a CPU (the original
 hard-codes CUDA); ``--n_iter``, ``--n_samples > 1``, ``--from-file``,
@@ -166,9 +168,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise _cli.CLIError(f"--rng {args.rng} --seed {args.seed}: {e}") from None
     prompts = read_prompts(args)
-    config, config_c = _cli.resolve_config(args.config), _cli.resolve_config(args.config_c)
-    spec = _cli.load_diffusion_config(config, "--config", "txt2img", "v1-t2i-inference.yaml")
-    _cli.load_decoder_config(config_c, "--config_c", "autoencoder_kl_woc_32x32x4.yaml")
+    # A config left at its default is inferred from its checkpoint (see inpaint_st).
+    defaults = parser()
+    config = None if args.config == defaults.get_default("config") else _cli.resolve_config(args.config)
+    config_c = None if args.config_c == defaults.get_default("config_c") else _cli.resolve_config(args.config_c)
+    spec = None
+    if config is not None:
+        spec = _cli.load_diffusion_config(config, "--config", "txt2img", "v1-t2i-inference.yaml")
+    if config_c is not None:
+        _cli.load_decoder_config(config_c, "--config_c", "autoencoder_kl_woc_32x32x4.yaml")
     _cli.check_sampler("plms" if args.plms else "ddim", args.ddim_steps, args.ddim_eta, spec, "--ddim_steps",
                        "--ddim_eta")
     _cli.require_file(args.ckpt, "--ckpt checkpoint")

@@ -475,7 +475,8 @@ def test_command_line_reports_mismatches_on_one_stderr_line_with_status_2(
     assert only_file(tmp_path) == []
 
 
-def test_command_line_requires_decoder_config_and_ckpt_together(tmp_path: Path) -> None:
+def test_command_line_refuses_a_decoder_config_without_decoder_ckpt(tmp_path: Path) -> None:
+    # (--decoder-ckpt without --decoder-config is allowed: its config is inferred, test_infer_config.py)
     with pytest.raises(SystemExit) as info:
         convert.main(
             [
@@ -483,8 +484,8 @@ def test_command_line_requires_decoder_config_and_ckpt_together(tmp_path: Path) 
                 "a.yaml",
                 "--ckpt",
                 "b.ckpt",
-                "--decoder-ckpt",
-                "c.ckpt",
+                "--decoder-config",
+                "c.yaml",
                 "-o",
                 str(tmp_path / "o.safetensors"),
             ]
