@@ -150,3 +150,44 @@ def test_python_sigint_handling_is_unchanged_between_and_around_calls(checkpoint
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["python", "handler", "intact", "ignored", "stays", "ignored"]
+
+
+SIGNALS_DURING = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    import numpy as np
+    from asymvq import UNet
+
+    signal.signal(signal.SIGUSR1, lambda *a: None)
+    model = UNet.from_config(sys.argv[1], sys.argv[2])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 9, 64, 64)).astype(np.float32)
+    c = rng.standard_normal((1, 77, 64)).astype(np.float32)
+    t0 = time.perf_counter()
+    want = model(x, 500, c)
+    duration = time.perf_counter() - t0
+
+    def kick():
+        for _ in range(8):
+            time.sleep(duration / 9)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    for _ in range(4):
+        threading.Thread(target=kick, daemon=True).start()
+        assert np.array_equal(model(x, 500, c), want)
+    print("unchanged")
+    """
+)
+
+
+def test_signals_handled_during_a_call_change_nothing(checkpoints):  # noqa: F811
+    # oneDNN's JIT sgemm keeps data below the stack pointer; a handler's frame on the computing
+    # thread's own stack overwrote it (heap corruption in 6 of 6 runs before the alternate stack)
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNALS_DURING, str(fixture_config("sd15-inpaint")),
+         str(checkpoints.get("sd15-inpaint"))],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    if proc.returncode < 0:
+        pytest.fail(f"the child died of {signal.Signals(-proc.returncode).name}:\n{proc.stderr}")
+    assert proc.returncode == 0 and proc.stdout.strip() == "unchanged", proc.stderr

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -15,8 +16,17 @@
 
 static dnnl_engine_t g_engine;
 static dnnl_status_t g_engine_status = dnnl_runtime_error;
-static atomic_int g_engine_ready;
-static pthread_mutex_t g_engine_mutex = PTHREAD_MUTEX_INITIALIZER;
+void avq_run_once(avq_once_flag *o, void (*fn)(void)) {
+    if (atomic_load_explicit(&o->done, memory_order_acquire)) return;
+    pthread_mutex_lock(&o->mutex);
+    if (!atomic_load_explicit(&o->done, memory_order_relaxed)) {
+        fn();
+        atomic_store_explicit(&o->done, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&o->mutex);
+}
+
+static avq_once_flag g_engine_once = AVQ_ONCE_INIT;
 static atomic_int g_threads;
 static pthread_mutex_t g_pack_mutex = PTHREAD_MUTEX_INITIALIZER;
 
@@ -26,17 +36,7 @@ static void engine_init(void) {
     atomic_store(&g_threads, n > 0 ? n : 1);
 }
 
-/* Not pthread_once: that symbol moved into libc in glibc 2.34 and would tie the
- * binary wheel to glibc >= 2.34 (manylinux_2_34) instead of manylinux2014. */
-static void engine_once(void) {
-    if (atomic_load_explicit(&g_engine_ready, memory_order_acquire)) return;
-    pthread_mutex_lock(&g_engine_mutex);
-    if (!atomic_load_explicit(&g_engine_ready, memory_order_relaxed)) {
-        engine_init();
-        atomic_store_explicit(&g_engine_ready, 1, memory_order_release);
-    }
-    pthread_mutex_unlock(&g_engine_mutex);
-}
+static void engine_once(void) { avq_run_once(&g_engine_once, engine_init); }
 
 avq_status avq_engine_get(dnnl_engine_t *engine) {
     engine_once();
@@ -59,7 +59,47 @@ int avq_get_num_threads(void) {
     return atomic_load(&g_threads);
 }
 
+/* oneDNN 3.2's JIT sgemm keeps data below the stack pointer, past the 128-byte red zone that
+ * a signal frame skips: a signal handled on the computing thread's own stack overwrote it
+ * (heap corruption in 6 of 6 runs with SIGUSR1 sent during a UNet call, 0 of 6 with an
+ * alternate stack). Python installs its handlers with SA_ONSTACK, so an alternate signal
+ * stack on every computing thread puts their frames elsewhere. One per thread, kept for the
+ * thread's life; a stack the thread already has (faulthandler's) is left alone. */
+#define SIGSTACK_BYTES (256 * 1024)
+static pthread_key_t g_sigstack_key;
+static int g_sigstack_key_ok;
+static avq_once_flag g_sigstack_once = AVQ_ONCE_INIT;
+static _Thread_local int t_sigstack_checked;
+
+static void sigstack_release(void *mem) {
+    stack_t cur;
+    if (sigaltstack(NULL, &cur) == 0 && cur.ss_sp == mem) {
+        stack_t off = {.ss_sp = NULL, .ss_flags = SS_DISABLE, .ss_size = 0};
+        sigaltstack(&off, NULL);
+    }
+    free(mem);
+}
+
+static void sigstack_key_init(void) { g_sigstack_key_ok = pthread_key_create(&g_sigstack_key, sigstack_release) == 0; }
+
+static void sigstack_ensure(void) {
+    if (t_sigstack_checked) return;
+    t_sigstack_checked = 1;
+    avq_run_once(&g_sigstack_once, sigstack_key_init);
+    stack_t cur;
+    if (!g_sigstack_key_ok || sigaltstack(NULL, &cur) != 0 || !(cur.ss_flags & SS_DISABLE)) return;
+    void *mem = malloc(SIGSTACK_BYTES);
+    if (!mem) return; /* best effort: the run itself does not need it */
+    stack_t ss = {.ss_sp = mem, .ss_flags = 0, .ss_size = SIGSTACK_BYTES};
+    if (sigaltstack(&ss, NULL) != 0 || pthread_setspecific(g_sigstack_key, mem) != 0) {
+        stack_t off = {.ss_sp = NULL, .ss_flags = SS_DISABLE, .ss_size = 0};
+        sigaltstack(&off, NULL);
+        free(mem);
+    }
+}
+
 void avq_threads_enter(void) {
+    sigstack_ensure();
     int n = avq_get_num_threads();
     if (omp_get_max_threads() != n) omp_set_num_threads(n);
 }
@@ -72,7 +112,7 @@ void avq_threads_enter(void) {
  * times. A parked team (a thread of ours that opened a parallel region and then sleeps for
  * ever, keeping its pool) adds enough threads to be over that line whenever asymvq uses its
  * thread count. */
-static pthread_once_t g_park_once = PTHREAD_ONCE_INIT;
+static avq_once_flag g_park_once = AVQ_ONCE_INIT;
 static pthread_mutex_t g_park_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_park_cond = PTHREAD_COND_INITIALIZER;
 static int g_park_size;    /* the team's threads, 0 until it exists */
@@ -113,7 +153,7 @@ static void park_start(void) {
 }
 
 avq_status avq_throttle_openmp_spinning(int *team) {
-    pthread_once(&g_park_once, park_start);
+    avq_run_once(&g_park_once, park_start);
     if (g_park_error) return avq_error(AVQ_ERR_MEMORY, "cannot start the parked OpenMP team (error %d)", g_park_error);
     *team = g_park_size;
     return AVQ_OK;
@@ -192,7 +232,7 @@ static const char *cpu_isa_name(const cpu_features *f) {
 }
 
 static avq_isa g_isa;
-static pthread_once_t g_isa_once = PTHREAD_ONCE_INIT;
+static avq_once_flag g_isa_once = AVQ_ONCE_INIT;
 
 static void isa_init(void) {
     const cpu_features f = cpu_probe();
@@ -222,7 +262,7 @@ static void isa_init(void) {
 }
 
 const avq_isa *avq_isa_get(void) {
-    pthread_once(&g_isa_once, isa_init);
+    avq_run_once(&g_isa_once, isa_init);
     return &g_isa;
 }
 

@@ -7,7 +7,20 @@
 
 #include "status.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #define AVQ_VERSION "0.1.0"
+
+/* One-time initialisation, as pthread_once. Not pthread_once itself: that symbol moved
+ * into libc in glibc 2.34 and would tie the binary wheel to glibc >= 2.34 instead of
+ * manylinux2014. */
+typedef struct avq_once_flag {
+    atomic_int done;
+    pthread_mutex_t mutex;
+} avq_once_flag;
+#define AVQ_ONCE_INIT {0, PTHREAD_MUTEX_INITIALIZER}
+void avq_run_once(avq_once_flag *o, void (*fn)(void));
 
 avq_status avq_engine_get(dnnl_engine_t *engine);
 

@@ -12,7 +12,7 @@
 #include "simd_body.h"
 
 static const avq_simd_kernels *g_kernels;
-static pthread_once_t g_kernels_once = PTHREAD_ONCE_INIT;
+static avq_once_flag g_kernels_once = AVQ_ONCE_INIT;
 
 static void pick(void) {
     const avq_isa_level level = avq_isa_get()->level;
@@ -24,6 +24,6 @@ static void pick(void) {
 }
 
 const avq_simd_kernels *avq_simd(void) {
-    pthread_once(&g_kernels_once, pick);
+    avq_run_once(&g_kernels_once, pick);
     return g_kernels;
 }

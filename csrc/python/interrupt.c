@@ -32,7 +32,7 @@ int avq_py_interrupt_begin(void) {
     struct sigaction ours;
     memset(&ours, 0, sizeof ours);
     ours.sa_sigaction = on_sigint;
-    ours.sa_flags = SA_SIGINFO | (cur.sa_flags & SA_RESTART);
+    ours.sa_flags = SA_SIGINFO | SA_ONSTACK | (cur.sa_flags & SA_RESTART); /* see avq_threads_enter */
     sigemptyset(&ours.sa_mask);
     chained = cur;
     if (sigaction(SIGINT, &ours, NULL) != 0) chained.sa_handler = SIG_DFL; /* not installed */
