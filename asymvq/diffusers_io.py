@@ -783,7 +783,7 @@ def pipeline_parts(path: PathLike, *, kind: Optional[str] = None, decoder: Optio
 
 
 def load_diffusers(path: PathLike, decoder: Optional[PathLike] = None, *, vocab: Optional[PathLike] = None,
-                   precision: str = "fp32", variant: Optional[str] = None) -> Any:
+                   precision: str = "auto", variant: Optional[str] = None) -> Any:
     """Whatever a diffusers folder holds, ready to run.
 
     A pipeline folder (``model_index.json``) gives an :class:`~asymvq.InpaintPipeline` (9-channel UNet)

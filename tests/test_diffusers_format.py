@@ -175,7 +175,7 @@ def t(a: np.ndarray) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def _pipe(path: str, kind: str, decoder: str | None) -> Any:
     cls = InpaintPipeline if kind == "inpaint" else Txt2ImgPipeline
-    return cls.from_diffusers(path, decoder=decoder)
+    return cls.from_diffusers(path, decoder=decoder, precision="fp32")  # the parity bounds are fp32's
 
 
 def pipe(folders: dict[str, Any], kind: str) -> Any:
@@ -249,7 +249,7 @@ def test_sharded_weights_with_an_index_file_are_read(folders, tmp_path):
     folders["txt2img"]["unet"].save_pretrained(folder / "unet", max_shard_size="100KB")
     assert len(list((folder / "unet").glob("*.safetensors"))) > 1
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
-    p = Txt2ImgPipeline.from_diffusers(folder)
+    p = Txt2ImgPipeline.from_diffusers(folder, precision="fp32")
     x, ts, context = unet_inputs(folders["txt2img"]["spec"].unet, seed=6)
     assert_close(p.unet(x, ts, context), reference_eps(folders["txt2img"]["unet"], x, ts, context))
 
@@ -279,7 +279,7 @@ def test_inpainting_pipeline_from_folder_runs_like_the_one_from_original_files(f
     checkpoint.save_safetensors(dec, {k: np.ascontiguousarray(v) for k, v in dweights.items()})
     orig = InpaintPipeline.from_original(config.packaged_tiny_config("v1-inpainting-inference.yaml"), sd,
                                          config.packaged_tiny_config("autoencoder_kl_32x32x4.yaml"), dec,
-                                         vocab=clip_vocab.BPE_GZ)
+                                         vocab=clip_vocab.BPE_GZ, precision="fp32")
     x = image_inputs(1, 64, 64, seed=3)
     kw = dict(steps=2, progress=False)
     a = p(x["image"], x["mask"], **kw)
@@ -334,7 +334,7 @@ def test_convert_of_a_pipeline_folder_runs_like_the_folder(folders, tmp_path):
     convert.convert(None, root / "sd-inpaint", out, decoder_ckpt=root / "asym-base")
     meta = convert.read_metadata(out)
     assert meta.kind == "inpaint" and meta.vocab is not None and meta.decoder.decoder.variant == "base"
-    a = InpaintPipeline.from_file(out)
+    a = InpaintPipeline.from_file(out, precision="fp32")
     b = pipe(folders, "inpaint")
     x, ts, context = unet_inputs(b.unet.spec)
     np.testing.assert_array_equal(a.unet(x, ts, context), b.unet(x, ts, context))
@@ -346,7 +346,7 @@ def test_convert_of_a_pipeline_folder_runs_like_the_folder(folders, tmp_path):
 def test_convert_of_a_txt2img_folder_keeps_its_sd_decoder(folders, tmp_path):
     out = tmp_path / "t2i.safetensors"
     convert.convert(None, folders["root"] / "sd-txt2img", out)
-    a = Txt2ImgPipeline.from_file(out)
+    a = Txt2ImgPipeline.from_file(out, precision="fp32")
     x = image_inputs(seed=5)
     np.testing.assert_array_equal(a.decoder.decode(x["latent"]), pipe(folders, "txt2img").decoder.decode(x["latent"]))
 
@@ -456,7 +456,8 @@ def test_real_width_pipeline_folder_matches_diffusers_and_transformers(tmp_path,
     saved = write_pipeline(tmp_path / kind, kind, tiny=False)
     try:
         p = (InpaintPipeline if kind == "inpaint" else Txt2ImgPipeline).from_diffusers(
-            tmp_path / kind, decoder=None if kind == "txt2img" else _real_asymmetric_folder(tmp_path))
+            tmp_path / kind, decoder=None if kind == "txt2img" else _real_asymmetric_folder(tmp_path),
+            precision="fp32")
         spec = saved["spec"]
         assert p.diffusion_spec == spec and spec.unet.model_channels == 320
         rng = np.random.default_rng(7)

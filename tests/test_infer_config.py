@@ -220,7 +220,7 @@ def test_convert_command_line_without_config_prints_the_choice(files, tmp_path, 
 def test_convert_command_line_refuses_an_unknown_checkpoint_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     checkpoint.save_safetensors(bad, {"something.weight": np.zeros(3, np.float32)})
-    assert convert.main(["--ckpt", str(bad), "-o", str(tmp_path / "o.safetensors"), "-q"]) == 1
+    assert convert.main(["--ckpt", str(bad), "-o", str(tmp_path / "o.safetensors"), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no shipped config fits" in err and not (tmp_path / "o.safetensors").exists()
 

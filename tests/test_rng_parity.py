@@ -162,7 +162,7 @@ def test_txt2img_numpy_seed_out_of_range_fails_with_one_error_line(ckpts, tmp_pa
             "--ckpt_c", str(ckpts["decoder"]), "--vocab", str(VOCAB), "--rng", "numpy", "--seed", str(2**32)]
     assert txt2img.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --rng numpy --seed 4294967296") and "seed" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: --seed") and "4294967296" in err[0]
     assert not (tmp_path / "out").exists()
 
 
