@@ -110,6 +110,7 @@ class BatchResult:
     workers: int = 0
     threads: Optional[int] = None
     dashboard: Optional[str] = None
+    scheduler: Optional[str] = None  # the Dask scheduler's address (None: in-process)
     tables: Dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -187,15 +188,16 @@ def _as_pairs(pairs: Union[PathLike, PairList]) -> List[Tuple[str, str]]:
 def run_batch(pairs: Union[PathLike, PairList], outdir: PathLike, job: Job, *, cluster: bool = True,
               scheduler: Optional[str] = None, workers: Optional[int] = None, threads: Optional[int] = None,
               progress: bool = True, plot: bool = True, allowed_failures: int = ALLOWED_FAILURES,
-              timeout: Optional[float] = None, task: Optional[Callable[[Job, str, str, str], dict]] = None
-              ) -> BatchResult:
+              timeout: Optional[float] = None, task: Optional[Callable[[Job, str, str, str], dict]] = None,
+              connect_timeout: float = 30.0) -> BatchResult:
     """Runs ``job`` on every pair not already complete in ``outdir``; writes the tables; returns a summary.
 
     ``pairs``: a folder (NAME.png + NAME_mask.png), a list file ('IMAGE MASK' lines) or (image, mask)
     paths. ``cluster``: False runs in this process (also the fallback without Dask); ``scheduler``: the
     address of an existing Dask scheduler, else a LocalCluster of ``workers`` x ``threads`` (see
     :func:`plan_local`). ``threads`` also pins the asymvq threads of the in-process run (default: job's).
-    ``timeout``: seconds before the wait for results gives up (None: no limit). ``task``: the per-pair
+    ``timeout``: seconds before the wait for results gives up (None: no limit); ``connect_timeout``:
+    seconds to reach ``scheduler``. ``task``: the per-pair
     function run on the workers (default :func:`run_pair_task`; an importable wrapper of it can add
     instrumentation).
     """
@@ -224,7 +226,8 @@ def run_batch(pairs: Union[PathLike, PairList], outdir: PathLike, job: Job, *, c
             job = replace(job, threads=threads)
         _run_local(job, todo, out, res, progress, task)
     else:
-        _run_dask(job, todo, out, res, scheduler, workers, threads, progress, allowed_failures, timeout, task)
+        _run_dask(job, todo, out, res, scheduler, workers, threads, progress, allowed_failures, timeout, task,
+                  connect_timeout)
     res.seconds = time.perf_counter() - t0
     res.tables = write_tables(out, job, res.skipped + res.done, res.failures, plot=plot)
     return res
@@ -260,7 +263,7 @@ def _run_local(job: Job, todo, out: Path, res: BatchResult, progress: bool, task
 
 def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[str], workers: Optional[int],
               threads: Optional[int], progress: bool, allowed_failures: int, timeout: Optional[float],
-              task) -> None:
+              task, connect_timeout: float) -> None:
     import dask
     from dataclasses import replace
     from distributed import Client, LocalCluster, as_completed
@@ -282,10 +285,11 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
             if threads is not None:
                 job = replace(job, threads=threads)
             try:
-                client = Client(scheduler, timeout=30)
+                client = Client(scheduler, timeout=connect_timeout)
             except (OSError, TimeoutError) as e:
                 raise _cli.CLIError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
         try:
+            res.scheduler = client.scheduler.address
             res.workers = len(client.scheduler_info().get("workers", {}))
             res.threads = job.threads
             if _has_bokeh():
@@ -353,6 +357,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         mode = "compare" if args.compare or len(args.decoder) > 1 else "inpaint"
         job = job_from_args(args, mode)
+        if args.workers is not None and args.workers < 1:
+            raise _cli.CLIError(f"workers must be >= 1, got {args.workers}")
         if args.no_cluster and args.scheduler:
             raise _cli.CLIError("--no-cluster and --scheduler exclude each other")
         pairs = find_pairs(args.indir, args.list_file)
