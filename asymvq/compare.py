@@ -272,6 +272,7 @@ def process_pair(models: Models, job: Job, image: str, mask: str, outdir: str) -
                       progress=False)
     original = np.rint((x[0].transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
     results: List[Tuple[str, np.ndarray]] = []
+    t_dec = time.perf_counter()
     for i, d in enumerate(job.decoders):
         if i == 0:
             arr = res.arrays
@@ -295,6 +296,7 @@ def process_pair(models: Models, job: Job, image: str, mask: str, outdir: str) -
     rec = {"name": name, "image": str(image), "mask": str(mask), "outputs": outputs, "metrics": metrics,
            "seconds": time.perf_counter() - t0, "model_key": job.model_key, "steps": job.steps,
            "round": job.round, "mode": job.mode, "inputs": stamp,
+           "timings": {**res.timings, "decoders": time.perf_counter() - t_dec},
            "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
     _write_atomic(record_path(out, name), json.dumps(rec, indent=1).encode())
     return rec
