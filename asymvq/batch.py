@@ -111,6 +111,7 @@ class BatchResult:
     threads: Optional[int] = None
     dashboard: Optional[str] = None
     scheduler: Optional[str] = None  # the Dask scheduler's address (None: in-process)
+    startup_seconds: float = 0.0  # starting the LocalCluster / connecting, within ``seconds``
     tables: Dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -138,11 +139,12 @@ def cores() -> int:
 
 
 def worker_memory_bytes(job: Job, image_pixels: int = 640 * 640) -> int:
-    """A worker's memory limit: the model files (memory-mapped, bf16 weights converted and kept) plus the
-    activations of the largest image, with headroom.
+    """A worker's memory limit (an upper estimate): 1.2 x the model files (weights are memory-mapped and
+    repacked once), 2 GiB of activations per 512 x 512 pixels, and 256 MiB for the interpreter.
 
-    Measured on this machine (full-size fp32, 512 x 512, one worker): peak RSS about 1.2 x the checkpoint
-    bytes plus 2 GiB; the same rule for the tiny models gives a few hundred MiB.
+    Measured peaks (``BatchResult.peak_rss_mb``, ``tools/bench_batch.py``): tiny models at 64 x 64,
+    about 415 MiB per worker (this estimate: 3.4 GiB, dominated by the activation term, which assumes
+    full-size models). Pass ``workers`` explicitly to override the sizing that uses it.
     """
     files = [job.ckpt_d] + [d.ckpt for d in job.decoders if d.ckpt is not None]
     weights = sum(os.path.getsize(f) for f in dict.fromkeys(files) if os.path.exists(f))
@@ -219,7 +221,9 @@ def run_batch(pairs: Union[PathLike, PairList], outdir: PathLike, job: Job, *, c
             raise _cli.CLIError('--scheduler needs Dask: pip install "asymvq[cluster]"') from None
         cluster = False
     t0 = time.perf_counter()
-    if not cluster and scheduler is None:
+    if not todo:
+        pass  # everything is complete: no cluster to start
+    elif not cluster and scheduler is None:
         from dataclasses import replace
 
         if threads is not None:
@@ -269,6 +273,7 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
     from distributed import Client, LocalCluster, as_completed
 
     local = None
+    t_start = time.perf_counter()
     with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
         if scheduler is None:
             try:
@@ -288,6 +293,7 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
                 client = Client(scheduler, timeout=connect_timeout)
             except (OSError, TimeoutError) as e:
                 raise _cli.CLIError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+        res.startup_seconds = time.perf_counter() - t_start
         try:
             res.scheduler = client.scheduler.address
             res.workers = len(client.scheduler_info().get("workers", {}))

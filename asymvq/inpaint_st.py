@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=str, default="base.ckpt", help="asymmetric decoder checkpoint")
     p.add_argument("--outdir", type=str, default="/mnt/output/git_results", help="output folder")
     p.add_argument("--config", type=str, default="configs/autoencoder/autoencoder_kl_32x32x4.yaml",
-                   help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml)")
+                   help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml); SD's vanilla decoder: "
+                        "the diffusion config (with --ckpt the SD checkpoint)")
     p.add_argument("--indir", type=str, default="/mnt/output/my_dataset/val",
                    help="folder with NAME.png + NAME_mask.png pairs")
     p.add_argument("--config_d", type=str, default="configs/autoencoder/v1-inpainting-inference.yaml",

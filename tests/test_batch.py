@@ -225,3 +225,10 @@ def test_batch_command_line_bad_flags_fail_with_one_error_line(job, pairs, tmp_p
            "--ckpt_d", job.ckpt_d, "--config_d", job.config_d, "--workers", "0"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
     assert p.returncode == 2 and p.stderr.strip() == "error: workers must be >= 1, got 0"
+
+
+def test_a_rerun_with_everything_complete_starts_no_cluster_and_keeps_the_tables(job, pairs, reference_dir, tmp_path):
+    completed_copy(reference_dir, tmp_path)
+    res = run_batch(pairs, tmp_path, job, workers=2, threads=1, progress=False, plot=False)
+    assert res.done == [] and len(res.skipped) == N and res.scheduler is None
+    assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == N
