@@ -144,7 +144,8 @@ def worker_memory_bytes(job: Job, image_pixels: int = 640 * 640) -> int:
 
     Measured peaks (``BatchResult.peak_rss_mb``, ``tools/bench_batch.py``): tiny models at 64 x 64,
     about 415 MiB per worker (this estimate: 3.4 GiB, dominated by the activation term, which assumes
-    full-size models). Pass ``workers`` explicitly to override the sizing that uses it.
+    full-size models); full-size bf16 checkpoints (2.35 GB) at 256 x 256, 4.3 GiB (estimate: 5.9 GiB).
+    Pass ``workers`` explicitly to override the sizing that uses it.
     """
     files = [job.ckpt_d] + [d.ckpt for d in job.decoders if d.ckpt is not None]
     weights = sum(os.path.getsize(f) for f in dict.fromkeys(files) if os.path.exists(f))

@@ -196,12 +196,21 @@ def test_unreachable_scheduler_is_a_clear_error(job, pairs, tmp_path):
 
 def test_local_plan_never_oversubscribes_the_cores(job, monkeypatch):
     monkeypatch.setattr(batch, "cores", lambda: 8)
+    monkeypatch.setattr(batch, "worker_memory_bytes", lambda job: 1)  # memory is no limit here
     assert plan_local(job, 2, None) == (2, 4)
     assert plan_local(job, None, 2) == (4, 2)
     w, t = plan_local(job, None, None)
     assert w * t <= 8
     with pytest.raises(ValueError, match="exceeds this machine's 8 cores"):
         plan_local(job, 3, 3)
+
+
+def test_local_plan_starts_no_more_workers_than_the_memory_holds(job, monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(batch, "cores", lambda: 8)
+    monkeypatch.setattr(batch, "worker_memory_bytes", lambda job: psutil.virtual_memory().available // 2 + 1)
+    assert plan_local(job, None, 2) == (1, 2)
 
 
 def test_batch_command_line_reads_a_list_file_and_prints_throughput(job, pairs, reference, tmp_path):
