@@ -32,8 +32,11 @@ How the work is spread:
   the rest. A pair that raises (a corrupt file) goes to the ``failures`` table (``O/failures.csv``) with
   its error, and the others go on. A worker that dies (killed, out of memory) has its tasks rescheduled
   by Dask on the other workers; a pair whose task was on ``allowed_failures`` dying workers is marked
-  failed (Dask's ``KilledWorker``), never retried forever. On a remote cluster that limit is the
-  scheduler's own ``distributed.scheduler.allowed-failures`` setting.
+  failed (Dask's ``KilledWorker``), never retried forever. Known limit: a pair that was running on a
+  worker killed by such a culprit can reach that limit too and be reported failed (seen with
+  ``allowed_failures=1``); a re-run computes it. A local scheduler sends each worker only the pair it
+  runs (``worker-saturation`` 1.0) to make that rare. On a remote cluster both are the scheduler's
+  own settings (``distributed.scheduler.allowed-failures``, ``...worker-saturation``).
 * **Deterministic**: every pair uses seed 0 (inpaint_st's rule), so its output does not depend on the
   worker, the number of workers or the order; the asymvq thread count is pinned by ``threads`` (the
   in-process run uses the same value) so even the reduction order is the same.
@@ -275,7 +278,10 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
 
     local = None
     t_start = time.perf_counter()
-    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+    # worker-saturation 1.0: a worker holds only the pair it runs, so when it dies only that pair counts
+    # a death (with queued pairs, innocent ones would reach allowed-failures beside a killer pair)
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures,
+                          "distributed.scheduler.worker-saturation": 1.0}):
         if scheduler is None:
             try:
                 nw, nt = plan_local(job, workers, threads or job.threads)
@@ -305,30 +311,35 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
                     print(f"Dask dashboard: {res.dashboard}", file=sys.stderr)
             if not todo:
                 return
-            futures = {}
-            for img, msk in todo:
-                key = f"asymvq-pair-{job.model_key}-{os.path.basename(img)}"
-                f = client.submit(task, job, img, msk, os.fspath(out), key=key, pure=False)
-                futures[f] = (img, msk)
+            # one map call: the scheduler sees all pairs as one group of root tasks and queues them
+            # (worker-saturation), instead of handing the first few to workers ahead of time
+            keys = [f"asymvq-pair-{job.model_key}-{os.path.basename(img)}" for img, _ in todo]
+            fs = client.map(task, [job] * len(todo), [i for i, _ in todo], [m for _, m in todo],
+                            [os.fspath(out)] * len(todo), key=keys, pure=False)
+            futures = dict(zip(fs, todo))
             t0 = time.perf_counter()
             with _bar(len(futures), progress) as bar:
                 for f in as_completed(list(futures), timeout=timeout):
                     img, msk = futures[f]
-                    if f.status == "finished":
-                        rec = f.result()
-                    else:
-                        err = f.exception()
-                        if isinstance(err, ModelError) or type(err).__name__ == "ModelError":
-                            client.cancel(list(futures))
-                            raise _cli.CLIError(str(err))
-                        name = type(err).__name__
-                        rec = {"image": img, "mask": msk, "error": f"{name}: {err}" + (
-                            " (the pair's worker died repeatedly)" if name == "KilledWorker" else "")}
-                    _account(res, rec, bar, t0)
+                    _account(res, _outcome(f, img, msk, client, futures), bar, t0)
         finally:
             client.close()
             if local is not None:
                 local.close()
+
+
+def _outcome(f, img: str, msk: str, client, futures) -> dict:
+    """A finished future's record, or a failure record (``killed`` set when its workers died)."""
+    if f.status == "finished":
+        return f.result()
+    err = f.exception()
+    if type(err).__name__ == "ModelError":
+        client.cancel(list(futures))
+        raise _cli.CLIError(str(err))
+    name = type(err).__name__
+    if name == "KilledWorker":
+        return {"image": img, "mask": msk, "error": f"{name}: {err} (the pair's worker died repeatedly)"}
+    return {"image": img, "mask": msk, "error": f"{name}: {err}"}
 
 
 def _has_bokeh() -> bool:

@@ -169,11 +169,16 @@ def test_a_worker_killed_mid_run_loses_nothing(job, pairs, reference, tmp_path):
 def test_a_pair_that_kills_workers_repeatedly_is_marked_failed_not_retried_forever(job, pairs, reference, tmp_path):
     res = run_batch(pairs, tmp_path, job, workers=2, threads=1, progress=False, plot=False, timeout=TIMEOUT,
                     allowed_failures=1, task=batch_tasks.kills_its_worker_on_pair3)
-    assert [Path(f["image"]).name for f in res.failures] == ["pair3.png"]
-    assert "KilledWorker" in res.failures[0]["error"]
+    failed = {Path(f["image"]).name: f["error"] for f in res.failures}
+    assert "KilledWorker" in failed["pair3.png"]
+    # a pair running beside the culprit when its worker died can be counted too (a known limit, see
+    # asymvq.batch); every pair is either complete and correct or reported
+    assert all("KilledWorker" in e for e in failed.values()) and len(failed) <= 1 + 2
     got = png_bytes(tmp_path)
-    assert sorted(got) == sorted(n for n in names() if n != "pair3.png")
+    assert sorted(got) == sorted(n for n in names() if n not in failed)
     assert all(got[n] == reference[n] for n in got)
+    again = run_batch(pairs, tmp_path, job, cluster=False, progress=False, plot=False)  # the re-run completes them
+    assert sorted(r["name"] for r in again.done) == sorted(failed)  # (pair3 kills nothing without the wrapper)
 
 
 def test_without_dask_batch_runs_in_process_with_the_same_outputs(job, pairs, reference, tmp_path, monkeypatch):
