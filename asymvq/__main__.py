@@ -56,11 +56,25 @@ def _bench(argv: Sequence[str]) -> int:
     return int(main(list(argv)) or 0)
 
 
+def _compare(argv: Sequence[str]) -> int:
+    from asymvq.compare import main
+
+    return int(main(list(argv)) or 0)
+
+
+def _batch(argv: Sequence[str]) -> int:
+    from asymvq.batch import main
+
+    return int(main(list(argv)) or 0)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "info": _info,
     "demo": _demo,
     "convert": _convert,
     "bench": _bench,
+    "compare": _compare,
+    "batch": _batch,
 }
 
 
@@ -72,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("  demo      the inpainting pipeline on tiny random-weight models (seconds)")
         print("  convert   checkpoint(s) + config -> one .safetensors file (see --help)")
         print("  bench     benchmarks against PyTorch: ops, vae, text, unet (see --help)")
+        print("  compare   one diffusion per image, decoded by several decoders; strips and metrics")
+        print("  batch     inpaint_st / compare over a folder on a Dask cluster, resumable")
         return 0 if args else 2
     cmd = COMMANDS.get(args[0])
     if cmd is None:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from . import _cli
+from . import config as config_mod
 from .image import load_pair, open_image, probe_pair
 
 PROMPT = "photograph of a beautiful empty scene, highest quality settings"
@@ -59,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=str, default="base.ckpt", help="asymmetric decoder checkpoint")
     p.add_argument("--outdir", type=str, default="/mnt/output/git_results", help="output folder")
     p.add_argument("--config", type=str, default="configs/autoencoder/autoencoder_kl_32x32x4.yaml",
-                   help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml); omitted: inferred from --ckpt")
+                   help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml; omitted: inferred from --ckpt); "
+                        "SD's vanilla decoder: the diffusion config (with --ckpt the SD checkpoint)")
     p.add_argument("--indir", type=str, default="/mnt/output/my_dataset/val",
                    help="folder with NAME.png + NAME_mask.png pairs")
     p.add_argument("--config_d", type=str, default="configs/autoencoder/v1-inpainting-inference.yaml",
@@ -141,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
     if config_d is not None:
         spec_d = _cli.load_diffusion_config(config_d, "--config_d", "inpaint", "v1-inpainting-inference.yaml")
     if config is not None:
-        _cli.load_decoder_config(config, "--config", "autoencoder_kl_32x32x4.yaml", conditional=True)
+        if not isinstance(_cli.load_config(config, "--config"), (config_mod.AutoencoderSpec, config_mod.DiffusionSpec)):
+            raise _cli.CLIError(f"--config {config} is not a decoder config (e.g. autoencoder_kl_32x32x4.yaml, "
+                                "or the diffusion config for SD's vanilla decoder)")
     _cli.check_sampler("ddim", args.steps, 1.0, spec_d, "--steps")
     _cli.require_file(args.ckpt_d, "--ckpt_d checkpoint")
     _cli.require_file(args.ckpt, "--ckpt checkpoint")

@@ -188,7 +188,9 @@ class InpaintPipeline(_Base):
                       ckpt: PathLike, *, vocab: Optional[PathLike] = None,
                       precision: str = "auto") -> "InpaintPipeline":
         """From the original files, as inpaint_st's ``--config_d --ckpt_d --config --ckpt``:
-        the SD inpainting config/checkpoint and the asymmetric decoder config/checkpoint.
+        the SD inpainting config/checkpoint and the decoder config/checkpoint: an asymmetric decoder, or
+        SD's vanilla decoder (``config`` = the diffusion config or a standard ``AutoencoderKL`` config
+        with SD's VAE weights; see :func:`inpaint_decoder_spec`).
 
         A config given as None is inferred from its checkpoint's tensors (:mod:`asymvq.infer`; the
         choice is printed on stderr). ``precision``: ``"auto"`` (bf16 where the CPU has it natively, else
@@ -198,19 +200,17 @@ class InpaintPipeline(_Base):
         precision = resolve_precision(precision)
 
         spec_d = config_mod.load(config_d) if config_d is not None else None
-        spec_c = config_mod.load(config) if config is not None else None
         if spec_d is not None and (not isinstance(spec_d, config_mod.DiffusionSpec) or spec_d.kind != "inpaint"):
             raise config_mod.ConfigError(f"{config_d}: --config_d must be an inpainting diffusion config "
                                          "(LatentInpaintDiffusion), e.g. v1-inpainting-inference.yaml")
-        if spec_c is not None and (not isinstance(spec_c, config_mod.AutoencoderSpec)
-                                   or not spec_c.decoder.conditional):
-            raise config_mod.ConfigError(f"{config}: --config must be an asymmetric decoder config with condition "
-                                         "(autoencoder_kl_32x32x4*.yaml)")
+        spec_c = config_mod.load(config) if config is not None else None
         tok = CLIPTokenizer.from_file(find_vocab(vocab))
         wd = _load_weights(ckpt_d)
-        wc = _load_weights(ckpt)
+        same = not isinstance(ckpt, Mapping) and not isinstance(ckpt_d, Mapping) and \
+            os.path.abspath(ckpt) == os.path.abspath(ckpt_d)
+        wc = wd if same else _load_weights(ckpt)  # the vanilla decoder often lives in the SD checkpoint
         spec_d = spec_d or _inferred(wd, "inpaint", ckpt_d)
-        spec_c = spec_c or _inferred(wc, "decoder", ckpt)
+        spec_c = inpaint_decoder_spec(spec_c, wc, config) if spec_c is not None else _inferred(wc, "decoder", ckpt)
         return cls._build(spec_d, spec_c, wd, wc, tok, precision,
                           {"diffusion": os.fspath(ckpt_d), "decoder": os.fspath(ckpt)}, spec_d, spec_c)
 
@@ -257,13 +257,16 @@ class InpaintPipeline(_Base):
             un = UNet.from_config(cfg_d, wd, precision=precision)
             enc = Autoencoder.from_config(cfg_d, wd, precision=precision)
         with _weights_of(sources.get("decoder")):
-            dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
+            dec = Autoencoder.from_config(cfg_c, wc, precision=precision, parts="decoder")
+        if isinstance(spec_c, config_mod.DiffusionSpec):  # SD's vanilla decoder, first stage of that config
+            spec_c = spec_c.first_stage
         return cls(diffusion_spec=spec_d, decoder_spec=spec_c, text_encoder=te, unet=un, encoder=enc, decoder=dec,
                    tokenizer=tok, precision=precision, sources=sources)
 
     def __repr__(self) -> str:
         d = self.decoder_spec.decoder
-        return (f"InpaintPipeline(unet={self.unet!r}, decoder={d.variant} ch={d.ch} "
+        return (f"InpaintPipeline(unet={self.unet!r}, decoder={d.variant}{'' if d.conditional else ' (no condition)'}"
+                f" ch={d.ch} "
                 f"blocks/level={d.blocks_per_level}, precision={self.precision!r}, "
                 f"diffusion={self.sources.get('diffusion')!r}, decoder_weights={self.sources.get('decoder')!r})")
 
@@ -321,7 +324,10 @@ class InpaintPipeline(_Base):
             timings["sample"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            out = self.decoder.decode(x0 / SCALE_FACTOR, image=img, mask=msk)
+            if self.decoder.conditional:
+                out = self.decoder.decode(x0 / SCALE_FACTOR, image=img, mask=msk)
+            else:  # SD's vanilla decoder (or one without condition): the latent alone, nothing merged back
+                out = self.decoder.decode(x0 / SCALE_FACTOR)
             timings["decode"] = time.perf_counter() - t
         return PipelineResult(to_pil(out, round=round), out, x0, time.perf_counter() - t0, steps, timings)
 
@@ -483,6 +489,31 @@ class Txt2ImgPipeline(_Base):
             out = self.decoder.decode(x0 / SCALE_FACTOR)
             timings["decode"] = time.perf_counter() - t
         return PipelineResult(to_pil(out, round=round), out, x0, time.perf_counter() - t0, steps, timings)
+
+
+def inpaint_decoder_spec(spec: config_mod.Spec, weights: Mapping[str, Any], source: Any = "--config"
+                         ) -> config_mod.Spec:
+    """The decoder an :class:`InpaintPipeline` runs for the config ``spec`` and its checkpoint ``weights``.
+
+    * an asymmetric config with condition (``autoencoder_kl_32x32x4*.yaml``) and its checkpoint: that
+      decoder, which merges the known pixels back in;
+    * a diffusion config (e.g. ``v1-inpainting-inference.yaml`` with the SD checkpoint): returned as is;
+      the pipeline then runs its first stage's decoder, SD's vanilla decoder, on the latent alone;
+    * ``ldm.models.autoencoder.AutoencoderKL`` (the standard VAE config) with a checkpoint holding no
+      condition encoder (``decoder.encoder.*``), i.e. SD's VAE: the same config as a decoder without
+      condition, so SD's vanilla decoder;
+    * a ``_wocondition`` config: that decoder without condition.
+    """
+    if isinstance(spec, config_mod.DiffusionSpec):
+        return spec
+    if not isinstance(spec, config_mod.AutoencoderSpec):
+        raise config_mod.ConfigError(f"{source}: not an autoencoder or diffusion config")
+    d = spec.decoder
+    if d.conditional and d.variant == "base" and not any(k.startswith("decoder.encoder.") for k in weights):
+        import dataclasses
+
+        return dataclasses.replace(spec, decoder=dataclasses.replace(d, conditional=False))
+    return spec
 
 
 def _from_converted(path: PathLike, decoder: Optional[PathLike], vocab: Optional[PathLike]):

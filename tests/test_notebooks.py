@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["inpainting", "txt2img", "asymmetric_decoder"])
+@pytest.mark.parametrize("name", ["inpainting", "txt2img", "asymmetric_decoder", "compare_decoders"])
 def test_notebook_runs_top_to_bottom_on_tiny_models(name, tmp_path):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     # make them quick: fewer steps than the defaults a user gets

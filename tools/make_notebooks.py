@@ -163,8 +163,99 @@ side
 """),
 ]
 
+COMPARE = [
+    ("md", """
+# Comparing decoders on the same latents
+
+The paper's table: one inpainting per image, decoded by SD's vanilla decoder and by the asymmetric
+base / 1.5x / 2x decoders, compared on how well the known region (outside the mask) is preserved.
+`python -m asymvq compare` does this for a folder; here through `asymvq.batch.run_batch` (which runs
+the same work on a Dask cluster when asked). Set the paths below to your checkpoints; left as `None`,
+the notebook writes tiny random-weight models and generated pictures (seconds, meaningless numbers)."""),
+    ("params", """
+CONFIG_D = None   # e.g. "v1-inpainting-inference.yaml"
+CKPT_D = None     # e.g. "sd-v1-5-inpainting.ckpt" (its first stage is the vanilla decoder)
+DECODERS = {}     # e.g. {"base": ("autoencoder_kl_32x32x4.yaml", "base.ckpt"),
+                  #       "large2": ("autoencoder_kl_32x32x4_large2.yaml", "large2.ckpt")}
+VOCAB = None      # CLIP bpe_simple_vocab_16e6.txt.gz (or set ASYMVQ_CLIP_VOCAB)
+INDIR = None      # folder of NAME.png + NAME_mask.png; None: three generated pairs
+OUTDIR = "compare_out"
+STEPS = 50
+PRECISION = "fp32"
+"""),
+    ("code", """
+import os
+import tempfile
+from pathlib import Path
+from PIL import Image, ImageDraw
+from asymvq import checkpoint, config, demo, tables
+from asymvq.tokenizer import VocabNotFoundError, find_vocab
+
+tmp = Path(tempfile.mkdtemp(prefix="asymvq-compare-"))
+if CKPT_D is None:  # tiny random-weight models written to files, as real checkpoints would be
+    CONFIG_D = str(config.packaged_tiny_config("v1-inpainting-inference"))
+    spec_d = config.load(CONFIG_D)
+    w = demo.random_weights(spec_d, 0)
+    w.update(demo.random_first_stage_weights(spec_d, 1))
+    CKPT_D = str(tmp / "sd-inpaint.safetensors")
+    checkpoint.save_safetensors(CKPT_D, w)
+    for i, (name, cfg) in enumerate([("base", "autoencoder_kl_32x32x4"), ("large2", "autoencoder_kl_32x32x4_large2")]):
+        path = config.packaged_tiny_config(cfg)
+        checkpoint.save_safetensors(tmp / f"{name}.safetensors", demo.random_weights(config.load(path), 2 + i))
+        DECODERS[name] = (str(path), str(tmp / f"{name}.safetensors"))
+if VOCAB is None:
+    try:
+        VOCAB = str(find_vocab(None))
+    except (VocabNotFoundError, FileNotFoundError):  # a stand-in vocabulary of CLIP's shape
+        VOCAB = str(tmp / "merges.txt")
+        Path(VOCAB).write_text("#version: 0.2\\n" + "".join(f"{a} {b}\\n" for a, b in demo.synthetic_merges()),
+                               encoding="utf-8")
+if INDIR is None:
+    INDIR = tmp / "pairs"
+    INDIR.mkdir()
+    for i in range(3):
+        img, mask = demo.demo_inputs(128)
+        mask = Image.new("L", img.size, 0)
+        ImageDraw.Draw(mask).rectangle([20 + 15 * i, 30, 80 + 15 * i, 100], fill=255)
+        img.rotate(90 * i).save(INDIR / f"scene{i}.png")
+        mask.save(INDIR / f"scene{i}_mask.png")
+print("diffusion:", CKPT_D, "| decoders: vanilla,", ", ".join(DECODERS))
+"""),
+    ("code", """
+from asymvq.batch import run_batch
+from asymvq.compare import DecoderSpec, Job
+
+job = Job(config_d=CONFIG_D, ckpt_d=CKPT_D, vocab=VOCAB, steps=STEPS, precision=PRECISION, mode="compare",
+          decoders=(DecoderSpec("vanilla"),) + tuple(DecoderSpec(n, c, k) for n, (c, k) in DECODERS.items()))
+res = run_batch(INDIR, OUTDIR, job, cluster=False)   # cluster=True: a Dask LocalCluster; scheduler="tcp://..."
+print(res.report())
+"""),
+    ("md", "Each strip: the original, the masked input, then every decoder's result; the hole is outlined in red."),
+    ("code", """
+from IPython.display import display
+for p in sorted(Path(OUTDIR, "strips").glob("*.png")):
+    print(p.name)
+    display(Image.open(p))
+"""),
+    ("md", """
+The table: per decoder, mean and standard deviation over the images of the preservation error
+(MSE outside the mask, images in [0, 1]), PSNR and SSIM outside the mask. Per-image rows are in
+`metrics.csv`, both in `metrics.json`."""),
+    ("code", """
+import csv
+rows = list(csv.DictReader(open(Path(OUTDIR, "summary.csv"))))
+print(f"{'decoder':10s} {'n':>3s} {'pre_error (1e-5)':>22s} {'PSNR (dB)':>16s} {'SSIM':>16s}")
+for r in rows:
+    f = {k: float(v) for k, v in r.items() if k not in ("decoder", "n")}
+    print(f"{r['decoder']:10s} {r['n']:>3s} {f['pre_error_mean'] * 1e5:11.1f} ± {f['pre_error_std'] * 1e5:8.1f} "
+          f"{f['psnr_mean']:7.2f} ± {f['psnr_std']:5.2f} {f['ssim_mean']:7.4f} ± {f['ssim_std']:6.4f}")
+Image.open(Path(OUTDIR, "metrics.png"))
+"""),
+]
+
 if __name__ == "__main__":
     ROOT.mkdir(exist_ok=True)
-    for name, cells in [("inpainting", INPAINT), ("txt2img", TXT2IMG), ("asymmetric_decoder", DECODERS)]:
+    for name, cells in [("inpainting", INPAINT), ("txt2img", TXT2IMG), ("asymmetric_decoder", DECODERS),
+                        ("compare_decoders", COMPARE)]:
         nbf.write(nb(cells), ROOT / f"{name}.ipynb")
         print("wrote", ROOT / f"{name}.ipynb")
