@@ -32,9 +32,10 @@ How the work is spread:
   the rest. A pair that raises (a corrupt file) goes to the ``failures`` table (``O/failures.csv``) with
   its error, and the others go on. A worker that dies (killed, out of memory) has its tasks rescheduled
   by Dask on the other workers; a pair whose task was on ``allowed_failures`` dying workers is marked
-  failed (Dask's ``KilledWorker``), never retried forever. Known limit: a pair that was running on a
-  worker killed by such a culprit can reach that limit too and be reported failed (seen with
-  ``allowed_failures=1``); a re-run computes it. A local scheduler sends each worker only the pair it
+  failed (Dask's ``KilledWorker``), never retried forever; a pair lost with a worker that another pair
+  killed is waited for while Dask runs it again. Known limit: a pair that was on ``allowed_failures``
+  workers killed by such a culprit reaches that limit too and is reported failed; a re-run computes
+  it. A local scheduler sends each worker only the pair it
   runs (``worker-saturation`` 1.0) to make that rare. On a remote cluster both are the scheduler's
   own settings (``distributed.scheduler.allowed-failures``, ``...worker-saturation``).
 * **Deterministic**: every pair uses seed 0 (inpaint_st's rule), so its output does not depend on the
@@ -332,7 +333,13 @@ def _outcome(f, img: str, msk: str, client, futures) -> dict:
     """A finished future's record, or a failure record (``killed`` set when its workers died)."""
     if f.status == "finished":
         return f.result()
-    err = f.exception()
+    if f.status == "error":
+        err = f.exception()
+    else:  # lost with a worker that died beside another pair's: Dask runs it again elsewhere
+        try:
+            return f.result()
+        except Exception as e:  # noqa: BLE001 - classified below like any other failure
+            err = e
     if type(err).__name__ == "ModelError":
         client.cancel(list(futures))
         raise _cli.CLIError(str(err))

@@ -407,7 +407,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt_d", type=str, required=True, help="SD 1.5 inpainting checkpoint")
     p.add_argument("--decoder", action="append", default=[], metavar="vanilla|NAME=CONFIG:CKPT",
                    help="a decoder to compare (repeat); vanilla = SD's own decoder from --ckpt_d")
-    p.add_argument("--precision", type=str, default="fp32", help="fp32 or bf16 (autocast = bf16, full = fp32)")
+    p.add_argument("--precision", type=str, default="fp32", help="fp32, bf16 or auto (bf16 where the CPU has it natively; autocast = auto, full = fp32)")
     p.add_argument("--round", action="store_true", help="round to uint8 instead of truncating")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="asymvq compute threads per pipeline")
@@ -428,7 +428,11 @@ def find_pairs(indir: Optional[str], list_file: Optional[str]) -> List[Tuple[Pat
     if (indir is None) == (list_file is None):
         raise _cli.CLIError("give exactly one of --indir and --list")
     if indir is not None:
-        return folder_pairs(indir)
+        pairs, skipped = folder_pairs(indir)
+        if skipped:  # as inpaint_st: images without a mask are skipped, with one warning line
+            print(f"warning: skipping {len(skipped)} image(s) without a NAME_mask.png: "
+                  f"{_cli.listing([p.name for p in skipped])}", file=sys.stderr)
+        return pairs
     base = Path(list_file).parent
     try:
         lines = Path(list_file).read_text().splitlines()

@@ -59,7 +59,7 @@ def make_pairs(folder: Path, n: int, size: int = 64) -> Path:
 
 
 def pipe(ckpts, config, ckpt):
-    return InpaintPipeline.from_original(CONFIG_D, ckpts["sd"], config, ckpt, vocab=VOCAB)
+    return InpaintPipeline.from_original(CONFIG_D, ckpts["sd"], config, ckpt, vocab=VOCAB, precision="fp32")
 
 
 def test_inpaint_pipeline_with_the_diffusion_config_runs_sds_vanilla_decoder_on_the_same_latent(ckpts, tmp_path):
