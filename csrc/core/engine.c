@@ -7,6 +7,18 @@
 #include <signal.h>
 #include <stdatomic.h>
 
+/* The binary wheel targets manylinux2014 (glibc >= 2.17). glibc 2.34 moved these functions from
+ * libpthread into libc under a new default version; binding to their first versions, which
+ * every glibc since 2.17 exports (2.34+ from libc, older ones from libpthread), keeps the
+ * extension loadable there. */
+#if defined(__GLIBC__) && defined(__x86_64__)
+__asm__(".symver pthread_create,pthread_create@GLIBC_2.2.5");
+__asm__(".symver pthread_key_create,pthread_key_create@GLIBC_2.2.5");
+__asm__(".symver pthread_setspecific,pthread_setspecific@GLIBC_2.2.5");
+__asm__(".symver pthread_attr_setstacksize,pthread_attr_setstacksize@GLIBC_2.2.5");
+__asm__(".symver pthread_setname_np,pthread_setname_np@GLIBC_2.12");
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #define AVQ_X86 1
