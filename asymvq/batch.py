@@ -333,13 +333,15 @@ def _outcome(f, img: str, msk: str, client, futures) -> dict:
     """A finished future's record, or a failure record (``killed`` set when its workers died)."""
     if f.status == "finished":
         return f.result()
-    if f.status == "error":
-        err = f.exception()
-    else:  # lost with a worker that died beside another pair's: Dask runs it again elsewhere
-        try:
-            return f.result()
-        except Exception as e:  # noqa: BLE001 - classified below like any other failure
-            err = e
+    # lost with a worker that died beside another pair's: Dask runs it again elsewhere. Poll the
+    # status (waiting on the future itself can meet an event bound to the client's own loop)
+    while f.status not in ("finished", "error", "cancelled"):
+        time.sleep(0.05)
+    if f.status == "finished":
+        return f.result()
+    err = f.exception() if f.status == "error" else None
+    if err is None:
+        return {"image": img, "mask": msk, "error": "CancelledError: the pair's task was cancelled"}
     if type(err).__name__ == "ModelError":
         client.cancel(list(futures))
         raise _cli.CLIError(str(err))

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import asymvq
 import pytest
 from PIL import Image
 
@@ -71,7 +73,13 @@ def pairs(tmp_path_factory):
 def reference_dir(job, pairs, tmp_path_factory):
     """The single-process run's output folder."""
     out = tmp_path_factory.mktemp("batch-ref")
-    res = run_batch(pairs, out, job, cluster=False, progress=False, plot=False)
+    # one thread, as each cluster worker below: on some ISAs (the AVX2 cap) oneDNN's kernels split
+    # their reductions by thread count, so bytes are equal for an equal thread count per process
+    before = asymvq.get_num_threads()
+    try:
+        res = run_batch(pairs, out, job, cluster=False, threads=1, progress=False, plot=False)
+    finally:
+        asymvq.set_num_threads(before)  # the rest of the session keeps its threads
     assert len(res.done) == N and not res.failures
     return out
 
@@ -183,7 +191,11 @@ def test_a_pair_that_kills_workers_repeatedly_is_marked_failed_not_retried_forev
 
 def test_without_dask_batch_runs_in_process_with_the_same_outputs(job, pairs, reference, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
-    res = run_batch(pairs, tmp_path, job, progress=False, plot=False)
+    before = asymvq.get_num_threads()
+    try:  # one thread, as the reference (see reference_dir)
+        res = run_batch(pairs, tmp_path, job, threads=1, progress=False, plot=False)
+    finally:
+        asymvq.set_num_threads(before)
     assert res.workers == 0 and res.scheduler is None and len(res.done) == N
     assert png_bytes(tmp_path) == reference
 

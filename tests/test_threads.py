@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from typing import Any, Dict, Optional
 
 
@@ -188,3 +189,30 @@ def test_bench_inprocess_rejects_an_unknown_variant_with_a_clear_error() -> None
     assert proc.returncode == 2
     assert "unknown variant 'bogus'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_plan_built_for_fewer_threads_is_rebuilt_when_the_count_grows():
+    # per-thread workspaces are sized at build: running a 1-thread plan on 2 threads overran them
+    # (heap corruption seen under the AVX2 cap)
+    code = textwrap.dedent(
+        """
+        import sys, numpy as np
+        sys.path.insert(0, "tests")
+        from fixtures import write_checkpoint, fixture_config
+        import asymvq
+        from asymvq import TextEncoder
+        import tempfile, os
+        p = write_checkpoint(os.path.join(tempfile.mkdtemp(), "sd.ckpt"), "sd15-inpaint")
+        te = TextEncoder.from_config(fixture_config("sd15-inpaint"), p)
+        ids = np.random.default_rng(0).integers(0, 1000, (2, 77))
+        asymvq.set_num_threads(1)
+        a = te.encode_ids(ids)
+        asymvq.set_num_threads(2)
+        for _ in range(10):
+            b = te.encode_ids(ids)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max(), np.abs(a - b).max()
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

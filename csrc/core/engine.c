@@ -110,10 +110,19 @@ static void sigstack_ensure(void) {
     }
 }
 
+/* Largest team of this (master) thread whose OpenMP threads were given their stacks: a signal
+ * sent to the process may be delivered to any of them. */
+static _Thread_local int t_sigstack_team;
+
 void avq_threads_enter(void) {
     sigstack_ensure();
     int n = avq_get_num_threads();
     if (omp_get_max_threads() != n) omp_set_num_threads(n);
+    if (n > t_sigstack_team) {
+#pragma omp parallel num_threads(n)
+        sigstack_ensure();
+        t_sigstack_team = n;
+    }
 }
 
 /* A runtime that loaded before asymvq could set OMP_WAIT_POLICY=PASSIVE (torch imported

@@ -13,6 +13,7 @@ typedef struct span {
 
 struct avq_plan {
     int state;
+    int threads; /* the thread count it was built for (per-thread workspaces are sized by it) */
     dnnl_engine_t engine; /* borrowed global */
     dnnl_stream_t stream; /* owned */
 
@@ -117,6 +118,10 @@ static avq_status finish_build(avq_plan *p) {
 
 avq_status avq_plan_run(avq_plan *p, avq_forward_fn fn, void *ctx) {
     avq_threads_enter();
+    /* Kernels size per-thread workspaces at build: a plan built for fewer threads than now
+     * would be overrun (asymvq.set_num_threads between calls), so a new count rebuilds it. */
+    const int threads = avq_get_num_threads();
+    if (p->state == PLAN_BUILT && p->threads != threads) reset(p);
     if (p->state == PLAN_EMPTY) {
         p->state = PLAN_BUILDING;
         p->nlive = 0;
@@ -126,6 +131,7 @@ avq_status avq_plan_run(avq_plan *p, avq_forward_fn fn, void *ctx) {
             reset(p);
             return st;
         }
+        p->threads = threads;
     }
     if (p->state != PLAN_BUILT) return avq_error(AVQ_ERR_INTERNAL, "plan is in use by another run");
     p->state = PLAN_RUNNING;
