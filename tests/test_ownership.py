@@ -21,6 +21,7 @@ import pytest
 
 from asymvq import Autoencoder, UNet, checkpoint
 from fixtures import checkpoints, fixture_config  # noqa: F401  (the session fixture)
+from isa import needs_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,6 +119,7 @@ def test_a_model_keeps_working_identically_after_its_checkpoint_changes(tmp_path
     check(run_child(tmp_path, checkpoints, kind, action))
 
 
+@needs_bf16
 @pytest.mark.parametrize("kind", ["unet", "vae"])
 def test_a_bf16_model_keeps_working_identically_after_its_checkpoint_is_truncated(tmp_path, checkpoints, kind):  # noqa: F811
     check(run_child(tmp_path, checkpoints, kind, "truncate", "bf16"))
