@@ -27,47 +27,26 @@ comparison from the repository root; ``--no-torch`` times asymvq alone.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import zlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from . import config as _config
-from . import get_num_threads, set_num_threads, tables
-from .config import DiffusionSpec, UNetSpec
+from .. import config as _config
+from .. import get_num_threads, set_num_threads, tables
+from ..config import DiffusionSpec, UNetSpec
+from . import harness
+from .harness import merge_round, peak_rss, timed
+from .weights import random_weights
 
-__all__ = ["run", "random_weights", "forward_flop"]
+__all__ = ["run", "forward_flop"]
 
-_RESULT = "ASYMVQ_BENCH_UNET_RESULT "
 _TARGETS = {"fp32": 0.67, "bf16": 0.35}
 #: fp32 / torch fp32 with every library capped by --isa (issue 12: where most users are).
 _ISA_TARGET = 0.8
-
-
-def random_weights(spec: UNetSpec, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Numerically sane random UNet weights (float32, checkpoint names), deterministic per (seed, name):
-    uniform with std 1/sqrt(fan_in) for weights, [0.9, 1.1] for norm scales, std 0.01 for biases."""
-    out: Dict[str, np.ndarray] = {}
-    for name, shape in tables.unet_tensors(spec).items():
-        a = np.random.default_rng([seed, zlib.crc32(name.encode())]).random(shape, dtype=np.float32)
-        if name.endswith(".bias"):
-            lo, hi = -0.01 * math.sqrt(3.0), 0.01 * math.sqrt(3.0)
-        elif len(shape) == 1:
-            lo, hi = 0.9, 1.1
-        else:
-            bound = math.sqrt(3.0 / math.prod(shape[1:]))
-            lo, hi = -bound, bound
-        a *= np.float32(hi - lo)
-        a += np.float32(lo)
-        out[name] = a
-    return out
 
 
 def forward_flop(spec: UNetSpec, height: int, width: int, batch: int = 1, context_length: int = 77) -> Dict[str, float]:
@@ -151,74 +130,12 @@ def _inputs(spec: UNetSpec, batch: int, size: int, seed: int) -> tuple:
     return x, t, context
 
 
-def _peak_rss() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-
-
-def _breakdown(call: Any) -> Dict[str, List[float]]:
-    """{kind: [count, ms]} from oneDNN's verbose log of one call (stdout redirected to a file)."""
-    import ctypes
-
-    lib = ctypes.CDLL("libdnnl.so.3")  # already loaded by asymvq: the same library
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile(mode="w+") as log:
-        os.dup2(log.fileno(), 1)
-        try:
-            lib.dnnl_set_verbose(1)
-            call()
-            lib.dnnl_set_verbose(0)
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-        log.seek(0)
-        lines = log.read().splitlines()
-    out: Dict[str, List[float]] = {}
-    for line in lines:
-        fields = line.split(",")
-        if len(fields) < 6 or not fields[0].endswith("_verbose") or fields[1] != "exec":
-            continue
-        prim, shape = fields[3], fields[-2]
-        if prim == "convolution":
-            kind = "conv"
-        elif prim == "matmul":
-            # batched (3-D) matmuls are the 16 GEMMs of a Winograd convolution
-            kind = "conv" if len(shape.split(":")[0].split("x")) > 2 else "linear"
-        elif prim == "gemm_api":  # the fp32 attention's tile products run through oneDNN's sgemm
-            kind = "attention"
-        else:
-            kind = "other primitives"
-        entry = out.setdefault(kind, [0, 0.0])
-        entry[0] += 1
-        entry[1] += float(fields[-1])
-    return out
-
-
-def merge_round(results: Dict[str, Dict[str, Any]], engine: str, r: Dict[str, Any]) -> None:
-    """Folds one round's child result into ``results[engine]``: best times and CPU times, highest peak
-    RSS, and the last round's breakdown and loop figures."""
-    old = results.get(engine)
-    if old is None or "error" in old or "times" not in r:
-        if old is None or "error" in old:
-            results[engine] = r
-        return
-    old["times"] = [min(old["times"] + r["times"])]
-    if "cpu" in old and "cpu" in r:
-        old["cpu"] = [min(old["cpu"] + r["cpu"])]
-    old["peak_rss"] = max(old["peak_rss"], r["peak_rss"])
-    for key in ("breakdown", "breakdown_total", "loop"):
-        if key in r:
-            old[key] = r[key]
-
-
 def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     set_num_threads(job["threads"])
     spec = _spec(job["config"])
-    weights = random_weights(spec, job["seed"])
+    weights = random_weights(tables.unet_tensors(spec), job["seed"])
     x, t, context = _inputs(spec, job["batch"], job["size"], job["seed"])
-    result: Dict[str, Any] = {"rss_weights": _peak_rss()}
+    result: Dict[str, Any] = {"rss_weights": peak_rss()}
     if job["engine"] == "torch":
         torch = __import__("torch")
         torch.set_num_threads(job["threads"])
@@ -229,36 +146,24 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
         diffusers = __import__("diffusers")
         result["version"] = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
         tx, tt, tc = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(context)
-        times, cpu = [], []
         with torch.no_grad():
-            for _ in range(job["repeat"]):
-                start, cpu0 = time.perf_counter(), time.process_time()
-                model(tx, tt, encoder_hidden_states=tc)
-                times.append(time.perf_counter() - start)
-                cpu.append(time.process_time() - cpu0)
-        result["times"], result["cpu"] = times, cpu
+            result["times"], result["cpu"] = timed(lambda: model(tx, tt, encoder_hidden_states=tc), job["repeat"])
     else:
-        from .unet import UNet
+        from ..unet import UNet
 
         unet = UNet.from_config(spec, weights, precision=job["engine"])
         start = time.perf_counter()
         unet(x, t, context)
         result["build"] = time.perf_counter() - start
-        times, cpu = [], []
-        for _ in range(job["repeat"]):
-            start, cpu0 = time.perf_counter(), time.process_time()
-            unet(x, t, context)
-            times.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - cpu0)
-        result["times"], result["cpu"] = times, cpu
+        result["times"], result["cpu"] = timed(lambda: unet(x, t, context), job["repeat"])
         result["arena_bytes"] = unet.plans[0]["arena_bytes"]
         if job["breakdown"]:
             start = time.perf_counter()
-            result["breakdown"] = _breakdown(lambda: unet(x, t, context))
+            result["breakdown"] = harness.onednn_breakdown(lambda: unet(x, t, context))
             result["breakdown_total"] = time.perf_counter() - start
         if job.get("loop_steps"):
             # a whole guided DDIM loop in C (batch 1 -> the UNet runs at batch 2), plan already built
-            from .sampler import Sampler
+            from ..sampler import Sampler
 
             smp = Sampler(kind="ddim", steps=job["loop_steps"], eta=0.0)
             rng = np.random.default_rng(job["seed"] + 1)
@@ -270,20 +175,8 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
             start = time.perf_counter()
             smp.sample(unet, x_T, ctx1, ctx1 * 0.5, 7.5, c_concat=c_concat)
             result["loop"] = time.perf_counter() - start
-    result["peak_rss"] = _peak_rss()
+    result["peak_rss"] = peak_rss()
     return result
-
-
-def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
-    from .bench import child_env
-
-    cmd = [sys.executable, "-m", "asymvq.bench_unet", "--child", json.dumps(job)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(job.get("isa")))
-    for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT):
-            return json.loads(line[len(_RESULT) :])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-    return {"error": f"exit status {proc.returncode}: {tail}"}
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -294,15 +187,6 @@ def _spec(path: Optional[str]) -> UNetSpec:
     if not isinstance(spec, DiffusionSpec):
         raise SystemExit(f"{path}: not a diffusion config")
     return spec.unet
-
-
-def _parse_roof(text: Optional[str]) -> Dict[str, float]:
-    if text:
-        parts = [float(p) for p in text.split(",")]
-        return {"fp32": parts[0], "bf16": parts[1] if len(parts) > 1 else float("nan")}
-    from .bench import roof
-
-    return roof()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -327,10 +211,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                         "(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS); fp32 only, target 0.8")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
-    precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
-    for s in precisions:
-        if s not in ("fp32", "bf16"):
-            p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
+    precisions = harness.parse_precisions(p, args.precision)
     if args.isa:
         if "bf16" in precisions:
             print(f"--isa {args.isa}: bf16 needs AVX-512, timing fp32 only")
@@ -350,10 +231,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     print(f"work per forward: {total / 1e9:.0f} GFLOP (conv {flop['conv'] / 1e9:.0f}, linear "
           f"{flop['linear'] / 1e9:.0f}, attention {flop['attention'] / 1e9:.0f})")
     if args.isa:
-        from .bench import child_isa_line, roof_in_child
-
-        print(f"--isa {args.isa}: {child_isa_line(args.isa)}")
-    rf = roof_in_child(args.isa, threads) if args.isa and not args.roof else _parse_roof(args.roof)
+        print(f"--isa {args.isa}: {harness.child_isa_line(args.isa)}")
+    rf = harness.roof_in_child(args.isa, threads) if args.isa and not args.roof else harness.parse_roof(args.roof)
     print(f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
           + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"), flush=True)
 
@@ -427,13 +306,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _child_main(argv: Sequence[str]) -> int:
-    job = json.loads(argv[1])
-    print(_RESULT + json.dumps(_child(job)), flush=True)
-    return 0
+def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
+    return harness.run_child("asymvq.bench.unet", job)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.exit(_child_main(sys.argv[1:]))
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(harness.module_main(_child, run))

@@ -27,25 +27,22 @@ from the repository root; ``--no-torch`` times asymvq alone.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import subprocess
 import sys
 import time
-import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import config as _config
-from . import get_num_threads, set_num_threads, tables
-from .bench_unet import merge_round
-from .config import AutoencoderSpec, DiffusionSpec
+from .. import config as _config
+from .. import get_num_threads, set_num_threads, tables
+from ..config import AutoencoderSpec, DiffusionSpec
+from . import harness
+from .harness import merge_round, peak_rss
+from .weights import random_weights
 
-__all__ = ["run", "random_weights", "encoder_flop", "decoder_flop", "MODELS"]
+__all__ = ["run", "model_weights", "encoder_flop", "decoder_flop", "MODELS"]
 
-_RESULT = "ASYMVQ_BENCH_VAE_RESULT "
 _TARGETS = {"fp32": 0.7, "bf16": 0.4}
 #: fp32 / torch fp32 with every library capped by --isa (issue 12: where most users are).
 _ISA_TARGET = 0.8
@@ -75,23 +72,9 @@ def _table(model: str) -> Dict[str, Tuple[int, ...]]:
     return tables.decoder_tensors(spec, prefix=prefix)
 
 
-def random_weights(model: str, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Numerically sane random weights (float32, checkpoint names), deterministic per (seed, name):
-    uniform with std 1/sqrt(fan_in) for weights, [0.9, 1.1] for norm scales, std 0.01 for biases."""
-    out: Dict[str, np.ndarray] = {}
-    for name, shape in _table(model).items():
-        a = np.random.default_rng([seed, zlib.crc32(name.encode())]).random(shape, dtype=np.float32)
-        if name.endswith(".bias"):
-            lo, hi = -0.01 * math.sqrt(3.0), 0.01 * math.sqrt(3.0)
-        elif len(shape) == 1:
-            lo, hi = 0.9, 1.1
-        else:
-            bound = math.sqrt(3.0 / math.prod(shape[1:]))
-            lo, hi = -bound, bound
-        a *= np.float32(hi - lo)
-        a += np.float32(lo)
-        out[name] = a
-    return out
+def model_weights(model: str, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random full-size weights of a benchmark model (see :func:`asymvq.bench.weights.random_weights`)."""
+    return random_weights(_table(model), seed)
 
 
 class _Flop:
@@ -181,12 +164,6 @@ def _inputs(size: int, seed: int) -> Dict[str, np.ndarray]:
     }
 
 
-def _peak_rss() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-
-
 def _torch_call(model: str, spec: AutoencoderSpec, prefix: str, weights: Dict[str, np.ndarray],
                 x: Dict[str, np.ndarray], threads: int) -> Tuple[Callable[[], Any], str]:
     """One eager diffusers call holding ``weights`` (imports torch, diffusers and the test reference)."""
@@ -213,7 +190,7 @@ def _torch_call(model: str, spec: AutoencoderSpec, prefix: str, weights: Dict[st
 
 def _asymvq_call(model: str, precision: str, weights: Dict[str, np.ndarray],
                  x: Dict[str, np.ndarray]) -> Tuple[Callable[[], Any], Any]:
-    from .autoencoder import Autoencoder
+    from ..autoencoder import Autoencoder
 
     part = "encoder" if model == "encoder" else "decoder"
     ae = Autoencoder.from_config(_config.packaged_config(MODELS[model]), weights, precision, parts=part)
@@ -227,19 +204,13 @@ def _asymvq_call(model: str, precision: str, weights: Dict[str, np.ndarray],
     return call, ae
 
 
-def _timed(call: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
 def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     set_num_threads(job["threads"])
     model = job["model"]
     spec, prefix = _spec(model)
-    weights = random_weights(model, job["seed"])
+    weights = model_weights(model, job["seed"])
     x = _inputs(job["size"], job["seed"])
-    result: Dict[str, Any] = {"rss_weights": _peak_rss()}
+    result: Dict[str, Any] = {"rss_weights": peak_rss()}
     if job["engine"] == "interleave":
         # Every engine in this process, called in turn: noise from other processes hits all alike.
         calls: Dict[str, Callable[[], Any]] = {}
@@ -264,37 +235,14 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
         result["times"] = [_timed(call) for _ in range(job["repeat"])]
         result["arena_bytes"] = ae.memory_bytes
         if job["breakdown"]:
-            from .bench_unet import _breakdown
-
             start = time.perf_counter()
-            result["breakdown"] = _breakdown(call)
+            result["breakdown"] = harness.onednn_breakdown(call)
             result["breakdown_total"] = time.perf_counter() - start
-    result["peak_rss"] = _peak_rss()
+    result["peak_rss"] = peak_rss()
     return result
 
 
-def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
-    from .bench import child_env
-
-    cmd = [sys.executable, "-m", "asymvq.bench_vae", "--child", json.dumps(job)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(job.get("isa")))
-    for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT):
-            return dict(json.loads(line[len(_RESULT) :]))
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-    return {"error": f"exit status {proc.returncode}: {tail}"}
-
-
 # ---- report ------------------------------------------------------------------------------------
-
-
-def _parse_roof(text: Optional[str]) -> Dict[str, float]:
-    if text:
-        parts = [float(p) for p in text.split(",")]
-        return {"fp32": parts[0], "bf16": parts[1] if len(parts) > 1 else float("nan")}
-    from .bench import roof
-
-    return roof()
 
 
 def _print_breakdown(label: str, engine: str, r: Dict[str, Any], flop: Dict[str, float], roof: float) -> None:
@@ -343,13 +291,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
     models = [s.strip() for s in args.models.split(",") if s.strip()]
-    precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
+    precisions = harness.parse_precisions(p, args.precision)
     for m in models:
         if m not in MODELS:
             p.error(f"--models: unknown model {m!r} (use {', '.join(MODELS)})")
-    for s in precisions:
-        if s not in ("fp32", "bf16"):
-            p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
     if args.isa:
         if "bf16" in precisions:
             print(f"--isa {args.isa}: bf16 needs AVX-512, timing fp32 only")
@@ -361,10 +306,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         set_num_threads(args.threads)
     threads = get_num_threads()
     if args.isa:
-        from .bench import child_isa_line, roof_in_child
-
-        print(f"--isa {args.isa}: {child_isa_line(args.isa)}")
-    rf = roof_in_child(args.isa, threads) if args.isa and not args.roof else _parse_roof(args.roof)
+        print(f"--isa {args.isa}: {harness.child_isa_line(args.isa)}")
+    rf = harness.roof_in_child(args.isa, threads) if args.isa and not args.roof else harness.parse_roof(args.roof)
     print(f"asymvq autoencoder benchmark: {args.size}x{args.size} image, batch 1, random full-size weights, "
           f"{threads} thread(s), best of {args.rounds} round(s) x {args.repeat} call(s)")
     print(f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
@@ -422,13 +365,13 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _child_main(argv: Sequence[str]) -> int:
-    job = json.loads(argv[1])
-    print(_RESULT + json.dumps(_child(job)), flush=True)
-    return 0
+def _timed(call: Callable[[], Any]) -> float:
+    return harness.timed(call)[0][0]
+
+
+def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
+    return harness.run_child("asymvq.bench.vae", job)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.exit(_child_main(sys.argv[1:]))
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(harness.module_main(_child, run))

@@ -1,12 +1,8 @@
-"""``python -m asymvq.bench``: benchmarks at the layer shapes Stable Diffusion v1 really uses.
-
-Subcommands::
+"""``python -m asymvq.bench ops`` and ``roof``: every op at the layer shapes SD v1 really uses.
 
     python -m asymvq.bench ops [--precision fp32,bf16] [--filter TEXT] [--repeat N] [--threads N]
                                [--no-torch] [--no-roof]
     python -m asymvq.bench roof
-    python -m asymvq.bench vae|text|unet ...    (asymvq.bench_vae / bench_text / bench_unet)
-    python -m asymvq.bench inprocess ...        (asymvq.bench_inprocess: torch in the same process)
 
 ``ops`` times every op of ``asymvq._core.ops`` against PyTorch in one process with the same
 number of threads, and prints both times, the ratio asymvq / torch (below 1 means asymvq is
@@ -26,10 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
-import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +31,10 @@ import numpy as np
 
 import asymvq
 from asymvq._core import ops
+
+from .harness import parse_precisions
+
+__all__ = ["ROOF_SHAPE", "OpCase", "OpTiming", "time_case", "roof", "ops_main", "roof_main"]
 
 #: The roof GEMM, (rows, in features, out features): [8192, 2048] x [2048, 2048]^T = 69 GFLOP:
 #: on an idle 2-core AMX machine it reached 300 fp32 / 1740 bf16 GFLOP/s where [8192, 1024]
@@ -395,45 +391,6 @@ def roof(shape: Tuple[int, int, int] = ROOF_SHAPE, repeat: int = 10) -> Dict[str
     return {"fp32": fp32, "bf16": bf16}
 
 
-#: ``--isa`` of the model benchmarks -> what each child process gets in its environment, so that every
-#: library in it is capped alike, as on a CPU that has no more: oneDNN (asymvq's, and PyTorch's
-#: mkldnn convolutions), PyTorch's own ATen kernels, and MKL (PyTorch's sgemm).
-ISA_ENV: Dict[str, Dict[str, str]] = {
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-}
-
-
-def child_env(isa: Optional[str]) -> Dict[str, str]:
-    """The environment of a benchmark child under ``--isa isa`` (None: this process's own)."""
-    env = dict(os.environ)
-    env.update(ISA_ENV.get(isa or "", {}))
-    return env
-
-
-def roof_in_child(isa: Optional[str], threads: int) -> Dict[str, float]:
-    """:func:`roof` measured in a child process under ``--isa isa`` (this process's ISA is decided)."""
-    code = ("import json, asymvq; from asymvq.bench import roof; "
-            f"asymvq.set_num_threads({int(threads)}); print(json.dumps(roof()))")
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"roof measurement under --isa {isa} failed: {proc.stderr.strip()[-500:]}")
-    return {k: float(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
-
-
-def child_isa_line(isa: Optional[str]) -> str:
-    """What a child under ``--isa isa`` runs: asymvq's ISAs and PyTorch's (when installed)."""
-    code = ("import asymvq, json\ni = asymvq.info()\nout = {'onednn': i['isa'], 'kernels': i['kernel_isa']}\n"
-            "try:\n    import torch\n    out['torch'] = torch.backends.cpu.get_cpu_capability()\n"
-            "except Exception:\n    pass\nprint(json.dumps(out))")
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
-    try:
-        d = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return f"ISA check failed: {proc.stderr.strip()[-300:]}"
-    line = f"children run oneDNN at {d['onednn']}, asymvq's kernels at {d['kernels']}"
-    return line + (f", torch at {d['torch']}" if "torch" in d else "")
-
-
 # ---- command line ------------------------------------------------------------------------
 
 
@@ -446,8 +403,9 @@ def _fmt_ms(s: Optional[float]) -> str:
     return "       -" if s is None else f"{s * 1e3:8.2f}"
 
 
-def _ops_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m asymvq.bench ops", description=_ops_main.__doc__)
+def ops_main(argv: Sequence[str]) -> int:
+    """Times every op at the SD v1 shapes against torch with the same threads."""
+    p = argparse.ArgumentParser(prog="python -m asymvq.bench ops", description=ops_main.__doc__)
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)")
     p.add_argument("--filter", default="", help="only ops whose label contains this text")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement (best kept; default 5)")
@@ -455,10 +413,7 @@ def _ops_main(argv: Sequence[str]) -> int:
     p.add_argument("--no-torch", action="store_true", help="time asymvq only")
     p.add_argument("--no-roof", action="store_true", help="skip the roof measurement at the end")
     args = p.parse_args(list(argv))
-    precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
-    for s in precisions:
-        if s not in ("fp32", "bf16"):
-            p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
+    precisions = parse_precisions(p, args.precision)
     if "bf16" in precisions and asymvq.info()["kernel_isa"] != "avx512":
         print(f"bf16 needs AVX-512 (oneDNN runs at {asymvq.info()['isa']} here): timing fp32 only")
         precisions = [s for s in precisions if s != "bf16"]
@@ -518,7 +473,8 @@ def _summary(rows: List[OpTiming]) -> None:
         print("\n".join(["", "targets:"] + ["  " + s for s in lines]))
 
 
-def _roof_main(argv: Sequence[str]) -> int:
+def roof_main(argv: Sequence[str]) -> int:
+    """Prints the achievable fp32 / bf16 GFLOP/s of this machine."""
     p = argparse.ArgumentParser(prog="python -m asymvq.bench roof",
                                 description="Achievable fp32 / bf16 GFLOP/s of this machine (large GEMM).")
     p.add_argument("--threads", type=int, default=None)
@@ -530,78 +486,3 @@ def _roof_main(argv: Sequence[str]) -> int:
           f"bf16 {rf['bf16']:.0f} GFLOP/s")
     return 0
 
-
-#: Model benchmarks live in their own modules, written alongside the models.
-MODEL_BENCHES = {"vae": "asymvq.bench_vae", "text": "asymvq.bench_text", "unet": "asymvq.bench_unet",
-                 "inprocess": "asymvq.bench_inprocess"}
-
-
-def _model_main(name: str, argv: Sequence[str]) -> int:
-    module = MODEL_BENCHES[name]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        print(f"the {name} benchmark is not available: module {module} is missing from this install",
-              file=sys.stderr)
-        return 2
-    return int(mod.run(list(argv)) or 0)
-
-
-_ops_main.__doc__ = "Times every op at the SD v1 shapes against torch with the same threads."
-
-
-def _isa_main(argv: Sequence[str]) -> int:
-    """Issue 12's AVX2 comparison in one command: the UNet forward (64x64 latent, batch 2) and the base
-    decoder at 512x512, fp32, against PyTorch, every child capped by ``--isa`` (see ``ISA_ENV``)."""
-    p = argparse.ArgumentParser(prog="python -m asymvq.bench isa", description=_isa_main.__doc__)
-    p.add_argument("--isa", default="avx2", choices=sorted(ISA_ENV), help="the cap (default avx2)")
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds, best kept (default 2)")
-    p.add_argument("--config", help="diffusion YAML for the UNet (default: the packaged v1-t2i-inference.yaml)")
-    args = p.parse_args(list(argv))
-    from . import bench_unet, bench_vae
-
-    common = ["--isa", args.isa, "--threads", str(args.threads), "--rounds", str(args.rounds), "--no-breakdown"]
-    rf = roof_in_child(args.isa, args.threads)
-    roof_arg = ["--roof", f"{rf['fp32']:.1f}"]
-    print(f"== UNet forward, {args.isa} cap ==", flush=True)
-    rc = bench_unet.run(common + roof_arg + (["--config", args.config] if args.config else []))
-    print(f"\n== base decoder at 512x512, {args.isa} cap ==", flush=True)
-    return rc or bench_vae.run(common + roof_arg + ["--models", "base"])
-
-
-USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet,inprocess,isa} [options]
-
-  ops    every op at the SD v1 shapes: asymvq vs torch, ratio, GFLOP/s (needs torch)
-  roof   the machine's achievable fp32 / bf16 GFLOP/s (large GEMM)
-  vae    VAE / asymmetric decoder benchmark (asymvq.bench_vae)
-  text   text encoder benchmark (asymvq.bench_text)
-  unet   UNet benchmark (asymvq.bench_unet)
-  inprocess  asymvq with torch imported in the same process, before or after (asymvq.bench_inprocess)
-  isa    UNet and base decoder fp32 vs torch with both capped to AVX2 (issue 12), one command
-"""
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m asymvq.bench``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        return 0 if args else 2
-    cmd, rest = args[0], args[1:]
-    if cmd == "ops":
-        return _ops_main(rest)
-    if cmd == "roof":
-        return _roof_main(rest)
-    if cmd == "isa":
-        return _isa_main(rest)
-    if cmd in MODEL_BENCHES:
-        return _model_main(cmd, rest)
-    print(f"unknown benchmark {cmd!r}\n{USAGE}", end="", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,14 +31,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import checkpoint
-from . import config as _config
-from . import get_num_threads, set_num_threads, tables
-from . import tokenizer as _tokenizer
-from .config import TextEncoderSpec
-from .text_encoder import TextEncoder, _load_weights, _text_spec
+from .. import checkpoint
+from .. import config as _config
+from .. import get_num_threads, set_num_threads, tables
+from .. import tokenizer as _tokenizer
+from ..config import TextEncoderSpec
+from ..text_encoder import TextEncoder, _load_weights, _text_spec
+from . import harness
+from .weights import random_weights
 
-__all__ = ["run", "random_weights", "sample_prompts", "forward_flop"]
+__all__ = ["run", "sample_prompts", "forward_flop"]
 
 _PROMPTS = ("", "a photograph of an astronaut riding a horse on the moon, highly detailed, 4k")
 _ASCII_WORDS = (
@@ -50,21 +52,6 @@ _ASCII_WORDS = (
     "@user 1999 3.14 100% x2 -- ... !!! ?! , , , ."
 ).split()
 _OTHER_WORDS = "café naïve résumé über 東京 夜景 桜 🐱 🚀 ✨ & &amp; &lt;3 ﬁne ｆｕｌｌｗｉｄｔｈ".split()
-
-
-def random_weights(spec: TextEncoderSpec, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Random float32 weights with the checkpoint names (weights ~ N(0, 1/fan_in), norms ~ 1)."""
-    rng = np.random.default_rng(seed)
-    out: Dict[str, np.ndarray] = {}
-    for name, shape in tables.text_encoder_tensors(spec).items():
-        if name.endswith(".bias"):
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01)
-        elif len(shape) == 1:
-            a = rng.uniform(0.9, 1.1, shape).astype(np.float32)
-        else:
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 / np.sqrt(shape[1]))
-        out[name] = a
-    return out
 
 
 def sample_prompts(n: int, seed: int = 0, ascii_only: bool = False) -> List[str]:
@@ -84,12 +71,7 @@ def forward_flop(spec: TextEncoderSpec, batch: int) -> float:
 
 
 def _timed(fn: Callable[[], Any], repeat: int) -> List[float]:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return harness.timed(fn, repeat)[0]
 
 
 def _fmt(times: List[float]) -> str:
@@ -143,7 +125,7 @@ def _load(args: argparse.Namespace) -> Tuple[TextEncoderSpec, Dict[str, np.ndarr
     if args.checkpoint:
         weights, embedded = _load_weights(args.checkpoint, spec)
         return spec, weights, f"weights from {args.checkpoint}", embedded
-    return spec, random_weights(spec, args.seed), "random weights", None
+    return spec, random_weights(tables.text_encoder_tensors(spec), args.seed), "random weights", None
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -163,10 +145,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--roof", action="store_true", help="also measure the machine's GFLOP/s roof (asymvq.bench.roof)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    for p in precisions:
-        if p not in ("fp32", "bf16"):
-            parser.error(f"--precision: unknown precision {p!r}; expected fp32 and/or bf16")
+    precisions = harness.parse_precisions(parser, args.precision)
     if args.batch < 1 or args.repeat < 1 or args.rounds < 1:
         parser.error("--batch, --repeat and --rounds must be >= 1")
     if args.threads:
@@ -239,7 +218,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     flop = forward_flop(spec, args.batch)
     roofs: Dict[str, float] = {}
     if args.roof:
-        from .bench import roof
+        from .ops import roof
 
         roofs = roof()
     print(f"\nencode a batch of {args.batch} ({flop / 1e9:.3g} GFLOP; best of {args.rounds * args.repeat} runs):")
@@ -271,4 +250,4 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(run())
+    sys.exit(run(sys.argv[1:]))
