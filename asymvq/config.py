@@ -1,7 +1,13 @@
 """Moved to :mod:`asymvq.io.config`; this name stays for every import that used it (the same module object)."""
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 from .io import config as _moved
 
+if TYPE_CHECKING:  # what type checkers see; at run time this module is asymvq.io.config itself
+    from .io.config import *  # noqa: F403
+
+    def __getattr__(name: str) -> Any:  # the private names
+        ...
 sys.modules[__name__] = _moved

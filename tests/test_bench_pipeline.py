@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-
 from isa import BF16_RUNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

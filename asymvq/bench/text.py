@@ -31,9 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, get_num_threads, set_num_threads, tables
 from .. import config as _config
-from .. import get_num_threads, set_num_threads, tables
 from .. import tokenizer as _tokenizer
 from ..config import TextEncoderSpec
 from ..text_encoder import TextEncoder, _load_weights, _text_spec
@@ -142,7 +141,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--precision", default="fp32,bf16", help="asymvq precisions (default fp32,bf16)")
     parser.add_argument("--tokenizer-prompts", type=int, default=5000, help="prompts for the throughput test")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--roof", action="store_true", help="also measure the machine's GFLOP/s roof (asymvq.bench.roof)")
+    parser.add_argument("--roof", action="store_true",
+                        help="also measure the machine's GFLOP/s roof (asymvq.bench.roof)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     precisions = harness.parse_precisions(parser, args.precision)
@@ -209,9 +209,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     results: Dict[str, List[float]] = {}
     for _ in range(args.rounds):
         for p, enc in encoders.items():
-            results.setdefault(f"asymvq {p} model", []).extend(_timed(lambda: enc.encode_ids(ids), args.repeat))
+            results.setdefault(f"asymvq {p} model", []).extend(_timed(functools.partial(enc.encode_ids, ids),
+                                                                      args.repeat))
             if tok is not None:
-                results.setdefault(f"asymvq {p} prompts", []).extend(_timed(lambda: enc.encode(prompts), args.repeat))
+                results.setdefault(f"asymvq {p} prompts", []).extend(_timed(functools.partial(enc.encode, prompts),
+                                                                            args.repeat))
         for p, fn in torch_runs.items():
             results.setdefault(f"torch {p} model", []).extend(_timed(fn, args.repeat))
 
@@ -236,7 +238,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         for p, enc in encoders.items():
             ref_out = torch_runs["fp32"]()
             diff = float(np.abs(enc.encode_ids(ids) - ref_out).max())
-            print(f"check: max |asymvq {p} - torch fp32| = {diff:.3g} (std of torch's output {float(ref_out.std()):.3g})")
+            print(f"check: max |asymvq {p} - torch fp32| = {diff:.3g} "
+                  f"(std of torch's output {float(ref_out.std()):.3g})")
 
     if tok is not None:
         print(f"\ntokenizer throughput, {args.tokenizer_prompts} prompts of 3-60 words (one call each):")

@@ -54,8 +54,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from typing import (Dict, IO, Iterator, List, Optional, Tuple,
-                    Union)
+from typing import IO, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -94,9 +93,17 @@ def _short(obj: object) -> str:
 
 # The parts import CheckpointError (above) and the Checkpoint class (below) from here: this module
 # is always imported first (asymvq.io's __init__), so both exist when a part asks for them.
-from .dtypes import _NP_DTYPES, BF16, DTYPES, TensorInfo, _numel_within, _TensorRef  # noqa: E402
-from .dtypes import bf16_to_float32, dtype_of, float32_to_bf16  # noqa: E402, F401
-
+from .dtypes import (  # noqa: E402
+    _NP_DTYPES,
+    BF16,
+    DTYPES,
+    TensorInfo,
+    _numel_within,
+    _TensorRef,
+    bf16_to_float32,
+    dtype_of,
+    float32_to_bf16,
+)
 
 # --------------------------------------------------------------------------------------------
 # The opened checkpoint (both formats)
@@ -291,6 +298,11 @@ def _memmap(path: str, f: IO[bytes], size: int) -> np.memmap:
         raise CheckpointError(f"{path}: cannot memory-map the file: {e}") from e
 
 
-from .safetensors import _MAX_HEADER, _open_safetensors  # noqa: E402
-from .safetensors import load_safetensors, safetensors_metadata, save_safetensors  # noqa: E402, F401
+from .safetensors import (  # noqa: E402
+    _MAX_HEADER,
+    _open_safetensors,
+    load_safetensors,
+    safetensors_metadata,
+    save_safetensors,
+)
 from .unpickler import _legacy_message, _open_ckpt  # noqa: E402

@@ -50,10 +50,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import checkpoint, config
 from .. import tables
-from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
 from ..tables import WeightsError
+from . import checkpoint, config
+from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -504,8 +504,8 @@ def _folder_decoder(folder: Path, spec: DiffusionSpec) -> _Input | None:
 
 def _folder_vocab(folder: Path) -> str | None:
     """The folder's CLIP tokenizer in metadata form, or None when it is not the standard vocabulary."""
-    from . import diffusers_io
     from ..tokenizer import CLIPTokenizer
+    from . import diffusers_io
 
     try:
         return CLIPTokenizer.from_file(diffusers_io.read_tokenizer(folder / "tokenizer")).to_metadata()

@@ -34,8 +34,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 import numpy as np
 import yaml
 
-from . import checkpoint, config
 from .. import tables
+from . import checkpoint, config
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec
 
 __all__ = [

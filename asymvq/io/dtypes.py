@@ -6,7 +6,7 @@ whose metadata tag survives views and copies, so :func:`dtype_of` tells bf16 fro
 
 from __future__ import annotations
 
-from typing import (Dict, NamedTuple, Optional, Tuple)
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 

@@ -27,8 +27,8 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-from . import checkpoint, config
 from .. import tables
+from . import checkpoint, config
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
 
 __all__ = ["Role", "Inferred", "InferenceError", "infer_config", "describe_tensors", "VARIANT_LABELS"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import (Any, Dict, IO, List, Mapping, Optional, Tuple,
-                    Union)
+from typing import IO, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError, PathLike, _is_count, _memmap, _short
-from .dtypes import DTYPES, _MAX_NDIM, _NP_DTYPES, dtype_of, _numel_within, _TensorRef
+from .dtypes import _MAX_NDIM, _NP_DTYPES, DTYPES, _numel_within, _TensorRef, dtype_of
 
 __all__ = ["load_safetensors", "safetensors_metadata", "save_safetensors"]
 

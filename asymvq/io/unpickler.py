@@ -17,11 +17,10 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from typing import (Any, Callable, Dict, IO, List, NamedTuple, Optional, Tuple)
-
+from typing import IO, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .checkpoint import Checkpoint, CheckpointError, _is_count, _memmap, _short
-from .dtypes import DTYPES, _MAX_NDIM, _NP_DTYPES, _numel_within, _TensorRef
+from .dtypes import _MAX_NDIM, _NP_DTYPES, DTYPES, _numel_within, _TensorRef
 
 __all__: List[str] = []
 
