@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import sys
 import time
 from dataclasses import dataclass
@@ -340,7 +341,7 @@ def time_case(case: OpCase, precision: str, repeat: int, torch: Any = None, roun
     pos = arrays[:npos]
     kw.update(zip(case.kw_arrays, arrays[npos:]))
     out = getattr(ops, case.op)(*pos, **kw)  # also checks the call is valid
-    t_ours, t_torch = float("inf"), None
+    t_ours, t_torch = float("inf"), float("inf")
     torch_fns: List[Callable[[], Any]] = []
     if torch is not None:
         import torch.nn.functional as F
@@ -352,7 +353,6 @@ def time_case(case: OpCase, precision: str, repeat: int, torch: Any = None, roun
         if case.conv:
             cl = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in tensors]
             torch_fns.append(case.torch(torch, F, cl))
-        t_torch = float("inf")
         with torch.inference_mode():
             for f in torch_fns:
                 f()  # warm-up: torch creates its primitives on the first call
@@ -362,7 +362,8 @@ def time_case(case: OpCase, precision: str, repeat: int, torch: Any = None, roun
             with torch.inference_mode():
                 for f in torch_fns:
                     t_torch = min(t_torch, _time_torch(f, repeat))
-    return OpTiming(case.label, precision, t_ours, t_torch, case.flop, _bytes(arrays, out.size, precision))
+    return OpTiming(case.label, precision, t_ours, t_torch if torch is not None else None, case.flop,
+                    _bytes(arrays, out.size, precision))
 
 
 @functools.lru_cache(maxsize=None)
@@ -420,10 +421,10 @@ def ops_main(argv: Sequence[str]) -> int:
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
     threads = asymvq.get_num_threads()
-    torch = None
+    torch: Any = None
     if not args.no_torch:
         try:
-            import torch  # type: ignore[no-redef]
+            torch = importlib.import_module("torch")
         except ImportError:
             print("torch is not installed (it is a test extra: pip install 'asymvq[test]'); "
                   "use --no-torch to time asymvq alone", file=sys.stderr)

@@ -18,6 +18,7 @@ asymvq fp32's (``max |diff|``), so an engine that computed something else shows 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -66,12 +67,12 @@ def _export(job: Dict[str, Any]) -> Dict[str, Any]:
     exporter; weights past 2 GB go to external data files beside it)."""
     torch = __import__("torch")
     sys.path.insert(0, os.getcwd())
-    from tests.reference.unet_reference import build_reference  # type: ignore[import-not-found]
+    reference = importlib.import_module("tests.reference.unet_reference")  # from the repository root
 
     spec = _spec(job["config"])
-    model = build_reference(spec, random_weights(tables.unet_tensors(spec), job["seed"])).eval()
+    model = reference.build_reference(spec, random_weights(tables.unet_tensors(spec), job["seed"])).eval()
 
-    class _Eps(torch.nn.Module):  # type: ignore[misc,name-defined]
+    class _Eps(torch.nn.Module):  # type: ignore[name-defined]
         def __init__(self, unet: Any) -> None:
             super().__init__()
             self.unet = unet

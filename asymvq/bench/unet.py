@@ -27,6 +27,7 @@ comparison from the repository root; ``--no-torch`` times asymvq alone.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
@@ -140,9 +141,8 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
         torch = __import__("torch")
         torch.set_num_threads(job["threads"])
         sys.path.insert(0, os.getcwd())
-        from tests.reference.unet_reference import build_reference  # type: ignore[import-not-found]
-
-        model = build_reference(spec, weights)
+        # the test suite's ldm -> diffusers conversion, from the repository root
+        model = importlib.import_module("tests.reference.unet_reference").build_reference(spec, weights)
         diffusers = __import__("diffusers")
         result["version"] = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
         tx, tt, tc = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(context)
@@ -285,8 +285,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                 rate = f"{g:7.0f} GFLOP/s = {100 * g / rf[engine]:3.0f} % of the {engine} roof"
             print(f"  {kind:<17}{ms / 1e3:7.2f} s  {int(n):6d} calls  {rate}")
         rest = results[engine]["breakdown_total"] - accounted
-        extra = "Winograd transforms" if engine == "fp32" else "attention on AMX tiles"
-        print(f"  {'OpenMP kernels':<17}{rest:7.2f} s  (group/layer norm, softmax, adds, concat, upsample, {extra})")
+        also = "Winograd transforms" if engine == "fp32" else "attention on AMX tiles"
+        print(f"  {'OpenMP kernels':<17}{rest:7.2f} s  (group/layer norm, softmax, adds, concat, upsample, {also})")
 
     for engine in precisions:
         if "loop" in results.get(engine, {}):

@@ -27,6 +27,7 @@ from the repository root; ``--no-torch`` times asymvq alone.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -170,7 +171,7 @@ def _torch_call(model: str, spec: AutoencoderSpec, prefix: str, weights: Dict[st
     torch = __import__("torch")
     torch.set_num_threads(threads)
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-    from reference import vae_reference as ref  # type: ignore[import-not-found]
+    ref = importlib.import_module("reference.vae_reference")  # the test suite's, from the repository root
 
     tensors = {k: torch.from_numpy(v) for k, v in weights.items()}
     part = "encoder" if model == "encoder" else "decoder"
@@ -192,8 +193,8 @@ def _asymvq_call(model: str, precision: str, weights: Dict[str, np.ndarray],
                  x: Dict[str, np.ndarray]) -> Tuple[Callable[[], Any], Any]:
     from ..autoencoder import Autoencoder
 
-    part = "encoder" if model == "encoder" else "decoder"
-    ae = Autoencoder.from_config(_config.packaged_config(MODELS[model]), weights, precision, parts=part)
+    ae = Autoencoder.from_config(_config.packaged_config(MODELS[model]), weights, precision,
+                                 parts="encoder" if model == "encoder" else "decoder")
 
     def call() -> None:
         if model == "encoder":
