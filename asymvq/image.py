@@ -140,7 +140,7 @@ def load_pair(image: ImageLike, mask: ImageLike, size: Tuple[int, int] | None = 
         raise ImageError(f"size {w}x{h} must be a multiple of 8 (64 for the UNet)")
     if (w, h) != img.size:
         img = img.convert("RGB").resize((w, h))
-        msk = msk.convert("L").resize((w, h), Image.NEAREST)
+        msk = msk.convert("L").resize((w, h), Image.Resampling.NEAREST)
     return image_to_array(img), mask_to_array(msk), (w, h)
 
 

@@ -233,7 +233,7 @@ class _Reader:
         self.file.seek(position)
         for start in range(0, view.size, size):
             piece = np.empty(min(size, view.size - start), view.dtype)
-            if self.file.readinto(memoryview(piece.view(np.uint8))) != piece.nbytes:
+            if self.file.readinto(piece.view(np.uint8).data) != piece.nbytes:
                 raise checkpoint.CheckpointError(f"{self.ckpt.path}: tensor {name!r} is cut short (truncated file?)")
             yield piece
 
@@ -304,7 +304,7 @@ def _write(
             for e in entries:
                 for piece in readers[e.source].chunks(e.source_name):
                     data = _to_tag(piece, e.source_tag, e.tag, e.source_name)
-                    out.write(memoryview(data.view(np.uint8)))
+                    out.write(data.view(np.uint8).data)
                     bar.update(data.nbytes)
             out.flush()
             os.fsync(out.fileno())

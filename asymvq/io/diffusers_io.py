@@ -224,6 +224,13 @@ def _yaml(model: dict, source: str) -> config.Spec:
     return config.load_text(text, source=source)
 
 
+def _autoencoder_yaml(model: dict, source: str) -> AutoencoderSpec:
+    spec = _yaml(model, source)
+    if not isinstance(spec, AutoencoderSpec):  # an autoencoder target always parses to one
+        raise TypeError(f"{source}: {model['target']} is not an autoencoder")
+    return spec
+
+
 # --------------------------------------------------------------------------------------------------
 # UNet2DConditionModel
 
@@ -461,7 +468,7 @@ def _ddconfig(widths: list[int], blocks: int, latent: int, cfg: _Cfg, key: str) 
 
 def _known_decoders() -> dict[tuple[tuple[int, ...], int], tuple[str, str]]:
     """(level widths, ResnetBlocks per level) -> (variant, shipped config name) of every asymmetric decoder."""
-    out = {}
+    out: dict[tuple[tuple[int, ...], int], tuple[str, str]] = {}
     for tiny in (False, True):
         for name in config.packaged_config_names(tiny):
             spec = config.load((config.packaged_tiny_config if tiny else config.packaged_config)(name))
@@ -487,7 +494,8 @@ def _vae_spec(cfg: _Cfg, condition: bool) -> AutoencoderSpec:
         layers = cfg.integer("layers_per_block", 1)
         dd = _ddconfig(widths, layers, latent, cfg, "block_out_channels")
         target = "ldm.models.autoencoder.AutoencoderKL_wocondition"
-        return _yaml({"target": target, "params": {"embed_dim": latent, "ddconfig": dd}}, os.fspath(cfg.path))
+        return _autoencoder_yaml({"target": target, "params": {"embed_dim": latent, "ddconfig": dd}},
+                                 os.fspath(cfg.path))
     down = cfg.int_list("down_block_out_channels")
     up = cfg.int_list("up_block_out_channels")
     _blocks(cfg, "down_block_types", "DownEncoderBlock2D", len(down))
@@ -511,7 +519,7 @@ def _vae_spec(cfg: _Cfg, condition: bool) -> AutoencoderSpec:
     if default != (up[0], blocks):
         params["asymvq_decoder"] = {"ch": up[0], "blocks_per_level": blocks}
     target = f"{_VARIANT_CLASS[variant]}.AutoencoderKL{'' if condition else '_wocondition'}"
-    return _yaml({"target": target, "params": params}, os.fspath(cfg.path))
+    return _autoencoder_yaml({"target": target, "params": params}, os.fspath(cfg.path))
 
 
 def _map(folder: Path, raw: _Raw, convert: Callable[[str], Optional[str]],

@@ -154,11 +154,11 @@ def describe_tensors(tensors: Mapping[str, Any]) -> str:
             m = re.match(r"decoder\.up\.(\d+)\.block\.(\d+)\.", n)
             if m:
                 per_level.setdefault(m.group(1), set()).add(m.group(2))
-        blocks = sorted({len(v) for v in per_level.values()})
+        block_counts = sorted({len(v) for v in per_level.values()})
         cond = _shape(tensors, "decoder.encoder.layers.0.weight")
         found.append(
             f"a VAE decoder with conv_in {dec_in} (top width {dec_in[0]}), {len(per_level)} up levels of "
-            f"{'/'.join(map(str, blocks)) or '?'} ResnetBlocks, "
+            f"{'/'.join(map(str, block_counts)) or '?'} ResnetBlocks, "
             + (f"condition encoder layers.0 {cond}" if cond else "no condition encoder (SD's plain decoder)")
         )
     if any(".down_blocks." in n or n.startswith(("down_blocks.", "conv_in.", "text_model.")) for n in tensors):

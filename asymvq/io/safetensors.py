@@ -235,10 +235,10 @@ def _write_array(out: IO[bytes], array: np.ndarray) -> None:
     if array.size == 0:
         return
     if array.flags.c_contiguous:
-        out.write(memoryview(array.reshape(-1).view(np.uint8)))
+        out.write(array.reshape(-1).view(np.uint8).data)
         return
     row_bytes = array[0].nbytes if array.ndim > 0 else array.nbytes
     step = max(1, (16 << 20) // max(1, row_bytes))
     for start in range(0, array.shape[0], step):
         chunk = np.ascontiguousarray(array[start:start + step])
-        out.write(memoryview(chunk.reshape(-1).view(np.uint8)))
+        out.write(chunk.reshape(-1).view(np.uint8).data)
