@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time this module is asymvq.i
     def __getattr__(name: str) -> Any:  # the private names
         ...
 
+
 if __name__ == "__main__":
     sys.exit(_moved.main())
 sys.modules[__name__] = _moved

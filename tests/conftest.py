@@ -28,8 +28,10 @@ from fixtures import checkpoints  # noqa: E402, F401  (the session fixture, for 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    unmarked = [item.nodeid for item in items
-                if os.path.basename(str(item.path)).endswith("_full_size.py")
-                and item.get_closest_marker("slow") is None]
+    unmarked = [
+        item.nodeid
+        for item in items
+        if os.path.basename(str(item.path)).endswith("_full_size.py") and item.get_closest_marker("slow") is None
+    ]
     if unmarked:
         raise pytest.UsageError("tests in *_full_size.py files must carry the slow marker: " + ", ".join(unmarked))

@@ -26,9 +26,28 @@ TINY = str(config.packaged_tiny_config("v1-inpainting-inference"))
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: Any) -> Dict[str, Any]:
     out = tmp_path_factory.mktemp("peers") / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "asymvq.bench", "peers", "--config", TINY, "--size", "16",
-                           "--threads", "2", "--precision", "fp32", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asymvq.bench",
+            "peers",
+            "--config",
+            TINY,
+            "--size",
+            "16",
+            "--threads",
+            "2",
+            "--precision",
+            "fp32",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     data: Dict[str, Any] = json.loads(Path(out).read_text())
     return data

@@ -21,8 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "asymvq.bench", "pipeline", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "asymvq.bench", "pipeline", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,20 @@ def test_every_task_runs_in_every_precision(report: Dict[str, Any]) -> None:
 
 def test_inpainting_times_text_encode_sampling_and_each_decoder(report: Dict[str, Any]) -> None:
     run = report["runs"][0]
-    assert _stages(run) == ["models (random weights)", "text", "encode", "sample",
-                            "decode base", "decode large", "decode large2"]
+    assert _stages(run) == [
+        "models (random weights)",
+        "text",
+        "encode",
+        "sample",
+        "decode base",
+        "decode large",
+        "decode large2",
+    ]
 
 
 def test_txt2img_has_no_encode_stage(report: Dict[str, Any]) -> None:
     run = next(r for r in report["runs"] if r["task"] == "txt2img")
-    assert _stages(run) == ["models (random weights)", "text", "sample", "decode base", "decode large",
-                            "decode large2"]
+    assert _stages(run) == ["models (random weights)", "text", "sample", "decode base", "decode large", "decode large2"]
 
 
 def test_every_stage_has_a_time_a_cpu_time_and_a_peak_rss(report: Dict[str, Any]) -> None:
@@ -82,21 +89,37 @@ def test_the_table_names_the_per_step_time_and_the_totals(report: Dict[str, Any]
 
 
 def test_the_decoder_list_and_the_precision_choose_the_children() -> None:
-    proc = _bench("--tiny", "--size", "64", "--steps", "2", "--threads", "1", "--tasks", "txt2img",
-                  "--precision", "fp32", "--decoders", "large2")
+    proc = _bench(
+        "--tiny",
+        "--size",
+        "64",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--tasks",
+        "txt2img",
+        "--precision",
+        "fp32",
+        "--decoders",
+        "large2",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("txt2img")]
     assert {r[1] for r in rows} == {"fp32"}
     assert [" ".join(r[2:4]) for r in rows if r[2] in ("decode", "TOTAL")] == ["decode 2x", "TOTAL with"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "3"], "--steps: steps=3"),
-    (["--decoders", "base,huge"], "unknown decoder 'huge'"),
-    (["--tasks", "img2img"], "unknown task 'img2img'"),
-    (["--size", "100"], "--size must be a positive multiple of 64"),
-    (["--precision", "fp16"], "unknown precision 'fp16'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "3"], "--steps: steps=3"),
+        (["--decoders", "base,huge"], "unknown decoder 'huge'"),
+        (["--tasks", "img2img"], "unknown task 'img2img'"),
+        (["--size", "100"], "--size must be a positive multiple of 64"),
+        (["--precision", "fp16"], "unknown precision 'fp16'"),
+    ],
+)
 def test_bad_arguments_are_one_clear_error(args: List[str], message: str) -> None:
     proc = _bench("--tiny", *args)
     assert proc.returncode == 2

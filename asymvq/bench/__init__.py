@@ -20,14 +20,27 @@ from __future__ import annotations
 from .cli import MODEL_BENCHES, USAGE, main
 from .harness import ISA_ENV, child_env, child_isa_line, roof_in_child
 from .ops import (
-           ROOF_SHAPE,
-           OpCase,
-           OpTiming,
-           _cases,  # noqa: F401  (the case list the tests walk)
-           roof,
-           time_case,
+    ROOF_SHAPE,
+    OpCase,
+    OpTiming,
+    _cases,  # noqa: F401  (the case list the tests walk)
+    roof,
+    time_case,
 )
 from .weights import random_weights
 
-__all__ = ["main", "MODEL_BENCHES", "USAGE", "ISA_ENV", "child_env", "child_isa_line", "roof_in_child",
-           "ROOF_SHAPE", "OpCase", "OpTiming", "roof", "time_case", "random_weights"]
+__all__ = [
+    "main",
+    "MODEL_BENCHES",
+    "USAGE",
+    "ISA_ENV",
+    "child_env",
+    "child_isa_line",
+    "roof_in_child",
+    "ROOF_SHAPE",
+    "OpCase",
+    "OpTiming",
+    "roof",
+    "time_case",
+    "random_weights",
+]

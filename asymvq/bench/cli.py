@@ -30,8 +30,7 @@ def _model_main(name: str, argv: Sequence[str]) -> int:
     except ModuleNotFoundError as e:
         if e.name != module:
             raise
-        print(f"the {name} benchmark is not available: module {module} is missing from this install",
-              file=sys.stderr)
+        print(f"the {name} benchmark is not available: module {module} is missing from this install", file=sys.stderr)
         return 2
     return int(mod.run(list(argv)) or 0)
 

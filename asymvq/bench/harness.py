@@ -28,6 +28,7 @@ __all__ = [
     "reset_peak_rss",
     "timed",
     "merge_round",
+    "parse_model_args",
     "parse_precisions",
     "parse_roof",
     "roof_in_child",
@@ -60,11 +61,12 @@ def child_env(isa: Optional[str] = None, extra: Optional[Mapping[str, str]] = No
 
 def run_command(cmd: Sequence[str], env: Optional[Mapping[str, str]] = None) -> Result:
     """Runs a child command and returns the dict of its result line, or ``{"error": ...}``."""
-    proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(env) if env is not None else None)
+    proc = subprocess.run(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(env) if env is not None else None
+    )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARK):
-            return dict(json.loads(line[len(RESULT_MARK):]))
+            return dict(json.loads(line[len(RESULT_MARK) :]))
     tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
     return {"error": f"exit status {proc.returncode}: {tail}"}
 
@@ -75,8 +77,9 @@ def run_child(module: str, job: Job, env: Optional[Mapping[str, str]] = None) ->
     return run_command(cmd, env if env is not None else child_env(job.get("isa")))
 
 
-def module_main(child: Callable[[Job], Result], run: Callable[[Sequence[str]], int],
-                argv: Optional[Sequence[str]] = None) -> int:
+def module_main(
+    child: Callable[[Job], Result], run: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None
+) -> int:
     """``python -m asymvq.bench.<name>``: ``--child JSON`` runs ``child`` and prints its result line,
     anything else is the benchmark's own command line."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -141,6 +144,18 @@ def merge_round(results: Dict[str, Result], engine: str, r: Result) -> None:
             old[key] = r[key]
 
 
+def parse_model_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Adds the model benchmarks' common ``--isa`` and ``--seed`` to ``parser`` and parses ``argv``."""
+    parser.add_argument(
+        "--isa",
+        choices=sorted(ISA_ENV),
+        help="cap every child, asymvq's and torch's, to this ISA as on a CPU without more "
+        "(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS); fp32 only, target 0.8",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(list(argv) if argv is not None else None)
+
+
 def parse_precisions(parser: argparse.ArgumentParser, text: str) -> List[str]:
     """The comma-separated ``--precision`` list; a parser error names an unknown one."""
     precisions = [s.strip() for s in text.split(",") if s.strip()]
@@ -165,8 +180,10 @@ def parse_roof(text: Optional[str]) -> Dict[str, float]:
 def roof_in_child(isa: Optional[str], threads: int) -> Dict[str, float]:
     """:func:`asymvq.bench.roof` measured in a child process under ``--isa isa`` (this process's ISA is
     decided)."""
-    code = ("import json, asymvq; from asymvq.bench import roof; "
-            f"asymvq.set_num_threads({int(threads)}); print(json.dumps(roof()))")
+    code = (
+        "import json, asymvq; from asymvq.bench import roof; "
+        f"asymvq.set_num_threads({int(threads)}); print(json.dumps(roof()))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"roof measurement under --isa {isa} failed: {proc.stderr.strip()[-500:]}")
@@ -175,9 +192,11 @@ def roof_in_child(isa: Optional[str], threads: int) -> Dict[str, float]:
 
 def child_isa_line(isa: Optional[str]) -> str:
     """What a child under ``--isa isa`` runs: asymvq's ISAs and PyTorch's (when installed)."""
-    code = ("import asymvq, json\ni = asymvq.info()\nout = {'onednn': i['isa'], 'kernels': i['kernel_isa']}\n"
-            "try:\n    import torch\n    out['torch'] = torch.backends.cpu.get_cpu_capability()\n"
-            "except Exception:\n    pass\nprint(json.dumps(out))")
+    code = (
+        "import asymvq, json\ni = asymvq.info()\nout = {'onednn': i['isa'], 'kernels': i['kernel_isa']}\n"
+        "try:\n    import torch\n    out['torch'] = torch.backends.cpu.get_cpu_capability()\n"
+        "except Exception:\n    pass\nprint(json.dumps(out))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
     try:
         d = json.loads(proc.stdout.strip().splitlines()[-1])

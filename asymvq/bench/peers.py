@@ -32,6 +32,7 @@ from .. import config as _config
 from .. import get_num_threads, set_num_threads, tables
 from ..config import DiffusionSpec, UNetSpec
 from . import harness
+from .unet import forward_job
 from .weights import random_weights
 
 __all__ = ["run", "PEERS", "installed_peers"]
@@ -57,9 +58,11 @@ def _spec(path: Optional[str]) -> UNetSpec:
 
 def _inputs(spec: UNetSpec, batch: int, size: int, seed: int) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed + 1)
-    return {"x": rng.standard_normal((batch, spec.in_channels, size, size), dtype=np.float32),
-            "t": np.full(batch, 981, dtype=np.int64),
-            "context": rng.standard_normal((batch, 77, spec.context_dim), dtype=np.float32)}
+    return {
+        "x": rng.standard_normal((batch, spec.in_channels, size, size), dtype=np.float32),
+        "t": np.full(batch, 981, dtype=np.int64),
+        "context": rng.standard_normal((batch, 77, spec.context_dim), dtype=np.float32),
+    }
 
 
 def _export(job: Dict[str, Any]) -> Dict[str, Any]:
@@ -85,8 +88,15 @@ def _export(job: Dict[str, Any]) -> Dict[str, Any]:
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on diffusers' shape checks
-        torch.onnx.export(_Eps(model), (x["x"], x["t"], x["context"]), job["onnx"], input_names=["x", "t", "context"],
-                          output_names=["eps"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            _Eps(model),
+            (x["x"], x["t"], x["context"]),
+            job["onnx"],
+            input_names=["x", "t", "context"],
+            output_names=["eps"],
+            opset_version=17,
+            dynamo=False,
+        )
     return {"onnx": job["onnx"], "version": f"torch {torch.__version__}"}
 
 
@@ -105,10 +115,17 @@ def _session(engine: str, path: str, threads: int, precision: str) -> tuple:
     import openvino as ov
 
     core = ov.Core()
-    compiled = core.compile_model(path, "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "ENABLE_CPU_PINNING": False,
-    })
+    compiled = core.compile_model(
+        path,
+        "CPU",
+        {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "ENABLE_CPU_PINNING": False,
+        },
+    )
     request = compiled.create_infer_request()
 
     def call(feed: Dict[str, np.ndarray]) -> np.ndarray:
@@ -128,8 +145,7 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     if job["engine"] in ("fp32", "bf16"):
         from ..unet import UNet
 
-        unet = UNet.from_config(spec, random_weights(tables.unet_tensors(spec), job["seed"]),
-                                precision=job["engine"])
+        unet = UNet.from_config(spec, random_weights(tables.unet_tensors(spec), job["seed"]), precision=job["engine"])
 
         def call(f: Dict[str, np.ndarray]) -> np.ndarray:
             return np.asarray(unet(f["x"], f["t"], f["context"]))
@@ -157,10 +173,14 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=2, help="batch (default 2: the guidance pair)")
     p.add_argument("--threads", type=int, default=0, help="threads for every engine (default: asymvq's)")
     p.add_argument("--repeat", type=int, default=1, help="timed forwards per engine after a warm-up (default 1)")
-    p.add_argument("--precision", default="fp32,bf16",
-                   help="asymvq precisions, and OpenVINO's inference precision (default fp32,bf16)")
-    p.add_argument("--engines", default="",
-                   help="comma-separated subset of onnxruntime, openvino (default: those installed)")
+    p.add_argument(
+        "--precision",
+        default="fp32,bf16",
+        help="asymvq precisions, and OpenVINO's inference precision (default fp32,bf16)",
+    )
+    p.add_argument(
+        "--engines", default="", help="comma-separated subset of onnxruntime, openvino (default: those installed)"
+    )
     p.add_argument("--config", help="diffusion YAML (default: the packaged v1-t2i-inference.yaml)")
     p.add_argument("--onnx", help="an ONNX export of the UNet to reuse (default: export one into a temporary folder)")
     p.add_argument("--json", help="also write every figure to this JSON file")
@@ -182,25 +202,29 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         set_num_threads(args.threads)
     threads = get_num_threads()
     spec = _spec(args.config)
-    print(f"UNet forward in asymvq and its peers: in_channels {spec.in_channels}, latent {args.size}x{args.size}, "
-          f"batch {args.batch}, {threads} thread(s), random weights; load average {harness.load_average()}",
-          flush=True)
-    job = {"config": args.config, "size": args.size, "batch": args.batch, "threads": threads, "seed": args.seed,
-           "repeat": args.repeat}
+    print(
+        f"UNet forward in asymvq and its peers: in_channels {spec.in_channels}, latent {args.size}x{args.size}, "
+        f"batch {args.batch}, {threads} thread(s), random weights; load average {harness.load_average()}",
+        flush=True,
+    )
+    job = forward_job(args, threads)
     with tempfile.TemporaryDirectory(prefix="asymvq-peers-") as tmp:
         onnx = args.onnx
         if onnx is None:
             onnx = os.path.join(tmp, "unet.onnx")
             r = _run_child({**job, "engine": "export", "onnx": onnx})
             if "error" in r:
-                print("error: exporting the UNet to ONNX failed (it needs torch and diffusers: pip install "
-                      f"'asymvq[test]', and the repository root as the working directory; or pass --onnx FILE):\n"
-                      f"{r['error']}", file=sys.stderr)
+                print(
+                    "error: exporting the UNet to ONNX failed (it needs torch and diffusers: pip install "
+                    f"'asymvq[test]', and the repository root as the working directory; or pass --onnx FILE):\n"
+                    f"{r['error']}",
+                    file=sys.stderr,
+                )
                 return 2
             print(f"exported diffusers' UNet to ONNX with {r['version']}", flush=True)
         engines = [(e, e, "fp32") for e in precisions]
         for e in wanted:
-            for prec in (precisions if e == "openvino" else ["fp32"]):
+            for prec in precisions if e == "openvino" else ["fp32"]:
                 engines.append((f"{e} {prec}", e, prec))
         results: Dict[str, Dict[str, Any]] = {}
         for label, engine, prec in engines:
@@ -208,8 +232,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             results[label] = _run_child({**job, "engine": engine, "precision": prec, "onnx": onnx, "out": out})
             results[label]["out"] = out
         ref = np.load(results["fp32"]["out"]) if "times" in results.get("fp32", {}) else None
-        head = (f"{'engine':<18}{'forward s':>10}{'CPU s':>8}{'threads used':>14}{'/ asymvq fp32':>15}"
-                f"{'peak RSS GB':>13}{'max |diff|':>12}  version")
+        head = (
+            f"{'engine':<18}{'forward s':>10}{'CPU s':>8}{'threads used':>14}{'/ asymvq fp32':>15}"
+            f"{'peak RSS GB':>13}{'max |diff|':>12}  version"
+        )
         print("\n" + head + "\n" + "-" * len(head))
         base = min(results["fp32"]["times"]) if ref is not None else None
         unfair = []
@@ -229,18 +255,31 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             ratio = f"{best / base:15.2f}" if base else f"{'-':>15}"
             max_diff = float(np.abs(np.load(r["out"]) - ref).max()) if ref is not None else None
             diff = f"{max_diff:12.2e}" if max_diff is not None else f"{'-':>12}"
-            print(f"{name:<18}{best:10.3f}{cpu:8.2f}{used:11.2f}{'' if fair else ' !':<3}{ratio}"
-                  f"{r['peak_rss'] / 1e9:13.2f}{diff}  {r['version']}")
-            report["engines"][name] = {"seconds": best, "cpu": cpu, "threads_used": used, "fair": fair,
-                                       "peak_rss": r["peak_rss"], "max_diff": max_diff, "version": r["version"]}
-    print(f"(threads used: process CPU time / wall time of the forward; asked {threads}. load average after: "
-          f"{harness.load_average()})")
+            print(
+                f"{name:<18}{best:10.3f}{cpu:8.2f}{used:11.2f}{'' if fair else ' !':<3}{ratio}"
+                f"{r['peak_rss'] / 1e9:13.2f}{diff}  {r['version']}"
+            )
+            report["engines"][name] = {
+                "seconds": best,
+                "cpu": cpu,
+                "threads_used": used,
+                "fair": fair,
+                "peak_rss": r["peak_rss"],
+                "max_diff": max_diff,
+                "version": r["version"],
+            }
+    print(
+        f"(threads used: process CPU time / wall time of the forward; asked {threads}. load average after: "
+        f"{harness.load_average()})"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     if unfair:
-        print(f"unfair: {', '.join(unfair)} used fewer than {FAIR_SHARE:.0%} of the {threads} threads asked "
-              "(a busy machine does this too: compare CPU s, or rerun when it is idle)")
+        print(
+            f"unfair: {', '.join(unfair)} used fewer than {FAIR_SHARE:.0%} of the {threads} threads asked "
+            "(a busy machine does this too: compare CPU s, or rerun when it is idle)"
+        )
     return 0
 
 

@@ -35,12 +35,24 @@ __all__ = ["run", "TASKS", "DECODERS"]
 
 #: task -> (diffusion config, decoder config per decoder name, DDIM eta as the original script runs it)
 TASKS: Dict[str, Dict[str, Any]] = {
-    "inpaint": {"config": "v1-inpainting-inference", "eta": 1.0,
-                "decoders": {"base": "autoencoder_kl_32x32x4", "large": "autoencoder_kl_32x32x4_large",
-                             "large2": "autoencoder_kl_32x32x4_large2"}},
-    "txt2img": {"config": "v1-t2i-inference", "eta": 0.0,
-                "decoders": {"base": "autoencoder_kl_woc_32x32x4", "large": "autoencoder_kl_woc_32x32x4_large",
-                             "large2": "autoencoder_kl_woc_32x32x4_large2"}},
+    "inpaint": {
+        "config": "v1-inpainting-inference",
+        "eta": 1.0,
+        "decoders": {
+            "base": "autoencoder_kl_32x32x4",
+            "large": "autoencoder_kl_32x32x4_large",
+            "large2": "autoencoder_kl_32x32x4_large2",
+        },
+    },
+    "txt2img": {
+        "config": "v1-t2i-inference",
+        "eta": 0.0,
+        "decoders": {
+            "base": "autoencoder_kl_woc_32x32x4",
+            "large": "autoencoder_kl_woc_32x32x4_large",
+            "large2": "autoencoder_kl_woc_32x32x4_large2",
+        },
+    },
 }
 #: decoder name -> its label in the report
 DECODERS = {"base": "base", "large": "1.5x", "large2": "2x"}
@@ -71,7 +83,7 @@ class _Stages:
 def _inputs(size: int, seed: int) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed + 1)
     mask = np.zeros((1, 1, size, size), np.float32)
-    mask[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1  # a centred hole
+    mask[:, :, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1  # a centred hole
     return {"image": rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32), "mask": mask}
 
 
@@ -103,8 +115,10 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     def build() -> Dict[str, Any]:
         weights = random_weights(tables.requirements(spec_d).table, seed)
         tok, _ = demo_tokenizer()
-        models = {"text": TextEncoder.from_config(spec_d, weights, vocab=tok, precision=precision),
-                  "unet": UNet.from_config(spec_d, weights, precision=precision)}
+        models = {
+            "text": TextEncoder.from_config(spec_d, weights, vocab=tok, precision=precision),
+            "unet": UNet.from_config(spec_d, weights, precision=precision),
+        }
         if inpaint:
             models["encoder"] = Autoencoder.from_config(cfg_d, weights, precision=precision, parts="encoder")
         return models
@@ -114,6 +128,7 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     cond = st.run("text", lambda: (models["text"].encode([_PROMPT]), models["text"].encode([""])))
     c_concat = None
     if inpaint:
+
         def encode() -> np.ndarray:
             masked = x["image"] * (x["mask"] < 0.5).astype(np.float32)
             noise = np.random.default_rng(seed + 1).standard_normal((1, 4, h, h), dtype=np.float32)
@@ -124,15 +139,21 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
         c_concat = st.run("encode", encode)
     sampler = Sampler(kind="ddim", steps=job["steps"], eta=task["eta"], config=spec_d)
     x_T = np.random.default_rng(seed).standard_normal((1, 4, h, h), dtype=np.float32)
-    x0 = st.run("sample", lambda: sampler.sample(models["unet"], x_T, cond[0], cond[1], _SCALE, c_concat=c_concat,
-                                                 seed=seed + 2))
+    x0 = st.run(
+        "sample",
+        lambda: sampler.sample(models["unet"], x_T, cond[0], cond[1], _SCALE, c_concat=c_concat, seed=seed + 2),
+    )
     models.clear()
     for name in job["decoders"]:
         cfg_c = _config_path(task["decoders"][name], tiny)
         spec_c = _config.load(cfg_c)
         weights = random_weights(tables.requirements(spec_c).table, seed + 3)
-        st.run(f"decode {name}", _decode_call(Autoencoder.from_config(cfg_c, weights, precision=precision,
-                                                                      parts="decoder"), x0 / SCALE_FACTOR, x))
+        st.run(
+            f"decode {name}",
+            _decode_call(
+                Autoencoder.from_config(cfg_c, weights, precision=precision, parts="decoder"), x0 / SCALE_FACTOR, x
+            ),
+        )
         del weights  # one decoder at a time, as a run holds one
     return {"stages": st.rows, "rss_resets": st.rss_resets}
 
@@ -147,8 +168,11 @@ def _totals(rows: List[Dict[str, Any]], decoders: Sequence[str]) -> Dict[str, Di
     out: Dict[str, Dict[str, float]] = {}
     for name in decoders:
         part = common + [r for r in rows if r["stage"] == f"decode {name}"]
-        out[name] = {"wall": sum(r["wall"] for r in part), "cpu": sum(r["cpu"] for r in part),
-                     "peak_rss": max(r["peak_rss"] for r in part)}
+        out[name] = {
+            "wall": sum(r["wall"] for r in part),
+            "cpu": sum(r["cpu"] for r in part),
+            "peak_rss": max(r["peak_rss"] for r in part),
+        }
     return out
 
 
@@ -159,8 +183,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--size", type=int, default=512, help="image height and width (default 512; multiple of 64)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, as the original scripts)")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)")
-    p.add_argument("--decoders", default="base,large,large2",
-                   help="comma-separated subset of base, large (1.5x), large2 (2x) (default all)")
+    p.add_argument(
+        "--decoders",
+        default="base,large,large2",
+        help="comma-separated subset of base, large (1.5x), large2 (2x) (default all)",
+    )
     p.add_argument("--tasks", default="inpaint,txt2img", help="comma-separated: inpaint, txt2img (default both)")
     p.add_argument("--threads", type=int, default=0, help="threads (default: asymvq's)")
     p.add_argument("--tiny", action="store_true", help="the tiny test configs instead of the full-size models")
@@ -195,19 +222,29 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         set_num_threads(args.threads)
     threads = get_num_threads()
-    print(f"asymvq pipeline benchmark: {'TINY' if args.tiny else 'full-size'} models with random weights, "
-          f"{args.size}x{args.size}, {args.steps} guided DDIM steps, {threads} thread(s), "
-          f"load average {harness.load_average()}", flush=True)
+    print(
+        f"asymvq pipeline benchmark: {'TINY' if args.tiny else 'full-size'} models with random weights, "
+        f"{args.size}x{args.size}, {args.steps} guided DDIM steps, {threads} thread(s), "
+        f"load average {harness.load_average()}",
+        flush=True,
+    )
 
-    report: Dict[str, Any] = {"size": args.size, "steps": args.steps, "threads": threads, "tiny": args.tiny,
-                              "runs": []}
+    report: Dict[str, Any] = {"size": args.size, "steps": args.steps, "threads": threads, "tiny": args.tiny, "runs": []}
     failed = False
     head = f"{'task':<9}{'prec':<6}{'stage':<26}{'wall s':>9}{'CPU s':>9}{'peak RSS GB':>13}"
     print("\n" + head + "\n" + "-" * len(head), flush=True)
     for task in tasks:
         for prec in precisions:
-            job = {"task": task, "precision": prec, "size": args.size, "steps": args.steps, "threads": threads,
-                   "seed": args.seed, "tiny": args.tiny, "decoders": decoders}
+            job = {
+                "task": task,
+                "precision": prec,
+                "size": args.size,
+                "steps": args.steps,
+                "threads": threads,
+                "seed": args.seed,
+                "tiny": args.tiny,
+                "decoders": decoders,
+            }
             r = _run_child(job)
             if "error" in r:
                 failed = True
@@ -219,16 +256,19 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                     label = f"sample ({args.steps} steps)"
                 elif label.startswith("decode "):
                     label = f"decode {DECODERS[label.split()[1]]}"
-                print(f"{task:<9}{prec:<6}{label:<26}{row['wall']:9.2f}{row['cpu']:9.2f}"
-                      f"{row['peak_rss'] / 1e9:13.2f}")
+                print(f"{task:<9}{prec:<6}{label:<26}{row['wall']:9.2f}{row['cpu']:9.2f}{row['peak_rss'] / 1e9:13.2f}")
             sample = next(row for row in r["stages"] if row["stage"] == "sample")
             totals = _totals(r["stages"], decoders)
             for name, tot in totals.items():
-                print(f"{task:<9}{prec:<6}{'TOTAL with ' + DECODERS[name]:<26}{tot['wall']:9.2f}{tot['cpu']:9.2f}"
-                      f"{tot['peak_rss'] / 1e9:13.2f}")
-            print(f"{'':<15}({sample['wall'] / args.steps:.3f} s per guided step)"
-                  + ("" if r["rss_resets"] else "  (peak RSS not resettable here: since the child started)"),
-                  flush=True)
+                print(
+                    f"{task:<9}{prec:<6}{'TOTAL with ' + DECODERS[name]:<26}{tot['wall']:9.2f}{tot['cpu']:9.2f}"
+                    f"{tot['peak_rss'] / 1e9:13.2f}"
+                )
+            print(
+                f"{'':<15}({sample['wall'] / args.steps:.3f} s per guided step)"
+                + ("" if r["rss_resets"] else "  (peak RSS not resettable here: since the child started)"),
+                flush=True,
+            )
             report["runs"].append({"task": task, "precision": prec, "stages": r["stages"], "totals": totals})
     print(f"(load average after: {harness.load_average()})")
     if args.json:

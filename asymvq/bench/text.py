@@ -141,8 +141,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--precision", default="fp32,bf16", help="asymvq precisions (default fp32,bf16)")
     parser.add_argument("--tokenizer-prompts", type=int, default=5000, help="prompts for the throughput test")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--roof", action="store_true",
-                        help="also measure the machine's GFLOP/s roof (asymvq.bench.roof)")
+    parser.add_argument(
+        "--roof", action="store_true", help="also measure the machine's GFLOP/s roof (asymvq.bench.roof)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     precisions = harness.parse_precisions(parser, args.precision)
@@ -157,8 +158,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"asymvq text encoder benchmark: width {spec.width}, {spec.layers} layers, {spec.heads} heads, "
-          f"MLP {spec.mlp}; {origin}; batch {args.batch}; {threads} thread(s)")
+    print(
+        f"asymvq text encoder benchmark: width {spec.width}, {spec.layers} layers, {spec.heads} heads, "
+        f"MLP {spec.mlp}; {origin}; batch {args.batch}; {threads} thread(s)"
+    )
 
     # Tokenizer (optional: needs the vocabulary).
     tok: Optional[_tokenizer.CLIPTokenizer] = None
@@ -168,8 +171,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         where = args.vocab or ("the weights file" if embedded and not args.vocab else _tokenizer.find_vocab())
         print(f"tokenizer: vocabulary from {where}, loaded in {1e3 * (time.perf_counter() - start):.0f} ms")
     except _tokenizer.VocabNotFoundError as exc:
-        print("tokenizer: skipped (no CLIP vocabulary: pass --vocab or set ASYMVQ_CLIP_VOCAB); "
-              f"models run on fixed ids. [{str(exc).splitlines()[0]}]")
+        print(
+            "tokenizer: skipped (no CLIP vocabulary: pass --vocab or set ASYMVQ_CLIP_VOCAB); "
+            f"models run on fixed ids. [{str(exc).splitlines()[0]}]"
+        )
     prompts = [_PROMPTS[i % len(_PROMPTS)] for i in range(args.batch)]
     if tok is not None:
         ids = tok(prompts)
@@ -193,8 +198,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     else:
         try:
             torch, model, version = _torch_model(spec, weights, threads)
-            print(f"torch: {version}, CLIPTextModel ({model.config._attn_implementation} attention), "
-                  f"{torch.get_num_threads()} thread(s)")
+            print(
+                f"torch: {version}, CLIPTextModel ({model.config._attn_implementation} attention), "
+                f"{torch.get_num_threads()} thread(s)"
+            )
             torch_ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
             models = {"fp32": model}
             if "bf16" in precisions:
@@ -209,11 +216,13 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     results: Dict[str, List[float]] = {}
     for _ in range(args.rounds):
         for p, enc in encoders.items():
-            results.setdefault(f"asymvq {p} model", []).extend(_timed(functools.partial(enc.encode_ids, ids),
-                                                                      args.repeat))
+            results.setdefault(f"asymvq {p} model", []).extend(
+                _timed(functools.partial(enc.encode_ids, ids), args.repeat)
+            )
             if tok is not None:
-                results.setdefault(f"asymvq {p} prompts", []).extend(_timed(functools.partial(enc.encode, prompts),
-                                                                            args.repeat))
+                results.setdefault(f"asymvq {p} prompts", []).extend(
+                    _timed(functools.partial(enc.encode, prompts), args.repeat)
+                )
         for p, fn in torch_runs.items():
             results.setdefault(f"torch {p} model", []).extend(_timed(fn, args.repeat))
 
@@ -238,8 +247,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         for p, enc in encoders.items():
             ref_out = torch_runs["fp32"]()
             diff = float(np.abs(enc.encode_ids(ids) - ref_out).max())
-            print(f"check: max |asymvq {p} - torch fp32| = {diff:.3g} "
-                  f"(std of torch's output {float(ref_out.std()):.3g})")
+            print(
+                f"check: max |asymvq {p} - torch fp32| = {diff:.3g} (std of torch's output {float(ref_out.std()):.3g})"
+            )
 
     if tok is not None:
         print(f"\ntokenizer throughput, {args.tokenizer_prompts} prompts of 3-60 words (one call each):")

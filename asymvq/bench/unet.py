@@ -43,7 +43,7 @@ from . import harness
 from .harness import merge_round, peak_rss, timed
 from .weights import random_weights
 
-__all__ = ["run", "forward_flop"]
+__all__ = ["run", "forward_flop", "forward_job"]
 
 _TARGETS = {"fp32": 0.67, "bf16": 0.35}
 #: fp32 / torch fp32 with every library capped by --isa (issue 12: where most users are).
@@ -118,6 +118,12 @@ def forward_flop(spec: UNetSpec, height: int, width: int, batch: int = 1, contex
                 ds //= 2
     conv(spec.out_channels, ch, 3, hw)
     return {k: v * batch for k, v in f.items()}
+
+
+def forward_job(args: argparse.Namespace, threads: int) -> Dict[str, Any]:
+    """What every child timing this forward gets: config, latent size, batch, threads, seed, repeats."""
+    keys = ("config", "size", "batch", "seed", "repeat")
+    return {"threads": threads, **{k: getattr(args, k) for k in keys}}
 
 
 # ---- child processes ---------------------------------------------------------------------------
@@ -201,16 +207,20 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--config", help="diffusion YAML (default: the packaged v1-t2i-inference.yaml)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch + diffusers comparison")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-primitive breakdown")
-    p.add_argument("--loop-steps", type=int, default=0,
-                   help="also time a whole guided DDIM loop of this many steps in C (the issue's figure: 50)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="rounds of (asymvq fp32, asymvq bf16, torch) children, best kept: on a machine whose speed "
-                        "drifts, alternating rounds give every engine the same chances (default 1)")
-    p.add_argument("--isa", choices=["avx2"],
-                   help="cap every child, asymvq's and torch's, to this ISA as on a CPU without more "
-                        "(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS); fp32 only, target 0.8")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(list(argv) if argv is not None else None)
+    p.add_argument(
+        "--loop-steps",
+        type=int,
+        default=0,
+        help="also time a whole guided DDIM loop of this many steps in C (the issue's figure: 50)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of (asymvq fp32, asymvq bf16, torch) children, best kept: on a machine whose speed "
+        "drifts, alternating rounds give every engine the same chances (default 1)",
+    )
+    args = harness.parse_model_args(p, argv)
     precisions = harness.parse_precisions(p, args.precision)
     if args.isa:
         if "bf16" in precisions:
@@ -226,18 +236,29 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     flop = forward_flop(spec, args.size, args.size, args.batch)
     total = sum(flop.values())
     params = sum(math.prod(s) for s in tables.unet_tensors(spec).values())
-    print(f"asymvq UNet benchmark: in_channels {spec.in_channels}, {params / 1e6:.0f} M parameters (random), "
-          f"latent {args.size}x{args.size}, batch {args.batch}, {threads} thread(s)")
-    print(f"work per forward: {total / 1e9:.0f} GFLOP (conv {flop['conv'] / 1e9:.0f}, linear "
-          f"{flop['linear'] / 1e9:.0f}, attention {flop['attention'] / 1e9:.0f})")
+    print(
+        f"asymvq UNet benchmark: in_channels {spec.in_channels}, {params / 1e6:.0f} M parameters (random), "
+        f"latent {args.size}x{args.size}, batch {args.batch}, {threads} thread(s)"
+    )
+    print(
+        f"work per forward: {total / 1e9:.0f} GFLOP (conv {flop['conv'] / 1e9:.0f}, linear "
+        f"{flop['linear'] / 1e9:.0f}, attention {flop['attention'] / 1e9:.0f})"
+    )
     if args.isa:
         print(f"--isa {args.isa}: {harness.child_isa_line(args.isa)}")
     rf = harness.roof_in_child(args.isa, threads) if args.isa and not args.roof else harness.parse_roof(args.roof)
-    print(f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
-          + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"), flush=True)
+    print(
+        f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
+        + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"),
+        flush=True,
+    )
 
-    job = {"config": args.config, "size": args.size, "batch": args.batch, "threads": threads, "seed": args.seed,
-           "repeat": args.repeat, "breakdown": not args.no_breakdown, "loop_steps": args.loop_steps, "isa": args.isa}
+    job = {
+        **forward_job(args, threads),
+        "breakdown": not args.no_breakdown,
+        "loop_steps": args.loop_steps,
+        "isa": args.isa,
+    }
     results: Dict[str, Dict[str, Any]] = {}
     for rnd in range(args.rounds):
         last = rnd == args.rounds - 1
@@ -246,8 +267,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             merge_round(results, engine, _run_child({**job, "engine": engine, **extra}))
     torch_s = min(results["torch"]["times"]) if "times" in results.get("torch", {}) else None
 
-    print(f"\n{'engine':<12}{'build s':>9}{'forward s':>11}{'/ torch':>9}{'GFLOP/s':>9}{'% roof':>8}"
-          f"{'peak RSS GB':>13}{'arena MB':>10}{'CPU s':>8}")
+    print(
+        f"\n{'engine':<12}{'build s':>9}{'forward s':>11}{'/ torch':>9}{'GFLOP/s':>9}{'% roof':>8}"
+        f"{'peak RSS GB':>13}{'arena MB':>10}{'CPU s':>8}"
+    )
     for engine, r in results.items():
         name = "torch fp32" if engine == "torch" else f"asymvq {engine}"
         if "error" in r:
@@ -259,20 +282,28 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         build = f"{r['build']:9.1f}" if "build" in r else f"{'-':>9}"
         arena = f"{r['arena_bytes'] / 2**20:10.0f}" if "arena_bytes" in r else f"{'-':>10}"
         cpu = min(r["cpu"])
-        print(f"{name:<12}{build}{best:11.2f}{ratio}{total / best / 1e9:9.0f}{100 * total / best / 1e9 / roof:8.0f}"
-              f"{r['peak_rss'] / 1e9:13.1f}{arena}{cpu:8.2f}")
+        print(
+            f"{name:<12}{build}{best:11.2f}{ratio}{total / best / 1e9:9.0f}{100 * total / best / 1e9 / roof:8.0f}"
+            f"{r['peak_rss'] / 1e9:13.1f}{arena}{cpu:8.2f}"
+        )
     if "torch" in results and "version" in results["torch"]:
-        print(f"(torch: {results['torch']['version']}; every peak RSS includes "
-              f"{results['torch']['rss_weights'] / 1e9:.1f} GB of process + source weights before the model)")
-    print("(CPU s: process CPU time of the forward; with one thread it is the forward's time on an unloaded "
-          "core, a fair comparison on a busy machine)")
+        print(
+            f"(torch: {results['torch']['version']}; every peak RSS includes "
+            f"{results['torch']['rss_weights'] / 1e9:.1f} GB of process + source weights before the model)"
+        )
+    print(
+        "(CPU s: process CPU time of the forward; with one thread it is the forward's time on an unloaded "
+        "core, a fair comparison on a busy machine)"
+    )
 
     for engine in precisions:
         bd = results.get(engine, {}).get("breakdown")
         if not bd:
             continue
-        print(f"\nbreakdown, asymvq {engine} (oneDNN per-primitive times of one forward, "
-              f"{results[engine]['breakdown_total']:.2f} s in all):")
+        print(
+            f"\nbreakdown, asymvq {engine} (oneDNN per-primitive times of one forward, "
+            f"{results[engine]['breakdown_total']:.2f} s in all):"
+        )
         accounted = 0.0
         for kind in ("conv", "linear", "attention", "other primitives"):
             if kind not in bd:
@@ -291,8 +322,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     for engine in precisions:
         if "loop" in results.get(engine, {}):
             r = results[engine]
-            print(f"\nasymvq {engine}: {args.loop_steps}-step guided DDIM loop in C: {r['loop']:.1f} s "
-                  f"({r['loop'] / args.loop_steps:.2f} s/step)")
+            print(
+                f"\nasymvq {engine}: {args.loop_steps}-step guided DDIM loop in C: {r['loop']:.1f} s "
+                f"({r['loop'] / args.loop_steps:.2f} s/step)"
+            )
     if torch_s:
         print("\ntargets:")
         for engine in precisions:

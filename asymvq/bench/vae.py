@@ -165,8 +165,14 @@ def _inputs(size: int, seed: int) -> Dict[str, np.ndarray]:
     }
 
 
-def _torch_call(model: str, spec: AutoencoderSpec, prefix: str, weights: Dict[str, np.ndarray],
-                x: Dict[str, np.ndarray], threads: int) -> Tuple[Callable[[], Any], str]:
+def _torch_call(
+    model: str,
+    spec: AutoencoderSpec,
+    prefix: str,
+    weights: Dict[str, np.ndarray],
+    x: Dict[str, np.ndarray],
+    threads: int,
+) -> Tuple[Callable[[], Any], str]:
     """One eager diffusers call holding ``weights`` (imports torch, diffusers and the test reference)."""
     torch = __import__("torch")
     torch.set_num_threads(threads)
@@ -189,12 +195,14 @@ def _torch_call(model: str, spec: AutoencoderSpec, prefix: str, weights: Dict[st
     return call, f"torch {torch.__version__}, diffusers {diffusers.__version__}"
 
 
-def _asymvq_call(model: str, precision: str, weights: Dict[str, np.ndarray],
-                 x: Dict[str, np.ndarray]) -> Tuple[Callable[[], Any], Any]:
+def _asymvq_call(
+    model: str, precision: str, weights: Dict[str, np.ndarray], x: Dict[str, np.ndarray]
+) -> Tuple[Callable[[], Any], Any]:
     from ..autoencoder import Autoencoder
 
-    ae = Autoencoder.from_config(_config.packaged_config(MODELS[model]), weights, precision,
-                                 parts="encoder" if model == "encoder" else "decoder")
+    ae = Autoencoder.from_config(
+        _config.packaged_config(MODELS[model]), weights, precision, parts="encoder" if model == "encoder" else "decoder"
+    )
 
     def call() -> None:
         if model == "encoder":
@@ -222,8 +230,11 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
                 result["engines"][engine] = {"times": []}
             else:
                 calls[engine], ae = _asymvq_call(model, engine, weights, x)
-                result["engines"][engine] = {"build": _timed(calls[engine]), "times": [],
-                                             "arena_bytes": ae.memory_bytes}
+                result["engines"][engine] = {
+                    "build": _timed(calls[engine]),
+                    "times": [],
+                    "arena_bytes": ae.memory_bytes,
+                }
         for _ in range(job["rounds"]):
             for engine, call in calls.items():
                 result["engines"][engine]["times"].append(_timed(call))
@@ -250,8 +261,10 @@ def _print_breakdown(label: str, engine: str, r: Dict[str, Any], flop: Dict[str,
     bd = r.get("breakdown")
     if not bd:
         return
-    print(f"  breakdown, {label} asymvq {engine} (oneDNN per-primitive times of one more call, "
-          f"{r['breakdown_total']:.2f} s in all):")
+    print(
+        f"  breakdown, {label} asymvq {engine} (oneDNN per-primitive times of one more call, "
+        f"{r['breakdown_total']:.2f} s in all):"
+    )
     conv_flop = flop["total"] - flop["attention"]
     accounted = 0.0
     for kind, work in (("conv", conv_flop), ("attention", flop["attention"]), ("other primitives", 0.0)):
@@ -272,25 +285,31 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run the autoencoder benchmark with command-line arguments ``argv``; prints a report, returns 0."""
     p = argparse.ArgumentParser(prog="python -m asymvq.bench vae", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=512, help="image height and width (default 512)")
-    p.add_argument("--models", default="encoder,base,large,large2",
-                   help=f"comma-separated subset of {','.join(MODELS)} (default all)")
+    p.add_argument(
+        "--models",
+        default="encoder,base,large,large2",
+        help=f"comma-separated subset of {','.join(MODELS)} (default all)",
+    )
     p.add_argument("--precision", default="fp32,bf16", help="asymvq precisions (default fp32,bf16)")
     p.add_argument("--threads", type=int, default=0, help="threads for asymvq and torch (default: asymvq's)")
     p.add_argument("--repeat", type=int, default=1, help="timed calls per engine and round (default 1)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="rounds of (torch, asymvq fp32, asymvq bf16) children, best kept: alternating rounds "
-                        "spread noise from other processes over every engine (default 1)")
-    p.add_argument("--interleave", action="store_true",
-                   help="time every engine in one process, called in turn --rounds times (best kept): fairer on a "
-                        "busy machine; peak RSS is then the engines' together")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of (torch, asymvq fp32, asymvq bf16) children, best kept: alternating rounds "
+        "spread noise from other processes over every engine (default 1)",
+    )
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time every engine in one process, called in turn --rounds times (best kept): fairer on a "
+        "busy machine; peak RSS is then the engines' together",
+    )
     p.add_argument("--roof", help="fp32[,bf16] GFLOP/s of this machine (default: measure a large matmul)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch + diffusers comparison")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-primitive breakdown")
-    p.add_argument("--isa", choices=["avx2"],
-                   help="cap every child, asymvq's and torch's, to this ISA as on a CPU without more "
-                        "(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS); fp32 only, target 0.8")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(list(argv) if argv is not None else None)
+    args = harness.parse_model_args(p, argv)
     models = [s.strip() for s in args.models.split(",") if s.strip()]
     precisions = harness.parse_precisions(p, args.precision)
     for m in models:
@@ -309,34 +328,58 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     if args.isa:
         print(f"--isa {args.isa}: {harness.child_isa_line(args.isa)}")
     rf = harness.roof_in_child(args.isa, threads) if args.isa and not args.roof else harness.parse_roof(args.roof)
-    print(f"asymvq autoencoder benchmark: {args.size}x{args.size} image, batch 1, random full-size weights, "
-          f"{threads} thread(s), best of {args.rounds} round(s) x {args.repeat} call(s)")
-    print(f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
-          + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"), flush=True)
-    head = (f"{'model':<14}{'engine':<13}{'GFLOP':>7}{'build s':>9}{'run s':>8}{'/ torch':>9}{'GFLOP/s':>9}"
-            f"{'% roof':>8}{'peak RSS GB':>13}{'weights GB':>12}{'arena MB':>10}")
+    print(
+        f"asymvq autoencoder benchmark: {args.size}x{args.size} image, batch 1, random full-size weights, "
+        f"{threads} thread(s), best of {args.rounds} round(s) x {args.repeat} call(s)"
+    )
+    print(
+        f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
+        + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"),
+        flush=True,
+    )
+    head = (
+        f"{'model':<14}{'engine':<13}{'GFLOP':>7}{'build s':>9}{'run s':>8}{'/ torch':>9}{'GFLOP/s':>9}"
+        f"{'% roof':>8}{'peak RSS GB':>13}{'weights GB':>12}{'arena MB':>10}"
+    )
     print("\n" + head + "\n" + "-" * len(head), flush=True)
     summary: List[str] = []
     version = ""
     engines = (["torch"] if not args.no_torch else []) + precisions
     for model in models:
         spec, _ = _spec(model)
-        flop = (encoder_flop(spec, args.size, args.size) if model == "encoder"
-                else decoder_flop(spec, args.size, args.size))
+        flop = (
+            encoder_flop(spec, args.size, args.size) if model == "encoder" else decoder_flop(spec, args.size, args.size)
+        )
         total = flop["total"]
-        job = {"model": model, "size": args.size, "threads": threads, "seed": args.seed, "repeat": args.repeat,
-               "breakdown": False, "isa": args.isa}
+        job = {
+            "model": model,
+            "size": args.size,
+            "threads": threads,
+            "seed": args.seed,
+            "repeat": args.repeat,
+            "breakdown": False,
+            "isa": args.isa,
+        }
         results: Dict[str, Dict[str, Any]] = {}
         if args.interleave:
             r = _run_child({**job, "engine": "interleave", "engines": engines, "rounds": args.rounds})
             for engine in engines:
-                results[engine] = (dict(r["engines"][engine], peak_rss=r["peak_rss"], rss_weights=r["rss_weights"],
-                                        version=r.get("version", "")) if "error" not in r else r)
+                results[engine] = (
+                    dict(
+                        r["engines"][engine],
+                        peak_rss=r["peak_rss"],
+                        rss_weights=r["rss_weights"],
+                        version=r.get("version", ""),
+                    )
+                    if "error" not in r
+                    else r
+                )
         for rnd in range(0 if args.interleave else args.rounds):
             for engine in engines:
                 last = rnd == args.rounds - 1
-                merge_round(results, engine,
-                            _run_child({**job, "engine": engine, "breakdown": last and not args.no_breakdown}))
+                merge_round(
+                    results, engine, _run_child({**job, "engine": engine, "breakdown": last and not args.no_breakdown})
+                )
         torch_s = min(results["torch"]["times"]) if "times" in results.get("torch", {}) else None
         for engine in engines:
             r = results[engine]
@@ -350,12 +393,16 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             ratio = f"{best / torch_s:9.2f}" if torch_s and engine != "torch" else f"{'-':>9}"
             build = f"{r['build']:9.1f}" if "build" in r else f"{'-':>9}"
             arena = f"{r['arena_bytes'] / 2**20:10.0f}" if "arena_bytes" in r else f"{'-':>10}"
-            print(f"{_LABELS[model]:<14}{name:<13}{total / 1e9:7.0f}{build}{best:8.2f}{ratio}{total / best / 1e9:9.0f}"
-                  f"{100 * total / best / 1e9 / roof:8.0f}{r['peak_rss'] / 1e9:13.2f}{r['rss_weights'] / 1e9:12.2f}"
-                  f"{arena}", flush=True)
+            print(
+                f"{_LABELS[model]:<14}{name:<13}{total / 1e9:7.0f}{build}{best:8.2f}{ratio}{total / best / 1e9:9.0f}"
+                f"{100 * total / best / 1e9 / roof:8.0f}{r['peak_rss'] / 1e9:13.2f}{r['rss_weights'] / 1e9:12.2f}"
+                f"{arena}",
+                flush=True,
+            )
             if torch_s and engine != "torch":
-                summary.append(f"  {_LABELS[model]} {engine}: {best / torch_s:.2f}x torch fp32 "
-                               f"(target <= {targets[engine]})")
+                summary.append(
+                    f"  {_LABELS[model]} {engine}: {best / torch_s:.2f}x torch fp32 (target <= {targets[engine]})"
+                )
         for engine in precisions:
             if "breakdown" in results.get(engine, {}):
                 _print_breakdown(_LABELS[model], engine, results[engine], flop, rf[engine])

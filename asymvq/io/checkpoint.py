@@ -59,9 +59,19 @@ from typing import IO, Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 __all__ = [
-    "BF16", "DTYPES", "Checkpoint", "CheckpointError", "TensorInfo", "bf16_to_float32",
-    "dtype_of", "float32_to_bf16", "load", "load_safetensors", "open_checkpoint",
-    "safetensors_metadata", "save_safetensors",
+    "BF16",
+    "DTYPES",
+    "Checkpoint",
+    "CheckpointError",
+    "TensorInfo",
+    "bf16_to_float32",
+    "dtype_of",
+    "float32_to_bf16",
+    "load",
+    "load_safetensors",
+    "open_checkpoint",
+    "safetensors_metadata",
+    "save_safetensors",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -73,13 +83,14 @@ class CheckpointError(ValueError):
 
 # Values in messages, shared by the parts: counts, and bounded excerpts of what a hostile file holds.
 
+
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
     """``text`` cut to about ``limit`` characters, for messages."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short(obj: object) -> str:
@@ -108,6 +119,7 @@ from .dtypes import (  # noqa: E402
 # --------------------------------------------------------------------------------------------
 # The opened checkpoint (both formats)
 
+
 class Checkpoint:
     """An opened checkpoint: tensor names, their dtype/shape, and zero-copy views.
 
@@ -125,9 +137,16 @@ class Checkpoint:
             (``global_step``, ``optimizer_states``...); empty otherwise.
     """
 
-    def __init__(self, path: str, fmt: str, mm: np.memmap, refs: Dict[str, _TensorRef],
-                 metadata: Dict[str, str], skipped: Dict[str, str],
-                 other_entries: Tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        path: str,
+        fmt: str,
+        mm: np.memmap,
+        refs: Dict[str, _TensorRef],
+        metadata: Dict[str, str],
+        skipped: Dict[str, str],
+        other_entries: Tuple[str, ...],
+    ) -> None:
         self.path = path
         self.format = fmt
         self.metadata = metadata
@@ -165,8 +184,7 @@ class Checkpoint:
         """Tensor ``name`` as a read-only view into the mapped file (no copy)."""
         ref = self._ref(name)
         try:
-            return np.ndarray(ref.shape, _NP_DTYPES[ref.dtype], buffer=self._mm,
-                              offset=ref.offset, strides=ref.strides)
+            return np.ndarray(ref.shape, _NP_DTYPES[ref.dtype], buffer=self._mm, offset=ref.offset, strides=ref.strides)
         except (ValueError, TypeError, OverflowError) as e:  # the readers validate; defensive
             raise CheckpointError(f"{self.path}: tensor {name!r} does not fit the file: {e}") from e
 
@@ -215,8 +233,7 @@ def open_checkpoint(path: PathLike) -> Checkpoint:
         except CheckpointError:
             raise
         except Exception as e:  # a reader bug or an exhausted resource: still the file's fault
-            raise CheckpointError(f"{path}: cannot read the checkpoint: {type(e).__name__}: "
-                                  f"{_excerpt(str(e))}") from e
+            raise CheckpointError(f"{path}: cannot read the checkpoint: {type(e).__name__}: {_excerpt(str(e))}") from e
 
 
 def _open(path: str, f: IO[bytes]) -> Checkpoint:
@@ -226,9 +243,12 @@ def _open(path: str, f: IO[bytes]) -> Checkpoint:
     suffix = os.path.splitext(path)[1].lower()
     expected = _SUFFIX_FORMATS.get(suffix)
     if found is not None and expected is not None and _FAMILY[found] != expected:
-        warnings.warn(f"{path}: the suffix {suffix} says {_FORMAT_NAMES[expected]} but the "
-                      f"content is {_FORMAT_NAMES[found]}; reading it as such", UserWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"{path}: the suffix {suffix} says {_FORMAT_NAMES[expected]} but the "
+            f"content is {_FORMAT_NAMES[found]}; reading it as such",
+            UserWarning,
+            stacklevel=3,
+        )
     if found == "ckpt":
         return _open_ckpt(path, f, size)
     if found == "legacy":
@@ -239,16 +259,18 @@ def _open(path: str, f: IO[bytes]) -> Checkpoint:
     if size == 0:
         what = "empty"
     elif head[:1] == b"\x80":
-        what = ("a bare pickle (not written by torch.save, or not a checkpoint); nothing in it "
-                "was run")
+        what = "a bare pickle (not written by torch.save, or not a checkpoint); nothing in it was run"
     else:
         what = "neither a torch.save zip (.ckpt) nor a .safetensors file"
     raise CheckpointError(f"{path}: not a checkpoint: the file is {what}")
 
 
 # What the content of a file says it is; None: nothing this module knows.
-_FORMAT_NAMES = {"ckpt": "a torch.save zip (.ckpt)", "safetensors": ".safetensors",
-                 "legacy": "PyTorch's legacy (pre-1.6) format"}
+_FORMAT_NAMES = {
+    "ckpt": "a torch.save zip (.ckpt)",
+    "safetensors": ".safetensors",
+    "legacy": "PyTorch's legacy (pre-1.6) format",
+}
 # Suffixes that promise a format; "ckpt" covers both torch.save formats (zip and legacy).
 _SUFFIX_FORMATS = {".safetensors": "safetensors", ".ckpt": "ckpt", ".pt": "ckpt", ".pth": "ckpt"}
 _FAMILY = {"ckpt": "ckpt", "legacy": "ckpt", "safetensors": "safetensors"}
@@ -257,7 +279,7 @@ _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 def _detect(head: bytes, size: int) -> Optional[str]:
-    """"ckpt", "safetensors", "legacy" or None, from the first 32 bytes of a ``size``-byte file.
+    """ "ckpt", "safetensors", "legacy" or None, from the first 32 bytes of a ``size``-byte file.
 
     Each test is one that no file of the other formats can pass: a zip's local-file signature;
     a safetensors header length between 8 and the bytes present (and the header cap) followed by

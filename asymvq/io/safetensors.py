@@ -28,31 +28,29 @@ def _open_safetensors(path: str, f: IO[bytes], size: int) -> Checkpoint:
     return Checkpoint(path, "safetensors", mm, refs, metadata, {}, ())
 
 
-def _safetensors_header(path: str, f: IO[bytes], size: int
-                        ) -> Tuple[Dict[str, _TensorRef], Dict[str, str]]:
+def _safetensors_header(path: str, f: IO[bytes], size: int) -> Tuple[Dict[str, _TensorRef], Dict[str, str]]:
     f.seek(0)
     head = f.read(8)
     if len(head) < 8:
         raise CheckpointError(f"{path}: {size} bytes is too short for a .safetensors file")
     (header_size,) = struct.unpack("<Q", head)
     if header_size > size - 8:
-        raise CheckpointError(f"{path}: the header claims {header_size} bytes but the file has "
-                              f"only {size - 8} after the size field (truncated or not "
-                              ".safetensors)")
+        raise CheckpointError(
+            f"{path}: the header claims {header_size} bytes but the file has "
+            f"only {size - 8} after the size field (truncated or not "
+            ".safetensors)"
+        )
     if header_size > _MAX_HEADER:
-        raise CheckpointError(f"{path}: header of {header_size} bytes exceeds the "
-                              f"{_MAX_HEADER}-byte limit")
+        raise CheckpointError(f"{path}: header of {header_size} bytes exceeds the {_MAX_HEADER}-byte limit")
     raw = f.read(header_size)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: the header is not valid JSON: {e}") from e
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the header is a JSON {type(header).__name__}, not an "
-                              "object")
+        raise CheckpointError(f"{path}: the header is a JSON {type(header).__name__}, not an object")
     if raw[:1] != b"{":
-        raise CheckpointError(f"{path}: the header must begin with '{{' (it begins with "
-                              f"{raw[:8]!r})")
+        raise CheckpointError(f"{path}: the header must begin with '{{' (it begins with {raw[:8]!r})")
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
@@ -72,15 +70,14 @@ def _safetensors_header(path: str, f: IO[bytes], size: int
     previous = None
     for begin, end, name in sorted(spans):
         if begin < position:
-            raise CheckpointError(f"{path}: tensor {name!r} (bytes {begin}..{end}) overlaps "
-                                  f"tensor {previous!r}")
+            raise CheckpointError(f"{path}: tensor {name!r} (bytes {begin}..{end}) overlaps tensor {previous!r}")
         if begin > position:
-            raise CheckpointError(f"{path}: data bytes {position}..{begin} belong to no tensor "
-                                  "(offsets must tile the data)")
+            raise CheckpointError(
+                f"{path}: data bytes {position}..{begin} belong to no tensor (offsets must tile the data)"
+            )
         position, previous = end, name
     if position != data_size:
-        raise CheckpointError(f"{path}: the tensors cover {position} data bytes but the file "
-                              f"holds {data_size}")
+        raise CheckpointError(f"{path}: the tensors cover {position} data bytes but the file holds {data_size}")
     return refs, dict(metadata)
 
 
@@ -93,33 +90,31 @@ def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def _header_entry(path: str, name: str, entry: Any, data_size: int
-                  ) -> Tuple[str, Tuple[int, ...], int, int]:
+def _header_entry(path: str, name: str, entry: Any, data_size: int) -> Tuple[str, Tuple[int, ...], int, int]:
     where = f"{path}: tensor {name!r}"
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise CheckpointError(f"{where}: header entry must have exactly dtype, shape and "
-                              "data_offsets")
+        raise CheckpointError(f"{where}: header entry must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in _NP_DTYPES:
-        raise CheckpointError(f"{where}: unsupported dtype {_short(dtype)}; supported: "
-                              f"{', '.join(DTYPES)}")
-    if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM
-            and all(_is_count(d) for d in shape)):
-        raise CheckpointError(f"{where}: shape {_short(shape)} must be a list of at most "
-                              f"{_MAX_NDIM} non-negative integers")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
-            and offsets[0] <= offsets[1]):
-        raise CheckpointError(f"{where}: data_offsets {_short(offsets)} must be [begin, end] "
-                              "with 0 <= begin <= end")
+        raise CheckpointError(f"{where}: unsupported dtype {_short(dtype)}; supported: {', '.join(DTYPES)}")
+    if not (isinstance(shape, list) and len(shape) <= _MAX_NDIM and all(_is_count(d) for d in shape)):
+        raise CheckpointError(
+            f"{where}: shape {_short(shape)} must be a list of at most {_MAX_NDIM} non-negative integers"
+        )
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_is_count(o) for o in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise CheckpointError(f"{where}: data_offsets {_short(offsets)} must be [begin, end] with 0 <= begin <= end")
     begin, end = offsets
     if end > data_size:
-        raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] run past the "
-                              f"{data_size} data bytes of the file")
+        raise CheckpointError(f"{where}: data_offsets [{begin}, {end}] run past the {data_size} data bytes of the file")
     itemsize = _NP_DTYPES[dtype].itemsize
     numel = _numel_within(tuple(shape), data_size)
     if numel is None or numel * itemsize != end - begin:
-        raise CheckpointError(f"{where}: shape {_short(shape)} of {dtype} does not match its "
-                              f"{end - begin} bytes")
+        raise CheckpointError(f"{where}: shape {_short(shape)} of {dtype} does not match its {end - begin} bytes")
     return dtype, tuple(shape), begin, end
 
 
@@ -146,8 +141,9 @@ def safetensors_metadata(path: PathLike) -> Dict[str, str]:
 TensorLike = Union[np.ndarray, Tuple[np.ndarray, str]]
 
 
-def save_safetensors(path: PathLike, tensors: Mapping[str, TensorLike],
-                     metadata: Optional[Mapping[str, str]] = None) -> None:
+def save_safetensors(
+    path: PathLike, tensors: Mapping[str, TensorLike], metadata: Optional[Mapping[str, str]] = None
+) -> None:
     """Write ``tensors`` (and string ``metadata``) to ``path`` as ``.safetensors``.
 
     A value is a NumPy array of a dtype in :data:`DTYPES` (bf16 as an array of dtype
@@ -173,8 +169,7 @@ def save_safetensors(path: PathLike, tensors: Mapping[str, TensorLike],
     entries.sort(key=lambda e: (-e[1].dtype.itemsize, e[0]))
     position = 0
     for name, array, tag in entries:
-        header[name] = {"dtype": tag, "shape": list(array.shape),
-                        "data_offsets": [position, position + array.nbytes]}
+        header[name] = {"dtype": tag, "shape": list(array.shape), "data_offsets": [position, position + array.nbytes]}
         position += array.nbytes
     blob = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
@@ -205,16 +200,14 @@ def _tensor_and_tag(name: str, value: Any) -> Tuple[np.ndarray, str]:
         if not isinstance(array, np.ndarray):
             raise TypeError(f"tensor {name!r}: expected a numpy array, got {type(array).__name__}")
         if tag not in _NP_DTYPES:
-            raise ValueError(f"tensor {name!r}: unknown dtype tag {tag!r}; supported: "
-                             f"{', '.join(DTYPES)}")
+            raise ValueError(f"tensor {name!r}: unknown dtype tag {tag!r}; supported: {', '.join(DTYPES)}")
         expected = _NP_DTYPES[tag]
         if tag == "BF16":
             ok = array.dtype.kind == "u" and array.dtype.itemsize == 2
         else:
             ok = array.dtype.newbyteorder("<") == expected or array.dtype == expected
         if not ok:
-            raise ValueError(f"tensor {name!r}: array of dtype {array.dtype} cannot be "
-                             f"written as {tag}")
+            raise ValueError(f"tensor {name!r}: array of dtype {array.dtype} cannot be written as {tag}")
     elif isinstance(value, np.ndarray):
         array = value
         try:
@@ -222,8 +215,7 @@ def _tensor_and_tag(name: str, value: Any) -> Tuple[np.ndarray, str]:
         except CheckpointError as e:
             raise ValueError(f"tensor {name!r}: {e}") from None
     else:
-        raise TypeError(f"tensor {name!r}: expected a numpy array or (array, dtype tag), got "
-                        f"{type(value).__name__}")
+        raise TypeError(f"tensor {name!r}: expected a numpy array or (array, dtype tag), got {type(value).__name__}")
     little = _NP_DTYPES[tag].newbyteorder("<") if tag != "BF16" else np.dtype("<u2")
     if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian):
         array = array.astype(little)
@@ -240,5 +232,5 @@ def _write_array(out: IO[bytes], array: np.ndarray) -> None:
     row_bytes = array[0].nbytes if array.ndim > 0 else array.nbytes
     step = max(1, (16 << 20) // max(1, row_bytes))
     for start in range(0, array.shape[0], step):
-        chunk = np.ascontiguousarray(array[start:start + step])
+        chunk = np.ascontiguousarray(array[start : start + step])
         out.write(chunk.reshape(-1).view(np.uint8).data)

@@ -28,12 +28,15 @@ __all__: List[str] = []
 # --------------------------------------------------------------------------------------------
 # .ckpt: the zip container
 
+
 def _legacy_message(path: str) -> str:
-    return (f"{path} uses PyTorch's legacy (pre-1.6, non-zip) format, which cannot be read "
-            "without running its pickle. Re-save it once with a recent PyTorch, e.g. "
-            "torch.save(torch.load(p, weights_only=True), p2) (only for a file you trust if "
-            "weights_only must be False), or convert it with `python -m asymvq convert`, then "
-            "load the new file")
+    return (
+        f"{path} uses PyTorch's legacy (pre-1.6, non-zip) format, which cannot be read "
+        "without running its pickle. Re-save it once with a recent PyTorch, e.g. "
+        "torch.save(torch.load(p, weights_only=True), p2) (only for a file you trust if "
+        "weights_only must be False), or convert it with `python -m asymvq convert`, then "
+        "load the new file"
+    )
 
 
 class _Member(NamedTuple):
@@ -56,8 +59,9 @@ def _zip_members(path: str, f: IO[bytes], size: int) -> Dict[str, _Member]:
     try:
         infos = zipfile.ZipFile(f).infolist()
     except Exception as e:  # zipfile raises many types on hostile input
-        raise CheckpointError(f"{path}: not a readable zip archive (truncated or corrupt?): "
-                              f"{type(e).__name__}: {e}") from e
+        raise CheckpointError(
+            f"{path}: not a readable zip archive (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from e
     members: Dict[str, _Member] = {}
     for info in infos:
         name = info.filename
@@ -71,11 +75,13 @@ def _zip_members(path: str, f: IO[bytes], size: int) -> Dict[str, _Member]:
                 "tensors can only be memory-mapped from uncompressed members, as torch.save "
                 "writes them. The file was probably re-zipped by another tool: re-save it with "
                 "torch.save(torch.load(p, weights_only=True), p2) or convert it with "
-                "`python -m asymvq convert`")
+                "`python -m asymvq convert`"
+            )
         header = info.header_offset
         if header < 0 or header + 30 > size:
-            raise CheckpointError(f"{path}: zip member {name!r}: local header at {header} lies "
-                                  f"outside the {size}-byte file")
+            raise CheckpointError(
+                f"{path}: zip member {name!r}: local header at {header} lies outside the {size}-byte file"
+            )
         local = _read_at(f, header, 30)
         sig, _, _, method, _, _, _, _, _, name_len, extra_len = struct.unpack("<4s5HIIIHH", local)
         encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
@@ -85,13 +91,17 @@ def _zip_members(path: str, f: IO[bytes], size: int) -> Dict[str, _Member]:
             central_name = b""
         local_name = f.read(name_len)
         if sig != b"PK\x03\x04" or method != zipfile.ZIP_STORED or local_name != central_name:
-            raise CheckpointError(f"{path}: zip member {name!r}: local header at {header} does "
-                                  "not match the central directory (corrupt file)")
+            raise CheckpointError(
+                f"{path}: zip member {name!r}: local header at {header} does "
+                "not match the central directory (corrupt file)"
+            )
         offset = header + 30 + name_len + extra_len
         if offset + info.file_size > size:
-            raise CheckpointError(f"{path}: zip member {name!r} claims {info.file_size} bytes at "
-                                  f"offset {offset}, past the end of the {size}-byte file "
-                                  "(truncated?)")
+            raise CheckpointError(
+                f"{path}: zip member {name!r} claims {info.file_size} bytes at "
+                f"offset {offset}, past the end of the {size}-byte file "
+                "(truncated?)"
+            )
         members[name] = _Member(offset, info.file_size, info.CRC)
     return members
 
@@ -101,15 +111,16 @@ def _open_ckpt(path: str, f: IO[bytes], size: int) -> Checkpoint:
     pickles = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
         found = "no" if not pickles else "several"
-        raise CheckpointError(f"{path}: {found} '<archive>/data.pkl' member; this zip was not "
-                              "written by torch.save")
+        raise CheckpointError(f"{path}: {found} '<archive>/data.pkl' member; this zip was not written by torch.save")
     prefix = pickles[0][: -len("data.pkl")]
     byteorder = members.get(prefix + "byteorder")
     if byteorder is not None:
         order = _read_at(f, byteorder.offset, min(byteorder.size, 16))
         if order != b"little":
-            raise CheckpointError(f"{path}: storages are stored with byte order {order[:16]!r}; "
-                                  "only little-endian checkpoints are supported")
+            raise CheckpointError(
+                f"{path}: storages are stored with byte order {order[:16]!r}; "
+                "only little-endian checkpoints are supported"
+            )
     pkl = members[pickles[0]]
     data = _read_at(f, pkl.offset, pkl.size)
     if zlib.crc32(data) != pkl.crc:
@@ -120,8 +131,7 @@ def _open_ckpt(path: str, f: IO[bytes], size: int) -> Checkpoint:
         state = dict.__getitem__(root, "state_dict")
         other = tuple(k if isinstance(k, str) else _short(k) for k in root if k != "state_dict")
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds {_describe(state)}, not a dict of tensors "
-                              "(a state dict)")
+        raise CheckpointError(f"{path} holds {_describe(state)}, not a dict of tensors (a state dict)")
     refs, skipped = _flatten(path, state)
     return Checkpoint(path, "ckpt", _memmap(path, f, size), refs, {}, skipped, other)
 
@@ -160,8 +170,11 @@ def _flatten(path: str, state: dict) -> Tuple[Dict[str, _TensorRef], Dict[str, s
         items = dict.items(obj) if isinstance(obj, dict) else enumerate(obj)
         children = []
         for key, value in items:
-            if isinstance(key, bool) or not isinstance(key, (str, int)) or (
-                    isinstance(key, int) and key.bit_length() > 64):
+            if (
+                isinstance(key, bool)
+                or not isinstance(key, (str, int))
+                or (isinstance(key, int) and key.bit_length() > 64)
+            ):
                 skipped[f"{name}[{_short(key)}]"] = "an entry whose key is not a string"
                 continue
             children.append((f"{name}.{key}" if name else str(key), value, depth + 1))
@@ -193,6 +206,7 @@ def _describe(obj: object) -> str:
 # --------------------------------------------------------------------------------------------
 # .ckpt: the restricted unpickler
 
+
 class _Unsupported(NamedTuple):
     """Stands for a tensor this reader cannot return (dtype, layout); keeps the reason."""
 
@@ -220,36 +234,120 @@ class _Storage(NamedTuple):
 
 
 _STORAGE_TAGS = {
-    "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16",
-    "DoubleStorage": "F64", "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16",
-    "CharStorage": "I8", "ByteStorage": "U8", "BoolStorage": "BOOL",
+    "FloatStorage": "F32",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "DoubleStorage": "F64",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
 }
 _TORCH_DTYPE_TAGS = {
-    "float32": "F32", "float": "F32", "float16": "F16", "half": "F16", "bfloat16": "BF16",
-    "float64": "F64", "double": "F64", "int64": "I64", "long": "I64", "int32": "I32",
-    "int": "I32", "int16": "I16", "short": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "double": "F64",
+    "int64": "I64",
+    "long": "I64",
+    "int32": "I32",
+    "int": "I32",
+    "int16": "I16",
+    "short": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
 }
 
 # Modules that a checkpoint only names to run code, touch files or processes, or unpickle more
 # data: refused outright. (Nothing is imported or called either way; unknown globals elsewhere
 # just become placeholders, so this list only needs to catch the obvious attacks loudly.)
-_REFUSED_MODULES = frozenset({
-    "builtins", "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "pickle",
-    "_pickle", "pickletools", "marshal", "shelve", "dill", "cloudpickle", "joblib", "importlib",
-    "imp", "zipimport", "pkgutil", "runpy", "shutil", "tempfile", "glob", "socket", "_socket",
-    "ssl", "http", "urllib", "ftplib", "smtplib", "ctypes", "_ctypes", "cffi", "code", "codeop",
-    "pty", "pdb", "bdb", "trace", "timeit", "profile", "cProfile", "doctest", "pydoc",
-    "webbrowser", "multiprocessing", "threading", "_thread", "signal", "asyncio", "io", "_io",
-    "codecs", "_codecs", "operator", "_operator", "inspect", "gc",
-})
+_REFUSED_MODULES = frozenset(
+    {
+        "builtins",
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "_posixsubprocess",
+        "sys",
+        "pickle",
+        "_pickle",
+        "pickletools",
+        "marshal",
+        "shelve",
+        "dill",
+        "cloudpickle",
+        "joblib",
+        "importlib",
+        "imp",
+        "zipimport",
+        "pkgutil",
+        "runpy",
+        "shutil",
+        "tempfile",
+        "glob",
+        "socket",
+        "_socket",
+        "ssl",
+        "http",
+        "urllib",
+        "ftplib",
+        "smtplib",
+        "ctypes",
+        "_ctypes",
+        "cffi",
+        "code",
+        "codeop",
+        "pty",
+        "pdb",
+        "bdb",
+        "trace",
+        "timeit",
+        "profile",
+        "cProfile",
+        "doctest",
+        "pydoc",
+        "webbrowser",
+        "multiprocessing",
+        "threading",
+        "_thread",
+        "signal",
+        "asyncio",
+        "io",
+        "_io",
+        "codecs",
+        "_codecs",
+        "operator",
+        "_operator",
+        "inspect",
+        "gc",
+    }
+)
 # Specific globals refused although their module also holds harmless, picklable classes.
-_REFUSED_GLOBALS = frozenset({
-    ("types", "FunctionType"), ("types", "LambdaType"), ("types", "CodeType"),
-    ("types", "MethodType"), ("types", "ModuleType"), ("types", "BuiltinFunctionType"),
-    ("functools", "reduce"), ("torch", "load"), ("torch.serialization", "load"),
-    ("torch.hub", "load"), ("torch.jit", "load"), ("numpy", "load"),
-    ("numpy.lib.npyio", "load"), ("numpy.lib._npyio_impl", "load"),
-})
+_REFUSED_GLOBALS = frozenset(
+    {
+        ("types", "FunctionType"),
+        ("types", "LambdaType"),
+        ("types", "CodeType"),
+        ("types", "MethodType"),
+        ("types", "ModuleType"),
+        ("types", "BuiltinFunctionType"),
+        ("functools", "reduce"),
+        ("torch", "load"),
+        ("torch.serialization", "load"),
+        ("torch.hub", "load"),
+        ("torch.jit", "load"),
+        ("numpy", "load"),
+        ("numpy.lib.npyio", "load"),
+        ("numpy.lib._npyio_impl", "load"),
+    }
+)
 # builtins that may appear in ordinary pickles but are not needed: inert placeholders.
 _INERT_BUILTINS = frozenset({"object", "type", "NoneType"})
 
@@ -325,8 +423,14 @@ class _Placeholder(metaclass=_PlaceholderMeta):
 
 
 _ITERABLES = (str, bytes, bytearray, list, tuple, dict, set, frozenset, OrderedDict)
-_TEXT_ENCODINGS = {"latin1": "latin-1", "latin-1": "latin-1", "iso-8859-1": "latin-1",
-                   "utf8": "utf-8", "utf-8": "utf-8", "ascii": "ascii"}
+_TEXT_ENCODINGS = {
+    "latin1": "latin-1",
+    "latin-1": "latin-1",
+    "iso-8859-1": "latin-1",
+    "utf8": "utf-8",
+    "utf-8": "utf-8",
+    "ascii": "ascii",
+}
 
 
 class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
@@ -353,26 +457,24 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         rebuild_v2 = _Callable("torch._utils._rebuild_tensor_v2", self._rebuild_tensor_v2)
         self._allowed: Dict[Tuple[str, str], object] = {
             ("torch._utils", "_rebuild_tensor_v2"): rebuild_v2,
-            ("torch._utils", "_rebuild_tensor"): _Callable("torch._utils._rebuild_tensor",
-                                                           self._rebuild_tensor),
-            ("torch._utils", "_rebuild_tensor_v3"): _Callable("torch._utils._rebuild_tensor_v3",
-                                                              self._rebuild_tensor_v3),
-            ("torch._utils", "_rebuild_parameter"): _Callable("torch._utils._rebuild_parameter",
-                                                              _rebuild_parameter),
+            ("torch._utils", "_rebuild_tensor"): _Callable("torch._utils._rebuild_tensor", self._rebuild_tensor),
+            ("torch._utils", "_rebuild_tensor_v3"): _Callable(
+                "torch._utils._rebuild_tensor_v3", self._rebuild_tensor_v3
+            ),
+            ("torch._utils", "_rebuild_parameter"): _Callable("torch._utils._rebuild_parameter", _rebuild_parameter),
             ("torch._utils", "_rebuild_parameter_with_state"): _Callable(
-                "torch._utils._rebuild_parameter_with_state", _rebuild_parameter),
+                "torch._utils._rebuild_parameter_with_state", _rebuild_parameter
+            ),
             ("torch._tensor", "_rebuild_from_type_v2"): _Callable(
-                "torch._tensor._rebuild_from_type_v2", self._rebuild_from_type_v2),
-            ("collections", "OrderedDict"): _Callable("collections.OrderedDict",
-                                                      self._ordered_dict),
-            ("collections", "defaultdict"): _Callable("collections.defaultdict",
-                                                      lambda *args: {}),
+                "torch._tensor._rebuild_from_type_v2", self._rebuild_from_type_v2
+            ),
+            ("collections", "OrderedDict"): _Callable("collections.OrderedDict", self._ordered_dict),
+            ("collections", "defaultdict"): _Callable("collections.defaultdict", lambda *args: {}),
             ("_codecs", "encode"): _Callable("_codecs.encode", self._codecs_encode),
             ("codecs", "encode"): _Callable("codecs.encode", self._codecs_encode),
         }
         for name in ("set", "frozenset", "list", "tuple", "dict"):
-            self._allowed[("builtins", name)] = _Callable(f"builtins.{name}",
-                                                          self._container(name))
+            self._allowed[("builtins", name)] = _Callable(f"builtins.{name}", self._container(name))
         for name in ("bytes", "bytearray", "str"):
             self._allowed[("builtins", name)] = _Callable(f"builtins.{name}", self._text(name))
         for name in ("int", "float", "complex", "bool", "slice", "range"):
@@ -384,8 +486,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
     def _refuse_extension(self) -> None:
-        raise CheckpointError(f"{self._path}: data.pkl uses pickle extension codes, which "
-                              "torch.save never writes")
+        raise CheckpointError(f"{self._path}: data.pkl uses pickle extension codes, which torch.save never writes")
 
     for _opcode in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_opcode[0]] = _refuse_extension
@@ -399,8 +500,9 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         inst = stack[-1]
         if isinstance(inst, _Placeholder) or type(inst) in (dict, OrderedDict):
             return
-        raise CheckpointError(f"{self._path}: data.pkl sets the state of {_describe(inst)}, "
-                              "which torch.save never does")
+        raise CheckpointError(
+            f"{self._path}: data.pkl sets the state of {_describe(inst)}, which torch.save never does"
+        )
 
     dispatch[pickle.BUILD[0]] = load_build
 
@@ -417,10 +519,10 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             with frame.getbuffer() as view:
                 at = frame.tell()
                 left_in_frame = len(view) - at
-                raw = bytes(view[at:at + width])
+                raw = bytes(view[at : at + width])
                 opcode_at = at_file - len(view) + at - 1
         if left_in_frame == 0:
-            raw = self._data[at_file:at_file + width]
+            raw = self._data[at_file : at_file + width]
             follow = left_in_file - width
         elif left_in_frame >= width:
             follow = left_in_frame - width + left_in_file
@@ -430,11 +532,14 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             return  # truncated: the standard reader reports that
         (declared,) = struct.unpack(field, raw)
         if declared < 0:
-            raise CheckpointError(f"{self._path}: data.pkl is corrupt: {name} at byte {opcode_at} "
-                                  f"declares a negative length ({declared})")
+            raise CheckpointError(
+                f"{self._path}: data.pkl is corrupt: {name} at byte {opcode_at} declares a negative length ({declared})"
+            )
         if declared > follow:
-            raise CheckpointError(f"{self._path}: data.pkl is corrupt: {name} at byte {opcode_at} "
-                                  f"declares {declared} bytes but only {max(follow, 0)} follow")
+            raise CheckpointError(
+                f"{self._path}: data.pkl is corrupt: {name} at byte {opcode_at} "
+                f"declares {declared} bytes but only {max(follow, 0)} follow"
+            )
 
     # -- nesting depth -------------------------------------------------------------------------
     def _nesting(self, obj: Any) -> int:
@@ -448,7 +553,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             raise CheckpointError(
                 f"{self._path}: data.pkl holds containers nested deeper than {_MAX_PICKLE_DEPTH} "
                 "levels, which no checkpoint needs (refused while unpickling, before anything "
-                "was hashed or compared)")
+                "was hashed or compared)"
+            )
 
     def _register(self, obj: Any) -> None:
         """Record the depth of a container an opcode just pushed; refuse it if too deep."""
@@ -475,15 +581,18 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         def update() -> None:
             if depth > self._nesting(container):
                 self._depths[id(container)] = (container, depth)
+
         return update
 
     def _charge(self, count: int) -> None:
         """Account for ``count`` elements or bytes an allowed callable is about to copy."""
         self._copied += count
         if self._copied > self._copy_limit:
-            raise CheckpointError(f"{self._path}: data.pkl makes its allowed functions copy more "
-                                  f"than {self._copy_limit} elements, more than the "
-                                  f"{len(self._data)}-byte pickle holds")
+            raise CheckpointError(
+                f"{self._path}: data.pkl makes its allowed functions copy more "
+                f"than {self._copy_limit} elements, more than the "
+                f"{len(self._data)}-byte pickle holds"
+            )
 
     # -- entry point ---------------------------------------------------------------------------
     def load_checked(self) -> Any:
@@ -492,8 +601,9 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         except CheckpointError:
             raise
         except Exception as e:  # any failure of the pickle machine on a corrupt file
-            raise CheckpointError(f"{self._path}: data.pkl is corrupt or not a torch.save "
-                                  f"pickle: {type(e).__name__}: {e}") from e
+            raise CheckpointError(
+                f"{self._path}: data.pkl is corrupt or not a torch.save pickle: {type(e).__name__}: {e}"
+            ) from e
 
     # -- the two hooks -------------------------------------------------------------------------
     def find_class(self, module: str, name: str) -> Any:
@@ -518,60 +628,65 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if module == "torch" and name in _TORCH_DTYPE_TAGS:
             return _TorchDType(name, _TORCH_DTYPE_TAGS[name])
         root = module.split(".", 1)[0]
-        if module == "builtins" and (name in _INERT_BUILTINS
-                                     or name.endswith(("Error", "Exception", "Warning"))):
+        if module == "builtins" and (name in _INERT_BUILTINS or name.endswith(("Error", "Exception", "Warning"))):
             return self._placeholder(module, name)
         if root in _REFUSED_MODULES or (module, name) in _REFUSED_GLOBALS:
             raise CheckpointError(
                 f"refusing {self._path}: its pickle references {module}.{name}, which a "
                 "checkpoint only needs to run code. Nothing was executed. If you trust this "
                 "file, re-save its weights with torch.save(model.state_dict(), p2) or as "
-                ".safetensors")
+                ".safetensors"
+            )
         return self._placeholder(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError(f"{self._path}: data.pkl holds a persistent id that is not a "
-                                  "torch storage reference")
+            raise CheckpointError(f"{self._path}: data.pkl holds a persistent id that is not a torch storage reference")
         _, storage_type, key, _location, numel = pid
         if not isinstance(key, str) or not _is_count(numel):
             raise CheckpointError(f"{self._path}: malformed storage reference {key!r}")
         member = self._members.get(f"{self._prefix}data/{key}")
         if member is None:
-            raise CheckpointError(f"{self._path}: storage {key!r} is missing from the archive "
-                                  f"(no member {self._prefix}data/{key})")
+            raise CheckpointError(
+                f"{self._path}: storage {key!r} is missing from the archive (no member {self._prefix}data/{key})"
+            )
         if not isinstance(storage_type, _StorageType):
-            return _Storage(key, None, member.offset, member.size, False,
-                            _global_name(storage_type))
+            return _Storage(key, None, member.offset, member.size, False, _global_name(storage_type))
         if storage_type.dtype is not None:
             itemsize = _NP_DTYPES[storage_type.dtype].itemsize
             if numel * itemsize != member.size:
                 raise CheckpointError(
                     f"{self._path}: storage {key!r} declares {numel} {storage_type.dtype} "
-                    f"elements ({numel * itemsize} bytes) but its member holds {member.size} bytes")
-        return _Storage(key, storage_type.dtype, member.offset, member.size,
-                        storage_type.untyped, storage_type.name)
+                    f"elements ({numel * itemsize} bytes) but its member holds {member.size} bytes"
+                )
+        return _Storage(key, storage_type.dtype, member.offset, member.size, storage_type.untyped, storage_type.name)
 
     # -- allowed callables ---------------------------------------------------------------------
     def _placeholder(self, module: str, name: str) -> type:
         qualified = f"{module}.{name}"
         cls = self._placeholders.get(qualified)
         if cls is None:
-            cls = _PlaceholderMeta(name[:100], (_Placeholder,),
-                                   {"__slots__": (), "_global": qualified[:200]})
+            cls = _PlaceholderMeta(name[:100], (_Placeholder,), {"__slots__": (), "_global": qualified[:200]})
             self._placeholders[qualified] = cls
         return cls
 
-    def _rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
-                           *_ignored: Any) -> Any:
+    def _rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any, stride: Any, *_ignored: Any) -> Any:
         return self._tensor(storage, storage_offset, size, stride, None)
 
     def _rebuild_tensor(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
         return self._tensor(storage, storage_offset, size, stride, None)
 
-    def _rebuild_tensor_v3(self, storage: Any, storage_offset: Any, size: Any, stride: Any,
-                           requires_grad: Any = None, hooks: Any = None, dtype: Any = None,
-                           *_ignored: Any) -> Any:
+    def _rebuild_tensor_v3(
+        self,
+        storage: Any,
+        storage_offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any = None,
+        hooks: Any = None,
+        dtype: Any = None,
+        *_ignored: Any,
+    ) -> Any:
         if not isinstance(dtype, _TorchDType):
             return _Unsupported(f"a tensor of dtype {_global_name(dtype)}, which is not read")
         if dtype.dtype is None:
@@ -583,46 +698,50 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             return func(*args)
         return _Unsupported(f"a tensor subclass rebuilt by {_global_name(func)}, which is not read")
 
-    def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any,
-                view_dtype: Optional[str]) -> Any:
+    def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any, view_dtype: Optional[str]) -> Any:
         path = self._path
         if not isinstance(storage, _Storage):
-            raise CheckpointError(f"{path}: a tensor in data.pkl is rebuilt from "
-                                  f"{_describe(storage)} instead of a storage")
+            raise CheckpointError(
+                f"{path}: a tensor in data.pkl is rebuilt from {_describe(storage)} instead of a storage"
+            )
         if storage.dtype is None:
-            return _Unsupported(f"a tensor stored as {storage.type_name}, which is not read "
-                                f"(supported dtypes: {', '.join(DTYPES)})")
+            return _Unsupported(
+                f"a tensor stored as {storage.type_name}, which is not read (supported dtypes: {', '.join(DTYPES)})"
+            )
         dtype = view_dtype or storage.dtype
         if storage.untyped and view_dtype is None:
             dtype = "U8"
         where = f"{path}: tensor on storage {storage.key!r}"
-        if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
-                and len(size) == len(stride) <= _MAX_NDIM):
-            raise CheckpointError(f"{where}: malformed shape {_short(size)} / strides "
-                                  f"{_short(stride)}")
-        if not (all(_is_count(d) for d in size) and all(_is_count(s) for s in stride)
-                and _is_count(offset)):
-            raise CheckpointError(f"{where}: shape {_short(size)}, strides {_short(stride)} and "
-                                  f"offset {_short(offset)} must be non-negative integers")
+        if not (
+            isinstance(size, (tuple, list))
+            and isinstance(stride, (tuple, list))
+            and len(size) == len(stride) <= _MAX_NDIM
+        ):
+            raise CheckpointError(f"{where}: malformed shape {_short(size)} / strides {_short(stride)}")
+        if not (all(_is_count(d) for d in size) and all(_is_count(s) for s in stride) and _is_count(offset)):
+            raise CheckpointError(
+                f"{where}: shape {_short(size)}, strides {_short(stride)} and "
+                f"offset {_short(offset)} must be non-negative integers"
+            )
         itemsize = _NP_DTYPES[dtype].itemsize
         capacity = storage.nbytes // itemsize
         shape = tuple(int(d) for d in size)
         strides = tuple(int(s) for s in stride)
         limit = (1 << 62) // itemsize
         if _numel_within(shape, limit) is None or max(strides, default=0) > limit:
-            raise CheckpointError(f"{where}: shape {_short(list(shape))} or strides "
-                                  f"{_short(list(strides))} are impossibly large")
+            raise CheckpointError(
+                f"{where}: shape {_short(list(shape))} or strides {_short(list(strides))} are impossibly large"
+            )
         if 0 not in shape:
             last = offset + sum((d - 1) * s for d, s in zip(shape, strides))
             if last >= capacity:
                 raise CheckpointError(
                     f"{where}: shape {list(shape)}, strides {list(strides)} and offset {offset} "
-                    f"reach element {last}, past the storage's {capacity} elements")
+                    f"reach element {last}, past the storage's {capacity} elements"
+                )
         elif offset > capacity:
-            raise CheckpointError(f"{where}: offset {offset} is past the storage's "
-                                  f"{capacity} elements")
-        return _TensorRef(dtype, shape, storage.offset + offset * itemsize,
-                          tuple(s * itemsize for s in strides))
+            raise CheckpointError(f"{where}: offset {offset} is past the storage's {capacity} elements")
+        return _TensorRef(dtype, shape, storage.offset + offset * itemsize, tuple(s * itemsize for s in strides))
 
     def _ordered_dict(self, *args: Any) -> Any:
         if not args:
@@ -636,8 +755,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         return self._placeholder("collections", "OrderedDict")()
 
     def _container(self, name: str) -> Callable[..., Any]:
-        kind = {"set": set, "frozenset": frozenset, "list": list, "tuple": tuple,
-                "dict": dict}[name]
+        kind = {"set": set, "frozenset": frozenset, "list": list, "tuple": tuple, "dict": dict}[name]
 
         def make(*args: Any) -> Any:
             if not args:
@@ -649,6 +767,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
                 except (TypeError, ValueError):
                     pass
             return self._placeholder("builtins", name)()
+
         return make
 
     def _text(self, name: str) -> Callable[..., Any]:
@@ -683,11 +802,11 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
                 if data is not None:
                     return data if name == "bytes" else bytearray(data)
             return self._placeholder("builtins", name)()
+
         return make
 
     def _scalar(self, name: str) -> Callable[..., Any]:
-        kind = {"int": int, "float": float, "complex": complex, "bool": bool, "slice": slice,
-                "range": range}[name]
+        kind = {"int": int, "float": float, "complex": complex, "bool": bool, "slice": slice, "range": range}[name]
 
         def make(*args: Any) -> Any:
             if len(args) <= 3 and all(type(a) in (type(None), bool, int, float, str) for a in args):
@@ -697,11 +816,11 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
                 except (TypeError, ValueError, OverflowError):
                     pass
             return self._placeholder("builtins", name)()
+
         return make
 
     def _codecs_encode(self, *args: Any) -> Any:
-        if (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str)
-                and args[1] in _TEXT_ENCODINGS):
+        if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str) and args[1] in _TEXT_ENCODINGS:
             self._charge(len(args[0]))
             try:
                 return args[0].encode(_TEXT_ENCODINGS[args[1]])
@@ -719,18 +838,38 @@ _MAX_PICKLE_DEPTH = 256
 
 # Opcodes with a length prefix -> (name, struct format of the length).
 _LENGTH_PREFIXED = {
-    pickle.BINSTRING: ("BINSTRING", "<i"), pickle.SHORT_BINSTRING: ("SHORT_BINSTRING", "<B"),
-    pickle.BINBYTES: ("BINBYTES", "<I"), pickle.SHORT_BINBYTES: ("SHORT_BINBYTES", "<B"),
-    pickle.BINBYTES8: ("BINBYTES8", "<Q"), pickle.BINUNICODE: ("BINUNICODE", "<I"),
-    pickle.SHORT_BINUNICODE: ("SHORT_BINUNICODE", "<B"), pickle.BINUNICODE8: ("BINUNICODE8", "<Q"),
-    pickle.BYTEARRAY8: ("BYTEARRAY8", "<Q"), pickle.LONG1: ("LONG1", "<B"),
-    pickle.LONG4: ("LONG4", "<i"), pickle.FRAME: ("FRAME", "<Q"),
+    pickle.BINSTRING: ("BINSTRING", "<i"),
+    pickle.SHORT_BINSTRING: ("SHORT_BINSTRING", "<B"),
+    pickle.BINBYTES: ("BINBYTES", "<I"),
+    pickle.SHORT_BINBYTES: ("SHORT_BINBYTES", "<B"),
+    pickle.BINBYTES8: ("BINBYTES8", "<Q"),
+    pickle.BINUNICODE: ("BINUNICODE", "<I"),
+    pickle.SHORT_BINUNICODE: ("SHORT_BINUNICODE", "<B"),
+    pickle.BINUNICODE8: ("BINUNICODE8", "<Q"),
+    pickle.BYTEARRAY8: ("BYTEARRAY8", "<Q"),
+    pickle.LONG1: ("LONG1", "<B"),
+    pickle.LONG4: ("LONG4", "<i"),
+    pickle.FRAME: ("FRAME", "<Q"),
 }
 # Opcodes that push a new object (or replace the top of the stack with one).
-_BUILDERS = (pickle.EMPTY_TUPLE, pickle.EMPTY_LIST, pickle.EMPTY_DICT, pickle.EMPTY_SET,
-             pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.LIST, pickle.DICT,
-             pickle.FROZENSET, pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.OBJ,
-             pickle.INST)
+_BUILDERS = (
+    pickle.EMPTY_TUPLE,
+    pickle.EMPTY_LIST,
+    pickle.EMPTY_DICT,
+    pickle.EMPTY_SET,
+    pickle.TUPLE,
+    pickle.TUPLE1,
+    pickle.TUPLE2,
+    pickle.TUPLE3,
+    pickle.LIST,
+    pickle.DICT,
+    pickle.FROZENSET,
+    pickle.REDUCE,
+    pickle.NEWOBJ,
+    pickle.NEWOBJ_EX,
+    pickle.OBJ,
+    pickle.INST,
+)
 
 
 def _marked(u: "_RestrictedUnpickler") -> Tuple[Any, Any]:
@@ -741,7 +880,9 @@ def _marked(u: "_RestrictedUnpickler") -> Tuple[Any, Any]:
 _FILLERS: Dict[bytes, Callable[["_RestrictedUnpickler"], Tuple[Any, Any]]] = {
     pickle.APPEND: lambda u: (u.stack[-2], u.stack[-1:]),
     pickle.SETITEM: lambda u: (u.stack[-3], u.stack[-2:]),
-    pickle.APPENDS: _marked, pickle.SETITEMS: _marked, pickle.ADDITEMS: _marked,
+    pickle.APPENDS: _marked,
+    pickle.SETITEMS: _marked,
+    pickle.ADDITEMS: _marked,
 }
 
 
@@ -749,6 +890,7 @@ def _length_checked(handler: Callable[[Any], None], name: str, field: str) -> Ca
     def load(self: "_RestrictedUnpickler") -> None:
         self._check_declared_length(name, field)
         handler(self)
+
     return load
 
 
@@ -757,11 +899,13 @@ def _registered(handler: Callable[[Any], None]) -> Callable[[Any], None]:
         handler(self)
         if self.stack:
             self._register(self.stack[-1])
+
     return load
 
 
-def _filling(handler: Callable[[Any], None],
-             operands: Callable[["_RestrictedUnpickler"], Tuple[Any, Any]]) -> Callable[[Any], None]:
+def _filling(
+    handler: Callable[[Any], None], operands: Callable[["_RestrictedUnpickler"], Tuple[Any, Any]]
+) -> Callable[[Any], None]:
     def load(self: "_RestrictedUnpickler") -> None:
         try:
             container, items = operands(self)
@@ -771,12 +915,12 @@ def _filling(handler: Callable[[Any], None],
         update = self._grow(container, items)
         handler(self)
         update()
+
     return load
 
 
 for _op, (_name, _field) in _LENGTH_PREFIXED.items():
-    _RestrictedUnpickler.dispatch[_op[0]] = _length_checked(
-        _RestrictedUnpickler.dispatch[_op[0]], _name, _field)
+    _RestrictedUnpickler.dispatch[_op[0]] = _length_checked(_RestrictedUnpickler.dispatch[_op[0]], _name, _field)
 for _op in _BUILDERS:
     _RestrictedUnpickler.dispatch[_op[0]] = _registered(_RestrictedUnpickler.dispatch[_op[0]])
 for _op, _operands in _FILLERS.items():
