@@ -125,3 +125,19 @@ def test_bad_arguments_are_one_clear_error(args: List[str], message: str) -> Non
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("tiny", [False, True], ids=["full-size", "tiny"])
+def test_every_task_names_shipped_configs_and_the_decoders_its_script_uses(tiny: bool) -> None:
+    from asymvq import config
+    from asymvq.bench import pipeline
+
+    for task, spec in pipeline.TASKS.items():
+        diffusion = config.load(pipeline._config_path(spec["config"], tiny))
+        assert isinstance(diffusion, config.DiffusionSpec)
+        assert diffusion.kind == ("inpaint" if task == "inpaint" else "txt2img")
+        assert set(spec["decoders"]) == set(pipeline.DECODERS)
+        for name in spec["decoders"].values():
+            decoder = config.load(pipeline._config_path(name, tiny))
+            assert isinstance(decoder, config.AutoencoderSpec)
+            assert decoder.decoder.conditional == (task == "inpaint")  # txt2img decodes without the mask condition

@@ -15,12 +15,8 @@ elif [ $# -gt 0 ]; then
     exit 2
 fi
 
-pins=$(python - <<'PY'
-import re, tomllib
-lint = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["lint"]
-print(" ".join(lint))
-PY
-)
+# the pins of the lint extra in pyproject.toml, e.g. ruff==0.17.6
+pins=$(sed -n 's/^lint = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",')
 for pin in $pins; do
     name=${pin%%==*}
     version=${pin##*==}
