@@ -35,7 +35,11 @@ if [ "$check" -eq 1 ]; then
     clang-format --dry-run -Werror "${c_files[@]}" || rc=1
     exit "$rc"
 fi
-ruff check --fix .
+ruff check --fix --exit-zero --quiet .  # what it cannot fix is listed at the end
 ruff format .
 clang-format -i "${c_files[@]}"
 echo "formatted: Python (ruff) and ${#c_files[@]} C files (clang-format); review with git diff, commit alone"
+if ! ruff check . >/dev/null; then
+    echo "left for a hand fix (ruff check .):"
+    ruff check --output-format concise . || true
+fi
