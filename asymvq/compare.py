@@ -416,7 +416,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asymvq compare", description=__doc__.split("\n\n")[0])
+    p = _cli.ArgumentParser(prog="python -m asymvq compare", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     return p
 
@@ -478,21 +478,18 @@ def job_from_args(args: argparse.Namespace, mode: str) -> Job:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        from .batch import run_batch
+    return _cli.run_command(lambda: run(parser().parse_args(argv)))
 
-        job = job_from_args(args, "compare")
-        pairs = find_pairs(args.indir, args.list_file)
-        res = run_batch(pairs, args.outdir, job, cluster=False, plot=not args.no_plot)
-    except _cli.CLIError as e:
-        return _cli.fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+def run(args: argparse.Namespace) -> int:
+    """The command's body (errors become exit codes in :func:`asymvq._cli.run_command`)."""
+    from .batch import run_batch
+
+    job = job_from_args(args, "compare")
+    pairs = find_pairs(args.indir, args.list_file)
+    res = run_batch(pairs, args.outdir, job, cluster=False, plot=not args.no_plot)
     print(res.report())
     return 0 if not res.failures else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
