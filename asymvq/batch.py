@@ -152,6 +152,7 @@ def worker_memory_bytes(job: Job, image_pixels: int = 640 * 640) -> int:
     Pass ``workers`` explicitly to override the sizing that uses it.
     """
     files = [job.ckpt_d] + [d.ckpt for d in job.decoders if d.ckpt is not None]
+    files += [f for f in (job.lpips, job.fid) if f is not None]  # the learned metrics' networks (torch)
     weights = sum(os.path.getsize(f) for f in dict.fromkeys(files) if os.path.exists(f))
     activations = int(2 * 2**30 * image_pixels / (512 * 512))
     return int(1.2 * weights) + activations + 256 * 2**20
