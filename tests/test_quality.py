@@ -301,3 +301,21 @@ def test_learned_metrics_never_touch_the_network(ckpts, nets, tmp_path, capsys, 
                          "--no-plot")
     assert rc == 0, err
     assert not (tmp_path / "torch-home").exists()
+
+
+def test_a_dask_worker_measures_the_same_learned_metrics_as_the_in_process_run(ckpts, nets, tmp_path):
+    pytest.importorskip("distributed")
+    from asymvq.batch import run_batch
+    from asymvq.compare import DecoderSpec, Job
+
+    indir = make_pairs(tmp_path / "in", 2)
+    job = Job(config_d=str(CONFIG_D), ckpt_d=str(ckpts["sd"]), vocab=str(VOCAB), steps=STEPS, mode="compare",
+              decoders=(DecoderSpec("vanilla"), DecoderSpec("base", str(TINY / "autoencoder_kl_32x32x4.yaml"),
+                                                              str(ckpts["base"]))),
+              lpips=str(nets["lpips"]), fid=str(nets["fid"]))
+    local = run_batch(indir, tmp_path / "local", job, cluster=False, threads=1, progress=False, plot=False)
+    dask = run_batch(indir, tmp_path / "dask", job, workers=1, threads=1, progress=False, plot=False, timeout=240)
+    assert len(dask.done) == 2 and dask.workers == 1 and not dask.failures
+    assert (tmp_path / "dask" / "metrics.csv").read_text() == (tmp_path / "local" / "metrics.csv").read_text()
+    assert (tmp_path / "dask" / "summary.csv").read_text() == (tmp_path / "local" / "summary.csv").read_text()
+    assert "fid" in (tmp_path / "dask" / "summary.csv").read_text().splitlines()[0]
