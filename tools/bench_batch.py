@@ -5,7 +5,7 @@
     python tools/bench_batch.py --full-size --precision bf16 --pairs 4 --steps 2   # full-size random weights
 
 ``--full-size`` uses the shipped (full-size) configs at 512 x 512 (``--size`` changes it), with random
-full-size checkpoints written to a temporary folder (about 6 GB, removed at the end) unless
+full-size checkpoints written to a temporary folder (several GB, removed at the end) unless
 ``--ckpt-d`` / ``--decoder-ckpt`` name real ones. Run it on an otherwise idle machine: the load is printed
 beside every figure, and a configuration whose workers would not fit in the available memory is skipped.
 
@@ -144,6 +144,7 @@ def run_config(c, job, indir, tmp, a, size, cores):
     before = load()
     res = run_batch(indir, tmp / f"out-{c}", job, progress=False, plot=False, task=timed_task, **kw)
     after = load()
+    batch._CACHE.clear()  # the in-process run's models: free them before the workers load theirs
     if not res.done:
         print(f"{c:7s} no pair completed: {res.failures[:1]}", flush=True)
         return
