@@ -9,6 +9,7 @@ the images' conversion, what is compared, the FID statistics, the files, the err
 import csv
 import json
 import math
+import os
 import socket
 import sys
 from pathlib import Path
@@ -321,3 +322,19 @@ def test_a_dask_worker_measures_the_same_learned_metrics_as_the_in_process_run(c
     assert (tmp_path / "dask" / "metrics.csv").read_text() == (tmp_path / "local" / "metrics.csv").read_text()
     assert (tmp_path / "dask" / "summary.csv").read_text() == (tmp_path / "local" / "summary.csv").read_text()
     assert "fid" in (tmp_path / "dask" / "summary.csv").read_text().splitlines()[0]
+
+
+def test_compare_with_learned_metrics_runs_in_a_network_namespace_without_any_interface(ckpts, nets, tmp_path):
+    import subprocess
+
+    indir = make_pairs(tmp_path / "in", 2)
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["TORCH_HOME"] = str(tmp_path / "torch-home")
+    cmd = ["unshare", "-n", sys.executable, "-m", "asymvq", *compare_args(ckpts, indir, tmp_path / "out"),
+           "--lpips", str(nets["lpips"]), "--fid", str(nets["fid"]), "--no-plot"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+                       env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    summary = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert all(math.isfinite(float(r["fid"])) and math.isfinite(float(r["lpips_mean"])) for r in summary)
+    assert not (tmp_path / "torch-home").exists()
