@@ -318,7 +318,7 @@ def test_a_dask_worker_measures_the_same_learned_metrics_as_the_in_process_run(c
               lpips=str(nets["lpips"]), fid=str(nets["fid"]))
     local = run_batch(indir, tmp_path / "local", job, cluster=False, threads=1, progress=False, plot=False)
     dask = run_batch(indir, tmp_path / "dask", job, workers=1, threads=1, progress=False, plot=False, timeout=240)
-    assert len(dask.done) == 2 and dask.workers == 1 and not dask.failures
+    assert len(local.done) == len(dask.done) == 2 and dask.workers == 1 and not dask.failures
     assert (tmp_path / "dask" / "metrics.csv").read_text() == (tmp_path / "local" / "metrics.csv").read_text()
     assert (tmp_path / "dask" / "summary.csv").read_text() == (tmp_path / "local" / "summary.csv").read_text()
     assert "fid" in (tmp_path / "dask" / "summary.csv").read_text().splitlines()[0]
