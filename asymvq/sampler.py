@@ -50,7 +50,7 @@ from . import _core
 from . import config as config_mod
 from .rng import Generator, RngLike, as_generator
 
-__all__ = ["Sampler", "randn", "StepCallback", "KINDS", "SPACINGS"]
+__all__ = ["Sampler", "randn", "StepCallback", "KINDS", "SPACINGS", "SAMPLER_NAMES", "sampler_from_name"]
 
 #: ``callback(step, timestep, x)`` after every step; ``x`` is a float32 copy of the latent
 #: ``[B, C, h, w]``.  Return ``None``, or an array of that shape to replace the latent.
@@ -61,6 +61,10 @@ SD1_SCHEDULE = (0.00085, 0.012, 1000)
 
 #: Every ``kind`` a :class:`Sampler` takes; the first two are the original's.
 KINDS = ("ddim", "plms", "dpmpp_2m", "euler", "euler_a")
+
+#: The names the pipelines (``sampler=``) and the command lines (``--sampler``) take: the kinds, plus
+#: ``"dpmpp_2m_karras"`` for ``Sampler("dpmpp_2m", karras=True)``.
+SAMPLER_NAMES = ("ddim", "plms", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a")
 
 #: diffusers' ``timestep_spacing`` values the diffusers-style kinds take; the first is the default.
 SPACINGS = ("linspace", "leading", "trailing")
@@ -281,3 +285,15 @@ class Sampler:
         karras = ", karras=True" if self.karras else (f", spacing={self.spacing!r}" if self.spacing else "")
         return (f"Sampler(kind={self.kind!r}, steps={self.steps}, eta={self.eta}{karras}, "
                 f"timesteps={len(self.timesteps)} of {len(self.alphas_cumprod)})")
+
+
+def sampler_from_name(name: str, steps: int, eta: float = 0.0, config: ConfigLike = None) -> Sampler:
+    """The :class:`Sampler` a pipeline or command line means by ``name`` (one of :data:`SAMPLER_NAMES`).
+
+    ``ValueError`` for an unknown name (listing the choices) and for whatever :class:`Sampler` rejects
+    (``eta != 0`` with any sampler but ddim, step counts).
+    """
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLER_NAMES)}")
+    kind, karras = ("dpmpp_2m", True) if name == "dpmpp_2m_karras" else (name, False)
+    return Sampler(kind, steps, eta, config=config, karras=karras)
