@@ -406,3 +406,40 @@ def test_ctrl_c_during_a_dpmpp_loop_stops_within_one_step(tiny_t2i) -> None:
     assert max(steps) <= 3
     np.testing.assert_array_equal(s.sample(unet, x_T, c, uc, SCALE), Sampler("dpmpp_2m", 20).sample(unet, x_T, c, uc,
                                                                                                      SCALE))
+
+
+class TorchUNet:
+    """diffusers' UNet2DConditionModel holding the same ldm weights, as a NumPy model."""
+
+    def __init__(self, spec: config.UNetSpec, weights: dict) -> None:
+        from reference.unet_reference import build_reference
+
+        self.model = build_reference(spec, weights)
+
+    def __call__(self, x: np.ndarray, t: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+        from reference.unet_reference import reference_eps
+
+        return reference_eps(self.model, np.ascontiguousarray(x, np.float32), t, ctx)
+
+
+@pytest.mark.parametrize("name, kind, karras", [("t2i", "dpmpp_2m", True), ("inpaint", "euler_a", False),
+                                                ("t2i", "euler", False)])
+def test_the_c_loop_with_the_tiny_c_unet_matches_diffusers_with_the_torch_unet(name: str, kind: str, karras: bool,
+                                                                               monkeypatch) -> None:
+    from asymvq.unet import UNet
+    from reference.unet_reference import random_unet_weights
+
+    cfg = {"t2i": "v1-t2i-inference.yaml", "inpaint": "v1-inpainting-inference.yaml"}[name]
+    spec = config.load(config.packaged_tiny_config(cfg)).unet
+    weights = random_unet_weights(spec, seed=4)
+    h, w, steps = 8, 16, 8
+    x_T, c, uc = randn(0, (1, 4, h, w)), randn(1, (1, L, spec.context_dim)), randn(2, (1, L, spec.context_dim))
+    cc = None
+    if spec.in_channels == 9:
+        cc = np.concatenate([(randn(3, (1, 1, h, w)) > 0).astype(np.float32), randn(4, (1, 4, h, w))], 1)
+    noise = randn(5, (steps, 1, 4, h, w)) if kind == "euler_a" else None
+    ours = Sampler(kind, steps, karras=karras).sample(UNet.from_config(spec, weights), x_T, c, uc, SCALE,
+                                                      c_concat=cc, noise=noise)
+    theirs = diffusers_loop(diffusers_scheduler(kind, karras), steps, TorchUNet(spec, weights), x_T, c, uc, SCALE,
+                            c_concat=cc, noise=noise, monkeypatch=monkeypatch)[-1]
+    assert rel_err(ours, theirs) <= 1e-3  # two UNets in float32 (as tests/test_sampler.py's end-to-end bound)
