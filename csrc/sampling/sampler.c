@@ -20,8 +20,8 @@ struct avq_sampler {
     /* sigma kinds only */
     int karras;
     avq_spacing spacing;
-    float *lev;     /* owned, [n + 1] noise levels in loop order, lev[n] = 0 */
-    float *tstep;   /* owned, [n] the model's timestep at loop step i */
+    float *lev;   /* owned, [n + 1] noise levels in loop order, lev[n] = 0 */
+    float *tstep; /* owned, [n] the model's timestep at loop step i */
     float init_sigma;
 };
 

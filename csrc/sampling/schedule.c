@@ -105,7 +105,8 @@ avq_status avq_schedule_alphas_cumprod_f32(const avq_schedule_config *cfg, float
 avq_status avq_spacing_timesteps(avq_spacing spacing, int steps, int timesteps, int dpm, float *t) {
     const int T = timesteps, n = steps;
     if (n < 1 || n > T - 1)
-        return avq_error(AVQ_ERR_ARG, "steps must be between 1 and %d for this sampler (the schedule has %d timesteps), got %d",
+        return avq_error(AVQ_ERR_ARG,
+                         "steps must be between 1 and %d for this sampler (the schedule has %d timesteps), got %d",
                          T - 1, T, n);
     if (spacing == AVQ_SPACING_LINSPACE) {
         /* numpy.linspace in float64: k * (stop / (num - 1)), the last exactly stop */
