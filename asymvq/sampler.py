@@ -238,8 +238,9 @@ class Sampler:
         """Denoise ``x_T`` and return ``x_0`` (float32 ``[B, C, h, w]``).
 
         * ``unet``: an :class:`asymvq.UNet` (the loop then calls the C UNet without the GIL), or any
-          callable ``unet(x, t, context) -> eps`` (x float32 ``[N, Cin, h, w]``, t int64 ``[N]``,
-          context float32 ``[N, L, D]``), called with the GIL for each model evaluation.
+          callable ``unet(x, t, context) -> eps`` (x float32 ``[N, Cin, h, w]``, t int64 ``[N]`` —
+          float32 when fractional, as euler/euler_a's ``"linspace"`` timesteps —, context float32
+          ``[N, L, D]``), called with the GIL for each model evaluation.
         * ``x_T``: ``[B, C, h, w]``, ``h`` and ``w`` multiples of 8.
         * ``cond`` / ``uncond``: ``[B or 1, L, D]`` (batch 1 is repeated).  With ``uncond=None`` or
           ``scale == 1`` the model is called once per step on ``B`` without guidance; otherwise once

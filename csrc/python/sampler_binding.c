@@ -24,7 +24,8 @@
  *    plan meanwhile. Without _c_plan_for the sampler builds a plan of its own
  *    for the call. The loop then calls avq_unet_run without the GIL.
  *  - the slow path, any callable unet(x, t, context) -> eps (x float32
- *    [N, Cin, h, w], t int64 [N], context float32 [N, L, D]; eps convertible to
+ *    [N, Cin, h, w], t int64 [N] (float32 when fractional: Euler "linspace"),
+ *    context float32 [N, L, D]; eps convertible to
  *    float32 [N, C, h, w]), called with the GIL taken for each model call. Its
  *    optional int attributes in_channels / out_channels / context_dim are
  *    checked against the inputs like the C UNet's.
