@@ -422,27 +422,38 @@ class TorchUNet:
         return reference_eps(self.model, np.ascontiguousarray(x, np.float32), t, ctx)
 
 
-@pytest.mark.parametrize("name, kind, karras", [("t2i", "dpmpp_2m", True), ("inpaint", "euler_a", False),
-                                                ("t2i", "euler", False)])
-def test_the_c_loop_with_the_tiny_c_unet_matches_diffusers_with_the_torch_unet(name: str, kind: str, karras: bool,
-                                                                               monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def tiny_pairs():
+    """Per model kind: the tiny C UNet and diffusers' torch UNet holding the same random weights."""
     from asymvq.unet import UNet
     from reference.unet_reference import random_unet_weights
 
-    cfg = {"t2i": "v1-t2i-inference.yaml", "inpaint": "v1-inpainting-inference.yaml"}[name]
-    spec = config.load(config.packaged_tiny_config(cfg)).unet
-    weights = random_unet_weights(spec, seed=4)
-    h, w, steps = 8, 16, 8
+    out = {}
+    for name, cfg in [("t2i", "v1-t2i-inference.yaml"), ("inpaint", "v1-inpainting-inference.yaml")]:
+        spec = config.load(config.packaged_tiny_config(cfg)).unet
+        weights = random_unet_weights(spec, seed=4)
+        out[name] = spec, UNet.from_config(spec, weights), TorchUNet(spec, weights)
+    return out
+
+
+@pytest.mark.parametrize("name", ["t2i", "inpaint"])
+@pytest.mark.parametrize("kind, karras", SIGMA_KINDS)
+def test_20_step_c_loop_with_the_tiny_c_unet_matches_diffusers_with_the_torch_unet(tiny_pairs, name: str, kind: str,
+                                                                                   karras: bool, monkeypatch) -> None:
+    # the issue's parity bound, 1e-5 on the whole trajectory, holds with the real (tiny) UNet too:
+    # measured 3e-6 .. 5.2e-6 over these eight cases
+    spec, ours_unet, torch_unet = tiny_pairs[name]
+    h, w, steps = 8, 16, 20
     x_T, c, uc = randn(0, (1, 4, h, w)), randn(1, (1, L, spec.context_dim)), randn(2, (1, L, spec.context_dim))
     cc = None
     if spec.in_channels == 9:
         cc = np.concatenate([(randn(3, (1, 1, h, w)) > 0).astype(np.float32), randn(4, (1, 4, h, w))], 1)
     noise = randn(5, (steps, 1, 4, h, w)) if kind == "euler_a" else None
-    ours = Sampler(kind, steps, karras=karras).sample(UNet.from_config(spec, weights), x_T, c, uc, SCALE,
-                                                      c_concat=cc, noise=noise)
-    theirs = diffusers_loop(diffusers_scheduler(kind, karras), steps, TorchUNet(spec, weights), x_T, c, uc, SCALE,
-                            c_concat=cc, noise=noise, monkeypatch=monkeypatch)[-1]
-    assert rel_err(ours, theirs) <= 1e-3  # two UNets in float32 (as tests/test_sampler.py's end-to-end bound)
+    ours = run(Sampler(kind, steps, karras=karras), ours_unet, x_T, c, uc, SCALE, c_concat=cc, noise=noise)
+    theirs = diffusers_loop(diffusers_scheduler(kind, karras), steps, torch_unet, x_T, c, uc, SCALE, c_concat=cc,
+                            noise=noise, monkeypatch=monkeypatch)
+    worst = assert_trajectories_close(ours, theirs)
+    print(f"tiny UNet {name} {kind}{' karras' if karras else ''}: max relative error {worst:.3g}")
 
 
 @pytest.mark.slow
