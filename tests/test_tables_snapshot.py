@@ -7,8 +7,10 @@ ordered (name, shape) list, and the first and last entries.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,3 +67,19 @@ def test_snapshot_covers_every_packaged_config_and_table() -> None:
         for function in _calls(config.load((config.packaged_tiny_config if tiny else config.packaged_config)(name)))
     }
     assert set(SNAPSHOT) == expected
+
+
+def test_real_unet_table_is_recorded_without_weight_memory() -> None:
+    # 860 M parameters: copying them would take seconds and 3.4 GB; recording takes milliseconds.
+    spec = config.load(config.packaged_config("v1-inpainting-inference.yaml"))
+    start = time.perf_counter()
+    table = tables.unet_tensors(spec.unet)
+    assert time.perf_counter() - start < 0.5
+    assert len(table) == 686
+
+
+def test_table_of_a_config_the_c_model_refuses_raises_its_message() -> None:
+    spec = config.load(config.packaged_tiny_config("v1-t2i-inference.yaml")).unet
+    bad = dataclasses.replace(spec, model_channels=spec.model_channels + 1)
+    with pytest.raises(ValueError, match="model_channels must be a positive multiple of 32"):
+        tables.unet_tensors(bad)

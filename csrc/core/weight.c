@@ -21,7 +21,8 @@ avq_weight avq_weight_rows(avq_weight *w, int64_t r0, int64_t n) {
     int64_t row = 1;
     for (int i = 1; i < w->ndim; i++) row *= w->dims[i];
     v.dims[0] = n;
-    v.data = (const char *)w->data + (size_t)(r0 * row) * avq_dtype_size(w->dtype);
+    /* A recorded weight has no data (loader.h): its views have none either. */
+    v.data = w->data ? (const char *)w->data + (size_t)(r0 * row) * avq_dtype_size(w->dtype) : NULL;
     v.packed = NULL;
     v.own = NULL;
     v.origin = NULL;

@@ -102,3 +102,38 @@ int64_t avq_weight_set_numel(const avq_weight_set *ws) {
     for (size_t i = 0; i < ws->n; i++) n += avq_weight_numel(ws->all[i]);
     return n;
 }
+
+static int record(void *ctx, const char *name, int ndim, const int64_t *dims, avq_weight *w, char *msg,
+                  size_t msg_len) {
+    avq_weight_recorder *r = ctx;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 256;
+        avq_tensor_entry *na = realloc(r->all, cap * sizeof *na);
+        if (!na) goto oom;
+        r->all = na;
+        r->cap = cap;
+    }
+    avq_tensor_entry *e = &r->all[r->n];
+    if (!(e->name = strdup(name))) goto oom;
+    e->ndim = ndim;
+    for (int i = 0; i < ndim && i < 4; i++) e->dims[i] = dims[i];
+    r->n++;
+    avq_weight_init(w, name, AVQ_F32, ndim, dims, NULL); /* no data: nothing is copied */
+    return 0;
+oom:
+    r->oom = 1;
+    snprintf(msg, msg_len, "out of memory recording the tensor list");
+    return 1;
+}
+
+void avq_weight_recorder_init(avq_weight_recorder *r) {
+    memset(r, 0, sizeof *r);
+    r->src.ctx = r;
+    r->src.get = record;
+}
+
+void avq_weight_recorder_free(avq_weight_recorder *r) {
+    for (size_t i = 0; i < r->n; i++) free(r->all[i].name);
+    free(r->all);
+    memset(r, 0, sizeof *r);
+}

@@ -50,6 +50,26 @@ void avq_weight_set_free(avq_weight_set *ws);
 /* Number of parameters held (for repr and parity with the tables). */
 int64_t avq_weight_set_numel(const avq_weight_set *ws);
 
+/* A source that hands out no data and records what it is asked for: a model
+ * built against it lists every tensor it needs, in lookup order, without
+ * memory for any of them (the model must not be run; destroy it). This is
+ * the one description of each topology's weights (asymvq.tables reads it). */
+typedef struct avq_tensor_entry {
+    char *name; /* owned */
+    int ndim;
+    int64_t dims[4];
+} avq_tensor_entry;
+
+typedef struct avq_weight_recorder {
+    avq_weight_source src; /* pass &rec->src to a model's create */
+    avq_tensor_entry *all; /* owned, n entries */
+    size_t n, cap;
+    int oom; /* an entry could not be recorded */
+} avq_weight_recorder;
+
+void avq_weight_recorder_init(avq_weight_recorder *r);
+void avq_weight_recorder_free(avq_weight_recorder *r);
+
 #define AVQ_DIMS(...) ((const int64_t[]){__VA_ARGS__})
 /* avq_weight_get(ws, 4, AVQ_DIMS(512, 4, 3, 3), "decoder.up.%d.block.%d.conv1.weight", L, b) */
 
