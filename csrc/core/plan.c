@@ -30,8 +30,6 @@ struct avq_plan {
     size_t arena_bytes;
     void *scratch; /* owned */
     size_t scratch_bytes;
-
-    const volatile int *abort_flag; /* borrowed */
 };
 
 #define ARENA_ALIGN 64
@@ -93,11 +91,7 @@ dnnl_engine_t avq_plan_engine(const avq_plan *p) { return p->engine; }
 
 static _Thread_local const volatile int *thread_abort_flag; /* borrowed */
 
-void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag) { p->abort_flag = flag; }
 void avq_plan_set_thread_abort_flag(const volatile int *flag) { thread_abort_flag = flag; }
-int avq_plan_aborted(const avq_plan *p) {
-    return (p->abort_flag && *p->abort_flag) || (thread_abort_flag && *thread_abort_flag);
-}
 
 static void *aligned(size_t bytes) {
     if (bytes == 0) bytes = ARENA_ALIGN;
@@ -213,7 +207,7 @@ avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout 
 avq_status avq_plan_step(avq_plan *p, int kind, avq_step **out) {
     /* Every op asks for its step first: the one place to notice an abort
      * between layers, building or running. */
-    if (avq_plan_aborted(p)) return avq_error(AVQ_ERR_ABORTED, "interrupted");
+    if (thread_abort_flag && *thread_abort_flag) return avq_error(AVQ_ERR_ABORTED, "interrupted");
     if (p->state == PLAN_BUILDING) {
         /* The op about to be built creates oneDNN descriptors (see CREATE_HEADROOM). */
         AVQ_TRY(avq_memory_headroom("build the next layer"));

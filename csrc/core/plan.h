@@ -35,14 +35,12 @@ size_t avq_plan_arena_bytes(const avq_plan *p);
 size_t avq_plan_scratch_bytes(const avq_plan *p);
 size_t avq_plan_num_steps(const avq_plan *p);
 
-/* Cooperative abort: a run (or build) whose flag becomes nonzero stops at the
- * next step (op) with AVQ_ERR_ABORTED; the plan stays usable (an interrupted
- * build leaves it empty, to be built again). Two flags are polled: the plan's
- * own (borrowed) and the calling thread's (borrowed; set around one model
- * call, which runs its steps on that thread, e.g. by the Python binding). */
-void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag);
+/* Cooperative abort: a run (or build) on a thread whose flag (borrowed; set
+ * around one model call, which runs its steps on that thread, e.g. by the
+ * Python binding for Ctrl-C) becomes nonzero stops at the next step (op) with
+ * AVQ_ERR_ABORTED; the plan stays usable (an interrupted build leaves it
+ * empty, to be built again). */
 void avq_plan_set_thread_abort_flag(const volatile int *flag);
-int avq_plan_aborted(const avq_plan *p);
 
 typedef avq_status (*avq_forward_fn)(avq_plan *p, void *ctx);
 /* Builds on first use, then runs `fn`. A failed build leaves the plan empty. */
