@@ -312,18 +312,14 @@ avq_status avq_step_set_primitive(avq_plan *p, avq_step *s, dnnl_primitive_desc_
     return st;
 }
 
-avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nhandles) {
-    int h = 0;
+avq_status avq_step_exec(avq_plan *p, avq_step *s, const avq_arg_data *data, int ndata) {
     for (int a = 0; a < s->nargs; a++) {
         if (!s->owned[a]) continue;
-        void *ptr;
-        if (s->args[a].arg == DNNL_ARG_SCRATCHPAD)
-            ptr = p->scratch;
-        else if (h < nhandles)
-            ptr = handles[h++];
-        else
-            return avq_error(AVQ_ERR_INTERNAL, "step is missing a data handle");
-        if (!ptr) continue;
+        const int id = s->args[a].arg;
+        void *ptr = id == DNNL_ARG_SCRATCHPAD ? p->scratch : NULL;
+        for (int i = 0; !ptr && i < ndata; i++)
+            if (data[i].arg == id) ptr = data[i].data;
+        if (!ptr) return avq_error(AVQ_ERR_INTERNAL, "plan step argument %d has no buffer", id);
         if (dnnl_memory_set_data_handle(s->args[a].memory, ptr) != dnnl_success)
             return avq_error(AVQ_ERR_DNNL, "cannot bind a buffer to a oneDNN memory object");
     }

@@ -63,9 +63,15 @@ avq_status avq_step_set_primitive(avq_plan *p, avq_step *s, dnnl_primitive_desc_
 avq_status avq_step_arg(avq_step *s, int arg, const_dnnl_memory_desc_t md);
 /* An argument bound once (packed weights; not owned). */
 avq_status avq_step_arg_fixed(avq_step *s, int arg, dnnl_memory_t mem);
-/* Sets the handles of the per-run arguments (in the order they were added,
- * NULL entries skip) and executes. */
-avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nhandles);
+/* The buffer of one per-run argument, named by its oneDNN id (DNNL_ARG_SRC, ...). */
+typedef struct avq_arg_data {
+    int arg;
+    void *data;
+} avq_arg_data;
+/* Binds every per-run argument of the step to the buffer given for its id (the
+ * scratchpad to the plan's) and executes; an argument left without a buffer is
+ * AVQ_ERR_INTERNAL. */
+avq_status avq_step_exec(avq_plan *p, avq_step *s, const avq_arg_data *data, int ndata);
 
 dnnl_engine_t avq_plan_engine(const avq_plan *p);
 

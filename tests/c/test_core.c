@@ -858,6 +858,37 @@ static void test_bad_shapes_are_reported_with_names_and_shapes(void) {
     }
 }
 
+/* ---- step arguments are bound by oneDNN id ----------------------------------------- */
+
+typedef struct bind_ctx {
+    avq_tensor x, y;
+    int missing; /* run: leave the destination without a buffer */
+} bind_ctx;
+
+/* Build: one reorder step. Run: the step executed directly, its buffers given
+ * destination first (the order must not matter), or without the destination. */
+static avq_status bind_forward(avq_plan *p, void *vctx) {
+    bind_ctx *c = vctx;
+    if (avq_plan_building(p)) return avq_reorder(p, &c->x, &c->y);
+    avq_step *s;
+    AVQ_TRY(avq_plan_step(p, AVQ_STEP_REORDER, &s));
+    avq_arg_data d[] = {{DNNL_ARG_TO, c->y.data}, {DNNL_ARG_FROM, c->x.data}};
+    return c->missing ? avq_step_exec(p, s, &d[1], 1) : avq_step_exec(p, s, d, 2);
+}
+
+static void test_step_buffers_are_bound_by_argument_id_and_a_missing_one_is_an_error(void) {
+    float x[6] = {1, 2, 3, 4, 5, 6}, y[6] = {0};
+    bind_ctx c = {.x = ext_tensor(2, DIMS(2, 3), x), .y = ext_tensor(2, DIMS(2, 3), y), .missing = 0};
+    avq_plan *p;
+    CHECK_OK(avq_plan_create(&p));
+    CHECK_OK(avq_plan_run(p, bind_forward, &c));
+    CHECK(memcmp(x, y, sizeof x) == 0, "FROM and TO bound by id, whatever their order");
+    c.missing = 1;
+    CHECK(avq_plan_run(p, bind_forward, &c) == AVQ_ERR_INTERNAL && strstr(avq_last_error(), "has no buffer"),
+          "a per-run argument without a buffer: %s", avq_last_error());
+    avq_plan_destroy(p);
+}
+
 /* ---- recorded tensor lists ------------------------------------------------------------ */
 
 static void test_a_unet_built_against_the_recorder_lists_its_tensors_in_lookup_order_without_data(void) {
@@ -917,6 +948,7 @@ static const test_entry tests[] = {
     TEST(test_attention_matches_naive_loops),
     TEST(test_resize_nearest_uses_floor_of_dst_times_in_over_out),
     TEST(test_bad_shapes_are_reported_with_names_and_shapes),
+    TEST(test_step_buffers_are_bound_by_argument_id_and_a_missing_one_is_an_error),
     TEST(test_a_unet_built_against_the_recorder_lists_its_tensors_in_lookup_order_without_data),
 };
 
