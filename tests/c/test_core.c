@@ -820,13 +820,12 @@ static avq_status bad_forward(avq_plan *p, void *vctx) {
     }
     case 2: st = avq_group_norm(p, &k, &k, &g, &g, 32, 1e-5f, 0); break; /* 30 channels, 32 groups */
     case 3: st = avq_attention(p, &k, &k, &k, &k, 4, 1.f, 0); break;     /* 30 features, 4 heads */
-    case 4: {
+    default: {
         avq_weight fc;
         avq_weight_init(&fc, "fc.weight", AVQ_F32, 2, DIMS(8, 31), wbuf);
         st = avq_linear(p, &fc, NULL, &k, &k, AVQ_ACT_NONE, NULL, NULL);
         break;
     }
-    default: st = avq_weight_expect(&w, 4, DIMS(4, 5, 1, 1)); break;
     }
     avq_plan_release(p, &k);
     avq_plan_release(p, &y);
@@ -844,7 +843,6 @@ static void test_bad_shapes_are_reported_with_names_and_shapes(void) {
         {AVQ_ERR_SHAPE, "group_norm: 30 channels cannot form 32 groups"},
         {AVQ_ERR_ARG, "attention: 30 features cannot be split into 4 heads"},
         {AVQ_ERR_SHAPE, "linear fc.weight [8, 31]: input [2, 7, 30] f32 and output [2, 7, 30] f32 do not fit"},
-        {AVQ_ERR_SHAPE, "weight down.conv.weight has shape [4, 5, 3, 3], expected [4, 5, 1, 1]"},
     };
     for (int i = 0; i < (int)(sizeof want / sizeof want[0]); i++) {
         avq_plan *p;
