@@ -35,16 +35,19 @@ typedef struct avq_weight_set {
     size_t n, cap;
     char *errors; /* owned: accumulated problems, one per line */
     size_t errors_len, nerrors;
+    int oom; /* a lookup ran out of memory (returned NULL) */
 } avq_weight_set;
 
 /* store = AVQ_F32 (set ws->store later to narrow the weights looked up next). */
 void avq_weight_set_init(avq_weight_set *ws, const avq_weight_source *src, const char *prefix);
 /* Looks up prefix + printf(fmt, ...) with the given dims; returns a weight
- * owned by the set (never NULL unless out of memory; on a failed lookup the
- * problem is recorded and a placeholder without data is returned). */
+ * owned by the set (on a failed lookup the problem is recorded and a
+ * placeholder without data is returned; NULL only out of memory, which
+ * avq_weight_set_finish reports: models need not check each lookup). */
 avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* After all lookups: AVQ_OK, or AVQ_ERR_IO listing every problem. */
+/* After all lookups: AVQ_OK, AVQ_ERR_MEMORY if a lookup ran out of memory, or
+ * AVQ_ERR_IO listing every problem. */
 avq_status avq_weight_set_finish(avq_weight_set *ws, const char *model);
 void avq_weight_set_free(avq_weight_set *ws);
 /* Number of parameters held (for repr and parity with the tables). */
