@@ -17,13 +17,13 @@ from typing import Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageLike", "MAX_SIZE", "MULTIPLE", "ImageError", "open_image", "to_8bit", "probe_image", "probe_pair",
-           "inpaint_size", "image_to_array", "mask_to_array", "load_pair", "to_uint8", "to_pil"]
-
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 MAX_SIZE = 640
 MULTIPLE = 64
+
+__all__ = ["ImageLike", "MAX_SIZE", "MULTIPLE", "ImageError", "open_image", "to_8bit", "probe_image", "probe_pair",
+           "inpaint_size", "image_to_array", "mask_to_array", "load_pair", "to_uint8", "to_pil"]
 
 
 class ImageError(ValueError):
