@@ -1,6 +1,6 @@
-"""The package shows its parts: asymvq.io and asymvq.bench, with every old import path still working.
+"""The package shows its parts: asymvq.io, asymvq.cli and asymvq.bench, with every old import path still working.
 
-The modules moved into ``asymvq.io`` stay importable under their old names as the very same module
+The modules moved into ``asymvq.io`` and ``asymvq.cli`` stay importable under their old names as the very same module
 objects (so monkeypatching either name patches both); ``python -m`` still runs the old entry points;
 the public modules declare ``__all__`` with names that exist; the package ships ``py.typed``.
 """
@@ -17,13 +17,24 @@ import pytest
 import asymvq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MOVED = ["config", "checkpoint", "convert", "diffusers_io", "infer"]
+MOVED = {
+    "config": "io.config",
+    "checkpoint": "io.checkpoint",
+    "convert": "io.convert",
+    "diffusers_io": "io.diffusers_io",
+    "infer": "io.infer",
+    "tables": "io.tables",
+    "inpaint_st": "cli.inpaint_st",
+    "txt2img": "cli.txt2img",
+    "demo": "cli.demo",
+    "_cli": "cli.common",
+}
 
 
 @pytest.mark.parametrize("name", MOVED)
 def test_an_old_module_path_is_the_moved_module_itself(name: str) -> None:
     old = importlib.import_module(f"asymvq.{name}")
-    assert old is importlib.import_module(f"asymvq.io.{name}")
+    assert old is importlib.import_module(f"asymvq.{MOVED[name]}")
     assert getattr(asymvq, name) is old
 
 
@@ -70,6 +81,10 @@ def test_the_package_ships_its_type_hints() -> None:
     [
         (["asymvq.convert", "--help"], "usage: python -m asymvq convert"),
         (["asymvq.bench", "--help"], "pipeline   one whole 512x512 inpainting"),
+        (["asymvq.inpaint_st", "--help"], "usage: python -m asymvq.inpaint_st"),
+        (["asymvq.txt2img", "--help"], "usage: python -m asymvq.txt2img"),
+        (["asymvq.demo", "--help"], "usage: "),
+        (["asymvq", "--help"], "usage: python -m asymvq {"),
     ],
 )
 def test_the_old_entry_points_still_run(argv: list, text: str) -> None:

@@ -50,8 +50,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .. import tables
-from ..tables import WeightsError
+from . import tables
+from .tables import WeightsError
 from . import checkpoint, config
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import numpy as np
 import yaml
 
-from .. import tables
+from . import tables
 from . import checkpoint, config
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec
 

@@ -27,7 +27,7 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-from .. import tables
+from . import tables
 from . import checkpoint, config
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
 
