@@ -8,6 +8,7 @@ never through system paths. At run time the extension finds ``libdnnl.so.3``
 through an rpath relative to itself (site-packages/asymvq -> <prefix>/lib);
 ``asymvq/__init__.py`` preloads it as a fallback for other layouts.
 """
+
 from __future__ import annotations
 
 import glob
@@ -70,7 +71,6 @@ ext = Extension(
     # site-packages/asymvq/_core.so -> <prefix>/lib holds libdnnl.so.3
     extra_link_args=["-fopenmp", "-Wl,-rpath,$ORIGIN/../../..", "-Wl,--enable-new-dtags"],
 )
-
 
 
 class BuildExt(build_ext):

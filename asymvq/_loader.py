@@ -19,6 +19,7 @@ rule). ``ASYMVQ_OPENMP_THROTTLE=0`` turns that off (asymvq then warns instead). 
 runtime, with threads of its own, cannot be fixed from inside the process: asymvq warns
 (:class:`OpenMPWarning`).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -85,13 +86,15 @@ def openmp_problems(before: List[str], after: List[str], user_policy: Optional[s
             "default OMP_WAIT_POLICY: its idle threads spin, which makes asymvq (and torch) several times "
             "slower when the machine has other work. Set OMP_WAIT_POLICY=PASSIVE in the environment before "
             "Python starts, import asymvq before torch, or leave ASYMVQ_OPENMP_THROTTLE unset; "
-            "OMP_WAIT_POLICY=ACTIVE keeps the spinning and silences this warning")
+            "OMP_WAIT_POLICY=ACTIVE keeps the spinning and silences this warning"
+        )
     if len(after) > 1:
         problems.append(
             f"{len(after)} OpenMP runtimes are loaded ({', '.join(after)}): each keeps its own threads, so "
             "asymvq's and the other library's threads compete for the cores. Use torch and asymvq with a "
             "thread count that sums to the cores (asymvq.set_num_threads, torch.set_num_threads), or run "
-            "them in separate processes")
+            "them in separate processes"
+        )
     return problems
 
 

@@ -47,6 +47,7 @@ How the work is spread:
 Without Dask installed (``pip install "asymvq[cluster]"`` brings it) ``run_batch`` runs in this process
 with the same outputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,13 @@ def run_pair_task(job: Job, image: str, mask: str, outdir: str) -> dict:
     try:
         return process_pair(models, job, image, mask, outdir)
     except Exception as e:  # noqa: BLE001 - a bad pair is reported, the others go on
-        return {"name": os.path.basename(image), "image": image, "mask": mask,
-                "error": f"{type(e).__name__}: {e}".strip(), "traceback": traceback.format_exc(limit=3)}
+        return {
+            "name": os.path.basename(image),
+            "image": image,
+            "mask": mask,
+            "error": f"{type(e).__name__}: {e}".strip(),
+            "traceback": traceback.format_exc(limit=3),
+        }
 
 
 @dataclass
@@ -129,9 +135,11 @@ class BatchResult:
 
     def report(self) -> str:
         where = f"{self.workers} worker(s)" if self.workers else "in-process"
-        return (f"{len(self.done)} done, {len(self.skipped)} already complete, {len(self.failures)} failed; "
-                f"{self.seconds:.1f} s, {self.images_per_minute:.2f} images/min ({where}); "
-                f"peak memory per worker {self.peak_rss_mb:.0f} MiB; outputs in {self.outdir}")
+        return (
+            f"{len(self.done)} done, {len(self.skipped)} already complete, {len(self.failures)} failed; "
+            f"{self.seconds:.1f} s, {self.images_per_minute:.2f} images/min ({where}); "
+            f"peak memory per worker {self.peak_rss_mb:.0f} MiB; outputs in {self.outdir}"
+        )
 
 
 def cores() -> int:
@@ -193,11 +201,22 @@ def _as_pairs(pairs: Union[PathLike, PairList]) -> List[Tuple[str, str]]:
     return [(os.path.abspath(a), os.path.abspath(b)) for a, b in got]
 
 
-def run_batch(pairs: Union[PathLike, PairList], outdir: PathLike, job: Job, *, cluster: bool = True,
-              scheduler: Optional[str] = None, workers: Optional[int] = None, threads: Optional[int] = None,
-              progress: bool = True, plot: bool = True, allowed_failures: int = ALLOWED_FAILURES,
-              timeout: Optional[float] = None, task: Optional[Callable[[Job, str, str, str], dict]] = None,
-              connect_timeout: float = 30.0) -> BatchResult:
+def run_batch(
+    pairs: Union[PathLike, PairList],
+    outdir: PathLike,
+    job: Job,
+    *,
+    cluster: bool = True,
+    scheduler: Optional[str] = None,
+    workers: Optional[int] = None,
+    threads: Optional[int] = None,
+    progress: bool = True,
+    plot: bool = True,
+    allowed_failures: int = ALLOWED_FAILURES,
+    timeout: Optional[float] = None,
+    task: Optional[Callable[[Job, str, str, str], dict]] = None,
+    connect_timeout: float = 30.0,
+) -> BatchResult:
     """Runs ``job`` on every pair not already complete in ``outdir``; writes the tables; returns a summary.
 
     ``pairs``: a folder (NAME.png + NAME_mask.png), a list file ('IMAGE MASK' lines) or (image, mask)
@@ -236,8 +255,9 @@ def run_batch(pairs: Union[PathLike, PairList], outdir: PathLike, job: Job, *, c
             job = replace(job, threads=threads)
         _run_local(job, todo, out, res, progress, task)
     else:
-        _run_dask(job, todo, out, res, scheduler, workers, threads, progress, allowed_failures, timeout, task,
-                  connect_timeout)
+        _run_dask(
+            job, todo, out, res, scheduler, workers, threads, progress, allowed_failures, timeout, task, connect_timeout
+        )
     res.seconds = time.perf_counter() - t0
     res.tables = write_tables(out, job, res.skipped + res.done, res.failures, plot=plot)
     return res
@@ -271,19 +291,32 @@ def _run_local(job: Job, todo, out: Path, res: BatchResult, progress: bool, task
             _account(res, rec, bar, t0)
 
 
-def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[str], workers: Optional[int],
-              threads: Optional[int], progress: bool, allowed_failures: int, timeout: Optional[float],
-              task, connect_timeout: float) -> None:
-    import dask
+def _run_dask(
+    job: Job,
+    todo,
+    out: Path,
+    res: BatchResult,
+    scheduler: Optional[str],
+    workers: Optional[int],
+    threads: Optional[int],
+    progress: bool,
+    allowed_failures: int,
+    timeout: Optional[float],
+    task,
+    connect_timeout: float,
+) -> None:
     from dataclasses import replace
+
+    import dask
     from distributed import Client, LocalCluster, as_completed
 
     local = None
     t_start = time.perf_counter()
     # worker-saturation 1.0: a worker holds only the pair it runs, so when it dies only that pair counts
     # a death (with queued pairs, innocent ones would reach allowed-failures beside a killer pair)
-    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures,
-                          "distributed.scheduler.worker-saturation": 1.0}):
+    with dask.config.set(
+        {"distributed.scheduler.allowed-failures": allowed_failures, "distributed.scheduler.worker-saturation": 1.0}
+    ):
         if scheduler is None:
             try:
                 nw, nt = plan_local(job, workers, threads or job.threads)
@@ -293,9 +326,15 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
             # a free port on 127.0.0.1 even without bokeh: Dask's default (":8787") would listen on every
             # interface, and the HTTP port opens (health, metrics) whether or not bokeh serves pages
             dash = "127.0.0.1:0"
-            local = LocalCluster(n_workers=nw, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                 dashboard_address=dash, memory_limit=worker_memory_bytes(job),
-                                 silence_logs=40)
+            local = LocalCluster(
+                n_workers=nw,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=dash,
+                memory_limit=worker_memory_bytes(job),
+                silence_logs=40,
+            )
             client = Client(local)
         else:
             if threads is not None:
@@ -317,8 +356,15 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
             # one map call: the scheduler sees all pairs as one group of root tasks and queues them
             # (worker-saturation), instead of handing the first few to workers ahead of time
             keys = [f"asymvq-pair-{job.model_key}-{os.path.basename(img)}" for img, _ in todo]
-            fs = client.map(task, [job] * len(todo), [i for i, _ in todo], [m for _, m in todo],
-                            [os.fspath(out)] * len(todo), key=keys, pure=False)
+            fs = client.map(
+                task,
+                [job] * len(todo),
+                [i for i, _ in todo],
+                [m for _, m in todo],
+                [os.fspath(out)] * len(todo),
+                key=keys,
+                pure=False,
+            )
             futures = dict(zip(fs, todo))
             t0 = time.perf_counter()
             with _bar(len(futures), progress) as bar:
@@ -398,11 +444,15 @@ def _has_bokeh() -> bool:
 def parser() -> argparse.ArgumentParser:
     from .compare import add_model_args
 
-    p = _cli.ArgumentParser(prog="python -m asymvq batch",
-                                description="inpaint_st / compare over a folder of pairs, on a Dask cluster")
+    p = _cli.ArgumentParser(
+        prog="python -m asymvq batch", description="inpaint_st / compare over a folder of pairs, on a Dask cluster"
+    )
     add_model_args(p)
-    p.add_argument("--compare", action="store_true",
-                   help="write compare's outputs (O/NAME/IMG.png, strips) even for a single decoder")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="write compare's outputs (O/NAME/IMG.png, strips) even for a single decoder",
+    )
     p.add_argument("--scheduler", type=str, default=None, help="address of a running Dask scheduler (tcp://host:port)")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: sized to the machine)")
     p.add_argument("--no-cluster", action="store_true", help="run in this process (what happens without Dask)")
@@ -425,13 +475,22 @@ def run(args: argparse.Namespace) -> int:
     if args.no_cluster and args.scheduler:
         raise _cli.CLIError("--no-cluster and --scheduler exclude each other")
     pairs = find_pairs(args.indir, args.list_file)
-    res = run_batch(pairs, args.outdir, job, cluster=not args.no_cluster, scheduler=args.scheduler,
-                    workers=args.workers, threads=args.threads, progress=not args.no_progress,
-                    plot=not args.no_plot)
+    res = run_batch(
+        pairs,
+        args.outdir,
+        job,
+        cluster=not args.no_cluster,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        threads=args.threads,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+    )
     print(res.report())
     for f in res.failures:
         print(f"failed: {f['image']}: {f['error']}", file=sys.stderr)
     return 0 if not res.failures else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,6 +31,7 @@ the plot. Each pair's record keeps its FID features, so a resumed run's FID cove
 The per-pair work (:func:`process_pair`) is what :mod:`asymvq.batch` distributes; this command runs it
 in this process (``python -m asymvq batch`` spreads the same work over a Dask cluster).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -146,7 +147,8 @@ class Models:
     """The diffusion pipeline (with the first decoder) and the other decoders, built once."""
 
     def __init__(self, job: Job):
-        from . import checkpoint, config as config_mod
+        from . import checkpoint
+        from . import config as config_mod
         from .autoencoder import Autoencoder
         from .pipelines import InpaintPipeline, inpaint_decoder_spec
 
@@ -155,8 +157,9 @@ class Models:
 
         first = job.decoders[0]
         cfg, ckpt = files(first)
-        self.pipe = InpaintPipeline.from_original(job.config_d, job.ckpt_d, cfg, ckpt, vocab=job.vocab,
-                                                  precision=job.precision)
+        self.pipe = InpaintPipeline.from_original(
+            job.config_d, job.ckpt_d, cfg, ckpt, vocab=job.vocab, precision=job.precision
+        )
         self.decoders: Dict[str, Any] = {first.name: self.pipe.decoder}
         for d in job.decoders[1:]:
             cfg, ckpt = files(d)
@@ -232,8 +235,11 @@ def _measure(original: np.ndarray, result: np.ndarray, mask: np.ndarray) -> Dict
     from .metrics import preservation_error, psnr_outside_mask, ssim_outside_mask
 
     m = np.asarray(mask, dtype=np.float32).squeeze()
-    return {"pre_error": preservation_error(original, result, m), "psnr": psnr_outside_mask(original, result, m),
-            "ssim": ssim_outside_mask(original, result, m)}
+    return {
+        "pre_error": preservation_error(original, result, m),
+        "psnr": psnr_outside_mask(original, result, m),
+        "ssim": ssim_outside_mask(original, result, m),
+    }
 
 
 def record_path(outdir: Path, name: str) -> Path:
@@ -259,9 +265,14 @@ def is_complete(job: Job, outdir: Path, image: str, mask: str) -> Optional[dict]
         stamp = input_stamp(image, mask)
     except (OSError, ValueError):
         return None
-    if rec.get("model_key") != job.model_key or rec.get("steps") != job.steps or \
-            rec.get("round") != job.round or rec.get("mode") != job.mode or rec.get("inputs") != stamp or \
-            sorted(rec.get("outputs", {})) != sorted(job.output_paths(name)):
+    if (
+        rec.get("model_key") != job.model_key
+        or rec.get("steps") != job.steps
+        or rec.get("round") != job.round
+        or rec.get("mode") != job.mode
+        or rec.get("inputs") != stamp
+        or sorted(rec.get("outputs", {})) != sorted(job.output_paths(name))
+    ):
         return None
     for rel, (size, digest) in rec["outputs"].items():
         p = outdir / rel
@@ -280,6 +291,7 @@ def process_pair(models: Models, job: Job, image: str, mask: str, outdir: str) -
     {decoder: {metric: value}}, ``seconds``, ``model_key``, ``steps``, ``peak_rss_mb``. Raises on a bad pair.
     """
     import asymvq
+
     from .image import load_pair, to_pil, to_uint8
     from .pipelines import SCALE_FACTOR
 
@@ -290,8 +302,7 @@ def process_pair(models: Models, job: Job, image: str, mask: str, outdir: str) -
     name = os.path.basename(image)
     stamp = input_stamp(image, mask)
     x, m, _ = load_pair(image, mask)
-    res = models.pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=job.steps, eta=1.0, round=job.round,
-                      progress=False)
+    res = models.pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=job.steps, eta=1.0, round=job.round, progress=False)
     original = np.rint((x[0].transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
     results: List[Tuple[str, np.ndarray]] = []
     t_dec = time.perf_counter()
@@ -328,11 +339,22 @@ def process_pair(models: Models, job: Job, image: str, mask: str, outdir: str) -
 
         features = {"original": encode_features(q.fid.features(original))}
         features.update({d: encode_features(q.fid.features(a)) for d, a in results})
-    rec = {"name": name, "image": str(image), "mask": str(mask), "outputs": outputs, "metrics": metrics,
-           "seconds": time.perf_counter() - t0, "model_key": job.model_key, "steps": job.steps,
-           "round": job.round, "mode": job.mode, "inputs": stamp,
-           "timings": {**res.timings, "decoders": time.perf_counter() - t_dec},
-           "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
+    rec = {
+        "name": name,
+        "image": str(image),
+        "mask": str(mask),
+        "outputs": outputs,
+        "metrics": metrics,
+        "seconds": time.perf_counter() - t0,
+        "model_key": job.model_key,
+        "steps": job.steps,
+        "round": job.round,
+        "mode": job.mode,
+        "inputs": stamp,
+        "timings": {**res.timings, "decoders": time.perf_counter() - t_dec},
+        "peak_rss_mb": _peak_rss_mb(),
+        "pid": os.getpid(),
+    }
     if features is not None:
         rec["fid_features"] = features  # float64, base64: the folder's FID is computed from them (write_tables)
     _write_atomic(record_path(out, name), json.dumps(rec, indent=1).encode())
@@ -367,8 +389,12 @@ def folder_fid(records: Sequence[dict], decoders: Sequence[str]) -> Dict[str, fl
     return {d: frechet_distance(real, [decode_features(r["fid_features"][d]) for r in recs]) for d in decoders}
 
 
-def summarize(rows: Sequence[dict], decoders: Sequence[str], metrics: Sequence[str] = METRICS,
-              fid: Optional[Dict[str, float]] = None) -> List[dict]:
+def summarize(
+    rows: Sequence[dict],
+    decoders: Sequence[str],
+    metrics: Sequence[str] = METRICS,
+    fid: Optional[Dict[str, float]] = None,
+) -> List[dict]:
     """Per decoder: n, mean / std (population) of each metric over the images (inf PSNRs excluded), and
     the folder's ``fid`` when given."""
     out = []
@@ -396,23 +422,39 @@ def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None
     _write_atomic(path, buf.getvalue().encode())
 
 
-def write_tables(outdir: Path, job: Job, records: Sequence[dict], failures: Sequence[dict],
-                 plot: bool = True) -> Dict[str, Path]:
+def write_tables(
+    outdir: Path, job: Job, records: Sequence[dict], failures: Sequence[dict], plot: bool = True
+) -> Dict[str, Path]:
     """metrics.csv, summary.csv, metrics.json, failures.csv and (matplotlib permitting) metrics.png."""
     names = [d.name for d in job.decoders]
     metrics = job.metric_names
     rows = metric_rows(records, metrics)
     fid = folder_fid(records, names) if job.fid else None
     summary = summarize(rows, names, metrics, fid)
-    paths = {"metrics": outdir / "metrics.csv", "summary": outdir / "summary.csv", "json": outdir / "metrics.json",
-             "failures": outdir / "failures.csv"}
+    paths = {
+        "metrics": outdir / "metrics.csv",
+        "summary": outdir / "summary.csv",
+        "json": outdir / "metrics.json",
+        "failures": outdir / "failures.csv",
+    }
     _write_csv(paths["metrics"], rows, ["image", "decoder", *metrics])
-    _write_csv(paths["summary"], summary, ["decoder", "n"] + [f"{k}_{s}" for k in metrics for s in ("mean", "std")]
-               + (["fid"] if fid is not None else []))
+    _write_csv(
+        paths["summary"],
+        summary,
+        ["decoder", "n"]
+        + [f"{k}_{s}" for k in metrics for s in ("mean", "std")]
+        + (["fid"] if fid is not None else []),
+    )
     _write_csv(paths["failures"], failures, ["image", "mask", "error"])
-    doc = {"decoders": [asdict(d) for d in job.decoders], "steps": job.steps, "precision": job.precision,
-           "quality": {"lpips": job.lpips, "fid": job.fid}, "rows": rows, "summary": summary,
-           "failures": list(failures)}
+    doc = {
+        "decoders": [asdict(d) for d in job.decoders],
+        "steps": job.steps,
+        "precision": job.precision,
+        "quality": {"lpips": job.lpips, "fid": job.fid},
+        "rows": rows,
+        "summary": summary,
+        "failures": list(failures),
+    }
     _write_atomic(paths["json"], json.dumps(doc, indent=1, default=str).encode())
     if plot:
         p = plot_summary(summary, outdir / "metrics.png", metrics)
@@ -431,9 +473,14 @@ def plot_summary(summary: Sequence[dict], path: Path, metrics: Sequence[str] = M
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    labels = {"pre_error": "pre_error (MSE outside mask, x1e-5)", "psnr": "PSNR outside mask (dB)",
-              "ssim": "SSIM outside mask", "lpips": "LPIPS (whole image)",
-              "lpips_known": "LPIPS outside mask (hole pasted back)", "fid": "FID vs the originals (folder)"}
+    labels = {
+        "pre_error": "pre_error (MSE outside mask, x1e-5)",
+        "psnr": "PSNR outside mask (dB)",
+        "ssim": "SSIM outside mask",
+        "lpips": "LPIPS (whole image)",
+        "lpips_known": "LPIPS outside mask (hole pasted back)",
+        "fid": "FID vs the originals (folder)",
+    }
     panels = list(metrics) + (["fid"] if summary and "fid" in summary[0] else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     names = [s["decoder"] for s in summary]
@@ -442,8 +489,13 @@ def plot_summary(summary: Sequence[dict], path: Path, metrics: Sequence[str] = M
         if k == "fid":  # one value per decoder: no spread to show
             ax.bar(names, [s["fid"] for s in summary], color="#dd8452")
         else:
-            ax.bar(names, [s[f"{k}_mean"] * scale for s in summary],
-                   yerr=[s[f"{k}_std"] * scale for s in summary], capsize=4, color="#4c72b0")
+            ax.bar(
+                names,
+                [s[f"{k}_mean"] * scale for s in summary],
+                yerr=[s[f"{k}_std"] * scale for s in summary],
+                capsize=4,
+                color="#4c72b0",
+            )
         ax.set_title(labels[k], fontsize=9)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
@@ -460,26 +512,55 @@ def plot_summary(summary: Sequence[dict], path: Path, metrics: Sequence[str] = M
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The flags ``compare`` and ``batch`` share."""
     p.add_argument("--indir", type=str, default=None, help="folder with NAME.png + NAME_mask.png pairs")
-    p.add_argument("--list", type=str, default=None, dest="list_file",
-                   help="text file of pairs, one 'IMAGE MASK' per line (relative to the file's folder)")
+    p.add_argument(
+        "--list",
+        type=str,
+        default=None,
+        dest="list_file",
+        help="text file of pairs, one 'IMAGE MASK' per line (relative to the file's folder)",
+    )
     p.add_argument("--outdir", type=str, required=True, help="output folder")
-    p.add_argument("--config_d", type=str, default="configs/autoencoder/v1-inpainting-inference.yaml",
-                   help="diffusion config (inpainting)")
+    p.add_argument(
+        "--config_d",
+        type=str,
+        default="configs/autoencoder/v1-inpainting-inference.yaml",
+        help="diffusion config (inpainting)",
+    )
     p.add_argument("--ckpt_d", type=str, required=True, help="SD 1.5 inpainting checkpoint")
-    p.add_argument("--decoder", action="append", default=[], metavar="vanilla|NAME=CONFIG:CKPT",
-                   help="a decoder to compare (repeat); vanilla = SD's own decoder from --ckpt_d")
-    p.add_argument("--precision", type=str, default="fp32", help="fp32, bf16 or auto (bf16 where the CPU has it natively; autocast = auto, full = fp32)")
+    p.add_argument(
+        "--decoder",
+        action="append",
+        default=[],
+        metavar="vanilla|NAME=CONFIG:CKPT",
+        help="a decoder to compare (repeat); vanilla = SD's own decoder from --ckpt_d",
+    )
+    p.add_argument(
+        "--precision",
+        type=str,
+        default="fp32",
+        help="fp32, bf16 or auto (bf16 where the CPU has it natively; autocast = auto, full = fp32)",
+    )
     p.add_argument("--round", action="store_true", help="round to uint8 instead of truncating")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="asymvq compute threads per pipeline")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (the original: 50)")
     p.add_argument("--no-plot", action="store_true", help="do not draw metrics.png")
-    p.add_argument("--lpips", type=str, default=None, metavar="NET.pt2",
-                   help="also measure LPIPS per image with this torch.export LPIPS network (never downloaded; "
-                        'see asymvq.quality; needs pip install "asymvq[quality]")')
-    p.add_argument("--fid", type=str, default=None, metavar="NET.pt2",
-                   help="also measure FID per decoder against the originals with this torch.export InceptionV3 "
-                        'feature network (never downloaded; see asymvq.quality; needs pip install "asymvq[quality]")')
+    p.add_argument(
+        "--lpips",
+        type=str,
+        default=None,
+        metavar="NET.pt2",
+        help="also measure LPIPS per image with this torch.export LPIPS network (never downloaded; "
+        'see asymvq.quality; needs pip install "asymvq[quality]")',
+    )
+    p.add_argument(
+        "--fid",
+        type=str,
+        default=None,
+        metavar="NET.pt2",
+        help="also measure FID per decoder against the originals with this torch.export InceptionV3 "
+        'feature network (never downloaded; see asymvq.quality; needs pip install "asymvq[quality]")',
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -497,8 +578,11 @@ def find_pairs(indir: Optional[str], list_file: Optional[str]) -> List[Tuple[Pat
     if indir is not None:
         pairs, skipped = folder_pairs(indir)
         if skipped:  # as inpaint_st: images without a mask are skipped, with one warning line
-            print(f"warning: skipping {len(skipped)} image(s) without a NAME_mask.png: "
-                  f"{_cli.listing([p.name for p in skipped])}", file=sys.stderr)
+            print(
+                f"warning: skipping {len(skipped)} image(s) without a NAME_mask.png: "
+                f"{_cli.listing([p.name for p in skipped])}",
+                file=sys.stderr,
+            )
         return pairs
     base = Path(list_file).parent
     try:
@@ -535,19 +619,31 @@ def job_from_args(args: argparse.Namespace, mode: str) -> Job:
     checked = []
     for d in decs:
         if d.config is not None:
-            d = DecoderSpec(d.name, _cli.resolve_config(d.config), _cli.require_file(d.ckpt, f"--decoder {d.name} checkpoint"))
+            d = DecoderSpec(
+                d.name, _cli.resolve_config(d.config), _cli.require_file(d.ckpt, f"--decoder {d.name} checkpoint")
+            )
         checked.append(d)
     if args.lpips or args.fid:  # the network files are checked here, before any diffusion runs
-        from .quality import QualityModels, QualityError
+        from .quality import QualityError, QualityModels
 
         try:
             QualityModels(args.lpips, args.fid)
         except QualityError as e:
             raise _cli.CLIError(str(e)) from None
     try:
-        return Job(config_d=config_d, ckpt_d=args.ckpt_d, decoders=tuple(checked), mode=mode, vocab=args.vocab,
-                   precision=precision, steps=args.steps, round=args.round, threads=args.threads,
-                   lpips=_abs(args.lpips), fid=_abs(args.fid))
+        return Job(
+            config_d=config_d,
+            ckpt_d=args.ckpt_d,
+            decoders=tuple(checked),
+            mode=mode,
+            vocab=args.vocab,
+            precision=precision,
+            steps=args.steps,
+            round=args.round,
+            threads=args.threads,
+            lpips=_abs(args.lpips),
+            fid=_abs(args.fid),
+        )
     except ValueError as e:
         raise _cli.CLIError(str(e)) from None
 
@@ -569,6 +665,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_batch(pairs, args.outdir, job, cluster=False, plot=not args.no_plot)
     print(res.report())
     return 0 if not res.failures else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

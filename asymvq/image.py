@@ -9,6 +9,7 @@ rounds instead, as diffusers does).
 is a hole where ``v / 65535 >= 0.5``; Pillow's own conversion would clip them (any value
 above 255 white). 16-bit RGB(A) PNGs are reduced to 8 bits by Pillow when opened.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,22 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 MAX_SIZE = 640
 MULTIPLE = 64
 
-__all__ = ["ImageLike", "MAX_SIZE", "MULTIPLE", "ImageError", "open_image", "to_8bit", "probe_image", "probe_pair",
-           "inpaint_size", "image_to_array", "mask_to_array", "load_pair", "to_uint8", "to_pil"]
+__all__ = [
+    "ImageLike",
+    "MAX_SIZE",
+    "MULTIPLE",
+    "ImageError",
+    "open_image",
+    "to_8bit",
+    "probe_image",
+    "probe_pair",
+    "inpaint_size",
+    "image_to_array",
+    "mask_to_array",
+    "load_pair",
+    "to_uint8",
+    "to_pil",
+]
 
 
 class ImageError(ValueError):
@@ -122,8 +137,9 @@ def mask_to_array(mask: Image.Image) -> np.ndarray:
     return (g >= 0.5).astype(np.float32)[None, None]
 
 
-def load_pair(image: ImageLike, mask: ImageLike, size: Tuple[int, int] | None = None,
-              resize: bool = True) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
+def load_pair(
+    image: ImageLike, mask: ImageLike, size: Tuple[int, int] | None = None, resize: bool = True
+) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
     """Image and mask as the inpainting pipeline consumes them.
 
     The image is resized with PIL's default filter (bicubic) to the inpaint_st size

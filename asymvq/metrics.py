@@ -17,6 +17,7 @@ the pipelines' float arrays in [-1, 1] are mapped by ``(x + 1) / 2`` and clipped
   ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1, full=True)``'s map averaged over the known pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,14 +84,14 @@ def _gauss_filter(x: np.ndarray) -> np.ndarray:
     k = np.exp(-0.5 * (t / _SSIM_SIGMA) ** 2)
     k /= k.sum()
     p = np.pad(x, ((r, r), (0, 0), (0, 0)), mode="symmetric")
-    y = sum(k[i] * p[i: i + x.shape[0]] for i in range(2 * r + 1))
+    y = sum(k[i] * p[i : i + x.shape[0]] for i in range(2 * r + 1))
     p = np.pad(y, ((0, 0), (r, r), (0, 0)), mode="symmetric")
-    return sum(k[i] * p[:, i: i + x.shape[1]] for i in range(2 * r + 1))
+    return sum(k[i] * p[:, i : i + x.shape[1]] for i in range(2 * r + 1))
 
 
 def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The SSIM map [H, W, C] of two float images [H, W, C] in [0, 1] (see the module docs)."""
-    c1, c2 = _SSIM_K1 ** 2, _SSIM_K2 ** 2
+    c1, c2 = _SSIM_K1**2, _SSIM_K2**2
     ux, uy = _gauss_filter(a), _gauss_filter(b)
     vx = _gauss_filter(a * a) - ux * ux
     vy = _gauss_filter(b * b) - uy * uy

@@ -38,6 +38,7 @@ pipeline are serialised by a lock (plans are not reentrant); use one pipeline
 per thread for parallel work (weights memory-mapped from the same file are
 shared by the OS page cache).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,7 +50,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import checkpoint, config as config_mod, tables
+from . import checkpoint, tables
+from . import config as config_mod
 from .image import ImageLike, load_pair, to_pil, to_uint8
 from .precision import resolve_precision
 from .rng import TORCH_DEFAULT_SEED, Generator, RngLike, check_kind
@@ -146,8 +148,22 @@ class _Base:
             self._samplers[key] = s
         return s
 
-    def _denoise(self, x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
-                 c_concat=None, gen: Optional[Generator] = None) -> np.ndarray:
+    def _denoise(
+        self,
+        x_T,
+        c,
+        uc,
+        scale,
+        sampler,
+        steps,
+        eta,
+        seed,
+        step_noise,
+        progress,
+        callback,
+        c_concat=None,
+        gen: Optional[Generator] = None,
+    ) -> np.ndarray:
         """The sampler loop with a progress bar; step noise (DDIM eta > 0, euler_a) from
         ``step_noise``, else ``gen``, else the numpy stream of ``seed + 2``."""
         smp = self._sampler(sampler, steps, eta)
@@ -169,8 +185,19 @@ class _Base:
 class InpaintPipeline(_Base):
     """inpaint_st.py as an object: ``pipe(image, mask)`` -> :class:`PipelineResult`."""
 
-    def __init__(self, *, diffusion_spec, decoder_spec, text_encoder, unet, encoder, decoder, tokenizer,
-                 precision: str, sources: Mapping[str, str]):
+    def __init__(
+        self,
+        *,
+        diffusion_spec,
+        decoder_spec,
+        text_encoder,
+        unet,
+        encoder,
+        decoder,
+        tokenizer,
+        precision: str,
+        sources: Mapping[str, str],
+    ):
         self.diffusion_spec = diffusion_spec
         self.decoder_spec = decoder_spec
         self.text_encoder = text_encoder
@@ -184,9 +211,16 @@ class InpaintPipeline(_Base):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_original(cls, config_d: Optional[PathLike], ckpt_d: PathLike, config: Optional[PathLike],
-                      ckpt: PathLike, *, vocab: Optional[PathLike] = None,
-                      precision: str = "auto") -> "InpaintPipeline":
+    def from_original(
+        cls,
+        config_d: Optional[PathLike],
+        ckpt_d: PathLike,
+        config: Optional[PathLike],
+        ckpt: PathLike,
+        *,
+        vocab: Optional[PathLike] = None,
+        precision: str = "auto",
+    ) -> "InpaintPipeline":
         """From the original files, as inpaint_st's ``--config_d --ckpt_d --config --ckpt``:
         the SD inpainting config/checkpoint and the decoder config/checkpoint: an asymmetric decoder, or
         SD's vanilla decoder (``config`` = the diffusion config or a standard ``AutoencoderKL`` config
@@ -201,22 +235,42 @@ class InpaintPipeline(_Base):
 
         spec_d = config_mod.load(config_d) if config_d is not None else None
         if spec_d is not None and (not isinstance(spec_d, config_mod.DiffusionSpec) or spec_d.kind != "inpaint"):
-            raise config_mod.ConfigError(f"{config_d}: --config_d must be an inpainting diffusion config "
-                                         "(LatentInpaintDiffusion), e.g. v1-inpainting-inference.yaml")
+            raise config_mod.ConfigError(
+                f"{config_d}: --config_d must be an inpainting diffusion config "
+                "(LatentInpaintDiffusion), e.g. v1-inpainting-inference.yaml"
+            )
         spec_c = config_mod.load(config) if config is not None else None
         tok = CLIPTokenizer.from_file(find_vocab(vocab))
         wd = _load_weights(ckpt_d)
-        same = not isinstance(ckpt, Mapping) and not isinstance(ckpt_d, Mapping) and \
-            os.path.abspath(ckpt) == os.path.abspath(ckpt_d)
+        same = (
+            not isinstance(ckpt, Mapping)
+            and not isinstance(ckpt_d, Mapping)
+            and os.path.abspath(ckpt) == os.path.abspath(ckpt_d)
+        )
         wc = wd if same else _load_weights(ckpt)  # the vanilla decoder often lives in the SD checkpoint
         spec_d = spec_d or _inferred(wd, "inpaint", ckpt_d)
         spec_c = inpaint_decoder_spec(spec_c, wc, config) if spec_c is not None else _inferred(wc, "decoder", ckpt)
-        return cls._build(spec_d, spec_c, wd, wc, tok, precision,
-                          {"diffusion": os.fspath(ckpt_d), "decoder": os.fspath(ckpt)}, spec_d, spec_c)
+        return cls._build(
+            spec_d,
+            spec_c,
+            wd,
+            wc,
+            tok,
+            precision,
+            {"diffusion": os.fspath(ckpt_d), "decoder": os.fspath(ckpt)},
+            spec_d,
+            spec_c,
+        )
 
     @classmethod
-    def from_file(cls, path: PathLike, *, decoder: Optional[PathLike] = None, vocab: Optional[PathLike] = None,
-                  precision: str = "auto") -> "InpaintPipeline":
+    def from_file(
+        cls,
+        path: PathLike,
+        *,
+        decoder: Optional[PathLike] = None,
+        vocab: Optional[PathLike] = None,
+        precision: str = "auto",
+    ) -> "InpaintPipeline":
         """From a file written by ``python -m asymvq convert`` holding the SD inpainting model
         and (with ``--decoder-config/--decoder-ckpt``) the decoder; or the decoder in its
         own converted file ``decoder=``. ``precision`` as in :meth:`from_original`."""
@@ -229,8 +283,15 @@ class InpaintPipeline(_Base):
     # ---- diffusers folders (asymvq.diffusers_io) ----
 
     @classmethod
-    def from_diffusers(cls, path: PathLike, decoder: Optional[PathLike] = None, *, vocab: Optional[PathLike] = None,
-                       precision: str = "auto", variant: Optional[str] = None) -> "InpaintPipeline":
+    def from_diffusers(
+        cls,
+        path: PathLike,
+        decoder: Optional[PathLike] = None,
+        *,
+        vocab: Optional[PathLike] = None,
+        precision: str = "auto",
+        variant: Optional[str] = None,
+    ) -> "InpaintPipeline":
         """From a diffusers SD 1.x inpainting folder (``model_index.json``, ``unet/`` with 9 input channels,
         ``vae/``, ``text_encoder/``, ``tokenizer/``).
 
@@ -242,8 +303,17 @@ class InpaintPipeline(_Base):
         from .diffusers_io import pipeline_parts
 
         p = pipeline_parts(path, kind="inpaint", decoder=decoder, vocab=vocab, variant=variant)
-        return cls._build(p.spec, p.decoder_spec, p.weights, p.decoder_weights, p.tokenizer, precision, p.sources,
-                          p.spec, p.decoder_spec)
+        return cls._build(
+            p.spec,
+            p.decoder_spec,
+            p.weights,
+            p.decoder_weights,
+            p.tokenizer,
+            precision,
+            p.sources,
+            p.spec,
+            p.decoder_spec,
+        )
 
     @classmethod
     def _build(cls, spec_d, spec_c, wd, wc, tok, precision, sources, cfg_d, cfg_c) -> "InpaintPipeline":
@@ -260,22 +330,48 @@ class InpaintPipeline(_Base):
             dec = Autoencoder.from_config(cfg_c, wc, precision=precision, parts="decoder")
         if isinstance(spec_c, config_mod.DiffusionSpec):  # SD's vanilla decoder, first stage of that config
             spec_c = spec_c.first_stage
-        return cls(diffusion_spec=spec_d, decoder_spec=spec_c, text_encoder=te, unet=un, encoder=enc, decoder=dec,
-                   tokenizer=tok, precision=precision, sources=sources)
+        return cls(
+            diffusion_spec=spec_d,
+            decoder_spec=spec_c,
+            text_encoder=te,
+            unet=un,
+            encoder=enc,
+            decoder=dec,
+            tokenizer=tok,
+            precision=precision,
+            sources=sources,
+        )
 
     def __repr__(self) -> str:
         d = self.decoder_spec.decoder
-        return (f"InpaintPipeline(unet={self.unet!r}, decoder={d.variant}{'' if d.conditional else ' (no condition)'}"
-                f" ch={d.ch} "
-                f"blocks/level={d.blocks_per_level}, precision={self.precision!r}, "
-                f"diffusion={self.sources.get('diffusion')!r}, decoder_weights={self.sources.get('decoder')!r})")
+        return (
+            f"InpaintPipeline(unet={self.unet!r}, decoder={d.variant}{'' if d.conditional else ' (no condition)'}"
+            f" ch={d.ch} "
+            f"blocks/level={d.blocks_per_level}, precision={self.precision!r}, "
+            f"diffusion={self.sources.get('diffusion')!r}, decoder_weights={self.sources.get('decoder')!r})"
+        )
 
-    def __call__(self, image: Union[ImageLike, np.ndarray], mask: Union[ImageLike, np.ndarray], *,
-                 prompt: str = INPAINT_PROMPT, negative_prompt: str = "", seed: int = 0, scale: float = 7.5,
-                 steps: int = 50, eta: Optional[float] = None, sampler: str = "ddim", x_T: Optional[np.ndarray] = None,
-                 posterior_noise: Optional[np.ndarray] = None, step_noise: Optional[np.ndarray] = None,
-                 resize: bool = True, round: bool = False, progress: bool = True,
-                 callback: Optional[StepCallback] = None, rng: RngLike = "numpy") -> PipelineResult:
+    def __call__(
+        self,
+        image: Union[ImageLike, np.ndarray],
+        mask: Union[ImageLike, np.ndarray],
+        *,
+        prompt: str = INPAINT_PROMPT,
+        negative_prompt: str = "",
+        seed: int = 0,
+        scale: float = 7.5,
+        steps: int = 50,
+        eta: Optional[float] = None,
+        sampler: str = "ddim",
+        x_T: Optional[np.ndarray] = None,
+        posterior_noise: Optional[np.ndarray] = None,
+        step_noise: Optional[np.ndarray] = None,
+        resize: bool = True,
+        round: bool = False,
+        progress: bool = True,
+        callback: Optional[StepCallback] = None,
+        rng: RngLike = "numpy",
+    ) -> PipelineResult:
         """Inpaints ``image`` where ``mask`` is white (1).
 
         ``image``/``mask``: paths, PIL images, uint8 arrays, or float arrays already
@@ -326,8 +422,9 @@ class InpaintPipeline(_Base):
 
             x_T = x_T if x_T is not None else _randn(seed, (1, 4, h, w))
             t = time.perf_counter()
-            x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
-                               c_concat=c_cat, gen=gen)
+            x0 = self._denoise(
+                x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback, c_concat=c_cat, gen=gen
+            )
             timings["sample"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -351,8 +448,10 @@ class InpaintPipeline(_Base):
             if not np.isfinite(img).all():
                 raise ValueError("image array has NaN or Inf values")
             if not np.isin(msk, (0.0, 1.0)).all():
-                raise ValueError("mask array values must be exactly 0 or 1 (1 = hole); binarise it first, "
-                                 "e.g. (mask >= 0.5).astype(np.float32)")
+                raise ValueError(
+                    "mask array values must be exactly 0 or 1 (1 = hole); binarise it first, "
+                    "e.g. (mask >= 0.5).astype(np.float32)"
+                )
         else:
             img, msk, _ = load_pair(image, mask, resize=resize)
         H, W = img.shape[-2:]
@@ -364,8 +463,18 @@ class InpaintPipeline(_Base):
 class Txt2ImgPipeline(_Base):
     """txt2img.py as an object: ``pipe(prompt)`` -> :class:`PipelineResult`."""
 
-    def __init__(self, *, diffusion_spec, decoder_spec, text_encoder, unet, decoder, tokenizer, precision: str,
-                 sources: Mapping[str, str]):
+    def __init__(
+        self,
+        *,
+        diffusion_spec,
+        decoder_spec,
+        text_encoder,
+        unet,
+        decoder,
+        tokenizer,
+        precision: str,
+        sources: Mapping[str, str],
+    ):
         self.diffusion_spec = diffusion_spec
         self.decoder_spec = decoder_spec
         self.text_encoder = text_encoder
@@ -378,9 +487,16 @@ class Txt2ImgPipeline(_Base):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_original(cls, config_c: Optional[PathLike], ckpt_c: PathLike, config: Optional[PathLike],
-                      ckpt: PathLike, *, vocab: Optional[PathLike] = None,
-                      precision: str = "auto") -> "Txt2ImgPipeline":
+    def from_original(
+        cls,
+        config_c: Optional[PathLike],
+        ckpt_c: PathLike,
+        config: Optional[PathLike],
+        ckpt: PathLike,
+        *,
+        vocab: Optional[PathLike] = None,
+        precision: str = "auto",
+    ) -> "Txt2ImgPipeline":
         """From the original files, as txt2img's ``--config_c --ckpt_c --config --ckpt``; a config given
         as None is inferred from its checkpoint's tensors (the choice is printed on stderr); ``precision``
         as in :meth:`InpaintPipeline.from_original`."""
@@ -391,21 +507,39 @@ class Txt2ImgPipeline(_Base):
         spec_c = config_mod.load(config_c) if config_c is not None else None
         spec_d = config_mod.load(config) if config is not None else None
         if spec_d is not None and (not isinstance(spec_d, config_mod.DiffusionSpec) or spec_d.kind != "txt2img"):
-            raise config_mod.ConfigError(f"{config}: --config must be a text-to-image diffusion config "
-                                         "(LatentDiffusion), e.g. v1-t2i-inference.yaml")
+            raise config_mod.ConfigError(
+                f"{config}: --config must be a text-to-image diffusion config "
+                "(LatentDiffusion), e.g. v1-t2i-inference.yaml"
+            )
         if spec_c is not None and not isinstance(spec_c, config_mod.AutoencoderSpec):
-            raise config_mod.ConfigError(f"{config_c}: --config_c must be an autoencoder config "
-                                         "(autoencoder_kl_woc_32x32x4*.yaml)")
+            raise config_mod.ConfigError(
+                f"{config_c}: --config_c must be an autoencoder config (autoencoder_kl_woc_32x32x4*.yaml)"
+            )
         tok = CLIPTokenizer.from_file(find_vocab(vocab))
         wd, wc = _load_weights(ckpt), _load_weights(ckpt_c)
         spec_d = spec_d or _inferred(wd, "txt2img", ckpt)
         spec_c = spec_c or _inferred(wc, "decoder_wocondition", ckpt_c)
-        return cls._build(spec_d, spec_c, wd, wc, tok, precision,
-                          {"diffusion": os.fspath(ckpt), "decoder": os.fspath(ckpt_c)}, spec_d, spec_c)
+        return cls._build(
+            spec_d,
+            spec_c,
+            wd,
+            wc,
+            tok,
+            precision,
+            {"diffusion": os.fspath(ckpt), "decoder": os.fspath(ckpt_c)},
+            spec_d,
+            spec_c,
+        )
 
     @classmethod
-    def from_file(cls, path: PathLike, *, decoder: Optional[PathLike] = None, vocab: Optional[PathLike] = None,
-                  precision: str = "auto") -> "Txt2ImgPipeline":
+    def from_file(
+        cls,
+        path: PathLike,
+        *,
+        decoder: Optional[PathLike] = None,
+        vocab: Optional[PathLike] = None,
+        precision: str = "auto",
+    ) -> "Txt2ImgPipeline":
         """From a converted file (see :meth:`InpaintPipeline.from_file`)."""
         precision = resolve_precision(precision)
         spec_d, spec_c, wd, wc, tok, src = _from_converted(path, decoder, vocab)
@@ -416,8 +550,15 @@ class Txt2ImgPipeline(_Base):
     # ---- diffusers folders (asymvq.diffusers_io) ----
 
     @classmethod
-    def from_diffusers(cls, path: PathLike, decoder: Optional[PathLike] = None, *, vocab: Optional[PathLike] = None,
-                       precision: str = "auto", variant: Optional[str] = None) -> "Txt2ImgPipeline":
+    def from_diffusers(
+        cls,
+        path: PathLike,
+        decoder: Optional[PathLike] = None,
+        *,
+        vocab: Optional[PathLike] = None,
+        precision: str = "auto",
+        variant: Optional[str] = None,
+    ) -> "Txt2ImgPipeline":
         """From a diffusers SD 1.x text-to-image folder (``unet/`` with 4 input channels).
 
         ``decoder``: as in :meth:`InpaintPipeline.from_diffusers`, used without condition; None uses the
@@ -426,8 +567,17 @@ class Txt2ImgPipeline(_Base):
         from .diffusers_io import pipeline_parts
 
         p = pipeline_parts(path, kind="txt2img", decoder=decoder, vocab=vocab, variant=variant)
-        return cls._build(p.spec, p.decoder_spec, p.weights, p.decoder_weights, p.tokenizer, precision, p.sources,
-                          p.spec, p.decoder_spec)
+        return cls._build(
+            p.spec,
+            p.decoder_spec,
+            p.weights,
+            p.decoder_weights,
+            p.tokenizer,
+            precision,
+            p.sources,
+            p.spec,
+            p.decoder_spec,
+        )
 
     @classmethod
     def _build(cls, spec_d, spec_c, wd, wc, tok, precision, sources, cfg_d, cfg_c) -> "Txt2ImgPipeline":
@@ -441,19 +591,44 @@ class Txt2ImgPipeline(_Base):
             un = UNet.from_config(cfg_d, wd, precision=precision)
         with _weights_of(sources.get("decoder")):
             dec = Autoencoder.from_config(cfg_c, wc, precision=precision)
-        return cls(diffusion_spec=spec_d, decoder_spec=spec_c, text_encoder=te, unet=un, decoder=dec, tokenizer=tok,
-                   precision=precision, sources=sources)
+        return cls(
+            diffusion_spec=spec_d,
+            decoder_spec=spec_c,
+            text_encoder=te,
+            unet=un,
+            decoder=dec,
+            tokenizer=tok,
+            precision=precision,
+            sources=sources,
+        )
 
     def __repr__(self) -> str:
         d = self.decoder_spec.decoder
-        return (f"Txt2ImgPipeline(unet={self.unet!r}, decoder={d.variant} ch={d.ch}, precision={self.precision!r}, "
-                f"diffusion={self.sources.get('diffusion')!r}, decoder_weights={self.sources.get('decoder')!r})")
+        return (
+            f"Txt2ImgPipeline(unet={self.unet!r}, decoder={d.variant} ch={d.ch}, precision={self.precision!r}, "
+            f"diffusion={self.sources.get('diffusion')!r}, decoder_weights={self.sources.get('decoder')!r})"
+        )
 
-    def __call__(self, prompt: Union[str, Sequence[str]] = TXT2IMG_PROMPT, *, n_samples: int = 1, height: int = 512,
-                 width: int = 512, seed: int = 42, scale: float = 7.5, steps: int = 50, eta: float = 0.0,
-                 sampler: str = "ddim", negative_prompt: str = "", x_T: Optional[np.ndarray] = None,
-                 step_noise: Optional[np.ndarray] = None, round: bool = False, progress: bool = True,
-                 callback: Optional[StepCallback] = None, rng: RngLike = "numpy") -> PipelineResult:
+    def __call__(
+        self,
+        prompt: Union[str, Sequence[str]] = TXT2IMG_PROMPT,
+        *,
+        n_samples: int = 1,
+        height: int = 512,
+        width: int = 512,
+        seed: int = 42,
+        scale: float = 7.5,
+        steps: int = 50,
+        eta: float = 0.0,
+        sampler: str = "ddim",
+        negative_prompt: str = "",
+        x_T: Optional[np.ndarray] = None,
+        step_noise: Optional[np.ndarray] = None,
+        round: bool = False,
+        progress: bool = True,
+        callback: Optional[StepCallback] = None,
+        rng: RngLike = "numpy",
+    ) -> PipelineResult:
         """Generates ``n_samples`` images for ``prompt`` (one prompt repeated, or one per sample).
 
         Noise: ``rng="numpy"``: x_T ``numpy.random.RandomState(seed).randn(n_samples, 4, h, w)``, DDIM
@@ -494,8 +669,7 @@ class Txt2ImgPipeline(_Base):
             if x_T is None:
                 x_T = gen.randn((n_samples, 4, h, w)) if gen is not None else _randn(seed, (n_samples, 4, h, w))
             t = time.perf_counter()
-            x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
-                               gen=gen)
+            x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback, gen=gen)
             timings["sample"] = time.perf_counter() - t
             t = time.perf_counter()
             out = self.decoder.decode(x0 / SCALE_FACTOR)
@@ -503,8 +677,9 @@ class Txt2ImgPipeline(_Base):
         return PipelineResult(to_pil(out, round=round), out, x0, time.perf_counter() - t0, steps, timings)
 
 
-def inpaint_decoder_spec(spec: config_mod.Spec, weights: Mapping[str, Any], source: Any = "--config"
-                         ) -> config_mod.Spec:
+def inpaint_decoder_spec(
+    spec: config_mod.Spec, weights: Mapping[str, Any], source: Any = "--config"
+) -> config_mod.Spec:
     """The decoder an :class:`InpaintPipeline` runs for the config ``spec`` and its checkpoint ``weights``.
 
     * an asymmetric config with condition (``autoencoder_kl_32x32x4*.yaml``) and its checkpoint: that
@@ -544,8 +719,10 @@ def _from_converted(path: PathLike, decoder: Optional[PathLike], vocab: Optional
     elif meta.decoder is not None:
         spec_c, wc = meta.decoder, wd
     else:
-        raise config_mod.ConfigError(f"{path} has no decoder: convert with --decoder-config/--decoder-ckpt, "
-                                     "or pass decoder=<converted decoder file>")
+        raise config_mod.ConfigError(
+            f"{path} has no decoder: convert with --decoder-config/--decoder-ckpt, "
+            "or pass decoder=<converted decoder file>"
+        )
     if vocab is not None or meta.vocab is None:
         tok = CLIPTokenizer.from_file(find_vocab(vocab))
     else:

@@ -6,6 +6,7 @@ line on stderr. An explicit ``"bf16"`` runs on any AVX-512 CPU (oneDNN emulates 
 AVX512-BF16, more slowly than fp32); below AVX-512 the C core refuses it with a RuntimeError
 that says why and suggests fp32.
 """
+
 from __future__ import annotations
 
 import sys
@@ -37,6 +38,8 @@ def resolve_precision(precision: str, *, announce: bool = True) -> str:
     chosen = "bf16" if info["bf16_native"] else "fp32"
     if announce:
         why = "native bf16" if info["bf16_native"] else "no native bf16"
-        print(f"asymvq: precision auto -> {chosen} ({why} at ISA {info['isa']}; the CPU has {info['cpu_isa']})",
-              file=sys.stderr)
+        print(
+            f"asymvq: precision auto -> {chosen} ({why} at ISA {info['isa']}; the CPU has {info['cpu_isa']})",
+            file=sys.stderr,
+        )
     return chosen

@@ -51,6 +51,7 @@ inpainting size, as :mod:`asymvq.metrics`):
   least 2 images (else NaN); with fewer images than feature dimensions (2048) the covariances are
   singular and FID is biased: compare decoders on the same folder, not to published numbers.
 """
+
 from __future__ import annotations
 
 import base64
@@ -98,9 +99,11 @@ def _load_program(path: str, flag: str, what: str) -> Any:
     try:
         return torch.export.load(path).module()
     except Exception as e:  # noqa: BLE001 - any failure to read it means a wrong or corrupt file
-        raise QualityError(f"{flag} {path}: not a torch.export program (.pt2) of the {what} network "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); see "
-                           f"asymvq.quality's docs for how to make one") from None
+        raise QualityError(
+            f"{flag} {path}: not a torch.export program (.pt2) of the {what} network "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); see "
+            f"asymvq.quality's docs for how to make one"
+        ) from None
 
 
 def _tensor(img: np.ndarray, lo: float) -> Any:
@@ -124,13 +127,17 @@ class LPIPS:
         try:
             same, other = self.distance(black, black), self.distance(black, np.ascontiguousarray(ramp))
         except Exception as e:  # noqa: BLE001
-            raise QualityError(f"{flag} {path}: the network does not take two [1, 3, H, W] images in [-1, 1] "
-                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise QualityError(
+                f"{flag} {path}: the network does not take two [1, 3, H, W] images in [-1, 1] "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         if not (math.isfinite(same) and math.isfinite(other)):
             raise QualityError(f"{flag} {path}: the network's distances are not finite ({same}, {other})")
         if other == same:
-            raise QualityError(f"{flag} {path}: the network gives a black and a ramp image the distance of an image "
-                               f"to itself ({same}): were its two inputs exported from one tensor? (export with two)")
+            raise QualityError(
+                f"{flag} {path}: the network gives a black and a ramp image the distance of an image "
+                f"to itself ({same}): were its two inputs exported from one tensor? (export with two)"
+            )
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         """LPIPS of two uint8 [H, W, 3] images of one size."""
@@ -163,9 +170,11 @@ class FIDFeatures:
         try:
             f = self.features(np.zeros((FID_SIZE, FID_SIZE, 3), np.uint8))
         except Exception as e:  # noqa: BLE001
-            raise QualityError(f"{flag} {path}: the network does not take a [1, 3, {FID_SIZE}, {FID_SIZE}] image in "
-                               f"[0, 1] and return [1, D] features ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise QualityError(
+                f"{flag} {path}: the network does not take a [1, 3, {FID_SIZE}, {FID_SIZE}] image in "
+                f"[0, 1] and return [1, D] features ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         if not np.isfinite(f).all():
             raise QualityError(f"{flag} {path}: the network's features of a black image are not finite")
         self.dim = int(f.size)
@@ -228,5 +237,14 @@ class QualityModels:
         self.fid = FIDFeatures(fid) if fid else None
 
 
-__all__ = ["LPIPS", "FIDFeatures", "QualityModels", "QualityError", "frechet_distance", "paste_hole",
-           "encode_features", "decode_features", "INSTALL_HINT"]
+__all__ = [
+    "LPIPS",
+    "FIDFeatures",
+    "QualityModels",
+    "QualityError",
+    "frechet_distance",
+    "paste_hole",
+    "encode_features",
+    "decode_features",
+    "INSTALL_HINT",
+]

@@ -33,6 +33,7 @@ Kinds:
   from the GPU's by a few 1e-6 (checked against values torch printed on GPUs, published in
   PyTorch's issue tracker; see tests/test_rng_torch.py). No GPU was available to check more.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -51,6 +52,7 @@ _CODES = {"numpy": 0, "torch-cpu": 1, "torch-cuda": 2}
 #: original ``inpaint_st.py`` never seeds torch, so its DDIM noise starts from it.
 TORCH_DEFAULT_SEED = 67280421310721
 
+
 class Generator:
     """``Generator(kind="numpy", seed=0, *, cuda_max_blocks=None)``: a Gaussian stream of the given
     kind (see the module doc); ``cuda_max_blocks`` only for ``"torch-cuda"``.
@@ -63,11 +65,15 @@ class Generator:
         check_kind(kind)
         if cuda_max_blocks is not None:
             if kind != "torch-cuda":
-                raise ValueError("cuda_max_blocks applies only to the \"torch-cuda\" kind")
-            if isinstance(cuda_max_blocks, bool) or not isinstance(cuda_max_blocks, (int, np.integer)) \
-                    or not 1 <= cuda_max_blocks < 2**31:
-                raise ValueError(f"cuda_max_blocks must be a positive int (SMs * threads per SM / 256), "
-                                 f"got {cuda_max_blocks!r}")
+                raise ValueError('cuda_max_blocks applies only to the "torch-cuda" kind')
+            if (
+                isinstance(cuda_max_blocks, bool)
+                or not isinstance(cuda_max_blocks, (int, np.integer))
+                or not 1 <= cuda_max_blocks < 2**31
+            ):
+                raise ValueError(
+                    f"cuda_max_blocks must be a positive int (SMs * threads per SM / 256), got {cuda_max_blocks!r}"
+                )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         seed = int(seed)
@@ -101,8 +107,9 @@ RngLike = Union[str, Generator]
 def check_kind(kind: object) -> str:
     """``kind`` if it is a usable kind name; ``ValueError`` (``TypeError``) naming the problem otherwise."""
     if not isinstance(kind, str):
-        raise TypeError(f"rng must be one of {', '.join(map(repr, KINDS))} or an asymvq.rng.Generator, "
-                        f"got {type(kind).__name__}")
+        raise TypeError(
+            f"rng must be one of {', '.join(map(repr, KINDS))} or an asymvq.rng.Generator, got {type(kind).__name__}"
+        )
     if kind not in _CODES:
         raise ValueError(f"rng must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
     return kind

@@ -121,8 +121,15 @@ class Sampler:
     threads.
     """
 
-    def __init__(self, kind: str = "ddim", steps: int = 50, eta: float = 0.0, config: ConfigLike = None,
-                 karras: bool = False, spacing: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        kind: str = "ddim",
+        steps: int = 50,
+        eta: float = 0.0,
+        config: ConfigLike = None,
+        karras: bool = False,
+        spacing: Optional[str] = None,
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
@@ -132,15 +139,17 @@ class Sampler:
         if karras and kind != "dpmpp_2m":
             raise ValueError(f"karras sigmas are offered with the dpmpp_2m sampler only, not {kind}")
         if spacing is not None and kind in ("ddim", "plms"):
-            raise ValueError(f"spacing applies to dpmpp_2m, euler and euler_a; {kind} uses the original's "
-                             "uniform discretisation")
+            raise ValueError(
+                f"spacing applies to dpmpp_2m, euler and euler_a; {kind} uses the original's uniform discretisation"
+            )
         if spacing is not None and spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
         linear_start, linear_end, timesteps = _schedule(config)
         if not 1 <= int(steps) <= timesteps:
             raise ValueError(f"steps must be between 1 and {timesteps} (the schedule's timesteps), got {steps}")
-        self._c = _core.Sampler(kind, int(steps), float(eta), linear_start, linear_end, timesteps, bool(karras),
-                               spacing or SPACINGS[0])
+        self._c = _core.Sampler(
+            kind, int(steps), float(eta), linear_start, linear_end, timesteps, bool(karras), spacing or SPACINGS[0]
+        )
 
     @property
     def kind(self) -> str:
@@ -284,8 +293,10 @@ class Sampler:
 
     def __repr__(self) -> str:
         karras = ", karras=True" if self.karras else (f", spacing={self.spacing!r}" if self.spacing else "")
-        return (f"Sampler(kind={self.kind!r}, steps={self.steps}, eta={self.eta}{karras}, "
-                f"timesteps={len(self.timesteps)} of {len(self.alphas_cumprod)})")
+        return (
+            f"Sampler(kind={self.kind!r}, steps={self.steps}, eta={self.eta}{karras}, "
+            f"timesteps={len(self.timesteps)} of {len(self.alphas_cumprod)})"
+        )
 
 
 def sampler_from_name(name: str, steps: int, eta: float = 0.0, config: ConfigLike = None) -> Sampler:

@@ -10,4 +10,6 @@ if TYPE_CHECKING:  # what type checkers see; at run time this module is asymvq.i
 
     def __getattr__(name: str) -> Any:  # the private names
         ...
+
+
 sys.modules[__name__] = _moved

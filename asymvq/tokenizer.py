@@ -133,8 +133,7 @@ def _parse_merges(text: str) -> List[Tuple[str, str]]:
     lines = text.strip().split("\n")
     if "#version" not in lines[0]:
         raise ValueError(
-            "not a CLIP BPE merges file: the first line must be the '#version: 0.2' header "
-            f"(got {lines[0][:60]!r})"
+            f"not a CLIP BPE merges file: the first line must be the '#version: 0.2' header (got {lines[0][:60]!r})"
         )
     rules = lines[1 : NUM_MERGES + 1]
     if len(rules) < NUM_MERGES:
@@ -256,9 +255,7 @@ class CLIPTokenizer:
     def from_metadata(cls, value: str) -> "CLIPTokenizer":
         """Rebuild a tokenizer from the string made by :meth:`to_metadata`."""
         if not isinstance(value, str) or not value.startswith(METADATA_PREFIX):
-            raise ValueError(
-                f"not an embedded CLIP vocabulary: the metadata value must start with {METADATA_PREFIX!r}"
-            )
+            raise ValueError(f"not an embedded CLIP vocabulary: the metadata value must start with {METADATA_PREFIX!r}")
         try:
             text = gzip.decompress(base64.b64decode(value[len(METADATA_PREFIX) :], validate=True))
         except (binascii.Error, OSError, EOFError) as exc:
@@ -295,9 +292,7 @@ class CLIPTokenizer:
             try:
                 prompts = list(prompts)
             except TypeError:
-                raise TypeError(
-                    f"prompts must be a str or a sequence of str, got {type(prompts).__name__}"
-                ) from None
+                raise TypeError(f"prompts must be a str or a sequence of str, got {type(prompts).__name__}") from None
         out = np.full((len(prompts), CONTEXT_LENGTH), PAD_ID, dtype=np.int64)
         out[:, 0] = BOS_ID
         for i, prompt in enumerate(prompts):

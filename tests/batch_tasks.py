@@ -1,4 +1,5 @@
 """Per-pair task wrappers for tests/test_batch.py, importable by Dask's worker processes."""
+
 import os
 
 from asymvq.batch import run_pair_task

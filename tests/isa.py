@@ -5,6 +5,7 @@ AVX2 cap (CI runs the fast suite a second time with ONEDNN_MAX_CPU_ISA=AVX2) bf1
 with :data:`needs_bf16` and skip with a reason; ``test_isa.py`` checks, under every cap, that bf16 is
 then refused with a clear error and that fp32 runs on the capped kernels.
 """
+
 import pytest
 
 import asymvq
@@ -17,7 +18,7 @@ BF16_RUNS: bool = INFO["kernel_isa"] == "avx512"
 needs_bf16 = pytest.mark.skipif(
     not BF16_RUNS,
     reason=f"bf16 needs AVX-512; oneDNN runs at {INFO['isa']} here (CPU {INFO['cpu_isa']}, ONEDNN_MAX_CPU_ISA "
-           "cap?): test_isa.py checks the clear error instead",
+    "cap?): test_isa.py checks the clear error instead",
 )
 
 

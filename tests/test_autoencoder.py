@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fixtures import fixture_config, fixture_spec, random_tensor, state_dict_items
+from isa import needs_bf16
+from reference import vae_reference as ref
 
 from asymvq import checkpoint, config, convert, tables
 from asymvq.autoencoder import Autoencoder
 from asymvq.config import AutoencoderSpec, DiffusionSpec
-from fixtures import fixture_config, fixture_spec, random_tensor, state_dict_items
-from isa import needs_bf16
-from reference import vae_reference as ref
 
 FP32_TOL = 1e-4
 BF16_MAX = 0.5
@@ -298,8 +298,11 @@ def test_a_converted_decoder_file_needs_no_config(checkpoints: Any, tmp_path: Pa
 def test_a_converted_inpainting_file_gives_sd_encoder_and_asymmetric_decoder(checkpoints: Any, tmp_path: Path) -> None:
     out = tmp_path / "inpaint.safetensors"
     convert.convert(
-        fixture_config("sd15-inpaint"), checkpoints.get("sd15-inpaint"), out,
-        decoder_config=decoder_config("base"), decoder_ckpt=checkpoints.get("decoder-base"),
+        fixture_config("sd15-inpaint"),
+        checkpoints.get("sd15-inpaint"),
+        out,
+        decoder_config=decoder_config("base"),
+        decoder_ckpt=checkpoints.get("decoder-base"),
     )
     ae = Autoencoder.from_config(None, out)
     assert ae.has_encoder and ae.conditional
@@ -515,9 +518,7 @@ def test_tiled_conditional_decode_crops_image_and_mask_with_the_same_window() ->
     x = inputs(1, 192, 256, seed=3)
     other = dict(x, image=np.where(x["mask"] == 1, np.float32(-0.7), x["image"]))  # hole pixels changed
     ae = decoder("base")
-    np.testing.assert_array_equal(
-        ae.decode(**x, tile=128, overlap=32), ae.decode(**other, tile=128, overlap=32)
-    )
+    np.testing.assert_array_equal(ae.decode(**x, tile=128, overlap=32), ae.decode(**other, tile=128, overlap=32))
 
 
 @pytest.mark.parametrize("tile, overlap", [(100, None), (8, None), (64, 64), (64, 12), (True, None)])

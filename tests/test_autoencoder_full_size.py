@@ -13,13 +13,13 @@ import functools
 import numpy as np
 import pytest
 import torch
+from fixtures import fixture_spec, random_tensor, state_dict_items
+from reference import vae_reference as ref
+from test_autoencoder import assert_bf16_close, assert_fp32_close, inputs, numpy_weights
 
 from asymvq import config, tables
 from asymvq.autoencoder import Autoencoder
 from asymvq.config import AutoencoderSpec, DiffusionSpec
-from fixtures import fixture_spec, random_tensor, state_dict_items
-from reference import vae_reference as ref
-from test_autoencoder import assert_bf16_close, assert_fp32_close, inputs, numpy_weights
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,7 @@
 
 Tiny random-weight models, 64 x 64 pairs, 2 DDIM steps; every LocalCluster listens on 127.0.0.1 only.
 """
+
 import csv
 import os
 import shutil
@@ -12,15 +13,13 @@ import threading
 import time
 from pathlib import Path
 
+import batch_tasks
 import numpy as np
-
-import asymvq
 import pytest
+from fixtures import write_checkpoint
 from PIL import Image
 
-from fixtures import write_checkpoint
-
-import batch_tasks
+import asymvq
 from asymvq import batch
 from asymvq._cli import CLIError
 from asymvq.batch import plan_local, run_batch
@@ -40,9 +39,14 @@ def job(tmp_path_factory):
     d = tmp_path_factory.mktemp("batch-ckpts")
     sd = write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint")
     base = write_checkpoint(d / "decoder-base.ckpt", "decoder-base")
-    return Job(config_d=str(TINY / "v1-inpainting-inference.yaml"), ckpt_d=str(sd),
-               decoders=(DecoderSpec("base", str(TINY / "autoencoder_kl_32x32x4.yaml"), str(base)),),
-               mode="inpaint", vocab=str(VOCAB), steps=2)
+    return Job(
+        config_d=str(TINY / "v1-inpainting-inference.yaml"),
+        ckpt_d=str(sd),
+        decoders=(DecoderSpec("base", str(TINY / "autoencoder_kl_32x32x4.yaml"), str(base)),),
+        mode="inpaint",
+        vocab=str(VOCAB),
+        steps=2,
+    )
 
 
 def make_pairs(folder: Path, n: int = N) -> Path:
@@ -51,7 +55,7 @@ def make_pairs(folder: Path, n: int = N) -> Path:
     for i in range(n):
         Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(folder / f"pair{i}.png")
         mask = np.zeros((64, 64), np.uint8)
-        mask[8 + 2 * i: 40 + 2 * i, 16:48] = 255
+        mask[8 + 2 * i : 40 + 2 * i, 16:48] = 255
         Image.fromarray(mask).save(folder / f"pair{i}_mask.png")
     return folder
 
@@ -151,8 +155,12 @@ def test_a_corrupt_pair_is_reported_and_the_others_complete(job, pairs, referenc
 def test_a_worker_killed_mid_run_loses_nothing(job, pairs, reference, tmp_path):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         victim = next(iter(client.run(os.getpid).values()))
         records = tmp_path / RECORDS_DIR
         seen_at_kill = []
@@ -166,8 +174,16 @@ def test_a_worker_killed_mid_run_loses_nothing(job, pairs, reference, tmp_path):
 
         killer = threading.Thread(target=kill_after_first_pair, daemon=True)
         killer.start()
-        res = run_batch(pairs, tmp_path, job, scheduler=cluster.scheduler_address, threads=1, progress=False,
-                        plot=False, timeout=TIMEOUT)
+        res = run_batch(
+            pairs,
+            tmp_path,
+            job,
+            scheduler=cluster.scheduler_address,
+            threads=1,
+            progress=False,
+            plot=False,
+            timeout=TIMEOUT,
+        )
         killer.join(10)
     assert seen_at_kill and seen_at_kill[0] < N  # the kill happened mid-run
     assert not res.failures and len(res.done) == N
@@ -175,8 +191,18 @@ def test_a_worker_killed_mid_run_loses_nothing(job, pairs, reference, tmp_path):
 
 
 def test_a_pair_that_kills_workers_repeatedly_is_marked_failed_not_retried_forever(job, pairs, reference, tmp_path):
-    res = run_batch(pairs, tmp_path, job, workers=2, threads=1, progress=False, plot=False, timeout=TIMEOUT,
-                    allowed_failures=1, task=batch_tasks.kills_its_worker_on_pair3)
+    res = run_batch(
+        pairs,
+        tmp_path,
+        job,
+        workers=2,
+        threads=1,
+        progress=False,
+        plot=False,
+        timeout=TIMEOUT,
+        allowed_failures=1,
+        task=batch_tasks.kills_its_worker_on_pair3,
+    )
     failed = {Path(f["image"]).name: f["error"] for f in res.failures}
     assert "KilledWorker" in failed["pair3.png"]
     # a pair running beside the culprit when its worker died can be counted too (a known limit, see
@@ -232,13 +258,36 @@ def test_local_plan_starts_no_more_workers_than_the_memory_holds(job, monkeypatc
 
 def test_batch_command_line_reads_a_list_file_and_prints_throughput(job, pairs, reference, tmp_path):
     lst = tmp_path / "pairs.txt"
-    lst.write_text("# image mask\n" + "".join(f"{pairs / n} {pairs / n.replace('.png', '_mask.png')}\n"
-                                              for n in names()[:4]))
+    lst.write_text(
+        "# image mask\n" + "".join(f"{pairs / n} {pairs / n.replace('.png', '_mask.png')}\n" for n in names()[:4])
+    )
     out = tmp_path / "out"
     d = job.decoders[0]
-    cmd = [sys.executable, "-m", "asymvq", "batch", "--list", str(lst), "--outdir", str(out),
-           "--config_d", job.config_d, "--ckpt_d", job.ckpt_d, "--decoder", f"base={d.config}:{d.ckpt}",
-           "--vocab", str(VOCAB), "--steps", "2", "--workers", "2", "--threads", "1", "--no-plot"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "asymvq",
+        "batch",
+        "--list",
+        str(lst),
+        "--outdir",
+        str(out),
+        "--config_d",
+        job.config_d,
+        "--ckpt_d",
+        job.ckpt_d,
+        "--decoder",
+        f"base={d.config}:{d.ckpt}",
+        "--vocab",
+        str(VOCAB),
+        "--steps",
+        "2",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--no-plot",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert "4 done, 0 already complete, 0 failed" in p.stdout and "images/min (2 worker(s))" in p.stdout
@@ -247,8 +296,22 @@ def test_batch_command_line_reads_a_list_file_and_prints_throughput(job, pairs, 
 
 
 def test_batch_command_line_bad_flags_fail_with_one_error_line(job, pairs, tmp_path):
-    cmd = [sys.executable, "-m", "asymvq", "batch", "--indir", str(pairs), "--outdir", str(tmp_path),
-           "--ckpt_d", job.ckpt_d, "--config_d", job.config_d, "--workers", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "asymvq",
+        "batch",
+        "--indir",
+        str(pairs),
+        "--outdir",
+        str(tmp_path),
+        "--ckpt_d",
+        job.ckpt_d,
+        "--config_d",
+        job.config_d,
+        "--workers",
+        "0",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
     assert p.returncode == 2 and p.stderr.strip() == "error: workers must be >= 1, got 0"
 
@@ -260,8 +323,9 @@ def test_a_rerun_with_everything_complete_starts_no_cluster_and_keeps_the_tables
     assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == N
 
 
-def test_without_bokeh_the_batch_says_in_one_line_that_the_dashboard_needs_it(job, pairs, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_without_bokeh_the_batch_says_in_one_line_that_the_dashboard_needs_it(
+    job, pairs, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(batch, "_has_bokeh", lambda: False)
     one = [(pairs / "pair0.png", pairs / "pair0_mask.png")]
     res = run_batch(one, tmp_path, job, workers=1, threads=1, progress=True, plot=False, timeout=TIMEOUT)

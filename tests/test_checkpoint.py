@@ -23,8 +23,8 @@ import safetensors.torch
 import torch
 
 from asymvq import checkpoint
-from asymvq.io import safetensors as st_mod
 from asymvq.checkpoint import CheckpointError
+from asymvq.io import safetensors as st_mod
 
 # torch dtype -> (tag, numpy dtype the reader returns)
 DTYPES = {
@@ -74,6 +74,7 @@ def assert_same(array: np.ndarray, reference: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------
 # .ckpt written by torch.save
 
+
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=[str(d) for d in DTYPES])
 def test_every_supported_dtype_reads_back_as_torch_load_sees_it(tmp_path, dtype):
     path = save(tmp_path, {"t": sample(dtype)})
@@ -82,7 +83,8 @@ def test_every_supported_dtype_reads_back_as_torch_load_sees_it(tmp_path, dtype)
     assert_same(loaded["t"], reference)
     assert checkpoint.dtype_of(loaded["t"]) == DTYPES[dtype][0]
     assert checkpoint.open_checkpoint(path).info("t") == checkpoint.TensorInfo(
-        DTYPES[dtype][0], (3, 5), 15 * reference.element_size())
+        DTYPES[dtype][0], (3, 5), 15 * reference.element_size()
+    )
 
 
 def test_bf16_comes_back_as_tagged_uint16_bits(tmp_path):
@@ -199,15 +201,27 @@ def test_lightning_checkpoint_yields_its_state_dict_and_lists_the_rest(tmp_path)
     assert opened.keys() == ["weight", "bias"]
     for name, t in state.items():
         assert_same(opened.get(name), t)
-    assert opened.other_entries == ("epoch", "global_step", "pytorch-lightning_version",
-                                    "optimizer_states", "lr_schedulers", "callbacks",
-                                    "hyper_parameters", "numpy_state")
+    assert opened.other_entries == (
+        "epoch",
+        "global_step",
+        "pytorch-lightning_version",
+        "optimizer_states",
+        "lr_schedulers",
+        "callbacks",
+        "hyper_parameters",
+        "numpy_state",
+    )
     assert opened.skipped == {}
 
 
 def test_non_tensor_entries_of_a_state_dict_are_skipped_with_a_reason(tmp_path):
-    state = {"w": torch.ones(2), "step": 5, "args": argparse.Namespace(a=1),
-             "complex": torch.ones(2, dtype=torch.complex64), "u16": torch.ones(2, dtype=torch.uint16)}
+    state = {
+        "w": torch.ones(2),
+        "step": 5,
+        "args": argparse.Namespace(a=1),
+        "complex": torch.ones(2, dtype=torch.complex64),
+        "u16": torch.ones(2, dtype=torch.uint16),
+    }
     opened = checkpoint.open_checkpoint(save(tmp_path, state))
     assert opened.keys() == ["w"]
     assert opened.skipped["step"] == "a value of type int"
@@ -266,7 +280,7 @@ def test_big_endian_checkpoints_are_refused(tmp_path):
     path = save(tmp_path, {"t": torch.ones(2)})
     data = path.read_bytes()
     at = data.index(b"little", data.index(b"model/byteorder"))  # the member's bytes
-    path.write_bytes(data[:at] + b"big\x00\x00\x00" + data[at + 6:])
+    path.write_bytes(data[:at] + b"big\x00\x00\x00" + data[at + 6 :])
     with pytest.raises(CheckpointError, match="little-endian"):
         checkpoint.load(path)
 
@@ -280,11 +294,17 @@ def test_format_is_recognised_from_the_bytes_not_the_extension(tmp_path):
     ckpt = save(tmp_path, {"t": torch.ones(2)}, name="weights.safetensors")
     safe = tmp_path / "weights.ckpt"
     checkpoint.save_safetensors(safe, {"t": np.ones(2, np.float32)})
-    with pytest.warns(UserWarning, match="suffix .safetensors says .safetensors but the content is a "
-                                         r"torch.save zip \(.ckpt\); reading it as such"):
+    with pytest.warns(
+        UserWarning,
+        match="suffix .safetensors says .safetensors but the content is a "
+        r"torch.save zip \(.ckpt\); reading it as such",
+    ):
         assert checkpoint.open_checkpoint(ckpt).format == "ckpt"
-    with pytest.warns(UserWarning, match=r"suffix .ckpt says a torch.save zip \(.ckpt\) but the content "
-                                         "is .safetensors"):
+    with pytest.warns(
+        UserWarning,
+        match=r"suffix .ckpt says a torch.save zip \(.ckpt\) but the content "
+        "is .safetensors",
+    ):
         assert checkpoint.open_checkpoint(safe).format == "safetensors"
 
 
@@ -310,8 +330,10 @@ def written_with_header_length_low_byte(path: pathlib.Path, low: int, write) -> 
 def hand_built_safetensors(low: int) -> bytes:
     """An unpadded (valid) .safetensors file whose header length ends in the byte ``low``."""
     data = b"".join(a.tobytes() for a in FORMAT_TENSORS.values())
-    entries = {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
-               "b": {"dtype": "I64", "shape": [3], "data_offsets": [24, 48]}}
+    entries = {
+        "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+        "b": {"dtype": "I64", "shape": [3], "data_offsets": [24, 48]},
+    }
     for pad in range(1024):
         blob = json.dumps({"__metadata__": {"pad": "x" * pad}, **entries}).encode()
         if len(blob) % 256 == low:
@@ -329,7 +351,8 @@ def assert_format_tensors(loaded) -> None:
 def test_safetensors_written_by_asymvq_is_read_whatever_the_low_byte_of_its_header_length(tmp_path, low):
     # asymvq pads headers to 8 bytes, so only multiples of 8 occur; 0x80 is the one in 32 that failed
     path = written_with_header_length_low_byte(
-        tmp_path / "a.safetensors", low, lambda p, m: checkpoint.save_safetensors(p, FORMAT_TENSORS, m))
+        tmp_path / "a.safetensors", low, lambda p, m: checkpoint.save_safetensors(p, FORMAT_TENSORS, m)
+    )
     assert header_length(path) % 256 == low
     assert checkpoint.open_checkpoint(path).format == "safetensors"
     assert_format_tensors(checkpoint.load(path))
@@ -339,7 +362,8 @@ def test_safetensors_written_by_asymvq_is_read_whatever_the_low_byte_of_its_head
 @pytest.mark.parametrize("low", range(0, 256, 8), ids=lambda b: f"{b:#04x}")
 def test_safetensors_written_by_the_reference_package_is_read_whatever_the_low_byte(tmp_path, low):
     path = written_with_header_length_low_byte(
-        tmp_path / "a.safetensors", low, lambda p, m: safetensors.numpy.save_file(FORMAT_TENSORS, p, m))
+        tmp_path / "a.safetensors", low, lambda p, m: safetensors.numpy.save_file(FORMAT_TENSORS, p, m)
+    )
     assert header_length(path) % 256 == low
     assert_format_tensors(checkpoint.load(path))
 
@@ -377,8 +401,7 @@ def test_legacy_torch_files_are_recognised_by_their_magic_number(tmp_path, proto
 def test_legacy_file_named_safetensors_gets_the_legacy_message_and_a_warning(tmp_path):
     path = tmp_path / "old.safetensors"
     torch.save({"t": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
-    with pytest.warns(UserWarning, match="suffix .safetensors says .safetensors but the content is PyTorch's "
-                                         "legacy"):
+    with pytest.warns(UserWarning, match="suffix .safetensors says .safetensors but the content is PyTorch's legacy"):
         with pytest.raises(CheckpointError, match="legacy"):
             checkpoint.load(path)
 
@@ -394,8 +417,11 @@ def test_torch_save_zips_are_read_under_any_torch_suffix_without_warning(tmp_pat
 def test_safetensors_content_named_ckpt_is_read_as_safetensors_with_a_warning(tmp_path):
     path = tmp_path / "weights.ckpt"
     checkpoint.save_safetensors(path, FORMAT_TENSORS)
-    with pytest.warns(UserWarning, match=r"weights.ckpt: the suffix .ckpt says a torch.save zip \(.ckpt\) but "
-                                         "the content is .safetensors; reading it as such"):
+    with pytest.warns(
+        UserWarning,
+        match=r"weights.ckpt: the suffix .ckpt says a torch.save zip \(.ckpt\) but "
+        "the content is .safetensors; reading it as such",
+    ):
         assert_format_tensors(checkpoint.load(path))
 
 
@@ -407,7 +433,7 @@ NOT_CHECKPOINTS = {
     "bare pickle protocol 4": pickle.dumps({"t": [1.0, 2.0]}, protocol=4),
     "plausible length, no brace": struct.pack("<Q", 16) + b"[" + bytes(23),
     "length 0": struct.pack("<Q", 0) + b"{}" + bytes(16),
-    "length 7": struct.pack("<Q", 7) + b"{\"a\":1}" + bytes(16),
+    "length 7": struct.pack("<Q", 7) + b'{"a":1}' + bytes(16),
     "length past the end": struct.pack("<Q", 1000) + b"{" + bytes(50),
     "empty zip": b"PK\x05\x06" + bytes(18),
     "gzip": b"\x1f\x8b\x08\x00" + bytes(40),
@@ -430,12 +456,15 @@ def test_a_bare_pickle_is_named_as_such(tmp_path):
         checkpoint.load(path)
 
 
-@pytest.mark.parametrize("data, error", [
-    (b"\x80", "too short"),
-    (struct.pack("<Q", 16) + b"[" + bytes(23), "not valid JSON"),
-    (struct.pack("<Q", 1000) + b"{" + bytes(50), "header claims 1000 bytes"),
-    (struct.pack("<Q", 8) + b"  {}    ", "must begin with '{'"),
-])
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"\x80", "too short"),
+        (struct.pack("<Q", 16) + b"[" + bytes(23), "not valid JSON"),
+        (struct.pack("<Q", 1000) + b"{" + bytes(50), "header claims 1000 bytes"),
+        (struct.pack("<Q", 8) + b"  {}    ", "must begin with '{'"),
+    ],
+)
 def test_a_file_named_safetensors_of_no_known_format_gets_the_safetensors_diagnosis(tmp_path, data, error):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(data)
@@ -446,8 +475,7 @@ def test_a_file_named_safetensors_of_no_known_format_gets_the_safetensors_diagno
 # ---------------------------------------------------------------------------------------------
 # .safetensors
 
-NUMPY_DTYPES = [np.float32, np.float16, np.float64, np.int64, np.int32, np.int16, np.int8,
-                np.uint8, np.bool_]
+NUMPY_DTYPES = [np.float32, np.float16, np.float64, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_]
 
 
 def numpy_sample(dtype, shape=(4, 3), seed=0) -> np.ndarray:
@@ -536,14 +564,18 @@ def test_big_endian_arrays_are_written_little_endian(tmp_path):
 
 
 def test_header_is_space_padded_to_8_bytes_and_tensors_are_aligned(tmp_path):
-    tensors = {"a_byte": np.ones(3, np.uint8), "b_double": np.ones(3, np.float64),
-               "c_half": np.ones(1, np.float16), "d_float": np.ones(5, np.float32)}
+    tensors = {
+        "a_byte": np.ones(3, np.uint8),
+        "b_double": np.ones(3, np.float64),
+        "c_half": np.ones(1, np.float16),
+        "d_float": np.ones(5, np.float32),
+    }
     path = tmp_path / "a.safetensors"
     checkpoint.save_safetensors(path, tensors, {"note": "é"})
     data = path.read_bytes()
     (size,) = struct.unpack("<Q", data[:8])
     assert size % 8 == 0
-    header = data[8:8 + size]
+    header = data[8 : 8 + size]
     assert header.rstrip(b" ") == header.rstrip() and header.rstrip(b" ").endswith(b"}")
     parsed = json.loads(header)
     assert parsed["__metadata__"] == {"note": "é"}
@@ -604,13 +636,16 @@ def test_an_interrupted_first_write_leaves_no_file_at_all(tmp_path, monkeypatch)
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("value, error", [
-    (np.ones(2, np.uint16), "BF16"),
-    (np.ones(2, np.complex64), "unsupported dtype"),
-    (np.ones(2, np.uint32), "unsupported dtype"),
-    ((np.ones(2, np.float32), "BF16"), "cannot be written as BF16"),
-    ((np.ones(2, np.float32), "F99"), "unknown dtype tag"),
-])
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        (np.ones(2, np.uint16), "BF16"),
+        (np.ones(2, np.complex64), "unsupported dtype"),
+        (np.ones(2, np.uint32), "unsupported dtype"),
+        ((np.ones(2, np.float32), "BF16"), "cannot be written as BF16"),
+        ((np.ones(2, np.float32), "F99"), "unknown dtype tag"),
+    ],
+)
 def test_save_refuses_arrays_it_cannot_write_faithfully(tmp_path, value, error):
     with pytest.raises(ValueError, match=error):
         checkpoint.save_safetensors(tmp_path / "a.safetensors", {"t": value})
@@ -634,6 +669,7 @@ def test_load_safetensors_refuses_a_ckpt(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # bf16 helpers and open_checkpoint
 
+
 def test_bf16_to_float32_is_exact():
     values = torch.tensor([0.0, -0.0, 1.0, -3.5, 1e-40, 3.0e38, float("inf"), float("nan")])
     bits = as_numpy(values.to(torch.bfloat16))
@@ -643,11 +679,14 @@ def test_bf16_to_float32_is_exact():
 
 def test_float32_to_bf16_rounds_like_torch():
     rng = np.random.default_rng(0)
-    values = np.concatenate([
-        rng.standard_normal(10000).astype(np.float32) * 1000,
-        np.array([1.00390625, 1.01171875, -1.00390625, 3.4e38, -3.4e38, np.inf, -np.inf, 0.0,
-                  -0.0, 1e-42], np.float32),  # ties to even both ways, overflow to inf, denormals
-    ])
+    values = np.concatenate(
+        [
+            rng.standard_normal(10000).astype(np.float32) * 1000,
+            np.array(
+                [1.00390625, 1.01171875, -1.00390625, 3.4e38, -3.4e38, np.inf, -np.inf, 0.0, -0.0, 1e-42], np.float32
+            ),  # ties to even both ways, overflow to inf, denormals
+        ]
+    )
     ours = checkpoint.float32_to_bf16(values)
     assert ours.dtype == checkpoint.BF16
     np.testing.assert_array_equal(ours, as_numpy(torch.from_numpy(values).to(torch.bfloat16)))

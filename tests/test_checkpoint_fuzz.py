@@ -31,17 +31,26 @@ from asymvq import checkpoint
 from asymvq.checkpoint import CheckpointError
 
 CASES = 300
-FUZZ = settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=CASES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def small_ckpt() -> bytes:
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     state = {
         "state_dict": {
-            "w": base, "wt": base.t(), "tail": base.view(12)[5:],
-            "h": torch.ones(3, dtype=torch.bfloat16), "b": torch.tensor([True, False]),
-            "i": torch.arange(3, dtype=torch.int64), "nested": [torch.zeros(2, dtype=torch.int8)],
+            "w": base,
+            "wt": base.t(),
+            "tail": base.view(12)[5:],
+            "h": torch.ones(3, dtype=torch.bfloat16),
+            "b": torch.tensor([True, False]),
+            "i": torch.arange(3, dtype=torch.int64),
+            "nested": [torch.zeros(2, dtype=torch.int8)],
         },
         "global_step": 7,
         "hyper_parameters": argparse.Namespace(lr=0.1),
@@ -53,10 +62,17 @@ def small_ckpt() -> bytes:
 
 def small_safetensors(tmp_dir: pathlib.Path) -> bytes:
     path = tmp_dir / "base.safetensors"
-    checkpoint.save_safetensors(path, {
-        "w": np.arange(12, dtype=np.float32).reshape(3, 4), "h": np.ones(3, np.float16),
-        "bf": np.ones(2, checkpoint.BF16), "b": np.array([True, False]), "i": np.arange(3),
-    }, {"k": "v"})
+    checkpoint.save_safetensors(
+        path,
+        {
+            "w": np.arange(12, dtype=np.float32).reshape(3, 4),
+            "h": np.ones(3, np.float16),
+            "bf": np.ones(2, checkpoint.BF16),
+            "b": np.array([True, False]),
+            "i": np.arange(3),
+        },
+        {"k": "v"},
+    )
     return path.read_bytes()
 
 
@@ -97,9 +113,9 @@ def mutate(data: bytes, mutations) -> bytes:
         elif kind == "insert":
             out[at:at] = arg
         elif kind == "overwrite":
-            out[at:at + len(arg)] = arg
+            out[at : at + len(arg)] = arg
         elif kind == "delete":
-            del out[at:at + arg]
+            del out[at : at + arg]
     return bytes(out)
 
 
@@ -166,23 +182,41 @@ def test_mutated_safetensors_bytes_load_or_raise_checkpoint_error(workdir, safet
 
 @FUZZ
 @given(mutations=MUTATIONS)
-def test_mutated_safetensors_header_loads_or_raises_checkpoint_error(workdir, safetensors_bytes,
-                                                                     mutations):
+def test_mutated_safetensors_header_loads_or_raises_checkpoint_error(workdir, safetensors_bytes, mutations):
     (size,) = struct.unpack("<Q", safetensors_bytes[:8])
-    header = mutate(safetensors_bytes[8:8 + size], mutations)
+    header = mutate(safetensors_bytes[8 : 8 + size], mutations)
     path = workdir / "fuzz_header.safetensors"
-    path.write_bytes(struct.pack("<Q", len(header)) + header + safetensors_bytes[8 + size:])
+    path.write_bytes(struct.pack("<Q", len(header)) + header + safetensors_bytes[8 + size :])
     read_everything(path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Tensor geometry: loads exactly when inside the storage, and then equals NumPy's strided view
 
-STORAGES = {"F32": "FloatStorage", "F16": "HalfStorage", "BF16": "BFloat16Storage",
-            "F64": "DoubleStorage", "I64": "LongStorage", "I32": "IntStorage",
-            "I16": "ShortStorage", "I8": "CharStorage", "U8": "ByteStorage", "BOOL": "BoolStorage"}
-NUMPY = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8", "I64": "<i8", "I32": "<i4",
-         "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+STORAGES = {
+    "F32": "FloatStorage",
+    "F16": "HalfStorage",
+    "BF16": "BFloat16Storage",
+    "F64": "DoubleStorage",
+    "I64": "LongStorage",
+    "I32": "IntStorage",
+    "I16": "ShortStorage",
+    "I8": "CharStorage",
+    "U8": "ByteStorage",
+    "BOOL": "BoolStorage",
+}
+NUMPY = {
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "F64": "<f8",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 def push(value) -> bytes:
@@ -192,10 +226,15 @@ def push(value) -> bytes:
 def one_tensor_checkpoint(tag: str, numel: int, offset: int, size, stride) -> tuple[bytes, np.ndarray]:
     """A torch.save-like zip holding {"t": tensor}, and its storage as a NumPy array."""
     storage = (np.arange(numel) % 2).astype(bool) if tag == "BOOL" else np.arange(numel).astype(NUMPY[tag])
-    pid = (b"(" + push("storage") + f"ctorch\n{STORAGES[tag]}\n".encode() + push("0") + push("cpu")
-           + push(numel) + b"tQ")
-    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + push(offset) + push(tuple(size))
-              + push(tuple(stride)) + b"\x89ccollections\nOrderedDict\n)RtR")
+    pid = b"(" + push("storage") + f"ctorch\n{STORAGES[tag]}\n".encode() + push("0") + push("cpu") + push(numel) + b"tQ"
+    tensor = (
+        b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + pid
+        + push(offset)
+        + push(tuple(size))
+        + push(tuple(stride))
+        + b"\x89ccollections\nOrderedDict\n)RtR"
+    )
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
         z.writestr("archive/data.pkl", b"\x80\x02}" + push("t") + tensor + b"s.")
@@ -203,13 +242,15 @@ def one_tensor_checkpoint(tag: str, numel: int, offset: int, size, stride) -> tu
     return out.getvalue(), storage
 
 
-GEOMETRY = st.integers(0, 4).flatmap(lambda ndim: st.tuples(
-    st.sampled_from(sorted(STORAGES)),
-    st.integers(0, 64),                                    # storage elements
-    st.integers(-2, 80),                                   # storage offset
-    st.lists(st.integers(-1, 8), min_size=ndim, max_size=ndim),
-    st.lists(st.integers(-1, 20), min_size=ndim, max_size=ndim),
-))
+GEOMETRY = st.integers(0, 4).flatmap(
+    lambda ndim: st.tuples(
+        st.sampled_from(sorted(STORAGES)),
+        st.integers(0, 64),  # storage elements
+        st.integers(-2, 80),  # storage offset
+        st.lists(st.integers(-1, 8), min_size=ndim, max_size=ndim),
+        st.lists(st.integers(-1, 20), min_size=ndim, max_size=ndim),
+    )
+)
 
 
 @FUZZ
@@ -220,16 +261,21 @@ def test_tensor_geometry_loads_exactly_when_inside_its_storage(workdir, geometry
     path = workdir / "geometry.ckpt"
     path.write_bytes(data)
     valid = min([offset, *size, *stride]) >= 0 and (
-        offset <= numel if 0 in size else offset + sum((d - 1) * s for d, s in zip(size, stride)) < numel)
+        offset <= numel if 0 in size else offset + sum((d - 1) * s for d, s in zip(size, stride)) < numel
+    )
     if not valid:
         with pytest.raises(CheckpointError):
             checkpoint.load(path)
         return
     loaded = checkpoint.load(path)["t"]
     itemsize = storage.itemsize
-    expected = np.lib.stride_tricks.as_strided(
-        storage[offset:] if offset < numel else storage[:0], shape=size,
-        strides=[s * itemsize for s in stride]) if 0 not in size else np.empty(size, storage.dtype)
+    expected = (
+        np.lib.stride_tricks.as_strided(
+            storage[offset:] if offset < numel else storage[:0], shape=size, strides=[s * itemsize for s in stride]
+        )
+        if 0 not in size
+        else np.empty(size, storage.dtype)
+    )
     assert loaded.shape == tuple(size) and loaded.dtype == storage.dtype
     np.testing.assert_array_equal(loaded, expected)
 
@@ -275,14 +321,16 @@ def expected_failure(kinds) -> str | None:
 
 
 @FUZZ
-@given(kinds=st.lists(st.sampled_from(WRAPS), max_size=600)
-       | st.integers(240, 270).flatmap(lambda n: st.lists(st.sampled_from(WRAPS), min_size=n, max_size=n)))
+@given(
+    kinds=st.lists(st.sampled_from(WRAPS), max_size=600)
+    | st.integers(240, 270).flatmap(lambda n: st.lists(st.sampled_from(WRAPS), min_size=n, max_size=n))
+)
 def test_nesting_loads_exactly_when_within_256_levels(workdir, kinds):
     value = b")"
     for kind in kinds:
         value = wrap(value, kind)
     tensor, _ = one_tensor_checkpoint("F32", 4, 0, (4,), (1,))
-    tensor_ops = pickle_of(tensor)[3 + len(push("t")):-2]
+    tensor_ops = pickle_of(tensor)[3 + len(push("t")) : -2]
     pkl = b"\x80\x02}" + text_op("w") + value + b"s" + text_op("t") + tensor_ops + b"s."
     path = workdir / "nested.ckpt"
     path.write_bytes(rezip_with_pickle(tensor, pkl))
@@ -299,17 +347,27 @@ def test_nesting_loads_exactly_when_within_256_levels(workdir, kinds):
 # anything is allocated, so reading never allocates more than a few times the file's size
 
 LENGTH_OPCODES = {  # opcode -> (name, length field)
-    b"T": ("BINSTRING", "<i"), b"U": ("SHORT_BINSTRING", "<B"), b"B": ("BINBYTES", "<I"),
-    b"C": ("SHORT_BINBYTES", "<B"), b"\x8e": ("BINBYTES8", "<Q"), b"X": ("BINUNICODE", "<I"),
-    b"\x8c": ("SHORT_BINUNICODE", "<B"), b"\x8d": ("BINUNICODE8", "<Q"), b"\x96": ("BYTEARRAY8", "<Q"),
-    b"\x8a": ("LONG1", "<B"), b"\x8b": ("LONG4", "<i"), b"\x95": ("FRAME", "<Q"),
+    b"T": ("BINSTRING", "<i"),
+    b"U": ("SHORT_BINSTRING", "<B"),
+    b"B": ("BINBYTES", "<I"),
+    b"C": ("SHORT_BINBYTES", "<B"),
+    b"\x8e": ("BINBYTES8", "<Q"),
+    b"X": ("BINUNICODE", "<I"),
+    b"\x8c": ("SHORT_BINUNICODE", "<B"),
+    b"\x8d": ("BINUNICODE8", "<Q"),
+    b"\x96": ("BYTEARRAY8", "<Q"),
+    b"\x8a": ("LONG1", "<B"),
+    b"\x8b": ("LONG4", "<i"),
+    b"\x95": ("FRAME", "<Q"),
 }
 FIELD_RANGE = {"<B": (0, 255), "<i": (0, 2**31 - 1), "<I": (0, 2**32 - 1), "<Q": (0, 2**64 - 1)}
-LIE = st.sampled_from(sorted(LENGTH_OPCODES)).flatmap(lambda op: st.tuples(
-    st.just(op),
-    st.one_of(st.integers(0, 64), st.integers(*FIELD_RANGE[LENGTH_OPCODES[op][1]])),  # declared
-    st.binary(max_size=64),                                                            # bytes after
-))
+LIE = st.sampled_from(sorted(LENGTH_OPCODES)).flatmap(
+    lambda op: st.tuples(
+        st.just(op),
+        st.one_of(st.integers(0, 64), st.integers(*FIELD_RANGE[LENGTH_OPCODES[op][1]])),  # declared
+        st.binary(max_size=64),  # bytes after
+    )
+)
 
 
 def peak_allocation(read) -> int:
@@ -353,17 +411,20 @@ SIZE_LIE = st.one_of(st.integers(0, 64), st.integers(0, 2**64 - 1), st.sampled_f
 
 
 @FUZZ
-@given(member=st.sampled_from(["archive/data.pkl", "archive/data/0"]), field=st.sampled_from(["size", "offset"]),
-       value=SIZE_LIE.filter(lambda v: v < 2**32))
+@given(
+    member=st.sampled_from(["archive/data.pkl", "archive/data/0"]),
+    field=st.sampled_from(["size", "offset"]),
+    value=SIZE_LIE.filter(lambda v: v < 2**32),
+)
 def test_zip_members_whose_size_or_offset_lies_are_refused_before_reading(workdir, member, field, value):
     data, _ = one_tensor_checkpoint("F32", 4, 0, (4,), (1,))
     out = bytearray(data)
     name = member.encode()
     central = out.rindex(b"PK\x01\x02", 0, out.rindex(name))
     if field == "size":
-        out[central + 20:central + 28] = struct.pack("<II", value, value)
+        out[central + 20 : central + 28] = struct.pack("<II", value, value)
     else:
-        out[central + 42:central + 46] = struct.pack("<I", value)
+        out[central + 42 : central + 46] = struct.pack("<I", value)
     path = workdir / "ziplie.ckpt"
     path.write_bytes(bytes(out))
     assert peak_allocation(lambda: read_everything(path)) < 4 << 20
@@ -372,7 +433,8 @@ def test_zip_members_whose_size_or_offset_lies_are_refused_before_reading(workdi
 @FUZZ
 @given(shape=st.lists(SIZE_LIE, min_size=0, max_size=4), begin=SIZE_LIE, end=SIZE_LIE, header_size=SIZE_LIE)
 def test_safetensors_whose_shape_offsets_or_header_size_lie_are_refused_before_allocating(
-        workdir, shape, begin, end, header_size):
+    workdir, shape, begin, end, header_size
+):
     blob = json.dumps({"a": {"dtype": "F32", "shape": shape, "data_offsets": [begin, end]}}).encode()
     for size in (len(blob), header_size):
         path = workdir / "lie.safetensors"
@@ -381,14 +443,19 @@ def test_safetensors_whose_shape_offsets_or_header_size_lie_are_refused_before_a
 
 
 @FUZZ
-@given(numel=SIZE_LIE, offset=SIZE_LIE, size=st.lists(SIZE_LIE, min_size=1, max_size=3),
-       stride_zero=st.booleans())
+@given(numel=SIZE_LIE, offset=SIZE_LIE, size=st.lists(SIZE_LIE, min_size=1, max_size=3), stride_zero=st.booleans())
 def test_tensor_geometry_that_lies_is_refused_or_stays_a_view(workdir, numel, offset, size, stride_zero):
     stride = [0] * len(size) if stride_zero else [1] * len(size)
     data, _ = one_tensor_checkpoint("F32", 4, 0, (4,), (1,))
-    pid = (b"(" + push("storage") + b"ctorch\nFloatStorage\n" + push("0") + push("cpu") + push(numel) + b"tQ")
-    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + push(offset) + push(tuple(size))
-              + push(tuple(stride)) + b"\x89ccollections\nOrderedDict\n)RtR")
+    pid = b"(" + push("storage") + b"ctorch\nFloatStorage\n" + push("0") + push("cpu") + push(numel) + b"tQ"
+    tensor = (
+        b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + pid
+        + push(offset)
+        + push(tuple(size))
+        + push(tuple(stride))
+        + b"\x89ccollections\nOrderedDict\n)RtR"
+    )
     path = workdir / "geometry_lie.ckpt"
     path.write_bytes(rezip_with_pickle(data, b"\x80\x02}" + push("t") + tensor + b"s."))
     outcomes = []

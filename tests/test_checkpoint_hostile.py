@@ -22,19 +22,20 @@ import subprocess
 import sys
 import zipfile
 
+import hostile
 import numpy as np
 import pytest
 import torch
+from hostile import call_global, float_bytes, in_state_dict, ops, tensor_ops, text, torch_zip
 from PIL import Image
 
-import hostile
 from asymvq import checkpoint, config
-from asymvq.io import unpickler
 from asymvq.checkpoint import CheckpointError
-from hostile import call_global, float_bytes, in_state_dict, ops, tensor_ops, text, torch_zip
+from asymvq.io import unpickler
 
 # ---------------------------------------------------------------------------------------------
 # Building torch.save-like archives by hand: the helpers live in tests/hostile.py
+
 
 def valid_archive(path, **tensor) -> None:
     torch_zip(path, in_state_dict(ops(1), tensor_ops(**tensor)), {"0": float_bytes(4)})
@@ -88,8 +89,11 @@ def hostile_pickles(sentinel) -> dict[str, bytes]:
 
 HOSTILE = list(hostile_pickles("SENTINEL"))
 # The payloads that create the sentinel when an ordinary unpickler (torch.load's) runs them.
-LIVE = [name for name in HOSTILE if not name.endswith((
-    "nt.system", "__import__", "getattr", "torch.load", "runpy.run_path", "attrgetter"))]
+LIVE = [
+    name
+    for name in HOSTILE
+    if not name.endswith(("nt.system", "__import__", "getattr", "torch.load", "runpy.run_path", "attrgetter"))
+]
 
 
 @pytest.mark.parametrize("payload", LIVE)
@@ -135,11 +139,15 @@ class RunsPopen:
         return (subprocess.Popen, (self.args,))
 
 
-@pytest.mark.parametrize("make", [
-    lambda s: RunsCommand(f"touch {s}"),
-    lambda s: RunsNestedPickle(pickle.dumps(RunsCommand(f"touch {s}"), protocol=2)),
-    lambda s: RunsPopen(["touch", str(s)]),
-], ids=["os.system", "nested pickle", "subprocess.Popen"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: RunsCommand(f"touch {s}"),
+        lambda s: RunsNestedPickle(pickle.dumps(RunsCommand(f"touch {s}"), protocol=2)),
+        lambda s: RunsPopen(["touch", str(s)]),
+    ],
+    ids=["os.system", "nested pickle", "subprocess.Popen"],
+)
 def test_torch_saved_object_whose_reduce_runs_code_is_refused(tmp_path, sentinel, make):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": make(sentinel)}, path)
@@ -147,17 +155,33 @@ def test_torch_saved_object_whose_reduce_runs_code_is_refused(tmp_path, sentinel
         checkpoint.load(path)
 
 
-def test_unknown_classes_become_placeholders_and_their_modules_are_never_imported(
-        tmp_path, sentinel, monkeypatch):
-    (tmp_path / "evil_module_xyz.py").write_text(
-        f"open({str(sentinel)!r}, 'w').close()\nclass Thing:\n    pass\n")
+def test_unknown_classes_become_placeholders_and_their_modules_are_never_imported(tmp_path, sentinel, monkeypatch):
+    (tmp_path / "evil_module_xyz.py").write_text(f"open({str(sentinel)!r}, 'w').close()\nclass Thing:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    constructed = (call_global("evil_module_xyz", "Thing", (1, 2))  # REDUCE
-                   + b"}" + text("k") + ops(3) + b"sb")            # BUILD with a state dict
+    constructed = (
+        call_global("evil_module_xyz", "Thing", (1, 2))  # REDUCE
+        + b"}"
+        + text("k")
+        + ops(3)
+        + b"sb"
+    )  # BUILD with a state dict
     new_object = b"cevil_module_xyz\nThing\n" + ops(()) + b"\x81" + ops(({"a": 1}, {"b": 2})) + b"b"
     path = tmp_path / "a.ckpt"
-    pkl = (b"\x80\x02}" + text("state_dict") + b"}" + text("t") + tensor_ops() + b"s"
-           + text("thing") + constructed + b"s" + text("new") + new_object + b"s" + b"s.")
+    pkl = (
+        b"\x80\x02}"
+        + text("state_dict")
+        + b"}"
+        + text("t")
+        + tensor_ops()
+        + b"s"
+        + text("thing")
+        + constructed
+        + b"s"
+        + text("new")
+        + new_object
+        + b"s"
+        + b"s."
+    )
     torch_zip(path, pkl, {"0": float_bytes(4)})
     opened = checkpoint.open_checkpoint(path)
     assert opened.keys() == ["t"]
@@ -166,8 +190,7 @@ def test_unknown_classes_become_placeholders_and_their_modules_are_never_importe
 
 
 def test_a_pickle_cannot_modify_the_allowed_rebuild_functions(tmp_path):
-    tamper = (b"ctorch._utils\n_rebuild_tensor_v2\n"
-              + ops((None, {"_fn": None, "__defaults__": (1,)})) + b"b")
+    tamper = b"ctorch._utils\n_rebuild_tensor_v2\n" + ops((None, {"_fn": None, "__defaults__": (1,)})) + b"b"
     path = tmp_path / "a.ckpt"
     torch_zip(path, in_state_dict(tamper))
     with pytest.raises(CheckpointError):
@@ -229,27 +252,31 @@ def test_empty_file_is_a_checkpoint_error(tmp_path):
 
 def test_storage_declaring_10_gb_in_a_1_kb_file_is_a_checkpoint_error(tmp_path):
     path = tmp_path / "a.ckpt"
-    torch_zip(path, in_state_dict(ops(1), tensor_ops(numel=(10 << 30) // 4, size=((10 << 30) // 4,))),
-              {"0": float_bytes(4)})
+    torch_zip(
+        path, in_state_dict(ops(1), tensor_ops(numel=(10 << 30) // 4, size=((10 << 30) // 4,))), {"0": float_bytes(4)}
+    )
     assert path.stat().st_size < 1024
     with pytest.raises(CheckpointError, match="declares"):
         checkpoint.load(path)
 
 
-@pytest.mark.parametrize("tensor, error", [
-    (dict(size=(5,)), "past the storage"),
-    (dict(offset=3, size=(2,)), "past the storage"),
-    (dict(offset=5, size=(0,)), "past the storage"),
-    (dict(size=(2, 2), stride=(3, 1)), "past the storage"),
-    (dict(size=(-1,)), "non-negative"),
-    (dict(size=(2,), stride=(-1,)), "non-negative"),
-    (dict(offset=-1, size=(1,)), "non-negative"),
-    (dict(size=(1 << 61,), stride=(0,)), "impossibly large"),
-    (dict(size=(1, 1), stride=(1 << 70, 1)), "impossibly large"),
-    (dict(size=(2,), stride=(1, 1)), "malformed"),
-    (dict(size=(1,) * 40, stride=(0,) * 40), "malformed"),
-    (dict(size=(2.0,)), "non-negative integers"),
-])
+@pytest.mark.parametrize(
+    "tensor, error",
+    [
+        (dict(size=(5,)), "past the storage"),
+        (dict(offset=3, size=(2,)), "past the storage"),
+        (dict(offset=5, size=(0,)), "past the storage"),
+        (dict(size=(2, 2), stride=(3, 1)), "past the storage"),
+        (dict(size=(-1,)), "non-negative"),
+        (dict(size=(2,), stride=(-1,)), "non-negative"),
+        (dict(offset=-1, size=(1,)), "non-negative"),
+        (dict(size=(1 << 61,), stride=(0,)), "impossibly large"),
+        (dict(size=(1, 1), stride=(1 << 70, 1)), "impossibly large"),
+        (dict(size=(2,), stride=(1, 1)), "malformed"),
+        (dict(size=(1,) * 40, stride=(0,) * 40), "malformed"),
+        (dict(size=(2.0,)), "non-negative integers"),
+    ],
+)
 def test_tensor_outside_its_storage_or_with_a_bad_shape_is_a_checkpoint_error(tmp_path, tensor, error):
     path = tmp_path / "a.ckpt"
     torch_zip(path, in_state_dict(ops(1), tensor_ops(**tensor)), {"0": float_bytes(4)})
@@ -261,7 +288,7 @@ def test_storage_member_running_past_the_end_of_the_file_is_a_checkpoint_error(t
     valid_archive(tmp_path / "a.ckpt")
     data = bytearray((tmp_path / "a.ckpt").read_bytes())
     header = data.rindex(b"PK\x03\x04", 0, data.index(b"archive/data/0") + 1)
-    data[header + 28:header + 30] = struct.pack("<H", 0xFFFF)  # local extra field length
+    data[header + 28 : header + 30] = struct.pack("<H", 0xFFFF)  # local extra field length
     with pytest.raises(CheckpointError, match="past the end"):
         checkpoint.load(write(tmp_path, bytes(data)))
 
@@ -270,7 +297,7 @@ def test_local_header_that_disagrees_with_the_central_directory_is_a_checkpoint_
     valid_archive(tmp_path / "a.ckpt")
     data = bytearray((tmp_path / "a.ckpt").read_bytes())
     at = data.index(b"archive/data/0")  # first occurrence: the local header's copy
-    data[at:at + 14] = b"archive/data/9"
+    data[at : at + 14] = b"archive/data/9"
     with pytest.raises(CheckpointError, match="does not match the central directory"):
         checkpoint.load(write(tmp_path, bytes(data)))
 
@@ -332,10 +359,13 @@ def test_huge_memo_index_does_not_exhaust_memory(tmp_path):
 def test_nested_and_self_referencing_containers_load_with_deep_names_cut_at_64_levels(tmp_path):
     depth = 200  # deeper than the 64 levels that names may have, within the unpickler's limit
     nested = b"]" * depth + b"a" * (depth - 1)  # each list appended into the one below
-    cyclic = b"]q\x01h\x01a"                    # a list that contains itself
+    cyclic = b"]q\x01h\x01a"  # a list that contains itself
     path = tmp_path / "a.ckpt"
-    torch_zip(path, b"\x80\x02}" + text("deep") + nested + b"s" + text("loop") + cyclic + b"s"
-              + text("t") + tensor_ops() + b"s.", {"0": float_bytes(4)})
+    torch_zip(
+        path,
+        b"\x80\x02}" + text("deep") + nested + b"s" + text("loop") + cyclic + b"s" + text("t") + tensor_ops() + b"s.",
+        {"0": float_bytes(4)},
+    )
     opened = checkpoint.open_checkpoint(path)
     assert opened.keys() == ["t"]
     assert opened.skipped == {
@@ -347,17 +377,22 @@ def test_nested_and_self_referencing_containers_load_with_deep_names_cut_at_64_l
 def test_containers_nested_200000_deep_are_refused_in_linear_time(tmp_path):
     depth = 200_000
     path = tmp_path / "a.ckpt"
-    torch_zip(path, b"\x80\x02}" + text("deep") + b"]" * depth + b"a" * (depth - 1) + b"s"
-              + text("t") + tensor_ops() + b"s.", {"0": float_bytes(4)})
-    with pytest.raises(CheckpointError, match=r"a\.ckpt: data.pkl holds containers nested deeper "
-                                              r"than 256 levels"):
+    torch_zip(
+        path,
+        b"\x80\x02}" + text("deep") + b"]" * depth + b"a" * (depth - 1) + b"s" + text("t") + tensor_ops() + b"s.",
+        {"0": float_bytes(4)},
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"a\.ckpt: data.pkl holds containers nested deeper "
+        r"than 256 levels",
+    ):
         checkpoint.open_checkpoint(path)
 
 
 def test_storage_type_this_reader_does_not_support_is_skipped(tmp_path):
     path = tmp_path / "a.ckpt"
-    torch_zip(path, in_state_dict(ops(1), tensor_ops(storage="ComplexFloatStorage", numel=2)),
-              {"0": float_bytes(4)})
+    torch_zip(path, in_state_dict(ops(1), tensor_ops(storage="ComplexFloatStorage", numel=2)), {"0": float_bytes(4)})
     opened = checkpoint.open_checkpoint(path)
     assert opened.keys() == [] and "ComplexFloatStorage" in opened.skipped["t"]
 
@@ -371,8 +406,10 @@ def safetensors_file(header, data: bytes = b"", size: int | None = None, raw: by
     return struct.pack("<Q", len(blob) if size is None else size) + blob + data
 
 
-GOOD_HEADER = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-               "b": {"dtype": "I8", "shape": [2, 2], "data_offsets": [8, 12]}}
+GOOD_HEADER = {
+    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+    "b": {"dtype": "I8", "shape": [2, 2], "data_offsets": [8, 12]},
+}
 
 
 def with_entry(name: str, **fields) -> dict:
@@ -382,39 +419,41 @@ def with_entry(name: str, **fields) -> dict:
 
 
 def test_the_hand_built_safetensors_file_is_valid(tmp_path):
-    loaded, _ = checkpoint.load_safetensors(write(tmp_path, safetensors_file(GOOD_HEADER, bytes(12)),
-                                                  "a.safetensors"))
+    loaded, _ = checkpoint.load_safetensors(write(tmp_path, safetensors_file(GOOD_HEADER, bytes(12)), "a.safetensors"))
     assert loaded["b"].shape == (2, 2)
 
 
-@pytest.mark.parametrize("data, error", [
-    (safetensors_file(GOOD_HEADER, bytes(12), size=10 << 30), "claims"),
-    (safetensors_file(GOOD_HEADER, bytes(12), size=2**64 - 1), "claims"),
-    (safetensors_file(GOOD_HEADER, bytes(12))[:60], "claims"),
-    (b"\x05\x00\x00\x00", "too short"),
-    (safetensors_file(None, bytes(12), raw=b"{not json}"), "not valid JSON"),
-    (safetensors_file(None, raw=b"\xff\xfe{}"), "not valid JSON"),
-    (safetensors_file(None, raw=b"[" * 100_000 + b"]" * 100_000), "not valid JSON"),
-    (safetensors_file(None, raw=b'{"a": 1, "a": 2}'), "duplicate key"),
-    (safetensors_file([1, 2]), "not an object"),
-    (safetensors_file(with_entry("a", dtype="U16"), bytes(12)), "unsupported dtype 'U16'"),
-    (safetensors_file(with_entry("a", dtype="F8_E4M3"), bytes(12)), "unsupported dtype"),
-    (safetensors_file(with_entry("a", shape=[3]), bytes(12)), "does not match"),
-    (safetensors_file(with_entry("a", shape=[-2]), bytes(12)), "non-negative"),
-    (safetensors_file(with_entry("a", shape=[2.0]), bytes(12)), "non-negative"),
-    (safetensors_file(with_entry("a", shape=[True, 2]), bytes(12)), "non-negative"),
-    (safetensors_file(with_entry("a", shape=[1 << 40, 1 << 40]), bytes(12)), "does not match"),
-    (safetensors_file(with_entry("a", shape=[2684354560]), bytes(12)), "does not match"),  # 10 GB
-    (safetensors_file(with_entry("b", data_offsets=[4, 8], shape=[4]), bytes(12)), "overlaps"),
-    (safetensors_file(with_entry("b", data_offsets=[9, 13]), bytes(13)), "belong to no tensor"),
-    (safetensors_file(GOOD_HEADER, bytes(16)), "file holds 16"),
-    (safetensors_file(with_entry("b", data_offsets=[8, 1 << 40]), bytes(12)), "run past"),
-    (safetensors_file(with_entry("b", data_offsets=[12, 8]), bytes(12)), "begin <= end"),
-    (safetensors_file(with_entry("b", data_offsets=[8]), bytes(12)), "begin <= end"),
-    (safetensors_file({**GOOD_HEADER, "c": {"dtype": "F32", "shape": [0]}}, bytes(12)), "exactly"),
-    (safetensors_file({**GOOD_HEADER, "__metadata__": {"step": 5}}, bytes(12)), "strings"),
-    (safetensors_file({**GOOD_HEADER, "__metadata__": "text"}, bytes(12)), "strings"),
-])
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (safetensors_file(GOOD_HEADER, bytes(12), size=10 << 30), "claims"),
+        (safetensors_file(GOOD_HEADER, bytes(12), size=2**64 - 1), "claims"),
+        (safetensors_file(GOOD_HEADER, bytes(12))[:60], "claims"),
+        (b"\x05\x00\x00\x00", "too short"),
+        (safetensors_file(None, bytes(12), raw=b"{not json}"), "not valid JSON"),
+        (safetensors_file(None, raw=b"\xff\xfe{}"), "not valid JSON"),
+        (safetensors_file(None, raw=b"[" * 100_000 + b"]" * 100_000), "not valid JSON"),
+        (safetensors_file(None, raw=b'{"a": 1, "a": 2}'), "duplicate key"),
+        (safetensors_file([1, 2]), "not an object"),
+        (safetensors_file(with_entry("a", dtype="U16"), bytes(12)), "unsupported dtype 'U16'"),
+        (safetensors_file(with_entry("a", dtype="F8_E4M3"), bytes(12)), "unsupported dtype"),
+        (safetensors_file(with_entry("a", shape=[3]), bytes(12)), "does not match"),
+        (safetensors_file(with_entry("a", shape=[-2]), bytes(12)), "non-negative"),
+        (safetensors_file(with_entry("a", shape=[2.0]), bytes(12)), "non-negative"),
+        (safetensors_file(with_entry("a", shape=[True, 2]), bytes(12)), "non-negative"),
+        (safetensors_file(with_entry("a", shape=[1 << 40, 1 << 40]), bytes(12)), "does not match"),
+        (safetensors_file(with_entry("a", shape=[2684354560]), bytes(12)), "does not match"),  # 10 GB
+        (safetensors_file(with_entry("b", data_offsets=[4, 8], shape=[4]), bytes(12)), "overlaps"),
+        (safetensors_file(with_entry("b", data_offsets=[9, 13]), bytes(13)), "belong to no tensor"),
+        (safetensors_file(GOOD_HEADER, bytes(16)), "file holds 16"),
+        (safetensors_file(with_entry("b", data_offsets=[8, 1 << 40]), bytes(12)), "run past"),
+        (safetensors_file(with_entry("b", data_offsets=[12, 8]), bytes(12)), "begin <= end"),
+        (safetensors_file(with_entry("b", data_offsets=[8]), bytes(12)), "begin <= end"),
+        (safetensors_file({**GOOD_HEADER, "c": {"dtype": "F32", "shape": [0]}}, bytes(12)), "exactly"),
+        (safetensors_file({**GOOD_HEADER, "__metadata__": {"step": 5}}, bytes(12)), "strings"),
+        (safetensors_file({**GOOD_HEADER, "__metadata__": "text"}, bytes(12)), "strings"),
+    ],
+)
 def test_corrupt_safetensors_is_a_checkpoint_error(tmp_path, data, error):
     with pytest.raises(CheckpointError, match=error):
         checkpoint.load(write(tmp_path, data, "bad.safetensors"))
@@ -435,9 +474,9 @@ def test_unrecognised_bytes_are_a_checkpoint_error(tmp_path):
 # The hostile corpus, each file read in a child limited to 1 GiB of address space
 
 CHECKPOINT_CASES = [name for name, case in hostile.CASES.items() if case.reader == "checkpoint"]
-MEMORY_MIB = 1024     # address space of the child: Python and NumPy take about 200 MiB of it
-PEAK_RSS_MIB = 256    # reading any of these files needs about 70 MiB
-TIMEOUT = 120         # seconds; each takes 1-6 s on a loaded 2-core machine
+MEMORY_MIB = 1024  # address space of the child: Python and NumPy take about 200 MiB of it
+PEAK_RSS_MIB = 256  # reading any of these files needs about 70 MiB
+TIMEOUT = 120  # seconds; each takes 1-6 s on a loaded 2-core machine
 
 
 def probe_result(result: hostile.ChildResult) -> dict:
@@ -510,8 +549,13 @@ def test_nesting_is_limited_to_256_levels_for_tuples_lists_dicts_and_frozensets(
 def test_a_list_deepened_inside_a_tuple_cannot_yield_a_deep_tuple(tmp_path):
     # l = []; t = (l,); l.append(<list 250 deep>). t's recorded depth (2) is stale, which is harmless:
     # hashing t stops at the list. A tuple built from l's items is measured from them, exactly.
-    grown = (b"]q\x010" + b"h\x01\x85q\x020"          # l (memo 1), t = (l,) (memo 2)
-             + b"h\x01" + hostile.deep_list(250) + b"a0")  # l.append(250-deep list)
+    grown = (
+        b"]q\x010"
+        + b"h\x01\x85q\x020"  # l (memo 1), t = (l,) (memo 2)
+        + b"h\x01"
+        + hostile.deep_list(250)
+        + b"a0"
+    )  # l.append(250-deep list)
     wrapped_t = grown + b"h\x02" + b"\x85" * 6
     wrapped_items_of_l = grown + b"cbuiltins\ntuple\nh\x01\x85R" + b"\x85" * 6
     path = tmp_path / "a.ckpt"
@@ -523,7 +567,7 @@ def test_a_list_deepened_inside_a_tuple_cannot_yield_a_deep_tuple(tmp_path):
 
 
 def test_length_fields_are_checked_inside_frames_too(tmp_path):
-    inner = b"\x96" + struct.pack("<Q", 1 << 30) + bytes(8)   # BYTEARRAY8 claiming 1 GiB
+    inner = b"\x96" + struct.pack("<Q", 1 << 30) + bytes(8)  # BYTEARRAY8 claiming 1 GiB
     pkl = b"\x80\x04\x95" + struct.pack("<Q", len(inner)) + inner + b"."
     path = tmp_path / "a.ckpt"
     torch_zip(path, pkl)
@@ -533,16 +577,16 @@ def test_length_fields_are_checked_inside_frames_too(tmp_path):
 
 def test_a_protocol_4_pickle_with_frames_reads_as_usual(tmp_path):
     path = tmp_path / "a.ckpt"
-    torch.save({"state_dict": {"t": torch.arange(4.0)}, "meta": {"names": ["x" * 100] * 1000}}, path,
-               pickle_protocol=4)
+    torch.save({"state_dict": {"t": torch.arange(4.0)}, "meta": {"names": ["x" * 100] * 1000}}, path, pickle_protocol=4)
     assert b"\x95" in zipfile.ZipFile(path).read("a/data.pkl")[:3]
     np.testing.assert_array_equal(checkpoint.load(path)["t"], [0, 1, 2, 3])
 
 
 def test_allowed_functions_cannot_copy_more_than_the_pickle_holds(tmp_path):
     # one 100 kB list, then 1000 calls of list(l), 6 bytes each: 100 MB of copies from 106 kB
-    payload = (ops(list(range(25_000))) + b"q\x01" + b"0" + b"(cbuiltins\nlist\nq\x02"
-               + b"h\x02h\x01\x85R0" * 1000 + b"l")
+    payload = (
+        ops(list(range(25_000))) + b"q\x01" + b"0" + b"(cbuiltins\nlist\nq\x02" + b"h\x02h\x01\x85R0" * 1000 + b"l"
+    )
     path = tmp_path / "a.ckpt"
     torch_zip(path, in_state_dict(payload))
     with pytest.raises(CheckpointError, match="copy more than .* elements, more than the .*-byte pickle holds"):
@@ -562,11 +606,35 @@ def command_lines(tmp_path, hostile_ckpt):
     Image.new("RGB", (64, 64)).save(tmp_path / "in" / "a.png")
     Image.new("L", (64, 64)).save(tmp_path / "in" / "a_mask.png")
     return {
-        "convert": ["-m", "asymvq", "convert", "--config", str(tiny), "--ckpt", str(hostile_ckpt),
-                    "-o", str(tmp_path / "out.safetensors")],
-        "inpaint_st": ["-m", "asymvq.inpaint_st", "--config_d", str(tiny), "--ckpt_d", str(hostile_ckpt),
-                       "--config", str(decoder), "--ckpt", str(hostile_ckpt), "--indir", str(tmp_path / "in"),
-                       "--outdir", str(tmp_path / "out"), "--vocab", str(VOCAB)],
+        "convert": [
+            "-m",
+            "asymvq",
+            "convert",
+            "--config",
+            str(tiny),
+            "--ckpt",
+            str(hostile_ckpt),
+            "-o",
+            str(tmp_path / "out.safetensors"),
+        ],
+        "inpaint_st": [
+            "-m",
+            "asymvq.inpaint_st",
+            "--config_d",
+            str(tiny),
+            "--ckpt_d",
+            str(hostile_ckpt),
+            "--config",
+            str(decoder),
+            "--ckpt",
+            str(hostile_ckpt),
+            "--indir",
+            str(tmp_path / "in"),
+            "--outdir",
+            str(tmp_path / "out"),
+            "--vocab",
+            str(VOCAB),
+        ],
     }
 
 
@@ -586,6 +654,7 @@ def test_command_line_given_a_deeply_nested_ckpt_prints_one_error_line_and_exits
 # ---------------------------------------------------------------------------------------------
 # A stride-0 view stays a view: an unused "broadcast" tensor of 4 bytes standing for 1 GiB
 
+
 def test_an_unused_broadcast_tensor_stays_a_view_and_the_unet_never_copies_it(tmp_path):
     from fixtures import fixture_config, state_dict_items
 
@@ -597,7 +666,10 @@ def test_an_unused_broadcast_tensor_stays_a_view_and_the_unet_never_copies_it(tm
     extra = checkpoint.load(path)["model.diffusion_model.extra"]
     assert extra.strides == (0,) and extra.nbytes == 1 << 30 and not extra.flags.owndata
     build = "import sys; from asymvq.unet import UNet; UNet.from_config(sys.argv[1], sys.argv[2]); print('built')"
-    result = hostile.run_limited([sys.executable, "-c", build, str(fixture_config("sd15-inpaint")), str(path)],
-                                 memory_mib=MEMORY_MIB, timeout=TIMEOUT)
+    result = hostile.run_limited(
+        [sys.executable, "-c", build, str(fixture_config("sd15-inpaint")), str(path)],
+        memory_mib=MEMORY_MIB,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "built", f"{result.describe()}\n{result.stderr[-3000:]}"
     assert result.max_rss_mib < PEAK_RSS_MIB, result.describe()

@@ -1,4 +1,5 @@
 """The drop-in command lines on tiny random-weight checkpoints (issue 7 §6)."""
+
 import shutil
 import subprocess
 import sys
@@ -6,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from fixtures import write_checkpoint
+from PIL import Image
 
 from asymvq import inpaint_st, txt2img
 
@@ -30,16 +30,49 @@ def ckpts(tmp_path_factory):
 
 
 def inpaint_args(ckpts, indir, outdir, *extra):
-    return ["--indir", str(indir), "--outdir", str(outdir),
-            "--config_d", str(TINY / "v1-inpainting-inference.yaml"), "--ckpt_d", str(ckpts["inpaint"]),
-            "--config", str(TINY / "autoencoder_kl_32x32x4.yaml"), "--ckpt", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), "--steps", "2", *extra]
+    return [
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(outdir),
+        "--config_d",
+        str(TINY / "v1-inpainting-inference.yaml"),
+        "--ckpt_d",
+        str(ckpts["inpaint"]),
+        "--config",
+        str(TINY / "autoencoder_kl_32x32x4.yaml"),
+        "--ckpt",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        "--steps",
+        "2",
+        *extra,
+    ]
 
 
 def txt2img_args(ckpts, outdir, *extra):
-    return ["--outdir", str(outdir), "--config", str(TINY / "v1-t2i-inference.yaml"), "--ckpt", str(ckpts["t2i"]),
-            "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"), "--ckpt_c", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), "--H", "128", "--W", "128", "--ddim_steps", "2", *extra]
+    return [
+        "--outdir",
+        str(outdir),
+        "--config",
+        str(TINY / "v1-t2i-inference.yaml"),
+        "--ckpt",
+        str(ckpts["t2i"]),
+        "--config_c",
+        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
+        "--ckpt_c",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        "--H",
+        "128",
+        "--W",
+        "128",
+        "--ddim_steps",
+        "2",
+        *extra,
+    ]
 
 
 def two_pairs(tmp_path):
@@ -118,8 +151,9 @@ def test_inpaint_st_empty_indir_is_refused(ckpts, tmp_path, capsys):
 
 def test_inpaint_st_unwritable_outdir_is_refused(ckpts, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    _fails(capsys, inpaint_args(ckpts, two_pairs(tmp_path), tmp_path / "file" / "out"), inpaint_st.main,
-           "is not writable")
+    _fails(
+        capsys, inpaint_args(ckpts, two_pairs(tmp_path), tmp_path / "file" / "out"), inpaint_st.main, "is not writable"
+    )
 
 
 def test_inpaint_st_checkpoint_not_matching_config_is_refused_without_output(ckpts, tmp_path, capsys):
@@ -183,25 +217,59 @@ def test_txt2img_fixed_code_gives_identical_iterations(ckpts, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("flag, match", [
-    (["--laion400m"], "--laion400m"),
-    (["--H", "100"], "multiples of 64"),
-    (["--plms", "--ddim_eta", "0.5"], "--plms needs --ddim_eta 0"),
-    (["--C", "3"], "--C must be 4"),
-])
+@pytest.mark.parametrize(
+    "flag, match",
+    [
+        (["--laion400m"], "--laion400m"),
+        (["--H", "100"], "multiples of 64"),
+        (["--plms", "--ddim_eta", "0.5"], "--plms needs --ddim_eta 0"),
+        (["--C", "3"], "--C must be 4"),
+    ],
+)
 def test_txt2img_bad_flags_fail_with_one_line(ckpts, tmp_path, capsys, flag, match):
     _fails(capsys, txt2img_args(ckpts, tmp_path / "out", *flag), txt2img.main, match)
 
 
 def test_txt2img_accepts_every_original_flag():
     names = {a for action in txt2img.parser()._actions for a in action.option_strings}
-    original = ["--prompt", "--outdir", "--skip_grid", "--skip_save", "--ddim_steps", "--plms", "--laion400m",
-                "--fixed_code", "--ddim_eta", "--n_iter", "--H", "--W", "--C", "--f", "--n_samples", "--n_rows",
-                "--scale", "--from-file", "--config", "--ckpt", "--seed", "--precision", "--config_c", "--ckpt_c"]
+    original = [
+        "--prompt",
+        "--outdir",
+        "--skip_grid",
+        "--skip_save",
+        "--ddim_steps",
+        "--plms",
+        "--laion400m",
+        "--fixed_code",
+        "--ddim_eta",
+        "--n_iter",
+        "--H",
+        "--W",
+        "--C",
+        "--f",
+        "--n_samples",
+        "--n_rows",
+        "--scale",
+        "--from-file",
+        "--config",
+        "--ckpt",
+        "--seed",
+        "--precision",
+        "--config_c",
+        "--ckpt_c",
+    ]
     assert set(original) <= names
     d = txt2img.parser().parse_args([])
     assert (d.ddim_steps, d.ddim_eta, d.n_iter, d.H, d.W, d.scale, d.seed, d.precision) == (
-        50, 0.0, 2, 512, 512, 7.5, 42, "autocast")
+        50,
+        0.0,
+        2,
+        512,
+        512,
+        7.5,
+        42,
+        "autocast",
+    )
 
 
 def test_inpaint_st_accepts_every_original_flag_with_original_defaults():

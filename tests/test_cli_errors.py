@@ -1,6 +1,7 @@
 """Issue 11 item 7: every bad command-line value ends in one ``error:`` line and exit code 2,
 before any model is loaded (the checkpoints here are empty files: loading one would fail with
 another message), and the one shared place that maps errors to exit codes (``_cli.run_command``)."""
+
 import struct
 import subprocess
 import sys
@@ -29,16 +30,45 @@ def empty_ckpts(tmp_path):
 
 
 def t2i_argv(ckpts, outdir, *extra):
-    return ["--outdir", str(outdir), "--config", str(TINY / "v1-t2i-inference.yaml"), "--ckpt", str(ckpts["t2i"]),
-            "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"), "--ckpt_c", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), "--H", "128", "--W", "128", *extra]
+    return [
+        "--outdir",
+        str(outdir),
+        "--config",
+        str(TINY / "v1-t2i-inference.yaml"),
+        "--ckpt",
+        str(ckpts["t2i"]),
+        "--config_c",
+        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
+        "--ckpt_c",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        "--H",
+        "128",
+        "--W",
+        "128",
+        *extra,
+    ]
 
 
 def inpaint_argv(ckpts, indir, outdir, *extra):
-    return ["--indir", str(indir), "--outdir", str(outdir),
-            "--config_d", str(TINY / "v1-inpainting-inference.yaml"), "--ckpt_d", str(ckpts["inpaint"]),
-            "--config", str(TINY / "autoencoder_kl_32x32x4.yaml"), "--ckpt", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), *extra]
+    return [
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(outdir),
+        "--config_d",
+        str(TINY / "v1-inpainting-inference.yaml"),
+        "--ckpt_d",
+        str(ckpts["inpaint"]),
+        "--config",
+        str(TINY / "autoencoder_kl_32x32x4.yaml"),
+        "--ckpt",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        *extra,
+    ]
 
 
 def one_pair(folder: Path, name: str = "a", size: int = 64) -> Path:
@@ -50,12 +80,14 @@ def one_pair(folder: Path, name: str = "a", size: int = 64) -> Path:
 
 def png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG whose header claims ``width`` x ``height`` (the pixels are never there)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def assert_one_error_line(capsys, code, match):
@@ -79,20 +111,23 @@ def call(main, argv):
 # txt2img
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--ddim_steps", "3"], "--ddim_steps 3: "),
-    (["--ddim_steps", "1001"], "--ddim_steps 1001: "),
-    (["--ddim_steps", "0"], "--ddim_steps must be >= 1"),
-    (["--ddim_eta", "-1"], "--ddim_eta -1.0: "),
-    (["--ddim_eta", "nan"], "--ddim_eta nan: "),
-    (["--ddim_eta", "inf"], "--ddim_eta inf: "),
-    (["--scale", "nan"], "--scale must be a finite number"),
-    (["--scale", "inf"], "--scale must be a finite number"),
-    (["--seed", "-1"], "--seed must be between 0 and 4294967295"),
-    (["--seed", "4294967296"], "--seed must be between 0 and 4294967295"),
-    (["--threads", "0"], "--threads must be >= 1"),
-    (["--ddim_steps", "abc"], "argument --ddim_steps: invalid int value"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--ddim_steps", "3"], "--ddim_steps 3: "),
+        (["--ddim_steps", "1001"], "--ddim_steps 1001: "),
+        (["--ddim_steps", "0"], "--ddim_steps must be >= 1"),
+        (["--ddim_eta", "-1"], "--ddim_eta -1.0: "),
+        (["--ddim_eta", "nan"], "--ddim_eta nan: "),
+        (["--ddim_eta", "inf"], "--ddim_eta inf: "),
+        (["--scale", "nan"], "--scale must be a finite number"),
+        (["--scale", "inf"], "--scale must be a finite number"),
+        (["--seed", "-1"], "--seed must be between 0 and 4294967295"),
+        (["--seed", "4294967296"], "--seed must be between 0 and 4294967295"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--ddim_steps", "abc"], "argument --ddim_steps: invalid int value"),
+    ],
+)
 def test_txt2img_bad_value_is_one_error_line_with_status_2(empty_ckpts, tmp_path, capsys, extra, match):
     assert_one_error_line(capsys, call(txt2img.main, t2i_argv(empty_ckpts, tmp_path / "out", *extra)), match)
 
@@ -120,11 +155,14 @@ def test_txt2img_explicit_iterations_check_every_output_name(empty_ckpts, tmp_pa
 # inpaint_st
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--steps", "0"], "--steps 0: "),
-    (["--steps", "3"], "--steps 3: "),
-    (["--threads", "0"], "--threads must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--steps", "0"], "--steps 0: "),
+        (["--steps", "3"], "--steps 3: "),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ],
+)
 def test_inpaint_st_bad_value_is_one_error_line_with_status_2(empty_ckpts, tmp_path, capsys, extra, match):
     argv = inpaint_argv(empty_ckpts, one_pair(tmp_path / "in"), tmp_path / "out", *extra)
     assert_one_error_line(capsys, call(inpaint_st.main, argv), match)
@@ -157,11 +195,14 @@ def test_inpaint_st_truncated_png_is_found_before_the_models_load(empty_ckpts, t
 # demo and convert
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--seed", "-1"], "--seed must be between 0 and"),
-    (["--steps", "3"], "--steps 3: "),
-    (["--size", "100"], "--size must be a positive multiple of 64"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--seed", "-1"], "--seed must be between 0 and"),
+        (["--steps", "3"], "--steps 3: "),
+        (["--size", "100"], "--size must be a positive multiple of 64"),
+    ],
+)
 def test_demo_bad_value_is_one_error_line_with_status_2(tmp_path, capsys, extra, match):
     assert_one_error_line(capsys, call(demo.main, ["--outdir", str(tmp_path / "d"), *extra]), match)
 
@@ -173,8 +214,16 @@ def test_demo_outdir_that_is_a_file_is_refused(tmp_path, capsys):
 
 def test_convert_unreadable_checkpoint_is_one_error_line_with_status_2(tmp_path, capsys):
     (tmp_path / "x.ckpt").write_bytes(b"not a checkpoint")
-    code = convert.main(["--config", str(TINY / "autoencoder_kl_32x32x4.yaml"), "--ckpt", str(tmp_path / "x.ckpt"),
-                         "-o", str(tmp_path / "o.safetensors")])
+    code = convert.main(
+        [
+            "--config",
+            str(TINY / "autoencoder_kl_32x32x4.yaml"),
+            "--ckpt",
+            str(tmp_path / "x.ckpt"),
+            "-o",
+            str(tmp_path / "o.safetensors"),
+        ]
+    )
     assert_one_error_line(capsys, code, str(tmp_path / "x.ckpt"))
 
 
@@ -241,8 +290,12 @@ def test_debug_env_shows_the_traceback(monkeypatch):
 
 
 def test_command_line_error_has_no_traceback_in_a_real_process(empty_ckpts, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "asymvq.txt2img", *t2i_argv(empty_ckpts, tmp_path / "o"),
-                        "--ddim_eta", "nan"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "asymvq.txt2img", *t2i_argv(empty_ckpts, tmp_path / "o"), "--ddim_eta", "nan"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: --ddim_eta nan") and r.stderr.count("\n") == 1
 
@@ -267,26 +320,32 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_file_and_cut_after_ten(
     assert capsys.readouterr().err.rstrip().endswith("; and 26 more")
 
 
-@pytest.mark.parametrize("flag, config, match", [
-    ("--config", "autoencoder_kl_32x32x4.yaml", "is not a text-to-image diffusion config"),
-    ("--config", "v1-inpainting-inference.yaml", "is not a text-to-image diffusion config"),
-    ("--config_c", "v1-t2i-inference.yaml", "is not an autoencoder config"),
-])
-def test_txt2img_config_of_the_wrong_kind_is_refused_before_loading(empty_ckpts, tmp_path, capsys, flag, config,
-                                                                    match):
+@pytest.mark.parametrize(
+    "flag, config, match",
+    [
+        ("--config", "autoencoder_kl_32x32x4.yaml", "is not a text-to-image diffusion config"),
+        ("--config", "v1-inpainting-inference.yaml", "is not a text-to-image diffusion config"),
+        ("--config_c", "v1-t2i-inference.yaml", "is not an autoencoder config"),
+    ],
+)
+def test_txt2img_config_of_the_wrong_kind_is_refused_before_loading(empty_ckpts, tmp_path, capsys, flag, config, match):
     argv = t2i_argv(empty_ckpts, tmp_path / "out")
     argv[argv.index(flag) + 1] = str(TINY / config)
     assert_one_error_line(capsys, txt2img.main(argv), match)
 
 
-@pytest.mark.parametrize("flag, config, match", [
-    ("--config_d", "autoencoder_kl_32x32x4.yaml", "is not an inpainting diffusion config"),
-    ("--config_d", "v1-t2i-inference.yaml", "is not an inpainting diffusion config"),
-    # (a decoder config without condition is no longer refused: issue 14 runs such decoders in the
-    # inpainting pipeline, to compare them with the asymmetric ones)
-])
-def test_inpaint_st_config_of_the_wrong_kind_is_refused_before_loading(empty_ckpts, tmp_path, capsys, flag, config,
-                                                                       match):
+@pytest.mark.parametrize(
+    "flag, config, match",
+    [
+        ("--config_d", "autoencoder_kl_32x32x4.yaml", "is not an inpainting diffusion config"),
+        ("--config_d", "v1-t2i-inference.yaml", "is not an inpainting diffusion config"),
+        # (a decoder config without condition is no longer refused: issue 14 runs such decoders in the
+        # inpainting pipeline, to compare them with the asymmetric ones)
+    ],
+)
+def test_inpaint_st_config_of_the_wrong_kind_is_refused_before_loading(
+    empty_ckpts, tmp_path, capsys, flag, config, match
+):
     argv = inpaint_argv(empty_ckpts, one_pair(tmp_path / "in"), tmp_path / "out")
     argv[argv.index(flag) + 1] = str(TINY / config)
     assert_one_error_line(capsys, inpaint_st.main(argv), match)

@@ -1,6 +1,7 @@
 """Issue 11 items 8-10: the command lines never destroy the user's data (outputs over inputs,
 ``convert -o`` onto an input, half files after SIGTERM), inpaint_st streams its pairs (memory
 does not grow with their number), and a bad float mask is refused before the sampling loop."""
+
 import json
 import os
 import shutil
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from fixtures import fixture_config, write_checkpoint
+from PIL import Image
 from test_cli_errors import assert_one_error_line, empty_ckpts, inpaint_argv, one_pair  # noqa: F401
 
 from asymvq import convert, inpaint_st
@@ -69,8 +69,9 @@ def test_convert_output_linked_to_its_input_is_refused(tmp_path, capsys):
     src = write_checkpoint(tmp_path / "decoder.safetensors", "decoder-base")
     (tmp_path / "alias.safetensors").symlink_to(src)
     before = src.read_bytes()
-    code = convert.main(["--config", str(fixture_config("decoder-base")), "--ckpt", str(src),
-                         "-o", str(tmp_path / "alias.safetensors")])
+    code = convert.main(
+        ["--config", str(fixture_config("decoder-base")), "--ckpt", str(src), "-o", str(tmp_path / "alias.safetensors")]
+    )
     assert_one_error_line(capsys, code, "is the --ckpt input")
     assert src.read_bytes() == before
 
@@ -114,8 +115,10 @@ MEMORY_CHILD = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def tiny_inpaint_ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("stream-ckpts")
-    return {"inpaint": write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
-            "decoder": write_checkpoint(d / "decoder-base.ckpt", "decoder-base")}
+    return {
+        "inpaint": write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
+        "decoder": write_checkpoint(d / "decoder-base.ckpt", "decoder-base"),
+    }
 
 
 def peak_rss_kib(ckpts, tmp_path: Path, pairs: int) -> int:
@@ -131,8 +134,9 @@ def peak_rss_kib(ckpts, tmp_path: Path, pairs: int) -> int:
         os.link(tmp_path / "img.png", indir / f"p{i:04d}.png")
         os.link(tmp_path / "mask.png", indir / f"p{i:04d}_mask.png")
     argv = inpaint_argv(ckpts, indir, outdir, "--steps", "1")
-    r = subprocess.run([sys.executable, "-c", MEMORY_CHILD, *argv], capture_output=True, text=True, cwd=ROOT,
-                       timeout=1800)  # ~20 s on an idle machine; generous for loaded CI
+    r = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, *argv], capture_output=True, text=True, cwd=ROOT, timeout=1800
+    )  # ~20 s on an idle machine; generous for loaded CI
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["code"] == 0, r.stderr
     assert len(list(outdir.glob("*.png"))) == pairs
@@ -174,6 +178,11 @@ def test_non_finite_float_image_is_refused_before_the_sampling_loop(tiny_pipelin
     image[0, 1, 3, 3] = np.inf
     steps = []
     with pytest.raises(ValueError, match="image array has NaN or Inf"):
-        tiny_pipeline(image, np.zeros((1, 1, 64, 64), np.float32), steps=2, progress=False,
-                      callback=lambda i, t, x=None: steps.append(i))
+        tiny_pipeline(
+            image,
+            np.zeros((1, 1, 64, 64), np.float32),
+            steps=2,
+            progress=False,
+            callback=lambda i, t, x=None: steps.append(i),
+        )
     assert steps == []

@@ -1,4 +1,5 @@
 """Comparing decoders on the same latents (issue 14 §1), on tiny random-weight models."""
+
 import csv
 import json
 from pathlib import Path
@@ -6,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from fixtures import write_checkpoint
 from PIL import Image
 from safetensors.numpy import save_file
-
-from fixtures import write_checkpoint
 
 from asymvq import checkpoint, inpaint_st
 from asymvq.__main__ import main as asymvq_main
@@ -32,8 +32,11 @@ def ckpts(tmp_path_factory):
     # SD's VAE on its own: the first stage's tensors without their prefix, and the standard
     # AutoencoderKL config (the diffusion config's first_stage_config block)
     w = checkpoint.load(sd)
-    vae = {k[len("first_stage_model."):]: np.ascontiguousarray(v) for k, v in w.items()
-           if k.startswith("first_stage_model.")}
+    vae = {
+        k[len("first_stage_model.") :]: np.ascontiguousarray(v)
+        for k, v in w.items()
+        if k.startswith("first_stage_model.")
+    }
     save_file(vae, str(d / "sd-vae.safetensors"))
     first = yaml.safe_load(CONFIG_D.read_text())["model"]["params"]["first_stage_config"]
     (d / "sd-vae.yaml").write_text(yaml.safe_dump({"model": first}))
@@ -52,7 +55,7 @@ def make_pairs(folder: Path, n: int, size: int = 64) -> Path:
     for i in range(n):
         img = (rng.random((size, size, 3)) * 255).astype(np.uint8)
         mask = np.zeros((size, size), np.uint8)
-        mask[16:48, 8 + 4 * i: 40 + 4 * i] = 255
+        mask[16:48, 8 + 4 * i : 40 + 4 * i] = 255
         Image.fromarray(img).save(folder / f"pair{i}.png")
         Image.fromarray(mask).save(folder / f"pair{i}_mask.png")
     return folder
@@ -94,21 +97,54 @@ def test_inpaint_pipeline_still_refuses_a_text_to_image_config_as_config_d(ckpts
 def test_inpaint_st_accepts_the_diffusion_config_as_config_for_the_vanilla_decoder(ckpts, tmp_path):
     pairs = make_pairs(tmp_path / "in", 1)
     out = tmp_path / "out"
-    rc = inpaint_st.main(["--indir", str(pairs), "--outdir", str(out), "--config_d", str(CONFIG_D),
-                          "--ckpt_d", str(ckpts["sd"]), "--config", str(CONFIG_D), "--ckpt", str(ckpts["sd"]),
-                          "--vocab", str(VOCAB), "--steps", str(STEPS)])
+    rc = inpaint_st.main(
+        [
+            "--indir",
+            str(pairs),
+            "--outdir",
+            str(out),
+            "--config_d",
+            str(CONFIG_D),
+            "--ckpt_d",
+            str(ckpts["sd"]),
+            "--config",
+            str(CONFIG_D),
+            "--ckpt",
+            str(ckpts["sd"]),
+            "--vocab",
+            str(VOCAB),
+            "--steps",
+            str(STEPS),
+        ]
+    )
     assert rc == 0
-    ref = pipe(ckpts, CONFIG_D, ckpts["sd"])(pairs / "pair0.png", pairs / "pair0_mask.png", steps=STEPS,
-                                              progress=False)
+    ref = pipe(ckpts, CONFIG_D, ckpts["sd"])(pairs / "pair0.png", pairs / "pair0_mask.png", steps=STEPS, progress=False)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "pair0.png")), ref.uint8[0])
 
 
 def compare_args(ckpts, indir, outdir, *extra):
-    return ["compare", "--indir", str(indir), "--outdir", str(outdir), "--config_d", str(CONFIG_D),
-            "--ckpt_d", str(ckpts["sd"]), "--decoder", "vanilla",
-            "--decoder", f"base={TINY / 'autoencoder_kl_32x32x4.yaml'}:{ckpts['base']}",
-            "--decoder", f"large2={TINY / 'autoencoder_kl_32x32x4_large2.yaml'}:{ckpts['large2']}",
-            "--vocab", str(VOCAB), "--steps", str(STEPS), *extra]
+    return [
+        "compare",
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(outdir),
+        "--config_d",
+        str(CONFIG_D),
+        "--ckpt_d",
+        str(ckpts["sd"]),
+        "--decoder",
+        "vanilla",
+        "--decoder",
+        f"base={TINY / 'autoencoder_kl_32x32x4.yaml'}:{ckpts['base']}",
+        "--decoder",
+        f"large2={TINY / 'autoencoder_kl_32x32x4_large2.yaml'}:{ckpts['large2']}",
+        "--vocab",
+        str(VOCAB),
+        "--steps",
+        str(STEPS),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +166,11 @@ def test_compare_writes_one_image_per_decoder_and_a_strip_per_pair(compared):
 def test_compare_decodes_one_diffusion_with_every_decoder(ckpts, compared):
     indir, out = compared
     img, msk = indir / "pair1.png", indir / "pair1_mask.png"
-    for dec, (cfg, ck) in {"vanilla": (CONFIG_D, ckpts["sd"]),
-                           "base": (TINY / "autoencoder_kl_32x32x4.yaml", ckpts["base"]),
-                           "large2": (TINY / "autoencoder_kl_32x32x4_large2.yaml", ckpts["large2"])}.items():
+    for dec, (cfg, ck) in {
+        "vanilla": (CONFIG_D, ckpts["sd"]),
+        "base": (TINY / "autoencoder_kl_32x32x4.yaml", ckpts["base"]),
+        "large2": (TINY / "autoencoder_kl_32x32x4_large2.yaml", ckpts["large2"]),
+    }.items():
         ref = pipe(ckpts, cfg, ck)(img, msk, steps=STEPS, progress=False)
         np.testing.assert_array_equal(np.asarray(Image.open(out / dec / "pair1.png")), ref.uint8[0], err_msg=dec)
 
@@ -141,7 +179,8 @@ def test_compare_metrics_table_holds_each_image_and_decoder_measured_against_the
     indir, out = compared
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [(r["image"], r["decoder"]) for r in rows] == [
-        (f"pair{i}.png", d) for i in range(3) for d in ["vanilla", "base", "large2"]]
+        (f"pair{i}.png", d) for i in range(3) for d in ["vanilla", "base", "large2"]
+    ]
     r = rows[4]  # pair1, base
     orig, res = Image.open(indir / "pair1.png"), Image.open(out / "base" / "pair1.png")
     msk = Image.open(indir / "pair1_mask.png")
@@ -184,8 +223,19 @@ def test_compare_reports_a_corrupt_pair_in_failures_and_finishes_the_others(ckpt
 @pytest.mark.parametrize("value", ["base", "base=cfg.yaml", "=cfg.yaml:x.ckpt", "strips=a.yaml:b.ckpt"])
 def test_bad_decoder_argument_fails_with_one_error_line(ckpts, tmp_path, capsys, value):
     indir = make_pairs(tmp_path / "in", 1)
-    args = ["compare", "--indir", str(indir), "--outdir", str(tmp_path / "o"), "--config_d", str(CONFIG_D),
-            "--ckpt_d", str(ckpts["sd"]), "--decoder", value]
+    args = [
+        "compare",
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(tmp_path / "o"),
+        "--config_d",
+        str(CONFIG_D),
+        "--ckpt_d",
+        str(ckpts["sd"]),
+        "--decoder",
+        value,
+    ]
     assert asymvq_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --decoder")
@@ -193,8 +243,19 @@ def test_bad_decoder_argument_fails_with_one_error_line(ckpts, tmp_path, capsys,
 
 def test_missing_decoder_checkpoint_fails_before_any_work(ckpts, tmp_path, capsys):
     indir = make_pairs(tmp_path / "in", 1)
-    args = ["compare", "--indir", str(indir), "--outdir", str(tmp_path / "o"), "--config_d", str(CONFIG_D),
-            "--ckpt_d", str(ckpts["sd"]), "--decoder", f"x={TINY / 'autoencoder_kl_32x32x4.yaml'}:/no/such.ckpt"]
+    args = [
+        "compare",
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(tmp_path / "o"),
+        "--config_d",
+        str(CONFIG_D),
+        "--ckpt_d",
+        str(ckpts["sd"]),
+        "--decoder",
+        f"x={TINY / 'autoencoder_kl_32x32x4.yaml'}:/no/such.ckpt",
+    ]
     assert asymvq_main(args) == 2
     assert "x checkpoint not found: /no/such.ckpt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -202,8 +263,21 @@ def test_missing_decoder_checkpoint_fails_before_any_work(ckpts, tmp_path, capsy
 
 def test_duplicate_decoder_names_are_refused(ckpts, tmp_path, capsys):
     indir = make_pairs(tmp_path / "in", 1)
-    args = ["compare", "--indir", str(indir), "--outdir", str(tmp_path / "o"), "--config_d", str(CONFIG_D),
-            "--ckpt_d", str(ckpts["sd"]), "--decoder", "vanilla", "--decoder", "vanilla"]
+    args = [
+        "compare",
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(tmp_path / "o"),
+        "--config_d",
+        str(CONFIG_D),
+        "--ckpt_d",
+        str(ckpts["sd"]),
+        "--decoder",
+        "vanilla",
+        "--decoder",
+        "vanilla",
+    ]
     assert asymvq_main(args) == 2
     assert "unique" in capsys.readouterr().err
 

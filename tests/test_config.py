@@ -395,8 +395,11 @@ def alias_bomb(levels: int) -> str:
 def test_alias_bomb_is_refused_before_anything_expands_it() -> None:
     text = alias_bomb(9)  # 387 million strings
     assert len(text) < 1000
-    with pytest.raises(ConfigError, match=r"^bomb.yaml: the YAML expands to more than 100000 nodes once its "
-                                          "aliases are resolved"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^bomb.yaml: the YAML expands to more than 100000 nodes once its "
+        "aliases are resolved",
+    ):
         config.load_text(text, source="bomb.yaml")
 
 
@@ -420,8 +423,11 @@ def test_recursive_alias_is_refused() -> None:
         config.load_text("model: &m {target: x, params: *m}\n", source="loop.yaml")
 
 
-@pytest.mark.parametrize("value", ["x" * 100_000, list(range(50_000)), {"k" * 10_000: "v" * 10_000}],
-                         ids=["long string", "long list", "long key and value"])
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 100_000, list(range(50_000)), {"k" * 10_000: "v" * 10_000}],
+    ids=["long string", "long list", "long key and value"],
+)
 def test_values_echoed_in_errors_are_cut_to_a_short_excerpt(value: Any) -> None:
     text = edited("v1-inpainting-inference.yaml", lambda t: unet_params(t).__setitem__("in_channels", value))
     with pytest.raises(ConfigError, match="in_channels: expected an integer >= 1, got ") as err:

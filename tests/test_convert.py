@@ -17,12 +17,11 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from fixtures import CheckpointCache, fixture_config, fixture_spec
 
 from asymvq import config, convert, tables, tokenizer
 from asymvq.config import ConfigError
 from asymvq.tables import WeightsError
-from fixtures import CheckpointCache, fixture_config, fixture_spec
-
 
 DECODERS = ("decoder-base", "decoder-large", "decoder-large2")
 WOC = {

@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fixtures import random_tensor, state_dict_items
+from reference import clip_vocab
+from reference import vae_reference as ref
+from reference.unet_reference import build_reference, random_unet_weights, reference_eps
 
 import asymvq
 from asymvq import checkpoint, config, convert, diffusers_io, tables
 from asymvq.autoencoder import Autoencoder
 from asymvq.config import AutoencoderSpec, DiffusionSpec
 from asymvq.pipelines import InpaintPipeline, Txt2ImgPipeline
-from fixtures import random_tensor, state_dict_items
-from reference import clip_vocab
-from reference import vae_reference as ref
-from reference.unet_reference import build_reference, random_unet_weights, reference_eps
 
 FP32_TOL = 1e-4
 SIZES = {"base": "", "large": "_large", "large2": "_large2"}
@@ -74,14 +74,21 @@ def text_model(spec: config.TextEncoderSpec, seed: int = 0) -> torch.nn.Module:
     import transformers
 
     cfg = transformers.CLIPTextConfig(
-        vocab_size=spec.vocab_size, hidden_size=spec.width, intermediate_size=spec.mlp,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, max_position_embeddings=spec.max_positions,
-        hidden_act="quick_gelu", layer_norm_eps=spec.eps,
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.width,
+        intermediate_size=spec.mlp,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        max_position_embeddings=spec.max_positions,
+        hidden_act="quick_gelu",
+        layer_norm_eps=spec.eps,
     )
     model = transformers.CLIPTextModel._from_config(cfg, attn_implementation="eager").eval()
     inner = "text_model." if any(k.startswith("text_model.") for k in model.state_dict()) else ""
-    state = {inner + n[len(tables.TEXT_PREFIX):]: random_tensor(n, s, seed)
-             for n, s in tables.text_encoder_tensors(spec).items()}
+    state = {
+        inner + n[len(tables.TEXT_PREFIX) :]: random_tensor(n, s, seed)
+        for n, s in tables.text_encoder_tensors(spec).items()
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("position_ids") for k in missing)
     return model
@@ -100,8 +107,9 @@ def asymmetric_model(size: str, tiny: bool = True) -> torch.nn.Module:
     return ref.diffusers_autoencoder(decoder_spec(size, tiny), state)
 
 
-def write_pipeline(folder: Path, kind: str, tiny: bool = True, vae: torch.nn.Module | None = None,
-                   safe: bool = True) -> dict[str, Any]:
+def write_pipeline(
+    folder: Path, kind: str, tiny: bool = True, vae: torch.nn.Module | None = None, safe: bool = True
+) -> dict[str, Any]:
     """An SD 1.x pipeline folder as diffusers writes it; returns the saved reference models."""
     from diffusers import DDIMScheduler
 
@@ -114,13 +122,21 @@ def write_pipeline(folder: Path, kind: str, tiny: bool = True, vae: torch.nn.Mod
     vae.save_pretrained(folder / "vae", safe_serialization=safe)
     text.save_pretrained(folder / "text_encoder")
     if not safe:  # transformers 5 writes safetensors only: the .bin as transformers < 5 wrote it
-        state = {("text_model." + k if not k.startswith("text_model.") else k): v.contiguous()
-                 for k, v in text.state_dict().items()}
+        state = {
+            ("text_model." + k if not k.startswith("text_model.") else k): v.contiguous()
+            for k, v in text.state_dict().items()
+        }
         (folder / "text_encoder" / "model.safetensors").unlink()
         torch.save(state, folder / "text_encoder" / "pytorch_model.bin")
     clip_vocab.write_hf_files(folder / "tokenizer")
-    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ).save_pretrained(folder / "scheduler")
     index = {
         "_class_name": "StableDiffusionInpaintPipeline" if kind == "inpaint" else "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
@@ -159,9 +175,12 @@ def unet_inputs(spec: config.UNetSpec, seed: int = 0):
 def image_inputs(batch: int = 1, h: int = 48, w: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.RandomState(seed)
     mask = np.zeros((batch, 1, h, w), np.float32)
-    mask[:, :, h // 4: 3 * h // 4, w // 8: w // 2] = 1
-    return {"latent": rng.randn(batch, 4, h // 8, w // 8).astype(np.float32),
-            "image": (rng.rand(batch, 3, h, w) * 2 - 1).astype(np.float32), "mask": mask}
+    mask[:, :, h // 4 : 3 * h // 4, w // 8 : w // 2] = 1
+    return {
+        "latent": rng.randn(batch, 4, h // 8, w // 8).astype(np.float32),
+        "image": (rng.rand(batch, 3, h, w) * 2 - 1).astype(np.float32),
+        "mask": mask,
+    }
 
 
 def t(a: np.ndarray) -> torch.Tensor:
@@ -277,9 +296,14 @@ def test_inpainting_pipeline_from_folder_runs_like_the_one_from_original_files(f
     checkpoint.save_safetensors(sd, {k: np.ascontiguousarray(v) for k, v in model.weights().items()})
     dspec, dweights = diffusers_io.read_decoder(root / "asym-base", condition=True)
     checkpoint.save_safetensors(dec, {k: np.ascontiguousarray(v) for k, v in dweights.items()})
-    orig = InpaintPipeline.from_original(config.packaged_tiny_config("v1-inpainting-inference.yaml"), sd,
-                                         config.packaged_tiny_config("autoencoder_kl_32x32x4.yaml"), dec,
-                                         vocab=clip_vocab.BPE_GZ, precision="fp32")
+    orig = InpaintPipeline.from_original(
+        config.packaged_tiny_config("v1-inpainting-inference.yaml"),
+        sd,
+        config.packaged_tiny_config("autoencoder_kl_32x32x4.yaml"),
+        dec,
+        vocab=clip_vocab.BPE_GZ,
+        precision="fp32",
+    )
     x = image_inputs(1, 64, 64, seed=3)
     kw = dict(steps=2, progress=False)
     a = p(x["image"], x["mask"], **kw)
@@ -339,8 +363,9 @@ def test_convert_of_a_pipeline_folder_runs_like_the_folder(folders, tmp_path):
     x, ts, context = unet_inputs(b.unet.spec)
     np.testing.assert_array_equal(a.unet(x, ts, context), b.unet(x, ts, context))
     y = image_inputs()
-    np.testing.assert_array_equal(a.decoder.decode(y["latent"], y["image"], y["mask"]),
-                                  b.decoder.decode(y["latent"], y["image"], y["mask"]))
+    np.testing.assert_array_equal(
+        a.decoder.decode(y["latent"], y["image"], y["mask"]), b.decoder.decode(y["latent"], y["image"], y["mask"])
+    )
 
 
 def test_convert_of_a_txt2img_folder_keeps_its_sd_decoder(folders, tmp_path):
@@ -402,8 +427,10 @@ def test_v_prediction_scheduler_is_refused(folders, tmp_path):
 
 
 def test_lora_folder_is_refused_with_what_to_do(tmp_path):
-    checkpoint.save_safetensors(tmp_path / "pytorch_lora_weights.safetensors",
-                                {"unet.down_blocks.0.attentions.0.lora.down.weight": np.zeros((4, 32), np.float32)})
+    checkpoint.save_safetensors(
+        tmp_path / "pytorch_lora_weights.safetensors",
+        {"unet.down_blocks.0.attentions.0.lora.down.weight": np.zeros((4, 32), np.float32)},
+    )
     with pytest.raises(diffusers_io.DiffusersError, match="LoRA.*fuse"):
         asymvq.load_diffusers(tmp_path)
 
@@ -456,8 +483,8 @@ def test_real_width_pipeline_folder_matches_diffusers_and_transformers(tmp_path,
     saved = write_pipeline(tmp_path / kind, kind, tiny=False)
     try:
         p = (InpaintPipeline if kind == "inpaint" else Txt2ImgPipeline).from_diffusers(
-            tmp_path / kind, decoder=None if kind == "txt2img" else _real_asymmetric_folder(tmp_path),
-            precision="fp32")
+            tmp_path / kind, decoder=None if kind == "txt2img" else _real_asymmetric_folder(tmp_path), precision="fp32"
+        )
         spec = saved["spec"]
         assert p.diffusion_spec == spec and spec.unet.model_channels == 320
         rng = np.random.default_rng(7)
@@ -473,8 +500,9 @@ def test_real_width_pipeline_folder_matches_diffusers_and_transformers(tmp_path,
             mean = p.encoder.posterior(y["image"])[0]
             errors["vae encoder"] = assert_close(mean, ref.diffusers_posterior(saved["vae"], t(y["image"]))[0])
         else:
-            errors["vae decoder"] = assert_close(p.decoder.decode(y["latent"]),
-                                                 ref.diffusers_decode(saved["vae"], t(y["latent"])))
+            errors["vae decoder"] = assert_close(
+                p.decoder.decode(y["latent"]), ref.diffusers_decode(saved["vae"], t(y["latent"]))
+            )
         print(f"real-width {kind} max error / std:", {k: f"{v:.2e}" for k, v in errors.items()})
     finally:
         del saved

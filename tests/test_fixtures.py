@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from fixtures import NAMES, CheckpointCache, fixture_spec, schedule_buffers, write_checkpoint
 
 from asymvq import tables
 from asymvq.config import DiffusionSpec
-from fixtures import NAMES, CheckpointCache, fixture_spec, schedule_buffers, write_checkpoint
-
 
 SD = ("sd15-inpaint", "sd15-txt2img")
 DECODERS = ("decoder-base", "decoder-large", "decoder-large2")
@@ -218,6 +217,7 @@ def test_full_size_fixture_satisfies_the_original_config(checkpoints: Checkpoint
 
 def test_both_spellings_of_the_fixtures_module_are_one_module_with_one_session_cache() -> None:
     import fixtures as plain
+
     import tests.fixtures as packaged
 
     assert packaged is plain

@@ -11,16 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import CONFIGS, fixture_spec, state_dict_items, write_checkpoint
+from reference import clip_vocab
 
 from asymvq import checkpoint, config, convert, inpaint_st, tables, txt2img
 from asymvq.infer import InferenceError, infer_config
 from asymvq.pipelines import InpaintPipeline, Txt2ImgPipeline
-from fixtures import CONFIGS, fixture_spec, state_dict_items, write_checkpoint
-from reference import clip_vocab
 
 VOCAB = clip_vocab.BPE_GZ
-WOC = {"decoder-base": "autoencoder_kl_woc_32x32x4.yaml", "decoder-large": "autoencoder_kl_woc_32x32x4_large.yaml",
-       "decoder-large2": "autoencoder_kl_woc_32x32x4_large2.yaml"}
+WOC = {
+    "decoder-base": "autoencoder_kl_woc_32x32x4.yaml",
+    "decoder-large": "autoencoder_kl_woc_32x32x4_large.yaml",
+    "decoder-large2": "autoencoder_kl_woc_32x32x4_large2.yaml",
+}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def sd_vanilla_decoder() -> dict[str, np.ndarray]:
     spec = fixture_spec("sd15-inpaint")
     names = tables.decoder_tensors(spec.first_stage, prefix="first_stage_model.")
     state = numpy_state("sd15-inpaint")
-    return {name[len("first_stage_model."):]: state[name] for name in names}
+    return {name[len("first_stage_model.") :]: state[name] for name in names}
 
 
 def test_sd_vanilla_decoder_runs_without_condition(tmp_path):
@@ -111,8 +114,12 @@ def test_an_sd2_sized_unet_is_named_as_such():
 
 def test_diffusers_names_point_to_from_diffusers():
     with pytest.raises(InferenceError, match="diffusers.*from_diffusers"):
-        infer_config({"conv_in.weight": np.zeros((32, 4, 3, 3), np.float32),
-                      "down_blocks.0.resnets.0.conv1.weight": np.zeros((32, 32, 3, 3), np.float32)})
+        infer_config(
+            {
+                "conv_in.weight": np.zeros((32, 4, 3, 3), np.float32),
+                "down_blocks.0.resnets.0.conv1.weight": np.zeros((32, 32, 3, 3), np.float32),
+            }
+        )
 
 
 def test_a_file_fitting_two_configs_is_ambiguous():
@@ -135,8 +142,13 @@ def test_the_choice_is_printed_on_stderr(files, capsys):
 def test_inpainting_without_configs_equals_with_its_yamls(files, capsys):
     tiny = config.packaged_tiny_config
     kw = dict(vocab=VOCAB)
-    with_yaml = InpaintPipeline.from_original(tiny("v1-inpainting-inference.yaml"), files["sd15-inpaint"],
-                                              tiny("autoencoder_kl_32x32x4_large.yaml"), files["decoder-large"], **kw)
+    with_yaml = InpaintPipeline.from_original(
+        tiny("v1-inpainting-inference.yaml"),
+        files["sd15-inpaint"],
+        tiny("autoencoder_kl_32x32x4_large.yaml"),
+        files["decoder-large"],
+        **kw,
+    )
     without = InpaintPipeline.from_original(None, files["sd15-inpaint"], None, files["decoder-large"], **kw)
     err = capsys.readouterr().err
     assert "inferred tiny/v1-inpainting-inference.yaml" in err and "inferred tiny/autoencoder_kl_32x32x4_large" in err
@@ -152,8 +164,13 @@ def test_inpainting_without_configs_equals_with_its_yamls(files, capsys):
 
 def test_txt2img_without_configs_equals_with_its_yamls(files):
     tiny = config.packaged_tiny_config
-    with_yaml = Txt2ImgPipeline.from_original(tiny("autoencoder_kl_woc_32x32x4_large2.yaml"), files["decoder-large2"],
-                                              tiny("v1-t2i-inference.yaml"), files["sd15-txt2img"], vocab=VOCAB)
+    with_yaml = Txt2ImgPipeline.from_original(
+        tiny("autoencoder_kl_woc_32x32x4_large2.yaml"),
+        files["decoder-large2"],
+        tiny("v1-t2i-inference.yaml"),
+        files["sd15-txt2img"],
+        vocab=VOCAB,
+    )
     without = Txt2ImgPipeline.from_original(None, files["decoder-large2"], None, files["sd15-txt2img"], vocab=VOCAB)
     a = with_yaml("a cat", height=64, width=64, steps=2, progress=False)
     b = without("a cat", height=64, width=64, steps=2, progress=False)
@@ -163,9 +180,13 @@ def test_txt2img_without_configs_equals_with_its_yamls(files):
 
 def test_a_given_config_still_wins_over_inference(files):
     with pytest.raises(ValueError):  # the 1.5x config does not describe the base checkpoint
-        InpaintPipeline.from_original(None, files["sd15-inpaint"],
-                                      config.packaged_tiny_config("autoencoder_kl_32x32x4_large.yaml"),
-                                      files["decoder-base"], vocab=VOCAB)
+        InpaintPipeline.from_original(
+            None,
+            files["sd15-inpaint"],
+            config.packaged_tiny_config("autoencoder_kl_32x32x4_large.yaml"),
+            files["decoder-base"],
+            vocab=VOCAB,
+        )
 
 
 def test_inpaint_st_without_config_flags_infers_them(files, tmp_path, capsys):
@@ -174,8 +195,20 @@ def test_inpaint_st_without_config_flags_infers_them(files, tmp_path, capsys):
     indir.mkdir()
     for name in ("bench2.png", "bench2_mask.png"):
         (indir / name).write_bytes((examples / name).read_bytes())
-    argv = ["--indir", str(indir), "--outdir", str(tmp_path / "out"), "--ckpt_d", str(files["sd15-inpaint"]),
-            "--ckpt", str(files["decoder-base"]), "--vocab", str(VOCAB), "--steps", "2"]
+    argv = [
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(tmp_path / "out"),
+        "--ckpt_d",
+        str(files["sd15-inpaint"]),
+        "--ckpt",
+        str(files["decoder-base"]),
+        "--vocab",
+        str(VOCAB),
+        "--steps",
+        "2",
+    ]
     assert inpaint_st.main(argv) == 0
     err = capsys.readouterr().err
     assert "inferred tiny/v1-inpainting-inference.yaml" in err and "inferred tiny/autoencoder_kl_32x32x4.yaml" in err
@@ -185,8 +218,22 @@ def test_inpaint_st_without_config_flags_infers_them(files, tmp_path, capsys):
 def test_txt2img_refuses_an_unknown_checkpoint_in_one_line(files, tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     checkpoint.save_safetensors(bad, {"something.weight": np.zeros(3, np.float32)})
-    argv = ["--outdir", str(tmp_path / "out"), "--ckpt", str(files["sd15-txt2img"]), "--ckpt_c", str(bad),
-            "--vocab", str(VOCAB), "--H", "64", "--W", "64", "--ddim_steps", "2"]
+    argv = [
+        "--outdir",
+        str(tmp_path / "out"),
+        "--ckpt",
+        str(files["sd15-txt2img"]),
+        "--ckpt_c",
+        str(bad),
+        "--vocab",
+        str(VOCAB),
+        "--H",
+        "64",
+        "--W",
+        "64",
+        "--ddim_steps",
+        "2",
+    ]
     assert txt2img.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "no shipped config fits" in err[-1] and "Traceback" not in "".join(err)
@@ -199,8 +246,13 @@ def test_txt2img_refuses_an_unknown_checkpoint_in_one_line(files, tmp_path, caps
 def test_convert_without_configs_writes_what_the_yamls_write(files, tmp_path):
     tiny = config.packaged_tiny_config
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    convert.convert(tiny("v1-inpainting-inference.yaml"), files["sd15-inpaint"], a,
-                    decoder_config=tiny("autoencoder_kl_32x32x4_large.yaml"), decoder_ckpt=files["decoder-large"])
+    convert.convert(
+        tiny("v1-inpainting-inference.yaml"),
+        files["sd15-inpaint"],
+        a,
+        decoder_config=tiny("autoencoder_kl_32x32x4_large.yaml"),
+        decoder_ckpt=files["decoder-large"],
+    )
     convert.convert(None, files["sd15-inpaint"], b, decoder_ckpt=files["decoder-large"])
     ma, mb = convert.read_metadata(a), convert.read_metadata(b)
     assert ma.spec == mb.spec and ma.decoder == mb.decoder
@@ -234,8 +286,10 @@ def real_width_layout(which: str) -> dict[str, np.ndarray]:
     from fixtures import _layout
 
     dtypes = {"F32": np.float32, "I64": np.int64, "I32": np.int32}
-    return {name: np.broadcast_to(np.zeros((), dtypes[tag]), shape)
-            for name, (tag, shape, _) in _layout(which, False, "float32", False)}
+    return {
+        name: np.broadcast_to(np.zeros((), dtypes[tag]), shape)
+        for name, (tag, shape, _) in _layout(which, False, "float32", False)
+    }
 
 
 @pytest.mark.parametrize("which", list(CONFIGS))
@@ -248,5 +302,5 @@ def test_the_real_sd_vae_decoder_is_the_base_decoder_without_condition():
     spec = fixture_spec("sd15-inpaint", tiny=False)
     layout = real_width_layout("sd15-inpaint")
     names = tables.decoder_tensors(spec.first_stage, prefix="first_stage_model.")
-    vae = {name[len("first_stage_model."):]: layout[name] for name in names}
+    vae = {name[len("first_stage_model.") :]: layout[name] for name in names}
     assert infer_config(vae, "decoder_wocondition").name == "autoencoder_kl_woc_32x32x4.yaml"

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from fixtures import fixture_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,9 +94,18 @@ CHILD = textwrap.dedent(
 def run_child(kind: str, path: Path, mode: str) -> dict:
     build, call = CALLS[kind]
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD.format(build=build, call=call), str(fixture_config("sd15-inpaint")), str(path),
-         mode],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            CHILD.format(build=build, call=call),
+            str(fixture_config("sd15-inpaint")),
+            str(path),
+            mode,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode < 0:
         pytest.fail(f"the child died of {signal.Signals(-proc.returncode).name}:\n{proc.stderr}")
@@ -144,9 +152,17 @@ SIGNALS_AFTER = textwrap.dedent(
 
 def test_python_sigint_handling_is_unchanged_between_and_around_calls(checkpoints):  # noqa: F811
     proc = subprocess.run(
-        [sys.executable, "-c", SIGNALS_AFTER, str(fixture_config("sd15-inpaint")),
-         str(checkpoints.get("sd15-inpaint"))],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            SIGNALS_AFTER,
+            str(fixture_config("sd15-inpaint")),
+            str(checkpoints.get("sd15-inpaint")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["python", "handler", "intact", "ignored", "stays", "ignored"]
@@ -184,9 +200,17 @@ def test_signals_handled_during_a_call_change_nothing(checkpoints):  # noqa: F81
     # oneDNN's JIT sgemm keeps data below the stack pointer; a handler's frame on the computing
     # thread's own stack overwrote it (heap corruption in 6 of 6 runs before the alternate stack)
     proc = subprocess.run(
-        [sys.executable, "-c", SIGNALS_DURING, str(fixture_config("sd15-inpaint")),
-         str(checkpoints.get("sd15-inpaint"))],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            SIGNALS_DURING,
+            str(fixture_config("sd15-inpaint")),
+            str(checkpoints.get("sd15-inpaint")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode < 0:
         pytest.fail(f"the child died of {signal.Signals(-proc.returncode).name}:\n{proc.stderr}")

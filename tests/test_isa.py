@@ -7,6 +7,7 @@ Each case runs in a child process, since the ISA is decided once per process: ON
 under ``qemu-x86_64 -cpu Haswell`` (an AVX2 CPU without AVX-512): any AVX-512 instruction would kill the
 child with SIGILL. It needs Debian's ``qemu-user`` and skips, saying so, where qemu-x86_64 is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
-
 from fixtures import write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,9 @@ def child_env(cap: Optional[str]) -> Dict[str, str]:
     return env
 
 
-def run_py(code: str, cap: Optional[str] = None, qemu: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_py(
+    code: str, cap: Optional[str] = None, qemu: bool = False, timeout: float = 300
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", code]
     if qemu:
         cmd = [QEMU, "-cpu", "Haswell"] + cmd
@@ -95,7 +97,11 @@ def test_an_avx2_cap_turns_off_avx512_bf16_and_amx_in_asymvq_as_in_onednn():
 def test_an_avx512_core_cap_keeps_avx512_kernels_but_not_native_bf16():
     info = child_info("AVX512_CORE")
     assert (info["isa"], info["kernel_isa"], info["bf16_native"], info["amx_attention"]) == (
-        "avx512_core", "avx512", False, False)
+        "avx512_core",
+        "avx512",
+        False,
+        False,
+    )
 
 
 def test_a_cap_below_avx2_selects_the_baseline_kernels():
@@ -248,11 +254,14 @@ def check_kernels(r: subprocess.CompletedProcess, want_isa: str) -> None:
     assert not bad, f"{want_isa} kernels off the float64 reference: {bad}"
 
 
-@pytest.mark.parametrize("cap, want", [
-    pytest.param(None, "avx512", marks=pytest.mark.skipif(not HAS_AVX512, reason="the CPU has no AVX-512")),
-    pytest.param("AVX2", "avx2", marks=pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2")),
-    ("SSE41", "baseline"),
-])
+@pytest.mark.parametrize(
+    "cap, want",
+    [
+        pytest.param(None, "avx512", marks=pytest.mark.skipif(not HAS_AVX512, reason="the CPU has no AVX-512")),
+        pytest.param("AVX2", "avx2", marks=pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2")),
+        ("SSE41", "baseline"),
+    ],
+)
 def test_the_kernels_of_each_isa_level_match_float64_references(cap, want):
     check_kernels(run_py(KERNELS, cap), want)
 
@@ -274,9 +283,32 @@ def t2i_ckpts(tmp_path_factory):
 
 def txt2img(ckpts, out: Path, cap: str, *extra: str) -> subprocess.CompletedProcess:
     t2i, dec = ckpts
-    cmd = [sys.executable, "-m", "asymvq.txt2img", "--outdir", str(out), "--config", str(TINY / "v1-t2i-inference.yaml"),
-           "--ckpt", str(t2i), "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"), "--ckpt_c", str(dec),
-           "--vocab", str(VOCAB), "--H", "64", "--W", "64", "--ddim_steps", "2", "--n_iter", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "asymvq.txt2img",
+        "--outdir",
+        str(out),
+        "--config",
+        str(TINY / "v1-t2i-inference.yaml"),
+        "--ckpt",
+        str(t2i),
+        "--config_c",
+        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
+        "--ckpt_c",
+        str(dec),
+        "--vocab",
+        str(VOCAB),
+        "--H",
+        "64",
+        "--W",
+        "64",
+        "--ddim_steps",
+        "2",
+        "--n_iter",
+        "1",
+        *extra,
+    ]
     return subprocess.run(cmd, env=child_env(cap), cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

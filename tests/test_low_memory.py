@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from fixtures import fixture_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +59,19 @@ CHILD = textwrap.dedent(
 @pytest.mark.parametrize("kind", ["unet", "decode"])
 def test_a_call_short_of_memory_raises_memory_error_and_the_model_recovers(checkpoints, kind, extra_mib):  # noqa: F811
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(fixture_config("sd15-inpaint")), str(checkpoints.get("sd15-inpaint")),
-         kind, str(extra_mib)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(fixture_config("sd15-inpaint")),
+            str(checkpoints.get("sd15-inpaint")),
+            kind,
+            str(extra_mib),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode < 0:
         pytest.fail(f"the child died of {signal.Signals(-proc.returncode).name}:\n{proc.stdout}\n{proc.stderr}")

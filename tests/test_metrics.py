@@ -1,4 +1,5 @@
 """PSNR and SSIM outside the mask (issue 14 §1), against scikit-image as an independent reference."""
+
 import math
 
 import numpy as np
@@ -20,8 +21,16 @@ def _pair(seed=0, h=48, w=64):
 
 
 def _skimage_ssim_outside(a, b, mask):
-    _, full = structural_similarity(a / 255.0, b / 255.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, data_range=1.0, full=True)
+    _, full = structural_similarity(
+        a / 255.0,
+        b / 255.0,
+        channel_axis=2,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        full=True,
+    )
     keep = mask < 128
     inner = np.zeros_like(keep)
     inner[5:-5, 5:-5] = True
@@ -37,8 +46,15 @@ def test_ssim_outside_mask_equals_scikit_image_map_averaged_over_known_pixels():
 def test_ssim_outside_mask_with_empty_mask_equals_scikit_image_mean_ssim():
     a, b, _ = _pair(1)
     empty = np.zeros(a.shape[:2], dtype=np.uint8)
-    ref = structural_similarity(a / 255.0, b / 255.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False, data_range=1.0)
+    ref = structural_similarity(
+        a / 255.0,
+        b / 255.0,
+        channel_axis=2,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+    )
     assert ssim_outside_mask(a, b, Image.fromarray(empty)) == pytest.approx(ref, rel=1e-10)
 
 

@@ -1,11 +1,11 @@
 """negative_prompt= and sampler= on both pipelines (issue 15): the unconditional text of classifier-free
 guidance replaces the original's "", and the sampler is chosen by name; the defaults stay the original's."""
+
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 import pytest
-
 from fixtures import write_checkpoint
 
 from asymvq.pipelines import InpaintPipeline, Txt2ImgPipeline
@@ -20,13 +20,22 @@ TINY = ROOT / "configs" / "tiny"
 def pipes(tmp_path_factory):
     d = tmp_path_factory.mktemp("neg-ckpts")
     dec = write_checkpoint(d / "decoder-base.ckpt", "decoder-base")
-    inp = InpaintPipeline.from_original(TINY / "v1-inpainting-inference.yaml",
-                                        write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
-                                        TINY / "autoencoder_kl_32x32x4.yaml", dec, vocab=VOCAB, precision="fp32")
-    t2i = Txt2ImgPipeline.from_original(TINY / "autoencoder_kl_woc_32x32x4.yaml", dec,
-                                        TINY / "v1-t2i-inference.yaml",
-                                        write_checkpoint(d / "sd-t2i.ckpt", "sd15-txt2img"), vocab=VOCAB,
-                                        precision="fp32")
+    inp = InpaintPipeline.from_original(
+        TINY / "v1-inpainting-inference.yaml",
+        write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
+        TINY / "autoencoder_kl_32x32x4.yaml",
+        dec,
+        vocab=VOCAB,
+        precision="fp32",
+    )
+    t2i = Txt2ImgPipeline.from_original(
+        TINY / "autoencoder_kl_woc_32x32x4.yaml",
+        dec,
+        TINY / "v1-t2i-inference.yaml",
+        write_checkpoint(d / "sd-t2i.ckpt", "sd15-txt2img"),
+        vocab=VOCAB,
+        precision="fp32",
+    )
     return inp, t2i
 
 
@@ -79,8 +88,15 @@ def test_a_negative_prompt_equal_to_empty_text_changes_nothing(pipes):
     np.testing.assert_array_equal(a.latents, b.latents)
 
 
-@pytest.mark.parametrize("name, kind, karras", [("dpmpp_2m", "dpmpp_2m", False), ("dpmpp_2m_karras", "dpmpp_2m", True),
-                                                ("euler", "euler", False), ("euler_a", "euler_a", False)])
+@pytest.mark.parametrize(
+    "name, kind, karras",
+    [
+        ("dpmpp_2m", "dpmpp_2m", False),
+        ("dpmpp_2m_karras", "dpmpp_2m", True),
+        ("euler", "euler", False),
+        ("euler_a", "euler_a", False),
+    ],
+)
 def test_both_pipelines_run_the_named_sampler_with_eta_0(pipes, monkeypatch, name, kind, karras):
     inp, t2i = pipes
     calls = spy(inp, monkeypatch)
@@ -110,10 +126,13 @@ def test_euler_a_in_the_pipeline_draws_its_step_noise_from_seed_plus_2(pipes):
     np.testing.assert_array_equal(res.latents, want)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(sampler="euler", eta=0.5), "eta applies to the ddim sampler only"),
-    (dict(sampler="heun"), "unknown sampler 'heun': choose one of ddim, plms, dpmpp_2m, dpmpp_2m_karras"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sampler="euler", eta=0.5), "eta applies to the ddim sampler only"),
+        (dict(sampler="heun"), "unknown sampler 'heun': choose one of ddim, plms, dpmpp_2m, dpmpp_2m_karras"),
+    ],
+)
 def test_bad_sampler_arguments_are_value_errors_before_any_work(pipes, kwargs, match):
     inp, t2i = pipes
     img, msk = image_and_mask()

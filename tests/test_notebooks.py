@@ -1,4 +1,5 @@
 """The notebooks execute top to bottom on the tiny random-weight models."""
+
 from pathlib import Path
 
 import nbformat

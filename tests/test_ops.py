@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from isa import bf16
 
 from asymvq._core import ops
-from isa import bf16
 
 
 def r(*shape: int, seed: int = 0) -> np.ndarray:
@@ -46,121 +46,255 @@ def ones(*shape: int) -> np.ndarray:
 BAD_CALLS: Dict[str, tuple] = {
     # conv2d
     "conv_x_rank_3": (lambda: ops.conv2d(r(3, 8, 8), r(4, 3, 3, 3)), ValueError, r"x must be 4-D, got 3-D"),
-    "conv_x_float64": (lambda: ops.conv2d(r(1, 3, 8, 8).astype(np.float64), r(4, 3, 3, 3)), TypeError,
-                       r"x must have dtype float32, got .*float64"),
-    "conv_x_int32": (lambda: ops.conv2d(np.ones((1, 3, 8, 8), np.int32), r(4, 3, 3, 3)), TypeError,
-                     r"x must have dtype float32"),
+    "conv_x_float64": (
+        lambda: ops.conv2d(r(1, 3, 8, 8).astype(np.float64), r(4, 3, 3, 3)),
+        TypeError,
+        r"x must have dtype float32, got .*float64",
+    ),
+    "conv_x_int32": (
+        lambda: ops.conv2d(np.ones((1, 3, 8, 8), np.int32), r(4, 3, 3, 3)),
+        TypeError,
+        r"x must have dtype float32",
+    ),
     "conv_x_list": (lambda: ops.conv2d([[1.0]], r(4, 3, 3, 3)), TypeError, r"x must be a numpy.ndarray"),
     "conv_weight_rank_2": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3)), ValueError, r"weight must be 4-D"),
-    "conv_channels_mismatch": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 5, 3, 3)), ValueError,
-                               r"x has 3 channels but weight expects 5 .*\[O, I, kh, kw\]"),
-    "conv_bias_shape": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), r(5)), ValueError,
-                        r"bias must have shape \[4\]"),
+    "conv_channels_mismatch": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 5, 3, 3)),
+        ValueError,
+        r"x has 3 channels but weight expects 5 .*\[O, I, kh, kw\]",
+    ),
+    "conv_bias_shape": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), r(5)),
+        ValueError,
+        r"bias must have shape \[4\]",
+    ),
     "conv_bias_rank": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), r(4, 1)), ValueError, r"bias must be 1-D"),
-    "conv_kernel_larger_than_input": (lambda: ops.conv2d(r(1, 3, 2, 2), r(4, 3, 3, 3)), ValueError,
-                                      r"kernel 3x3 is larger than the padded input 2x2"),
-    "conv_zero_stride": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), stride=0), ValueError,
-                         r"stride must be >= 1"),
-    "conv_negative_padding": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=-1), ValueError,
-                              r"padding must be >= 0"),
-    "conv_padding_of_three": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=(1, 1, 1)), ValueError,
-                              r"padding must be an int, a pair or \(top, left, bottom, right\)"),
-    "conv_stride_of_four": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), stride=(1, 1, 1, 1)), ValueError,
-                            r"stride must be an int, a pair"),
-    "conv_stride_overflowing_int": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), stride=2 ** 32 + 1), ValueError,
-                                    r"stride value 4294967297 is out of range"),
-    "conv_padding_overflowing_int": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=2 ** 33), ValueError,
-                                     r"padding value 8589934592 is out of range"),
-    "conv_padding_float": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=(1.0, 1)), TypeError,
-                           r"padding values must be ints"),
-    "conv_residual_shape": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), residual=r(1, 4, 7, 7)), ValueError,
-                            r"residual must have the output shape \[1, 4, 6, 6\] or \[N, C, 1, 1\]"),
-    "conv_unknown_activation": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), activation="tanh"), ValueError,
-                                r"activation must be one of .*'tanh'"),
-    "conv_zero_batch": (lambda: ops.conv2d(np.zeros((0, 3, 8, 8), np.float32), r(4, 3, 3, 3)), ValueError,
-                        r"x is empty"),
-    "conv_zero_out_channels": (lambda: ops.conv2d(r(1, 3, 8, 8), np.zeros((0, 3, 3, 3), np.float32)), ValueError,
-                               r"weight is empty"),
-    "unknown_precision": (lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), precision="fp16"), ValueError,
-                          r"precision must be \"fp32\" or \"bf16\", got 'fp16'"),
+    "conv_kernel_larger_than_input": (
+        lambda: ops.conv2d(r(1, 3, 2, 2), r(4, 3, 3, 3)),
+        ValueError,
+        r"kernel 3x3 is larger than the padded input 2x2",
+    ),
+    "conv_zero_stride": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), stride=0),
+        ValueError,
+        r"stride must be >= 1",
+    ),
+    "conv_negative_padding": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=-1),
+        ValueError,
+        r"padding must be >= 0",
+    ),
+    "conv_padding_of_three": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=(1, 1, 1)),
+        ValueError,
+        r"padding must be an int, a pair or \(top, left, bottom, right\)",
+    ),
+    "conv_stride_of_four": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), stride=(1, 1, 1, 1)),
+        ValueError,
+        r"stride must be an int, a pair",
+    ),
+    "conv_stride_overflowing_int": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), stride=2**32 + 1),
+        ValueError,
+        r"stride value 4294967297 is out of range",
+    ),
+    "conv_padding_overflowing_int": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=2**33),
+        ValueError,
+        r"padding value 8589934592 is out of range",
+    ),
+    "conv_padding_float": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), padding=(1.0, 1)),
+        TypeError,
+        r"padding values must be ints",
+    ),
+    "conv_residual_shape": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), residual=r(1, 4, 7, 7)),
+        ValueError,
+        r"residual must have the output shape \[1, 4, 6, 6\] or \[N, C, 1, 1\]",
+    ),
+    "conv_unknown_activation": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), activation="tanh"),
+        ValueError,
+        r"activation must be one of .*'tanh'",
+    ),
+    "conv_zero_batch": (
+        lambda: ops.conv2d(np.zeros((0, 3, 8, 8), np.float32), r(4, 3, 3, 3)),
+        ValueError,
+        r"x is empty",
+    ),
+    "conv_zero_out_channels": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), np.zeros((0, 3, 3, 3), np.float32)),
+        ValueError,
+        r"weight is empty",
+    ),
+    "unknown_precision": (
+        lambda: ops.conv2d(r(1, 3, 8, 8), r(4, 3, 3, 3), precision="fp16"),
+        ValueError,
+        r"precision must be \"fp32\" or \"bf16\", got 'fp16'",
+    ),
     # linear
-    "linear_features_mismatch": (lambda: ops.linear(r(4, 8), r(3, 7)), ValueError,
-                                 r"x has 8 features but weight \[out, in\] expects 7"),
+    "linear_features_mismatch": (
+        lambda: ops.linear(r(4, 8), r(3, 7)),
+        ValueError,
+        r"x has 8 features but weight \[out, in\] expects 7",
+    ),
     "linear_bias_shape": (lambda: ops.linear(r(4, 8), r(3, 8), r(4)), ValueError, r"bias must have shape \[3\]"),
-    "linear_mul_shape": (lambda: ops.linear(r(4, 8), r(3, 8), mul=r(4, 4)), ValueError,
-                         r"mul must have the output's shape"),
-    "linear_add_shape": (lambda: ops.linear(r(2, 4, 8), r(3, 8), add=r(2, 4, 4)), ValueError,
-                         r"add must have the output's shape"),
+    "linear_mul_shape": (
+        lambda: ops.linear(r(4, 8), r(3, 8), mul=r(4, 4)),
+        ValueError,
+        r"mul must have the output's shape",
+    ),
+    "linear_add_shape": (
+        lambda: ops.linear(r(2, 4, 8), r(3, 8), add=r(2, 4, 4)),
+        ValueError,
+        r"add must have the output's shape",
+    ),
     "linear_x_rank_4": (lambda: ops.linear(r(1, 4, 4, 8), r(3, 8)), ValueError, r"x must be 2-D to 3-D, got 4-D"),
     "linear_weight_rank_3": (lambda: ops.linear(r(4, 8), r(1, 3, 8)), ValueError, r"weight must be 2-D"),
     "linear_zero_rows": (lambda: ops.linear(np.zeros((0, 8), np.float32), r(3, 8)), ValueError, r"x is empty"),
     # matmul, softmax
-    "matmul_inner_mismatch": (lambda: ops.matmul(r(2, 3, 4), r(2, 5, 6)), ValueError,
-                              r"a \[B, M, K\] and b \[B, K, N\] do not fit"),
-    "matmul_transposed_mismatch": (lambda: ops.matmul(r(2, 3, 4), r(2, 4, 6), trans_b=True), ValueError,
-                                   r"a \[B, M, K\] and b \[B, N, K\] do not fit"),
+    "matmul_inner_mismatch": (
+        lambda: ops.matmul(r(2, 3, 4), r(2, 5, 6)),
+        ValueError,
+        r"a \[B, M, K\] and b \[B, K, N\] do not fit",
+    ),
+    "matmul_transposed_mismatch": (
+        lambda: ops.matmul(r(2, 3, 4), r(2, 4, 6), trans_b=True),
+        ValueError,
+        r"a \[B, M, K\] and b \[B, N, K\] do not fit",
+    ),
     "matmul_batch_mismatch": (lambda: ops.matmul(r(2, 3, 4), r(3, 4, 6)), ValueError, r"do not fit"),
     "matmul_rank_2": (lambda: ops.matmul(r(3, 4), r(4, 6)), ValueError, r"a must be 3-D, got 2-D"),
     "softmax_rank_4": (lambda: ops.softmax(r(1, 2, 3, 4)), ValueError, r"x must be 1-D to 3-D, got 4-D"),
     # attention
-    "attention_heads_not_dividing": (lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 5, 10), 3), ValueError,
-                                     r"heads must divide the 10 features of q, got 3"),
-    "attention_zero_heads": (lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 5, 10), 0), ValueError,
-                             r"heads must divide"),
-    "attention_k_v_token_mismatch": (lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 6, 10), 2), ValueError,
-                                     r"attention shapes do not fit: q \[1, 4, 10\].*want \[B, N, C\], \[B, M, C\]"),
-    "attention_feature_mismatch": (lambda: ops.attention(r(1, 4, 10), r(1, 5, 12), r(1, 5, 12), 2), ValueError,
-                                   r"attention shapes do not fit"),
-    "attention_batch_mismatch": (lambda: ops.attention(r(1, 4, 10), r(2, 5, 10), r(2, 5, 10), 2), ValueError,
-                                 r"attention shapes do not fit"),
-    "attention_causal_cross": (lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 5, 10), 2, causal=True),
-                               ValueError, r"causal attention needs as many keys as queries"),
-    "attention_q_rank_4": (lambda: ops.attention(r(1, 1, 4, 10), r(1, 5, 10), r(1, 5, 10), 2), ValueError,
-                           r"q must be 3-D"),
+    "attention_heads_not_dividing": (
+        lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 5, 10), 3),
+        ValueError,
+        r"heads must divide the 10 features of q, got 3",
+    ),
+    "attention_zero_heads": (
+        lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 5, 10), 0),
+        ValueError,
+        r"heads must divide",
+    ),
+    "attention_k_v_token_mismatch": (
+        lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 6, 10), 2),
+        ValueError,
+        r"attention shapes do not fit: q \[1, 4, 10\].*want \[B, N, C\], \[B, M, C\]",
+    ),
+    "attention_feature_mismatch": (
+        lambda: ops.attention(r(1, 4, 10), r(1, 5, 12), r(1, 5, 12), 2),
+        ValueError,
+        r"attention shapes do not fit",
+    ),
+    "attention_batch_mismatch": (
+        lambda: ops.attention(r(1, 4, 10), r(2, 5, 10), r(2, 5, 10), 2),
+        ValueError,
+        r"attention shapes do not fit",
+    ),
+    "attention_causal_cross": (
+        lambda: ops.attention(r(1, 4, 10), r(1, 5, 10), r(1, 5, 10), 2, causal=True),
+        ValueError,
+        r"causal attention needs as many keys as queries",
+    ),
+    "attention_q_rank_4": (
+        lambda: ops.attention(r(1, 1, 4, 10), r(1, 5, 10), r(1, 5, 10), 2),
+        ValueError,
+        r"q must be 3-D",
+    ),
     # norms
-    "group_norm_groups_not_dividing": (lambda: ops.group_norm(r(1, 30, 4, 4), r(30), r(30), 32), ValueError,
-                                       r"groups must divide the 30 channels, got 32"),
-    "group_norm_zero_groups": (lambda: ops.group_norm(r(1, 32, 4, 4), r(32), r(32), 0), ValueError,
-                               r"groups must divide"),
-    "group_norm_weight_shape": (lambda: ops.group_norm(r(1, 32, 4, 4), r(31), r(32), 32), ValueError,
-                                r"weight and bias must have shape \[32\]"),
-    "group_norm_zero_eps": (lambda: ops.group_norm(r(1, 32, 4, 4), r(32), r(32), 32, 0.0), ValueError,
-                            r"eps must be > 0"),
-    "group_norm_rank_3": (lambda: ops.group_norm(r(1, 32, 4), r(32), r(32), 32), ValueError,
-                          r"x must be \[N, C\] or \[N, C, H, W\]"),
-    "layer_norm_weight_shape": (lambda: ops.layer_norm(r(2, 4, 8), r(7), r(8)), ValueError,
-                                r"weight and bias must have shape \[8\]"),
+    "group_norm_groups_not_dividing": (
+        lambda: ops.group_norm(r(1, 30, 4, 4), r(30), r(30), 32),
+        ValueError,
+        r"groups must divide the 30 channels, got 32",
+    ),
+    "group_norm_zero_groups": (
+        lambda: ops.group_norm(r(1, 32, 4, 4), r(32), r(32), 0),
+        ValueError,
+        r"groups must divide",
+    ),
+    "group_norm_weight_shape": (
+        lambda: ops.group_norm(r(1, 32, 4, 4), r(31), r(32), 32),
+        ValueError,
+        r"weight and bias must have shape \[32\]",
+    ),
+    "group_norm_zero_eps": (
+        lambda: ops.group_norm(r(1, 32, 4, 4), r(32), r(32), 32, 0.0),
+        ValueError,
+        r"eps must be > 0",
+    ),
+    "group_norm_rank_3": (
+        lambda: ops.group_norm(r(1, 32, 4), r(32), r(32), 32),
+        ValueError,
+        r"x must be \[N, C\] or \[N, C, H, W\]",
+    ),
+    "layer_norm_weight_shape": (
+        lambda: ops.layer_norm(r(2, 4, 8), r(7), r(8)),
+        ValueError,
+        r"weight and bias must have shape \[8\]",
+    ),
     "layer_norm_rank_1": (lambda: ops.layer_norm(r(8), r(8), r(8)), ValueError, r"x must be 2-D to 3-D, got 1-D"),
-    "layer_norm_negative_eps": (lambda: ops.layer_norm(r(2, 8), r(8), r(8), eps=-1.0), ValueError,
-                                r"eps must be > 0"),
+    "layer_norm_negative_eps": (lambda: ops.layer_norm(r(2, 8), r(8), r(8), eps=-1.0), ValueError, r"eps must be > 0"),
     # elementwise
-    "activation_unknown_kind": (lambda: ops.activation(r(4), "swish"), ValueError,
-                                r"activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got 'swish'"),
+    "activation_unknown_kind": (
+        lambda: ops.activation(r(4), "swish"),
+        ValueError,
+        r"activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got 'swish'",
+    ),
     "activation_rank_5": (lambda: ops.activation(r(1, 1, 1, 1, 4), "relu"), ValueError, r"x must be 1-D to 4-D"),
     "geglu_odd_features": (lambda: ops.geglu(r(2, 7)), ValueError, r"the last dim of x must be even"),
-    "add_unbroadcastable": (lambda: ops.add(r(1, 4, 3, 3), r(1, 4, 3, 2)), ValueError,
-                            r"add: cannot broadcast \[1, 4, 3, 2\].*\(same shape, \[N, C, 1, 1\] or \[N, 1, H, W\]\)"),
+    "add_unbroadcastable": (
+        lambda: ops.add(r(1, 4, 3, 3), r(1, 4, 3, 2)),
+        ValueError,
+        r"add: cannot broadcast \[1, 4, 3, 2\].*\(same shape, \[N, C, 1, 1\] or \[N, 1, H, W\]\)",
+    ),
     "add_rank_mismatch": (lambda: ops.add(r(4, 3), r(1, 4, 3, 3)), ValueError, r"add: cannot broadcast"),
     "add_vector_to_rows": (lambda: ops.add(r(4, 3), r(3)), ValueError, r"add: cannot broadcast \[3\]"),
-    "mul_broadcast_over_batch": (lambda: ops.mul(r(2, 4, 3, 3), r(1, 4, 1, 1)), ValueError,
-                                 r"mul: cannot broadcast \[1, 4, 1, 1\]"),
-    "blend_mask_with_channels": (lambda: ops.blend(r(1, 4, 3, 3), r(1, 4, 3, 3), r(1, 4, 3, 3)), ValueError,
-                                 r"the mask must be \[N, 1, H, W\]"),
-    "blend_features_mismatch": (lambda: ops.blend(r(1, 4, 3, 3), r(1, 4, 3, 2), r(1, 1, 3, 3)), ValueError,
-                                r"blend: features \[1, 4, 3, 2\].*must match \[1, 4, 3, 3\]"),
-    "concat_spatial_mismatch": (lambda: ops.concat(r(1, 4, 3, 3), r(1, 4, 3, 2)), ValueError,
-                                r"concat: \[1, 4, 3, 3\].*and \[1, 4, 3, 2\].*do not concatenate"),
+    "mul_broadcast_over_batch": (
+        lambda: ops.mul(r(2, 4, 3, 3), r(1, 4, 1, 1)),
+        ValueError,
+        r"mul: cannot broadcast \[1, 4, 1, 1\]",
+    ),
+    "blend_mask_with_channels": (
+        lambda: ops.blend(r(1, 4, 3, 3), r(1, 4, 3, 3), r(1, 4, 3, 3)),
+        ValueError,
+        r"the mask must be \[N, 1, H, W\]",
+    ),
+    "blend_features_mismatch": (
+        lambda: ops.blend(r(1, 4, 3, 3), r(1, 4, 3, 2), r(1, 1, 3, 3)),
+        ValueError,
+        r"blend: features \[1, 4, 3, 2\].*must match \[1, 4, 3, 3\]",
+    ),
+    "concat_spatial_mismatch": (
+        lambda: ops.concat(r(1, 4, 3, 3), r(1, 4, 3, 2)),
+        ValueError,
+        r"concat: \[1, 4, 3, 3\].*and \[1, 4, 3, 2\].*do not concatenate",
+    ),
     "concat_batch_mismatch": (lambda: ops.concat(r(1, 4, 3, 3), r(2, 4, 3, 3)), ValueError, r"do not concatenate"),
     "upsample_rank_3": (lambda: ops.upsample2x(r(4, 3, 3)), ValueError, r"x must be 4-D, got 3-D"),
-    "resize_zero_size": (lambda: ops.resize_nearest(r(1, 4, 3, 3), (0, 3)), ValueError,
-                         r"size must be positive \(height, width\), got \(0, 3\)"),
+    "resize_zero_size": (
+        lambda: ops.resize_nearest(r(1, 4, 3, 3), (0, 3)),
+        ValueError,
+        r"size must be positive \(height, width\), got \(0, 3\)",
+    ),
     "resize_negative_size": (lambda: ops.resize_nearest(r(1, 4, 3, 3), (-1, 3)), ValueError, r"size must be positive"),
-    "timestep_odd_dim": (lambda: ops.timestep_embedding(np.zeros(2, np.float32), 7), ValueError,
-                         r"dim must be even and >= 2, got 7"),
-    "timestep_t_rank_2": (lambda: ops.timestep_embedding(np.zeros((2, 1), np.float32), 8), ValueError,
-                          r"t must be 1-D, got 2-D"),
-    "timestep_negative_period": (lambda: ops.timestep_embedding(np.zeros(2, np.float32), 8, max_period=-1.0),
-                                 ValueError, r"max_period must be a positive finite number"),
+    "timestep_odd_dim": (
+        lambda: ops.timestep_embedding(np.zeros(2, np.float32), 7),
+        ValueError,
+        r"dim must be even and >= 2, got 7",
+    ),
+    "timestep_t_rank_2": (
+        lambda: ops.timestep_embedding(np.zeros((2, 1), np.float32), 8),
+        ValueError,
+        r"t must be 1-D, got 2-D",
+    ),
+    "timestep_negative_period": (
+        lambda: ops.timestep_embedding(np.zeros(2, np.float32), 8, max_period=-1.0),
+        ValueError,
+        r"max_period must be a positive finite number",
+    ),
     "timestep_empty": (lambda: ops.timestep_embedding(np.zeros(0, np.float32), 8), ValueError, r"t is empty"),
 }
 
@@ -174,16 +308,26 @@ def test_bad_arguments_raise_a_named_error(call: Callable[[], Any], exc: type, p
 # hypothesis: random (often invalid) convolution arguments either match torch or raise a
 # ValueError naming the problem -- never a crash or a wrong-shaped result.
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 2), ci=st.integers(1, 5), co=st.integers(1, 5), wci=st.integers(1, 5),
-       h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 5), kw=st.integers(1, 5),
-       sh=st.integers(-1, 3), sw=st.integers(1, 3), pad=st.tuples(*[st.integers(-1, 3)] * 4))
+@given(
+    n=st.integers(1, 2),
+    ci=st.integers(1, 5),
+    co=st.integers(1, 5),
+    wci=st.integers(1, 5),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    kh=st.integers(1, 5),
+    kw=st.integers(1, 5),
+    sh=st.integers(-1, 3),
+    sw=st.integers(1, 3),
+    pad=st.tuples(*[st.integers(-1, 3)] * 4),
+)
 def test_any_conv_arguments_match_torch_or_raise_value_error(n, ci, co, wci, h, w, kh, kw, sh, sw, pad) -> None:
     x, wt = r(n, ci, h, w), r(co, wci, kh, kw)
     try:
         got = ops.conv2d(x, wt, stride=(sh, sw), padding=pad)
     except ValueError as e:
         assert str(e)
-        valid = (ci == wci and sh >= 1 and min(pad) >= 0 and h + pad[0] + pad[2] >= kh and w + pad[1] + pad[3] >= kw)
+        valid = ci == wci and sh >= 1 and min(pad) >= 0 and h + pad[0] + pad[2] >= kh and w + pad[1] + pad[3] >= kw
         assert not valid, f"valid arguments rejected: {e}"
         return
     xp = F.pad(torch.from_numpy(x).double(), (pad[1], pad[3], pad[0], pad[2]))
@@ -230,13 +374,21 @@ def misaligned(a: np.ndarray) -> np.ndarray:
     return m
 
 
-LAYOUTS = {"strided": non_contiguous, "fortran": fortran, "negative_strides": reversed_view,
-           "byte_swapped": byte_swapped, "misaligned": misaligned}
+LAYOUTS = {
+    "strided": non_contiguous,
+    "fortran": fortran,
+    "negative_strides": reversed_view,
+    "byte_swapped": byte_swapped,
+    "misaligned": misaligned,
+}
 
 # id: (op name, positional arrays, keyword arguments)
 CALLS: Dict[str, tuple] = {
-    "conv2d": ("conv2d", lambda: [r(2, 5, 7, 6), r(4, 5, 3, 3), r(4)],
-               dict(padding=(0, 0, 1, 1), stride=2, activation="silu")),
+    "conv2d": (
+        "conv2d",
+        lambda: [r(2, 5, 7, 6), r(4, 5, 3, 3), r(4)],
+        dict(padding=(0, 0, 1, 1), stride=2, activation="silu"),
+    ),
     "conv2d_residual": ("conv2d", lambda: [r(2, 5, 7, 6), r(4, 5, 3, 3)], dict(padding=1, residual=r(2, 4, 7, 6))),
     "linear": ("linear", lambda: [r(3, 6, 10), r(7, 10), r(7)], dict(activation="gelu", mul=r(3, 6, 7))),
     "matmul": ("matmul", lambda: [r(2, 5, 6), r(2, 7, 6)], dict(trans_b=True)),
@@ -343,12 +495,15 @@ def test_timeit_passes_arguments_through_and_reports_their_errors() -> None:
         ops.timeit("conv2d", r(1, 3, 8, 8), r(4, 5, 3, 3), repeat=2)
 
 
-@pytest.mark.parametrize("args, kw, pattern", [
-    (("nope",), {}, r"'nope' is not an op of asymvq._core.ops"),
-    (("timeit",), {}, r"'timeit' is not an op"),
-    (("activation", r(3), "relu"), {"repeat": 0}, r"repeat must be an int between 1 and 1000000, got 0"),
-    (("activation", r(3), "relu"), {"repeat": "5"}, r"repeat must be an int"),
-])
+@pytest.mark.parametrize(
+    "args, kw, pattern",
+    [
+        (("nope",), {}, r"'nope' is not an op of asymvq._core.ops"),
+        (("timeit",), {}, r"'timeit' is not an op"),
+        (("activation", r(3), "relu"), {"repeat": 0}, r"repeat must be an int between 1 and 1000000, got 0"),
+        (("activation", r(3), "relu"), {"repeat": "5"}, r"repeat must be an int"),
+    ],
+)
 def test_timeit_rejects_unknown_ops_and_bad_repeat(args: tuple, kw: dict, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         ops.timeit(*args, **kw)

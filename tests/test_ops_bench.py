@@ -15,10 +15,10 @@ from typing import Any, List
 
 import numpy as np
 import pytest
+from isa import BF16_RUNS
 
 from asymvq import bench
 from asymvq._core import ops
-from isa import BF16_RUNS
 
 
 def test_ops_table_has_both_times_and_their_ratio_per_op_and_precision(capsys: Any) -> None:
@@ -32,8 +32,9 @@ def test_ops_table_has_both_times_and_their_ratio_per_op_and_precision(capsys: A
 
 
 def test_ops_without_torch_prints_asymvq_times_only(capsys: Any) -> None:
-    rc = bench.main(["ops", "--filter", "mask resize", "--precision", "fp32", "--repeat", "1", "--no-torch",
-                     "--no-roof"])
+    rc = bench.main(
+        ["ops", "--filter", "mask resize", "--precision", "fp32", "--repeat", "1", "--no-torch", "--no-roof"]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     (row,) = [line for line in out.splitlines() if line.startswith("mask resize")]
@@ -51,11 +52,14 @@ def test_ops_reports_the_issue_targets_when_their_rows_ran(capsys: Any) -> None:
         assert "bf16 needs AVX-512" in out and "timing fp32 only" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["ops", "--filter", "no such op"], "no op matches --filter"),
-    (["ops", "--precision", "fp16"], "unknown precision 'fp16'"),
-    (["nope"], "unknown benchmark 'nope'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ops", "--filter", "no such op"], "no op matches --filter"),
+        (["ops", "--precision", "fp16"], "unknown precision 'fp16'"),
+        (["nope"], "unknown benchmark 'nope'"),
+    ],
+)
 def test_bad_command_lines_fail_with_a_message(argv: List[str], message: str, capsys: Any) -> None:
     try:
         rc = bench.main(argv)

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from isa import bf16, needs_bf16
 
 from asymvq._core import ops
-from isa import bf16, needs_bf16
 
 FP32_BOUND = 1e-5
 BF16_BOUND = 1e-2
@@ -52,8 +52,15 @@ def torch_act(y: torch.Tensor, act: Optional[str]) -> torch.Tensor:
     }[act](y)
 
 
-def reference(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], stride: int, pad: Pad,
-              act: Optional[str] = None, residual: Optional[np.ndarray] = None) -> np.ndarray:
+def reference(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: Optional[np.ndarray],
+    stride: int,
+    pad: Pad,
+    act: Optional[str] = None,
+    residual: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """act(conv(x, w) + b) + residual in float64, padding (top, left, bottom, right)."""
     xt = F.pad(torch.from_numpy(x).double(), (pad[1], pad[3], pad[0], pad[2]))
     bt = None if b is None else torch.from_numpy(b).double()
@@ -63,8 +70,9 @@ def reference(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], stride: int
     return y.numpy()
 
 
-def operands(rng: np.random.Generator, n: int, ci: int, co: int, h: int, w: int, k: int,
-             kw: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def operands(
+    rng: np.random.Generator, n: int, ci: int, co: int, h: int, w: int, k: int, kw: Optional[int] = None
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     kw = k if kw is None else kw
     x = rng.standard_normal((n, ci, h, w), dtype=np.float32)
     wt = (rng.standard_normal((co, ci, k, kw)) / np.sqrt(ci * k * kw)).astype(np.float32)
@@ -114,8 +122,9 @@ def conv_params(table: dict) -> list:
     return [pytest.param(*v, id=k) for k, v in table.items()]
 
 
-def check_conv(n: int, ci: int, co: int, h: int, w: int, k: int, stride: int, pad: Pad, precision: str,
-               seed: int = 0) -> float:
+def check_conv(
+    n: int, ci: int, co: int, h: int, w: int, k: int, stride: int, pad: Pad, precision: str, seed: int = 0
+) -> float:
     rng = np.random.default_rng(seed)
     x, wt, b = operands(rng, n, ci, co, h, w, k)
     got = ops.conv2d(x, wt, b, stride=stride, padding=pad, precision=precision)
@@ -248,8 +257,11 @@ def test_winograd_conv_fuses_activation_then_residual(act, residual) -> None:
     n, ci, co, h, w = 2, 64, 80, 9, 11
     rng = np.random.default_rng(7)
     x, wt, b = operands(rng, n, ci, co, h, w, 3)
-    res = {None: None, "full": rng.standard_normal((n, co, h, w), dtype=np.float32),
-           "channel": rng.standard_normal((n, co, 1, 1), dtype=np.float32)}[residual]
+    res = {
+        None: None,
+        "full": rng.standard_normal((n, co, h, w), dtype=np.float32),
+        "channel": rng.standard_normal((n, co, 1, 1), dtype=np.float32),
+    }[residual]
     got = ops.conv2d(x, wt, b, padding=1, activation=act, residual=res, algorithm="winograd")
     assert rel_err(got, reference(x, wt, b, 1, (1, 1, 1, 1), act, res)) <= FP32_BOUND
 
@@ -269,12 +281,15 @@ def test_auto_algorithm_matches_torch_where_it_picks_winograd() -> None:
     assert rel_err(got, reference(x, wt, b, 1, (1, 1, 1, 1))) <= FP32_BOUND
 
 
-@pytest.mark.parametrize("kw", [
-    pytest.param(dict(stride=2, padding=1), id="stride_2"),
-    pytest.param(dict(padding=0), id="no_padding"),
-    pytest.param(dict(padding=(0, 0, 1, 1)), id="asymmetric_padding"),
-    pytest.param(dict(padding=1, precision="bf16"), id="bf16"),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        pytest.param(dict(stride=2, padding=1), id="stride_2"),
+        pytest.param(dict(padding=0), id="no_padding"),
+        pytest.param(dict(padding=(0, 0, 1, 1)), id="asymmetric_padding"),
+        pytest.param(dict(padding=1, precision="bf16"), id="bf16"),
+    ],
+)
 def test_forcing_winograd_where_it_does_not_apply_raises_value_error(kw) -> None:
     rng = np.random.default_rng(10)
     x, wt, b = operands(rng, 1, 8, 8, 8, 8, 3)

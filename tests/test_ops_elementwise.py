@@ -141,8 +141,9 @@ def test_add_and_mul_in_bf16(op: str, shapes) -> None:
 # ---- blend, concat -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(1, 128, 64, 64), (3, 13, 5, 7), (2, 4, 1, 1)],
-                         ids=["decoder", "odd_batch_3", "1x1"])
+@pytest.mark.parametrize(
+    "shape", [(1, 128, 64, 64), (3, 13, 5, 7), (2, 4, 1, 1)], ids=["decoder", "odd_batch_3", "1x1"]
+)
 def test_blend_with_a_binary_mask_picks_h_inside_and_f_outside(shape) -> None:
     rng = np.random.default_rng(5)
     h, f = randn(rng, *shape), randn(rng, *shape)
@@ -160,8 +161,11 @@ def test_blend_with_a_fractional_mask_matches_torch(precision: str, bound: float
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("ca, cb, hw", [(320, 320, 64), (1280, 640, 8), (13, 3, 5), (4, 5, 64), (1, 1, 1)],
-                         ids=["unet_skip_320_320", "unet_skip_1280_640", "odd_13_3", "inpaint_4_plus_5", "ones"])
+@pytest.mark.parametrize(
+    "ca, cb, hw",
+    [(320, 320, 64), (1280, 640, 8), (13, 3, 5), (4, 5, 64), (1, 1, 1)],
+    ids=["unet_skip_320_320", "unet_skip_1280_640", "odd_13_3", "inpaint_4_plus_5", "ones"],
+)
 def test_concat_along_channels_is_exact(ca: int, cb: int, hw: int, precision: str) -> None:
     rng = np.random.default_rng(7)
     a, b = randn(rng, 2, ca, hw, hw), randn(rng, 2, cb, hw, hw)
@@ -174,13 +178,17 @@ def test_concat_along_channels_is_exact(ca: int, cb: int, hw: int, precision: st
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("shape", [(2, 1280, 8, 8), (1, 512, 32, 32), (3, 13, 5, 7), (1, 1, 1, 1)],
-                         ids=["unet_1280_8x8", "vae_512_32x32", "odd_batch_3", "1x1"])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 1280, 8, 8), (1, 512, 32, 32), (3, 13, 5, 7), (1, 1, 1, 1)],
+    ids=["unet_1280_8x8", "vae_512_32x32", "odd_batch_3", "1x1"],
+)
 def test_upsample2x_equals_torch_nearest(shape, precision: str) -> None:
     x = randn(np.random.default_rng(8), *shape)
     want = F.interpolate(torch.from_numpy(x), scale_factor=2.0, mode="nearest").numpy()
-    np.testing.assert_array_equal(ops.upsample2x(x, precision=precision),
-                                  want if precision == "fp32" else as_bf16(want))
+    np.testing.assert_array_equal(
+        ops.upsample2x(x, precision=precision), want if precision == "fp32" else as_bf16(want)
+    )
 
 
 RESIZES = {
@@ -204,8 +212,9 @@ RESIZES = {
 def test_resize_nearest_equals_torch_interpolate_nearest(src, dst, precision: str) -> None:
     x = randn(np.random.default_rng(9), 3, 5, *src)
     want = F.interpolate(torch.from_numpy(x), size=dst, mode="nearest").numpy()
-    np.testing.assert_array_equal(ops.resize_nearest(x, dst, precision=precision),
-                                  want if precision == "fp32" else as_bf16(want))
+    np.testing.assert_array_equal(
+        ops.resize_nearest(x, dst, precision=precision), want if precision == "fp32" else as_bf16(want)
+    )
 
 
 def test_resize_to_one_eighth_takes_the_top_left_pixel_of_each_block() -> None:

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from isa import bf16
 
 from asymvq._core import ops
-from isa import bf16
 
 FP32_BOUND = 1e-5
 BF16_LINEAR_BOUND = 1e-2
@@ -79,15 +79,16 @@ LINEARS = {
 def torch_act(y: torch.Tensor, act: Optional[str]) -> torch.Tensor:
     if act is None:
         return y
-    return {"relu": F.relu, "silu": F.silu, "gelu": F.gelu,
-            "quick_gelu": lambda t: t * torch.sigmoid(1.702 * t)}[act](y)
+    return {"relu": F.relu, "silu": F.silu, "gelu": F.gelu, "quick_gelu": lambda t: t * torch.sigmoid(1.702 * t)}[act](
+        y
+    )
 
 
 @pytest.mark.parametrize("precision, bound", precisions(BF16_LINEAR_BOUND))
 @pytest.mark.parametrize("lead, k, n, act", [pytest.param(*v, id=key) for key, v in LINEARS.items()])
 def test_linear_matches_torch(lead, k, n, act, precision, bound) -> None:
     rng = np.random.default_rng(0)
-    x, w, b = randn(rng, *lead, k), randn(rng, n, k, scale=k ** -0.5), randn(rng, n, scale=0.1)
+    x, w, b = randn(rng, *lead, k), randn(rng, n, k, scale=k**-0.5), randn(rng, n, scale=0.1)
     got = ops.linear(x, w, b, activation=act, precision=precision)
     ref = torch_act(F.linear(t64(x), t64(w), t64(b)), act).numpy()
     assert rel_err(got, ref) <= bound
@@ -95,7 +96,7 @@ def test_linear_matches_torch(lead, k, n, act, precision, bound) -> None:
 
 def test_linear_without_bias() -> None:
     rng = np.random.default_rng(1)
-    x, w = randn(rng, 2, 77, 768), randn(rng, 320, 768, scale=768 ** -0.5)
+    x, w = randn(rng, 2, 77, 768), randn(rng, 320, 768, scale=768**-0.5)
     assert rel_err(ops.linear(x, w), F.linear(t64(x), t64(w)).numpy()) <= FP32_BOUND
 
 
@@ -110,7 +111,7 @@ def test_geglu_as_two_fused_linears_matches_torch_geglu(precision: str, bound: f
     """SD's ff.net.0.proj (320 -> 2560 on 4096 tokens): value = first half, gate = second half;
     out = gelu(x W_g^T + b_g) * (x W_v^T + b_v) with GELU and the multiply fused as post-ops."""
     rng = np.random.default_rng(3)
-    x, w, b = randn(rng, 4096, 320), randn(rng, 2560, 320, scale=320 ** -0.5), randn(rng, 2560, scale=0.1)
+    x, w, b = randn(rng, 4096, 320), randn(rng, 2560, 320, scale=320**-0.5), randn(rng, 2560, scale=0.1)
     value = ops.linear(x, w[:1280], b[:1280], precision=precision)
     got = ops.linear(x, w[1280:], b[1280:], activation="gelu", mul=value, precision=precision)
     a, g = F.linear(t64(x), t64(w), t64(b)).chunk(2, dim=-1)
@@ -120,7 +121,7 @@ def test_geglu_as_two_fused_linears_matches_torch_geglu(precision: str, bound: f
 @pytest.mark.parametrize("precision, bound", precisions(BF16_LINEAR_BOUND))
 def test_linear_fuses_activation_mul_and_add_in_that_order(precision: str, bound: float) -> None:
     rng = np.random.default_rng(4)
-    x, w, b = randn(rng, 3, 17, 40), randn(rng, 24, 40, scale=40 ** -0.5), randn(rng, 24)
+    x, w, b = randn(rng, 3, 17, 40), randn(rng, 24, 40, scale=40**-0.5), randn(rng, 24)
     mul, add = randn(rng, 3, 17, 24), randn(rng, 3, 17, 24)
     got = ops.linear(x, w, b, activation="silu", mul=mul, add=add, precision=precision)
     ref = F.silu(F.linear(t64(x), t64(w), t64(b))) * t64(mul) + t64(add)
@@ -129,8 +130,12 @@ def test_linear_fuses_activation_mul_and_add_in_that_order(precision: str, bound
 
 def test_linear_residual_add_of_the_transformer_ff_output() -> None:
     rng = np.random.default_rng(5)
-    x, w, b, res = randn(rng, 2, 1024, 1280), randn(rng, 320, 1280, scale=1280 ** -0.5), randn(rng, 320), \
-        randn(rng, 2, 1024, 320)
+    x, w, b, res = (
+        randn(rng, 2, 1024, 1280),
+        randn(rng, 320, 1280, scale=1280**-0.5),
+        randn(rng, 320),
+        randn(rng, 2, 1024, 320),
+    )
     got = ops.linear(x, w, b, add=res)
     assert rel_err(got, (F.linear(t64(x), t64(w), t64(b)) + t64(res)).numpy()) <= FP32_BOUND
 
@@ -162,16 +167,19 @@ def test_batched_matmul_matches_torch(bsz, m, k, n, precision, bound, trans_b) -
 def test_matmul_alpha_scales_the_product() -> None:
     rng = np.random.default_rng(7)
     a, b = randn(rng, 2, 9, 40), randn(rng, 2, 11, 40)
-    got = ops.matmul(a, b, trans_b=True, alpha=40 ** -0.5)
-    assert rel_err(got, (torch.bmm(t64(a), t64(b).transpose(1, 2)) * 40 ** -0.5).numpy()) <= FP32_BOUND
+    got = ops.matmul(a, b, trans_b=True, alpha=40**-0.5)
+    assert rel_err(got, (torch.bmm(t64(a), t64(b).transpose(1, 2)) * 40**-0.5).numpy()) <= FP32_BOUND
 
 
 # ---- softmax ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("precision, bound", precisions(BF16_SOFTMAX_BOUND))
-@pytest.mark.parametrize("shape", [(16, 4096, 77), (24, 77, 77), (5, 13), (7,), (3, 1)],
-                         ids=["cross_attention_probs", "text_probs", "2d_odd", "1d", "single_column"])
+@pytest.mark.parametrize(
+    "shape",
+    [(16, 4096, 77), (24, 77, 77), (5, 13), (7,), (3, 1)],
+    ids=["cross_attention_probs", "text_probs", "2d_odd", "1d", "single_column"],
+)
 def test_softmax_over_last_dim_matches_torch(shape, precision: str, bound: float) -> None:
     rng = np.random.default_rng(8)
     x = randn(rng, *shape)
@@ -186,21 +194,22 @@ def test_softmax_is_stable_for_large_logits() -> None:
 # ---- attention -------------------------------------------------------------------------------
 
 
-def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, scale: Optional[float] = None,
-                        causal: bool = False) -> np.ndarray:
+def attention_reference(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, scale: Optional[float] = None, causal: bool = False
+) -> np.ndarray:
     """softmax(q k^T * scale [+ causal mask]) v per head, in float64, a few heads at a time."""
     b, n, c = q.shape
     m = k.shape[1]
     d = c // heads
-    scale = d ** -0.5 if scale is None else scale
+    scale = d**-0.5 if scale is None else scale
     qh, kh, vh = (t64(a).view(b, -1, heads, d).transpose(1, 2).reshape(b * heads, -1, d) for a in (q, k, v))
     out = torch.empty(b * heads, n, d, dtype=torch.float64)
     step = max(1, (1 << 25) // (n * m))
     for i in range(0, b * heads, step):
-        s = torch.bmm(qh[i:i + step], kh[i:i + step].transpose(1, 2)) * scale
+        s = torch.bmm(qh[i : i + step], kh[i : i + step].transpose(1, 2)) * scale
         if causal:
             s = s.masked_fill(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
-        out[i:i + step] = torch.bmm(torch.softmax(s, dim=-1), vh[i:i + step])
+        out[i : i + step] = torch.bmm(torch.softmax(s, dim=-1), vh[i : i + step])
     return out.view(b, heads, n, d).transpose(1, 2).reshape(b, n, c).numpy()
 
 
@@ -222,9 +231,13 @@ SLOW_ATTENTION = {"unet_self_attention_4096_tokens_8_heads_of_40"}
 
 
 @pytest.mark.parametrize("precision, bound", precisions(BF16_ATTENTION_BOUND))
-@pytest.mark.parametrize("bsz, n, m, c, heads, causal", [
-    pytest.param(*v, id=key, marks=[pytest.mark.slow] if key in SLOW_ATTENTION else [])
-    for key, v in ATTENTIONS.items()])
+@pytest.mark.parametrize(
+    "bsz, n, m, c, heads, causal",
+    [
+        pytest.param(*v, id=key, marks=[pytest.mark.slow] if key in SLOW_ATTENTION else [])
+        for key, v in ATTENTIONS.items()
+    ],
+)
 def test_attention_matches_torch(bsz, n, m, c, heads, causal, precision, bound) -> None:
     rng = np.random.default_rng(9)
     q, k, v = randn(rng, bsz, n, c), randn(rng, bsz, m, c), randn(rng, bsz, m, c)
@@ -238,8 +251,11 @@ def test_cross_attention_to_projected_77_token_context(precision: str, bound: fl
     from the [2, 77, 768] text context by the to_k / to_v linears (no bias), 8 heads of 40."""
     rng = np.random.default_rng(10)
     x, ctx = randn(rng, 2, 4096, 320), randn(rng, 2, 77, 768)
-    wq, wk, wv = randn(rng, 320, 320, scale=320 ** -0.5), randn(rng, 320, 768, scale=768 ** -0.5), \
-        randn(rng, 320, 768, scale=768 ** -0.5)
+    wq, wk, wv = (
+        randn(rng, 320, 320, scale=320**-0.5),
+        randn(rng, 320, 768, scale=768**-0.5),
+        randn(rng, 320, 768, scale=768**-0.5),
+    )
     q, k, v = (ops.linear(a, w, precision=precision) for a, w in ((x, wq), (ctx, wk), (ctx, wv)))
     got = ops.attention(q, k, v, 8, precision=precision)
     qr, kr, vr = (F.linear(t64(a), t64(w)).float().numpy() for a, w in ((x, wq), (ctx, wk), (ctx, wv)))

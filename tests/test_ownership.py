@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from asymvq import Autoencoder, UNet, checkpoint
 from fixtures import fixture_config
 from isa import needs_bf16
+
+from asymvq import Autoencoder, UNet, checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,25 +29,29 @@ ROOT = Path(__file__).resolve().parent.parent
 # `out` from `model` with inputs drawn from `rng`)
 KINDS = {
     "unet": (
-        "sd15-inpaint", "sd15-inpaint",
+        "sd15-inpaint",
+        "sd15-inpaint",
         "UNet.from_config(cfg, path, prec)",
         "model(rng.standard_normal((1, 9, 16, 16)).astype(np.float32), 500, "
         "rng.standard_normal((1, 77, 64)).astype(np.float32))",
     ),
     "vae": (
-        "sd15-inpaint", "sd15-inpaint",
+        "sd15-inpaint",
+        "sd15-inpaint",
         "Autoencoder.from_config(cfg, path, prec)",
         "model.decode(model.encode(rng.uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)))",
     ),
     "conditional-decoder": (
-        "decoder-large", "decoder-large",
+        "decoder-large",
+        "decoder-large",
         "Autoencoder.from_config(cfg, path, prec, parts='decoder')",
         "model.decode(rng.standard_normal((1, 4, 8, 8)).astype(np.float32), "
         "rng.uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32), "
         "(rng.uniform(0, 1, (1, 1, 64, 64)) > 0.5).astype(np.float32))",
     ),
     "text-encoder": (
-        "sd15-inpaint", "sd15-inpaint",
+        "sd15-inpaint",
+        "sd15-inpaint",
         "TextEncoder.from_config(cfg, path, precision=prec)",
         "model.encode_ids(rng.integers(0, 1000, (2, 77)))",
     ),
@@ -100,9 +104,21 @@ def run_child(tmp_path: Path, checkpoints, kind: str, action: str, prec: str = "
     donor = checkpoints.get(which, seed=1)  # same names and shapes, other values
     code = CHILD.format(build=build, run=run)
     return subprocess.run(
-        [sys.executable, "-c", code, str(fixture_config(cfg_which)), str(path), str(pristine), str(donor), action,
-         prec],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(fixture_config(cfg_which)),
+            str(path),
+            str(pristine),
+            str(donor),
+            action,
+            prec,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -164,8 +180,11 @@ def test_nan_weights_found_through_a_loaded_dict_still_name_the_file(tmp_path, c
 
 
 def test_many_nan_weights_are_summarised_after_the_first_ten(tmp_path, checkpoints):  # noqa: F811
-    names = [k for k in checkpoint.load(checkpoints.get("sd15-inpaint"))
-             if k.startswith("model.diffusion_model.") and k.endswith(".weight")][:13]
+    names = [
+        k
+        for k in checkpoint.load(checkpoints.get("sd15-inpaint"))
+        if k.startswith("model.diffusion_model.") and k.endswith(".weight")
+    ][:13]
     path = poisoned(tmp_path, checkpoints, names, np.nan)
     with pytest.raises(ValueError) as info:
         UNet.from_config(fixture_config("sd15-inpaint"), path)

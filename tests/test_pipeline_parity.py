@@ -2,12 +2,12 @@
 parts (transformers' CLIPTextModel, diffusers' UNet2DConditionModel, the SPEC-written
 autoencoder reference, the NumPy transcription of the samplers), same tiny random
 weights, identical noise streams. Final images within PSNR >= 40 dB."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
-
 from reference import samplers_reference as sref
 from reference import unet_reference as uref
 from reference import vae_reference as vref
@@ -68,8 +68,9 @@ def test_inpainting_pipeline_matches_a_pytorch_reference_loop(inpaint_setup):
     mean, logvar = enc.posterior(torch.from_numpy(x * (m < 0.5)))
     z_mi = SCALE_FACTOR * (mean + torch.exp(0.5 * logvar) * torch.from_numpy(post)).numpy()
     c_cat = np.concatenate([_nearest_resize(m, h, w), z_mi], 1).astype(np.float32)
-    traj = sref.ddim_sample(reference_unet(spec_d.unet, wd), x_T, c, uc, 7.5, steps=STEPS, eta=1.0, noise=xi,
-                            c_concat=c_cat)
+    traj = sref.ddim_sample(
+        reference_unet(spec_d.unet, wd), x_T, c, uc, 7.5, steps=STEPS, eta=1.0, noise=xi, c_concat=c_cat
+    )
     dec = vref.reference_autoencoder(spec_c, torch_state(wc), encoder=False)
     want = dec.decode(torch.from_numpy(traj[-1] / SCALE_FACTOR), torch.from_numpy(x), torch.from_numpy(m)).numpy()
 

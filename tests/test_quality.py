@@ -6,6 +6,7 @@ an LPIPS-shaped net (random conv stages, unit-normalised channels, squared diffe
 weights, spatial mean, sum over stages) and a random conv feature net. What is tested is the plumbing:
 the images' conversion, what is compared, the FID statistics, the files, the errors, and no network use.
 """
+
 import csv
 import json
 import math
@@ -21,9 +22,8 @@ from PIL import Image
 torch = pytest.importorskip("torch")  # the test extra installs it; never silently absent in CI
 pytest.importorskip("torchmetrics")
 import torch.nn.functional as F  # noqa: E402
-from torch.export import Dim, export  # noqa: E402
-
 from test_compare import CONFIG_D, STEPS, TINY, VOCAB, ckpts, compare_args, make_pairs  # noqa: E402,F401
+from torch.export import Dim, export  # noqa: E402
 
 from asymvq import quality  # noqa: E402
 from asymvq.__main__ import main as asymvq_main  # noqa: E402
@@ -74,8 +74,13 @@ def nets(tmp_path_factory):
     torch.export.save(export(fe, (torch.zeros(1, 3, 299, 299),)), str(d / "fid.pt2"))
     # the pitfall the loader must catch: one example tensor for both inputs ties them in the program
     torch.export.save(export(lp, (a, a), dynamic_shapes=({2: h, 3: w}, {2: h, 3: w})), str(d / "tied.pt2"))
-    return {"lpips": d / "lpips.pt2", "fid": d / "fid.pt2", "tied": d / "tied.pt2", "lpips_module": lp,
-            "fid_module": fe}
+    return {
+        "lpips": d / "lpips.pt2",
+        "fid": d / "fid.pt2",
+        "tied": d / "tied.pt2",
+        "lpips_module": lp,
+        "fid_module": fe,
+    }
 
 
 def images(n, size=64, seed=3):
@@ -198,8 +203,9 @@ def test_without_the_quality_extra_the_error_names_the_pip_command(nets, monkeyp
 def measured(ckpts, nets, tmp_path_factory):
     d = tmp_path_factory.mktemp("compare-quality")
     indir, outdir = make_pairs(d / "in", 3), d / "out"
-    assert asymvq_main(compare_args(ckpts, indir, outdir, "--lpips", str(nets["lpips"]),
-                                    "--fid", str(nets["fid"]))) == 0
+    assert (
+        asymvq_main(compare_args(ckpts, indir, outdir, "--lpips", str(nets["lpips"]), "--fid", str(nets["fid"]))) == 0
+    )
     return indir, outdir
 
 
@@ -222,8 +228,9 @@ def test_compare_lpips_is_the_networks_distance_of_the_written_images(measured, 
     x, _, _ = load_pair(indir / "pair1.png", indir / "pair1_mask.png")
     original = np.rint((x[0].transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
     result = np.asarray(Image.open(out / "base" / "pair1.png"))
-    row = next(r for r in csv.DictReader(open(out / "metrics.csv")) if r["image"] == "pair1.png"
-               and r["decoder"] == "base")
+    row = next(
+        r for r in csv.DictReader(open(out / "metrics.csv")) if r["image"] == "pair1.png" and r["decoder"] == "base"
+    )
     with torch.no_grad():
         ref = float(nets["lpips_module"](to_unit(original) * 2 - 1, to_unit(result) * 2 - 1))
     assert float(row["lpips"]) == pytest.approx(ref, rel=1e-5)
@@ -262,8 +269,7 @@ def test_a_resumed_compare_keeps_every_pairs_fid_features(measured, ckpts, nets,
     again = tmp_path / "out"
     shutil.copytree(out, again)
     before = (again / "summary.csv").read_text()
-    assert asymvq_main(compare_args(ckpts, indir, again, "--lpips", str(nets["lpips"]),
-                                    "--fid", str(nets["fid"]))) == 0
+    assert asymvq_main(compare_args(ckpts, indir, again, "--lpips", str(nets["lpips"]), "--fid", str(nets["fid"]))) == 0
     assert (again / "summary.csv").read_text() == before
 
 
@@ -286,8 +292,7 @@ def test_compare_with_a_corrupt_fid_file_exits_2_with_one_line(ckpts, tmp_path, 
     assert rc == 2 and len(err) == 1 and "not a torch.export program" in err[0]
 
 
-def test_compare_without_the_quality_extra_exits_2_naming_the_pip_command(ckpts, nets, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_compare_without_the_quality_extra_exits_2_naming_the_pip_command(ckpts, nets, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchmetrics", None)
     rc, err = compare_rc(ckpts, tmp_path, capsys, "--fid", str(nets["fid"]))
     assert rc == 2 and err == ['error: FID needs torchmetrics, not installed: pip install "asymvq[quality]"']
@@ -300,8 +305,7 @@ def test_learned_metrics_never_touch_the_network(ckpts, nets, tmp_path, capsys, 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # where a hub download would land
-    rc, err = compare_rc(ckpts, tmp_path, capsys, "--lpips", str(nets["lpips"]), "--fid", str(nets["fid"]),
-                         "--no-plot")
+    rc, err = compare_rc(ckpts, tmp_path, capsys, "--lpips", str(nets["lpips"]), "--fid", str(nets["fid"]), "--no-plot")
     assert rc == 0, err
     assert not (tmp_path / "torch-home").exists()
 
@@ -312,10 +316,19 @@ def test_a_dask_worker_measures_the_same_learned_metrics_as_the_in_process_run(c
     from asymvq.compare import DecoderSpec, Job
 
     indir = make_pairs(tmp_path / "in", 2)
-    job = Job(config_d=str(CONFIG_D), ckpt_d=str(ckpts["sd"]), vocab=str(VOCAB), steps=STEPS, mode="compare",
-              decoders=(DecoderSpec("vanilla"), DecoderSpec("base", str(TINY / "autoencoder_kl_32x32x4.yaml"),
-                                                              str(ckpts["base"]))),
-              lpips=str(nets["lpips"]), fid=str(nets["fid"]))
+    job = Job(
+        config_d=str(CONFIG_D),
+        ckpt_d=str(ckpts["sd"]),
+        vocab=str(VOCAB),
+        steps=STEPS,
+        mode="compare",
+        decoders=(
+            DecoderSpec("vanilla"),
+            DecoderSpec("base", str(TINY / "autoencoder_kl_32x32x4.yaml"), str(ckpts["base"])),
+        ),
+        lpips=str(nets["lpips"]),
+        fid=str(nets["fid"]),
+    )
     local = run_batch(indir, tmp_path / "local", job, cluster=False, threads=1, progress=False, plot=False)
     dask = run_batch(indir, tmp_path / "dask", job, workers=1, threads=1, progress=False, plot=False, timeout=240)
     assert len(local.done) == len(dask.done) == 2 and dask.workers == 1 and not dask.failures
@@ -330,10 +343,22 @@ def test_compare_with_learned_metrics_runs_in_a_network_namespace_without_any_in
     indir = make_pairs(tmp_path / "in", 2)
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["TORCH_HOME"] = str(tmp_path / "torch-home")
-    cmd = ["unshare", "-n", sys.executable, "-m", "asymvq", *compare_args(ckpts, indir, tmp_path / "out"),
-           "--lpips", str(nets["lpips"]), "--fid", str(nets["fid"]), "--no-plot"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
-                       env=env)
+    cmd = [
+        "unshare",
+        "-n",
+        sys.executable,
+        "-m",
+        "asymvq",
+        *compare_args(ckpts, indir, tmp_path / "out"),
+        "--lpips",
+        str(nets["lpips"]),
+        "--fid",
+        str(nets["fid"]),
+        "--no-plot",
+    ]
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1], env=env
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     summary = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert all(math.isfinite(float(r["fid"])) and math.isfinite(float(r["lpips_mean"])) for r in summary)

@@ -26,8 +26,14 @@ def test_randn_equals_numpy_bit_for_bit(seed: int, shape: tuple[int, ...]) -> No
 
 def test_spec_test_vectors_seed_0_and_42() -> None:
     # SPEC §8.5 (float64 values; randn rounds them to float32)
-    seed0 = [1.764052345967664, 0.4001572083672233, 0.9787379841057392, 2.240893199201458, 1.8675579901499675,
-             -0.977277879876411]
+    seed0 = [
+        1.764052345967664,
+        0.4001572083672233,
+        0.9787379841057392,
+        2.240893199201458,
+        1.8675579901499675,
+        -0.977277879876411,
+    ]
     seed42 = [0.4967141530112327, -0.13826430117118466, 0.6476885381006925]
     np.testing.assert_array_equal(randn(0, (6,)), np.array(seed0, dtype=np.float64).astype(np.float32))
     np.testing.assert_array_equal(randn(42, (3,)), np.array(seed42, dtype=np.float64).astype(np.float32))

@@ -8,6 +8,7 @@ The reference models are independent of asymvq (transformers' CLIPTextModel, dif
 UNet2DConditionModel, the SPEC-written autoencoder, the NumPy DDIM transcription); the noise comes
 from torch itself, drawn lazily step by step (``TorchNoise``), so the test checks the draw order.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 from fixtures import write_checkpoint
+from PIL import Image
 from reference import samplers_reference as sref
 from reference import unet_reference as uref
 from reference import vae_reference as vref
@@ -83,8 +83,10 @@ def reference_parts(cfg_d: Path, ckpt_d: Path, cfg_c: Path, ckpt_c: Path):
     spec_d, spec_c = config.load(cfg_d), config.load(cfg_c)
     wd, wc = checkpoint.load(ckpt_d), checkpoint.load(ckpt_c)
     # the checkpoint's int64 position_ids buffer is not a weight of transformers' model
-    clip = clip_model(spec_d.text_encoder, {k: v for k, v in wd.items()
-                                            if k.startswith("cond_stage_model.") and not k.endswith("position_ids")})
+    clip = clip_model(
+        spec_d.text_encoder,
+        {k: v for k, v in wd.items() if k.startswith("cond_stage_model.") and not k.endswith("position_ids")},
+    )
     unet = uref.build_reference(spec_d.unet, wd)
     dec = vref.reference_autoencoder(spec_c, torch_state(wc), encoder=False)
     return spec_d, wd, clip, (lambda x, t, ctx: uref.reference_eps(unet, x, t, ctx)), dec
@@ -95,16 +97,46 @@ def test_txt2img_rng_torch_cpu_equals_a_torch_seeded_reference_flow(ckpts, tok, 
     # one noise, and the stream runs on into the second iteration (the two images must differ).
     seed, eta, n_iter, prompt = 1234, 0.5, 2, "a red house"
     out = tmp_path / "out"
-    args = ["--outdir", str(out), "--config", str(TINY / "v1-t2i-inference.yaml"), "--ckpt", str(ckpts["t2i"]),
-            "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"), "--ckpt_c", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), "--H", "128", "--W", "128", "--ddim_steps", str(STEPS), "--prompt", prompt,
-            "--ddim_eta", str(eta), "--n_iter", str(n_iter), "--fixed_code", "--seed", str(seed),
-            "--precision", "full", "--rng", "torch-cpu", "--skip_grid"]
+    args = [
+        "--outdir",
+        str(out),
+        "--config",
+        str(TINY / "v1-t2i-inference.yaml"),
+        "--ckpt",
+        str(ckpts["t2i"]),
+        "--config_c",
+        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
+        "--ckpt_c",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        "--H",
+        "128",
+        "--W",
+        "128",
+        "--ddim_steps",
+        str(STEPS),
+        "--prompt",
+        prompt,
+        "--ddim_eta",
+        str(eta),
+        "--n_iter",
+        str(n_iter),
+        "--fixed_code",
+        "--seed",
+        str(seed),
+        "--precision",
+        "full",
+        "--rng",
+        "torch-cpu",
+        "--skip_grid",
+    ]
     assert txt2img.main(args) == 0
 
     torch.set_num_threads(1)
-    _, _, clip, unet, dec = reference_parts(TINY / "v1-t2i-inference.yaml", ckpts["t2i"],
-                                            TINY / "autoencoder_kl_woc_32x32x4.yaml", ckpts["decoder"])
+    _, _, clip, unet, dec = reference_parts(
+        TINY / "v1-t2i-inference.yaml", ckpts["t2i"], TINY / "autoencoder_kl_woc_32x32x4.yaml", ckpts["decoder"]
+    )
     c, uc = clip_reference(clip, tok([prompt])), clip_reference(clip, tok([""]))
     shape = (1, 4, 16, 16)
     torch.manual_seed(seed)  # seed_everything: the default generator
@@ -128,15 +160,32 @@ def test_inpaint_st_rng_torch_cpu_equals_the_originals_flow_with_an_unseeded_tor
         img.save(indir / f"{name}.png")
         mask.save(indir / f"{name}_mask.png")
     out = tmp_path / "out"
-    args = ["--indir", str(indir), "--outdir", str(out),
-            "--config_d", str(TINY / "v1-inpainting-inference.yaml"), "--ckpt_d", str(ckpts["inpaint"]),
-            "--config", str(TINY / "autoencoder_kl_32x32x4.yaml"), "--ckpt", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), "--steps", str(STEPS), "--rng", "torch-cpu"]
+    args = [
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(out),
+        "--config_d",
+        str(TINY / "v1-inpainting-inference.yaml"),
+        "--ckpt_d",
+        str(ckpts["inpaint"]),
+        "--config",
+        str(TINY / "autoencoder_kl_32x32x4.yaml"),
+        "--ckpt",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        "--steps",
+        str(STEPS),
+        "--rng",
+        "torch-cpu",
+    ]
     assert inpaint_st.main(args) == 0
 
     torch.set_num_threads(1)
-    spec_d, wd, clip, unet, dec = reference_parts(TINY / "v1-inpainting-inference.yaml", ckpts["inpaint"],
-                                                  TINY / "autoencoder_kl_32x32x4.yaml", ckpts["decoder"])
+    spec_d, wd, clip, unet, dec = reference_parts(
+        TINY / "v1-inpainting-inference.yaml", ckpts["inpaint"], TINY / "autoencoder_kl_32x32x4.yaml", ckpts["decoder"]
+    )
     enc = vref.reference_autoencoder(spec_d.first_stage, torch_state(wd), prefix="first_stage_model.", decoder=False)
     c = clip_reference(clip, tok(["photograph of a beautiful empty scene, highest quality settings"]))
     uc = clip_reference(clip, tok([""]))
@@ -150,16 +199,32 @@ def test_inpaint_st_rng_torch_cpu_equals_the_originals_flow_with_an_unseeded_tor
         x_T = np.random.RandomState(0).randn(1, 4, h, w).astype(np.float32)
         mean, _ = enc.posterior(image * (mask < 0.5))
         c_cat = torch.cat([F.interpolate(mask, size=(h, w)), SCALE_FACTOR * mean], 1).numpy()
-        traj = sref.ddim_sample(unet, x_T, c, uc, 7.5, steps=STEPS, eta=1.0, noise=TorchNoise((1, 4, h, w), g),
-                                c_concat=c_cat)
+        traj = sref.ddim_sample(
+            unet, x_T, c, uc, 7.5, steps=STEPS, eta=1.0, noise=TorchNoise((1, 4, h, w), g), c_concat=c_cat
+        )
         x = dec.decode(torch.from_numpy(traj[-1] / SCALE_FACTOR), image, mask)
         assert_within_one_level(out / f"{name}.png", to_uint8(x))
 
 
 def test_txt2img_numpy_seed_out_of_range_fails_with_one_error_line(ckpts, tmp_path, capsys):
-    args = ["--outdir", str(tmp_path / "out"), "--config", str(TINY / "v1-t2i-inference.yaml"),
-            "--ckpt", str(ckpts["t2i"]), "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-            "--ckpt_c", str(ckpts["decoder"]), "--vocab", str(VOCAB), "--rng", "numpy", "--seed", str(2**32)]
+    args = [
+        "--outdir",
+        str(tmp_path / "out"),
+        "--config",
+        str(TINY / "v1-t2i-inference.yaml"),
+        "--ckpt",
+        str(ckpts["t2i"]),
+        "--config_c",
+        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
+        "--ckpt_c",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        "--rng",
+        "numpy",
+        "--seed",
+        str(2**32),
+    ]
     assert txt2img.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --seed") and "4294967296" in err[0]
@@ -169,10 +234,36 @@ def test_txt2img_numpy_seed_out_of_range_fails_with_one_error_line(ckpts, tmp_pa
 def test_txt2img_numpy_noise_follows_the_seed_and_differs_per_iteration(ckpts, tmp_path):
     # issue 11 item 10: --fixed_code --n_iter 2 --ddim_eta 0.5 used to write the same image twice
     def run(out, seed):
-        args = ["--outdir", str(out), "--config", str(TINY / "v1-t2i-inference.yaml"), "--ckpt", str(ckpts["t2i"]),
-                "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"), "--ckpt_c", str(ckpts["decoder"]),
-                "--vocab", str(VOCAB), "--H", "64", "--W", "64", "--ddim_steps", "2", "--ddim_eta", "0.5",
-                "--fixed_code", "--n_iter", "2", "--seed", str(seed), "--precision", "full", "--skip_grid"]
+        args = [
+            "--outdir",
+            str(out),
+            "--config",
+            str(TINY / "v1-t2i-inference.yaml"),
+            "--ckpt",
+            str(ckpts["t2i"]),
+            "--config_c",
+            str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
+            "--ckpt_c",
+            str(ckpts["decoder"]),
+            "--vocab",
+            str(VOCAB),
+            "--H",
+            "64",
+            "--W",
+            "64",
+            "--ddim_steps",
+            "2",
+            "--ddim_eta",
+            "0.5",
+            "--fixed_code",
+            "--n_iter",
+            "2",
+            "--seed",
+            str(seed),
+            "--precision",
+            "full",
+            "--skip_grid",
+        ]
         assert txt2img.main(args) == 0
         return [np.asarray(Image.open(out / f"{i}.png")) for i in (0, 1)]
 

@@ -5,6 +5,7 @@ in PyTorch's issue tracker (no GPU was available to produce more).
 torch (a test-only reference) must run with its x86 vectorised CPU kernels (capability AVX2 or
 AVX512, torch's default on any AVX2 machine): that is the arithmetic "torch-cpu" reproduces.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,10 +19,38 @@ SEEDS = [0, 42, 2**32 - 1, 2**63 - 1]
 # Below 16 elements (the scalar path), exactly 16, multiples of 16, and sizes that are not
 # (the tail of 16 is redrawn), up to SD's latents.
 SHAPES = [
-    (1,), (2,), (3,), (5,), (7,), (8,), (15,), (2, 3), (3, 5),
-    (16,), (17,), (18,), (31,), (32,), (33,), (47,), (48,), (63,), (100,), (255,), (257,), (1000,),
-    (4, 4), (3, 7, 5), (2, 3, 5, 7), (1, 4, 8, 8), (1, 4, 7, 9), (1, 4, 64, 64), (2, 4, 40, 56), (1, 4, 80, 48),
-    (3, 4, 8, 8), (1, 4, 128, 96),
+    (1,),
+    (2,),
+    (3,),
+    (5,),
+    (7,),
+    (8,),
+    (15,),
+    (2, 3),
+    (3, 5),
+    (16,),
+    (17,),
+    (18,),
+    (31,),
+    (32,),
+    (33,),
+    (47,),
+    (48,),
+    (63,),
+    (100,),
+    (255,),
+    (257,),
+    (1000,),
+    (4, 4),
+    (3, 7, 5),
+    (2, 3, 5, 7),
+    (1, 4, 8, 8),
+    (1, 4, 7, 9),
+    (1, 4, 64, 64),
+    (2, 4, 40, 56),
+    (1, 4, 80, 48),
+    (3, 4, 8, 8),
+    (1, 4, 128, 96),
 ]
 
 # Sequences where one draw changes the next: odd scalar draws leave a cached value that survives a
@@ -79,8 +108,9 @@ def test_torch_cpu_one_hundred_thousand_values_with_tails() -> None:
 
 def test_torch_cpu_default_seed_is_torchs_unseeded_stream() -> None:
     assert torch.Generator().initial_seed() == TORCH_DEFAULT_SEED
-    assert_bits_equal(ours(TORCH_DEFAULT_SEED, [(1, 4, 8, 8)])[0],
-                      torch.randn((1, 4, 8, 8), generator=torch.Generator()).numpy())
+    assert_bits_equal(
+        ours(TORCH_DEFAULT_SEED, [(1, 4, 8, 8)])[0], torch.randn((1, 4, 8, 8), generator=torch.Generator()).numpy()
+    )
 
 
 def test_torch_cpu_reproduces_diffusers_cpu_latents() -> None:
@@ -223,5 +253,6 @@ def test_encode_refuses_noise_together_with_a_torch_rng() -> None:
     from test_autoencoder import inputs, sd_autoencoder
 
     with pytest.raises(ValueError, match="not both"):
-        sd_autoencoder().encode(inputs()["image"], sample=True, noise=np.zeros((1, 4, 6, 8), np.float32),
-                                rng="torch-cpu")
+        sd_autoencoder().encode(
+            inputs()["image"], sample=True, noise=np.zeros((1, 4, 6, 8), np.float32), rng="torch-cpu"
+        )

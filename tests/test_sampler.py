@@ -13,11 +13,11 @@ from typing import Any, List, Optional
 
 import numpy as np
 import pytest
+from reference import samplers_reference as ref
+from reference.samplers_reference import StandInUNet
 
 from asymvq import config
 from asymvq.sampler import Sampler, randn
-from reference import samplers_reference as ref
-from reference.samplers_reference import StandInUNet
 
 B, H, W, L, D = 2, 16, 24, 77, 16
 REL = 1e-5
@@ -116,9 +116,17 @@ def test_ddim_eta0_matches_diffusers_ddim_scheduler() -> None:
     x_T, c, uc = inputs()
     ours = run(Sampler("ddim", 50, 0.0), StandInUNet(), x_T, c, uc, 7.5)
 
-    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                    beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                                    steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
     sched.set_timesteps(50)
     model, x, theirs = StandInUNet(), torch.from_numpy(x_T), []
     for t in sched.timesteps:
@@ -249,8 +257,9 @@ def test_a_generator_given_as_rng_continues_its_stream_across_samples() -> None:
 def test_numpy_rng_with_a_seed_is_the_plain_seeded_stream() -> None:
     x_T, c, uc = inputs()
     s = Sampler("ddim", 10, 1.0)
-    np.testing.assert_array_equal(s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=9, rng="numpy"),
-                                  s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=9))
+    np.testing.assert_array_equal(
+        s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=9, rng="numpy"), s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=9)
+    )
 
 
 def test_torch_cuda_noise_is_one_generator_draw_per_step() -> None:
@@ -260,8 +269,10 @@ def test_torch_cuda_noise_is_one_generator_draw_per_step() -> None:
     s = Sampler("ddim", 10, 1.0)
     g = Generator("torch-cuda", 3)
     noise = np.stack([g.randn((B, 4, H, W)) for _ in range(10)])
-    np.testing.assert_array_equal(s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=3, rng="torch-cuda"),
-                                  s.sample(StandInUNet(), x_T, c, uc, 7.5, noise=noise))
+    np.testing.assert_array_equal(
+        s.sample(StandInUNet(), x_T, c, uc, 7.5, seed=3, rng="torch-cuda"),
+        s.sample(StandInUNet(), x_T, c, uc, 7.5, noise=noise),
+    )
 
 
 def test_an_unknown_rng_is_rejected() -> None:
@@ -298,8 +309,9 @@ def test_float64_inputs_are_rounded_to_float32_like_the_original_start_code() ->
     x64 = np.random.RandomState(0).randn(1, 4, 8, 8)
     _, c, uc = inputs(batch=1)
     s = Sampler("ddim", 5)
-    np.testing.assert_array_equal(s.sample(StandInUNet(), x64, c, uc, 7.5),
-                                  s.sample(StandInUNet(), x64.astype(np.float32), c, uc, 7.5))
+    np.testing.assert_array_equal(
+        s.sample(StandInUNet(), x64, c, uc, 7.5), s.sample(StandInUNet(), x64.astype(np.float32), c, uc, 7.5)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,8 +321,9 @@ def test_float64_inputs_are_rounded_to_float32_like_the_original_start_code() ->
 def test_callback_sees_every_step_with_its_timestep_and_latent() -> None:
     x_T, c, uc = inputs()
     seen = []
-    Sampler("ddim", 50).sample(StandInUNet(), x_T, c, uc, 7.5,
-                               callback=lambda i, t, x: seen.append((i, t, x.shape, x.dtype)))
+    Sampler("ddim", 50).sample(
+        StandInUNet(), x_T, c, uc, 7.5, callback=lambda i, t, x: seen.append((i, t, x.shape, x.dtype))
+    )
     assert [s[0] for s in seen] == list(range(50))
     assert [s[1] for s in seen] == list(range(981, 0, -20))
     assert all(s[2] == (B, 4, H, W) and s[3] == np.float32 for s in seen)
@@ -537,8 +550,9 @@ class TorchUNet:
 
 def tiny_unets(name: str, seed: int):
     pytest.importorskip("torch")  # test-only reference
-    from asymvq.unet import UNet
     from reference.unet_reference import random_unet_weights
+
+    from asymvq.unet import UNet
 
     spec = config.load(config.packaged_tiny_config(name)).unet
     weights = random_unet_weights(spec, seed=seed)

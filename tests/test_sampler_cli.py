@@ -1,12 +1,12 @@
 """--sampler, --negative-prompt and inpaint_st's --prompt/--steps/--scale/--eta/--seed (issue 15): defaults
 are the original's, the values reach the pipeline, bad values end in one error line and exit code 2."""
+
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-
 from fixtures import write_checkpoint
 
 from asymvq import inpaint_st, txt2img
@@ -40,16 +40,47 @@ def one_pair(tmp_path: Path) -> Path:
 
 
 def inpaint_args(ckpts, indir, outdir, *extra):
-    return ["--indir", str(indir), "--outdir", str(outdir),
-            "--config_d", str(TINY / "v1-inpainting-inference.yaml"), "--ckpt_d", str(ckpts["inpaint"]),
-            "--config", str(TINY / "autoencoder_kl_32x32x4.yaml"), "--ckpt", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), *extra]
+    return [
+        "--indir",
+        str(indir),
+        "--outdir",
+        str(outdir),
+        "--config_d",
+        str(TINY / "v1-inpainting-inference.yaml"),
+        "--ckpt_d",
+        str(ckpts["inpaint"]),
+        "--config",
+        str(TINY / "autoencoder_kl_32x32x4.yaml"),
+        "--ckpt",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        *extra,
+    ]
 
 
 def txt2img_args(ckpts, outdir, *extra):
-    return ["--outdir", str(outdir), "--config", str(TINY / "v1-t2i-inference.yaml"), "--ckpt", str(ckpts["t2i"]),
-            "--config_c", str(TINY / "autoencoder_kl_woc_32x32x4.yaml"), "--ckpt_c", str(ckpts["decoder"]),
-            "--vocab", str(VOCAB), "--H", "64", "--W", "64", "--ddim_steps", "2", *extra]
+    return [
+        "--outdir",
+        str(outdir),
+        "--config",
+        str(TINY / "v1-t2i-inference.yaml"),
+        "--ckpt",
+        str(ckpts["t2i"]),
+        "--config_c",
+        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
+        "--ckpt_c",
+        str(ckpts["decoder"]),
+        "--vocab",
+        str(VOCAB),
+        "--H",
+        "64",
+        "--W",
+        "64",
+        "--ddim_steps",
+        "2",
+        *extra,
+    ]
 
 
 def spy_calls(monkeypatch, cls_name: str) -> List[Dict[str, Any]]:
@@ -71,7 +102,13 @@ def spy_calls(monkeypatch, cls_name: str) -> List[Dict[str, Any]]:
 def test_inpaint_st_defaults_are_the_original_hard_coded_values():
     d = inpaint_st.parser().parse_args([])
     assert (d.prompt, d.steps, d.scale, d.seed, d.sampler, d.negative_prompt) == (
-        inpaint_st.PROMPT, 50, 7.5, 0, "ddim", "")
+        inpaint_st.PROMPT,
+        50,
+        7.5,
+        0,
+        "ddim",
+        "",
+    )
     assert d.eta is None  # 1.0, the original's, once the sampler is known to be ddim
 
 
@@ -80,17 +117,45 @@ def test_inpaint_st_without_the_new_flags_calls_the_pipeline_as_the_original(ckp
     assert inpaint_st.main(inpaint_args(ckpts, one_pair(tmp_path), tmp_path / "out", "--steps", "2")) == 0
     kw = calls[0]
     assert (kw["prompt"], kw["negative_prompt"], kw["seed"], kw["scale"], kw["eta"], kw["sampler"]) == (
-        inpaint_st.PROMPT, "", 0, 7.5, 1.0, "ddim")
+        inpaint_st.PROMPT,
+        "",
+        0,
+        7.5,
+        1.0,
+        "ddim",
+    )
 
 
 def test_inpaint_st_flags_reach_the_pipeline(ckpts, tmp_path, monkeypatch):
     calls = spy_calls(monkeypatch, "InpaintPipeline")
-    argv = inpaint_args(ckpts, one_pair(tmp_path), tmp_path / "out", "--prompt", "a bench", "--negative-prompt",
-                        "blur", "--steps", "3", "--scale", "5", "--seed", "9", "--sampler", "euler_a")
+    argv = inpaint_args(
+        ckpts,
+        one_pair(tmp_path),
+        tmp_path / "out",
+        "--prompt",
+        "a bench",
+        "--negative-prompt",
+        "blur",
+        "--steps",
+        "3",
+        "--scale",
+        "5",
+        "--seed",
+        "9",
+        "--sampler",
+        "euler_a",
+    )
     assert inpaint_st.main(argv) == 0
     kw = calls[0]
     assert (kw["prompt"], kw["negative_prompt"], kw["steps"], kw["scale"], kw["seed"], kw["sampler"], kw["eta"]) == (
-        "a bench", "blur", 3, 5.0, 9, "euler_a", 0.0)
+        "a bench",
+        "blur",
+        3,
+        5.0,
+        9,
+        "euler_a",
+        0.0,
+    )
     assert (tmp_path / "out" / "bench2.png").exists()
 
 
@@ -119,25 +184,31 @@ def _fails(capsys, argv, main, match):
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--sampler", "euler", "--eta", "0.5"], "eta applies to the ddim sampler only"),
-    (["--sampler", "dpmpp_2m", "--eta", "1"], "eta applies to the ddim sampler only"),
-    (["--sampler", "heun"], "invalid choice: 'heun'"),
-    (["--sampler", "plms", "--eta", "1"], "PLMS is deterministic"),
-    (["--steps", "0"], "--steps"),
-    (["--scale", "nan"], "--scale must be a finite number"),
-    (["--seed", "-1"], "--seed must be between 0 and"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--sampler", "euler", "--eta", "0.5"], "eta applies to the ddim sampler only"),
+        (["--sampler", "dpmpp_2m", "--eta", "1"], "eta applies to the ddim sampler only"),
+        (["--sampler", "heun"], "invalid choice: 'heun'"),
+        (["--sampler", "plms", "--eta", "1"], "PLMS is deterministic"),
+        (["--steps", "0"], "--steps"),
+        (["--scale", "nan"], "--scale must be a finite number"),
+        (["--seed", "-1"], "--seed must be between 0 and"),
+    ],
+)
 def test_inpaint_st_bad_sampler_flags_fail_with_one_line(ckpts, tmp_path, capsys, flags, match):
     _fails(capsys, inpaint_args(ckpts, one_pair(tmp_path), tmp_path / "out", *flags), inpaint_st.main, match)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--sampler", "euler_a", "--ddim_eta", "0.3"], "eta applies to the ddim sampler only"),
-    (["--sampler", "dpm"], "invalid choice: 'dpm'"),
-    (["--sampler", "euler", "--plms"], "--plms and --sampler euler contradict each other"),
-])
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--sampler", "euler_a", "--ddim_eta", "0.3"], "eta applies to the ddim sampler only"),
+        (["--sampler", "dpm"], "invalid choice: 'dpm'"),
+        (["--sampler", "euler", "--plms"], "--plms and --sampler euler contradict each other"),
+    ],
+)
 def test_txt2img_bad_sampler_flags_fail_with_one_line(ckpts, tmp_path, capsys, flags, match):
     _fails(capsys, txt2img_args(ckpts, tmp_path / "out", *flags), txt2img.main, match)
 

@@ -17,11 +17,11 @@ from typing import Any, List, Optional
 
 import numpy as np
 import pytest
+from reference.samplers_reference import StandInUNet
 
 from asymvq import config
 from asymvq.rng import Generator
 from asymvq.sampler import KINDS, Sampler, randn
-from reference.samplers_reference import StandInUNet
 
 torch = pytest.importorskip("torch")  # test-only reference
 diffusers = pytest.importorskip("diffusers")
@@ -32,8 +32,16 @@ SCALE = 7.5
 
 #: SD 1.5's scheduler_config.json (runwayml/stable-diffusion-v1-5, scheduler/).
 SD15_SCHEDULER_CONFIG = dict(
-    _class_name="PNDMScheduler", beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, num_train_timesteps=1000,
-    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, trained_betas=None, clip_sample=False,
+    _class_name="PNDMScheduler",
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    num_train_timesteps=1000,
+    set_alpha_to_one=False,
+    skip_prk_steps=True,
+    steps_offset=1,
+    trained_betas=None,
+    clip_sample=False,
 )
 
 SIGMA_KINDS = [("dpmpp_2m", False), ("dpmpp_2m", True), ("euler", False), ("euler_a", False)]
@@ -41,11 +49,18 @@ SPACINGS = ["linspace", "leading", "trailing"]
 
 
 def diffusers_scheduler(kind: str, karras: bool = False, spacing: Optional[str] = None) -> Any:
-    from diffusers import (DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                           PNDMScheduler)
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
 
-    cls = {"dpmpp_2m": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
-           "euler_a": EulerAncestralDiscreteScheduler}[kind]
+    cls = {
+        "dpmpp_2m": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "euler_a": EulerAncestralDiscreteScheduler,
+    }[kind]
     extra = {"use_karras_sigmas": True} if karras else {}
     if spacing is not None:
         extra["timestep_spacing"] = spacing
@@ -74,17 +89,28 @@ def run(sampler: Sampler, model: Any, *args: Any, **kwargs: Any) -> List[np.ndar
     return traj
 
 
-def diffusers_loop(sched: Any, steps: int, model: Any, x_T: np.ndarray, cond: np.ndarray,
-                   uncond: Optional[np.ndarray], scale: float, c_concat: Optional[np.ndarray] = None,
-                   noise: Optional[np.ndarray] = None, monkeypatch: Any = None) -> List[np.ndarray]:
+def diffusers_loop(
+    sched: Any,
+    steps: int,
+    model: Any,
+    x_T: np.ndarray,
+    cond: np.ndarray,
+    uncond: Optional[np.ndarray],
+    scale: float,
+    c_concat: Optional[np.ndarray] = None,
+    noise: Optional[np.ndarray] = None,
+    monkeypatch: Any = None,
+) -> List[np.ndarray]:
     """The StableDiffusion(Inpaint)Pipeline denoising loop around a NumPy model; latents after every step."""
     sched.set_timesteps(steps)
     b = x_T.shape[0]
     guided = uncond is not None and scale != 1.0
     if noise is not None:
         draws = iter(noise)
-        monkeypatch.setattr("diffusers.schedulers.scheduling_euler_ancestral_discrete.randn_tensor",
-                            lambda shape, **kw: torch.from_numpy(next(draws).copy()))
+        monkeypatch.setattr(
+            "diffusers.schedulers.scheduling_euler_ancestral_discrete.randn_tensor",
+            lambda shape, **kw: torch.from_numpy(next(draws).copy()),
+        )
     ctx = np.broadcast_to(cond, (b,) + cond.shape[1:])
     if guided:
         ctx = np.concatenate([np.broadcast_to(uncond, (b,) + uncond.shape[1:]), ctx])
@@ -159,8 +185,9 @@ def test_euler_scales_x_T_by_sigma_max_or_its_leading_variant_and_dpm_not_at_all
 # Trajectories against diffusers
 
 
-def parity(kind: str, karras: bool, steps: int, guided: bool, inpaint: bool, monkeypatch: Any,
-           spacing: Optional[str] = None) -> float:
+def parity(
+    kind: str, karras: bool, steps: int, guided: bool, inpaint: bool, monkeypatch: Any, spacing: Optional[str] = None
+) -> float:
     x_T, c, uc = inputs()
     cc = None
     model = StandInUNet(in_channels=9 if inpaint else 4, seed=7)
@@ -170,8 +197,18 @@ def parity(kind: str, karras: bool, steps: int, guided: bool, inpaint: bool, mon
     noise = randn(6, (len(s.timesteps), B, 4, H, W)) if kind == "euler_a" else None
     u, scale = (uc, SCALE) if guided else (None, 1.0)
     ours = run(s, model, x_T, c, u, scale, c_concat=cc, noise=noise)
-    theirs = diffusers_loop(diffusers_scheduler(kind, karras, spacing), steps, model, x_T, c, u, scale, c_concat=cc,
-                            noise=noise, monkeypatch=monkeypatch)
+    theirs = diffusers_loop(
+        diffusers_scheduler(kind, karras, spacing),
+        steps,
+        model,
+        x_T,
+        c,
+        u,
+        scale,
+        c_concat=cc,
+        noise=noise,
+        monkeypatch=monkeypatch,
+    )
     return assert_trajectories_close(ours, theirs)
 
 
@@ -181,15 +218,17 @@ def test_20_step_trajectory_with_cfg_matches_diffusers(kind: str, karras: bool, 
 
 
 @pytest.mark.parametrize("kind, karras", SIGMA_KINDS)
-def test_20_step_inpainting_trajectory_with_c_concat_and_cfg_matches_diffusers(kind: str, karras: bool,
-                                                                               monkeypatch) -> None:
+def test_20_step_inpainting_trajectory_with_c_concat_and_cfg_matches_diffusers(
+    kind: str, karras: bool, monkeypatch
+) -> None:
     parity(kind, karras, 20, guided=True, inpaint=True, monkeypatch=monkeypatch)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("kind, karras", [k for k in SIGMA_KINDS if not k[1]])
-def test_20_step_trajectory_with_other_spacings_matches_diffusers(kind: str, karras: bool, spacing: str,
-                                                                 monkeypatch) -> None:
+def test_20_step_trajectory_with_other_spacings_matches_diffusers(
+    kind: str, karras: bool, spacing: str, monkeypatch
+) -> None:
     parity(kind, karras, 20, guided=True, inpaint=True, monkeypatch=monkeypatch, spacing=spacing)
 
 
@@ -278,8 +317,9 @@ def test_deterministic_kinds_ignore_noise(kind: str) -> None:
     x_T, c, uc = inputs()
     model = StandInUNet()
     s = Sampler(kind, 5)
-    np.testing.assert_array_equal(s.sample(model, x_T, c, uc, SCALE, noise=randn(1, (5, B, 4, H, W))),
-                                  s.sample(model, x_T, c, uc, SCALE))
+    np.testing.assert_array_equal(
+        s.sample(model, x_T, c, uc, SCALE, noise=randn(1, (5, B, 4, H, W))), s.sample(model, x_T, c, uc, SCALE)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,7 +374,7 @@ def test_the_schedule_comes_from_the_config() -> None:
     path = config.packaged_config("v1-inpainting-inference")
     spec = dataclasses.replace(config.load(path), linear_start=0.0001, linear_end=0.02, timesteps=500)
     s = Sampler("euler", 10, config=spec, spacing="leading")
-    want = torch.cumprod(1 - torch.linspace(0.0001 ** 0.5, 0.02 ** 0.5, 500, dtype=torch.float32) ** 2, 0)
+    want = torch.cumprod(1 - torch.linspace(0.0001**0.5, 0.02**0.5, 500, dtype=torch.float32) ** 2, 0)
     np.testing.assert_array_equal(s.alphas_cumprod, want.numpy())
     np.testing.assert_array_equal(s.timesteps, np.arange(0, 500, 50) + 1)
 
@@ -366,8 +406,9 @@ def test_an_unknown_spacing_is_rejected_with_the_list() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_t2i():
-    from asymvq.unet import UNet
     from reference.unet_reference import random_unet_weights
+
+    from asymvq.unet import UNet
 
     spec = config.load(config.packaged_tiny_config("v1-t2i-inference.yaml")).unet
     return spec, UNet.from_config(spec, random_unet_weights(spec, seed=3))
@@ -404,8 +445,9 @@ def test_ctrl_c_during_a_dpmpp_loop_stops_within_one_step(tiny_t2i) -> None:
     with pytest.raises(KeyboardInterrupt):
         s.sample(unet, x_T, c, uc, SCALE, callback=press_ctrl_c_after_step_1)
     assert max(steps) <= 3
-    np.testing.assert_array_equal(s.sample(unet, x_T, c, uc, SCALE), Sampler("dpmpp_2m", 20).sample(unet, x_T, c, uc,
-                                                                                                     SCALE))
+    np.testing.assert_array_equal(
+        s.sample(unet, x_T, c, uc, SCALE), Sampler("dpmpp_2m", 20).sample(unet, x_T, c, uc, SCALE)
+    )
 
 
 class TorchUNet:
@@ -425,8 +467,9 @@ class TorchUNet:
 @pytest.fixture(scope="module")
 def tiny_pairs():
     """Per model kind: the tiny C UNet and diffusers' torch UNet holding the same random weights."""
-    from asymvq.unet import UNet
     from reference.unet_reference import random_unet_weights
+
+    from asymvq.unet import UNet
 
     out = {}
     for name, cfg in [("t2i", "v1-t2i-inference.yaml"), ("inpaint", "v1-inpainting-inference.yaml")]:
@@ -438,8 +481,9 @@ def tiny_pairs():
 
 @pytest.mark.parametrize("name", ["t2i", "inpaint"])
 @pytest.mark.parametrize("kind, karras", SIGMA_KINDS)
-def test_20_step_c_loop_with_the_tiny_c_unet_matches_diffusers_with_the_torch_unet(tiny_pairs, name: str, kind: str,
-                                                                                   karras: bool, monkeypatch) -> None:
+def test_20_step_c_loop_with_the_tiny_c_unet_matches_diffusers_with_the_torch_unet(
+    tiny_pairs, name: str, kind: str, karras: bool, monkeypatch
+) -> None:
     # the issue's parity bound, 1e-5 on the whole trajectory, holds with the real (tiny) UNet too:
     # measured 3e-6 .. 5.2e-6 over these eight cases
     spec, ours_unet, torch_unet = tiny_pairs[name]
@@ -450,8 +494,18 @@ def test_20_step_c_loop_with_the_tiny_c_unet_matches_diffusers_with_the_torch_un
         cc = np.concatenate([(randn(3, (1, 1, h, w)) > 0).astype(np.float32), randn(4, (1, 4, h, w))], 1)
     noise = randn(5, (steps, 1, 4, h, w)) if kind == "euler_a" else None
     ours = run(Sampler(kind, steps, karras=karras), ours_unet, x_T, c, uc, SCALE, c_concat=cc, noise=noise)
-    theirs = diffusers_loop(diffusers_scheduler(kind, karras), steps, torch_unet, x_T, c, uc, SCALE, c_concat=cc,
-                            noise=noise, monkeypatch=monkeypatch)
+    theirs = diffusers_loop(
+        diffusers_scheduler(kind, karras),
+        steps,
+        torch_unet,
+        x_T,
+        c,
+        uc,
+        SCALE,
+        c_concat=cc,
+        noise=noise,
+        monkeypatch=monkeypatch,
+    )
     worst = assert_trajectories_close(ours, theirs)
     print(f"tiny UNet {name} {kind}{' karras' if karras else ''}: max relative error {worst:.3g}")
 
@@ -467,6 +521,8 @@ def test_unguided_20_step_dpmpp_2m_lands_closer_to_a_fine_ddim_reference_than_50
     def dist(x: np.ndarray) -> float:
         return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
 
-    dpm20, ddim50 = dist(Sampler("dpmpp_2m", 20).sample(unet, x_T, c, None, 1.0)), dist(
-        Sampler("ddim", 50).sample(unet, x_T, c, None, 1.0))
+    dpm20, ddim50 = (
+        dist(Sampler("dpmpp_2m", 20).sample(unet, x_T, c, None, 1.0)),
+        dist(Sampler("ddim", 50).sample(unet, x_T, c, None, 1.0)),
+    )
     assert dpm20 < ddim50 / 2, (dpm20, ddim50)

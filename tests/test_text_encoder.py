@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from fixtures import random_tensor
+from isa import needs_bf16
+from reference import clip_vocab
 
 from asymvq import checkpoint, config, tables
 from asymvq.config import TextEncoderSpec
 from asymvq.tables import WeightsError
 from asymvq.text_encoder import TextEncoder
 from asymvq.tokenizer import CLIPTokenizer, VocabNotFoundError
-from fixtures import random_tensor
-from isa import needs_bf16
-from reference import clip_vocab
 
 FP32_BOUND = 1e-4
 BF16_BOUND = {"tiny": (0.06, 0.008), "full": (0.1, 0.01)}  # (max, mean) |error| / std(reference)
@@ -57,7 +57,9 @@ def reference_model(spec: TextEncoderSpec, weights: Dict[str, np.ndarray]) -> to
     model = transformers.CLIPTextModel._from_config(cfg, attn_implementation="eager").eval()
     # transformers < 5 nests the modules under "text_model."; 5 does not.
     inner = "text_model." if any(k.startswith("text_model.") for k in model.state_dict()) else ""
-    state = {inner + name[len(PREFIX) :]: torch.from_numpy(np.array(a, dtype=np.float32)) for name, a in weights.items()}
+    state = {
+        inner + name[len(PREFIX) :]: torch.from_numpy(np.array(a, dtype=np.float32)) for name, a in weights.items()
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
     return model

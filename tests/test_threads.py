@@ -6,6 +6,7 @@ Each scenario runs in a fresh child process (the runtime reads OMP_WAIT_POLICY o
 The runtime's real spin setting is read independently of asymvq, from libgomp's own report at load
 (``OMP_DISPLAY_ENV=VERBOSE`` prints ``GOMP_SPINCOUNT``: 0 when passive, 300000 by default).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 from typing import Any, Dict, Optional
-
 
 from asymvq import _loader
 
@@ -65,8 +65,9 @@ def _run(order: str, policy: Optional[str], throttle: Optional[str] = None) -> D
         env["OMP_WAIT_POLICY"] = policy
     if throttle is not None:
         env["ASYMVQ_OPENMP_THROTTLE"] = throttle
-    proc = subprocess.run([sys.executable, "-c", _CHILD, order], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, order], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     spins = re.findall(r"GOMP_SPINCOUNT = '(\d+)'", proc.stderr)
@@ -158,8 +159,10 @@ MAPS = """\
 
 def test_openmp_runtimes_lists_each_mapped_runtime_once_in_load_order() -> None:
     assert _loader.openmp_runtimes(MAPS.splitlines()) == [
-        "/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0", "/site-packages/torch/lib/libgomp-a34b3233.so.1",
-        "/opt/intel/lib/libiomp5.so"]
+        "/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0",
+        "/site-packages/torch/lib/libgomp-a34b3233.so.1",
+        "/opt/intel/lib/libiomp5.so",
+    ]
 
 
 def test_two_runtimes_are_a_problem_whatever_the_policy() -> None:
@@ -184,8 +187,13 @@ def test_asymvq_shares_an_early_runtime_only_when_it_brought_none_of_its_own() -
 
 
 def test_bench_inprocess_rejects_an_unknown_variant_with_a_clear_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "asymvq.bench", "inprocess", "--variants", "alone,bogus"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "asymvq.bench", "inprocess", "--variants", "alone,bogus"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "unknown variant 'bogus'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import regex
 import transformers
+from reference import clip_vocab
 
 from asymvq import tokenizer as T
 from asymvq.tokenizer import CLIPTokenizer, VocabNotFoundError, find_vocab, load_tokenizer
-from reference import clip_vocab
 
 BOS, EOS = 49406, 49407
 
@@ -50,7 +50,9 @@ def _mismatches(prompts, got, want, limit=5) -> str:
     bad = np.nonzero(~(np.asarray(got) == np.asarray(want)).all(axis=1))[0]
     lines = [f"{len(bad)} of {len(prompts)} prompts differ"]
     for i in bad[:limit]:
-        lines.append(f"{prompts[i]!r:.120}\n  want {np.asarray(want)[i].tolist()}\n  got  {np.asarray(got)[i].tolist()}")
+        lines.append(
+            f"{prompts[i]!r:.120}\n  want {np.asarray(want)[i].tolist()}\n  got  {np.asarray(got)[i].tolist()}"
+        )
     return "\n".join(lines)
 
 
@@ -96,8 +98,9 @@ def test_ids_equal_installed_transformers_tokenizer_on_varied_prompts(tok, hf_di
     corpus = clip_vocab.varied_prompts(2400, seed=1234)
     prompts = [p for p in corpus if not _fast_class_differs(p)]
     assert len(prompts) >= 2000
-    want = reference([_with_ftfy(p) for p in prompts], truncation=True, max_length=77,
-                     padding="max_length")["input_ids"]
+    want = reference([_with_ftfy(p) for p in prompts], truncation=True, max_length=77, padding="max_length")[
+        "input_ids"
+    ]
     got = tok(prompts)
     assert np.array_equal(got, np.array(want)), _mismatches(prompts, got, want)
 
@@ -152,9 +155,15 @@ def test_digits_are_split_one_token_each(tok):
 
 
 def test_apostrophe_suffixes_are_separate_tokens(tok):
-    for word, stem, suffix in [("it's", "it", "'s"), ("don't", "don", "'t"), ("they're", "they", "'re"),
-                               ("we've", "we", "'ve"), ("i'm", "i", "'m"), ("you'll", "you", "'ll"),
-                               ("he'd", "he", "'d")]:
+    for word, stem, suffix in [
+        ("it's", "it", "'s"),
+        ("don't", "don", "'t"),
+        ("they're", "they", "'re"),
+        ("we've", "we", "'ve"),
+        ("i'm", "i", "'m"),
+        ("you'll", "you", "'ll"),
+        ("he'd", "he", "'d"),
+    ]:
         assert tok.encode(word) == tok.encode(stem) + tok.encode(suffix), word
     assert tok.encode("IT'S") == tok.encode("it's")
 
@@ -299,9 +308,15 @@ def test_no_vocabulary_error_lists_every_option(clean_env):
         find_vocab()
     assert isinstance(info.value, FileNotFoundError)
     message = str(info.value)
-    for option in ("explicit path", "bpe_simple_vocab_16e6.txt.gz", "vocab.json + merges.txt", T.ENV_VAR,
-                   "Hugging Face cache of openai/clip-vit-large-patch14", str(clean_env / "hf_home" / "hub"),
-                   "python -m asymvq convert --tokenizer"):
+    for option in (
+        "explicit path",
+        "bpe_simple_vocab_16e6.txt.gz",
+        "vocab.json + merges.txt",
+        T.ENV_VAR,
+        "Hugging Face cache of openai/clip-vit-large-patch14",
+        str(clean_env / "hf_home" / "hub"),
+        "python -m asymvq convert --tokenizer",
+    ):
         assert option in message, option
 
 

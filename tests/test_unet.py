@@ -14,11 +14,11 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
+from isa import needs_bf16
+from reference.unet_reference import build_reference, random_unet_weights, reference_eps
 
 from asymvq import checkpoint, config
 from asymvq.unet import UNet
-from isa import needs_bf16
-from reference.unet_reference import build_reference, random_unet_weights, reference_eps
 
 FP32_TOL = 1e-4
 BF16_REL_RMS = 0.03

@@ -12,10 +12,10 @@ import gc
 
 import numpy as np
 import pytest
+from reference.unet_reference import build_reference, random_unet_weights, reference_eps
 
 from asymvq import config
 from asymvq.unet import UNet
-from reference.unet_reference import build_reference, random_unet_weights, reference_eps
 
 pytestmark = pytest.mark.slow
 

@@ -17,6 +17,7 @@ task: ``(wall - cluster start) x workers / pairs - mean task time``, so it inclu
 the largest **peak resident memory of a worker** (in-process: of this process); and the load average
 (1 min) before and after. Finally the overhead of a no-op Dask task (2 workers), for scale.
 """
+
 import argparse
 import os
 import shutil
@@ -56,8 +57,12 @@ def noop(i):
 def scheduler_overhead(n=200):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                      silence_logs=40) as c, Client(c) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=40
+        ) as c,
+        Client(c) as client,
+    ):
         client.gather(client.map(noop, range(20), pure=False))
         t = time.perf_counter()
         client.gather([client.submit(noop, i, pure=False) for i in range(n)])
@@ -83,13 +88,21 @@ def main():
     p.add_argument("--size", type=int, default=None, help="pair size in pixels (default 64; full size: 512)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--full-size", "--full", dest="full", action="store_true",
-                   help="the shipped full-size configs (random weights unless --ckpt-d/--decoder-ckpt)")
+    p.add_argument(
+        "--full-size",
+        "--full",
+        dest="full",
+        action="store_true",
+        help="the shipped full-size configs (random weights unless --ckpt-d/--decoder-ckpt)",
+    )
     p.add_argument("--ckpt-d")
     p.add_argument("--decoder-ckpt")
     p.add_argument("--vocab", default=str(ROOT.parent / "shared" / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"))
-    p.add_argument("--configs", default="inproc,1x2,2x1",
-                   help="comma-separated: inproc (this process, all cores) or WxT (W workers x T threads)")
+    p.add_argument(
+        "--configs",
+        default="inproc,1x2,2x1",
+        help="comma-separated: inproc (this process, all cores) or WxT (W workers x T threads)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (outputs, random checkpoints)")
     a = p.parse_args()
     if (a.ckpt_d is None) != (a.decoder_ckpt is None):
@@ -98,8 +111,11 @@ def main():
     cfg = config.packaged_config if a.full else config.packaged_tiny_config
     cores = len(os.sched_getaffinity(0))
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    print(f"{cores} cores; {a.pairs} pairs {size}px, {a.steps} steps, {a.precision}, "
-          f"{'full-size' if a.full else 'tiny'} models; {load()}", flush=True)
+    print(
+        f"{cores} cores; {a.pairs} pairs {size}px, {a.steps} steps, {a.precision}, "
+        f"{'full-size' if a.full else 'tiny'} models; {load()}",
+        flush=True,
+    )
     try:
         if a.ckpt_d is None:
             from fixtures import write_checkpoint
@@ -114,11 +130,17 @@ def main():
         for i in range(a.pairs):
             Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(indir / f"p{i}.png")
             m = np.zeros((size, size), np.uint8)
-            m[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
+            m[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
             Image.fromarray(m).save(indir / f"p{i}_mask.png")
-        job = Job(config_d=str(cfg("v1-inpainting-inference")), ckpt_d=a.ckpt_d, mode="inpaint", vocab=a.vocab,
-                  decoders=(DecoderSpec("base", str(cfg("autoencoder_kl_32x32x4")), a.decoder_ckpt),),
-                  precision=a.precision, steps=a.steps)
+        job = Job(
+            config_d=str(cfg("v1-inpainting-inference")),
+            ckpt_d=a.ckpt_d,
+            mode="inpaint",
+            vocab=a.vocab,
+            decoders=(DecoderSpec("base", str(cfg("autoencoder_kl_32x32x4")), a.decoder_ckpt),),
+            precision=a.precision,
+            steps=a.steps,
+        )
         for c in a.configs.split(","):
             run_config(c, job, indir, tmp, a, size, cores)
         if any(c != "inproc" for c in a.configs.split(",")):
@@ -138,8 +160,11 @@ def run_config(c, job, indir, tmp, a, size, cores):
         kw = {"workers": workers, "threads": threads}
         need = workers * worker_memory_bytes(job, size * size)
         if need > available_bytes():
-            print(f"{c:7s} skipped: {workers} workers need about {need / 2**30:.1f} GiB, "
-                  f"{available_bytes() / 2**30:.1f} GiB available", flush=True)
+            print(
+                f"{c:7s} skipped: {workers} workers need about {need / 2**30:.1f} GiB, "
+                f"{available_bytes() / 2**30:.1f} GiB available",
+                flush=True,
+            )
             return
     before = load()
     res = run_batch(indir, tmp / f"out-{c}", job, progress=False, plot=False, task=timed_task, **kw)
@@ -157,11 +182,14 @@ def run_config(c, job, indir, tmp, a, size, cores):
     busy = res.seconds - res.startup_seconds
     overhead = busy * workers / len(res.done) - task_s
     ext = 60.0 * workers / (fixed + 50 * per_step)
-    print(f"{c:7s} {len(res.done)} pairs: wall {res.seconds:.1f} s (cluster start {res.startup_seconds:.1f} s, "
-          f"model load {model_s:.1f} s/worker); {res.images_per_minute:.2f} img/min overall, "
-          f"{60.0 * workers / steady_s:.2f} img/min steady; sample {per_step:.3f} s/step, fixed {fixed:.2f} s/img "
-          f"-> {ext:.3f} img/min at 50 steps ({workers} in parallel); scheduler overhead {overhead * 1e3:.0f} ms/pair; "
-          f"peak RSS/worker {res.peak_rss_mb:.0f} MiB; {before} -> {after}", flush=True)
+    print(
+        f"{c:7s} {len(res.done)} pairs: wall {res.seconds:.1f} s (cluster start {res.startup_seconds:.1f} s, "
+        f"model load {model_s:.1f} s/worker); {res.images_per_minute:.2f} img/min overall, "
+        f"{60.0 * workers / steady_s:.2f} img/min steady; sample {per_step:.3f} s/step, fixed {fixed:.2f} s/img "
+        f"-> {ext:.3f} img/min at 50 steps ({workers} in parallel); scheduler overhead {overhead * 1e3:.0f} ms/pair; "
+        f"peak RSS/worker {res.peak_rss_mb:.0f} MiB; {before} -> {after}",
+        flush=True,
+    )
     if res.failures:
         print(f"        {len(res.failures)} failed, e.g. {res.failures[0]['error']}", flush=True)
 

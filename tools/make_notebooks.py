@@ -1,5 +1,6 @@
 """Writes notebooks/*.ipynb (outputs stripped). Run after editing the cells here:
 ``python tools/make_notebooks.py``. CI executes the notebooks on tiny models."""
+
 from pathlib import Path
 
 import nbformat as nbf
@@ -25,13 +26,18 @@ def nb(cells):
 
 
 INPAINT = [
-    ("md", """
+    (
+        "md",
+        """
 # Inpainting with the asymmetric VQGAN decoder
 
 `inpaint_st.py` as a Python object. Set the paths in the next cell to your checkpoints;
 left as `None`, the notebook runs the same pipeline on the tiny configs with random
-weights (seconds, and a meaningless picture)."""),
-    ("params", """
+weights (seconds, and a meaningless picture).""",
+    ),
+    (
+        "params",
+        """
 CONFIG_D = None   # e.g. "v1-inpainting-inference.yaml"
 CKPT_D = None     # e.g. "sd-v1-5-inpainting.ckpt"
 CONFIG = None     # e.g. "autoencoder_kl_32x32x4.yaml" (base), _large, _large2
@@ -40,8 +46,11 @@ VOCAB = None      # CLIP bpe_simple_vocab_16e6.txt.gz (or set ASYMVQ_CLIP_VOCAB)
 IMAGE = None      # a NAME.png with NAME_mask.png beside it; None: a generated picture
 STEPS = 50
 PRECISION = "fp32"
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 import asymvq
 from asymvq.pipelines import InpaintPipeline
 from asymvq import demo
@@ -52,8 +61,11 @@ else:
     pipe, note = demo.build_pipeline(PRECISION)
     print("tiny random-weight models;", note)
 pipe
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 from PIL import Image
 if IMAGE:
     image, mask = Image.open(IMAGE), Image.open(IMAGE[:-4] + "_mask.png")
@@ -61,8 +73,11 @@ else:
     image, mask = demo.demo_inputs(256)
 result = pipe(image, mask, steps=STEPS)
 print({k: round(v, 2) for k, v in result.timings.items()}, "seconds")
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 from asymvq.metrics import preservation_error, psnr_outside_mask
 from asymvq.image import inpaint_size
 size = result.images[0].size
@@ -74,16 +89,22 @@ side = Image.new("RGB", (size[0] * 3, size[1]))
 for i, im in enumerate([src, m.convert("RGB"), result.images[0]]):
     side.paste(im, (i * size[0], 0))
 side
-"""),
+""",
+    ),
 ]
 
 TXT2IMG = [
-    ("md", """
+    (
+        "md",
+        """
 # Text-to-image with the asymmetric decoder (no condition)
 
 `txt2img.py` as a Python object. Set the paths to your checkpoints; left as `None`,
-the tiny configs with random weights are used."""),
-    ("params", """
+the tiny configs with random weights are used.""",
+    ),
+    (
+        "params",
+        """
 CONFIG = None     # e.g. "v1-t2i-inference.yaml"
 CKPT = None       # e.g. "v1-5-pruned-emaonly.ckpt"
 CONFIG_C = None   # e.g. "autoencoder_kl_woc_32x32x4.yaml"
@@ -94,8 +115,11 @@ SIZE = 512 if CKPT else 128
 STEPS = 50
 SAMPLER = "ddim"   # or "plms"
 PRECISION = "fp32"
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 import asymvq
 from asymvq.pipelines import Txt2ImgPipeline
 from asymvq import demo
@@ -105,30 +129,42 @@ else:
     pipe, note = demo.build_txt2img_pipeline(PRECISION)
     print("tiny random-weight models;", note)
 pipe
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 result = pipe(PROMPT, height=SIZE, width=SIZE, steps=STEPS, sampler=SAMPLER, seed=42)
 print(f"{result.seconds:.1f} s, {result.timings['sample'] / STEPS * 1000:.0f} ms/step")
 result.images[0]
-"""),
+""",
+    ),
 ]
 
 DECODERS = [
-    ("md", """
+    (
+        "md",
+        """
 # The asymmetric decoder versus SD's decoder
 
 One latent, two decoders: SD's vanilla KL decoder and the asymmetric VQGAN decoder, which
 also sees the masked image. Outside the mask the asymmetric decoder should reproduce the
 input (the paper's preservation error drops from 1082.8e-5 to 2.1e-5). With the tiny random
-weights used when no checkpoints are given, the numbers only show the mechanics."""),
-    ("params", """
+weights used when no checkpoints are given, the numbers only show the mechanics.""",
+    ),
+    (
+        "params",
+        """
 CONFIG_D = None   # SD inpainting config (its first stage: encoder + vanilla decoder)
 CKPT_D = None
 CONFIG = None     # asymmetric decoder config
 CKPT = None
 IMAGE = None
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 import numpy as np
 from PIL import Image
 from asymvq import demo, config
@@ -148,8 +184,11 @@ if IMAGE:
 else:
     img, msk = demo.demo_inputs(256)
     x, m, _ = load_pair(img, msk)
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 z = vanilla.encode(x)                       # the posterior mode: one latent for both decoders
 plain = vanilla.decode(z)
 cond = asym.decode(z, image=x, mask=m)
@@ -160,19 +199,25 @@ side = Image.new("RGB", (W * 3, x.shape[-2]))
 for i, im in enumerate([to_pil(x)[0], to_pil(plain)[0], to_pil(cond)[0]]):
     side.paste(im, (i * W, 0))
 side
-"""),
+""",
+    ),
 ]
 
 COMPARE = [
-    ("md", """
+    (
+        "md",
+        """
 # Comparing decoders on the same latents
 
 The paper's table: one inpainting per image, decoded by SD's vanilla decoder and by the asymmetric
 base / 1.5x / 2x decoders, compared on how well the known region (outside the mask) is preserved.
 `python -m asymvq compare` does this for a folder; here through `asymvq.batch.run_batch` (which runs
 the same work on a Dask cluster when asked). Set the paths below to your checkpoints; left as `None`,
-the notebook writes tiny random-weight models and generated pictures (seconds, meaningless numbers)."""),
-    ("params", """
+the notebook writes tiny random-weight models and generated pictures (seconds, meaningless numbers).""",
+    ),
+    (
+        "params",
+        """
 CONFIG_D = None   # e.g. "v1-inpainting-inference.yaml"
 CKPT_D = None     # e.g. "sd-v1-5-inpainting.ckpt" (its first stage is the vanilla decoder)
 DECODERS = {}     # e.g. {"base": ("autoencoder_kl_32x32x4.yaml", "base.ckpt"),
@@ -184,8 +229,11 @@ STEPS = 50
 PRECISION = "fp32"
 LPIPS = None      # optional: an LPIPS network as a torch.export file (see asymvq.quality; pip install "asymvq[quality]")
 FID = None        # optional: an InceptionV3 feature network as a torch.export file (FID per decoder)
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 import os
 import tempfile
 from pathlib import Path
@@ -222,8 +270,11 @@ if INDIR is None:
         img.rotate(90 * i).save(INDIR / f"scene{i}.png")
         mask.save(INDIR / f"scene{i}_mask.png")
 print("diffusion:", CKPT_D, "| decoders: vanilla,", ", ".join(DECODERS))
-"""),
-    ("code", """
+""",
+    ),
+    (
+        "code",
+        """
 from asymvq.batch import run_batch
 from asymvq.compare import DecoderSpec, Job
 
@@ -232,20 +283,29 @@ job = Job(config_d=CONFIG_D, ckpt_d=CKPT_D, vocab=VOCAB, steps=STEPS, precision=
           lpips=LPIPS, fid=FID)
 res = run_batch(INDIR, OUTDIR, job, cluster=False)   # cluster=True: a Dask LocalCluster; scheduler="tcp://..."
 print(res.report())
-"""),
+""",
+    ),
     ("md", "Each strip: the original, the masked input, then every decoder's result; the hole is outlined in red."),
-    ("code", """
+    (
+        "code",
+        """
 from IPython.display import display
 for p in sorted(Path(OUTDIR, "strips").glob("*.png")):
     print(p.name)
     display(Image.open(p))
-"""),
-    ("md", """
+""",
+    ),
+    (
+        "md",
+        """
 The table: per decoder, mean and standard deviation over the images of the preservation error
 (MSE outside the mask, images in [0, 1]), PSNR and SSIM outside the mask; with `LPIPS` set, LPIPS
 over the whole image and outside the mask, and with `FID` set, each decoder's FID against the
-originals (over the folder). Per-image rows are in `metrics.csv`, both in `metrics.json`."""),
-    ("code", """
+originals (over the folder). Per-image rows are in `metrics.csv`, both in `metrics.json`.""",
+    ),
+    (
+        "code",
+        """
 import csv
 rows = list(csv.DictReader(open(Path(OUTDIR, "summary.csv"))))
 print(f"{'decoder':10s} {'n':>3s} {'pre_error (1e-5)':>22s} {'PSNR (dB)':>16s} {'SSIM':>16s}")
@@ -256,12 +316,17 @@ for r in rows:
           + (f"  LPIPS {f['lpips_mean']:.4f} (outside mask {f['lpips_known_mean']:.4f})" if "lpips_mean" in f else "")
           + (f"  FID {f['fid']:.2f}" if "fid" in f else ""))
 Image.open(Path(OUTDIR, "metrics.png"))
-"""),
+""",
+    ),
 ]
 
 if __name__ == "__main__":
     ROOT.mkdir(exist_ok=True)
-    for name, cells in [("inpainting", INPAINT), ("txt2img", TXT2IMG), ("asymmetric_decoder", DECODERS),
-                        ("compare_decoders", COMPARE)]:
+    for name, cells in [
+        ("inpainting", INPAINT),
+        ("txt2img", TXT2IMG),
+        ("asymmetric_decoder", DECODERS),
+        ("compare_decoders", COMPARE),
+    ]:
         nbf.write(nb(cells), ROOT / f"{name}.ipynb")
         print("wrote", ROOT / f"{name}.ipynb")

@@ -12,6 +12,7 @@ with the tiny random-weight models of ``asymvq.demo``:
 
     PYTHONPATH=. python tools/posterior_sample_vs_mean.py [--steps 10] [--indir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,28 @@ def main() -> None:
         a = pipe(x, m, rng="torch-cpu", **common)  # the posterior mean
         b = pipe(x, m, posterior_noise=eps, **common)  # a posterior sample
         du = np.abs(to_uint8(a.arrays).astype(int) - to_uint8(b.arrays).astype(int))
-        rows.append((os.path.basename(ipath), w, h, float(std.max()), float(np.median(std)), d_lat,
-                     int(du.max()), float((du > 0).mean() * 100)))
-        print("%-32s %4dx%-4d std max %.3g median %.3g | latent max|d| %.3g | uint8 max|d| %d (%.2f %% differ)"
-              % rows[-1], flush=True)
+        rows.append(
+            (
+                os.path.basename(ipath),
+                w,
+                h,
+                float(std.max()),
+                float(np.median(std)),
+                d_lat,
+                int(du.max()),
+                float((du > 0).mean() * 100),
+            )
+        )
+        print(
+            "%-32s %4dx%-4d std max %.3g median %.3g | latent max|d| %.3g | uint8 max|d| %d (%.2f %% differ)"
+            % rows[-1],
+            flush=True,
+        )
     r = np.array([row[3:] for row in rows], dtype=float)
-    print(f"over {len(rows)} images: std max {r[:, 0].max():.3g}, latent max|d| {r[:, 2].max():.3g}, "
-          f"uint8 max|d| {int(r[:, 3].max())}, share differing up to {r[:, 4].max():.2f} %")
+    print(
+        f"over {len(rows)} images: std max {r[:, 0].max():.3g}, latent max|d| {r[:, 2].max():.3g}, "
+        f"uint8 max|d| {int(r[:, 3].max())}, share differing up to {r[:, 4].max():.2f} %"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ The reference is DDIM (eta 0) at the finest step count the original's discretisa
 asymvq refuse), plus, for comparison, Euler at ``--ref-steps`` steps (the same probability-flow ODE
 reached through another discretisation), so the reference's own uncertainty is visible.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -20,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from reference.unet_reference import random_unet_weights  # noqa: E402
+
 from asymvq import config  # noqa: E402
 from asymvq.sampler import Sampler, randn  # noqa: E402
 from asymvq.unet import UNet  # noqa: E402
-from reference.unet_reference import random_unet_weights  # noqa: E402
 
 
 def main() -> int:
@@ -54,8 +56,10 @@ def main() -> int:
         ("dpmpp_2m 50", run("dpmpp_2m", 50)),
         ("euler 20", run("euler", 20)),
     ]
-    print(f"tiny txt2img UNet, latent {hw}x{hw}, scale {args.scale}; reference: ddim {args.ref_steps} steps "
-          f"(eta 0), |ref| = {np.linalg.norm(ref):.4g}")
+    print(
+        f"tiny txt2img UNet, latent {hw}x{hw}, scale {args.scale}; reference: ddim {args.ref_steps} steps "
+        f"(eta 0), |ref| = {np.linalg.norm(ref):.4g}"
+    )
     print(f"{'sampler':34s} {'rel L2 to ref':>14s} {'max abs':>10s}")
     for name, x in rows:
         print(f"{name:34s} {np.linalg.norm(x - ref) / np.linalg.norm(ref):14.4e} {np.abs(x - ref).max():10.4e}")

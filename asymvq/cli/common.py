@@ -6,6 +6,7 @@ traceback); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM); 1 an internal er
 bug in asymvq (one line asking for a report; ``ASYMVQ_DEBUG=1`` shows the traceback, and
 also the traceback of user errors).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def one_line(exc: BaseException) -> str:
     problems = getattr(exc, "problems", None)
     if problems:
         head = text.split("\n", 1)[0].rstrip(":")
-        hint = " ".join(ln.strip() for ln in text.split("\n")[1 + len(problems):] if ln.strip())
+        hint = " ".join(ln.strip() for ln in text.split("\n")[1 + len(problems) :] if ln.strip())
         text = f"{head}: " + "; ".join(str(p) for p in problems[:MAX_LISTED])
         if len(problems) > MAX_LISTED:
             text += f"; and {len(problems) - MAX_LISTED} more"
@@ -101,8 +102,11 @@ def run_command(body: Callable[[], int]) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"error: internal error ({type(e).__name__}: {one_line(e)}): this is a bug in asymvq, please "
-              f"report it; {DEBUG_ENV}=1 shows the traceback", file=sys.stderr)
+        print(
+            f"error: internal error ({type(e).__name__}: {one_line(e)}): this is a bug in asymvq, please "
+            f"report it; {DEBUG_ENV}=1 shows the traceback",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if previous is not None:
@@ -131,8 +135,9 @@ def check_finite(value: float, flag: str) -> float:
     return value
 
 
-def check_sampler(kind: str, steps: int, eta: float, spec: Any, steps_flag: str,
-                  eta_flag: Optional[str] = None) -> None:
+def check_sampler(
+    kind: str, steps: int, eta: float, spec: Any, steps_flag: str, eta_flag: Optional[str] = None
+) -> None:
     """The sampler's own rules (SPEC §6: step counts the original's uniform discretisation can
     run; eta finite and >= 0; PLMS only with eta 0), reported under the flags' names."""
     from ..sampler import Sampler

@@ -13,6 +13,7 @@ No CLIP vocabulary ships with asymvq: the demo uses the real one when it can
 find it (``ASYMVQ_CLIP_VOCAB``, the Hugging Face cache), else a synthetic
 byte-pair vocabulary of the same size.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,9 +23,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import common as _cli
 from ..io import config as config_mod
 from ..io import tables
+from . import common as _cli
 
 REAL_COMMAND = (
     "python -m asymvq.inpaint_st --indir DIR_WITH_NAME.png_AND_NAME_mask.png --outdir OUT \\\n"
@@ -106,8 +107,9 @@ def build_pipeline(precision: str = "fp32", seed: int = 0):
     spec_d, spec_c = config_mod.load(cfg_d), config_mod.load(cfg_c)
     wd, wc = random_weights(spec_d, seed), random_weights(spec_c, seed + 1)
     tok, vocab_note = demo_tokenizer()
-    pipe = InpaintPipeline._build(spec_d, spec_c, wd, wc, tok, precision,
-                                  {"diffusion": "random (tiny)", "decoder": "random (tiny)"}, cfg_d, cfg_c)
+    pipe = InpaintPipeline._build(
+        spec_d, spec_c, wd, wc, tok, precision, {"diffusion": "random (tiny)", "decoder": "random (tiny)"}, cfg_d, cfg_c
+    )
     return pipe, vocab_note
 
 
@@ -120,8 +122,9 @@ def build_txt2img_pipeline(precision: str = "fp32", seed: int = 0):
     spec_d, spec_c = config_mod.load(cfg_d), config_mod.load(cfg_c)
     wd, wc = random_weights(spec_d, seed), random_weights(spec_c, seed + 1)
     tok, vocab_note = demo_tokenizer()
-    pipe = Txt2ImgPipeline._build(spec_d, spec_c, wd, wc, tok, precision,
-                                  {"diffusion": "random (tiny)", "decoder": "random (tiny)"}, cfg_d, cfg_c)
+    pipe = Txt2ImgPipeline._build(
+        spec_d, spec_c, wd, wc, tok, precision, {"diffusion": "random (tiny)", "decoder": "random (tiny)"}, cfg_d, cfg_c
+    )
     return pipe, vocab_note
 
 
@@ -136,8 +139,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (inpaint_st uses 50)")
     p.add_argument("--precision", default="fp32", type=_cli.precision_type, metavar="{fp32,bf16,auto}")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rng", default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
-                   help="noise source; with torch-cpu every stream follows --seed (a torch CPU generator)")
+    p.add_argument(
+        "--rng",
+        default="numpy",
+        choices=["numpy", "torch-cpu", "torch-cuda"],
+        help="noise source; with torch-cpu every stream follows --seed (a torch CPU generator)",
+    )
     args = p.parse_args(argv)
     if args.size % 64 or args.size < 64:
         raise _cli.CLIError(f"--size must be a positive multiple of 64, got {args.size}")
@@ -170,9 +177,11 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     ps = psnr_outside_mask(img, res.images[0], mask)
     tm = res.timings
     print(f"models (tiny, random, {args.precision}): built in {t_load:.2f} s; tokenizer: {vocab_note}")
-    print(f"image {args.size}x{args.size}, {args.steps} DDIM steps: total {res.seconds:.2f} s "
-          f"(text {tm['text']:.2f} s, encode {tm['encode']:.2f} s, sampling {tm['sample']:.2f} s "
-          f"= {tm['sample'] / max(args.steps, 1) * 1000:.1f} ms/step, decode {tm['decode']:.2f} s)")
+    print(
+        f"image {args.size}x{args.size}, {args.steps} DDIM steps: total {res.seconds:.2f} s "
+        f"(text {tm['text']:.2f} s, encode {tm['encode']:.2f} s, sampling {tm['sample']:.2f} s "
+        f"= {tm['sample'] / max(args.steps, 1) * 1000:.1f} ms/step, decode {tm['decode']:.2f} s)"
+    )
     print(f"preservation outside the mask: pre_error {pe * 1e5:.3f}e-5, PSNR {ps:.1f} dB")
     print(f"wrote {out / 'result.png'} and {out / 'side_by_side.png'} (input | mask | result)")
     print("\nThe weights were random. With the real checkpoints, run:\n" + REAL_COMMAND)

@@ -41,6 +41,7 @@ torch), running on across the images of the run, and the posterior mean
 (``--rng torch-cpu``: the same with torch's CPU generator) (the original's posterior sample comes from
 a CPU generator in an unknowable state; its effect is tiny, see the README).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,10 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from . import common as _cli
-from ..io import config as config_mod
 from ..image import load_pair, open_image, probe_pair
+from ..io import config as config_mod
 from ..sampler import SAMPLER_NAMES
+from . import common as _cli
 
 PROMPT = "photograph of a beautiful empty scene, highest quality settings"
 
@@ -64,35 +65,71 @@ def parser() -> argparse.ArgumentParser:
     # the original flags, with the original defaults
     p.add_argument("--ckpt", type=str, default="base.ckpt", help="asymmetric decoder checkpoint")
     p.add_argument("--outdir", type=str, default="/mnt/output/git_results", help="output folder")
-    p.add_argument("--config", type=str, default="configs/autoencoder/autoencoder_kl_32x32x4.yaml",
-                   help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml; omitted: inferred from --ckpt); "
-                        "SD's vanilla decoder: the diffusion config (with --ckpt the SD checkpoint)")
-    p.add_argument("--indir", type=str, default="/mnt/output/my_dataset/val",
-                   help="folder with NAME.png + NAME_mask.png pairs")
-    p.add_argument("--config_d", type=str, default="configs/autoencoder/v1-inpainting-inference.yaml",
-                   help="diffusion config; omitted: inferred from --ckpt_d")
-    p.add_argument("--ckpt_d", type=str, default="/mnt/output/pre_models/sd-v1-5-inpainting.ckpt",
-                   help="SD 1.5 inpainting checkpoint")
+    p.add_argument(
+        "--config",
+        type=str,
+        default="configs/autoencoder/autoencoder_kl_32x32x4.yaml",
+        help="decoder config (autoencoder_kl_32x32x4{,_large,_large2}.yaml; omitted: inferred from --ckpt); "
+        "SD's vanilla decoder: the diffusion config (with --ckpt the SD checkpoint)",
+    )
+    p.add_argument(
+        "--indir", type=str, default="/mnt/output/my_dataset/val", help="folder with NAME.png + NAME_mask.png pairs"
+    )
+    p.add_argument(
+        "--config_d",
+        type=str,
+        default="configs/autoencoder/v1-inpainting-inference.yaml",
+        help="diffusion config; omitted: inferred from --ckpt_d",
+    )
+    p.add_argument(
+        "--ckpt_d",
+        type=str,
+        default="/mnt/output/pre_models/sd-v1-5-inpainting.ckpt",
+        help="SD 1.5 inpainting checkpoint",
+    )
     # ours
-    p.add_argument("--precision", type=str, default="fp32",
-                   help="fp32, bf16 or auto (bf16 where the CPU has it natively; autocast = auto, full = fp32)")
+    p.add_argument(
+        "--precision",
+        type=str,
+        default="fp32",
+        help="fp32, bf16 or auto (bf16 where the CPU has it natively; autocast = auto, full = fp32)",
+    )
     p.add_argument("--round", action="store_true", help="round to uint8 instead of truncating (the original truncates)")
     p.add_argument("--report", action="store_true", help="print the preservation error and PSNR outside the mask")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--prompt", type=str, default=PROMPT, help="the text (default: the original's fixed prompt)")
-    p.add_argument("--negative-prompt", dest="negative_prompt", type=str, default="",
-                   help="the unconditional text of classifier-free guidance (default: \"\", the original's)")
-    p.add_argument("--sampler", type=str, default="ddim", choices=list(SAMPLER_NAMES),
-                   help="denoising sampler (default: ddim, the original's)")
+    p.add_argument(
+        "--negative-prompt",
+        dest="negative_prompt",
+        type=str,
+        default="",
+        help='the unconditional text of classifier-free guidance (default: "", the original\'s)',
+    )
+    p.add_argument(
+        "--sampler",
+        type=str,
+        default="ddim",
+        choices=list(SAMPLER_NAMES),
+        help="denoising sampler (default: ddim, the original's)",
+    )
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50, the original's)")
     p.add_argument("--scale", type=float, default=7.5, help="guidance scale (default: 7.5, the original's)")
-    p.add_argument("--eta", type=float, default=None,
-                   help="DDIM eta (default: 1.0, the original's, with ddim; other samplers take only 0)")
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="DDIM eta (default: 1.0, the original's, with ddim; other samplers take only 0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="start code seed (default: 0, the original's)")
-    p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
-                   help="DDIM noise source: numpy RandomState, or torch's CPU / CUDA (emulated, the original's) "
-                   "generator at torch's default seed")
+    p.add_argument(
+        "--rng",
+        type=str,
+        default="numpy",
+        choices=["numpy", "torch-cpu", "torch-cuda"],
+        help="DDIM noise source: numpy RandomState, or torch's CPU / CUDA (emulated, the original's) "
+        "generator at torch's default seed",
+    )
     return p
 
 
@@ -121,8 +158,10 @@ def check_not_overwriting_inputs(indir: str, outdir: Path, pairs: Sequence[Tuple
     """Outputs are ``OUTDIR/NAME.png``: with ``--outdir`` the same folder as ``--indir`` (or an
     output name that is a link to an input) they would replace the inputs, so this is refused."""
     if _cli.same_file(indir, outdir):
-        raise _cli.CLIError(f"--outdir {outdir} is the --indir folder: the results would replace the input "
-                            "images; choose another --outdir")
+        raise _cli.CLIError(
+            f"--outdir {outdir} is the --indir folder: the results would replace the input "
+            "images; choose another --outdir"
+        )
     if not outdir.is_dir():
         return  # nothing there yet, so nothing to overwrite
     inputs = {_cli.file_id(p) for pair in pairs for p in pair}
@@ -151,6 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     import asymvq
+
     from ..metrics import preservation_error, psnr_outside_mask
     from ..pipelines import InpaintPipeline
     from ..rng import TORCH_DEFAULT_SEED, Generator
@@ -172,8 +212,10 @@ def run(args: argparse.Namespace) -> int:
         spec_d = _cli.load_diffusion_config(config_d, "--config_d", "inpaint", "v1-inpainting-inference.yaml")
     if config is not None:
         if not isinstance(_cli.load_config(config, "--config"), (config_mod.AutoencoderSpec, config_mod.DiffusionSpec)):
-            raise _cli.CLIError(f"--config {config} is not a decoder config (e.g. autoencoder_kl_32x32x4.yaml, "
-                                "or the diffusion config for SD's vanilla decoder)")
+            raise _cli.CLIError(
+                f"--config {config} is not a decoder config (e.g. autoencoder_kl_32x32x4.yaml, "
+                "or the diffusion config for SD's vanilla decoder)"
+            )
     if args.eta is None:
         args.eta = 1.0 if args.sampler == "ddim" else 0.0
     check_sampler_args(args, spec_d)
@@ -185,25 +227,39 @@ def run(args: argparse.Namespace) -> int:
     outdir = _cli.prepare_outdir(args.outdir)
     _cli.check_outputs(outdir / img.name for img, _ in pairs)
     if skipped:
-        print(f"warning: skipping {len(skipped)} image(s) without a NAME_mask.png: "
-              f"{_cli.listing([p.name for p in skipped])}", file=sys.stderr)
+        print(
+            f"warning: skipping {len(skipped)} image(s) without a NAME_mask.png: "
+            f"{_cli.listing([p.name for p in skipped])}",
+            file=sys.stderr,
+        )
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
 
     # 2. the models, once
     # last of the checks: its "auto" line is printed only once everything else is known good
     precision = _cli.precision_arg(args.precision)
-    pipe = InpaintPipeline.from_original(config_d, args.ckpt_d, config, args.ckpt, vocab=args.vocab,
-                                         precision=precision)
+    pipe = InpaintPipeline.from_original(
+        config_d, args.ckpt_d, config, args.ckpt, vocab=args.vocab, precision=precision
+    )
     from tqdm.auto import tqdm
 
     # 3. one pair at a time: load, run, write, forget
     for (img, msk), (w, h) in tqdm(list(zip(pairs, sizes)), desc="images", unit="img"):
         t = time.perf_counter()
         x, m, _ = load_pair(img, msk)
-        res = pipe(x, m, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
-                   scale=args.scale, steps=args.steps, eta=args.eta, sampler=args.sampler, round=args.round,
-                   rng=rng)
+        res = pipe(
+            x,
+            m,
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            seed=args.seed,
+            scale=args.scale,
+            steps=args.steps,
+            eta=args.eta,
+            sampler=args.sampler,
+            round=args.round,
+            rng=rng,
+        )
         out = outdir / img.name
         _cli.save_png(res.images[0], out)
         extra = ""

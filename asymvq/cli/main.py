@@ -15,7 +15,9 @@ def _info(argv: Sequence[str]) -> int:
 
     inf = asymvq.info()
     print(f"asymvq {inf['version']}")
-    bf16 = "native" if inf["bf16_native"] else "emulated" if inf["kernel_isa"] == "avx512" else "unavailable (fp32 only)"
+    bf16 = (
+        "native" if inf["bf16_native"] else "emulated" if inf["kernel_isa"] == "avx512" else "unavailable (fp32 only)"
+    )
     print(
         f"oneDNN {inf['onednn_version']} ({inf['onednn_hash'][:12]}), ISA {inf['isa']} (CPU {inf['cpu_isa']}), "
         f"asymvq kernels {inf['kernel_isa']}, bf16 {bf16}, "

@@ -35,6 +35,7 @@ original's own stream (torch's CUDA generator after ``seed_everything(--seed)``,
 emulated: within a few 1e-6 of the GPU's values); ``--rng torch-cpu`` is torch's
 CPU generator seeded the same way (bit-exact).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,8 @@ from typing import List, Optional, Sequence
 
 from PIL import Image
 
-from . import common as _cli
 from ..sampler import SAMPLER_NAMES, sampler_from_name
+from . import common as _cli
 
 
 class _Default(int):
@@ -64,8 +65,12 @@ def iterations(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     beyond = __doc__.split("\n\n", 3)[3].replace("``", "")  # where asymvq goes beyond the original
-    p = _cli.ArgumentParser(prog="python -m asymvq.txt2img", description=__doc__.split("\n\n")[0], epilog=beyond,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.ArgumentParser(
+        prog="python -m asymvq.txt2img",
+        description=__doc__.split("\n\n")[0],
+        epilog=beyond,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar")
     p.add_argument("--outdir", type=str, nargs="?", default="/mnt/output/git_results")
     p.add_argument("--config_c", type=str, default="configs/autoencoder/autoencoder_kl_woc_32x32x4.yaml")
@@ -74,17 +79,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_save", action="store_true")
     p.add_argument("--ddim_steps", type=int, default=50)
     p.add_argument("--plms", action="store_true")
-    p.add_argument("--sampler", type=str, default="ddim", choices=list(SAMPLER_NAMES),
-                   help="denoising sampler (default: ddim, or plms with --plms: the original's); --ddim_eta "
-                   "applies to ddim only")
-    p.add_argument("--negative-prompt", dest="negative_prompt", type=str, default="",
-                   help="the unconditional text of classifier-free guidance (default: \"\", the original's)")
+    p.add_argument(
+        "--sampler",
+        type=str,
+        default="ddim",
+        choices=list(SAMPLER_NAMES),
+        help="denoising sampler (default: ddim, or plms with --plms: the original's); --ddim_eta applies to ddim only",
+    )
+    p.add_argument(
+        "--negative-prompt",
+        dest="negative_prompt",
+        type=str,
+        default="",
+        help='the unconditional text of classifier-free guidance (default: "", the original\'s)',
+    )
     p.add_argument("--laion400m", action="store_true")
     p.add_argument("--fixed_code", action="store_true")
     p.add_argument("--ddim_eta", type=float, default=0.0)
-    p.add_argument("--n_iter", type=int, default=ORIGINAL_N_ITER,
-                   help="iterations; the original parses the default 2 but runs once, and so does asymvq unless "
-                        "--n_iter is given")
+    p.add_argument(
+        "--n_iter",
+        type=int,
+        default=ORIGINAL_N_ITER,
+        help="iterations; the original parses the default 2 but runs once, and so does asymvq unless --n_iter is given",
+    )
     p.add_argument("--H", type=int, default=512)
     p.add_argument("--W", type=int, default=512)
     p.add_argument("--C", type=int, default=4)
@@ -101,9 +118,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--round", action="store_true", help="round to uint8 instead of truncating")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
-    p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
-                   help="noise source seeded by --seed: numpy RandomState, torch's CPU generator, or torch's "
-                   "CUDA generator (the original's; emulated on the CPU)")
+    p.add_argument(
+        "--rng",
+        type=str,
+        default="numpy",
+        choices=["numpy", "torch-cpu", "torch-cuda"],
+        help="noise source seeded by --seed: numpy RandomState, torch's CPU generator, or torch's "
+        "CUDA generator (the original's; emulated on the CPU)",
+    )
     return p
 
 
@@ -116,8 +138,9 @@ def read_prompts(args: argparse.Namespace) -> List[str]:
     except OSError as e:
         raise _cli.CLIError(f"--from-file {args.from_file}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
-        raise _cli.CLIError(f"--from-file {args.from_file} is not UTF-8 text (byte {e.start}: "
-                            f"{e.object[e.start:e.start + 1]!r})") from None
+        raise _cli.CLIError(
+            f"--from-file {args.from_file} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r})"
+        ) from None
     if not prompts:
         raise _cli.CLIError(f"--from-file {args.from_file} has no prompts")
     return prompts
@@ -168,6 +191,7 @@ def output_names(args: argparse.Namespace, n_prompts: int) -> List[str]:
 
 def run(args: argparse.Namespace) -> int:
     import asymvq
+
     from ..pipelines import Txt2ImgPipeline
 
     # every argument and file before any model is loaded
@@ -194,8 +218,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         sampler_from_name(sampler, args.ddim_steps, args.ddim_eta, spec)
     except ValueError as e:
-        raise _cli.CLIError(f"--sampler {sampler} --ddim_steps {args.ddim_steps} --ddim_eta {args.ddim_eta}: {e}") \
-            from None
+        raise _cli.CLIError(
+            f"--sampler {sampler} --ddim_steps {args.ddim_steps} --ddim_eta {args.ddim_eta}: {e}"
+        ) from None
     _cli.require_file(args.ckpt, "--ckpt checkpoint")
     _cli.require_file(args.ckpt_c, "--ckpt_c checkpoint")
     outdir = _cli.prepare_outdir(args.outdir)
@@ -204,8 +229,9 @@ def run(args: argparse.Namespace) -> int:
         asymvq.set_num_threads(args.threads)
     # last of the checks: its "auto" line is printed only once everything else is known good
     precision = _cli.precision_arg(args.precision)
-    pipe = Txt2ImgPipeline.from_original(config_c, args.ckpt_c, config, args.ckpt, vocab=args.vocab,
-                                         precision=precision)
+    pipe = Txt2ImgPipeline.from_original(
+        config_c, args.ckpt_c, config, args.ckpt, vocab=args.vocab, precision=precision
+    )
     from tqdm.auto import tqdm
 
     n, h, w = args.n_samples, args.H // 8, args.W // 8
@@ -217,17 +243,27 @@ def run(args: argparse.Namespace) -> int:
     for it in tqdm(range(iterations(args)), desc="iterations", unit="it"):
         for prompt in prompts:
             t = time.perf_counter()
-            res = pipe(prompt, n_samples=n, height=args.H, width=args.W, scale=args.scale, steps=args.ddim_steps,
-                       eta=args.ddim_eta, sampler=sampler, negative_prompt=args.negative_prompt, x_T=code,
-                       round=args.round, rng=gen)
+            res = pipe(
+                prompt,
+                n_samples=n,
+                height=args.H,
+                width=args.W,
+                scale=args.scale,
+                steps=args.ddim_steps,
+                eta=args.ddim_eta,
+                sampler=sampler,
+                negative_prompt=args.negative_prompt,
+                x_T=code,
+                round=args.round,
+                rng=gen,
+            )
             for im in res.images:
                 if not args.skip_save:
                     _cli.save_png(im, outdir / f"{count}.png")
                 if grid:
                     images.append(im)  # only the grid needs them all
                 count += 1
-            tqdm.write(_cli.summary(f"{prompt[:40]!r} x{n}", args.W, args.H, time.perf_counter() - t,
-                                    args.ddim_steps))
+            tqdm.write(_cli.summary(f"{prompt[:40]!r} x{n}", args.W, args.H, time.perf_counter() - t, args.ddim_steps))
     if grid:
         per_row = args.n_rows if args.n_rows > 0 else n
         _cli.save_png(make_grid(images, per_row), outdir / "grid.png")

@@ -598,8 +598,10 @@ def load_text(yaml_text: str, source: str = "<string>") -> Spec:
     :class:`AutoencoderSpec`, as the top-level ``model.target`` decides.
     """
     if len(yaml_text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: {len(yaml_text)} characters is too large for a config "
-                          f"(at most {MAX_CONFIG_BYTES}; the original configs are about 3 KB)")
+        raise ConfigError(
+            f"{source}: {len(yaml_text)} characters is too large for a config "
+            f"(at most {MAX_CONFIG_BYTES}; the original configs are about 3 KB)"
+        )
     data = _safe_load(yaml_text, source)
     model = _Node(data, "", source).node("model")
     target = model.string("target")
@@ -650,14 +652,17 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
         if key in sizes:
             continue
         if key in on_path:
-            raise ConfigError(f"{source}: an alias refers to a node that contains it (a recursive "
-                              "structure, which no config needs)")
+            raise ConfigError(
+                f"{source}: an alias refers to a node that contains it (a recursive structure, which no config needs)"
+            )
         on_path.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in sizes)
     if sizes[id(root)] > MAX_CONFIG_NODES:
-        raise ConfigError(f"{source}: the YAML expands to more than {MAX_CONFIG_NODES} nodes once its "
-                          "aliases are resolved (an alias bomb?); configs have a few hundred")
+        raise ConfigError(
+            f"{source}: the YAML expands to more than {MAX_CONFIG_NODES} nodes once its "
+            "aliases are resolved (an alias bomb?); configs have a few hundred"
+        )
 
 
 def load(path: str | os.PathLike[str]) -> Spec:

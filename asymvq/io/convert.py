@@ -50,10 +50,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import tables
-from .tables import WeightsError
-from . import checkpoint, config
+from . import checkpoint, config, tables
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
+from .tables import WeightsError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -357,11 +356,18 @@ def convert(
         raise ValueError(f"{out}: the output must be a .safetensors file")
     if not out.parent.is_dir():
         raise ValueError(f"{out}: the folder {out.parent} does not exist")
-    for flag, source in (("--ckpt", ckpt_path), ("--decoder-ckpt", decoder_ckpt), ("--config", config_path),
-                         ("--decoder-config", decoder_config), ("--tokenizer", tokenizer)):
+    for flag, source in (
+        ("--ckpt", ckpt_path),
+        ("--decoder-ckpt", decoder_ckpt),
+        ("--config", config_path),
+        ("--decoder-config", decoder_config),
+        ("--tokenizer", tokenizer),
+    ):
         if source is not None and _same_file(out, source):
-            raise ValueError(f"{out} is the {flag} input: writing it would destroy the input (and whatever it "
-                             "holds beyond the weights, e.g. an embedded decoder or vocabulary); choose another -o")
+            raise ValueError(
+                f"{out} is the {flag} input: writing it would destroy the input (and whatever it "
+                "holds beyond the weights, e.g. an embedded decoder or vocabulary); choose another -o"
+            )
 
     main_input = _resolve(config_path, ckpt_path, "any")
     spec = main_input.spec
@@ -480,8 +486,10 @@ def _resolve(config_path: str | os.PathLike[str] | None, ckpt: str | os.PathLike
             return _Input(model.spec, label, f"{folder.name} (diffusers)", sources=model.tensors, folder=folder)
         asymmetric = diffusers_io.vae_class(folder) == "AsymmetricAutoencoderKL"
         if role == "decoder" and not asymmetric:
-            raise ConfigError(f"{folder} holds SD's AutoencoderKL, whose decoder has no condition: an inpainting "
-                              "model needs an asymmetric decoder (AsymmetricAutoencoderKL)")
+            raise ConfigError(
+                f"{folder} holds SD's AutoencoderKL, whose decoder has no condition: an inpainting "
+                "model needs an asymmetric decoder (AsymmetricAutoencoderKL)"
+            )
         model = diffusers_io.read_vae(folder, condition=asymmetric, encoder=False)
         vae = folder / "vae" if (folder / "model_index.json").is_file() else folder
         return _Input(model.spec, label, f"{vae.name} (diffusers)", sources=model.tensors)
@@ -513,8 +521,9 @@ def _folder_vocab(folder: Path) -> str | None:
         return None  # loading then needs a vocabulary (find_vocab), which says so
 
 
-def _plan_mapped(sources: Mapping[str, Any], spec: Spec, opened: list[checkpoint.Checkpoint],
-                 tag: str | None) -> list[_Entry]:
+def _plan_mapped(
+    sources: Mapping[str, Any], spec: Spec, opened: list[checkpoint.Checkpoint], tag: str | None
+) -> list[_Entry]:
     """Entries for tensors already renamed and checked (diffusers folders); adds their files to ``opened``."""
     index = {id(c): i for i, c in enumerate(opened)}
     entries = []

@@ -34,8 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import numpy as np
 import yaml
 
-from . import tables
-from . import checkpoint, config
+from . import checkpoint, config, tables
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec
 
 __all__ = [
@@ -55,8 +54,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 SCALE_FACTOR = 0.18215
 _VAE_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL")
-_LORA_FILES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin", "adapter_config.json",
-               "adapter_model.safetensors", "adapter_model.bin")
+_LORA_FILES = (
+    "pytorch_lora_weights.safetensors",
+    "pytorch_lora_weights.bin",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 _UNET_TARGET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
 _CLIP_TARGET = "ldm.modules.encoders.modules.FrozenCLIPEmbedder"
 _VIT_L = dict(vocab_size=49408, width=768, layers=12, heads=12, mlp=3072, max_positions=77, eps=1e-5)
@@ -142,8 +146,9 @@ def _weight_files(folder: Path, stems: tuple[str, ...], variant: Optional[str]) 
                 if bad:
                     raise DiffusersError(f"{index}: shard(s) {', '.join(bad)} missing from {folder}")
                 return [folder / s for s in shards]
-    present = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")) \
-        if folder.is_dir() else []
+    present = (
+        sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+    )
     wanted = " or ".join(f"{s}{'.' + variant if variant else ''}.safetensors/.bin" for s in stems)
     hint = f"; it has {', '.join(present)} (pass variant= for e.g. .fp16 files)" if present else ""
     raise DiffusersError(f"{folder}: no weights ({wanted}){hint}")
@@ -202,8 +207,11 @@ class _Cfg:
 
     def int_list(self, key: str) -> list[int]:
         value = self.data.get(key)
-        if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int)
-                                                           for v in value):
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+        ):
             raise self.error(key, f"expected a list of integers, got {value!r}")
         return value
 
@@ -273,21 +281,41 @@ _UNET_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "reverse_transformer_layers_per_block": ((None,), "one transformer depth"),
     "dropout": ((0.0, 0), "inference"),
 }
-_UNET_FREE = {"in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
-              "layers_per_block", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
-              "transformer_layers_per_block", "sample_size", "upcast_attention",
-              "addition_embed_type_num_heads"}  # the last is read only with an addition_embed_type
+_UNET_FREE = {
+    "in_channels",
+    "out_channels",
+    "down_block_types",
+    "up_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "num_attention_heads",
+    "transformer_layers_per_block",
+    "sample_size",
+    "upcast_attention",
+    "addition_embed_type_num_heads",
+}  # the last is read only with an addition_embed_type
 
-_RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-        "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_RES = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 
 
 def _unet_params(cfg: _Cfg) -> dict[str, Any]:
     """The original ``unet_config.params`` for a UNet2DConditionModel config.json."""
     for key, (allowed, why) in _UNET_FIXED.items():
         cfg.require(key, allowed, why)
-    unknown = sorted(k for k, v in cfg.data.items()
-                     if not k.startswith("_") and k not in _UNET_FIXED and k not in _UNET_FREE and v is not None)
+    unknown = sorted(
+        k
+        for k, v in cfg.data.items()
+        if not k.startswith("_") and k not in _UNET_FIXED and k not in _UNET_FREE and v is not None
+    )
     if unknown:
         raise DiffusersError(f"{cfg.path}: setting(s) asymvq does not know: {', '.join(unknown)}")
     widths = cfg.int_list("block_out_channels")
@@ -339,8 +367,13 @@ def _unet_names(spec: config.UNetSpec) -> Callable[[str], Optional[str]]:
     """diffusers UNet name -> original name (under ``model.diffusion_model.``), None if unknown."""
     per_level = spec.num_res_blocks + 1
     attn = set(spec.attention_resolutions)
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
 
     def res(rest: str) -> Optional[str]:
         head, _, tail = rest.partition(".")
@@ -349,14 +382,14 @@ def _unet_names(spec: config.UNetSpec) -> Callable[[str], Optional[str]]:
     def convert(name: str) -> Optional[str]:
         for old, new in fixed.items():
             if name.startswith(old + "."):
-                return new + name[len(old):]
+                return new + name[len(old) :]
         m = re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)", name)
         if m:
             level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
             if kind == "downsamplers":
                 block = 1 + level * per_level + spec.num_res_blocks
                 ok = j == 0 and rest.startswith("conv.")
-                return f"input_blocks.{block}.0.op.{rest[len('conv.'):]}" if ok else None
+                return f"input_blocks.{block}.0.op.{rest[len('conv.') :]}" if ok else None
             block = 1 + level * per_level + j
             if kind == "resnets":
                 r = res(rest)
@@ -375,7 +408,7 @@ def _unet_names(spec: config.UNetSpec) -> Callable[[str], Optional[str]]:
             if kind == "upsamplers":
                 sub = 2 if 2**level in attn else 1
                 block = k * per_level + spec.num_res_blocks
-                return f"output_blocks.{block}.{sub}.conv.{rest[len('conv.'):]}" if rest.startswith("conv.") else None
+                return f"output_blocks.{block}.{sub}.conv.{rest[len('conv.') :]}" if rest.startswith("conv.") else None
             if kind == "resnets":
                 r = res(rest)
                 return f"output_blocks.{k * per_level + j}.0.{r}" if r else None
@@ -391,8 +424,17 @@ def _unet_names(spec: config.UNetSpec) -> Callable[[str], Optional[str]]:
 
 def _vae_names(levels: int) -> Callable[[str], Optional[str]]:
     """diffusers VAE name -> original name (without prefix), None if unknown."""
-    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
-            "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}  # current and pre-0.14 names
+    attn = {
+        "group_norm": "norm",
+        "to_q": "q",
+        "to_k": "k",
+        "to_v": "v",
+        "to_out.0": "proj_out",
+        "query": "q",
+        "key": "k",
+        "value": "v",
+        "proj_attn": "proj_out",
+    }  # current and pre-0.14 names
 
     def resnet(rest: str) -> Optional[str]:
         head, _, tail = rest.partition(".")
@@ -401,8 +443,16 @@ def _vae_names(levels: int) -> Callable[[str], Optional[str]]:
         return f"nin_shortcut.{tail}" if head == "conv_shortcut" else None
 
     def convert(name: str) -> Optional[str]:
-        if name.startswith(("quant_conv.", "post_quant_conv.", "encoder.conv_in.", "encoder.conv_out.",
-                            "decoder.conv_in.", "decoder.conv_out.")):
+        if name.startswith(
+            (
+                "quant_conv.",
+                "post_quant_conv.",
+                "encoder.conv_in.",
+                "encoder.conv_out.",
+                "decoder.conv_in.",
+                "decoder.conv_out.",
+            )
+        ):
             return name
         m = re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", name)
         if m:
@@ -462,8 +512,18 @@ def _ddconfig(widths: list[int], blocks: int, latent: int, cfg: _Cfg, key: str) 
     ch = widths[0]
     if any(w % ch for w in widths):
         raise cfg.error(key, f"{widths}: every width must be a multiple of the first")
-    return {"double_z": True, "z_channels": latent, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": ch,
-            "ch_mult": [w // ch for w in widths], "num_res_blocks": blocks, "attn_resolutions": [], "dropout": 0.0}
+    return {
+        "double_z": True,
+        "z_channels": latent,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": ch,
+        "ch_mult": [w // ch for w in widths],
+        "num_res_blocks": blocks,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
 
 
 def _known_decoders() -> dict[tuple[tuple[int, ...], int], tuple[str, str]]:
@@ -478,8 +538,11 @@ def _known_decoders() -> dict[tuple[tuple[int, ...], int], tuple[str, str]]:
     return out
 
 
-_VARIANT_CLASS = {"base": "ldm.models.autoencoder", "large": "ldm.models.autoencoder_large",
-                  "large2": "ldm.models.autoencoder_large2"}
+_VARIANT_CLASS = {
+    "base": "ldm.models.autoencoder",
+    "large": "ldm.models.autoencoder_large",
+    "large2": "ldm.models.autoencoder_large2",
+}
 _CLASS_DIMS = {"large": (192, 4), "large2": (256, 6)}
 
 
@@ -494,8 +557,9 @@ def _vae_spec(cfg: _Cfg, condition: bool) -> AutoencoderSpec:
         layers = cfg.integer("layers_per_block", 1)
         dd = _ddconfig(widths, layers, latent, cfg, "block_out_channels")
         target = "ldm.models.autoencoder.AutoencoderKL_wocondition"
-        return _autoencoder_yaml({"target": target, "params": {"embed_dim": latent, "ddconfig": dd}},
-                                 os.fspath(cfg.path))
+        return _autoencoder_yaml(
+            {"target": target, "params": {"embed_dim": latent, "ddconfig": dd}}, os.fspath(cfg.path)
+        )
     down = cfg.int_list("down_block_out_channels")
     up = cfg.int_list("up_block_out_channels")
     _blocks(cfg, "down_block_types", "DownEncoderBlock2D", len(down))
@@ -512,8 +576,9 @@ def _vae_spec(cfg: _Cfg, condition: bool) -> AutoencoderSpec:
         )
     variant = found[0]
     if [w // up[0] for w in up] != dd["ch_mult"] or any(w % up[0] for w in up):
-        raise cfg.error("up_block_out_channels",
-                        f"{up}: the decoder's width ratios must be the encoder's {dd['ch_mult']}")
+        raise cfg.error(
+            "up_block_out_channels", f"{up}: the decoder's width ratios must be the encoder's {dd['ch_mult']}"
+        )
     params: dict[str, Any] = {"embed_dim": latent, "ddconfig": dd}
     default = _CLASS_DIMS.get(variant, (dd["ch"], dd["num_res_blocks"] + 1))
     if default != (up[0], blocks):
@@ -522,8 +587,14 @@ def _vae_spec(cfg: _Cfg, condition: bool) -> AutoencoderSpec:
     return _autoencoder_yaml({"target": target, "params": params}, os.fspath(cfg.path))
 
 
-def _map(folder: Path, raw: _Raw, convert: Callable[[str], Optional[str]],
-         prefix: str, table: Mapping[str, tuple[int, ...]], ignore: tuple[str, ...] = ()) -> dict[str, TensorSource]:
+def _map(
+    folder: Path,
+    raw: _Raw,
+    convert: Callable[[str], Optional[str]],
+    prefix: str,
+    table: Mapping[str, tuple[int, ...]],
+    ignore: tuple[str, ...] = (),
+) -> dict[str, TensorSource]:
     """Rename every tensor of a component, then check them against the spec's table (all problems at once)."""
     out: dict[str, TensorSource] = {}
     problems: list[str] = []
@@ -565,8 +636,15 @@ class _ShapeOnly:
 # Public readers
 
 
-def read_vae(path: PathLike, *, condition: bool = True, prefix: str = "", variant: Optional[str] = None,
-             encoder: bool = True, decoder: bool = True) -> DiffusersModel:
+def read_vae(
+    path: PathLike,
+    *,
+    condition: bool = True,
+    prefix: str = "",
+    variant: Optional[str] = None,
+    encoder: bool = True,
+    decoder: bool = True,
+) -> DiffusersModel:
     """An ``AutoencoderKL`` or ``AsymmetricAutoencoderKL`` folder (or a pipeline folder's ``vae/``).
 
     ``condition``: for an asymmetric decoder, whether the spec is the conditional one (inpainting) or the
@@ -584,8 +662,16 @@ def read_vae(path: PathLike, *, condition: bool = True, prefix: str = "", varian
         table.update(tables.vae_encoder_tensors(spec, prefix=prefix))
     if decoder:
         table.update(tables.decoder_tensors(spec, prefix=prefix))
-    skip = tuple(p for p, keep in (("encoder.", encoder), ("quant_conv.", encoder), ("decoder.", decoder),
-                                    ("post_quant_conv.", decoder)) if not keep)
+    skip = tuple(
+        p
+        for p, keep in (
+            ("encoder.", encoder),
+            ("quant_conv.", encoder),
+            ("decoder.", decoder),
+            ("post_quant_conv.", decoder),
+        )
+        if not keep
+    )
     if decoder and not spec.decoder.conditional:
         skip += ("decoder.condition_encoder.",)  # carried by every asymmetric checkpoint, run only with condition
     raw = _open_weights(folder, ("diffusion_pytorch_model",), variant)
@@ -607,10 +693,15 @@ def _text_model(folder: Path, variant: Optional[str]) -> tuple[dict[str, Any], _
     cfg = _Cfg(folder, ("CLIPTextModel",))
     cfg.require("hidden_act", ("quick_gelu",), "SD 1.x's CLIP ViT-L/14 (SD 2.x's OpenCLIP uses GELU)")
     cfg.require("model_type", ("clip_text_model",), "a CLIP text model")
-    text = {"vocab_size": cfg.integer("vocab_size"), "width": cfg.integer("hidden_size"),
-            "layers": cfg.integer("num_hidden_layers"), "heads": cfg.integer("num_attention_heads"),
-            "mlp": cfg.integer("intermediate_size"), "max_positions": cfg.integer("max_position_embeddings"),
-            "eps": float(cfg.get("layer_norm_eps", 1e-5))}
+    text = {
+        "vocab_size": cfg.integer("vocab_size"),
+        "width": cfg.integer("hidden_size"),
+        "layers": cfg.integer("num_hidden_layers"),
+        "heads": cfg.integer("num_attention_heads"),
+        "mlp": cfg.integer("intermediate_size"),
+        "max_positions": cfg.integer("max_position_embeddings"),
+        "eps": float(cfg.get("layer_norm_eps", 1e-5)),
+    }
     return text, _open_weights(folder, ("model", "pytorch_model"), variant)
 
 
@@ -619,28 +710,39 @@ def _scheduler(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
     data = _read_json(path)
-    checks = {"beta_schedule": ("scaled_linear", "SD 1.x's schedule (linear in sqrt(beta))"),
-              "prediction_type": ("epsilon", "SD 1.x predicts the noise"),
-              "trained_betas": (None, "betas computed from beta_start and beta_end"),
-              "rescale_betas_zero_snr": (False, "SD 1.x's schedule")}
+    checks = {
+        "beta_schedule": ("scaled_linear", "SD 1.x's schedule (linear in sqrt(beta))"),
+        "prediction_type": ("epsilon", "SD 1.x predicts the noise"),
+        "trained_betas": (None, "betas computed from beta_start and beta_end"),
+        "rescale_betas_zero_snr": (False, "SD 1.x's schedule"),
+    }
     for key, (want, why) in checks.items():
         if data.get(key, want) != want:
             raise DiffusersError(f"{path}: {key}: {data[key]!r} is not supported ({why}); asymvq runs {want!r}")
-    return {"linear_start": float(data.get("beta_start", 0.00085)), "linear_end": float(data.get("beta_end", 0.012)),
-            "timesteps": int(data.get("num_train_timesteps", 1000))}
+    return {
+        "linear_start": float(data.get("beta_start", 0.00085)),
+        "linear_end": float(data.get("beta_end", 0.012)),
+        "timesteps": int(data.get("num_train_timesteps", 1000)),
+    }
 
 
 def _check_index(folder: Path) -> dict:
     index = _read_json(folder / "model_index.json")
-    extra = [k for k in ("text_encoder_2", "tokenizer_2", "image_encoder", "prior", "controlnet", "adapter")
-             if index.get(k) and index.get(k) != [None, None]]
+    extra = [
+        k
+        for k in ("text_encoder_2", "tokenizer_2", "image_encoder", "prior", "controlnet", "adapter")
+        if index.get(k) and index.get(k) != [None, None]
+    ]
     if extra:
-        raise DiffusersError(f"{folder}: a {index.get('_class_name', 'pipeline')} with {', '.join(extra)}: "
-                             "asymvq runs Stable Diffusion 1.x pipelines only")
+        raise DiffusersError(
+            f"{folder}: a {index.get('_class_name', 'pipeline')} with {', '.join(extra)}: "
+            "asymvq runs Stable Diffusion 1.x pipelines only"
+        )
     for key in ("unet", "vae", "text_encoder", "tokenizer"):
         if not (folder / key).is_dir():
-            raise DiffusersError(f"{folder}: no {key}/ folder (a Stable Diffusion pipeline has unet, vae, "
-                                 "text_encoder and tokenizer)")
+            raise DiffusersError(
+                f"{folder}: no {key}/ folder (a Stable Diffusion pipeline has unet, vae, text_encoder and tokenizer)"
+            )
     return index
 
 
@@ -668,12 +770,24 @@ def read_pipeline(path: PathLike, *, variant: Optional[str] = None) -> Diffusers
     latent = first.embed_dim
     kind = {2 * latent + 1: "inpaint", latent: "txt2img"}.get(unet["in_channels"])
     if kind is None:
-        raise ucfg.error("in_channels", f"{unet['in_channels']}: asymvq runs {latent} (text-to-image) or "
-                         f"{2 * latent + 1} (inpainting: latent, mask, masked-image latent) input channels")
+        raise ucfg.error(
+            "in_channels",
+            f"{unet['in_channels']}: asymvq runs {latent} (text-to-image) or "
+            f"{2 * latent + 1} (inpainting: latent, mask, masked-image latent) input channels",
+        )
     enc = first.encoder
-    dd = {"double_z": True, "z_channels": enc.z_channels, "resolution": 256, "in_channels": enc.in_channels,
-          "out_ch": 3, "ch": enc.ch, "ch_mult": list(enc.ch_mult), "num_res_blocks": enc.num_res_blocks,
-          "attn_resolutions": [], "dropout": 0.0}
+    dd = {
+        "double_z": True,
+        "z_channels": enc.z_channels,
+        "resolution": 256,
+        "in_channels": enc.in_channels,
+        "out_ch": 3,
+        "ch": enc.ch,
+        "ch_mult": list(enc.ch_mult),
+        "num_res_blocks": enc.num_res_blocks,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
     cond: dict[str, Any] = {"target": _CLIP_TARGET}
     if text != _VIT_L:
         cond["params"] = {"asymvq_text_model": text}
@@ -686,23 +800,37 @@ def read_pipeline(path: PathLike, *, variant: Optional[str] = None) -> Diffusers
             "conditioning_key": "hybrid" if kind == "inpaint" else "crossattn",
             **({} if kind == "inpaint" else {"use_ema": False}),  # as the original YAMLs (no effect here)
             "unet_config": {"target": _UNET_TARGET, "params": unet},
-            "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL",
-                                   "params": {"embed_dim": latent, "ddconfig": dd}},
+            "first_stage_config": {
+                "target": "ldm.models.autoencoder.AutoencoderKL",
+                "params": {"embed_dim": latent, "ddconfig": dd},
+            },
             "cond_stage_config": cond,
         },
     }
     spec = _yaml(model, f"{folder} (diffusers)")
     assert isinstance(spec, DiffusionSpec)
-    tensors = _map(folder / "unet", _open_weights(folder / "unet", ("diffusion_pytorch_model",), variant),
-                   _unet_names(spec.unet), tables.UNET_PREFIX, tables.unet_tensors(spec.unet))
+    tensors = _map(
+        folder / "unet",
+        _open_weights(folder / "unet", ("diffusion_pytorch_model",), variant),
+        _unet_names(spec.unet),
+        tables.UNET_PREFIX,
+        tables.unet_tensors(spec.unet),
+    )
     inner = "text_model."  # transformers < 5 nests the text tower under text_model., 5 does not
-    tensors.update(_map(folder / "text_encoder", text_raw,
-                        lambda n: n[len(inner):] if n.startswith(inner) else n,
-                        tables.TEXT_PREFIX, tables.text_encoder_tensors(spec.text_encoder),
-                        ignore=("embeddings.position_ids", inner + "embeddings.position_ids")))
+    tensors.update(
+        _map(
+            folder / "text_encoder",
+            text_raw,
+            lambda n: n[len(inner) :] if n.startswith(inner) else n,
+            tables.TEXT_PREFIX,
+            tables.text_encoder_tensors(spec.text_encoder),
+            ignore=("embeddings.position_ids", inner + "embeddings.position_ids"),
+        )
+    )
     if kind == "inpaint":
-        tensors.update(read_vae(folder / "vae", prefix=tables.FIRST_STAGE_PREFIX, variant=variant,
-                                decoder=False).tensors)
+        tensors.update(
+            read_vae(folder / "vae", prefix=tables.FIRST_STAGE_PREFIX, variant=variant, decoder=False).tensors
+        )
     return DiffusersModel(folder, spec, tensors)
 
 
@@ -722,8 +850,9 @@ def _tokenizer(folder: Path, vocab: Optional[PathLike]) -> Any:
     return CLIPTokenizer.from_file(read_tokenizer(folder / "tokenizer"))
 
 
-def read_decoder(source: PathLike, *, condition: bool, variant: Optional[str] = None
-                 ) -> tuple[AutoencoderSpec, Mapping[str, Any]]:
+def read_decoder(
+    source: PathLike, *, condition: bool, variant: Optional[str] = None
+) -> tuple[AutoencoderSpec, Mapping[str, Any]]:
     """(spec, weights under the original names) of a decoder from any source.
 
     ``source``: a VAE folder or a pipeline folder (its ``vae/``), a file written by ``python -m asymvq
@@ -752,8 +881,9 @@ def read_decoder(source: PathLike, *, condition: bool, variant: Optional[str] = 
             raise ConfigError(f"{path} holds a decoder without condition; inpainting needs one with condition")
         return spec, ckpt.tensors()
     weights = ckpt.tensors()
-    found = infer.infer_config(weights, "decoder" if condition else "decoder_wocondition", os.fspath(path),
-                               announce=True)
+    found = infer.infer_config(
+        weights, "decoder" if condition else "decoder_wocondition", os.fspath(path), announce=True
+    )
     assert isinstance(found.spec, AutoencoderSpec)
     return found.spec, weights
 
@@ -770,8 +900,14 @@ class PipelineParts:
     sources: dict[str, str]
 
 
-def pipeline_parts(path: PathLike, *, kind: Optional[str] = None, decoder: Optional[PathLike] = None,
-                   vocab: Optional[PathLike] = None, variant: Optional[str] = None) -> PipelineParts:
+def pipeline_parts(
+    path: PathLike,
+    *,
+    kind: Optional[str] = None,
+    decoder: Optional[PathLike] = None,
+    vocab: Optional[PathLike] = None,
+    variant: Optional[str] = None,
+) -> PipelineParts:
     """Read a pipeline folder; ``kind`` (``inpaint`` / ``txt2img`` / None for either) is checked.
 
     The decoder is ``decoder`` (see :func:`read_decoder`), else the folder's own VAE: an
@@ -787,12 +923,24 @@ def pipeline_parts(path: PathLike, *, kind: Optional[str] = None, decoder: Optio
     condition = spec.kind == "inpaint"
     dspec, dweights = read_decoder(decoder if decoder is not None else path, condition=condition, variant=variant)
     tok = _tokenizer(Path(path), vocab)
-    return PipelineParts(spec, model.weights(), dspec, dweights, tok,
-                         {"diffusion": os.fspath(path), "decoder": os.fspath(decoder if decoder is not None else path)})
+    return PipelineParts(
+        spec,
+        model.weights(),
+        dspec,
+        dweights,
+        tok,
+        {"diffusion": os.fspath(path), "decoder": os.fspath(decoder if decoder is not None else path)},
+    )
 
 
-def load_diffusers(path: PathLike, decoder: Optional[PathLike] = None, *, vocab: Optional[PathLike] = None,
-                   precision: str = "auto", variant: Optional[str] = None) -> Any:
+def load_diffusers(
+    path: PathLike,
+    decoder: Optional[PathLike] = None,
+    *,
+    vocab: Optional[PathLike] = None,
+    precision: str = "auto",
+    variant: Optional[str] = None,
+) -> Any:
     """Whatever a diffusers folder holds, ready to run.
 
     A pipeline folder (``model_index.json``) gives an :class:`~asymvq.InpaintPipeline` (9-channel UNet)
@@ -809,8 +957,17 @@ def load_diffusers(path: PathLike, decoder: Optional[PathLike] = None, *, vocab:
 
         p = pipeline_parts(folder, decoder=decoder, vocab=vocab, variant=variant)
         cls = InpaintPipeline if p.spec.kind == "inpaint" else Txt2ImgPipeline
-        return cls._build(p.spec, p.decoder_spec, p.weights, p.decoder_weights, p.tokenizer, precision, p.sources,
-                          p.spec, p.decoder_spec)
+        return cls._build(
+            p.spec,
+            p.decoder_spec,
+            p.weights,
+            p.decoder_weights,
+            p.tokenizer,
+            precision,
+            p.sources,
+            p.spec,
+            p.decoder_spec,
+        )
     if (folder / "config.json").is_file():
         cls_name = _read_json(folder / "config.json").get("_class_name")
         if cls_name in _VAE_CLASSES:
@@ -819,6 +976,8 @@ def load_diffusers(path: PathLike, decoder: Optional[PathLike] = None, *, vocab:
             from ..autoencoder import Autoencoder
 
             return Autoencoder.from_diffusers(folder, precision=precision, variant=variant)
-        raise DiffusersError(f"{folder} holds one {cls_name or 'unknown'} component: asymvq loads whole SD 1.x "
-                             f"pipeline folders (model_index.json) and {' / '.join(_VAE_CLASSES)} folders")
+        raise DiffusersError(
+            f"{folder} holds one {cls_name or 'unknown'} component: asymvq loads whole SD 1.x "
+            f"pipeline folders (model_index.json) and {' / '.join(_VAE_CLASSES)} folders"
+        )
     raise DiffusersError(f"{folder}: neither model_index.json nor config.json: not a diffusers folder")

@@ -27,8 +27,7 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-from . import tables
-from . import checkpoint, config
+from . import checkpoint, config, tables
 from .config import AutoencoderSpec, ConfigError, DiffusionSpec, Spec
 
 __all__ = ["Role", "Inferred", "InferenceError", "infer_config", "describe_tensors", "VARIANT_LABELS"]
@@ -79,11 +78,22 @@ def _shipped() -> tuple[tuple[str, Spec], ...]:
 def _sd_vae(first: AutoencoderSpec, name: str) -> AutoencoderSpec:
     """A diffusion config's first stage as a ``_wocondition`` autoencoder config (with its YAML text)."""
     e = first.encoder
-    dd = {"double_z": True, "z_channels": e.z_channels, "resolution": 256, "in_channels": e.in_channels,
-          "out_ch": 3, "ch": e.ch, "ch_mult": list(e.ch_mult), "num_res_blocks": e.num_res_blocks,
-          "attn_resolutions": [], "dropout": 0.0}
-    model = {"target": "ldm.models.autoencoder.AutoencoderKL_wocondition",
-             "params": {"embed_dim": first.embed_dim, "ddconfig": dd}}
+    dd = {
+        "double_z": True,
+        "z_channels": e.z_channels,
+        "resolution": 256,
+        "in_channels": e.in_channels,
+        "out_ch": 3,
+        "ch": e.ch,
+        "ch_mult": list(e.ch_mult),
+        "num_res_blocks": e.num_res_blocks,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
+    model = {
+        "target": "ldm.models.autoencoder.AutoencoderKL_wocondition",
+        "params": {"embed_dim": first.embed_dim, "ddconfig": dd},
+    }
     spec = config.load_text(yaml.safe_dump({"model": model}, sort_keys=False), source=f"SD's VAE of {name}")
     assert isinstance(spec, AutoencoderSpec)
     return spec
@@ -131,8 +141,9 @@ def describe_tensors(tensors: Mapping[str, Any]) -> str:
     unet = tables.UNET_PREFIX
     conv_in = _shape(tensors, unet + "input_blocks.0.0.weight")
     if conv_in is not None:
-        context = next((_shape(tensors, n) for n in tensors if n.startswith(unet) and n.endswith("attn2.to_k.weight")),
-                       None)
+        context = next(
+            (_shape(tensors, n) for n in tensors if n.startswith(unet) and n.endswith("attn2.to_k.weight")), None
+        )
         blocks = {m.group(1) for n in tensors if (m := re.match(re.escape(unet) + r"input_blocks\.(\d+)\.", n))}
         found.append(
             f"a UNet with conv_in {conv_in} ({conv_in[1]} input channels, model_channels {conv_in[0]}), "
@@ -182,8 +193,9 @@ def _role_text(role: str) -> str:
     }[role]
 
 
-def infer_config(weights: WeightsLike, role: Role = "any", source: str | None = None,
-                 announce: bool = False) -> Inferred:
+def infer_config(
+    weights: WeightsLike, role: Role = "any", source: str | None = None, announce: bool = False
+) -> Inferred:
     """The shipped config that describes ``weights`` (a checkpoint path or a dict name -> array).
 
     ``role`` restricts the candidates (see :data:`Role`); ``source`` names the checkpoint in messages.
@@ -216,12 +228,10 @@ def infer_config(weights: WeightsLike, role: Role = "any", source: str | None = 
         )
     if len(fits) > 1:
         raise InferenceError(
-            f"{source}: its tensors fit several configs ({', '.join(n for n, _ in fits)}); "
-            "pass the config explicitly"
+            f"{source}: its tensors fit several configs ({', '.join(n for n, _ in fits)}); pass the config explicitly"
         )
     name, spec = fits[0]
     inferred = Inferred(spec, name, _summary(spec, tensors))
     if announce:
         print(inferred.message(source), file=sys.stderr)
     return inferred
-

@@ -1,11 +1,11 @@
 #include "engine.h"
 
 #include <omp.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 /* The binary wheel targets manylinux2014 (glibc >= 2.17). glibc 2.34 moved these functions from
  * libpthread into libc under a new default version; binding to their first versions, which

@@ -13,7 +13,7 @@ typedef struct span {
 
 struct avq_plan {
     int state;
-    int threads; /* the thread count it was built for (per-thread workspaces are sized by it) */
+    int threads;          /* the thread count it was built for (per-thread workspaces are sized by it) */
     dnnl_engine_t engine; /* borrowed global */
     dnnl_stream_t stream; /* owned */
 
@@ -198,8 +198,7 @@ void avq_plan_release(avq_plan *p, avq_tensor *t) {
     t->data = NULL;
 }
 
-avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout layout, int ndim,
-                           const int64_t *dims) {
+avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout layout, int ndim, const int64_t *dims) {
     *t = avq_tensor_make(dt, layout, ndim, dims);
     return avq_plan_alloc(p, t);
 }

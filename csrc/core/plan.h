@@ -21,7 +21,7 @@ typedef struct avq_step {
     int nargs;
     dnnl_exec_arg_t args[AVQ_STEP_MAX_ARGS];
     unsigned char owned[AVQ_STEP_MAX_ARGS]; /* memory objects this step destroys */
-    int64_t iaux[6];                         /* op-private integers */
+    int64_t iaux[6];                        /* op-private integers */
 } avq_step;
 
 typedef struct avq_plan avq_plan;
@@ -50,8 +50,7 @@ avq_status avq_plan_run(avq_plan *p, avq_forward_fn fn, void *ctx);
 avq_status avq_plan_alloc(avq_plan *p, avq_tensor *t);
 void avq_plan_release(avq_plan *p, avq_tensor *t);
 /* Convenience: make + alloc. */
-avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout layout, int ndim,
-                           const int64_t *dims);
+avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout layout, int ndim, const int64_t *dims);
 
 /* Steps for oneDNN ops. Build: appends a step of `kind`. Run: returns the
  * next step, checking it has that kind. */

@@ -14,9 +14,7 @@ int64_t avq_tensor_numel(const avq_tensor *t) {
     return n;
 }
 
-size_t avq_tensor_bytes(const avq_tensor *t) {
-    return (size_t)avq_tensor_numel(t) * avq_dtype_size(t->dtype);
-}
+size_t avq_tensor_bytes(const avq_tensor *t) { return (size_t)avq_tensor_numel(t) * avq_dtype_size(t->dtype); }
 
 avq_tensor avq_tensor_make(avq_dtype dt, avq_layout layout, int ndim, const int64_t *dims) {
     avq_tensor t;
@@ -46,8 +44,7 @@ const char *avq_tensor_str(const avq_tensor *t, char *buf, size_t n) {
     k += (size_t)snprintf(buf + k, n - k, "[");
     for (int i = 0; i < t->ndim && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)t->dims[i]);
-    if (k < n)
-        snprintf(buf + k, n - k, "] %s%s", avq_dtype_name(t->dtype), t->layout == AVQ_NHWC ? " nhwc" : "");
+    if (k < n) snprintf(buf + k, n - k, "] %s%s", avq_dtype_name(t->dtype), t->layout == AVQ_NHWC ? " nhwc" : "");
     return buf;
 }
 

@@ -63,7 +63,8 @@ avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfini
     const size_t bytes = (size_t)n * avq_dtype_size(dt);
     /* 64-byte aligned like oneDNN's own buffers; aligned_alloc wants a multiple. */
     void *buf = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
-    if (!buf) return avq_error(AVQ_ERR_MEMORY, "out of memory copying weight %s (%zu bytes)", w->name ? w->name : "?", bytes);
+    if (!buf)
+        return avq_error(AVQ_ERR_MEMORY, "out of memory copying weight %s (%zu bytes)", w->name ? w->name : "?", bytes);
     int64_t bad = 0;
     if (w->dtype == AVQ_F32) {
         const uint32_t *src = w->data;
@@ -88,8 +89,7 @@ avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfini
     return AVQ_OK;
 }
 
-static avq_status reorder(dnnl_engine_t eng, const_dnnl_memory_desc_t src_md, const void *src,
-                          dnnl_memory_t dst) {
+static avq_status reorder(dnnl_engine_t eng, const_dnnl_memory_desc_t src_md, const void *src, dnnl_memory_t dst) {
     dnnl_memory_t src_mem = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t prim = NULL;

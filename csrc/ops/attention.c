@@ -141,9 +141,10 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
     int64_t B, N, C, Bk, M, Ck, Bv, Mv, Cv, Bo, No, Co;
     char b1[96], b2[96], b3[96], b4[96];
     if (!tokens_view(q, &B, &N, &C) || !tokens_view(k, &Bk, &M, &Ck) || !tokens_view(v, &Bv, &Mv, &Cv) ||
-        !tokens_view(o, &Bo, &No, &Co) || Bk != B || Bv != B || Bo != B || Ck != C || Cv != C || Co != C ||
-        Mv != M || No != N)
-        return avq_error(AVQ_ERR_SHAPE, "attention shapes do not fit: q %s, k %s, v %s, out %s (want [B, N, C], [B, M, C])",
+        !tokens_view(o, &Bo, &No, &Co) || Bk != B || Bv != B || Bo != B || Ck != C || Cv != C || Co != C || Mv != M ||
+        No != N)
+        return avq_error(AVQ_ERR_SHAPE,
+                         "attention shapes do not fit: q %s, k %s, v %s, out %s (want [B, N, C], [B, M, C])",
                          avq_tensor_str(q, b1, sizeof b1), avq_tensor_str(k, b2, sizeof b2),
                          avq_tensor_str(v, b3, sizeof b3), avq_tensor_str(o, b4, sizeof b4));
     if (heads < 1 || C % heads)

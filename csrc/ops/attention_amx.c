@@ -26,9 +26,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+#define AMX_TARGET          __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
 #define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
+#define XFEATURE_XTILEDATA  18
 
 /* The ISA decision (core/engine.c) says whether the CPU has AMX-BF16 with the
  * OS saving tile state and whether oneDNN's cap allows AMX; what is left is
@@ -59,8 +59,8 @@ static int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 void avq_attention_amx_dims(int64_t M, int64_t d, avq_amx_dims *g) {
     g->Mpad = up(M, 32);
-    g->dk = up(d, 32);  /* head dim as the reduction of Q K^T */
-    g->dn = up(d, 16);  /* head dim as the columns of P V */
+    g->dk = up(d, 32); /* head dim as the reduction of Q K^T */
+    g->dn = up(d, 16); /* head dim as the columns of P V */
 }
 
 AMX_TARGET void avq_attention_amx_begin(void) {
@@ -183,13 +183,13 @@ AMX_TARGET float avq_attention_amx_softmax(const float *s, int64_t limit, int64_
     const __m512 p5 = _mm512_set1_ps(1.f / 120.f), p4 = _mm512_set1_ps(1.f / 24.f), p3 = _mm512_set1_ps(1.f / 6.f),
                  p2 = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.f);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-#define AVQ_EXP16(x_, out_)                                                                            \
-    do {                                                                                               \
+#define AVQ_EXP16(x_, out_)                                                                                      \
+    do {                                                                                                         \
         __m512 n_ = _mm512_roundscale_ps(_mm512_mul_ps(x_, l2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); \
-        __m512 r_ = _mm512_fnmadd_ps(n_, c2, _mm512_fnmadd_ps(n_, c1, x_));                            \
-        __m512 q_ = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(p5, r_, p4), r_, p3), r_, p2);     \
-        q_ = _mm512_fmadd_ps(_mm512_fmadd_ps(q_, r_, one), r_, one);                                   \
-        out_ = _mm512_scalef_ps(q_, n_);                                                               \
+        __m512 r_ = _mm512_fnmadd_ps(n_, c2, _mm512_fnmadd_ps(n_, c1, x_));                                      \
+        __m512 q_ = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(p5, r_, p4), r_, p3), r_, p2);               \
+        q_ = _mm512_fmadd_ps(_mm512_fmadd_ps(q_, r_, one), r_, one);                                             \
+        out_ = _mm512_scalef_ps(q_, n_);                                                                         \
     } while (0)
     j = 0;
     for (; j + 32 <= limit; j += 32) {

@@ -13,15 +13,16 @@ avq_conv_params avq_conv_simple(int stride, int pad) {
 avq_status avq_conv2d_out_size(const avq_tensor *x, const avq_weight *w, const avq_conv_params *prm, int64_t *oh,
                                int64_t *ow) {
     if (x->ndim != 4) return avq_error(AVQ_ERR_SHAPE, "conv2d input must be 4-D [N, C, H, W], got rank %d", x->ndim);
-    if (w->ndim != 4) return avq_error(AVQ_ERR_SHAPE, "conv2d weight %s must be 4-D [O, I, kh, kw]", w->name ? w->name : "");
+    if (w->ndim != 4)
+        return avq_error(AVQ_ERR_SHAPE, "conv2d weight %s must be 4-D [O, I, kh, kw]", w->name ? w->name : "");
     if (prm->stride_h < 1 || prm->stride_w < 1) return avq_error(AVQ_ERR_ARG, "conv2d stride must be >= 1");
     if (prm->pad_t < 0 || prm->pad_l < 0 || prm->pad_b < 0 || prm->pad_r < 0)
         return avq_error(AVQ_ERR_ARG, "conv2d padding must be >= 0");
     int64_t kh = w->dims[2], kw = w->dims[3];
     int64_t h = x->dims[2] + prm->pad_t + prm->pad_b - kh, wd = x->dims[3] + prm->pad_l + prm->pad_r - kw;
     if (h < 0 || wd < 0)
-        return avq_error(AVQ_ERR_SHAPE, "conv2d kernel %lldx%lld is larger than the padded input %lldx%lld", (long long)kh,
-                         (long long)kw, (long long)(x->dims[2] + prm->pad_t + prm->pad_b),
+        return avq_error(AVQ_ERR_SHAPE, "conv2d kernel %lldx%lld is larger than the padded input %lldx%lld",
+                         (long long)kh, (long long)kw, (long long)(x->dims[2] + prm->pad_t + prm->pad_b),
                          (long long)(x->dims[3] + prm->pad_l + prm->pad_r));
     *oh = h / prm->stride_h + 1;
     *ow = wd / prm->stride_w + 1;
@@ -38,16 +39,16 @@ static avq_status check(const avq_weight *w, const avq_weight *b, const avq_tens
                          (long long)w->dims[1], avq_tensor_str(x, bx, sizeof bx));
     if (y->ndim != 4 || y->dims[0] != x->dims[0] || y->dims[1] != w->dims[0] || y->dims[2] != oh || y->dims[3] != ow)
         return avq_error(AVQ_ERR_SHAPE, "conv2d output is %s, expected [%lld, %lld, %lld, %lld]",
-                         avq_tensor_str(y, by, sizeof by), (long long)x->dims[0], (long long)w->dims[0],
-                         (long long)oh, (long long)ow);
+                         avq_tensor_str(y, by, sizeof by), (long long)x->dims[0], (long long)w->dims[0], (long long)oh,
+                         (long long)ow);
     if (b && (b->ndim != 1 || b->dims[0] != w->dims[0]))
         return avq_error(AVQ_ERR_SHAPE, "conv2d bias %s must have shape [%lld]", b->name ? b->name : "",
                          (long long)w->dims[0]);
     if (prm->add) {
         const avq_tensor *a = prm->add;
         int full = avq_tensor_same_shape(a, y) && a->layout == y->layout;
-        int chan = a->ndim == 4 && a->dims[0] == y->dims[0] && a->dims[1] == y->dims[1] && a->dims[2] == 1 &&
-                   a->dims[3] == 1;
+        int chan =
+            a->ndim == 4 && a->dims[0] == y->dims[0] && a->dims[1] == y->dims[1] && a->dims[2] == 1 && a->dims[3] == 1;
         if (!full && !chan)
             return avq_error(AVQ_ERR_SHAPE, "conv2d residual %s must match the output %s or be [N, C, 1, 1]",
                              avq_tensor_str(a, bx, sizeof bx), avq_tensor_str(y, by, sizeof by));
@@ -73,7 +74,8 @@ static avq_status build(avq_plan *p, avq_step *s, avq_weight *w, avq_weight *b, 
     AVQ_TRY(avq_tensor_md(x, &src_md));
     if ((st = avq_tensor_md(y, &dst_md)) != AVQ_OK) goto done;
     dnnl_dims_t wd = {w->dims[0], w->dims[1], w->dims[2], w->dims[3]};
-    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&wany_md, 4, wd, avq_dnnl_dt(x->dtype), dnnl_format_tag_any), "weights md");
+    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&wany_md, 4, wd, avq_dnnl_dt(x->dtype), dnnl_format_tag_any),
+             "weights md");
     if (b) {
         dnnl_dims_t bd = {w->dims[0]};
         AVQ_DNNL(dnnl_memory_desc_create_with_tag(&bias_md, 1, bd, dnnl_f32, dnnl_a), "bias md");
@@ -95,7 +97,8 @@ static avq_status build(avq_plan *p, avq_step *s, avq_weight *w, avq_weight *b, 
 
     /* Weights: the checkpoint's OIHW buffer reordered into the chosen layout. */
     AVQ_DNNL(dnnl_memory_desc_create_with_tag(&wsrc_md, 4, wd, avq_dnnl_dt(w->dtype), dnnl_oihw), "weights source md");
-    if ((st = avq_weight_packed(w, wsrc_md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &wmem)) != AVQ_OK)
+    if ((st = avq_weight_packed(w, wsrc_md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &wmem)) !=
+        AVQ_OK)
         goto done;
     if (b && (st = avq_bias_mem(b, w->dims[0], &bmem, NULL)) != AVQ_OK) goto done;
 
@@ -140,7 +143,8 @@ avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
     avq_step *s;
     if (prm->algo < AVQ_CONV_AUTO || prm->algo > AVQ_CONV_WINOGRAD)
         return avq_error(AVQ_ERR_ARG, "unknown conv2d algorithm %d", (int)prm->algo);
-    const int wino = prm->algo == AVQ_CONV_WINOGRAD || (prm->algo == AVQ_CONV_AUTO && avq_conv2d_winograd_fits(w, x, prm));
+    const int wino =
+        prm->algo == AVQ_CONV_WINOGRAD || (prm->algo == AVQ_CONV_AUTO && avq_conv2d_winograd_fits(w, x, prm));
     if (avq_plan_building(p)) {
         AVQ_TRY(check(w, b, x, y, prm));
         if (x->dtype != y->dtype) return avq_error(AVQ_ERR_DTYPE, "conv2d input and output dtypes differ");
@@ -169,6 +173,7 @@ avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
         }
         return AVQ_OK;
     }
-    avq_arg_data d[] = {{DNNL_ARG_SRC, x->data}, {DNNL_ARG_DST, y->data}, {add_arg(prm), prm->add ? prm->add->data : NULL}};
+    avq_arg_data d[] = {
+        {DNNL_ARG_SRC, x->data}, {DNNL_ARG_DST, y->data}, {add_arg(prm), prm->add ? prm->add->data : NULL}};
     return avq_step_exec(p, s, d, prm->add ? 3 : 2);
 }

@@ -194,7 +194,8 @@ void avq_act_row(float *v, int64_t m, avq_act act) { avq_simd()->act_row(v, m, a
 
 avq_status avq_activation(avq_plan *p, const avq_tensor *x, avq_tensor *y, avq_act act) {
     AVQ_TRY(same(x, y, "activation"));
-    if (act < AVQ_ACT_NONE || act > AVQ_ACT_QUICK_GELU) return avq_error(AVQ_ERR_ARG, "unknown activation %d", (int)act);
+    if (act < AVQ_ACT_NONE || act > AVQ_ACT_QUICK_GELU)
+        return avq_error(AVQ_ERR_ARG, "unknown activation %d", (int)act);
     if (avq_plan_building(p)) return AVQ_OK;
     int64_t n = avq_tensor_numel(x);
 #pragma omp parallel for schedule(static)
@@ -287,8 +288,12 @@ static avq_status binary(avq_plan *p, const avq_tensor *a, const avq_tensor *b, 
     return AVQ_OK;
 }
 
-avq_status avq_add(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *y) { return binary(p, a, b, y, 0); }
-avq_status avq_mul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *y) { return binary(p, a, b, y, 1); }
+avq_status avq_add(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *y) {
+    return binary(p, a, b, y, 0);
+}
+avq_status avq_mul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *y) {
+    return binary(p, a, b, y, 1);
+}
 
 avq_status avq_blend(avq_plan *p, const avq_tensor *h, const avq_tensor *f, const avq_tensor *m, avq_tensor *y) {
     int kind;
@@ -323,13 +328,14 @@ avq_status avq_concat_channels(avq_plan *p, const avq_tensor *a, const avq_tenso
     AVQ_TRY(need_rows(a, "concat input a", &ra, &ca));
     AVQ_TRY(need_rows(b, "concat input b", &rb, &cb));
     AVQ_TRY(need_rows(y, "concat output", &ry, &cy));
-    int ok = a->ndim == b->ndim && a->ndim == y->ndim && ra == rb && ra == ry && cy == ca + cb && a->dtype == y->dtype &&
-             b->dtype == y->dtype;
+    int ok = a->ndim == b->ndim && a->ndim == y->ndim && ra == rb && ra == ry && cy == ca + cb &&
+             a->dtype == y->dtype && b->dtype == y->dtype;
     for (int i = 0; ok && i < a->ndim; i++)
         if (i != (a->ndim == 4 ? 1 : a->ndim - 1)) ok = a->dims[i] == b->dims[i] && a->dims[i] == y->dims[i];
     if (!ok)
-        return avq_error(AVQ_ERR_SHAPE, "concat: %s and %s do not concatenate into %s", avq_tensor_str(a, ba, sizeof ba),
-                         avq_tensor_str(b, bb, sizeof bb), avq_tensor_str(y, by, sizeof by));
+        return avq_error(AVQ_ERR_SHAPE, "concat: %s and %s do not concatenate into %s",
+                         avq_tensor_str(a, ba, sizeof ba), avq_tensor_str(b, bb, sizeof bb),
+                         avq_tensor_str(y, by, sizeof by));
     if (avq_plan_building(p)) return AVQ_OK;
     size_t es = avq_dtype_size(y->dtype);
 #pragma omp parallel for schedule(static)
@@ -420,8 +426,8 @@ avq_status avq_embedding(avq_plan *p, const int32_t *ids, const avq_weight *tabl
     int64_t B = y->dims[0], L = y->dims[1], D = y->dims[2], V = table->dims[0];
     for (int64_t i = 0; i < B * L; i++)
         if (ids[i] < 0 || ids[i] >= V)
-            return avq_error(AVQ_ERR_ARG, "token id %d at position %lld is outside the vocabulary [0, %lld)", (int)ids[i],
-                             (long long)i, (long long)V);
+            return avq_error(AVQ_ERR_ARG, "token id %d at position %lld is outside the vocabulary [0, %lld)",
+                             (int)ids[i], (long long)i, (long long)V);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < B * L; i++) {
         for (int64_t k = 0; k < D; k++) {

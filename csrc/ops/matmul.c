@@ -18,9 +18,9 @@ const char *avq_act_name(avq_act act) {
 
 avq_status avq_dnnl_error(dnnl_status_t s, const char *what) {
     if (s == dnnl_unimplemented)
-        return avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed: not implemented for these data types at ISA %s (status %d)%s",
-                         what, avq_isa_dnnl_name(), (int)s,
-                         avq_isa_get()->level < AVQ_ISA_AVX512 ? "; bf16 needs AVX-512: use fp32" : "");
+        return avq_error(
+            AVQ_ERR_DNNL, "oneDNN: %s failed: not implemented for these data types at ISA %s (status %d)%s", what,
+            avq_isa_dnnl_name(), (int)s, avq_isa_get()->level < AVQ_ISA_AVX512 ? "; bf16 needs AVX-512: use fp32" : "");
     return avq_error(AVQ_ERR_DNNL, "oneDNN: %s failed (status %d)", what, (int)s);
 }
 
@@ -40,7 +40,8 @@ avq_status avq_post_act(dnnl_post_ops_t po, avq_act act) {
 
 avq_status avq_primitive_attr(dnnl_primitive_attr_t *attr) {
     *attr = NULL;
-    if (dnnl_primitive_attr_create(attr) != dnnl_success) return avq_error(AVQ_ERR_DNNL, "cannot create primitive attributes");
+    if (dnnl_primitive_attr_create(attr) != dnnl_success)
+        return avq_error(AVQ_ERR_DNNL, "cannot create primitive attributes");
     if (dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user) != dnnl_success) {
         dnnl_primitive_attr_destroy(*attr);
         *attr = NULL;
@@ -140,7 +141,8 @@ static avq_status linear_build(avq_plan *p, avq_step *s, avq_weight *w, avq_weig
     /* The checkpoint stores [N, K]; the matmul reads its transpose [K, N]. */
     int64_t wdims[2] = {K, N}, wstr[2] = {1, K};
     if ((st = avq_weight_src_md(w, 2, wdims, wstr, &wsrc_md)) != AVQ_OK) goto done;
-    if ((st = avq_weight_packed(w, wsrc_md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &wmem)) != AVQ_OK)
+    if ((st = avq_weight_packed(w, wsrc_md, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &wmem)) !=
+        AVQ_OK)
         goto done;
     if (b && (st = bias_mem_nd(b, N, 2, &bmem)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_SRC, src_md)) != AVQ_OK) goto done;
@@ -167,7 +169,8 @@ avq_status avq_linear(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
     if (avq_plan_building(p)) {
         int64_t rx, kx, ry, ny;
         char bx[96], by[96];
-        if (w->ndim != 2) return avq_error(AVQ_ERR_SHAPE, "linear weight %s must be 2-D [out, in]", w->name ? w->name : "");
+        if (w->ndim != 2)
+            return avq_error(AVQ_ERR_SHAPE, "linear weight %s must be 2-D [out, in]", w->name ? w->name : "");
         AVQ_TRY(avq_check_act_tensor(x, "linear input"));
         AVQ_TRY(avq_check_act_tensor(y, "linear output"));
         if (!avq_tensor_rows_cols(x, &rx, &kx) || !avq_tensor_rows_cols(y, &ry, &ny) || kx != w->dims[1] ||
@@ -207,9 +210,9 @@ avq_status avq_matmul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq
     int64_t B = a->dims[0], M = a->dims[1], K = a->dims[2];
     int64_t N = trans_b ? b->dims[1] : b->dims[2], Kb = trans_b ? b->dims[2] : b->dims[1];
     if (b->dims[0] != B || Kb != K || c->dims[0] != B || c->dims[1] != M || c->dims[2] != N)
-        return avq_error(AVQ_ERR_SHAPE, "matmul shapes do not fit: a %s, b %s%s, c %s", avq_tensor_str(a, ba, sizeof ba),
-                         avq_tensor_str(b, bb, sizeof bb), trans_b ? " (transposed)" : "",
-                         avq_tensor_str(c, bc, sizeof bc));
+        return avq_error(AVQ_ERR_SHAPE, "matmul shapes do not fit: a %s, b %s%s, c %s",
+                         avq_tensor_str(a, ba, sizeof ba), avq_tensor_str(b, bb, sizeof bb),
+                         trans_b ? " (transposed)" : "", avq_tensor_str(c, bc, sizeof bc));
     if (a->dtype != b->dtype || a->dtype != c->dtype) return avq_error(AVQ_ERR_DTYPE, "matmul dtypes differ");
     AVQ_TRY(avq_check_act_tensor(a, "matmul a"));
     AVQ_TRY(avq_check_act_tensor(b, "matmul b"));
@@ -232,7 +235,8 @@ avq_status avq_matmul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq
         AVQ_DNNL(dnnl_post_ops_append_eltwise(po, dnnl_eltwise_linear, alpha, 0.f), "scale post-op");
         AVQ_DNNL(dnnl_primitive_attr_set_post_ops(attr, po), "set post-ops");
     }
-    AVQ_DNNL(dnnl_matmul_primitive_desc_create(&pd, avq_plan_engine(p), amd, bmd, NULL, cmd, attr), "matmul descriptor");
+    AVQ_DNNL(dnnl_matmul_primitive_desc_create(&pd, avq_plan_engine(p), amd, bmd, NULL, cmd, attr),
+             "matmul descriptor");
     if ((st = avq_step_arg(s, DNNL_ARG_SRC, amd)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_WEIGHTS, bmd)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_DST, cmd)) != AVQ_OK) goto done;

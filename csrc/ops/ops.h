@@ -14,13 +14,21 @@
 typedef enum avq_act {
     AVQ_ACT_NONE = 0,
     AVQ_ACT_RELU,
-    AVQ_ACT_SILU,       /* x * sigmoid(x) */
-    AVQ_ACT_GELU,       /* exact erf form */
-    AVQ_ACT_QUICK_GELU  /* x * sigmoid(1.702 x) */
+    AVQ_ACT_SILU,      /* x * sigmoid(x) */
+    AVQ_ACT_GELU,      /* exact erf form */
+    AVQ_ACT_QUICK_GELU /* x * sigmoid(1.702 x) */
 } avq_act;
 
 /* Step kinds (a run replays the build's sequence). */
-enum { AVQ_STEP_CONV = 1, AVQ_STEP_MATMUL, AVQ_STEP_REORDER, AVQ_STEP_SOFTMAX, AVQ_STEP_ATTN_QK, AVQ_STEP_ATTN_PV, AVQ_STEP_WINOGRAD };
+enum {
+    AVQ_STEP_CONV = 1,
+    AVQ_STEP_MATMUL,
+    AVQ_STEP_REORDER,
+    AVQ_STEP_SOFTMAX,
+    AVQ_STEP_ATTN_QK,
+    AVQ_STEP_ATTN_PV,
+    AVQ_STEP_WINOGRAD
+};
 
 /* How a conv is computed. AUTO takes Winograd F(2x2, 3x3) for the large 3x3
  * stride-1 f32 convs, where it needs 2.25x fewer multiplies than direct

@@ -4,13 +4,13 @@
 
 #include "ops.h"
 
-#define AVQ_DNNL(call, what)                                                  \
-    do {                                                                      \
-        dnnl_status_t avq_dnnl_s_ = (call);                                   \
-        if (avq_dnnl_s_ != dnnl_success) {                                    \
-            st = avq_dnnl_error(avq_dnnl_s_, what);                           \
-            goto done;                                                        \
-        }                                                                     \
+#define AVQ_DNNL(call, what)                        \
+    do {                                            \
+        dnnl_status_t avq_dnnl_s_ = (call);         \
+        if (avq_dnnl_s_ != dnnl_success) {          \
+            st = avq_dnnl_error(avq_dnnl_s_, what); \
+            goto done;                              \
+        }                                           \
     } while (0)
 
 /* The message of a failed oneDNN call; "unimplemented" also names the ISA
@@ -47,10 +47,8 @@ int avq_attention_amx_supported(void); /* AMX-BF16 present and granted by the ke
 void avq_attention_amx_dims(int64_t M, int64_t d, avq_amx_dims *g);
 void avq_attention_amx_begin(void); /* per thread: configure the tiles */
 void avq_attention_amx_end(void);
-void avq_attention_amx_pack_k(const uint16_t *k, int64_t ld, int64_t M, int64_t d, const avq_amx_dims *g,
-                              uint16_t *kp);
-void avq_attention_amx_pack_v(const uint16_t *v, int64_t ld, int64_t M, int64_t d, const avq_amx_dims *g,
-                              uint16_t *vp);
+void avq_attention_amx_pack_k(const uint16_t *k, int64_t ld, int64_t M, int64_t d, const avq_amx_dims *g, uint16_t *kp);
+void avq_attention_amx_pack_v(const uint16_t *v, int64_t ld, int64_t M, int64_t d, const avq_amx_dims *g, uint16_t *vp);
 void avq_attention_amx_qk32(const uint16_t *q, const uint16_t *kp, const avq_amx_dims *g, float *S);
 void avq_attention_amx_pv32(const uint16_t *P, const uint16_t *vp, const avq_amx_dims *g, float *O);
 float avq_attention_amx_softmax(const float *s, int64_t limit, int64_t Mpad, float scale, uint16_t *p);

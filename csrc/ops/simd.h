@@ -12,8 +12,8 @@ typedef struct avq_simd_kernels {
     const char *name; /* "avx512", "avx2", "baseline" */
     /* group norm, rows [r0, r0 + n) of an NHWC activation C wide: acc[c] += x[r, c]
      * (sq = 0) or acc[c] += (x[r, c] - mean[c])^2 (sq = 1). */
-    void (*gn_accumulate)(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C, const float *mean,
-                          float *acc, int sq);
+    void (*gn_accumulate)(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C, const float *mean, float *acc,
+                          int sq);
     /* v = (v - mu) * a + b, then SiLU if asked. */
     void (*gn_apply)(float *v, const float *mu, const float *a, const float *b, int64_t m, int silu_after);
     /* An activation over a row, in place. */

@@ -4,7 +4,7 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("avx2,fma")
 #define AVQ_SIMD_TABLE avq_simd_avx2
-#define AVQ_SIMD_NAME "avx2"
+#define AVQ_SIMD_NAME  "avx2"
 #define AVQ_SIMD_WIDTH 8
 #include "simd_body.h"
 #else

@@ -4,7 +4,7 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")
 #define AVQ_SIMD_TABLE avq_simd_avx512
-#define AVQ_SIMD_NAME "avx512"
+#define AVQ_SIMD_NAME  "avx512"
 #define AVQ_SIMD_WIDTH 16
 #include "simd_body.h"
 #else

@@ -7,7 +7,7 @@
 #include "core/engine.h"
 
 #define AVQ_SIMD_TABLE avq_simd_baseline
-#define AVQ_SIMD_NAME "baseline"
+#define AVQ_SIMD_NAME  "baseline"
 #define AVQ_SIMD_WIDTH 4
 #include "simd_body.h"
 

@@ -55,8 +55,8 @@ static inline vf_t vexp(vf_t x) {
 
 static inline vf_t vsilu(vf_t x) { return x / (1.f + vexp(-x)); }
 
-static void gn_accumulate(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C, const float *mean,
-                          float *acc, int sq) {
+static void gn_accumulate(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C, const float *mean, float *acc,
+                          int sq) {
     float buf[SIMD_ROW_CHUNK];
     for (int64_t r = r0; r < r0 + n; r++) {
         for (int64_t k = 0; k < C; k += SIMD_ROW_CHUNK) {

@@ -30,7 +30,7 @@
 
 /* Auto-selection: the GEMMs must be big enough to beat oneDNN's direct conv. */
 #define WINO_MIN_CHANNELS 64
-#define WINO_MIN_TILES 128
+#define WINO_MIN_TILES    128
 
 typedef struct wino_shape {
     int64_t n, h, w, ci, co; /* input [n, ci, h, w]; output [n, co, h, w] */
@@ -157,7 +157,9 @@ static void output_chunk(const wino_shape *s, const float *M, int64_t t0, const 
             if (!valid[k]) continue;
             avq_act_row(out[k], s->co, o->act);
             if (!o->add) continue;
-            const float *ak = o->add + (o->add_per_channel ? n * s->co : ((n * s->h + 2 * ty + k / 2) * s->w + 2 * tx + k % 2) * s->co);
+            const float *ak =
+                o->add +
+                (o->add_per_channel ? n * s->co : ((n * s->h + 2 * ty + k / 2) * s->w + 2 * tx + k % 2) * s->co);
             for (int64_t c = 0; c < s->co; c++) out[k][c] += ak[c];
         }
     }
@@ -198,8 +200,10 @@ done:
 avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
                                const avq_conv_params *prm) {
     if (!fits_shape(w, x, prm))
-        return avq_error(AVQ_ERR_ARG, "Winograd convolution needs a 3x3 kernel, stride 1, padding 1 and f32 "
-                                      "channels-last tensors (conv %s)", w->name ? w->name : "");
+        return avq_error(AVQ_ERR_ARG,
+                         "Winograd convolution needs a 3x3 kernel, stride 1, padding 1 and f32 "
+                         "channels-last tensors (conv %s)",
+                         w->name ? w->name : "");
     const wino_shape ws = shape_of(w, x);
     const int building = avq_plan_building(p);
     avq_step *s;

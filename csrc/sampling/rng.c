@@ -3,10 +3,10 @@
 
 #include <math.h>
 
-#define MT_M 397
+#define MT_M        397
 #define MT_MATRIX_A 0x9908b0dfu
-#define MT_UPPER 0x80000000u
-#define MT_LOWER 0x7fffffffu
+#define MT_UPPER    0x80000000u
+#define MT_LOWER    0x7fffffffu
 
 void avq_rng_seed(avq_rng *r, uint32_t seed) {
     r->mt[0] = seed;
@@ -266,7 +266,7 @@ static void torch_cuda_randn(avq_generator *g, float *out, int64_t n) {
     const uint64_t threads_per_block = 256, unroll = 4;
     uint64_t blocks = ((uint64_t)n + threads_per_block - 1) / threads_per_block;
     if (g->cuda_max_blocks && blocks > g->cuda_max_blocks) blocks = g->cuda_max_blocks;
-    const uint64_t T = threads_per_block * blocks;  /* threads in the launch */
+    const uint64_t T = threads_per_block * blocks; /* threads in the launch */
     const uint64_t rounds = ((uint64_t)n - 1) / (T * unroll) + 1;
     const uint32_t k0 = (uint32_t)g->seed, k1 = (uint32_t)(g->seed >> 32);
     for (uint64_t j = 0; j < rounds; j++) {

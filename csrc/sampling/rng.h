@@ -94,9 +94,9 @@ typedef enum avq_rng_kind { AVQ_RNG_NUMPY = 0, AVQ_RNG_TORCH_CPU = 1, AVQ_RNG_TO
 
 typedef struct avq_generator {
     avq_rng_kind kind;
-    uint64_t seed;      /* as given */
-    avq_rng mt;         /* NUMPY (with its cached polar value) and TORCH_CPU */
-    int has_normal;     /* TORCH_CPU: a cached double normal of the scalar path */
+    uint64_t seed;  /* as given */
+    avq_rng mt;     /* NUMPY (with its cached polar value) and TORCH_CPU */
+    int has_normal; /* TORCH_CPU: a cached double normal of the scalar path */
     double next_normal;
     uint64_t offset;          /* TORCH_CUDA: the Philox offset (a multiple of 4) */
     uint32_t cuda_max_blocks; /* TORCH_CUDA: the GPU's grid cap; 0 = none */

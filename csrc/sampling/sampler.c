@@ -10,13 +10,13 @@
 struct avq_sampler {
     avq_sampler_kind kind;
     double eta;
-    int n;         /* timesteps visited */
-    int T;         /* schedule length */
-    int *tau;      /* owned, [n] ascending */
-    float *a;      /* owned, [n] abar[tau_k] */
-    float *aprev;  /* owned, [n] */
-    float *sigma;  /* owned, [n] */
-    float *abar;   /* owned, [T] */
+    int n;        /* timesteps visited */
+    int T;        /* schedule length */
+    int *tau;     /* owned, [n] ascending */
+    float *a;     /* owned, [n] abar[tau_k] */
+    float *aprev; /* owned, [n] */
+    float *sigma; /* owned, [n] */
+    float *abar;  /* owned, [T] */
     /* sigma kinds only */
     int karras;
     avq_spacing spacing;
@@ -254,20 +254,21 @@ avq_status avq_sampler_check(const avq_sampler *s, const avq_denoiser *m, const 
         const avq_tensor *z = in->noise;
         AVQ_TRY(check_tensor(z, 5, "noise", "[steps, B, C, h, w]"));
         if (z->dims[0] != s->n || z->dims[1] != B || z->dims[2] != C || z->dims[3] != h || z->dims[4] != w)
-            return avq_error(AVQ_ERR_SHAPE, "noise must be [%d, %lld, %lld, %lld, %lld] (one x_T-shaped draw per step), got %s",
-                             s->n, (long long)B, (long long)C, (long long)h, (long long)w,
-                             avq_tensor_str(z, buf, sizeof buf));
+            return avq_error(
+                AVQ_ERR_SHAPE, "noise must be [%d, %lld, %lld, %lld, %lld] (one x_T-shaped draw per step), got %s",
+                s->n, (long long)B, (long long)C, (long long)h, (long long)w, avq_tensor_str(z, buf, sizeof buf));
     }
     if (in->generator && !avq_rng_kind_supported(in->generator->kind))
         return avq_error(AVQ_ERR_ARG, "the generator's kind %d cannot draw noise", (int)in->generator->kind);
     if (s->kind == AVQ_SAMPLER_DDIM && s->eta > 0.0 && !in->noise && !in->use_seed && !in->generator)
-        return avq_error(AVQ_ERR_ARG,
-                         "DDIM with eta=%g adds fresh noise every step: pass noise [%d, B, C, h, w], a generator or a seed",
-                         s->eta, s->n);
+        return avq_error(
+            AVQ_ERR_ARG,
+            "DDIM with eta=%g adds fresh noise every step: pass noise [%d, B, C, h, w], a generator or a seed", s->eta,
+            s->n);
     if (s->kind == AVQ_SAMPLER_EULER_A && !in->noise && !in->use_seed && !in->generator)
-        return avq_error(AVQ_ERR_ARG,
-                         "Euler ancestral adds fresh noise every step: pass noise [%d, B, C, h, w], a generator or a seed",
-                         s->n);
+        return avq_error(
+            AVQ_ERR_ARG,
+            "Euler ancestral adds fresh noise every step: pass noise [%d, B, C, h, w], a generator or a seed", s->n);
     if (!is_f32_plain(x_out, 4) || !avq_tensor_same_shape(x_out, x))
         return avq_error(AVQ_ERR_SHAPE, "the output must be %s f32 like x_T", avq_tensor_str(x, buf, sizeof buf));
     return AVQ_OK;
@@ -280,16 +281,16 @@ typedef struct work {
     int64_t B, N, C, Cin, hw, L, D; /* N: model batch (2B with guidance) */
     int guided;
     float scale;
-    avq_tensor x_in;  /* [N, Cin, h, w]: per sample x (C) then c_concat (Cin - C) */
-    avq_tensor t_in;  /* [N] */
-    avq_tensor ctx;   /* [N, L, D]: [uncond; cond] */
-    avq_tensor raw;   /* [N, C, h, w]: model output */
-    float *e;         /* [B*C*hw] guided eps */
-    float *x1, *e2;   /* PLMS bootstrap */
-    float *hist[3];   /* PLMS history, newest first */
-    float *xi;        /* generated noise for one step */
-    float *m[2];      /* DPM++: the data predictions of this and the previous step */
-    float *block;     /* owned: all of the above */
+    avq_tensor x_in; /* [N, Cin, h, w]: per sample x (C) then c_concat (Cin - C) */
+    avq_tensor t_in; /* [N] */
+    avq_tensor ctx;  /* [N, L, D]: [uncond; cond] */
+    avq_tensor raw;  /* [N, C, h, w]: model output */
+    float *e;        /* [B*C*hw] guided eps */
+    float *x1, *e2;  /* PLMS bootstrap */
+    float *hist[3];  /* PLMS history, newest first */
+    float *xi;       /* generated noise for one step */
+    float *m[2];     /* DPM++: the data predictions of this and the previous step */
+    float *block;    /* owned: all of the above */
 } work;
 
 static avq_status work_init(work *wk, const avq_sampler *s, const avq_sample_inputs *in) {
@@ -309,9 +310,8 @@ static avq_status work_init(work *wk, const avq_sampler *s, const avq_sample_inp
     const int dpm = s->kind == AVQ_SAMPLER_DPMPP_2M;
     const int gen_noise = avq_sampler_needs_noise(s) && !in->noise;
     const int64_t sizes[] = {
-        wk->N * wk->Cin * wk->hw, wk->N, wk->N * wk->L * wk->D, wk->N * wk->C * wk->hw,
-        lat,                      plms ? lat : 0, plms ? lat : 0, plms ? 3 * lat : 0,
-        gen_noise ? lat : 0,      dpm ? 2 * lat : 0,
+        wk->N * wk->Cin * wk->hw, wk->N,          wk->N * wk->L * wk->D, wk->N * wk->C * wk->hw, lat,
+        plms ? lat : 0,           plms ? lat : 0, plms ? 3 * lat : 0,    gen_noise ? lat : 0,    dpm ? 2 * lat : 0,
     };
     int64_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
@@ -342,7 +342,8 @@ static avq_status work_init(work *wk, const avq_sampler *s, const avq_sample_inp
     for (int64_t n = 0; n < wk->N; n++) {
         const avq_tensor *src = (wk->guided && n < wk->B) ? in->uncond : in->cond;
         const int64_t b = src->dims[0] == 1 ? 0 : n % wk->B;
-        memcpy((float *)wk->ctx.data + n * per_ctx, (const float *)src->data + b * per_ctx, sizeof(float) * (size_t)per_ctx);
+        memcpy((float *)wk->ctx.data + n * per_ctx, (const float *)src->data + b * per_ctx,
+               sizeof(float) * (size_t)per_ctx);
     }
     if (in->c_concat) {
         const int64_t cc = (wk->Cin - wk->C) * wk->hw;
@@ -419,12 +420,13 @@ static void plms_combine(const float *e, float *const *h, int nh, float *out, in
             out[i] = (55.0f * e[i] - 59.0f * h[0][i] + 37.0f * h[1][i] - 9.0f * h[2][i]) / 24.0f;
 }
 
-static avq_status run_loop(const avq_sampler *s, const avq_denoiser *m, const avq_sample_inputs *in, work *wk, float *x) {
+static avq_status run_loop(const avq_sampler *s, const avq_denoiser *m, const avq_sample_inputs *in, work *wk,
+                           float *x) {
     const int64_t lat = wk->B * wk->C * wk->hw;
     const int n = s->n;
     const int plms = s->kind == AVQ_SAMPLER_PLMS;
     const int noisy = s->kind == AVQ_SAMPLER_DDIM && s->eta > 0.0;
-    int nh = 0; /* PLMS history length */
+    int nh = 0;        /* PLMS history length */
     avq_generator own; /* the seeded NumPy stream when no generator is given */
     avq_generator *gen = in->generator;
     if (wk->xi && !gen) {

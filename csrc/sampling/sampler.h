@@ -110,7 +110,7 @@ typedef struct avq_sample_inputs {
     const avq_tensor *noise;    /* [n, B, C, h, w] or NULL (n = avq_sampler_num_steps) */
     int use_seed;               /* DDIM with eta > 0 or Euler a, noise NULL: generate xi from seed */
     uint32_t seed;
-    avq_generator *generator;   /* as use_seed: draw xi from it (borrowed, advanced;
+    avq_generator *generator;    /* as use_seed: draw xi from it (borrowed, advanced;
                                    takes precedence over use_seed; nothing else may use it meanwhile) */
     avq_sampler_step_fn on_step; /* optional */
     void *on_step_data;

@@ -38,8 +38,8 @@ avq_status avq_ddim_count(int steps, int timesteps, int *count);
 
 /* tau[0..count) ascending (tau[0] = 1), a[k], aprev[k], sigma[k] for eta.
  * `abar` is the float32 table of avq_schedule_alphas_cumprod. */
-avq_status avq_ddim_params(int steps, int timesteps, const float *abar, double eta, int *tau, float *a,
-                           float *aprev, float *sigma);
+avq_status avq_ddim_params(int steps, int timesteps, const float *abar, double eta, int *tau, float *a, float *aprev,
+                           float *sigma);
 
 /* ---- diffusers' schedulers (DPM++ 2M, Euler, Euler a; see sampler.h) ---- */
 

@@ -163,7 +163,8 @@ static void test_engine_info_and_threads(void) {
     CHECK(!isa->bf16_native || isa->level == AVQ_ISA_AVX512, "native bf16 implies AVX-512");
     CHECK(!isa->amx_bf16 || isa->bf16_native, "AMX implies native bf16");
     CHECK((avq_check_bf16() == AVQ_OK) == (isa->level == AVQ_ISA_AVX512), "bf16 allowed exactly at AVX-512");
-    if (isa->level != AVQ_ISA_AVX512) CHECK(strstr(avq_last_error(), "fp32") != NULL, "says fp32: %s", avq_last_error());
+    if (isa->level != AVQ_ISA_AVX512)
+        CHECK(strstr(avq_last_error(), "fp32") != NULL, "says fp32: %s", avq_last_error());
     int n = avq_get_num_threads();
     CHECK(n >= 1, "threads %d", n);
     CHECK(avq_set_num_threads(0) == AVQ_ERR_ARG, "0 threads refused");
@@ -390,13 +391,20 @@ static void check_conv_case(const char *name, const conv_case *cc, avq_dtype dt,
 
 static void test_conv2d_matches_naive_loops(void) {
     conv_case cases[] = {
-        {2, 5, 4, 7, 6, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0},   /* 3x3 pad 1, odd channels */
-        {2, 5, 4, 8, 6, 3, {2, 2, 0, 0, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0},   /* VAE downsample (0, 0, 1, 1) */
+        {2, 5, 4, 7, 6, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0}, /* 3x3 pad 1, odd channels */
+        {2, 5, 4, 8, 6, 3, {2, 2, 0, 0, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0}, /* VAE downsample (0, 0, 1, 1) */
         {3, 6, 10, 9, 11, 4, {2, 2, 1, 1, 1, 1, AVQ_ACT_RELU, NULL, AVQ_CONV_AUTO}, 0}, /* cond encoder 4x4 s2 p1 */
         {2, 16, 16, 5, 5, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_SILU, NULL, AVQ_CONV_AUTO}, 1}, /* SiLU then residual */
-        {2, 16, 32, 6, 4, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 2}, /* time-embedding add [N, C, 1, 1] */
-        {3, 8, 8, 4, 4, 1, {1, 1, 0, 0, 0, 0, AVQ_ACT_SILU, NULL, AVQ_CONV_AUTO}, 2},   /* 1x1, batch 3, per-sample add */
-        {1, 3, 2, 1, 1, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0},   /* 1x1 spatial input */
+        {2,
+         16,
+         32,
+         6,
+         4,
+         3,
+         {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO},
+         2}, /* time-embedding add [N, C, 1, 1] */
+        {3, 8, 8, 4, 4, 1, {1, 1, 0, 0, 0, 0, AVQ_ACT_SILU, NULL, AVQ_CONV_AUTO}, 2}, /* 1x1, batch 3, per-sample add */
+        {1, 3, 2, 1, 1, 3, {1, 1, 1, 1, 1, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO}, 0}, /* 1x1 spatial input */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char name[32];
@@ -890,10 +898,18 @@ static void test_step_buffers_are_bound_by_argument_id_and_a_missing_one_is_an_e
 /* ---- recorded tensor lists ------------------------------------------------------------ */
 
 static void test_a_unet_built_against_the_recorder_lists_its_tensors_in_lookup_order_without_data(void) {
-    const avq_unet_config c = {.in_channels = 9, .out_channels = 4, .model_channels = 32, .num_levels = 2,
-                               .channel_mult = {1, 2}, .num_res_blocks = 1, .num_attention_resolutions = 1,
-                               .attention_resolutions = {2}, .num_heads = 2, .num_head_channels = -1,
-                               .transformer_depth = 1, .context_dim = 16};
+    const avq_unet_config c = {.in_channels = 9,
+                               .out_channels = 4,
+                               .model_channels = 32,
+                               .num_levels = 2,
+                               .channel_mult = {1, 2},
+                               .num_res_blocks = 1,
+                               .num_attention_resolutions = 1,
+                               .attention_resolutions = {2},
+                               .num_heads = 2,
+                               .num_head_channels = -1,
+                               .transformer_depth = 1,
+                               .context_dim = 16};
     avq_weight_recorder r;
     avq_weight_recorder_init(&r);
     avq_unet *u = NULL;

@@ -12,14 +12,14 @@
 
 static int failures = 0;
 
-#define CHECK(cond, ...)                                      \
-    do {                                                      \
-        if (!(cond)) {                                        \
-            failures++;                                       \
+#define CHECK(cond, ...)                                         \
+    do {                                                         \
+        if (!(cond)) {                                           \
+            failures++;                                          \
             fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                     \
-            fprintf(stderr, "\n");                            \
-        }                                                     \
+            fprintf(stderr, __VA_ARGS__);                        \
+            fprintf(stderr, "\n");                               \
+        }                                                        \
     } while (0)
 
 /* MT19937 reference: init_genrand(5489) gives 3499211612 first and
@@ -58,8 +58,7 @@ static void test_float32_is_rounded_double(void) {
     avq_rng_seed(&r, 0u);
     float f[3];
     avq_rng_randn_f32(&r, f, 3);
-    CHECK(f[0] == (float)1.764052345967664 && f[1] == (float)0.4001572083672233 &&
-              f[2] == (float)0.9787379841057392,
+    CHECK(f[0] == (float)1.764052345967664 && f[1] == (float)0.4001572083672233 && f[2] == (float)0.9787379841057392,
           "float32 start code: %.9g %.9g %.9g", f[0], f[1], f[2]);
     CHECK(f[0] == 1.7640524f, "first float32 value %.9g != 1.7640524", f[0]);
 }

@@ -44,7 +44,10 @@ static void test_ddim_table_of_spec_6_1(void) {
     avq_sampler *s;
     avq_schedule_config cfg = AVQ_SCHEDULE_SD1;
     CHECK(avq_sampler_create(AVQ_SAMPLER_DDIM, 50, 1.0, &cfg, &s) == AVQ_OK, "%s", avq_last_error());
-    const struct { int k, tau; double a, aprev, sigma; } rows[] = {
+    const struct {
+        int k, tau;
+        double a, aprev, sigma;
+    } rows[] = {
         {49, 981, 0.00577550009, 0.00728172716, 0.454463282},
         {48, 961, 0.00728172716, 0.00911730994, 0.448282454},
         {2, 41, 0.960872769, 0.980380774, 0.0998873317},
@@ -56,7 +59,8 @@ static void test_ddim_table_of_spec_6_1(void) {
         CHECK(avq_sampler_timesteps(s)[k] == rows[i].tau, "tau[%d] = %d", k, avq_sampler_timesteps(s)[k]);
         CHECK(close_rel(avq_sampler_alphas(s)[k], rows[i].a, 1e-7), "a[%d]", k);
         CHECK(close_rel(avq_sampler_alphas_prev(s)[k], rows[i].aprev, 1e-7), "aprev[%d]", k);
-        CHECK(close_rel(avq_sampler_sigmas(s)[k], rows[i].sigma, 1e-7), "sigma[%d] = %.9g", k, avq_sampler_sigmas(s)[k]);
+        CHECK(close_rel(avq_sampler_sigmas(s)[k], rows[i].sigma, 1e-7), "sigma[%d] = %.9g", k,
+              avq_sampler_sigmas(s)[k]);
     }
     avq_sampler_destroy(s);
 }
@@ -106,7 +110,8 @@ static avq_status standin_eps(void *ud, const avq_tensor *x, const avq_tensor *t
         for (int64_t o = 0; o < C; o++)
             for (int64_t i = 0; i < hw; i++) {
                 const float a = xd[(n * Cin + o) * hw + i], b = xd[(n * Cin + (o + 1) % Cin) * hw + i];
-                e[(n * C + o) * hw + i] = tanhf(0.1f * a + 0.01f * b + td[n] / 1000.0f + cd[n * ctx->dims[1] * ctx->dims[2]]);
+                e[(n * C + o) * hw + i] =
+                    tanhf(0.1f * a + 0.01f * b + td[n] / 1000.0f + cd[n * ctx->dims[1] * ctx->dims[2]]);
             }
     if (m->nan_at_call && m->calls == m->nan_at_call) e[0] = NAN;
     return AVQ_OK;

@@ -46,8 +46,15 @@ def ddim_table(abar: np.ndarray, steps: int, eta: float) -> DDIMTable:
     return DDIMTable(tau, a, aprev, sigma)
 
 
-def guided_eps(model: Model, x: np.ndarray, t: int, cond: np.ndarray, uncond: Optional[np.ndarray], scale: float,
-               c_concat: Optional[np.ndarray] = None) -> np.ndarray:
+def guided_eps(
+    model: Model,
+    x: np.ndarray,
+    t: int,
+    cond: np.ndarray,
+    uncond: Optional[np.ndarray],
+    scale: float,
+    c_concat: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """SPEC §5.3/§5.5: model on [uncond; cond] with x (and c_concat after it along channels)."""
     B = x.shape[0]
     inp = x if c_concat is None else np.concatenate([x, np.broadcast_to(c_concat, (B,) + c_concat.shape[1:])], 1)
@@ -70,9 +77,18 @@ def ddim_update(x: np.ndarray, e: np.ndarray, tab: DDIMTable, k: int, xi: Option
     return out.astype(np.float32)
 
 
-def ddim_sample(model: Model, x_T: np.ndarray, cond: np.ndarray, uncond: Optional[np.ndarray], scale: float,
-                steps: int = 50, eta: float = 0.0, noise: Optional[np.ndarray] = None,
-                c_concat: Optional[np.ndarray] = None, abar: Optional[np.ndarray] = None) -> List[np.ndarray]:
+def ddim_sample(
+    model: Model,
+    x_T: np.ndarray,
+    cond: np.ndarray,
+    uncond: Optional[np.ndarray],
+    scale: float,
+    steps: int = 50,
+    eta: float = 0.0,
+    noise: Optional[np.ndarray] = None,
+    c_concat: Optional[np.ndarray] = None,
+    abar: Optional[np.ndarray] = None,
+) -> List[np.ndarray]:
     """The DDIM loop; returns the latent after every step (the last one is x_0)."""
     tab = ddim_table(alphas_cumprod() if abar is None else abar, steps, eta)
     x = x_T.astype(np.float32)
@@ -86,9 +102,16 @@ def ddim_sample(model: Model, x_T: np.ndarray, cond: np.ndarray, uncond: Optiona
     return out
 
 
-def plms_sample(model: Model, x_T: np.ndarray, cond: np.ndarray, uncond: Optional[np.ndarray], scale: float,
-                steps: int = 50, c_concat: Optional[np.ndarray] = None,
-                abar: Optional[np.ndarray] = None) -> List[np.ndarray]:
+def plms_sample(
+    model: Model,
+    x_T: np.ndarray,
+    cond: np.ndarray,
+    uncond: Optional[np.ndarray],
+    scale: float,
+    steps: int = 50,
+    c_concat: Optional[np.ndarray] = None,
+    abar: Optional[np.ndarray] = None,
+) -> List[np.ndarray]:
     """SPEC §6.2: PLMS with the two-call bootstrap and AB2/3/4 on the raw eps history."""
     tab = ddim_table(alphas_cumprod() if abar is None else abar, steps, 0.0)
     x = x_T.astype(np.float32)
@@ -124,8 +147,9 @@ class StandInUNet:
     context (so the two guidance halves differ).  Counts its calls; records its inputs if asked.
     """
 
-    def __init__(self, in_channels: int = 4, out_channels: int = 4, context_dim: int = 16, seed: int = 0,
-                 record: bool = False) -> None:
+    def __init__(
+        self, in_channels: int = 4, out_channels: int = 4, context_dim: int = 16, seed: int = 0, record: bool = False
+    ) -> None:
         rng = np.random.RandomState(seed)
         self.in_channels, self.out_channels, self.context_dim = in_channels, out_channels, context_dim
         self.W = (rng.randn(out_channels, in_channels) / np.sqrt(in_channels)).astype(np.float32)
