@@ -331,9 +331,9 @@ def process_pair(models: Models, job: Job, image: str, mask: str, outdir: str) -
     if q is not None and q.lpips is not None:
         from .quality import paste_hole
 
-        for d, a in results:
-            metrics[d]["lpips"] = q.lpips.distance(original, a)
-            metrics[d]["lpips_known"] = q.lpips.distance(original, paste_hole(original, a, m))
+        for label, a in results:
+            metrics[label]["lpips"] = q.lpips.distance(original, a)
+            metrics[label]["lpips_known"] = q.lpips.distance(original, paste_hole(original, a, m))
     if q is not None and q.fid is not None:
         from .quality import encode_features
 
@@ -584,6 +584,7 @@ def find_pairs(indir: Optional[str], list_file: Optional[str]) -> List[Tuple[Pat
                 file=sys.stderr,
             )
         return pairs
+    assert list_file is not None  # exactly one of the two is given (checked above)
     base = Path(list_file).parent
     try:
         lines = Path(list_file).read_text().splitlines()
@@ -619,6 +620,7 @@ def job_from_args(args: argparse.Namespace, mode: str) -> Job:
     checked = []
     for d in decs:
         if d.config is not None:
+            assert d.ckpt is not None  # parse_decoder gives both or neither
             d = DecoderSpec(
                 d.name, _cli.resolve_config(d.config), _cli.require_file(d.ckpt, f"--decoder {d.name} checkpoint")
             )

@@ -46,7 +46,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -55,6 +55,12 @@ from . import config as config_mod
 from .image import ImageLike, load_pair, to_pil, to_uint8
 from .precision import resolve_precision
 from .rng import TORCH_DEFAULT_SEED, Generator, RngLike, check_kind
+
+if TYPE_CHECKING:
+    from .sampler import Sampler
+    from .text_encoder import TextEncoder
+    from .tokenizer import CLIPTokenizer
+    from .unet import UNet
 
 PathLike = Union[str, os.PathLike]
 
@@ -136,6 +142,12 @@ class _Progress:
 
 
 class _Base:
+    # set by each pipeline's __init__
+    diffusion_spec: config_mod.DiffusionSpec
+    unet: UNet
+    text_encoder: TextEncoder
+    tokenizer: CLIPTokenizer
+    _samplers: dict[tuple[str, int, float], Sampler]
     _lock: threading.Lock
 
     def _sampler(self, kind: str, steps: int, eta: float):
@@ -207,7 +219,7 @@ class InpaintPipeline(_Base):
         self.tokenizer = tokenizer
         self.precision = precision
         self.sources = dict(sources)
-        self._samplers: dict = {}
+        self._samplers = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -385,8 +397,8 @@ class InpaintPipeline(_Base):
         Noise, as the original draws it (see the module doc): the start code is always
         ``numpy.random.RandomState(seed)``. ``rng="numpy"``: the posterior sample from
         ``RandomState(seed + 1)`` and the DDIM noise from ``RandomState(seed + 2)``.
-        ``rng="torch-cuda"`` (the original's) or ``"torch-cpu"``: the posterior mean, and the DDIM noise (one ``[1, 4, h, w]``
-        draw per step) from a torch generator at torch's default seed 67280421310721,
+        ``rng="torch-cuda"`` (the original's) or ``"torch-cpu"``: the posterior mean, and the DDIM noise
+        (one ``[1, 4, h, w]`` draw per step) from a torch generator at torch's default seed 67280421310721,
         as the original, which never seeds torch; pass an :class:`asymvq.rng.Generator`
         instead to choose that generator and let its stream run on across calls (the
         original's runs on across the images of one run).
@@ -483,7 +495,7 @@ class Txt2ImgPipeline(_Base):
         self.tokenizer = tokenizer
         self.precision = precision
         self.sources = dict(sources)
-        self._samplers: dict = {}
+        self._samplers = {}
         self._lock = threading.Lock()
 
     @classmethod

@@ -79,8 +79,7 @@ def _require(what: str) -> Any:
     try:
         import torch
     except ImportError:
-        missing.append("torch")
-        torch = None
+        missing.append("torch")  # raised below, before torch is returned
     if what == "FID":
         try:
             import torchmetrics  # noqa: F401
@@ -208,7 +207,8 @@ def frechet_distance(real: Sequence[np.ndarray], fake: Sequence[np.ndarray]) -> 
     matrix square root through eigenvalues); NaN when either set has fewer than 2 vectors."""
     if len(real) < 2 or len(fake) < 2:
         return float("nan")
-    torch = _require("FID")
+    _require("FID")
+    import torch  # importable (_require checked); a typed module, so mypy sees _Given's base class
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     dim = int(np.asarray(real[0]).size)

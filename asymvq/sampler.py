@@ -26,13 +26,14 @@ betas 0.00085..0.012, ``steps_offset=1``, epsilon prediction) and on diffusers' 
 ``alphas_cumprod``.  ``spacing`` is diffusers' ``timestep_spacing``: ``"linspace"`` by default, which is
 what ``X.from_config(pipe.scheduler.config)`` gives for SD 1.5's ``scheduler_config.json`` in current
 diffusers (the JSON does not set it, and diffusers >= 0.19 no longer carries PNDM's defaulted
-``"leading"`` over); ``"leading"`` is what older diffusers gave; ``"trailing"`` also exists.  ``x_T`` stays standard normal noise for every kind: the
-sampler multiplies it by :attr:`Sampler.init_noise_sigma` first, as the diffusers pipelines scale
-their initial latents, so callers pass the same start code whatever the kind.  Euler models see
-``x / sqrt(sigma**2 + 1)`` (``c_concat`` unscaled, as in diffusers' inpainting pipeline).  Euler with
-``"linspace"`` has fractional timesteps (:attr:`Sampler.model_timesteps`): the C UNet takes them as they
-are and a Python model receives them as float32 (int64 whenever they are all integers).  Euler a adds
-one fresh ``[B, C, h, w]`` draw per step, from ``noise``/``seed``/``rng`` exactly as DDIM with ``eta > 0``.
+``"leading"`` over); ``"leading"`` is what older diffusers gave; ``"trailing"`` also exists.  ``x_T`` stays
+standard normal noise for every kind: the sampler multiplies it by :attr:`Sampler.init_noise_sigma` first,
+as the diffusers pipelines scale their initial latents, so callers pass the same start code whatever the
+kind.  Euler models see ``x / sqrt(sigma**2 + 1)`` (``c_concat`` unscaled, as in diffusers' inpainting
+pipeline).  Euler with ``"linspace"`` has fractional timesteps (:attr:`Sampler.model_timesteps`): the C
+UNet takes them as they are and a Python model receives them as float32 (int64 whenever they are all
+integers).  Euler a adds one fresh ``[B, C, h, w]`` draw per step, from ``noise``/``seed``/``rng`` exactly
+as DDIM with ``eta > 0``.
 
 :func:`randn` is that generator: ``numpy.random.RandomState(seed).randn(*shape).astype(numpy.float32)``
 bit for bit (MT19937, polar Gaussians with the cached second value; SPEC §8.5), e.g. the inpainting
@@ -85,14 +86,13 @@ def randn(seed: int, shape: Union[int, Sequence[int]]) -> np.ndarray:
 def _schedule(config: ConfigLike) -> tuple[float, float, int]:
     if config is None:
         return SD1_SCHEDULE
-    if isinstance(config, (str, os.PathLike)):
-        config = config_mod.load(config)
-    if not isinstance(config, config_mod.DiffusionSpec):
+    spec = config_mod.load(config) if isinstance(config, (str, os.PathLike)) else config
+    if not isinstance(spec, config_mod.DiffusionSpec):
         raise TypeError(
             "config must be None (SD v1's schedule), a diffusion config path or an asymvq.config.DiffusionSpec, "
-            f"got {type(config).__name__}"
+            f"got {type(spec).__name__}"
         )
-    return config.linear_start, config.linear_end, config.timesteps
+    return spec.linear_start, spec.linear_end, spec.timesteps
 
 
 def _float_array(name: str, value: Any, optional: bool = False) -> Optional[np.ndarray]:

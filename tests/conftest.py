@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List
+from pathlib import Path
+from typing import Dict, List
 
 import pytest
 
@@ -25,6 +26,17 @@ import fixtures  # noqa: E402
 sys.modules.setdefault("tests.fixtures", fixtures)
 
 from fixtures import checkpoints  # noqa: E402, F401  (the session fixture, for every test)
+
+
+@pytest.fixture
+def empty_ckpts(tmp_path: Path) -> Dict[str, Path]:
+    """Empty files named as the command lines' checkpoints (inpaint, t2i, decoder): loading one fails,
+    so a test that gets past argument checking notices (tests/test_cli_errors.py, test_cli_safety.py)."""
+    d = tmp_path / "ckpts"
+    d.mkdir()
+    for name in ("inpaint", "t2i", "decoder"):
+        (d / f"{name}.ckpt").write_bytes(b"")
+    return {name: d / f"{name}.ckpt" for name in ("inpaint", "t2i", "decoder")}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:

@@ -507,7 +507,9 @@ except Exception as e:
     result["message"] = str(e)
 result["seconds"] = time.perf_counter() - start
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-result["max_rss_mib"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+result["max_rss_mib"] = (
+    int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+)
 print(json.dumps(result))
 """
 

@@ -20,15 +20,6 @@ VOCAB = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 TINY = ROOT / "configs" / "tiny"
 
 
-@pytest.fixture
-def empty_ckpts(tmp_path):
-    d = tmp_path / "ckpts"
-    d.mkdir()
-    for name in ("inpaint", "t2i", "decoder"):
-        (d / f"{name}.ckpt").write_bytes(b"")
-    return {name: d / f"{name}.ckpt" for name in ("inpaint", "t2i", "decoder")}
-
-
 def t2i_argv(ckpts, outdir, *extra):
     return [
         "--outdir",

@@ -4,7 +4,6 @@ does not grow with their number), and a bad float mask is refused before the sam
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from fixtures import fixture_config, write_checkpoint
 from PIL import Image
-from test_cli_errors import assert_one_error_line, empty_ckpts, inpaint_argv, one_pair  # noqa: F401
+from test_cli_errors import assert_one_error_line, inpaint_argv, one_pair
 
 from asymvq import convert, inpaint_st
 

@@ -25,9 +25,8 @@ CONFIG_D = TINY / "v1-inpainting-inference.yaml"
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("compare-ckpts")
+def compare_checkpoints(d: Path) -> dict:
+    """compare's tiny random-weight checkpoints, written into ``d``: SD inpainting, two decoders, SD's VAE."""
     sd = write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint")
     # SD's VAE on its own: the first stage's tensors without their prefix, and the standard
     # AutoencoderKL config (the diffusion config's first_stage_config block)
@@ -47,6 +46,11 @@ def ckpts(tmp_path_factory):
         "vae": d / "sd-vae.safetensors",
         "vae_config": d / "sd-vae.yaml",
     }
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return compare_checkpoints(tmp_path_factory.mktemp("compare-ckpts"))
 
 
 def make_pairs(folder: Path, n: int, size: int = 64) -> Path:

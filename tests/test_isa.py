@@ -124,7 +124,7 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16_and_says_s
     assert r.returncode == 0, r.stderr
     want = "bf16" if HAS_NATIVE_BF16 else "fp32"
     assert r.stdout.split() == [want]
-    lines = [l for l in r.stderr.splitlines() if "precision auto" in l]
+    lines = [line for line in r.stderr.splitlines() if "precision auto" in line]
     assert len(lines) == 1 and f"precision auto -> {want}" in lines[0]
 
 

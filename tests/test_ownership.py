@@ -8,7 +8,6 @@ weight has been packed yet, which is the hardest case: nothing may still be read
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess

@@ -22,7 +22,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")  # the test extra installs it; never silently absent in CI
 pytest.importorskip("torchmetrics")
 import torch.nn.functional as F  # noqa: E402
-from test_compare import CONFIG_D, STEPS, TINY, VOCAB, ckpts, compare_args, make_pairs  # noqa: E402,F401
+from test_compare import CONFIG_D, STEPS, TINY, VOCAB, compare_args, compare_checkpoints, make_pairs  # noqa: E402
 from torch.export import Dim, export  # noqa: E402
 
 from asymvq import quality  # noqa: E402
@@ -197,6 +197,11 @@ def test_without_the_quality_extra_the_error_names_the_pip_command(nets, monkeyp
 
 
 # ---- the compare command ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return compare_checkpoints(tmp_path_factory.mktemp("compare-ckpts"))
 
 
 @pytest.fixture(scope="module")

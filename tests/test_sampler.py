@@ -69,6 +69,11 @@ def test_schedule_comes_from_the_config() -> None:
     np.testing.assert_array_equal(s.timesteps, np.arange(0, 500, 50) + 1)
 
 
+def test_a_config_path_that_is_not_a_diffusion_config_is_a_type_error_naming_what_it_holds() -> None:
+    with pytest.raises(TypeError, match="a diffusion config path .*got AutoencoderSpec"):
+        Sampler(config=config.packaged_config("autoencoder_kl_32x32x4"))
+
+
 def test_ddim_timesteps_have_the_plus_one_offset() -> None:
     t = Sampler(steps=50).timesteps
     assert t.tolist() == list(range(1, 1000, 20))  # 1, 21, ..., 981

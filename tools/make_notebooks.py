@@ -229,7 +229,7 @@ STEPS = 50
 PRECISION = "fp32"
 LPIPS = None      # optional: an LPIPS network as a torch.export file (see asymvq.quality; pip install "asymvq[quality]")
 FID = None        # optional: an InceptionV3 feature network as a torch.export file (FID per decoder)
-""",
+""",  # noqa: E501 (the notebook's own cell text, as committed in notebooks/compare_decoders.ipynb)
     ),
     (
         "code",

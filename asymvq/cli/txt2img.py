@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     images: List[Image.Image] = []
     count = 0
     grid = "grid.png" in output_names(args, len(prompts))
-    for it in tqdm(range(iterations(args)), desc="iterations", unit="it"):
+    for _ in tqdm(range(iterations(args)), desc="iterations", unit="it"):
         for prompt in prompts:
             t = time.perf_counter()
             res = pipe(
