@@ -61,6 +61,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _cli
 from .compare import Job, Models, find_pairs, is_complete, process_pair, write_tables
+from .errors import Error
 
 PathLike = Union[str, os.PathLike]
 PairList = Sequence[Tuple[PathLike, PathLike]]
@@ -72,7 +73,7 @@ _CACHE: Dict[str, Models] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-class ModelError(RuntimeError):
+class ModelError(Error, RuntimeError):
     """The models could not be built (bad config / checkpoint): every pair would fail the same way."""
 
 

@@ -64,6 +64,8 @@ from typing import (Any, Callable, Dict, IO, Iterator, List, Mapping, NamedTuple
 
 import numpy as np
 
+from .errors import Error
+
 __all__ = [
     "BF16", "DTYPES", "Checkpoint", "CheckpointError", "TensorInfo", "bf16_to_float32",
     "dtype_of", "float32_to_bf16", "load", "load_safetensors", "open_checkpoint",
@@ -73,7 +75,7 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """A checkpoint file is unreadable, corrupt, unsupported or refused as unsafe."""
 
 

@@ -17,13 +17,15 @@ from typing import Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import Error
+
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 MAX_SIZE = 640
 MULTIPLE = 64
 
 
-class ImageError(ValueError):
+class ImageError(Error, ValueError):
     """An image or mask that cannot be used, with the file named."""
 
 

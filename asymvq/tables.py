@@ -19,6 +19,7 @@ import numpy as np
 
 from . import checkpoint
 from .config import AutoencoderSpec, DiffusionSpec, Spec, TextEncoderSpec, UNetSpec
+from .errors import Error
 
 __all__ = [
     "Shape",
@@ -77,7 +78,7 @@ def schedule_buffer_names() -> tuple[str, ...]:
     return _SCHEDULE_BUFFERS
 
 
-class WeightsError(ValueError):
+class WeightsError(Error, ValueError):
     """Weights do not match what the config describes; the message lists every problem."""
 
     def __init__(self, problems: list[str], context: str = "", hint: str = "") -> None:

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <time.h>
 
+#include "bindings.h"
 #include "common.h"
 
 #define MAX_IN 6

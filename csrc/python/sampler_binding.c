@@ -13,15 +13,10 @@
  * The loop runs in C with the GIL released. The model is reached in one of two
  * ways:
  *
- *  - the fast path, any object with the attributes
- *      _c_unet                   a PyCapsule named "asymvq.unet" holding an avq_unet*,
- *      _c_plan_for(batch, h, w)  (optional) -> a PyCapsule named "asymvq.plan"
- *                                   holding the avq_plan* that UNet keeps for that
- *                                   input shape (batch = 2B with guidance);
- *    both pointers must stay valid while the object and the plan capsule live
- *    (the capsule is held for the whole loop), and nothing else may run that
- *    plan meanwhile. Without _c_plan_for the sampler builds a plan of its own
- *    for the call. The loop then calls avq_unet_run without the GIL.
+ *  - the fast path, an asymvq.UNet or asymvq._core.UNet (checked by type,
+ *    unet_binding.h): the loop pins the UNet's cached plan for the model
+ *    batch (2B with guidance) while it runs, so nothing else runs that plan
+ *    meanwhile, and calls avq_unet_run without the GIL.
  *  - the slow path, any callable unet(x, t, context) -> eps (x float32
  *    [N, Cin, h, w], t int64 [N], context float32 [N, L, D]; eps convertible to
  *    float32 [N, C, h, w]), called with the GIL taken for each model call. Its
@@ -36,20 +31,19 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "bindings.h"
 #include "common.h"
+#include "unet_binding.h"
 #include "models/unet.h"
 #include "sampling/rng.h"
 #include "sampling/sampler.h"
-
-#define UNET_CAPSULE "asymvq.unet"
-#define PLAN_CAPSULE "asymvq.plan"
 
 /* ---- Python <-> loop glue --------------------------------------------------------- */
 
 typedef struct py_run {
     /* the model: a C UNet and its plan, or a Python callable */
-    avq_unet *unet;     /* borrowed from the capsule */
-    avq_plan *plan;     /* borrowed from the plan capsule */
+    avq_unet *unet;      /* borrowed from the UNet object */
+    avq_unet_plan *plan; /* borrowed from the pinning capsule */
     PyObject *callable; /* borrowed */
     PyObject *callback; /* borrowed, may be NULL */
     /* the first Python exception raised inside the loop, re-raised afterwards
@@ -245,18 +239,13 @@ static void sampler_dealloc(SamplerObject *self) {
 static int resolve_model(PyObject *unet, py_run *r, avq_denoiser *d) {
     memset(d, 0, sizeof *d);
     d->user_data = r;
-    PyObject *cap = PyObject_GetAttrString(unet, "_c_unet");
-    if (cap) {
-        r->unet = PyCapsule_GetPointer(cap, UNET_CAPSULE);
-        Py_DECREF(cap);
-        if (!r->unet) return -1; /* wrong capsule: PyCapsule raised ValueError */
+    if ((r->unet = avq_py_unet_model(unet))) {
         d->eps = c_unet_eps;
         d->in_channels = avq_unet_in_channels(r->unet);
         d->out_channels = avq_unet_out_channels(r->unet);
         d->context_dim = avq_unet_context_dim(r->unet);
         return 0;
     }
-    PyErr_Clear();
     if (!PyCallable_Check(unet)) {
         PyErr_Format(PyExc_TypeError, "unet must be an asymvq.UNet or a callable unet(x, t, context) -> eps, got %s",
                      Py_TYPE(unet)->tp_name);
@@ -389,7 +378,6 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
     avq_denoiser model;
     PyArrayObject *x = NULL, *c = NULL, *u = NULL, *cc = NULL, *noise = NULL, *out = NULL;
     PyObject *plan_cap = NULL, *ret = NULL;
-    avq_plan *own_plan = NULL; /* when the unet shares no plan */
     avq_tensor tx, tc, tu, tcc, tn, tout;
     avq_sample_inputs in;
     memset(&in, 0, sizeof in);
@@ -446,20 +434,8 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
     }
     if (r.unet) {
         const long long batch = avq_sample_guided(&in) ? 2 * tx.dims[0] : tx.dims[0];
-        if (PyObject_HasAttrString(unet, "_c_plan_for")) {
-            plan_cap = PyObject_CallMethod(unet, "_c_plan_for", "LLL", batch, (long long)tx.dims[2], (long long)tx.dims[3]);
-            if (!plan_cap) goto done;
-            r.plan = PyCapsule_GetPointer(plan_cap, PLAN_CAPSULE);
-            if (!r.plan) goto done;
-        } else {
-            /* no shared plan cache: a plan for this call only, built by the first step */
-            st = avq_plan_create(&own_plan);
-            if (st != AVQ_OK) {
-                avq_py_raise(st);
-                goto done;
-            }
-            r.plan = own_plan;
-        }
+        plan_cap = avq_py_unet_pin_plan(unet, batch, tx.dims[2], tx.dims[3], tc.dims[1], &r.plan);
+        if (!plan_cap) goto done;
     }
 
     Py_BEGIN_ALLOW_THREADS
@@ -480,7 +456,6 @@ done:
     if (gen) gen->busy = 0;
     for (int i = 0; i < 3; i++) Py_XDECREF(r.exc[i]);
     Py_XDECREF(plan_cap);
-    avq_plan_destroy(own_plan);
     Py_XDECREF(out);
     Py_XDECREF(x);
     Py_XDECREF(c);

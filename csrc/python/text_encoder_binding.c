@@ -3,38 +3,34 @@
  *   TextEncoder(weights, vocab_size, width, layers, heads, mlp, max_positions, eps, precision="fp32")
  *   .run(ids) -> float32 ndarray [B, L, width]       ids: integer ndarray [B, L]
  *
- * The model copies its weights while it is built (the dict is not kept) and
- * keeps one plan per (B, L) it has seen; runs release the GIL and are
- * serialised by a lock, because a plan's arena is not re-entrant. */
-#include <stdlib.h>
-
+ * The model copies its weights while it is built (the dict is not kept).
+ * Plans and concurrency follow plan_cache.h: one plan per (batch, tokens),
+ * calls serialised behind the model's lock with the GIL released. */
+#include "bindings.h"
 #include "common.h"
+#include "plan_cache.h"
 #include "models/text_encoder.h"
-
-typedef struct plan_entry {
-    int64_t batch, seq_len;
-    avq_text_encoder_plan *plan; /* owned */
-} plan_entry;
 
 typedef struct {
     PyObject_HEAD
     avq_text_encoder *model; /* owned */
-    plan_entry *plans;       /* owned */
-    size_t nplans, cap;
-    PyThread_type_lock lock; /* serialises runs */
+    avq_py_plan_cache plans;
 } TextEncoderObject;
 
-static void te_clear_plans(TextEncoderObject *self) {
-    for (size_t i = 0; i < self->nplans; i++) avq_text_encoder_plan_destroy(self->plans[i].plan);
-    self->nplans = 0;
+static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
+    return avq_text_encoder_plan_create(model, k->dims[0], k->dims[1], (avq_text_encoder_plan **)out);
 }
+static void plan_destroy(void *p) { avq_text_encoder_plan_destroy(p); }
+static const avq_plan *plan_core(const void *p) { return avq_text_encoder_plan_core(p); }
+
+static const avq_py_plan_kind te_plans = {
+    "TextEncoder", NULL, {"batch", "tokens", NULL, NULL}, plan_create, plan_destroy, plan_core,
+};
 
 static void te_dealloc(TextEncoderObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
-    te_clear_plans(self);
-    free(self->plans);
+    avq_py_plan_cache_fini(&self->plans);
     avq_text_encoder_destroy(self->model);
-    if (self->lock) PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -51,11 +47,6 @@ static PyObject *te_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (avq_py_precision(prec, &dt) < 0) return NULL;
     TextEncoderObject *self = (TextEncoderObject *)type->tp_alloc(type, 0);
     if (!self) return NULL;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
     avq_status st = avq_text_encoder_create(&cfg, &src, dt, &self->model);
@@ -63,52 +54,29 @@ static PyObject *te_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         Py_DECREF(self);
         return avq_py_raise(st);
     }
-    return (PyObject *)self;
-}
-
-/* Takes the run lock, letting other Python threads run while waiting. */
-static void te_lock(TextEncoderObject *self) {
-    if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) return;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    Py_END_ALLOW_THREADS
-}
-
-/* The plan for (batch, seq_len), created on first use. Called with the run
- * lock held and possibly without the GIL: no Python API here. */
-static avq_status te_plan(TextEncoderObject *self, int64_t batch, int64_t seq_len, avq_text_encoder_plan **out) {
-    for (size_t i = 0; i < self->nplans; i++)
-        if (self->plans[i].batch == batch && self->plans[i].seq_len == seq_len) {
-            *out = self->plans[i].plan;
-            return AVQ_OK;
-        }
-    if (self->nplans == self->cap) {
-        size_t cap = self->cap ? 2 * self->cap : 4;
-        plan_entry *np = realloc(self->plans, cap * sizeof *np);
-        if (!np) return avq_error(AVQ_ERR_MEMORY, "out of memory caching a text encoder plan");
-        self->plans = np;
-        self->cap = cap;
+    if (avq_py_plan_cache_init(&self->plans, &te_plans, self->model) < 0) {
+        Py_DECREF(self);
+        return NULL;
     }
-    AVQ_TRY(avq_text_encoder_plan_create(self->model, batch, seq_len, out));
-    self->plans[self->nplans++] = (plan_entry){batch, seq_len, *out};
-    return AVQ_OK;
+    return (PyObject *)self;
 }
 
 /* ids as a C-contiguous int32 copy, after checking dtype, shape and range. */
 static PyArrayObject *te_ids(TextEncoderObject *self, PyObject *obj) {
     const avq_text_encoder_config *c = avq_text_encoder_get_config(self->model);
     if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "ids must be a numpy.ndarray of integers [batch, tokens], got %s",
+        PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "ids must be a numpy.ndarray of integers [batch, tokens], got %s",
                      Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (!PyArray_ISINTEGER(a)) {
-        PyErr_Format(PyExc_TypeError, "ids must have an integer dtype, got %s", PyArray_DESCR(a)->typeobj->tp_name);
+        PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "ids must have an integer dtype, got %s", PyArray_DESCR(a)->typeobj->tp_name);
         return NULL;
     }
     if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 0) < 1 || PyArray_DIM(a, 1) < 1 ||
         PyArray_DIM(a, 1) > c->max_positions) {
-        PyErr_Format(PyExc_ValueError, "ids must have shape [batch >= 1, tokens in 1..%d], got %d-D array of %zd elements",
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "ids must have shape [batch >= 1, tokens in 1..%d], got %d-D array of %zd elements",
                      c->max_positions, PyArray_NDIM(a), (Py_ssize_t)PyArray_SIZE(a));
         return NULL;
     }
@@ -121,10 +89,10 @@ static PyArrayObject *te_ids(TextEncoderObject *self, PyObject *obj) {
     for (npy_intp i = 0; i < n; i++) {
         if (v[i] < 0 || v[i] >= c->vocab_size) {
             if (unsigned_huge && v[i] < 0)
-                PyErr_Format(PyExc_ValueError, "token id at [%zd, %zd] is outside the vocabulary [0, %d)",
+                PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "token id at [%zd, %zd] is outside the vocabulary [0, %d)",
                              (Py_ssize_t)(i / L), (Py_ssize_t)(i % L), c->vocab_size);
             else
-                PyErr_Format(PyExc_ValueError, "token id %lld at [%zd, %zd] is outside the vocabulary [0, %d)",
+                PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "token id %lld at [%zd, %zd] is outside the vocabulary [0, %d)",
                              (long long)v[i], (Py_ssize_t)(i / L), (Py_ssize_t)(i % L), c->vocab_size);
             Py_DECREF(wide);
             return NULL;
@@ -137,6 +105,17 @@ static PyArrayObject *te_ids(TextEncoderObject *self, PyObject *obj) {
     return narrow;
 }
 
+typedef struct run_args {
+    avq_text_encoder *model;
+    const int32_t *ids;
+    float *out;
+} run_args;
+
+static avq_status run(void *plan, void *ctx) {
+    run_args *a = ctx;
+    return avq_text_encoder_run(a->model, plan, a->ids, a->out);
+}
+
 static PyObject *te_run(TextEncoderObject *self, PyObject *ids_obj) {
     PyArrayObject *ids = te_ids(self, ids_obj);
     if (!ids) return NULL;
@@ -144,40 +123,24 @@ static PyObject *te_run(TextEncoderObject *self, PyObject *ids_obj) {
     const int64_t B = PyArray_DIM(ids, 0), L = PyArray_DIM(ids, 1);
     npy_intp od[3] = {(npy_intp)B, (npy_intp)L, c->width};
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(3, od, NPY_FLOAT32);
-    if (!out) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    avq_status st;
-    const int32_t *idp = PyArray_DATA(ids);
-    float *op = PyArray_DATA(out);
-    if (avq_py_interrupt_begin() < 0) {
-        Py_DECREF(ids);
-        Py_DECREF(out);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
-    avq_text_encoder_plan *plan = NULL;
-    st = te_plan(self, B, L, &plan);
-    if (st == AVQ_OK) st = avq_text_encoder_run(self->model, plan, idp, op);
-    avq_plan_set_thread_abort_flag(NULL);
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS Py_DECREF(ids);
-    avq_py_interrupt_end();
-    if (st != AVQ_OK) {
-        Py_DECREF(out);
-        return avq_py_raise_run(st);
-    }
+    run_args a = {self->model, PyArray_DATA(ids), out ? PyArray_DATA(out) : NULL};
+    avq_py_plan_key key = {0, {B, L, 0, 0}};
+    if (out && avq_py_plan_cache_run(&self->plans, &key, run, &a) < 0) Py_CLEAR(out);
+    Py_DECREF(ids);
     return (PyObject *)out;
 }
 
+/* ---- the model protocol (same names on every model) --------------------- */
+
 static PyObject *te_clear(TextEncoderObject *self, PyObject *noargs) {
     (void)noargs;
-    te_lock(self);
-    te_clear_plans(self);
-    PyThread_release_lock(self->lock);
+    avq_py_plan_cache_clear(&self->plans);
     Py_RETURN_NONE;
+}
+
+static PyObject *te_plans_list(TextEncoderObject *self, PyObject *noargs) {
+    (void)noargs;
+    return avq_py_plan_cache_list(&self->plans);
 }
 
 static PyObject *te_get_num_parameters(TextEncoderObject *self, void *closure) {
@@ -187,29 +150,12 @@ static PyObject *te_get_num_parameters(TextEncoderObject *self, void *closure) {
 
 static PyObject *te_get_precision(TextEncoderObject *self, void *closure) {
     (void)closure;
-    return PyUnicode_FromString(avq_text_encoder_precision(self->model) == AVQ_BF16 ? "bf16" : "fp32");
+    return avq_py_precision_name(avq_text_encoder_precision(self->model));
 }
 
 static PyObject *te_get_memory_bytes(TextEncoderObject *self, void *closure) {
     (void)closure;
-    size_t total = 0;
-    te_lock(self);
-    for (size_t i = 0; i < self->nplans; i++) total += avq_text_encoder_plan_bytes(self->plans[i].plan);
-    PyThread_release_lock(self->lock);
-    return PyLong_FromSize_t(total);
-}
-
-static PyObject *te_get_plan_shapes(TextEncoderObject *self, void *closure) {
-    (void)closure;
-    te_lock(self);
-    PyObject *list = PyList_New((Py_ssize_t)self->nplans);
-    for (size_t i = 0; list && i < self->nplans; i++) {
-        PyObject *t = Py_BuildValue("(LL)", (long long)self->plans[i].batch, (long long)self->plans[i].seq_len);
-        if (!t) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, (Py_ssize_t)i, t);
-    }
-    PyThread_release_lock(self->lock);
-    return list;
+    return PyLong_FromSize_t(avq_py_plan_cache_bytes(&self->plans));
 }
 
 static PyObject *te_get_config(TextEncoderObject *self, void *closure) {
@@ -224,6 +170,8 @@ static PyMethodDef te_methods[] = {
     {"run", (PyCFunction)te_run, METH_O,
      "run(ids) -> float32 [B, L, width]: the final-layer-normed last hidden state for integer ids [B, L]."},
     {"clear_plans", (PyCFunction)te_clear, METH_NOARGS, "Free every cached plan (they are rebuilt on demand)."},
+    {"plans", (PyCFunction)te_plans_list, METH_NOARGS,
+     "The cached plans: batch, tokens, bytes, arena_bytes, scratch_bytes, steps."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -232,7 +180,6 @@ static PyGetSetDef te_getset[] = {
     {"precision", (getter)te_get_precision, NULL, "Activation precision: 'fp32' or 'bf16'.", NULL},
     {"memory_bytes", (getter)te_get_memory_bytes, NULL, "Activation arena + scratchpad bytes of all cached plans.",
      NULL},
-    {"plan_shapes", (getter)te_get_plan_shapes, NULL, "(batch, tokens) of each cached plan.", NULL},
     {"config", (getter)te_get_config, NULL, "The hyper-parameters as a dict.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -253,9 +200,7 @@ static PyType_Spec te_spec = {
 int avq_py_add_text_encoder(PyObject *m) {
     PyObject *type = PyType_FromSpec(&te_spec);
     if (!type) return -1;
-    if (PyModule_AddObject(m, "TextEncoder", type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    return 0;
+    int rc = PyModule_AddObjectRef(m, "TextEncoder", type);
+    Py_DECREF(type);
+    return rc;
 }
