@@ -15,14 +15,10 @@
 #include "bindings.h"
 #include "common.h"
 #include "config.h"
-#include "plan_cache.h"
+#include "model.h"
 #include "models/autoencoder.h"
 
-typedef struct {
-    PyObject_HEAD
-    avq_autoencoder *model; /* owned */
-    avq_py_plan_cache plans;
-} AutoencoderObject;
+typedef avq_py_model AutoencoderObject; /* model: the avq_autoencoder */
 
 static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
     return avq_autoencoder_plan_create(model, (avq_ae_task)k->task, k->dims[0], k->dims[1], k->dims[2],
@@ -31,18 +27,15 @@ static avq_status plan_create(const void *model, const avq_py_plan_key *k, void 
 static void plan_destroy(void *p) { avq_autoencoder_plan_destroy(p); }
 static const avq_plan *plan_core(const void *p) { return avq_autoencoder_plan_core(p); }
 
-static const char *const task_names[] = {"encode", "decode", "decode_cond"};
-static const avq_py_plan_kind ae_plans = {
-    "Autoencoder", task_names, {"batch", "height", "width", NULL}, plan_create, plan_destroy, plan_core,
-};
+static int64_t num_params(const void *m) { return avq_autoencoder_num_params(m); }
+static avq_dtype precision(const void *m) { return avq_autoencoder_precision(m); }
+static void destroy(void *m) { avq_autoencoder_destroy(m); }
 
-static void ae_dealloc(AutoencoderObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    avq_py_plan_cache_fini(&self->plans);
-    avq_autoencoder_destroy(self->model);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
+static const char *const task_names[] = {"encode", "decode", "decode_cond"};
+static const avq_py_model_kind ae_kind = {
+    {"Autoencoder", task_names, {"batch", "height", "width", NULL}, plan_create, plan_destroy, plan_core},
+    num_params, precision, destroy,
+};
 
 /* ---- config dicts ------------------------------------------------------- */
 
@@ -95,20 +88,11 @@ static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         avq_py_parse_config(enc, "encoder config", encoder_fields, NFIELDS(encoder_fields), &cfg.encoder) < 0)
         return NULL;
     if (cfg.has_decoder && parse_decoder(dec, &cfg.decoder) < 0) return NULL;
-    AutoencoderObject *self = (AutoencoderObject *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
-    avq_status st = avq_autoencoder_create(&cfg, &src, dt, &self->model);
-    if (st != AVQ_OK) {
-        Py_DECREF(self);
-        return avq_py_raise(st);
-    }
-    if (avq_py_plan_cache_init(&self->plans, &ae_plans, self->model) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
+    avq_autoencoder *model;
+    avq_status st = avq_autoencoder_create(&cfg, &src, dt, &model);
+    return st == AVQ_OK ? avq_py_model_new(type, &ae_kind, model) : avq_py_raise(st);
 }
 
 /* ---- runs --------------------------------------------------------------- */
@@ -289,79 +273,37 @@ done:
     return ret;
 }
 
-/* ---- the model protocol (same names on every model) --------------------- */
+/* ---- attributes beyond the model protocol (model.h) --------------------- */
 
-static PyObject *ae_clear(AutoencoderObject *self, PyObject *noargs) {
-    (void)noargs;
-    avq_py_plan_cache_clear(&self->plans);
-    Py_RETURN_NONE;
-}
-
-static PyObject *ae_plans_list(AutoencoderObject *self, PyObject *noargs) {
-    (void)noargs;
-    return avq_py_plan_cache_list(&self->plans);
-}
-
-static PyObject *ae_get_num_parameters(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLongLong((long long)avq_autoencoder_num_params(self->model));
-}
-
-static PyObject *ae_get_precision(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return avq_py_precision_name(avq_autoencoder_precision(self->model));
-}
-
-static PyObject *ae_get_memory_bytes(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromSize_t(avq_py_plan_cache_bytes(&self->plans));
-}
-
-static PyObject *ae_get_has_encoder(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyBool_FromLong(avq_autoencoder_get_config(self->model)->has_encoder);
-}
-
-static PyObject *ae_get_has_decoder(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyBool_FromLong(avq_autoencoder_get_config(self->model)->has_decoder);
-}
-
-static PyObject *ae_get_conditional(AutoencoderObject *self, void *closure) {
-    (void)closure;
+/* closure 0: has an encoder, 1: has a decoder, 2: the decoder merges the mask condition */
+static PyObject *get_part(AutoencoderObject *self, void *closure) {
     const avq_autoencoder_config *c = avq_autoencoder_get_config(self->model);
-    return PyBool_FromLong(c->has_decoder && c->decoder.conditional);
+    const int has[] = {c->has_encoder, c->has_decoder, c->has_decoder && c->decoder.conditional};
+    return PyBool_FromLong(has[(intptr_t)closure]);
 }
 
 static PyMethodDef ae_methods[] = {
-    {"encode", (PyCFunction)(void (*)(void))ae_encode, METH_VARARGS | METH_KEYWORDS,
-     "encode(image, noise=None) -> (mean, logvar) or (mean, logvar, mean + exp(logvar / 2) * noise)."},
-    {"decode", (PyCFunction)(void (*)(void))ae_decode, METH_VARARGS | METH_KEYWORDS,
-     "decode(latent, image=None, mask=None) -> float32 [B, 3, H, W]; image and mask for the conditional decoder."},
-    {"check_encode", (PyCFunction)(void (*)(void))ae_check_encode, METH_VARARGS | METH_KEYWORDS,
-     "check_encode(image, noise=None): raises what encode would for these arguments, runs nothing."},
-    {"check_decode", (PyCFunction)(void (*)(void))ae_check_decode, METH_VARARGS | METH_KEYWORDS,
-     "check_decode(latent, image=None, mask=None): raises what decode would for these arguments, runs nothing."},
-    {"clear_plans", (PyCFunction)ae_clear, METH_NOARGS, "Free every cached plan (they are rebuilt on demand)."},
-    {"plans", (PyCFunction)ae_plans_list, METH_NOARGS,
-     "The cached plans: task, batch, height, width, bytes, arena_bytes, scratch_bytes, steps."},
+    AVQ_PY_KW_METHOD("encode", ae_encode,
+                     "encode(image, noise=None) -> (mean, logvar) or (mean, logvar, mean + exp(logvar / 2) * noise)."),
+    AVQ_PY_KW_METHOD("decode", ae_decode,
+                     "decode(latent, image=None, mask=None) -> float32 [B, 3, H, W]; image and mask for the "
+                     "conditional decoder."),
+    AVQ_PY_KW_METHOD("check_encode", ae_check_encode,
+                     "check_encode(image, noise=None): raises what encode would for these arguments, runs nothing."),
+    AVQ_PY_KW_METHOD("check_decode", ae_check_decode,
+                     "check_decode(latent, image=None, mask=None): raises what decode would, runs nothing."),
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef ae_getset[] = {
-    {"num_parameters", (getter)ae_get_num_parameters, NULL, "Parameters held.", NULL},
-    {"precision", (getter)ae_get_precision, NULL, "Activation precision: 'fp32' or 'bf16'.", NULL},
-    {"memory_bytes", (getter)ae_get_memory_bytes, NULL, "Activation arena + scratchpad bytes of all cached plans.",
-     NULL},
-    {"has_encoder", (getter)ae_get_has_encoder, NULL, "Whether the encoder was loaded.", NULL},
-    {"has_decoder", (getter)ae_get_has_decoder, NULL, "Whether a decoder was loaded.", NULL},
-    {"conditional", (getter)ae_get_conditional, NULL, "Whether the decoder merges the mask condition.", NULL},
+    {"has_encoder", (getter)get_part, NULL, "Whether the encoder was loaded.", (void *)0},
+    {"has_decoder", (getter)get_part, NULL, "Whether a decoder was loaded.", (void *)1},
+    {"conditional", (getter)get_part, NULL, "Whether the decoder merges the mask condition.", (void *)2},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot ae_slots[] = {
     {Py_tp_new, ae_new},
-    {Py_tp_dealloc, ae_dealloc},
     {Py_tp_methods, ae_methods},
     {Py_tp_getset, ae_getset},
     {Py_tp_doc,
@@ -369,14 +311,6 @@ static PyType_Slot ae_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec ae_spec = {
-    "asymvq._core.Autoencoder", sizeof(AutoencoderObject), 0, Py_TPFLAGS_DEFAULT, ae_slots,
-};
+static PyType_Spec ae_spec = {"asymvq._core.Autoencoder", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT, ae_slots};
 
-int avq_py_add_autoencoder(PyObject *m) {
-    PyObject *type = PyType_FromSpec(&ae_spec);
-    if (!type) return -1;
-    int rc = PyModule_AddObjectRef(m, "Autoencoder", type);
-    Py_DECREF(type);
-    return rc;
-}
+int avq_py_add_autoencoder(PyObject *m) { return avq_py_model_add_type(m, &ae_spec, NULL); }

@@ -8,14 +8,10 @@
  * calls serialised behind the model's lock with the GIL released. */
 #include "bindings.h"
 #include "common.h"
-#include "plan_cache.h"
+#include "model.h"
 #include "models/text_encoder.h"
 
-typedef struct {
-    PyObject_HEAD
-    avq_text_encoder *model; /* owned */
-    avq_py_plan_cache plans;
-} TextEncoderObject;
+typedef avq_py_model TextEncoderObject; /* model: the avq_text_encoder */
 
 static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
     return avq_text_encoder_plan_create(model, k->dims[0], k->dims[1], (avq_text_encoder_plan **)out);
@@ -23,17 +19,14 @@ static avq_status plan_create(const void *model, const avq_py_plan_key *k, void 
 static void plan_destroy(void *p) { avq_text_encoder_plan_destroy(p); }
 static const avq_plan *plan_core(const void *p) { return avq_text_encoder_plan_core(p); }
 
-static const avq_py_plan_kind te_plans = {
-    "TextEncoder", NULL, {"batch", "tokens", NULL, NULL}, plan_create, plan_destroy, plan_core,
-};
+static int64_t num_params(const void *m) { return avq_text_encoder_num_params(m); }
+static avq_dtype precision(const void *m) { return avq_text_encoder_precision(m); }
+static void destroy(void *m) { avq_text_encoder_destroy(m); }
 
-static void te_dealloc(TextEncoderObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    avq_py_plan_cache_fini(&self->plans);
-    avq_text_encoder_destroy(self->model);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
+static const avq_py_model_kind te_kind = {
+    {"TextEncoder", NULL, {"batch", "tokens", NULL, NULL}, plan_create, plan_destroy, plan_core},
+    num_params, precision, destroy,
+};
 
 static PyObject *te_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwl[] = {"weights", "vocab_size", "width", "layers", "heads", "mlp", "max_positions", "eps",
@@ -45,20 +38,11 @@ static PyObject *te_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         return NULL;
     avq_dtype dt;
     if (avq_py_precision(prec, &dt) < 0) return NULL;
-    TextEncoderObject *self = (TextEncoderObject *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
-    avq_status st = avq_text_encoder_create(&cfg, &src, dt, &self->model);
-    if (st != AVQ_OK) {
-        Py_DECREF(self);
-        return avq_py_raise(st);
-    }
-    if (avq_py_plan_cache_init(&self->plans, &te_plans, self->model) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
+    avq_text_encoder *model;
+    avq_status st = avq_text_encoder_create(&cfg, &src, dt, &model);
+    return st == AVQ_OK ? avq_py_model_new(type, &te_kind, model) : avq_py_raise(st);
 }
 
 /* ids as a C-contiguous int32 copy, after checking dtype, shape and range. */
@@ -130,33 +114,7 @@ static PyObject *te_run(TextEncoderObject *self, PyObject *ids_obj) {
     return (PyObject *)out;
 }
 
-/* ---- the model protocol (same names on every model) --------------------- */
-
-static PyObject *te_clear(TextEncoderObject *self, PyObject *noargs) {
-    (void)noargs;
-    avq_py_plan_cache_clear(&self->plans);
-    Py_RETURN_NONE;
-}
-
-static PyObject *te_plans_list(TextEncoderObject *self, PyObject *noargs) {
-    (void)noargs;
-    return avq_py_plan_cache_list(&self->plans);
-}
-
-static PyObject *te_get_num_parameters(TextEncoderObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLongLong((long long)avq_text_encoder_num_params(self->model));
-}
-
-static PyObject *te_get_precision(TextEncoderObject *self, void *closure) {
-    (void)closure;
-    return avq_py_precision_name(avq_text_encoder_precision(self->model));
-}
-
-static PyObject *te_get_memory_bytes(TextEncoderObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromSize_t(avq_py_plan_cache_bytes(&self->plans));
-}
+/* ---- attributes beyond the model protocol (model.h) --------------------- */
 
 static PyObject *te_get_config(TextEncoderObject *self, void *closure) {
     (void)closure;
@@ -169,38 +127,22 @@ static PyObject *te_get_config(TextEncoderObject *self, void *closure) {
 static PyMethodDef te_methods[] = {
     {"run", (PyCFunction)te_run, METH_O,
      "run(ids) -> float32 [B, L, width]: the final-layer-normed last hidden state for integer ids [B, L]."},
-    {"clear_plans", (PyCFunction)te_clear, METH_NOARGS, "Free every cached plan (they are rebuilt on demand)."},
-    {"plans", (PyCFunction)te_plans_list, METH_NOARGS,
-     "The cached plans: batch, tokens, bytes, arena_bytes, scratch_bytes, steps."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef te_getset[] = {
-    {"num_parameters", (getter)te_get_num_parameters, NULL, "Parameters held (embeddings included).", NULL},
-    {"precision", (getter)te_get_precision, NULL, "Activation precision: 'fp32' or 'bf16'.", NULL},
-    {"memory_bytes", (getter)te_get_memory_bytes, NULL, "Activation arena + scratchpad bytes of all cached plans.",
-     NULL},
     {"config", (getter)te_get_config, NULL, "The hyper-parameters as a dict.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot te_slots[] = {
     {Py_tp_new, te_new},
-    {Py_tp_dealloc, te_dealloc},
     {Py_tp_methods, te_methods},
     {Py_tp_getset, te_getset},
     {Py_tp_doc, "CLIP text transformer on a dict of checkpoint arrays (private: use asymvq.TextEncoder)."},
     {0, NULL},
 };
 
-static PyType_Spec te_spec = {
-    "asymvq._core.TextEncoder", sizeof(TextEncoderObject), 0, Py_TPFLAGS_DEFAULT, te_slots,
-};
+static PyType_Spec te_spec = {"asymvq._core.TextEncoder", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT, te_slots};
 
-int avq_py_add_text_encoder(PyObject *m) {
-    PyObject *type = PyType_FromSpec(&te_spec);
-    if (!type) return -1;
-    int rc = PyModule_AddObjectRef(m, "TextEncoder", type);
-    Py_DECREF(type);
-    return rc;
-}
+int avq_py_add_text_encoder(PyObject *m) { return avq_py_model_add_type(m, &te_spec, NULL); }

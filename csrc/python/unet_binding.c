@@ -14,17 +14,13 @@
 #include "bindings.h"
 #include "common.h"
 #include "config.h"
-#include "plan_cache.h"
+#include "model.h"
 
 #define CONTEXT_LENGTH 77
 
-typedef struct {
-    PyObject_HEAD
-    avq_unet *unet; /* owned */
-    avq_py_plan_cache plans;
-} UNetObject;
-
 static PyTypeObject *unet_type = NULL; /* a reference kept for the process, for the sampler's type check */
+
+static avq_unet *unet_of(avq_py_model *self) { return self->model; }
 
 static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
     return avq_unet_plan_create(model, k->dims[0], k->dims[1], k->dims[2], k->dims[3], (avq_unet_plan **)out);
@@ -32,8 +28,13 @@ static avq_status plan_create(const void *model, const avq_py_plan_key *k, void 
 static void plan_destroy(void *p) { avq_unet_plan_destroy(p); }
 static const avq_plan *plan_core(const void *p) { return avq_unet_plan_core(p); }
 
-static const avq_py_plan_kind unet_plans = {
-    "UNet", NULL, {"batch", "height", "width", "context_length"}, plan_create, plan_destroy, plan_core,
+static int64_t num_params(const void *m) { return avq_unet_num_params(m); }
+static avq_dtype precision(const void *m) { return avq_unet_precision(m); }
+static void destroy(void *m) { avq_unet_destroy(m); }
+
+static const avq_py_model_kind unet_kind = {
+    {"UNet", NULL, {"batch", "height", "width", "context_length"}, plan_create, plan_destroy, plan_core},
+    num_params, precision, destroy,
 };
 
 #define F(kind, key, req, dflt, lo, hi) {#key, kind, offsetof(avq_unet_config, key), AVQ_PY_NO_COUNT, req, dflt, lo, hi}
@@ -65,28 +66,11 @@ static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (avq_py_parse_config(cfg, "UNet config", unet_fields, sizeof unet_fields / sizeof unet_fields[0], &c) < 0 ||
         avq_py_precision(prec, &dt) < 0)
         return NULL;
-    UNetObject *self = (UNetObject *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
-    avq_status st = avq_unet_create(&c, dt, &src, &self->unet); /* reads the dict: keep the GIL */
-    if (st != AVQ_OK) {
-        Py_DECREF(self);
-        return avq_py_raise(st);
-    }
-    if (avq_py_plan_cache_init(&self->plans, &unet_plans, self->unet) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    return (PyObject *)self;
-}
-
-static void unet_dealloc(UNetObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    avq_py_plan_cache_fini(&self->plans); /* no pin is left: each holds this object */
-    avq_unet_destroy(self->unet);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
+    avq_unet *unet;
+    avq_status st = avq_unet_create(&c, dt, &src, &unet); /* reads the dict: keep the GIL */
+    return st == AVQ_OK ? avq_py_model_new(type, &unet_kind, unet) : avq_py_raise(st);
 }
 
 typedef struct run_args {
@@ -99,7 +83,7 @@ static avq_status run(void *plan, void *ctx) {
     return avq_unet_run(a->unet, plan, &a->x, &a->t, &a->context, &a->eps);
 }
 
-static PyObject *unet_call(UNetObject *self, PyObject *args, PyObject *kwds) {
+static PyObject *unet_call(avq_py_model *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "t", "context", NULL};
     PyObject *ox, *ot, *oc;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:UNet", kwlist, &ox, &ot, &oc)) return NULL;
@@ -107,9 +91,9 @@ static PyObject *unet_call(UNetObject *self, PyObject *args, PyObject *kwds) {
     PyObject *ret = NULL;
     if (!(x = avq_py_f32(ox, "x", 4, 4)) || !(t = avq_py_f32(ot, "t", 1, 1)) || !(c = avq_py_f32(oc, "context", 3, 3)))
         goto done;
-    npy_intp od[4] = {PyArray_DIM(x, 0), avq_unet_out_channels(self->unet), PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
+    npy_intp od[4] = {PyArray_DIM(x, 0), avq_unet_out_channels(unet_of(self)), PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
     if (!(eps = (PyArrayObject *)PyArray_SimpleNew(4, od, NPY_FLOAT32))) goto done;
-    run_args a = {self->unet, avq_py_tensor(x), avq_py_tensor(t), avq_py_tensor(c), avq_py_tensor(eps)};
+    run_args a = {unet_of(self), avq_py_tensor(x), avq_py_tensor(t), avq_py_tensor(c), avq_py_tensor(eps)};
     avq_py_plan_key key = {0, {a.x.dims[0], a.x.dims[2], a.x.dims[3], a.context.dims[1]}};
     if (avq_py_plan_cache_run(&self->plans, &key, run, &a) < 0) goto done;
     ret = (PyObject *)eps;
@@ -122,7 +106,7 @@ done:
     return ret;
 }
 
-static PyObject *unet_plan_capsule(UNetObject *self, PyObject *args, PyObject *kwds) {
+static PyObject *unet_plan_capsule(avq_py_model *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"batch", "height", "width", "context_length", NULL};
     long long b, h, w, l = CONTEXT_LENGTH;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLL|L:plan_capsule", kwlist, &b, &h, &w, &l)) return NULL;
@@ -133,8 +117,8 @@ static PyObject *unet_plan_capsule(UNetObject *self, PyObject *args, PyObject *k
 /* ---- the sampler's access (unet_binding.h) ---------------------------------- */
 
 /* The core UNet object of `obj` (borrowed), or NULL without an exception. */
-static UNetObject *core_of(PyObject *obj) {
-    if (unet_type && PyObject_TypeCheck(obj, unet_type)) return (UNetObject *)obj;
+static avq_py_model *core_of(PyObject *obj) {
+    if (unet_type && PyObject_TypeCheck(obj, unet_type)) return (avq_py_model *)obj;
     PyObject *mod = PyImport_ImportModule("asymvq.unet");
     PyObject *cls = mod ? PyObject_GetAttrString(mod, "UNet") : NULL;
     int is_unet = cls && PyType_Check(cls) ? PyObject_TypeCheck(obj, (PyTypeObject *)cls) : 0;
@@ -143,20 +127,20 @@ static UNetObject *core_of(PyObject *obj) {
     PyErr_Clear();
     if (!is_unet) return NULL;
     PyObject *core = PyObject_GetAttrString(obj, "_core"); /* asymvq.UNet's own attribute */
-    UNetObject *found = core && unet_type && PyObject_TypeCheck(core, unet_type) ? (UNetObject *)core : NULL;
+    avq_py_model *found = core && unet_type && PyObject_TypeCheck(core, unet_type) ? (avq_py_model *)core : NULL;
     Py_XDECREF(core); /* obj keeps it alive */
     PyErr_Clear();
     return found;
 }
 
 avq_unet *avq_py_unet_model(PyObject *obj) {
-    UNetObject *u = core_of(obj);
-    return u ? u->unet : NULL;
+    avq_py_model *u = core_of(obj);
+    return u ? unet_of(u) : NULL;
 }
 
 PyObject *avq_py_unet_pin_plan(PyObject *obj, int64_t batch, int64_t height, int64_t width, int64_t context_length,
                                avq_unet_plan **plan) {
-    UNetObject *u = core_of(obj);
+    avq_py_model *u = core_of(obj);
     if (!u) return PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "%s is not an asymvq UNet", Py_TYPE(obj)->tp_name);
     avq_py_plan_key key = {0, {batch, height, width, context_length}};
     PyObject *cap = avq_py_plan_cache_pin(&u->plans, (PyObject *)u, &key, AVQ_PY_PLAN_CAPSULE);
@@ -164,71 +148,33 @@ PyObject *avq_py_unet_pin_plan(PyObject *obj, int64_t batch, int64_t height, int
     return cap;
 }
 
-/* ---- the model protocol (same names on every model) ------------------------- */
+/* ---- attributes beyond the model protocol (model.h) ------------------------ */
 
-static PyObject *unet_clear_plans(UNetObject *self, PyObject *noargs) {
-    (void)noargs;
-    avq_py_plan_cache_clear(&self->plans); /* pinned plans stay */
-    Py_RETURN_NONE;
-}
+/* The int properties, read by the function the getter's closure indexes. */
+static int (*const int_props[])(const avq_unet *) = {avq_unet_in_channels, avq_unet_out_channels,
+                                                     avq_unet_context_dim, avq_unet_size_multiple};
 
-static PyObject *unet_plans_list(UNetObject *self, PyObject *noargs) {
-    (void)noargs;
-    return avq_py_plan_cache_list(&self->plans);
-}
-
-static PyObject *get_memory_bytes(UNetObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromSize_t(avq_py_plan_cache_bytes(&self->plans));
-}
-static PyObject *get_in_channels(UNetObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLong(avq_unet_in_channels(self->unet));
-}
-static PyObject *get_out_channels(UNetObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLong(avq_unet_out_channels(self->unet));
-}
-static PyObject *get_context_dim(UNetObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLong(avq_unet_context_dim(self->unet));
-}
-static PyObject *get_size_multiple(UNetObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLong(avq_unet_size_multiple(self->unet));
-}
-static PyObject *get_precision(UNetObject *self, void *closure) {
-    (void)closure;
-    return avq_py_precision_name(avq_unet_precision(self->unet));
-}
-static PyObject *get_num_parameters(UNetObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLongLong((long long)avq_unet_num_params(self->unet));
+static PyObject *get_int(avq_py_model *self, void *closure) {
+    return PyLong_FromLong(int_props[(intptr_t)closure](unet_of(self)));
 }
 
 static PyMethodDef unet_methods[] = {
-    {"clear_plans", (PyCFunction)unet_clear_plans, METH_NOARGS, "Free every unpinned cached plan (activation memory)."},
-    {"plans", (PyCFunction)unet_plans_list, METH_NOARGS,
-     "The cached plans: batch, height, width, context_length, bytes, arena_bytes, scratch_bytes, steps."},
-    {"plan_capsule", (PyCFunction)(void (*)(void))unet_plan_capsule, METH_VARARGS | METH_KEYWORDS,
-     "plan_capsule(batch, height, width, context_length=77) -> PyCapsule \"" AVQ_PY_PLAN_CAPSULE "\" pinning the plan."},
+    AVQ_PY_KW_METHOD("plan_capsule", unet_plan_capsule,
+                     "plan_capsule(batch, height, width, context_length=77) -> PyCapsule \"" AVQ_PY_PLAN_CAPSULE
+                     "\" pinning the plan."),
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef unet_getset[] = {
-    {"in_channels", (getter)get_in_channels, NULL, "Input channels (4 txt2img, 9 inpainting).", NULL},
-    {"out_channels", (getter)get_out_channels, NULL, "Output channels (4).", NULL},
-    {"context_dim", (getter)get_context_dim, NULL, "Width of the cross-attention context (768).", NULL},
-    {"size_multiple", (getter)get_size_multiple, NULL, "Latent sizes must be multiples of this (8).", NULL},
-    {"precision", (getter)get_precision, NULL, "\"fp32\" or \"bf16\" (activations and packed weights).", NULL},
-    {"num_parameters", (getter)get_num_parameters, NULL, "Number of parameters.", NULL},
-    {"memory_bytes", (getter)get_memory_bytes, NULL, "Activation arena + scratchpad bytes of all cached plans.", NULL},
+    {"in_channels", (getter)get_int, NULL, "Input channels (4 txt2img, 9 inpainting).", (void *)0},
+    {"out_channels", (getter)get_int, NULL, "Output channels (4).", (void *)1},
+    {"context_dim", (getter)get_int, NULL, "Width of the cross-attention context (768).", (void *)2},
+    {"size_multiple", (getter)get_int, NULL, "Latent sizes must be multiples of this (8).", (void *)3},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot unet_slots[] = {
     {Py_tp_new, unet_new},
-    {Py_tp_dealloc, unet_dealloc},
     {Py_tp_call, unet_call},
     {Py_tp_methods, unet_methods},
     {Py_tp_getset, unet_getset},
@@ -236,17 +182,6 @@ static PyType_Slot unet_slots[] = {
     {0, NULL},
 };
 
-static PyType_Spec unet_spec = {
-    "asymvq._core.UNet", sizeof(UNetObject), 0, Py_TPFLAGS_DEFAULT, unet_slots,
-};
+static PyType_Spec unet_spec = {"asymvq._core.UNet", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT, unet_slots};
 
-int avq_py_add_unet(PyObject *m) {
-    PyObject *type = PyType_FromSpec(&unet_spec);
-    if (!type) return -1;
-    if (PyModule_AddObjectRef(m, "UNet", type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    unet_type = (PyTypeObject *)type; /* the reference from PyType_FromSpec, kept */
-    return 0;
-}
+int avq_py_add_unet(PyObject *m) { return avq_py_model_add_type(m, &unet_spec, &unet_type); }
