@@ -166,17 +166,17 @@ class UNet:
     @property
     def in_channels(self) -> int:
         """4 (txt2img) or 9 (inpainting: ``[x_t, mask, masked-image latent]``)."""
-        return int(self._core.in_channels)
+        return int(self._spec.in_channels)
 
     @property
     def out_channels(self) -> int:
         """Channels of the predicted noise (4)."""
-        return int(self._core.out_channels)
+        return int(self._spec.out_channels)
 
     @property
     def context_dim(self) -> int:
         """Feature width of the cross-attention context (768 for SD v1)."""
-        return int(self._core.context_dim)
+        return int(self._spec.context_dim)
 
     @property
     def num_parameters(self) -> int:
@@ -197,7 +197,7 @@ class UNet:
     @property
     def size_multiple(self) -> int:
         """Latent height and width must be multiples of this (8 for SD v1)."""
-        return int(self._core.size_multiple)
+        return 2 ** (len(self._spec.channel_mult) - 1)
 
     @property
     def plans(self) -> list[dict[str, int]]:

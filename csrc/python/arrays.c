@@ -9,11 +9,13 @@ int avq_py_precision(PyObject *obj, avq_dtype *out) {
         return 0;
     }
     if (PyUnicode_Check(obj)) {
-        if (PyUnicode_CompareWithASCIIString(obj, "fp32") == 0 || PyUnicode_CompareWithASCIIString(obj, "float32") == 0) {
+        if (PyUnicode_CompareWithASCIIString(obj, "fp32") == 0 ||
+            PyUnicode_CompareWithASCIIString(obj, "float32") == 0) {
             *out = AVQ_F32;
             return 0;
         }
-        if (PyUnicode_CompareWithASCIIString(obj, "bf16") == 0 || PyUnicode_CompareWithASCIIString(obj, "bfloat16") == 0) {
+        if (PyUnicode_CompareWithASCIIString(obj, "bf16") == 0 ||
+            PyUnicode_CompareWithASCIIString(obj, "bfloat16") == 0) {
             *out = AVQ_BF16;
             return 0;
         }

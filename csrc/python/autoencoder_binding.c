@@ -24,48 +24,40 @@ static avq_status plan_create(const void *model, const avq_py_plan_key *k, void 
     return avq_autoencoder_plan_create(model, (avq_ae_task)k->task, k->dims[0], k->dims[1], k->dims[2],
                                        (avq_autoencoder_plan **)out);
 }
-static void plan_destroy(void *p) { avq_autoencoder_plan_destroy(p); }
-static const avq_plan *plan_core(const void *p) { return avq_autoencoder_plan_core(p); }
 
-static int64_t num_params(const void *m) { return avq_autoencoder_num_params(m); }
-static avq_dtype precision(const void *m) { return avq_autoencoder_precision(m); }
-static void destroy(void *m) { avq_autoencoder_destroy(m); }
+AVQ_PY_MODEL_FUNCTIONS(autoencoder)
 
 static const char *const task_names[] = {"encode", "decode", "decode_cond"};
 static const avq_py_model_kind ae_kind = {
     {"Autoencoder", task_names, {"batch", "height", "width", NULL}, plan_create, plan_destroy, plan_core},
-    num_params, precision, destroy,
+    num_params,
+    precision,
+    destroy,
 };
 
 /* ---- config dicts ------------------------------------------------------- */
 
-#define F(T, kind, key, req) {#key, kind, offsetof(T, key), AVQ_PY_NO_COUNT, req, 0, 0, 0}
-#define FL(T, key, count, lo, hi) {#key, AVQ_PY_INTS, offsetof(T, key), count, 1, 0, lo, hi}
-#define PREFIX(T) {"prefix", AVQ_PY_STR, offsetof(T, prefix), AVQ_PY_NO_COUNT, 0, 0, 0, AVQ_AE_PREFIX_MAX}
+#define E(kind, key)      {#key, kind, offsetof(avq_ae_encoder_config, key), AVQ_PY_NO_COUNT, 1, 0, 0, 0}
+#define D(kind, key, req) {#key, kind, offsetof(avq_ae_decoder_config, key), AVQ_PY_NO_COUNT, req, 0, 0, 0}
+#define LEVELS(T, key)    {#key, AVQ_PY_INTS, offsetof(T, key), offsetof(T, num_levels), 1, 0, 1, AVQ_AE_MAX_LEVELS}
+#define PREFIX(T)         {"prefix", AVQ_PY_STR, offsetof(T, prefix), AVQ_PY_NO_COUNT, 0, 0, 0, AVQ_AE_PREFIX_MAX}
 static const avq_py_field encoder_fields[] = {
-    F(avq_ae_encoder_config, AVQ_PY_INT, in_channels, 1),
-    F(avq_ae_encoder_config, AVQ_PY_INT, ch, 1),
-    FL(avq_ae_encoder_config, ch_mult, offsetof(avq_ae_encoder_config, num_levels), 1, AVQ_AE_MAX_LEVELS),
-    F(avq_ae_encoder_config, AVQ_PY_INT, num_res_blocks, 1),
-    F(avq_ae_encoder_config, AVQ_PY_INT, z_channels, 1),
-    F(avq_ae_encoder_config, AVQ_PY_INT, embed_dim, 1),
+    E(AVQ_PY_INT, in_channels),    E(AVQ_PY_INT, ch),         LEVELS(avq_ae_encoder_config, ch_mult),
+    E(AVQ_PY_INT, num_res_blocks), E(AVQ_PY_INT, z_channels), E(AVQ_PY_INT, embed_dim),
     PREFIX(avq_ae_encoder_config),
 };
 static const avq_py_field decoder_fields[] = {
-    F(avq_ae_decoder_config, AVQ_PY_INT, embed_dim, 1),
-    F(avq_ae_decoder_config, AVQ_PY_INT, z_channels, 1),
-    FL(avq_ae_decoder_config, widths, offsetof(avq_ae_decoder_config, num_levels), 1, AVQ_AE_MAX_LEVELS),
-    F(avq_ae_decoder_config, AVQ_PY_INT, blocks_per_level, 1),
-    F(avq_ae_decoder_config, AVQ_PY_INT, out_channels, 1),
-    F(avq_ae_decoder_config, AVQ_PY_BOOL, conditional, 0),
+    D(AVQ_PY_INT, embed_dim, 1),        D(AVQ_PY_INT, z_channels, 1),   LEVELS(avq_ae_decoder_config, widths),
+    D(AVQ_PY_INT, blocks_per_level, 1), D(AVQ_PY_INT, out_channels, 1), D(AVQ_PY_BOOL, conditional, 0),
     PREFIX(avq_ae_decoder_config),
 };
 /* only the conditional decoder has (and needs) them */
 static const avq_py_field condition_fields[] = {
-    FL(avq_ae_decoder_config, cond_channels, AVQ_PY_NO_COUNT, 3, 3),
+    {"cond_channels", AVQ_PY_INTS, offsetof(avq_ae_decoder_config, cond_channels), AVQ_PY_NO_COUNT, 1, 0, 3, 3},
 };
-#undef F
-#undef FL
+#undef E
+#undef D
+#undef LEVELS
 #undef PREFIX
 #define NFIELDS(a) (sizeof a / sizeof a[0])
 
@@ -174,8 +166,12 @@ static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw
         !(mean = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32)) ||
         !(logvar = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32)))
         goto done;
-    run_args a = {.model = self->model, .image = PyArray_DATA(image), .noise = data_or_null(noise),
-                  .mean = PyArray_DATA(mean), .logvar = PyArray_DATA(logvar), .sample = data_or_null(sample)};
+    run_args a = {.model = self->model,
+                  .image = PyArray_DATA(image),
+                  .noise = data_or_null(noise),
+                  .mean = PyArray_DATA(mean),
+                  .logvar = PyArray_DATA(logvar),
+                  .sample = data_or_null(sample)};
     avq_py_plan_key key = {AVQ_AE_ENCODE, {B, H, W, 0}};
     if (avq_py_plan_cache_run(&self->plans, &key, run_encode, &a) < 0) goto done;
     ret = sample ? PyTuple_Pack(3, mean, logvar, sample) : PyTuple_Pack(2, mean, logvar);
@@ -259,8 +255,11 @@ static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw
     const npy_intp B = PyArray_DIM(z, 0), H = f * PyArray_DIM(z, 2), W = f * PyArray_DIM(z, 3);
     npy_intp od[4] = {B, d->out_channels, H, W};
     if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, od, NPY_FLOAT32))) goto done;
-    run_args a = {.model = self->model, .latent = PyArray_DATA(z), .image = data_or_null(image),
-                  .mask = data_or_null(mask), .out = PyArray_DATA(out)};
+    run_args a = {.model = self->model,
+                  .latent = PyArray_DATA(z),
+                  .image = data_or_null(image),
+                  .mask = data_or_null(mask),
+                  .out = PyArray_DATA(out)};
     avq_py_plan_key key = {image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE, {B, H, W, 0}};
     if (avq_py_plan_cache_run(&self->plans, &key, run_decode, &a) < 0) goto done;
     ret = (PyObject *)out;
@@ -273,14 +272,7 @@ done:
     return ret;
 }
 
-/* ---- attributes beyond the model protocol (model.h) --------------------- */
-
-/* closure 0: has an encoder, 1: has a decoder, 2: the decoder merges the mask condition */
-static PyObject *get_part(AutoencoderObject *self, void *closure) {
-    const avq_autoencoder_config *c = avq_autoencoder_get_config(self->model);
-    const int has[] = {c->has_encoder, c->has_decoder, c->has_decoder && c->decoder.conditional};
-    return PyBool_FromLong(has[(intptr_t)closure]);
-}
+/* ---- the type: the model protocol (model.h) and the above -------------- */
 
 static PyMethodDef ae_methods[] = {
     AVQ_PY_KW_METHOD("encode", ae_encode,
@@ -295,21 +287,9 @@ static PyMethodDef ae_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef ae_getset[] = {
-    {"has_encoder", (getter)get_part, NULL, "Whether the encoder was loaded.", (void *)0},
-    {"has_decoder", (getter)get_part, NULL, "Whether a decoder was loaded.", (void *)1},
-    {"conditional", (getter)get_part, NULL, "Whether the decoder merges the mask condition.", (void *)2},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot ae_slots[] = {
-    {Py_tp_new, ae_new},
-    {Py_tp_methods, ae_methods},
-    {Py_tp_getset, ae_getset},
-    {Py_tp_doc,
-     "KL encoder and (asymmetric) decoders on a dict of checkpoint arrays (private: use asymvq.Autoencoder)."},
-    {0, NULL},
-};
+static PyType_Slot ae_slots[] = {AVQ_PY_TYPE_SLOTS(
+    ae_new, ae_methods,
+    "KL encoder and (asymmetric) decoders on a dict of checkpoint arrays (private: use asymvq.Autoencoder).")};
 
 static PyType_Spec ae_spec = {"asymvq._core.Autoencoder", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT, ae_slots};
 

@@ -39,14 +39,16 @@ static int parse_ints(PyObject *v, const char *what, const avq_py_field *f, char
     int rc = 0;
     if (n < f->min_count || n > f->max_count) {
         if (f->min_count == f->max_count)
-            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s: %s must have %d entries, got %zd", what, f->key, f->max_count, n);
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s: %s must have %d entries, got %zd", what, f->key, f->max_count,
+                         n);
         else
             PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s: %s must have %d to %d entries, got %zd", what, f->key,
                          f->min_count, f->max_count, n);
         rc = -1;
     }
     int *dst = (int *)(base + f->offset);
-    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) rc = as_int(PySequence_Fast_GET_ITEM(seq, i), what, f->key, i, &dst[i]);
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++)
+        rc = as_int(PySequence_Fast_GET_ITEM(seq, i), what, f->key, i, &dst[i]);
     Py_DECREF(seq);
     if (rc == 0 && f->count_offset != AVQ_PY_NO_COUNT) *(int *)(base + f->count_offset) = (int)n;
     return rc;

@@ -11,7 +11,8 @@ static const struct {
     [AVQ_PY_EXC_TYPE] = {"asymvq.DTypeError", "An unsupported dtype or argument type (also a TypeError)."},
     [AVQ_PY_EXC_MEMORY] = {"asymvq.OutOfMemoryError", "An allocation failed (also a MemoryError)."},
     [AVQ_PY_EXC_NUMERIC] = {"asymvq.NumericError", "NaN or Inf where none may be (also a FloatingPointError)."},
-    [AVQ_PY_EXC_ENGINE] = {"asymvq.EngineError", "oneDNN failed, or an invariant of asymvq broke (also a RuntimeError)."},
+    [AVQ_PY_EXC_ENGINE] = {"asymvq.EngineError",
+                           "oneDNN failed, or an invariant of asymvq broke (also a RuntimeError)."},
 };
 
 int avq_py_errors_init(PyObject *m, avq_py_state *state) {

@@ -17,8 +17,8 @@ enum { AVQ_PY_EXC_VALUE, AVQ_PY_EXC_TYPE, AVQ_PY_EXC_MEMORY, AVQ_PY_EXC_NUMERIC,
 
 /* asymvq._core's module state (every reference owned). */
 typedef struct avq_py_state {
-    PyObject *error;              /* asymvq.Error */
-    PyObject *exc[AVQ_PY_NEXC];   /* its status subclasses */
+    PyObject *error;            /* asymvq.Error */
+    PyObject *exc[AVQ_PY_NEXC]; /* its status subclasses */
 } avq_py_state;
 
 /* Creates the classes into `state` and adds them to module `m`. -1 with an exception set. */

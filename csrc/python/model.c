@@ -78,8 +78,11 @@ static PyType_Slot model_slots[] = {
 };
 
 static PyType_Spec model_spec = {
-    "asymvq._core.Model", sizeof(avq_py_model), 0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION, model_slots,
+    "asymvq._core.Model",
+    sizeof(avq_py_model),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    model_slots,
 };
 
 int avq_py_model_add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **keep) {
@@ -98,7 +101,9 @@ int avq_py_model_add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **keep) {
         Py_XDECREF(type);
         return -1;
     }
-    if (keep) *keep = (PyTypeObject *)type;
-    else Py_DECREF(type); /* the module holds it */
+    if (keep)
+        *keep = (PyTypeObject *)type;
+    else
+        Py_DECREF(type); /* the module holds it */
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <Python.h>
 
 #include "plan_cache.h"
+#include "pytypes.h"
 
 typedef struct avq_py_model_kind {
     avq_py_plan_kind plans;
@@ -19,11 +20,20 @@ typedef struct avq_py_model_kind {
 } avq_py_model_kind;
 
 typedef struct avq_py_model {
-    PyObject_HEAD
-    const avq_py_model_kind *kind; /* NULL until avq_py_model_init */
-    void *model;                   /* owned */
+    PyObject_HEAD const avq_py_model_kind *kind; /* NULL until avq_py_model_init */
+    void *model;                                 /* owned */
     avq_py_plan_cache plans;
 } avq_py_model;
+
+/* The kind's functions over one model family's C API: every model names
+ * them alike (avq_<prefix>_num_params, _precision, _destroy, _plan_destroy,
+ * _plan_core); only plan creation differs, by the shape it takes. */
+#define AVQ_PY_MODEL_FUNCTIONS(prefix)                                                \
+    static int64_t num_params(const void *m) { return avq_##prefix##_num_params(m); } \
+    static avq_dtype precision(const void *m) { return avq_##prefix##_precision(m); } \
+    static void destroy(void *m) { avq_##prefix##_destroy(m); }                       \
+    static void plan_destroy(void *p) { avq_##prefix##_plan_destroy(p); }             \
+    static const avq_plan *plan_core(const void *p) { return avq_##prefix##_plan_core(p); }
 
 /* A new object of `type` (a Model subtype) owning `model`, or NULL with an
  * exception set (then `model` is destroyed too). */
@@ -34,8 +44,5 @@ PyObject *avq_py_model_new(PyTypeObject *type, const avq_py_model_kind *kind, vo
  * short name. With `keep`, *keep receives a reference kept for the process.
  * 0, or -1 with an exception set. */
 int avq_py_model_add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **keep);
-
-/* A METH_VARARGS | METH_KEYWORDS entry of a PyMethodDef table. */
-#define AVQ_PY_KW_METHOD(name, fn, doc) {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
 
 #endif

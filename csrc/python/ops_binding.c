@@ -11,6 +11,7 @@
 
 #include "bindings.h"
 #include "common.h"
+#include "pytypes.h"
 
 #define MAX_IN 6
 
@@ -735,44 +736,48 @@ done:
 }
 
 static PyMethodDef ops_methods[] = {
-    {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32', "
-     "algorithm='auto')"},
-    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS,
-     "linear(x, weight, bias=None, activation=None, mul=None, add=None, precision='fp32')"},
-    {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,
-     "matmul(a, b, trans_b=False, alpha=1.0, precision='fp32')"},
-    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_VARARGS | METH_KEYWORDS, "softmax(x, precision='fp32')"},
-    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
-     "attention(q, k, v, heads, scale=None, causal=False, precision='fp32')"},
-    {"group_norm", (PyCFunction)(void (*)(void))py_group_norm, METH_VARARGS | METH_KEYWORDS,
-     "group_norm(x, weight, bias, groups=32, eps=1e-5, silu=False, precision='fp32')"},
-    {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
-     "layer_norm(x, weight, bias, eps=1e-5, precision='fp32')"},
-    {"activation", (PyCFunction)(void (*)(void))py_activation, METH_VARARGS | METH_KEYWORDS,
-     "activation(x, kind, precision='fp32'), kind in relu, silu, gelu, quick_gelu"},
-    {"geglu", (PyCFunction)(void (*)(void))py_geglu, METH_VARARGS | METH_KEYWORDS, "geglu(x, precision='fp32')"},
-    {"add", (PyCFunction)(void (*)(void))py_add, METH_VARARGS | METH_KEYWORDS, "add(a, b, precision='fp32')"},
-    {"mul", (PyCFunction)(void (*)(void))py_mul, METH_VARARGS | METH_KEYWORDS, "mul(a, b, precision='fp32')"},
-    {"blend", (PyCFunction)(void (*)(void))py_blend, METH_VARARGS | METH_KEYWORDS,
-     "blend(h, f, mask, precision='fp32') = h * mask + f * (1 - mask)"},
-    {"concat", (PyCFunction)(void (*)(void))py_concat, METH_VARARGS | METH_KEYWORDS, "concat(a, b, precision='fp32')"},
-    {"upsample2x", (PyCFunction)(void (*)(void))py_upsample2x, METH_VARARGS | METH_KEYWORDS,
-     "upsample2x(x, precision='fp32')"},
-    {"resize_nearest", (PyCFunction)(void (*)(void))py_resize_nearest, METH_VARARGS | METH_KEYWORDS,
-     "resize_nearest(x, size, precision='fp32')"},
-    {"timestep_embedding", (PyCFunction)(void (*)(void))py_timestep_embedding, METH_VARARGS | METH_KEYWORDS,
-     "timestep_embedding(t, dim, max_period=10000.0, precision='fp32')"},
-    {"timeit", (PyCFunction)(void (*)(void))py_timeit, METH_VARARGS | METH_KEYWORDS,
-     "timeit(name, *args, repeat=10, **kwargs) -> float: builds the plan of ops.<name>(*args, **kwargs) once, runs it "
-     "`repeat` times and returns the best seconds of the op itself (input/output layout conversions excluded)"},
+    AVQ_PY_KW_METHOD(
+        "conv2d", py_conv2d,
+        "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32', "
+        "algorithm='auto')"),
+    AVQ_PY_KW_METHOD("linear", py_linear,
+                     "linear(x, weight, bias=None, activation=None, mul=None, add=None, precision='fp32')"),
+    AVQ_PY_KW_METHOD("matmul", py_matmul, "matmul(a, b, trans_b=False, alpha=1.0, precision='fp32')"),
+    AVQ_PY_KW_METHOD("softmax", py_softmax, "softmax(x, precision='fp32')"),
+    AVQ_PY_KW_METHOD("attention", py_attention,
+                     "attention(q, k, v, heads, scale=None, causal=False, precision='fp32')"),
+    AVQ_PY_KW_METHOD("group_norm", py_group_norm,
+                     "group_norm(x, weight, bias, groups=32, eps=1e-5, silu=False, precision='fp32')"),
+    AVQ_PY_KW_METHOD("layer_norm", py_layer_norm, "layer_norm(x, weight, bias, eps=1e-5, precision='fp32')"),
+    AVQ_PY_KW_METHOD("activation", py_activation,
+                     "activation(x, kind, precision='fp32'), kind in relu, silu, gelu, quick_gelu"),
+    AVQ_PY_KW_METHOD("geglu", py_geglu, "geglu(x, precision='fp32')"),
+    AVQ_PY_KW_METHOD("add", py_add, "add(a, b, precision='fp32')"),
+    AVQ_PY_KW_METHOD("mul", py_mul, "mul(a, b, precision='fp32')"),
+    AVQ_PY_KW_METHOD("blend", py_blend, "blend(h, f, mask, precision='fp32') = h * mask + f * (1 - mask)"),
+    AVQ_PY_KW_METHOD("concat", py_concat, "concat(a, b, precision='fp32')"),
+    AVQ_PY_KW_METHOD("upsample2x", py_upsample2x, "upsample2x(x, precision='fp32')"),
+    AVQ_PY_KW_METHOD("resize_nearest", py_resize_nearest, "resize_nearest(x, size, precision='fp32')"),
+    AVQ_PY_KW_METHOD("timestep_embedding", py_timestep_embedding,
+                     "timestep_embedding(t, dim, max_period=10000.0, precision='fp32')"),
+    AVQ_PY_KW_METHOD(
+        "timeit", py_timeit,
+        "timeit(name, *args, repeat=10, **kwargs) -> float: builds the plan of ops.<name>(*args, **kwargs) once, runs "
+        "it "
+        "`repeat` times and returns the best seconds of the op itself (input/output layout conversions excluded)"),
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef ops_def = {
-    PyModuleDef_HEAD_INIT, "asymvq._core.ops",
-    "Every op on NumPy arrays (private: for tests and benchmarks; float32 in PyTorch layouts).", -1, ops_methods,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    "asymvq._core.ops",
+    "Every op on NumPy arrays (private: for tests and benchmarks; float32 in PyTorch layouts).",
+    -1,
+    ops_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyObject *avq_ops_module(void) { return PyModule_Create(&ops_def); }

@@ -32,8 +32,7 @@ void avq_py_plan_cache_fini(avq_py_plan_cache *c) {
 /* Takes the lock, letting other Python threads run while waiting. GIL held. */
 static void lock_gil_held(avq_py_plan_cache *c) {
     if (PyThread_acquire_lock(c->lock, NOWAIT_LOCK)) return;
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(c->lock, WAIT_LOCK);
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(c->lock, WAIT_LOCK);
     Py_END_ALLOW_THREADS
 }
 
@@ -89,8 +88,7 @@ int avq_py_plan_cache_run(avq_py_plan_cache *c, const avq_py_plan_key *key, avq_
     avq_status st = AVQ_OK;
     int got;
     if (avq_py_interrupt_begin() < 0) return -1;
-    Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(c->lock, WAIT_LOCK);
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(c->lock, WAIT_LOCK);
     avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
     avq_py_plan_slot *slot = NULL;
     got = get_slot(c, key, &slot, &st);
@@ -100,8 +98,7 @@ int avq_py_plan_cache_run(avq_py_plan_cache *c, const avq_py_plan_key *key, avq_
     }
     avq_plan_set_thread_abort_flag(NULL);
     PyThread_release_lock(c->lock);
-    Py_END_ALLOW_THREADS
-    avq_py_interrupt_end();
+    Py_END_ALLOW_THREADS avq_py_interrupt_end();
     if (got == GOT_PLAN) return 0;
     raise_got(c, got, st);
     return -1;
@@ -179,9 +176,9 @@ typedef struct plan_info {
 } plan_info;
 
 static PyObject *describe(const avq_py_plan_kind *kind, const plan_info *in) {
-    PyObject *d = Py_BuildValue("{s:n,s:n,s:n,s:n}", "bytes", (Py_ssize_t)(in->arena + in->scratch), "arena_bytes",
-                                (Py_ssize_t)in->arena, "scratch_bytes", (Py_ssize_t)in->scratch, "steps",
-                                (Py_ssize_t)in->steps);
+    PyObject *d =
+        Py_BuildValue("{s:n,s:n,s:n,s:n}", "bytes", (Py_ssize_t)(in->arena + in->scratch), "arena_bytes",
+                      (Py_ssize_t)in->arena, "scratch_bytes", (Py_ssize_t)in->scratch, "steps", (Py_ssize_t)in->steps);
     if (d && kind->task_names) {
         PyObject *task = PyUnicode_FromString(kind->task_names[in->key.task]);
         if (!task || PyDict_SetItemString(d, "task", task) < 0) Py_CLEAR(d);
@@ -205,15 +202,17 @@ PyObject *avq_py_plan_cache_list(avq_py_plan_cache *c) {
         if (!p || !avq_plan_built(p)) continue;
         int j = n++;
         for (; j > 0 && info[j - 1].last_use > s->last_use; j--) info[j] = info[j - 1];
-        info[j] = (plan_info){s->key, s->last_use, avq_plan_arena_bytes(p), avq_plan_scratch_bytes(p),
-                              avq_plan_num_steps(p)};
+        info[j] =
+            (plan_info){s->key, s->last_use, avq_plan_arena_bytes(p), avq_plan_scratch_bytes(p), avq_plan_num_steps(p)};
     }
     PyThread_release_lock(c->lock);
     PyObject *list = PyList_New(n);
     for (int i = 0; list && i < n; i++) {
         PyObject *d = describe(c->kind, &info[i]);
-        if (!d) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, i, d);
+        if (!d)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, d);
     }
     return list;
 }

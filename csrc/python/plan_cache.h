@@ -23,7 +23,7 @@
 #include "core/plan.h"
 
 #define AVQ_PY_PLAN_CACHE_SIZE 4
-#define AVQ_PY_PLAN_DIMS 4
+#define AVQ_PY_PLAN_DIMS       4
 
 typedef struct avq_py_plan_key {
     int task; /* 0 unless the model has several (the autoencoder's encode / decode) */

@@ -16,25 +16,23 @@ typedef avq_py_model TextEncoderObject; /* model: the avq_text_encoder */
 static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
     return avq_text_encoder_plan_create(model, k->dims[0], k->dims[1], (avq_text_encoder_plan **)out);
 }
-static void plan_destroy(void *p) { avq_text_encoder_plan_destroy(p); }
-static const avq_plan *plan_core(const void *p) { return avq_text_encoder_plan_core(p); }
 
-static int64_t num_params(const void *m) { return avq_text_encoder_num_params(m); }
-static avq_dtype precision(const void *m) { return avq_text_encoder_precision(m); }
-static void destroy(void *m) { avq_text_encoder_destroy(m); }
+AVQ_PY_MODEL_FUNCTIONS(text_encoder)
 
 static const avq_py_model_kind te_kind = {
     {"TextEncoder", NULL, {"batch", "tokens", NULL, NULL}, plan_create, plan_destroy, plan_core},
-    num_params, precision, destroy,
+    num_params,
+    precision,
+    destroy,
 };
 
 static PyObject *te_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    static char *kwl[] = {"weights", "vocab_size", "width", "layers", "heads", "mlp", "max_positions", "eps",
-                          "precision", NULL};
+    static char *kwl[] = {"weights", "vocab_size",    "width", "layers",    "heads",
+                          "mlp",     "max_positions", "eps",   "precision", NULL};
     PyObject *weights, *prec = NULL;
     avq_text_encoder_config cfg;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iiiiiif|O", kwl, &PyDict_Type, &weights, &cfg.vocab_size,
-                                     &cfg.width, &cfg.layers, &cfg.heads, &cfg.mlp, &cfg.max_positions, &cfg.eps, &prec))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iiiiiif|O", kwl, &PyDict_Type, &weights, &cfg.vocab_size, &cfg.width,
+                                     &cfg.layers, &cfg.heads, &cfg.mlp, &cfg.max_positions, &cfg.eps, &prec))
         return NULL;
     avq_dtype dt;
     if (avq_py_precision(prec, &dt) < 0) return NULL;
@@ -55,17 +53,19 @@ static PyArrayObject *te_ids(TextEncoderObject *self, PyObject *obj) {
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (!PyArray_ISINTEGER(a)) {
-        PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "ids must have an integer dtype, got %s", PyArray_DESCR(a)->typeobj->tp_name);
+        PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "ids must have an integer dtype, got %s",
+                     PyArray_DESCR(a)->typeobj->tp_name);
         return NULL;
     }
     if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 0) < 1 || PyArray_DIM(a, 1) < 1 ||
         PyArray_DIM(a, 1) > c->max_positions) {
-        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "ids must have shape [batch >= 1, tokens in 1..%d], got %d-D array of %zd elements",
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG),
+                     "ids must have shape [batch >= 1, tokens in 1..%d], got %d-D array of %zd elements",
                      c->max_positions, PyArray_NDIM(a), (Py_ssize_t)PyArray_SIZE(a));
         return NULL;
     }
-    PyArrayObject *wide = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_INT64, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED |
-                                                                             NPY_ARRAY_FORCECAST);
+    PyArrayObject *wide = (PyArrayObject *)PyArray_FROM_OTF(
+        obj, NPY_INT64, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
     if (!wide) return NULL;
     const int64_t *v = PyArray_DATA(wide);
     const npy_intp n = PyArray_SIZE(wide), L = PyArray_DIM(wide, 1);
@@ -114,15 +114,7 @@ static PyObject *te_run(TextEncoderObject *self, PyObject *ids_obj) {
     return (PyObject *)out;
 }
 
-/* ---- attributes beyond the model protocol (model.h) --------------------- */
-
-static PyObject *te_get_config(TextEncoderObject *self, void *closure) {
-    (void)closure;
-    const avq_text_encoder_config *c = avq_text_encoder_get_config(self->model);
-    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:d}", "vocab_size", c->vocab_size, "width", c->width, "layers",
-                         c->layers, "heads", c->heads, "mlp", c->mlp, "max_positions", c->max_positions, "eps",
-                         (double)c->eps);
-}
+/* ---- the type: the model protocol (model.h) and the above -------------- */
 
 static PyMethodDef te_methods[] = {
     {"run", (PyCFunction)te_run, METH_O,
@@ -130,18 +122,8 @@ static PyMethodDef te_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef te_getset[] = {
-    {"config", (getter)te_get_config, NULL, "The hyper-parameters as a dict.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot te_slots[] = {
-    {Py_tp_new, te_new},
-    {Py_tp_methods, te_methods},
-    {Py_tp_getset, te_getset},
-    {Py_tp_doc, "CLIP text transformer on a dict of checkpoint arrays (private: use asymvq.TextEncoder)."},
-    {0, NULL},
-};
+static PyType_Slot te_slots[] = {AVQ_PY_TYPE_SLOTS(
+    te_new, te_methods, "CLIP text transformer on a dict of checkpoint arrays (private: use asymvq.TextEncoder).")};
 
 static PyType_Spec te_spec = {"asymvq._core.TextEncoder", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT, te_slots};
 

@@ -25,32 +25,25 @@ static avq_unet *unet_of(avq_py_model *self) { return self->model; }
 static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
     return avq_unet_plan_create(model, k->dims[0], k->dims[1], k->dims[2], k->dims[3], (avq_unet_plan **)out);
 }
-static void plan_destroy(void *p) { avq_unet_plan_destroy(p); }
-static const avq_plan *plan_core(const void *p) { return avq_unet_plan_core(p); }
 
-static int64_t num_params(const void *m) { return avq_unet_num_params(m); }
-static avq_dtype precision(const void *m) { return avq_unet_precision(m); }
-static void destroy(void *m) { avq_unet_destroy(m); }
+AVQ_PY_MODEL_FUNCTIONS(unet)
 
 static const avq_py_model_kind unet_kind = {
     {"UNet", NULL, {"batch", "height", "width", "context_length"}, plan_create, plan_destroy, plan_core},
-    num_params, precision, destroy,
+    num_params,
+    precision,
+    destroy,
 };
 
 #define F(kind, key, req, dflt, lo, hi) {#key, kind, offsetof(avq_unet_config, key), AVQ_PY_NO_COUNT, req, dflt, lo, hi}
-#define FL(key, count) {#key, AVQ_PY_INTS, offsetof(avq_unet_config, key), offsetof(avq_unet_config, count), 1, 0, 0, \
-                        AVQ_UNET_MAX_LEVELS}
+#define FL(key, count) \
+    {#key, AVQ_PY_INTS, offsetof(avq_unet_config, key), offsetof(avq_unet_config, count), 1, 0, 0, AVQ_UNET_MAX_LEVELS}
 static const avq_py_field unet_fields[] = {
-    F(AVQ_PY_INT, in_channels, 1, 0, 0, 0),
-    F(AVQ_PY_INT, out_channels, 1, 0, 0, 0),
-    F(AVQ_PY_INT, model_channels, 1, 0, 0, 0),
-    FL(channel_mult, num_levels),
-    F(AVQ_PY_INT, num_res_blocks, 1, 0, 0, 0),
-    FL(attention_resolutions, num_attention_resolutions),
-    F(AVQ_PY_INT, num_heads, 0, -1, 0, 0),
-    F(AVQ_PY_INT, num_head_channels, 0, -1, 0, 0),
-    F(AVQ_PY_INT, transformer_depth, 0, 1, 0, 0),
-    F(AVQ_PY_INT, context_dim, 1, 0, 0, 0),
+    F(AVQ_PY_INT, in_channels, 1, 0, 0, 0),       F(AVQ_PY_INT, out_channels, 1, 0, 0, 0),
+    F(AVQ_PY_INT, model_channels, 1, 0, 0, 0),    FL(channel_mult, num_levels),
+    F(AVQ_PY_INT, num_res_blocks, 1, 0, 0, 0),    FL(attention_resolutions, num_attention_resolutions),
+    F(AVQ_PY_INT, num_heads, 0, -1, 0, 0),        F(AVQ_PY_INT, num_head_channels, 0, -1, 0, 0),
+    F(AVQ_PY_INT, transformer_depth, 0, 1, 0, 0), F(AVQ_PY_INT, context_dim, 1, 0, 0, 0),
 };
 #undef F
 #undef FL
@@ -148,15 +141,7 @@ PyObject *avq_py_unet_pin_plan(PyObject *obj, int64_t batch, int64_t height, int
     return cap;
 }
 
-/* ---- attributes beyond the model protocol (model.h) ------------------------ */
-
-/* The int properties, read by the function the getter's closure indexes. */
-static int (*const int_props[])(const avq_unet *) = {avq_unet_in_channels, avq_unet_out_channels,
-                                                     avq_unet_context_dim, avq_unet_size_multiple};
-
-static PyObject *get_int(avq_py_model *self, void *closure) {
-    return PyLong_FromLong(int_props[(intptr_t)closure](unet_of(self)));
-}
+/* ---- the type: the model protocol (model.h) and the above ------------------- */
 
 static PyMethodDef unet_methods[] = {
     AVQ_PY_KW_METHOD("plan_capsule", unet_plan_capsule,
@@ -165,21 +150,10 @@ static PyMethodDef unet_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef unet_getset[] = {
-    {"in_channels", (getter)get_int, NULL, "Input channels (4 txt2img, 9 inpainting).", (void *)0},
-    {"out_channels", (getter)get_int, NULL, "Output channels (4).", (void *)1},
-    {"context_dim", (getter)get_int, NULL, "Width of the cross-attention context (768).", (void *)2},
-    {"size_multiple", (getter)get_int, NULL, "Latent sizes must be multiples of this (8).", (void *)3},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
 static PyType_Slot unet_slots[] = {
-    {Py_tp_new, unet_new},
     {Py_tp_call, unet_call},
-    {Py_tp_methods, unet_methods},
-    {Py_tp_getset, unet_getset},
-    {Py_tp_doc, "UNet(config: dict, weights: dict, precision='fp32'): the SD v1 UNet in C (private)."},
-    {0, NULL},
+    AVQ_PY_TYPE_SLOTS(unet_new, unet_methods,
+                      "UNet(config: dict, weights: dict, precision='fp32'): the SD v1 UNet in C (private)."),
 };
 
 static PyType_Spec unet_spec = {"asymvq._core.UNet", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT, unet_slots};
