@@ -107,13 +107,17 @@ static avq_status run_decode(void *plan, void *ctx) {
 
 static float *data_or_null(PyArrayObject *a) { return a ? PyArray_DATA(a) : NULL; }
 
-/* The encode contract: image [B, in, H, W] with H and W multiples of the
- * factor; noise, if given, the latent's shape [B, e, H/f, W/f]. Sets the
- * checked float32 arrays (new references; noise NULL when absent), or -1
- * with an exception set and nothing held. */
-static int encode_inputs(AutoencoderObject *self, PyObject *io, PyObject *no, PyArrayObject **image,
+/* Parses encode's (image, noise=None) and checks the encode contract: image
+ * [B, in, H, W] with H and W multiples of the factor; noise, if given, the
+ * latent's shape [B, e, H/f, W/f]. Sets the checked float32 arrays (new
+ * references; noise NULL when absent), or -1 with an exception set and
+ * nothing held. */
+static int encode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, PyArrayObject **image,
                          PyArrayObject **noise) {
+    static char *kwl[] = {"image", "noise", NULL};
+    PyObject *io, *no = Py_None;
     *image = *noise = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:encode", kwl, &io, &no)) return -1;
     const avq_autoencoder_config *cfg = avq_autoencoder_get_config(self->model);
     if (!cfg->has_encoder) {
         PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "this Autoencoder has no encoder (its weights were not loaded)");
@@ -142,55 +146,52 @@ fail:
 }
 
 static PyObject *ae_check_encode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
-    static char *kwl[] = {"image", "noise", NULL};
-    PyObject *io, *no = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:check_encode", kwl, &io, &no)) return NULL;
     PyArrayObject *image, *noise;
-    if (encode_inputs(self, io, no, &image, &noise) < 0) return NULL;
+    if (encode_inputs(self, args, kw, &image, &noise) < 0) return NULL;
     Py_DECREF(image);
     Py_XDECREF(noise);
     Py_RETURN_NONE;
 }
 
 static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
-    static char *kwl[] = {"image", "noise", NULL};
-    PyObject *io, *no = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:encode", kwl, &io, &no)) return NULL;
-    PyArrayObject *image, *noise, *mean = NULL, *logvar = NULL, *sample = NULL;
-    if (encode_inputs(self, io, no, &image, &noise) < 0) return NULL;
-    PyObject *ret = NULL;
+    PyArrayObject *image, *noise;
+    if (encode_inputs(self, args, kw, &image, &noise) < 0) return NULL;
     const int f = avq_autoencoder_factor(self->model, 1);
     const npy_intp B = PyArray_DIM(image, 0), H = PyArray_DIM(image, 2), W = PyArray_DIM(image, 3);
     npy_intp ld[4] = {B, avq_autoencoder_get_config(self->model)->encoder.embed_dim, H / f, W / f};
-    if ((noise && !(sample = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32))) ||
-        !(mean = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32)) ||
-        !(logvar = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32)))
-        goto done;
-    run_args a = {.model = self->model,
-                  .image = PyArray_DATA(image),
-                  .noise = data_or_null(noise),
-                  .mean = PyArray_DATA(mean),
-                  .logvar = PyArray_DATA(logvar),
-                  .sample = data_or_null(sample)};
-    avq_py_plan_key key = {AVQ_AE_ENCODE, {B, H, W, 0}};
-    if (avq_py_plan_cache_run(&self->plans, &key, run_encode, &a) < 0) goto done;
-    ret = sample ? PyTuple_Pack(3, mean, logvar, sample) : PyTuple_Pack(2, mean, logvar);
-done:
-    Py_XDECREF(image);
+    /* (mean, logvar[, sample]), filled by the run */
+    PyObject *outs[3] = {PyArray_SimpleNew(4, ld, NPY_FLOAT32), PyArray_SimpleNew(4, ld, NPY_FLOAT32),
+                         noise ? PyArray_SimpleNew(4, ld, NPY_FLOAT32) : NULL};
+    PyObject *ret = NULL;
+    if (outs[0] && outs[1] && (!noise || outs[2]))
+        ret = noise ? PyTuple_Pack(3, outs[0], outs[1], outs[2]) : PyTuple_Pack(2, outs[0], outs[1]);
+    if (ret) {
+        run_args a = {.model = self->model,
+                      .image = PyArray_DATA(image),
+                      .noise = data_or_null(noise),
+                      .mean = PyArray_DATA((PyArrayObject *)outs[0]),
+                      .logvar = PyArray_DATA((PyArrayObject *)outs[1]),
+                      .sample = noise ? PyArray_DATA((PyArrayObject *)outs[2]) : NULL};
+        avq_py_plan_key key = {AVQ_AE_ENCODE, {B, H, W, 0}};
+        ret = avq_py_plan_cache_call(&self->plans, &key, run_encode, &a, ret);
+    }
+    for (int i = 0; i < 3; i++) Py_XDECREF(outs[i]);
+    Py_DECREF(image);
     Py_XDECREF(noise);
-    Py_XDECREF(mean);
-    Py_XDECREF(logvar);
-    Py_XDECREF(sample);
     return ret;
 }
 
-/* The decode contract: latent [B, e, h, w]; image [B, out, f h, f w] and mask
+/* Parses decode's (latent, image=None, mask=None) and checks the decode
+ * contract: latent [B, e, h, w]; image [B, out, f h, f w] and mask
  * [B, 1, f h, f w] together, for a conditional decoder only. Sets the checked
  * float32 arrays (new references; image and mask NULL when absent), or -1
  * with an exception set and nothing held. */
-static int decode_inputs(AutoencoderObject *self, PyObject *zo, PyObject *io, PyObject *mo, PyArrayObject **z,
+static int decode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, PyArrayObject **z,
                          PyArrayObject **image, PyArrayObject **mask) {
+    static char *kwl[] = {"latent", "image", "mask", NULL};
+    PyObject *zo, *io = Py_None, *mo = Py_None;
     *z = *image = *mask = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO:decode", kwl, &zo, &io, &mo)) return -1;
     const avq_autoencoder_config *cfg = avq_autoencoder_get_config(self->model);
     if (!cfg->has_decoder) {
         PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "this Autoencoder has no decoder (its weights were not loaded)");
@@ -232,11 +233,8 @@ fail:
 }
 
 static PyObject *ae_check_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
-    static char *kwl[] = {"latent", "image", "mask", NULL};
-    PyObject *zo, *io = Py_None, *mo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO:check_decode", kwl, &zo, &io, &mo)) return NULL;
     PyArrayObject *z, *image, *mask;
-    if (decode_inputs(self, zo, io, mo, &z, &image, &mask) < 0) return NULL;
+    if (decode_inputs(self, args, kw, &z, &image, &mask) < 0) return NULL;
     Py_DECREF(z);
     Py_XDECREF(image);
     Py_XDECREF(mask);
@@ -244,32 +242,26 @@ static PyObject *ae_check_decode(AutoencoderObject *self, PyObject *args, PyObje
 }
 
 static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
-    static char *kwl[] = {"latent", "image", "mask", NULL};
-    PyObject *zo, *io = Py_None, *mo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO:decode", kwl, &zo, &io, &mo)) return NULL;
-    PyArrayObject *z, *image, *mask, *out = NULL;
-    if (decode_inputs(self, zo, io, mo, &z, &image, &mask) < 0) return NULL;
-    PyObject *ret = NULL;
+    PyArrayObject *z, *image, *mask;
+    if (decode_inputs(self, args, kw, &z, &image, &mask) < 0) return NULL;
     const avq_ae_decoder_config *d = &avq_autoencoder_get_config(self->model)->decoder;
     const int f = avq_autoencoder_factor(self->model, 0);
     const npy_intp B = PyArray_DIM(z, 0), H = f * PyArray_DIM(z, 2), W = f * PyArray_DIM(z, 3);
     npy_intp od[4] = {B, d->out_channels, H, W};
-    if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, od, NPY_FLOAT32))) goto done;
-    run_args a = {.model = self->model,
-                  .latent = PyArray_DATA(z),
-                  .image = data_or_null(image),
-                  .mask = data_or_null(mask),
-                  .out = PyArray_DATA(out)};
-    avq_py_plan_key key = {image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE, {B, H, W, 0}};
-    if (avq_py_plan_cache_run(&self->plans, &key, run_decode, &a) < 0) goto done;
-    ret = (PyObject *)out;
-    out = NULL;
-done:
-    Py_XDECREF(z);
+    PyObject *out = PyArray_SimpleNew(4, od, NPY_FLOAT32);
+    if (out) {
+        run_args a = {.model = self->model,
+                      .latent = PyArray_DATA(z),
+                      .image = data_or_null(image),
+                      .mask = data_or_null(mask),
+                      .out = PyArray_DATA((PyArrayObject *)out)};
+        avq_py_plan_key key = {image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE, {B, H, W, 0}};
+        out = avq_py_plan_cache_call(&self->plans, &key, run_decode, &a, out);
+    }
+    Py_DECREF(z);
     Py_XDECREF(image);
     Py_XDECREF(mask);
-    Py_XDECREF(out);
-    return ret;
+    return out;
 }
 
 /* ---- the type: the model protocol (model.h) and the above -------------- */

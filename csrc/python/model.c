@@ -63,19 +63,19 @@ static PyMethodDef model_methods[] = {
 };
 
 static PyGetSetDef model_getset[] = {
-    {"precision", (getter)get_precision, NULL, "Activation precision: 'fp32' or 'bf16'.", NULL},
-    {"num_parameters", (getter)get_num_parameters, NULL, "Parameters held.", NULL},
-    {"memory_bytes", (getter)get_memory_bytes, NULL, "Activation arena + scratchpad bytes of all cached plans.", NULL},
+    AVQ_PY_GETTER("precision", get_precision, "Activation precision: 'fp32' or 'bf16'."),
+    AVQ_PY_GETTER("num_parameters", get_num_parameters, "Parameters held."),
+    AVQ_PY_GETTER("memory_bytes", get_memory_bytes, "Activation arena + scratchpad bytes of all cached plans."),
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* not instantiable: it has no constructor, its subtypes do */
 static PyType_Slot model_slots[] = {
     {Py_tp_dealloc, model_dealloc},
     {Py_tp_methods, model_methods},
     {Py_tp_getset, model_getset},
     {Py_tp_doc, "The base of the C models: one plan cache, one concurrency rule, one set of names (private)."},
-    {0, NULL},
-};
+    {0, NULL}};
 
 static PyType_Spec model_spec = {
     "asymvq._core.Model",

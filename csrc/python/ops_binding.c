@@ -150,6 +150,59 @@ static void dims_of(PyArrayObject *a, int64_t *d) {
     for (int i = 0; i < PyArray_NDIM(a); i++) d[i] = PyArray_DIM(a, i);
 }
 
+/* Releases the op's arrays; returns NULL (for `return release(...)`). */
+static PyObject *release(PyArrayObject **arr, int n) {
+    for (int i = 0; i < n; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+/* Starts an op: no inputs yet, the precision parsed. -1 with an exception set. */
+static int op_begin(op_call *c, PyObject *precision) {
+    memset(c, 0, sizeof *c);
+    return avq_py_precision(precision, &c->dt);
+}
+
+/* The op's array arguments objs[0..n) as float32 arrays of lo..hi dims (named
+ * names[i] in errors), each added as an input in order. 0, or -1 with an
+ * exception set and none held. */
+static int op_inputs(op_call *c, PyArrayObject **arr, int n, PyObject *const *objs, const char *const *names, int lo,
+                     int hi) {
+    for (int i = 0; i < n; i++) {
+        if (!(arr[i] = avq_py_f32(objs[i], names[i], lo, hi))) {
+            release(arr, i);
+            return -1;
+        }
+        add_input(c, arr[i], 0);
+    }
+    return 0;
+}
+
+/* Parses the (x, precision='fp32') of a unary op and loads x (lo..hi dims). */
+static int op_unary(PyObject *args, PyObject *kw, op_call *c, PyArrayObject **x, int lo, int hi) {
+    static char *kwl[] = {"x", "precision", NULL};
+    static const char *const names[] = {"x"};
+    PyObject *xo, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr) || op_begin(c, pr) < 0) return -1;
+    return op_inputs(c, x, 1, &xo, names, lo, hi);
+}
+
+/* Parses the (a, b, precision='fp32') of a binary op and loads a and b. */
+static int op_binary(PyObject *args, PyObject *kw, op_call *c, PyArrayObject **arr, int lo, int hi) {
+    static char *kwl[] = {"a", "b", "precision", NULL};
+    static const char *const names[] = {"a", "b"};
+    PyObject *objs[2], *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &objs[0], &objs[1], &pr) || op_begin(c, pr) < 0) return -1;
+    return op_inputs(c, arr, 2, objs, names, lo, hi);
+}
+
+/* Runs `body` with an output of the first input's shape (consumes the arrays). */
+static PyObject *run_like_first(op_call *c, op_body body, PyArrayObject **arr, int n) {
+    int64_t od[AVQ_MAX_DIMS];
+    dims_of(arr[0], od);
+    c->body = body;
+    return run(c, arr, n, PyArray_NDIM(arr[0]), od);
+}
+
 /* ---- conv2d ---- */
 
 static avq_status body_conv(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
@@ -337,32 +390,26 @@ static avq_status body_matmul(avq_plan *p, op_call *c, avq_tensor *in, avq_tenso
 static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"a", "b", "trans_b", "alpha", "precision", NULL};
-    PyObject *ao, *bo, *pr = NULL;
+    static const char *const names[] = {"a", "b"};
+    PyObject *objs[2], *pr = NULL;
     int tb = 0;
     float alpha = 1.f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pfO", kwl, &ao, &bo, &tb, &alpha, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[2] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ao, "a", 3, 3)) || !(arr[na++] = avq_py_f32(bo, "b", 3, 3))) goto fail;
+    PyArrayObject *arr[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pfO", kwl, &objs[0], &objs[1], &tb, &alpha, &pr) ||
+        op_begin(&c, pr) < 0 || op_inputs(&c, arr, 2, objs, names, 3, 3) < 0)
+        return NULL;
     PyArrayObject *a = arr[0], *b = arr[1];
     npy_intp K = PyArray_DIM(a, 2), Kb = PyArray_DIM(b, tb ? 2 : 1), N = PyArray_DIM(b, tb ? 1 : 2);
     if (PyArray_DIM(a, 0) != PyArray_DIM(b, 0) || K != Kb) {
         PyErr_Format(PyExc_ValueError, "matmul: a [B, M, K] and b [B, %s] do not fit", tb ? "N, K" : "K, N");
-        goto fail;
+        return release(arr, 2);
     }
     c.i0 = tb;
     c.f0 = alpha;
-    add_input(&c, a, 0);
-    add_input(&c, b, 0);
     c.body = body_matmul;
     int64_t od[3] = {PyArray_DIM(a, 0), PyArray_DIM(a, 1), N};
-    return run(&c, arr, na, 3, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run(&c, arr, 2, 3, od);
 }
 
 static avq_status body_softmax(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
@@ -372,19 +419,9 @@ static avq_status body_softmax(avq_plan *p, op_call *c, avq_tensor *in, avq_tens
 
 static PyObject *py_softmax(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"x", "precision", NULL};
-    PyObject *xo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 1, 3);
-    if (!x) return NULL;
-    add_input(&c, x, 0);
-    c.body = body_softmax;
-    int64_t od[3];
-    dims_of(x, od);
-    return run(&c, &x, 1, PyArray_NDIM(x), od);
+    PyArrayObject *x;
+    return op_unary(args, kw, &c, &x, 1, 3) < 0 ? NULL : run_like_first(&c, body_softmax, &x, 1);
 }
 
 /* ---- attention ---- */
@@ -396,38 +433,25 @@ static avq_status body_attention(avq_plan *p, op_call *c, avq_tensor *in, avq_te
 static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"q", "k", "v", "heads", "scale", "causal", "precision", NULL};
-    PyObject *qo, *ko, *vo, *so = Py_None, *pr = NULL;
+    static const char *const names[] = {"q", "k", "v"};
+    PyObject *objs[3], *so = Py_None, *pr = NULL;
     int heads, causal = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OpO", kwl, &qo, &ko, &vo, &heads, &so, &causal, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[3] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(qo, "q", 3, 3)) || !(arr[na++] = avq_py_f32(ko, "k", 3, 3)) ||
-        !(arr[na++] = avq_py_f32(vo, "v", 3, 3)))
-        goto fail;
+    PyArrayObject *arr[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OpO", kwl, &objs[0], &objs[1], &objs[2], &heads, &so, &causal,
+                                     &pr) ||
+        op_begin(&c, pr) < 0 || op_inputs(&c, arr, 3, objs, names, 3, 3) < 0)
+        return NULL;
     npy_intp C = PyArray_DIM(arr[0], 2);
     if (heads < 1 || C % heads) {
         PyErr_Format(PyExc_ValueError, "heads must divide the %zd features of q, got %d", (Py_ssize_t)C, heads);
-        goto fail;
+        return release(arr, 3);
     }
-    if (so == Py_None) {
-        c.f0 = 1.f / sqrtf((float)(C / heads));
-    } else {
-        c.f0 = (float)PyFloat_AsDouble(so);
-        if (PyErr_Occurred()) goto fail;
-    }
+    c.f0 = so == Py_None ? 1.f / sqrtf((float)(C / heads)) : (float)PyFloat_AsDouble(so);
+    if (PyErr_Occurred()) return release(arr, 3);
     c.i0 = heads;
     c.i1 = causal;
-    for (int i = 0; i < 3; i++) add_input(&c, arr[i], 0);
-    c.body = body_attention;
-    int64_t od[3];
-    dims_of(arr[0], od);
-    return run(&c, arr, na, 3, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run_like_first(&c, body_attention, arr, 3);
 }
 
 /* ---- norms ---- */
@@ -523,37 +547,26 @@ static avq_status body_temb(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor 
 static PyObject *py_activation(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"x", "kind", "precision", NULL};
+    static const char *const names[] = {"x"};
     PyObject *xo, *ko, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &xo, &ko, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0 || parse_act(ko, &c.act) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 1, 4);
-    if (!x) return NULL;
-    add_input(&c, x, 0);
-    c.body = body_act;
-    int64_t od[4];
-    dims_of(x, od);
-    return run(&c, &x, 1, PyArray_NDIM(x), od);
+    PyArrayObject *x;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &xo, &ko, &pr) || op_begin(&c, pr) < 0 ||
+        parse_act(ko, &c.act) < 0 || op_inputs(&c, &x, 1, &xo, names, 1, 4) < 0)
+        return NULL;
+    return run_like_first(&c, body_act, &x, 1);
 }
 
 static PyObject *py_geglu(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"x", "precision", NULL};
-    PyObject *xo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 2, 3);
-    if (!x) return NULL;
+    PyArrayObject *x;
+    if (op_unary(args, kw, &c, &x, 2, 3) < 0) return NULL;
     int nd = PyArray_NDIM(x);
     if (PyArray_DIM(x, nd - 1) % 2) {
-        Py_DECREF(x);
         PyErr_SetString(PyExc_ValueError, "geglu: the last dim of x must be even ([value | gate])");
-        return NULL;
+        return release(&x, 1);
     }
-    add_input(&c, x, 0);
     c.body = body_geglu;
     int64_t od[3];
     dims_of(x, od);
@@ -562,25 +575,11 @@ static PyObject *py_geglu(PyObject *self, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *binary_common(PyObject *args, PyObject *kw, int is_mul) {
-    static char *kwl[] = {"a", "b", "precision", NULL};
-    PyObject *ao, *bo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &ao, &bo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[2] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ao, "a", 1, 4)) || !(arr[na++] = avq_py_f32(bo, "b", 1, 4))) goto fail;
+    PyArrayObject *arr[2];
+    if (op_binary(args, kw, &c, arr, 1, 4) < 0) return NULL;
     c.i0 = is_mul;
-    add_input(&c, arr[0], 0);
-    add_input(&c, arr[1], 0);
-    c.body = body_add;
-    int64_t od[4];
-    dims_of(arr[0], od);
-    return run(&c, arr, na, PyArray_NDIM(arr[0]), od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run_like_first(&c, body_add, arr, 2);
 }
 static PyObject *py_add(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 0); }
 static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 1); }
@@ -588,62 +587,39 @@ static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) { (void)s; return
 static PyObject *py_blend(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"h", "f", "mask", "precision", NULL};
-    PyObject *ho, *fo, *mo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwl, &ho, &fo, &mo, &pr)) return NULL;
+    static const char *const names[] = {"h", "f", "mask"};
+    PyObject *objs[3], *pr = NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[3] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ho, "h", 4, 4)) || !(arr[na++] = avq_py_f32(fo, "f", 4, 4)) ||
-        !(arr[na++] = avq_py_f32(mo, "mask", 4, 4)))
-        goto fail;
-    for (int i = 0; i < 3; i++) add_input(&c, arr[i], 0);
-    c.body = body_blend;
-    int64_t od[4];
-    dims_of(arr[0], od);
-    return run(&c, arr, na, 4, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    PyArrayObject *arr[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwl, &objs[0], &objs[1], &objs[2], &pr) ||
+        op_begin(&c, pr) < 0 || op_inputs(&c, arr, 3, objs, names, 4, 4) < 0)
+        return NULL;
+    return run_like_first(&c, body_blend, arr, 3);
 }
 
 static PyObject *py_concat(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"a", "b", "precision", NULL};
-    PyObject *ao, *bo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &ao, &bo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[2] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ao, "a", 4, 4)) || !(arr[na++] = avq_py_f32(bo, "b", 4, 4))) goto fail;
-    add_input(&c, arr[0], 0);
-    add_input(&c, arr[1], 0);
+    PyArrayObject *arr[2];
+    if (op_binary(args, kw, &c, arr, 4, 4) < 0) return NULL;
     c.body = body_concat;
     int64_t od[4];
     dims_of(arr[0], od);
     od[1] += PyArray_DIM(arr[1], 1);
-    return run(&c, arr, na, 4, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run(&c, arr, 2, 4, od);
 }
 
 static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
     static char *kwu[] = {"x", "precision", NULL};
     static char *kwr[] = {"x", "size", "precision", NULL};
+    static const char *const names[] = {"x"};
     PyObject *xo, *pr = NULL;
     int oh = 0, ow = 0;
     int ok = up2 ? PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwu, &xo, &pr)
                  : PyArg_ParseTupleAndKeywords(args, kw, "O(ii)|O", kwr, &xo, &oh, &ow, &pr);
-    if (!ok) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 4, 4);
-    if (!x) return NULL;
+    PyArrayObject *x;
+    if (!ok || op_begin(&c, pr) < 0 || op_inputs(&c, &x, 1, &xo, names, 4, 4) < 0) return NULL;
     int64_t od[4];
     dims_of(x, od);
     if (up2) {
@@ -651,15 +627,13 @@ static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
         od[3] *= 2;
     } else {
         if (oh < 1 || ow < 1) {
-            Py_DECREF(x);
             PyErr_Format(PyExc_ValueError, "size must be positive (height, width), got (%d, %d)", oh, ow);
-            return NULL;
+            return release(&x, 1);
         }
         od[2] = oh;
         od[3] = ow;
     }
     c.i0 = up2;
-    add_input(&c, x, 0);
     c.body = body_resize;
     return run(&c, &x, 1, 4, od);
 }
@@ -672,10 +646,9 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
     PyObject *to, *pr = NULL;
     int dim;
     float maxp = 10000.f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|fO", kwl, &to, &dim, &maxp, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|fO", kwl, &to, &dim, &maxp, &pr) || op_begin(&c, pr) < 0)
+        return NULL;
     if (dim < 2 || dim % 2) {
         PyErr_Format(PyExc_ValueError, "dim must be even and >= 2, got %d", dim);
         return NULL;

@@ -104,6 +104,12 @@ int avq_py_plan_cache_run(avq_py_plan_cache *c, const avq_py_plan_key *key, avq_
     return -1;
 }
 
+PyObject *avq_py_plan_cache_call(avq_py_plan_cache *c, const avq_py_plan_key *key, avq_py_run_fn fn, void *ctx,
+                                 PyObject *result) {
+    if (result && avq_py_plan_cache_run(c, key, fn, ctx) < 0) Py_CLEAR(result);
+    return result;
+}
+
 typedef struct plan_pin {
     avq_py_plan_cache *cache; /* inside owner */
     PyObject *owner;          /* strong reference */

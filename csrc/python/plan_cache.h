@@ -67,6 +67,11 @@ typedef avq_status (*avq_py_run_fn)(void *plan, void *ctx);
  * 0, or -1 with an exception set. */
 int avq_py_plan_cache_run(avq_py_plan_cache *c, const avq_py_plan_key *key, avq_py_run_fn fn, void *ctx);
 
+/* avq_py_plan_cache_run, then `result` (stolen: the run's outputs) on
+ * success, or NULL with an exception set (and `result` released). */
+PyObject *avq_py_plan_cache_call(avq_py_plan_cache *c, const avq_py_plan_key *key, avq_py_run_fn fn, void *ctx,
+                                 PyObject *result);
+
 /* A PyCapsule named `capsule_name` holding the plan for `key`, pinned while
  * the capsule lives; it keeps `owner` (the object holding the cache) alive. */
 PyObject *avq_py_plan_cache_pin(avq_py_plan_cache *c, PyObject *owner, const avq_py_plan_key *key,

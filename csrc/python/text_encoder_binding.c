@@ -106,12 +106,14 @@ static PyObject *te_run(TextEncoderObject *self, PyObject *ids_obj) {
     const avq_text_encoder_config *c = avq_text_encoder_get_config(self->model);
     const int64_t B = PyArray_DIM(ids, 0), L = PyArray_DIM(ids, 1);
     npy_intp od[3] = {(npy_intp)B, (npy_intp)L, c->width};
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(3, od, NPY_FLOAT32);
-    run_args a = {self->model, PyArray_DATA(ids), out ? PyArray_DATA(out) : NULL};
-    avq_py_plan_key key = {0, {B, L, 0, 0}};
-    if (out && avq_py_plan_cache_run(&self->plans, &key, run, &a) < 0) Py_CLEAR(out);
+    PyObject *out = PyArray_SimpleNew(3, od, NPY_FLOAT32);
+    if (out) {
+        run_args a = {self->model, PyArray_DATA(ids), PyArray_DATA((PyArrayObject *)out)};
+        avq_py_plan_key key = {0, {B, L, 0, 0}};
+        out = avq_py_plan_cache_call(&self->plans, &key, run, &a, out);
+    }
     Py_DECREF(ids);
-    return (PyObject *)out;
+    return out;
 }
 
 /* ---- the type: the model protocol (model.h) and the above -------------- */

@@ -80,23 +80,23 @@ static PyObject *unet_call(avq_py_model *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"x", "t", "context", NULL};
     PyObject *ox, *ot, *oc;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:UNet", kwlist, &ox, &ot, &oc)) return NULL;
-    PyArrayObject *x = NULL, *t = NULL, *c = NULL, *eps = NULL;
-    PyObject *ret = NULL;
-    if (!(x = avq_py_f32(ox, "x", 4, 4)) || !(t = avq_py_f32(ot, "t", 1, 1)) || !(c = avq_py_f32(oc, "context", 3, 3)))
-        goto done;
-    npy_intp od[4] = {PyArray_DIM(x, 0), avq_unet_out_channels(unet_of(self)), PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
-    if (!(eps = (PyArrayObject *)PyArray_SimpleNew(4, od, NPY_FLOAT32))) goto done;
-    run_args a = {unet_of(self), avq_py_tensor(x), avq_py_tensor(t), avq_py_tensor(c), avq_py_tensor(eps)};
-    avq_py_plan_key key = {0, {a.x.dims[0], a.x.dims[2], a.x.dims[3], a.context.dims[1]}};
-    if (avq_py_plan_cache_run(&self->plans, &key, run, &a) < 0) goto done;
-    ret = (PyObject *)eps;
-    eps = NULL;
-done:
+    PyArrayObject *x = NULL, *t = NULL, *c = NULL;
+    PyObject *eps = NULL;
+    if ((x = avq_py_f32(ox, "x", 4, 4)) && (t = avq_py_f32(ot, "t", 1, 1)) && (c = avq_py_f32(oc, "context", 3, 3))) {
+        npy_intp od[4] = {PyArray_DIM(x, 0), avq_unet_out_channels(unet_of(self)), PyArray_DIM(x, 2),
+                          PyArray_DIM(x, 3)};
+        eps = PyArray_SimpleNew(4, od, NPY_FLOAT32);
+    }
+    if (eps) {
+        run_args a = {unet_of(self), avq_py_tensor(x), avq_py_tensor(t), avq_py_tensor(c),
+                      avq_py_tensor((PyArrayObject *)eps)};
+        avq_py_plan_key key = {0, {a.x.dims[0], a.x.dims[2], a.x.dims[3], a.context.dims[1]}};
+        eps = avq_py_plan_cache_call(&self->plans, &key, run, &a, eps);
+    }
     Py_XDECREF(x);
     Py_XDECREF(t);
     Py_XDECREF(c);
-    Py_XDECREF(eps);
-    return ret;
+    return eps;
 }
 
 static PyObject *unet_plan_capsule(avq_py_model *self, PyObject *args, PyObject *kwds) {
