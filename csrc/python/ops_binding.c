@@ -135,7 +135,7 @@ static int parse_act(PyObject *o, avq_act *act) {
                 *act = (avq_act)i;
                 return 0;
             }
-    PyErr_Format(PyExc_ValueError, "activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got %R", o);
+    PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got %R", o);
     return -1;
 }
 
@@ -214,14 +214,14 @@ static avq_status body_conv(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor 
 /* A Python int that fits a C int (a silent truncation would change the op). */
 static int int_value(PyObject *o, const char *name, int *out) {
     if (!PyLong_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s values must be ints, got %R", name, o);
+        PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "%s values must be ints, got %R", name, o);
         return -1;
     }
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
     if (overflow || v < INT_MIN || v > INT_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s value %R is out of range", name, o);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s value %R is out of range", name, o);
         return -1;
     }
     *out = (int)v;
@@ -252,7 +252,7 @@ static int parse_pair_or_quad(PyObject *o, const char *name, int *vals, int n4) 
             return 0;
         }
     }
-    PyErr_Format(PyExc_ValueError, "%s must be an int, a pair%s; got %R", name, n4 == 4 ? " or (top, left, bottom, right)" : "", o);
+    PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s must be an int, a pair%s; got %R", name, n4 == 4 ? " or (top, left, bottom, right)" : "", o);
     return -1;
 }
 
@@ -268,7 +268,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     else if (!strcmp(algo, "direct")) alg = AVQ_CONV_DIRECT;
     else if (!strcmp(algo, "winograd")) alg = AVQ_CONV_WINOGRAD;
     else {
-        PyErr_Format(PyExc_ValueError, "algorithm must be 'auto', 'direct' or 'winograd', got '%s'", algo);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "algorithm must be 'auto', 'direct' or 'winograd', got '%s'", algo);
         return NULL;
     }
     op_call c;
@@ -284,12 +284,12 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     if (ro != Py_None && !(arr[na++] = avq_py_f32(ro, "residual", 4, 4))) goto fail;
     PyArrayObject *x = arr[0], *w = arr[1];
     if (PyArray_DIM(x, 1) != PyArray_DIM(w, 1)) {
-        PyErr_Format(PyExc_ValueError, "x has %zd channels but weight expects %zd (weight shape [O, I, kh, kw])",
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "x has %zd channels but weight expects %zd (weight shape [O, I, kh, kw])",
                      (Py_ssize_t)PyArray_DIM(x, 1), (Py_ssize_t)PyArray_DIM(w, 1));
         goto fail;
     }
     if (bo != Py_None && PyArray_DIM(arr[2], 0) != PyArray_DIM(w, 0)) {
-        PyErr_Format(PyExc_ValueError, "bias must have shape [%zd] (one value per output channel of weight), got [%zd]",
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "bias must have shape [%zd] (one value per output channel of weight), got [%zd]",
                      (Py_ssize_t)PyArray_DIM(w, 0), (Py_ssize_t)PyArray_DIM(arr[2], 0));
         goto fail;
     }
@@ -309,7 +309,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         npy_intp full[4] = {od[0], od[1], od[2], od[3]}, chan[4] = {od[0], od[1], 1, 1};
         PyArrayObject *r = arr[na - 1];
         if (!shape_eq(r, 4, full) && !shape_eq(r, 4, chan)) {
-            PyErr_Format(PyExc_ValueError, "residual must have the output shape [%lld, %lld, %lld, %lld] or [N, C, 1, 1]",
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "residual must have the output shape [%lld, %lld, %lld, %lld] or [N, C, 1, 1]",
                          (long long)od[0], (long long)od[1], (long long)od[2], (long long)od[3]);
             goto fail;
         }
@@ -344,7 +344,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *x = arr[0], *w = arr[1];
     int nd = PyArray_NDIM(x);
     if (PyArray_DIM(x, nd - 1) != PyArray_DIM(w, 1)) {
-        PyErr_Format(PyExc_ValueError, "x has %zd features but weight [out, in] expects %zd", (Py_ssize_t)PyArray_DIM(x, nd - 1),
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "x has %zd features but weight [out, in] expects %zd", (Py_ssize_t)PyArray_DIM(x, nd - 1),
                      (Py_ssize_t)PyArray_DIM(w, 1));
         goto fail;
     }
@@ -352,7 +352,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (bo != Py_None) {
         if (!(arr[na++] = avq_py_f32(bo, "bias", 1, 1))) goto fail;
         if (PyArray_DIM(arr[na - 1], 0) != PyArray_DIM(w, 0)) {
-            PyErr_Format(PyExc_ValueError, "bias must have shape [%zd]", (Py_ssize_t)PyArray_DIM(w, 0));
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "bias must have shape [%zd]", (Py_ssize_t)PyArray_DIM(w, 0));
             goto fail;
         }
         c.w[c.nw++] = avq_py_weight(arr[na - 1], "bias");
@@ -368,7 +368,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
         if (extra[i] == Py_None) continue;
         if (!(arr[na++] = avq_py_f32(extra[i], ename[i], nd, nd))) goto fail;
         if (!shape_eq(arr[na - 1], nd, odn)) {
-            PyErr_Format(PyExc_ValueError, "%s must have the output's shape", ename[i]);
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s must have the output's shape", ename[i]);
             goto fail;
         }
         int idx = add_input(&c, arr[na - 1], 0);
@@ -402,7 +402,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *a = arr[0], *b = arr[1];
     npy_intp K = PyArray_DIM(a, 2), Kb = PyArray_DIM(b, tb ? 2 : 1), N = PyArray_DIM(b, tb ? 1 : 2);
     if (PyArray_DIM(a, 0) != PyArray_DIM(b, 0) || K != Kb) {
-        PyErr_Format(PyExc_ValueError, "matmul: a [B, M, K] and b [B, %s] do not fit", tb ? "N, K" : "K, N");
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "matmul: a [B, M, K] and b [B, %s] do not fit", tb ? "N, K" : "K, N");
         return release(arr, 2);
     }
     c.i0 = tb;
@@ -444,7 +444,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     npy_intp C = PyArray_DIM(arr[0], 2);
     if (heads < 1 || C % heads) {
-        PyErr_Format(PyExc_ValueError, "heads must divide the %zd features of q, got %d", (Py_ssize_t)C, heads);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "heads must divide the %zd features of q, got %d", (Py_ssize_t)C, heads);
         return release(arr, 3);
     }
     c.f0 = so == Py_None ? 1.f / sqrtf((float)(C / heads)) : (float)PyFloat_AsDouble(so);
@@ -484,19 +484,19 @@ static PyObject *norm_common(PyObject *args, PyObject *kw, int group) {
     PyArrayObject *x = arr[0];
     npy_intp C = group ? PyArray_DIM(x, 1) : PyArray_DIM(x, PyArray_NDIM(x) - 1);
     if (group && PyArray_NDIM(x) == 3) {
-        PyErr_SetString(PyExc_ValueError, "x must be [N, C] or [N, C, H, W] for group_norm");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "x must be [N, C] or [N, C, H, W] for group_norm");
         goto fail;
     }
     if (PyArray_DIM(arr[1], 0) != C || PyArray_DIM(arr[2], 0) != C) {
-        PyErr_Format(PyExc_ValueError, "weight and bias must have shape [%zd]", (Py_ssize_t)C);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "weight and bias must have shape [%zd]", (Py_ssize_t)C);
         goto fail;
     }
     if (group && (groups < 1 || C % groups)) {
-        PyErr_Format(PyExc_ValueError, "groups must divide the %zd channels, got %d", (Py_ssize_t)C, groups);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "groups must divide the %zd channels, got %d", (Py_ssize_t)C, groups);
         goto fail;
     }
     if (!(eps > 0.f)) {
-        PyErr_SetString(PyExc_ValueError, "eps must be > 0");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "eps must be > 0");
         goto fail;
     }
     c.w[c.nw++] = avq_py_weight(arr[1], "weight");
@@ -564,7 +564,7 @@ static PyObject *py_geglu(PyObject *self, PyObject *args, PyObject *kw) {
     if (op_unary(args, kw, &c, &x, 2, 3) < 0) return NULL;
     int nd = PyArray_NDIM(x);
     if (PyArray_DIM(x, nd - 1) % 2) {
-        PyErr_SetString(PyExc_ValueError, "geglu: the last dim of x must be even ([value | gate])");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "geglu: the last dim of x must be even ([value | gate])");
         return release(&x, 1);
     }
     c.body = body_geglu;
@@ -627,7 +627,7 @@ static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
         od[3] *= 2;
     } else {
         if (oh < 1 || ow < 1) {
-            PyErr_Format(PyExc_ValueError, "size must be positive (height, width), got (%d, %d)", oh, ow);
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "size must be positive (height, width), got (%d, %d)", oh, ow);
             return release(&x, 1);
         }
         od[2] = oh;
@@ -650,7 +650,7 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|fO", kwl, &to, &dim, &maxp, &pr) || op_begin(&c, pr) < 0)
         return NULL;
     if (dim < 2 || dim % 2) {
-        PyErr_Format(PyExc_ValueError, "dim must be even and >= 2, got %d", dim);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "dim must be even and >= 2, got %d", dim);
         return NULL;
     }
     PyArrayObject *t = avq_py_f32(to, "t", 1, 1);
@@ -666,7 +666,7 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
 static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
     Py_ssize_t n = PyTuple_Size(args);
     if (n < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
-        PyErr_SetString(PyExc_TypeError, "timeit(name, *args, repeat=10, **kwargs): name must be an op name (str)");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_DTYPE), "timeit(name, *args, repeat=10, **kwargs): name must be an op name (str)");
         return NULL;
     }
     PyObject *name = PyTuple_GET_ITEM(args, 0);
@@ -675,7 +675,7 @@ static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
     if (PyUnicode_CompareWithASCIIString(name, "timeit") == 0 || !(fn = PyObject_GetAttr(self, name)) ||
         !PyCFunction_Check(fn)) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "timeit: %R is not an op of asymvq._core.ops", name);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "timeit: %R is not an op of asymvq._core.ops", name);
         goto done;
     }
     if (!(kw2 = kw ? PyDict_Copy(kw) : PyDict_New())) goto done;
@@ -684,7 +684,7 @@ static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
         long v = PyLong_Check(r) ? PyLong_AsLong(r) : -1;
         if (v < 1 || v > 1000000) {
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "repeat must be an int between 1 and 1000000, got %R", r);
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "repeat must be an int between 1 and 1000000, got %R", r);
             goto done;
         }
         tm.repeat = (int)v;
@@ -696,7 +696,7 @@ static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
     t_timing = NULL;
     if (!res) goto done;
     if (tm.best < 0.0) {
-        PyErr_SetString(PyExc_RuntimeError, "timeit: the op did not run");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_INTERNAL), "timeit: the op did not run");
         goto done;
     }
     ret = PyFloat_FromDouble(tm.best);
