@@ -10,7 +10,8 @@
  * meanwhile); different models run concurrently. A plan may also be pinned
  * (avq_py_plan_cache_pin, the sampler's C loop): a pinned plan runs outside
  * the lock, so it is never evicted or freed while pinned, and the model's own
- * calls refuse its key with a RuntimeError instead of sharing it. */
+ * calls refuse its key (asymvq.EngineError, a RuntimeError) instead of
+ * sharing it. */
 #ifndef AVQ_PY_PLAN_CACHE_H
 #define AVQ_PY_PLAN_CACHE_H
 

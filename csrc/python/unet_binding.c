@@ -35,15 +35,15 @@ static const avq_py_model_kind unet_kind = {
     destroy,
 };
 
-#define F(kind, key, req, dflt, lo, hi) {#key, kind, offsetof(avq_unet_config, key), AVQ_PY_NO_COUNT, req, dflt, lo, hi}
+/* ints (required, or their default when absent) and the two level lists */
+#define F(key, req, dflt) {#key, AVQ_PY_INT, offsetof(avq_unet_config, key), AVQ_PY_NO_COUNT, req, dflt, 0, 0}
 #define FL(key, count) \
     {#key, AVQ_PY_INTS, offsetof(avq_unet_config, key), offsetof(avq_unet_config, count), 1, 0, 0, AVQ_UNET_MAX_LEVELS}
 static const avq_py_field unet_fields[] = {
-    F(AVQ_PY_INT, in_channels, 1, 0, 0, 0),       F(AVQ_PY_INT, out_channels, 1, 0, 0, 0),
-    F(AVQ_PY_INT, model_channels, 1, 0, 0, 0),    FL(channel_mult, num_levels),
-    F(AVQ_PY_INT, num_res_blocks, 1, 0, 0, 0),    FL(attention_resolutions, num_attention_resolutions),
-    F(AVQ_PY_INT, num_heads, 0, -1, 0, 0),        F(AVQ_PY_INT, num_head_channels, 0, -1, 0, 0),
-    F(AVQ_PY_INT, transformer_depth, 0, 1, 0, 0), F(AVQ_PY_INT, context_dim, 1, 0, 0, 0),
+    F(in_channels, 1, 0),         F(out_channels, 1, 0),       F(model_channels, 1, 0),
+    FL(channel_mult, num_levels), F(num_res_blocks, 1, 0),     FL(attention_resolutions, num_attention_resolutions),
+    F(num_heads, 0, -1),          F(num_head_channels, 0, -1), F(transformer_depth, 0, 1),
+    F(context_dim, 1, 0),
 };
 #undef F
 #undef FL
