@@ -2,6 +2,7 @@
 #include "errors.h"
 
 #include "core/engine.h"
+#include "pytypes.h"
 
 static const struct {
     const char *name;
@@ -19,13 +20,13 @@ int avq_py_errors_init(PyObject *m, avq_py_state *state) {
     PyObject *builtin[AVQ_PY_NEXC] = {PyExc_ValueError, PyExc_TypeError, PyExc_MemoryError, PyExc_FloatingPointError,
                                       PyExc_RuntimeError};
     state->error = PyErr_NewExceptionWithDoc("asymvq.Error", "The base of every exception asymvq raises.", NULL, NULL);
-    if (!state->error || PyModule_AddObjectRef(m, "Error", state->error) < 0) return -1;
+    if (!state->error || avq_py_add_object(m, "Error", state->error) < 0) return -1;
     for (int i = 0; i < AVQ_PY_NEXC; i++) {
         PyObject *bases = PyTuple_Pack(2, state->error, builtin[i]);
         if (!bases) return -1;
         state->exc[i] = PyErr_NewExceptionWithDoc(exc_spec[i].name, exc_spec[i].doc, bases, NULL);
         Py_DECREF(bases);
-        if (!state->exc[i] || PyModule_AddObjectRef(m, exc_spec[i].name + 7, state->exc[i]) < 0) return -1;
+        if (!state->exc[i] || avq_py_add_object(m, exc_spec[i].name + 7, state->exc[i]) < 0) return -1;
     }
     return 0;
 }

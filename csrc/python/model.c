@@ -54,6 +54,14 @@ static PyObject *get_precision(avq_py_model *self, void *closure) {
     return avq_py_precision_name(self->kind->precision(self->model));
 }
 
+/* Only the subtypes (with their own constructor) make objects; the flag
+ * Py_TPFLAGS_DISALLOW_INSTANTIATION needs Python 3.10. */
+static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    (void)args;
+    (void)kw;
+    return PyErr_Format(PyExc_TypeError, "cannot create '%s' instances", type->tp_name);
+}
+
 static PyMethodDef model_methods[] = {
     {"clear_plans", (PyCFunction)model_clear_plans, METH_NOARGS,
      "Free every cached plan that no sampler pins (they are rebuilt on demand)."},
@@ -69,27 +77,22 @@ static PyGetSetDef model_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-/* not instantiable: it has no constructor, its subtypes do */
 static PyType_Slot model_slots[] = {
     {Py_tp_dealloc, model_dealloc},
-    {Py_tp_methods, model_methods},
     {Py_tp_getset, model_getset},
-    {Py_tp_doc, "The base of the C models: one plan cache, one concurrency rule, one set of names (private)."},
-    {0, NULL}};
+    AVQ_PY_TYPE_SLOTS(model_new, model_methods,
+                      "The base of the C models: one plan cache, one concurrency rule, one set of names (private)."),
+};
 
 static PyType_Spec model_spec = {
-    "asymvq._core.Model",
-    sizeof(avq_py_model),
-    0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    model_slots,
+    "asymvq._core.Model", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, model_slots,
 };
 
 int avq_py_model_add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **keep) {
     PyObject *base = PyObject_GetAttrString(m, "Model");
     if (!base) {
         PyErr_Clear();
-        if (!(base = PyType_FromSpec(&model_spec)) || PyModule_AddObjectRef(m, "Model", base) < 0) {
+        if (!(base = PyType_FromSpec(&model_spec)) || avq_py_add_object(m, "Model", base) < 0) {
             Py_XDECREF(base);
             return -1;
         }
@@ -97,7 +100,7 @@ int avq_py_model_add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **keep) {
     PyObject *type = PyType_FromSpecWithBases(spec, base);
     Py_DECREF(base);
     const char *dot = strrchr(spec->name, '.');
-    if (!type || PyModule_AddObjectRef(m, dot ? dot + 1 : spec->name, type) < 0) {
+    if (!type || avq_py_add_object(m, dot ? dot + 1 : spec->name, type) < 0) {
         Py_XDECREF(type);
         return -1;
     }

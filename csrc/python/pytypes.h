@@ -5,6 +5,17 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* PyModule_AddObjectRef (Python 3.10) for 3.9: adds `value` to `m` as a new
+ * reference. -1 with an exception set. */
+static inline int avq_py_add_object(PyObject *m, const char *name, PyObject *value) {
+    Py_INCREF(value);
+    if (PyModule_AddObject(m, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+
 /* A METH_VARARGS | METH_KEYWORDS entry of a PyMethodDef table. */
 #define AVQ_PY_KW_METHOD(name, fn, doc) {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS | METH_KEYWORDS, doc}
 
