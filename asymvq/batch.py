@@ -41,8 +41,8 @@ How the work is spread:
 * **Deterministic**: every pair uses seed 0 (inpaint_st's rule), so its output does not depend on the
   worker, the number of workers or the order; the asymvq thread count is pinned by ``threads`` (the
   in-process run uses the same value) so even the reduction order is the same.
-* **Progress**: a tqdm bar over pairs with images/min, and the Dask dashboard address when one runs
-  (needs ``bokeh``).
+* **Progress**: a tqdm bar over pairs with images/min, and one line with the Dask dashboard's address
+  when one runs, or saying that none runs because it needs ``bokeh`` (:func:`dashboard_status`).
 
 Without Dask installed (``pip install "asymvq[cluster]"`` brings it) ``run_batch`` runs in this process
 with the same outputs.
@@ -153,6 +153,7 @@ def worker_memory_bytes(job: Job, image_pixels: int = 640 * 640) -> int:
     Pass ``workers`` explicitly to override the sizing that uses it.
     """
     files = [job.ckpt_d] + [d.ckpt for d in job.decoders if d.ckpt is not None]
+    files += [f for f in (job.lpips, job.fid) if f is not None]  # the learned metrics' networks (torch)
     weights = sum(os.path.getsize(f) for f in dict.fromkeys(files) if os.path.exists(f))
     activations = int(2 * 2**30 * image_pixels / (512 * 512))
     return int(1.2 * weights) + activations + 256 * 2**20
@@ -290,7 +291,9 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
             except ValueError as e:
                 raise _cli.CLIError(str(e)) from None
             job = replace(job, threads=nt)
-            dash = "127.0.0.1:0" if _has_bokeh() else None
+            # a free port on 127.0.0.1 even without bokeh: Dask's default (":8787") would listen on every
+            # interface, and the HTTP port opens (health, metrics) whether or not bokeh serves pages
+            dash = "127.0.0.1:0"
             local = LocalCluster(n_workers=nw, threads_per_worker=1, processes=True, host="127.0.0.1",
                                  dashboard_address=dash, memory_limit=worker_memory_bytes(job),
                                  silence_logs=40)
@@ -307,10 +310,9 @@ def _run_dask(job: Job, todo, out: Path, res: BatchResult, scheduler: Optional[s
             res.scheduler = client.scheduler.address
             res.workers = len(client.scheduler_info().get("workers", {}))
             res.threads = job.threads
-            if _has_bokeh():
-                res.dashboard = client.dashboard_link
-                if progress:
-                    print(f"Dask dashboard: {res.dashboard}", file=sys.stderr)
+            res.dashboard, line = dashboard_status(client, local=local is not None)
+            if progress:
+                print(line, file=sys.stderr)
             if not todo:
                 return
             # one map call: the scheduler sees all pairs as one group of root tasks and queues them
@@ -363,6 +365,26 @@ def _outcome(f, img: str, msk: str, client, futures) -> dict:
     return {"image": img, "mask": msk, "error": f"{name}: {err}"}
 
 
+def dashboard_status(client, local: bool) -> Tuple[Optional[str], str]:
+    """(the Dask dashboard's address or None, the one line that tells the user about it).
+
+    The dashboard's pages are served by the scheduler and need ``bokeh`` where it runs. Without bokeh
+    Dask still opens the scheduler's HTTP port (health, metrics), so for a LocalCluster (its scheduler
+    runs in this process) bokeh's presence here decides; a remote scheduler's own bokeh cannot be
+    seen from here, so its address is given with that condition.
+    """
+    if local and not _has_bokeh():
+        return None, 'Dask dashboard: not running (it needs bokeh: pip install "bokeh>=3.1")'
+    try:
+        services = client.scheduler_info().get("services", {})
+    except Exception:  # noqa: BLE001 - the line is informative only; never fail a run over it
+        services = {}
+    if "dashboard" not in services:
+        return None, "Dask dashboard: the scheduler serves none (it needs bokeh where the scheduler runs)"
+    link = client.dashboard_link
+    return link, f"Dask dashboard: {link}" + ("" if local else " (if bokeh is installed where the scheduler runs)")
+
+
 def _has_bokeh() -> bool:
     try:
         import bokeh  # noqa: F401
@@ -377,7 +399,7 @@ def _has_bokeh() -> bool:
 def parser() -> argparse.ArgumentParser:
     from .compare import add_model_args
 
-    p = argparse.ArgumentParser(prog="python -m asymvq batch",
+    p = _cli.ArgumentParser(prog="python -m asymvq batch",
                                 description="inpaint_st / compare over a folder of pairs, on a Dask cluster")
     add_model_args(p)
     p.add_argument("--compare", action="store_true",
@@ -390,30 +412,27 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return _cli.run_command(lambda: run(parser().parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command's body (errors become exit codes in :func:`asymvq._cli.run_command`)."""
     from .compare import job_from_args
 
-    args = parser().parse_args(argv)
-    try:
-        mode = "compare" if args.compare or len(args.decoder) > 1 else "inpaint"
-        job = job_from_args(args, mode)
-        if args.workers is not None and args.workers < 1:
-            raise _cli.CLIError(f"workers must be >= 1, got {args.workers}")
-        if args.no_cluster and args.scheduler:
-            raise _cli.CLIError("--no-cluster and --scheduler exclude each other")
-        pairs = find_pairs(args.indir, args.list_file)
-        res = run_batch(pairs, args.outdir, job, cluster=not args.no_cluster, scheduler=args.scheduler,
-                        workers=args.workers, threads=args.threads, progress=not args.no_progress,
-                        plot=not args.no_plot)
-    except _cli.CLIError as e:
-        return _cli.fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    mode = "compare" if args.compare or len(args.decoder) > 1 else "inpaint"
+    job = job_from_args(args, mode)
+    if args.workers is not None and args.workers < 1:
+        raise _cli.CLIError(f"workers must be >= 1, got {args.workers}")
+    if args.no_cluster and args.scheduler:
+        raise _cli.CLIError("--no-cluster and --scheduler exclude each other")
+    pairs = find_pairs(args.indir, args.list_file)
+    res = run_batch(pairs, args.outdir, job, cluster=not args.no_cluster, scheduler=args.scheduler,
+                    workers=args.workers, threads=args.threads, progress=not args.no_progress,
+                    plot=not args.no_plot)
     print(res.report())
     for f in res.failures:
         print(f"failed: {f['image']}: {f['error']}", file=sys.stderr)
     return 0 if not res.failures else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,6 +22,12 @@ Metrics (see :mod:`asymvq.metrics`): ``pre_error`` (MSE outside the mask, images
 ``psnr`` and ``ssim`` outside the mask, each against the original resized to the inpainting size.
 Std is the population standard deviation over the images (ddof = 0).
 
+Optional learned metrics (:mod:`asymvq.quality`, ``pip install "asymvq[quality]"``; the networks are files
+the user supplies, nothing is downloaded): ``--lpips NET.pt2`` adds ``lpips`` (whole image) and
+``lpips_known`` (outside the mask: the hole pasted back from the original) per image; ``--fid NET.pt2``
+adds ``fid`` per decoder (the folder's results against the originals) to summary.csv, metrics.json and
+the plot. Each pair's record keeps its FID features, so a resumed run's FID covers every pair.
+
 The per-pair work (:func:`process_pair`) is what :mod:`asymvq.batch` distributes; this command runs it
 in this process (``python -m asymvq batch`` spreads the same work over a Dask cluster).
 """
@@ -46,6 +52,8 @@ from . import _cli
 
 PROMPT = "photograph of a beautiful empty scene, highest quality settings"
 METRICS = ("pre_error", "psnr", "ssim")
+#: Per-image learned metrics, with ``--lpips`` (:mod:`asymvq.quality`).
+LPIPS_METRICS = ("lpips", "lpips_known")
 RECORDS_DIR = ".asymvq-records"
 STRIPS_DIR = "strips"
 
@@ -78,6 +86,7 @@ class Job:
 
     ``mode``: ``"inpaint"`` (one decoder, ``O/IMG.png``, as inpaint_st) or ``"compare"`` (every decoder,
     ``O/NAME/IMG.png`` and a strip). ``threads``: asymvq compute threads per pipeline (None: leave as is).
+    ``lpips`` / ``fid``: the learned metrics' network files (:mod:`asymvq.quality`; None: not measured).
     """
 
     config_d: str
@@ -89,6 +98,8 @@ class Job:
     steps: int = 50
     round: bool = False
     threads: Optional[int] = None
+    lpips: Optional[str] = None
+    fid: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("inpaint", "compare"):
@@ -107,7 +118,8 @@ class Job:
     def model_key(self) -> str:
         """Identifies the models a worker must hold: files (path, size, mtime), decoders, precision."""
         parts = [self.precision, self.vocab or ""]
-        for p in [self.config_d, self.ckpt_d] + [x for d in self.decoders for x in (d.name, d.config, d.ckpt)]:
+        files = [self.config_d, self.ckpt_d] + [x for d in self.decoders for x in (d.name, d.config, d.ckpt)]
+        for p in files + [self.lpips, self.fid]:
             if p is None:
                 parts.append("-")
                 continue
@@ -117,6 +129,11 @@ class Job:
             except OSError:
                 parts.append(os.path.abspath(p))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    @property
+    def metric_names(self) -> Tuple[str, ...]:
+        """The per-image metrics this job measures (``metrics.csv``'s columns after image and decoder)."""
+        return METRICS + (LPIPS_METRICS if self.lpips else ())
 
     def output_paths(self, name: str) -> List[str]:
         """Paths, relative to the output folder, that a complete pair ``name`` (e.g. ``cat.png``) has."""
@@ -146,6 +163,11 @@ class Models:
             w = checkpoint.load(ckpt)  # memory-mapped: the SD checkpoint again costs no copy
             spec = inpaint_decoder_spec(config_mod.load(cfg), w, cfg)
             self.decoders[d.name] = Autoencoder.from_config(spec, w, precision=job.precision, parts="decoder")
+        self.quality = None
+        if job.lpips or job.fid:
+            from .quality import QualityModels
+
+            self.quality = QualityModels(job.lpips, job.fid, threads=job.threads)
 
 
 def _sha256(path: Path) -> str:
@@ -293,11 +315,26 @@ def process_pair(models: Models, job: Job, image: str, mask: str, outdir: str) -
         _write_atomic(out / rel, data)
         outputs[rel] = [len(data), hashlib.sha256(data).hexdigest()]
     metrics = {d: _measure(original, a, m) for d, a in results}
+    features = None
+    q = models.quality
+    if q is not None and q.lpips is not None:
+        from .quality import paste_hole
+
+        for d, a in results:
+            metrics[d]["lpips"] = q.lpips.distance(original, a)
+            metrics[d]["lpips_known"] = q.lpips.distance(original, paste_hole(original, a, m))
+    if q is not None and q.fid is not None:
+        from .quality import encode_features
+
+        features = {"original": encode_features(q.fid.features(original))}
+        features.update({d: encode_features(q.fid.features(a)) for d, a in results})
     rec = {"name": name, "image": str(image), "mask": str(mask), "outputs": outputs, "metrics": metrics,
            "seconds": time.perf_counter() - t0, "model_key": job.model_key, "steps": job.steps,
            "round": job.round, "mode": job.mode, "inputs": stamp,
            "timings": {**res.timings, "decoders": time.perf_counter() - t_dec},
            "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
+    if features is not None:
+        rec["fid_features"] = features  # float64, base64: the folder's FID is computed from them (write_tables)
     _write_atomic(record_path(out, name), json.dumps(rec, indent=1).encode())
     return rec
 
@@ -311,25 +348,39 @@ def _peak_rss_mb() -> float:
 # ---- tables ------------------------------------------------------------------------------------------------
 
 
-def metric_rows(records: Sequence[dict]) -> List[dict]:
+def metric_rows(records: Sequence[dict], metrics: Sequence[str] = METRICS) -> List[dict]:
     """One row per (image, decoder), sorted by image then the decoder's order in the records."""
     rows = []
     for rec in sorted(records, key=lambda r: r["name"]):
         for dec, m in rec["metrics"].items():
-            rows.append({"image": rec["name"], "decoder": dec, **{k: m[k] for k in METRICS}})
+            rows.append({"image": rec["name"], "decoder": dec, **{k: m.get(k, float("nan")) for k in metrics}})
     return rows
 
 
-def summarize(rows: Sequence[dict], decoders: Sequence[str]) -> List[dict]:
-    """Per decoder: n, and mean / std (population) of each metric over the images (inf PSNRs excluded)."""
+def folder_fid(records: Sequence[dict], decoders: Sequence[str]) -> Dict[str, float]:
+    """Per decoder: FID between the originals' and the decoder's features over all ``records``
+    (:func:`asymvq.quality.frechet_distance`; NaN with fewer than 2 images)."""
+    from .quality import decode_features, frechet_distance
+
+    recs = [r for r in records if "fid_features" in r]
+    real = [decode_features(r["fid_features"]["original"]) for r in recs]
+    return {d: frechet_distance(real, [decode_features(r["fid_features"][d]) for r in recs]) for d in decoders}
+
+
+def summarize(rows: Sequence[dict], decoders: Sequence[str], metrics: Sequence[str] = METRICS,
+              fid: Optional[Dict[str, float]] = None) -> List[dict]:
+    """Per decoder: n, mean / std (population) of each metric over the images (inf PSNRs excluded), and
+    the folder's ``fid`` when given."""
     out = []
     for d in decoders:
         sel = [r for r in rows if r["decoder"] == d]
         row: Dict[str, Any] = {"decoder": d, "n": len(sel)}
-        for k in METRICS:
+        for k in metrics:
             v = np.array([r[k] for r in sel if math.isfinite(r[k])], dtype=np.float64)
             row[f"{k}_mean"] = float(v.mean()) if v.size else float("nan")
             row[f"{k}_std"] = float(v.std()) if v.size else float("nan")
+        if fid is not None:
+            row["fid"] = fid[d]
         out.append(row)
     return out
 
@@ -349,25 +400,30 @@ def write_tables(outdir: Path, job: Job, records: Sequence[dict], failures: Sequ
                  plot: bool = True) -> Dict[str, Path]:
     """metrics.csv, summary.csv, metrics.json, failures.csv and (matplotlib permitting) metrics.png."""
     names = [d.name for d in job.decoders]
-    rows = metric_rows(records)
-    summary = summarize(rows, names)
+    metrics = job.metric_names
+    rows = metric_rows(records, metrics)
+    fid = folder_fid(records, names) if job.fid else None
+    summary = summarize(rows, names, metrics, fid)
     paths = {"metrics": outdir / "metrics.csv", "summary": outdir / "summary.csv", "json": outdir / "metrics.json",
              "failures": outdir / "failures.csv"}
-    _write_csv(paths["metrics"], rows, ["image", "decoder", *METRICS])
-    _write_csv(paths["summary"], summary, ["decoder", "n"] + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")])
+    _write_csv(paths["metrics"], rows, ["image", "decoder", *metrics])
+    _write_csv(paths["summary"], summary, ["decoder", "n"] + [f"{k}_{s}" for k in metrics for s in ("mean", "std")]
+               + (["fid"] if fid is not None else []))
     _write_csv(paths["failures"], failures, ["image", "mask", "error"])
     doc = {"decoders": [asdict(d) for d in job.decoders], "steps": job.steps, "precision": job.precision,
-           "rows": rows, "summary": summary, "failures": list(failures)}
+           "quality": {"lpips": job.lpips, "fid": job.fid}, "rows": rows, "summary": summary,
+           "failures": list(failures)}
     _write_atomic(paths["json"], json.dumps(doc, indent=1, default=str).encode())
     if plot:
-        p = plot_summary(summary, outdir / "metrics.png")
+        p = plot_summary(summary, outdir / "metrics.png", metrics)
         if p is not None:
             paths["plot"] = p
     return paths
 
 
-def plot_summary(summary: Sequence[dict], path: Path) -> Optional[Path]:
-    """Each metric per decoder with std error bars (the paper's table as a figure); None without matplotlib."""
+def plot_summary(summary: Sequence[dict], path: Path, metrics: Sequence[str] = METRICS) -> Optional[Path]:
+    """Each metric per decoder with std error bars, and the folder's FID when the summary has it (the
+    paper's table as a figure); None without matplotlib."""
     try:
         import matplotlib
 
@@ -376,13 +432,18 @@ def plot_summary(summary: Sequence[dict], path: Path) -> Optional[Path]:
     except ImportError:
         return None
     labels = {"pre_error": "pre_error (MSE outside mask, x1e-5)", "psnr": "PSNR outside mask (dB)",
-              "ssim": "SSIM outside mask"}
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
+              "ssim": "SSIM outside mask", "lpips": "LPIPS (whole image)",
+              "lpips_known": "LPIPS outside mask (hole pasted back)", "fid": "FID vs the originals (folder)"}
+    panels = list(metrics) + (["fid"] if summary and "fid" in summary[0] else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     names = [s["decoder"] for s in summary]
-    for ax, k in zip(axes, METRICS):
+    for ax, k in zip(axes[0], panels):
         scale = 1e5 if k == "pre_error" else 1.0
-        ax.bar(names, [s[f"{k}_mean"] * scale for s in summary], yerr=[s[f"{k}_std"] * scale for s in summary],
-               capsize=4, color="#4c72b0")
+        if k == "fid":  # one value per decoder: no spread to show
+            ax.bar(names, [s["fid"] for s in summary], color="#dd8452")
+        else:
+            ax.bar(names, [s[f"{k}_mean"] * scale for s in summary],
+                   yerr=[s[f"{k}_std"] * scale for s in summary], capsize=4, color="#4c72b0")
         ax.set_title(labels[k], fontsize=9)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
@@ -413,10 +474,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="asymvq compute threads per pipeline")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (the original: 50)")
     p.add_argument("--no-plot", action="store_true", help="do not draw metrics.png")
+    p.add_argument("--lpips", type=str, default=None, metavar="NET.pt2",
+                   help="also measure LPIPS per image with this torch.export LPIPS network (never downloaded; "
+                        'see asymvq.quality; needs pip install "asymvq[quality]")')
+    p.add_argument("--fid", type=str, default=None, metavar="NET.pt2",
+                   help="also measure FID per decoder against the originals with this torch.export InceptionV3 "
+                        'feature network (never downloaded; see asymvq.quality; needs pip install "asymvq[quality]")')
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asymvq compare", description=__doc__.split("\n\n")[0])
+    p = _cli.ArgumentParser(prog="python -m asymvq compare", description=__doc__.split("\n\n")[0])
     add_model_args(p)
     return p
 
@@ -470,29 +537,38 @@ def job_from_args(args: argparse.Namespace, mode: str) -> Job:
         if d.config is not None:
             d = DecoderSpec(d.name, _cli.resolve_config(d.config), _cli.require_file(d.ckpt, f"--decoder {d.name} checkpoint"))
         checked.append(d)
+    if args.lpips or args.fid:  # the network files are checked here, before any diffusion runs
+        from .quality import QualityModels, QualityError
+
+        try:
+            QualityModels(args.lpips, args.fid)
+        except QualityError as e:
+            raise _cli.CLIError(str(e)) from None
     try:
         return Job(config_d=config_d, ckpt_d=args.ckpt_d, decoders=tuple(checked), mode=mode, vocab=args.vocab,
-                   precision=precision, steps=args.steps, round=args.round, threads=args.threads)
+                   precision=precision, steps=args.steps, round=args.round, threads=args.threads,
+                   lpips=_abs(args.lpips), fid=_abs(args.fid))
     except ValueError as e:
         raise _cli.CLIError(str(e)) from None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        from .batch import run_batch
+def _abs(path: Optional[str]) -> Optional[str]:
+    return None if path is None else os.path.abspath(path)
 
-        job = job_from_args(args, "compare")
-        pairs = find_pairs(args.indir, args.list_file)
-        res = run_batch(pairs, args.outdir, job, cluster=False, plot=not args.no_plot)
-    except _cli.CLIError as e:
-        return _cli.fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return _cli.run_command(lambda: run(parser().parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command's body (errors become exit codes in :func:`asymvq._cli.run_command`)."""
+    from .batch import run_batch
+
+    job = job_from_args(args, "compare")
+    pairs = find_pairs(args.indir, args.list_file)
+    res = run_batch(pairs, args.outdir, job, cluster=False, plot=not args.no_plot)
     print(res.report())
     return 0 if not res.failures else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

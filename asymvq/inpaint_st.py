@@ -26,7 +26,11 @@ the fixed prompt, seed 0, 50 DDIM steps, eta 1.0, guidance 7.5, and writes
 
 Extra flags: ``--precision fp32|bf16``, ``--round`` (round instead of truncating
 to uint8), ``--report`` (preservation error and PSNR outside the mask per image),
-``--vocab`` (CLIP vocabulary), ``--threads``, ``--rng``.
+``--vocab`` (CLIP vocabulary), ``--threads``, ``--rng``; the values the original
+hard-codes, with its defaults: ``--prompt``, ``--steps`` (50), ``--scale`` (7.5),
+``--eta`` (1.0; only with ddim), ``--seed`` (0); ``--negative-prompt`` (the
+unconditional text, default ""), ``--sampler`` (ddim, the original's; plms,
+dpmpp_2m, dpmpp_2m_karras, euler, euler_a: see the README's "Samplers").
 
 Noise (``--rng``): the start code is ``numpy.random.RandomState(0)`` for every
 image, as the original. ``--rng numpy`` (default): the posterior sample and the
@@ -50,6 +54,7 @@ from typing import List, Optional, Sequence, Tuple
 from . import _cli
 from . import config as config_mod
 from .image import load_pair, open_image, probe_pair
+from .sampler import SAMPLER_NAMES
 
 PROMPT = "photograph of a beautiful empty scene, highest quality settings"
 
@@ -75,7 +80,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="print the preservation error and PSNR outside the mask")
     p.add_argument("--vocab", type=str, default=None, help="CLIP BPE vocabulary (else ASYMVQ_CLIP_VOCAB / HF cache)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
-    p.add_argument("--steps", type=int, default=50, help=argparse.SUPPRESS)  # for quick checks; original: 50
+    p.add_argument("--prompt", type=str, default=PROMPT, help="the text (default: the original's fixed prompt)")
+    p.add_argument("--negative-prompt", dest="negative_prompt", type=str, default="",
+                   help="the unconditional text of classifier-free guidance (default: \"\", the original's)")
+    p.add_argument("--sampler", type=str, default="ddim", choices=list(SAMPLER_NAMES),
+                   help="denoising sampler (default: ddim, the original's)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50, the original's)")
+    p.add_argument("--scale", type=float, default=7.5, help="guidance scale (default: 7.5, the original's)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta (default: 1.0, the original's, with ddim; other samplers take only 0)")
+    p.add_argument("--seed", type=int, default=0, help="start code seed (default: 0, the original's)")
     p.add_argument("--rng", type=str, default="numpy", choices=["numpy", "torch-cpu", "torch-cuda"],
                    help="DDIM noise source: numpy RandomState, or torch's CPU / CUDA (emulated, the original's) "
                    "generator at torch's default seed")
@@ -117,6 +131,20 @@ def check_not_overwriting_inputs(indir: str, outdir: Path, pairs: Sequence[Tuple
         raise _cli.CLIError(f"output {_cli.listing(clash)} is one of the input files; choose another --outdir")
 
 
+def check_sampler_args(args: argparse.Namespace, spec: Optional[config_mod.DiffusionSpec]) -> None:
+    """--sampler / --steps / --eta / --scale / --seed as the pipeline will take them (CLIError otherwise)."""
+    from .sampler import sampler_from_name
+
+    _cli.check_finite(args.scale, "--scale")
+    _cli.check_seed(args.seed, maximum=_cli.SEED_MAX - 2)  # the posterior and step noise use seed + 1, seed + 2
+    if args.sampler in ("ddim", "plms"):
+        _cli.check_sampler(args.sampler, args.steps, args.eta, spec, "--steps", "--eta")
+    try:
+        sampler_from_name(args.sampler, args.steps, args.eta, spec)
+    except ValueError as e:
+        raise _cli.CLIError(f"--sampler {args.sampler} --steps {args.steps} --eta {args.eta}: {e}") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return _cli.run_command(lambda: run(parser().parse_args(argv)))
 
@@ -146,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(_cli.load_config(config, "--config"), (config_mod.AutoencoderSpec, config_mod.DiffusionSpec)):
             raise _cli.CLIError(f"--config {config} is not a decoder config (e.g. autoencoder_kl_32x32x4.yaml, "
                                 "or the diffusion config for SD's vanilla decoder)")
-    _cli.check_sampler("ddim", args.steps, 1.0, spec_d, "--steps")
+    if args.eta is None:
+        args.eta = 1.0 if args.sampler == "ddim" else 0.0
+    check_sampler_args(args, spec_d)
     _cli.require_file(args.ckpt_d, "--ckpt_d checkpoint")
     _cli.require_file(args.ckpt, "--ckpt checkpoint")
     pairs, skipped = find_pairs(args.indir)
@@ -171,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
     for (img, msk), (w, h) in tqdm(list(zip(pairs, sizes)), desc="images", unit="img"):
         t = time.perf_counter()
         x, m, _ = load_pair(img, msk)
-        res = pipe(x, m, prompt=PROMPT, seed=0, scale=7.5, steps=args.steps, eta=1.0, round=args.round,
+        res = pipe(x, m, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+                   scale=args.scale, steps=args.steps, eta=args.eta, sampler=args.sampler, round=args.round,
                    rng=rng)
         out = outdir / img.name
         _cli.save_png(res.images[0], out)

@@ -137,23 +137,23 @@ class _Base:
     _lock: threading.Lock
 
     def _sampler(self, kind: str, steps: int, eta: float):
-        from .sampler import Sampler
+        from .sampler import sampler_from_name
 
         key = (kind, steps, float(eta))
         s = self._samplers.get(key)
         if s is None:
-            s = Sampler(kind=kind, steps=steps, eta=eta, config=self.diffusion_spec)
+            s = sampler_from_name(kind, steps, eta, config=self.diffusion_spec)
             self._samplers[key] = s
         return s
 
     def _denoise(self, x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback,
                  c_concat=None, gen: Optional[Generator] = None) -> np.ndarray:
-        """The sampler loop with a progress bar; step noise from ``step_noise``, else ``gen``, else
-        the numpy stream of ``seed + 2``."""
+        """The sampler loop with a progress bar; step noise (DDIM eta > 0, euler_a) from
+        ``step_noise``, else ``gen``, else the numpy stream of ``seed + 2``."""
         smp = self._sampler(sampler, steps, eta)
         bar = _Progress(len(smp.timesteps), "denoise", progress, callback)
         try:
-            if step_noise is not None or eta == 0:
+            if step_noise is not None or not smp.needs_noise:
                 return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, noise=step_noise, callback=bar)
             if gen is not None:
                 return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, rng=gen, callback=bar)
@@ -272,7 +272,7 @@ class InpaintPipeline(_Base):
 
     def __call__(self, image: Union[ImageLike, np.ndarray], mask: Union[ImageLike, np.ndarray], *,
                  prompt: str = INPAINT_PROMPT, negative_prompt: str = "", seed: int = 0, scale: float = 7.5,
-                 steps: int = 50, eta: float = 1.0, sampler: str = "ddim", x_T: Optional[np.ndarray] = None,
+                 steps: int = 50, eta: Optional[float] = None, sampler: str = "ddim", x_T: Optional[np.ndarray] = None,
                  posterior_noise: Optional[np.ndarray] = None, step_noise: Optional[np.ndarray] = None,
                  resize: bool = True, round: bool = False, progress: bool = True,
                  callback: Optional[StepCallback] = None, rng: RngLike = "numpy") -> PipelineResult:
@@ -281,6 +281,10 @@ class InpaintPipeline(_Base):
         ``image``/``mask``: paths, PIL images, uint8 arrays, or float arrays already
         prepared ([1, 3, H, W] in [-1, 1] and [1, 1, H, W] in {0, 1}). PIL/paths are
         resized as inpaint_st does (≤ 640 px, multiples of 64; the mask too).
+
+        ``sampler``: one of :data:`asymvq.sampler.SAMPLER_NAMES` (default the original's ``"ddim"``);
+        ``eta`` defaults to the original's 1.0 with ddim and 0 otherwise (only ddim takes another).
+        ``negative_prompt``: the unconditional text of classifier-free guidance (the original's ``""``).
 
         Noise, as the original draws it (see the module doc): the start code is always
         ``numpy.random.RandomState(seed)``. ``rng="numpy"``: the posterior sample from
@@ -296,6 +300,9 @@ class InpaintPipeline(_Base):
             gen = rng
         elif check_kind(rng) != "numpy":
             gen = Generator(rng, TORCH_DEFAULT_SEED)
+        if eta is None:
+            eta = 1.0 if sampler == "ddim" else 0.0
+        self._sampler(sampler, steps, eta)  # bad sampler arguments fail before any work
         t0 = time.perf_counter()
         img, msk = self._prepare(image, mask, resize)
         H, W = img.shape[-2:]
@@ -456,6 +463,10 @@ class Txt2ImgPipeline(_Base):
         ``x_T`` is given, as ``--fixed_code`` draws it beforehand), then one ``randn([n_samples, 4, h, w])``
         per DDIM step. An :class:`asymvq.rng.Generator` works the same from its current state (``seed``
         is not used) and runs on, as the original's generator does across ``--n_iter`` iterations.
+
+        ``sampler``: one of :data:`asymvq.sampler.SAMPLER_NAMES` (default the original's ``"ddim"``;
+        ``eta`` only with ddim); euler_a's per-step noise comes from the same stream as DDIM's.
+        ``negative_prompt``: the unconditional text of classifier-free guidance (the original's ``""``).
         """
         gen: Optional[Generator] = None
         if isinstance(rng, Generator):
@@ -471,6 +482,7 @@ class Txt2ImgPipeline(_Base):
             raise ValueError(f"got {len(prompts)} prompts for n_samples={n_samples}")
         if sampler == "plms" and eta != 0:
             raise ValueError("PLMS is deterministic: eta must be 0")
+        self._sampler(sampler, steps, eta)  # bad sampler arguments fail before any work
         t0 = time.perf_counter()
         h, w = height // 8, width // 8
         timings = {}

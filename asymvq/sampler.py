@@ -1,4 +1,4 @@
-"""DDIM and PLMS samplers of the original code, with the whole loop in C.
+"""DDIM and PLMS samplers of the original code, and DPM++ 2M / Euler / Euler a, with the whole loop in C.
 
 :class:`Sampler` reproduces ``ldm.models.diffusion.ddim.DDIMSampler`` (any ``eta``) and
 ``ldm.models.diffusion.plms.PLMSSampler`` (SPEC §6) with classifier-free guidance (one model call on
@@ -18,6 +18,22 @@ original's ``p_sample_ddim`` does, from ``rng`` (:mod:`asymvq.rng`): a kind seed
 ``"torch-cpu"``: successive ``torch.randn([B, C, h, w], generator=torch.Generator().manual_seed(seed))``),
 or a :class:`asymvq.rng.Generator` whose stream continues from wherever it is.
 
+Beyond the original (``kind="dpmpp_2m"``, ``"euler"``, ``"euler_a"``): diffusers'
+``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``, ``solver_order=2``, first order on
+the first and the last step; ``karras=True`` for Karras sigmas), ``EulerDiscreteScheduler`` and
+``EulerAncestralDiscreteScheduler``, configured as SD 1.x's ``scheduler_config.json`` (scaled-linear
+betas 0.00085..0.012, ``steps_offset=1``, epsilon prediction) and on diffusers' own float32
+``alphas_cumprod``.  ``spacing`` is diffusers' ``timestep_spacing``: ``"linspace"`` by default, which is
+what ``X.from_config(pipe.scheduler.config)`` gives for SD 1.5's ``scheduler_config.json`` in current
+diffusers (the JSON does not set it, and diffusers >= 0.19 no longer carries PNDM's defaulted
+``"leading"`` over); ``"leading"`` is what older diffusers gave; ``"trailing"`` also exists.  ``x_T`` stays standard normal noise for every kind: the
+sampler multiplies it by :attr:`Sampler.init_noise_sigma` first, as the diffusers pipelines scale
+their initial latents, so callers pass the same start code whatever the kind.  Euler models see
+``x / sqrt(sigma**2 + 1)`` (``c_concat`` unscaled, as in diffusers' inpainting pipeline).  Euler with
+``"linspace"`` has fractional timesteps (:attr:`Sampler.model_timesteps`): the C UNet takes them as they
+are and a Python model receives them as float32 (int64 whenever they are all integers).  Euler a adds
+one fresh ``[B, C, h, w]`` draw per step, from ``noise``/``seed``/``rng`` exactly as DDIM with ``eta > 0``.
+
 :func:`randn` is that generator: ``numpy.random.RandomState(seed).randn(*shape).astype(numpy.float32)``
 bit for bit (MT19937, polar Gaussians with the cached second value; SPEC §8.5), e.g. the inpainting
 start code ``randn(0, (1, 4, h, w))``.
@@ -34,7 +50,7 @@ from . import _core
 from . import config as config_mod
 from .rng import Generator, RngLike, as_generator
 
-__all__ = ["Sampler", "randn", "StepCallback"]
+__all__ = ["Sampler", "randn", "StepCallback", "KINDS", "SPACINGS", "SAMPLER_NAMES", "sampler_from_name"]
 
 #: ``callback(step, timestep, x)`` after every step; ``x`` is a float32 copy of the latent
 #: ``[B, C, h, w]``.  Return ``None``, or an array of that shape to replace the latent.
@@ -42,6 +58,16 @@ StepCallback = Callable[[int, int, np.ndarray], Optional[np.ndarray]]
 
 #: SD v1's schedule (both shipped configs).
 SD1_SCHEDULE = (0.00085, 0.012, 1000)
+
+#: Every ``kind`` a :class:`Sampler` takes; the first two are the original's.
+KINDS = ("ddim", "plms", "dpmpp_2m", "euler", "euler_a")
+
+#: The names the pipelines (``sampler=``) and the command lines (``--sampler``) take: the kinds, plus
+#: ``"dpmpp_2m_karras"`` for ``Sampler("dpmpp_2m", karras=True)``.
+SAMPLER_NAMES = ("ddim", "plms", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_a")
+
+#: diffusers' ``timestep_spacing`` values the diffusers-style kinds take; the first is the default.
+SPACINGS = ("linspace", "leading", "trailing")
 
 ConfigLike = Union[None, str, "os.PathLike[str]", config_mod.DiffusionSpec]
 
@@ -81,31 +107,79 @@ def _float_array(name: str, value: Any, optional: bool = False) -> Optional[np.n
 
 
 class Sampler:
-    """``Sampler(kind="ddim" | "plms", steps=50, eta=0.0, config=None)``.
+    """``Sampler(kind="ddim" | "plms" | "dpmpp_2m" | "euler" | "euler_a", steps=50, eta=0.0, config=None,
+    karras=False)``.
 
     ``config``: ``None`` (SD v1: ``linear_start=0.00085``, ``linear_end=0.012``, 1000 timesteps), a
-    diffusion YAML path, or an :class:`asymvq.config.DiffusionSpec`.  Raises ``ValueError`` for
-    ``steps`` outside ``1..timesteps`` (or a step count the original discretisation cannot run:
-    its last timestep would be ``T``), ``eta < 0``, or PLMS with ``eta != 0``.
+    diffusion YAML path, or an :class:`asymvq.config.DiffusionSpec`.  ``karras``: Karras et al.'s
+    sigmas for ``"dpmpp_2m"`` (diffusers' ``use_karras_sigmas=True``).  Raises ``ValueError`` for an
+    unknown kind, ``steps`` outside ``1..timesteps`` (or a step count the discretisation cannot run:
+    its last timestep would be ``T``), ``eta < 0``, ``eta != 0`` with any kind but ``"ddim"``, or
+    ``karras`` with any kind but ``"dpmpp_2m"``.
 
     A sampler holds only its tables: one instance can serve any number of calls, models and
     threads.
     """
 
-    def __init__(self, kind: str = "ddim", steps: int = 50, eta: float = 0.0, config: ConfigLike = None) -> None:
-        if kind not in ("ddim", "plms"):
-            raise ValueError(f'kind must be "ddim" or "plms", got {kind!r}')
+    def __init__(self, kind: str = "ddim", steps: int = 50, eta: float = 0.0, config: ConfigLike = None,
+                 karras: bool = False, spacing: Optional[str] = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
             raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        if kind not in ("ddim", "plms") and float(eta) != 0.0:
+            raise ValueError(f"eta applies to the ddim sampler only; {kind} needs eta=0, got {eta}")
+        if karras and kind != "dpmpp_2m":
+            raise ValueError(f"karras sigmas are offered with the dpmpp_2m sampler only, not {kind}")
+        if spacing is not None and kind in ("ddim", "plms"):
+            raise ValueError(f"spacing applies to dpmpp_2m, euler and euler_a; {kind} uses the original's "
+                             "uniform discretisation")
+        if spacing is not None and spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
         linear_start, linear_end, timesteps = _schedule(config)
         if not 1 <= int(steps) <= timesteps:
             raise ValueError(f"steps must be between 1 and {timesteps} (the schedule's timesteps), got {steps}")
-        self._c = _core.Sampler(kind, int(steps), float(eta), linear_start, linear_end, timesteps)
+        self._c = _core.Sampler(kind, int(steps), float(eta), linear_start, linear_end, timesteps, bool(karras),
+                               spacing or SPACINGS[0])
 
     @property
     def kind(self) -> str:
-        """``"ddim"`` or ``"plms"``."""
+        """One of :data:`KINDS`."""
         return self._c.kind
+
+    @property
+    def karras(self) -> bool:
+        """True when ``"dpmpp_2m"`` runs on Karras sigmas."""
+        return self._c.karras
+
+    @property
+    def spacing(self) -> Optional[str]:
+        """diffusers' ``timestep_spacing`` of dpmpp_2m/euler/euler_a (unused with ``karras``); ``None`` for
+        ddim and plms."""
+        return None if self.kind in ("ddim", "plms") else self._c.spacing
+
+    @property
+    def model_timesteps(self) -> Optional[np.ndarray]:
+        """float32 timestep the model sees at every loop step, in loop order (diffusers'
+        ``scheduler.timesteps``) for dpmpp_2m/euler/euler_a; ``None`` for ddim and plms."""
+        return self._c.model_timesteps
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """The factor ``x_T`` is multiplied by before the first step (1 for ddim, plms, dpmpp_2m; for the
+        Euler kinds ``noise_levels[0]``, or ``sqrt(noise_levels[0]**2 + 1)`` with ``"leading"``)."""
+        return self._c.init_noise_sigma
+
+    @property
+    def noise_levels(self) -> Optional[np.ndarray]:
+        """float32 sigma of every loop step plus the final 0 (``len(timesteps) + 1``) for dpmpp_2m,
+        euler and euler_a (diffusers' ``scheduler.sigmas``); ``None`` for ddim and plms."""
+        return self._c.noise_levels
+
+    @property
+    def needs_noise(self) -> bool:
+        """True when :meth:`sample` adds fresh noise every step (ddim with ``eta > 0``, euler_a)."""
+        return self._c.needs_noise
 
     @property
     def steps(self) -> int:
@@ -119,12 +193,13 @@ class Sampler:
 
     @property
     def timesteps(self) -> np.ndarray:
-        """int64 DDIM timesteps, ascending (``[1, 21, ..., 981]`` for 50 steps); the loop runs them backwards."""
+        """int64 timesteps, ascending (DDIM: ``[1, 21, ..., 981]`` for 50 steps); the loop runs them backwards
+        (fractional Euler timesteps truncated here; see :attr:`model_timesteps`)."""
         return self._c.timesteps
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
-        """The float32 DDPM schedule ``alphas_cumprod[0..T)``."""
+        """The float32 DDPM schedule ``alphas_cumprod[0..T)`` (dpmpp_2m/euler/euler_a: diffusers' float32 one)."""
         return self._c.alphas_cumprod
 
     @property
@@ -163,18 +238,20 @@ class Sampler:
         """Denoise ``x_T`` and return ``x_0`` (float32 ``[B, C, h, w]``).
 
         * ``unet``: an :class:`asymvq.UNet` (the loop then calls the C UNet without the GIL), or any
-          callable ``unet(x, t, context) -> eps`` (x float32 ``[N, Cin, h, w]``, t int64 ``[N]``,
-          context float32 ``[N, L, D]``), called with the GIL for each model evaluation.
+          callable ``unet(x, t, context) -> eps`` (x float32 ``[N, Cin, h, w]``, t int64 ``[N]`` —
+          float32 when fractional, as euler/euler_a's ``"linspace"`` timesteps —, context float32
+          ``[N, L, D]``), called with the GIL for each model evaluation.
         * ``x_T``: ``[B, C, h, w]``, ``h`` and ``w`` multiples of 8.
         * ``cond`` / ``uncond``: ``[B or 1, L, D]`` (batch 1 is repeated).  With ``uncond=None`` or
           ``scale == 1`` the model is called once per step on ``B`` without guidance; otherwise once
           on ``[uncond, cond]`` (``2B``).
         * ``c_concat``: ``[B or 1, Cin - C, h, w]`` for an inpainting UNet (mask, masked-image latent),
           appended after ``x_t`` along channels; ``None`` for a txt2img UNet.
-        * ``noise``: ``[len(timesteps), B, C, h, w]``, the per-step noise of DDIM with ``eta > 0``
-          (``noise[i]`` at the ``i``-th step); or ``seed`` (``0..2**32-1``) to draw it as
-          ``randn(seed, noise_shape)``.  One of them is required when ``eta > 0``; ignored otherwise.
-        * ``rng``: where seeded noise comes from (``eta > 0``): ``"numpy"`` (the default), ``"torch-cpu"``
+        * ``noise``: ``[len(timesteps), B, C, h, w]``, the per-step noise of DDIM with ``eta > 0`` and of
+          euler_a (``noise[i]`` at the ``i``-th step); or ``seed`` (``0..2**32-1``) to draw it as
+          ``randn(seed, noise_shape)``.  One of them (or a Generator) is required when
+          :attr:`needs_noise`; ignored otherwise.
+        * ``rng``: where seeded noise comes from (:attr:`needs_noise`): ``"numpy"`` (the default), ``"torch-cpu"``
           (with ``seed``), or an :class:`asymvq.rng.Generator` (without ``seed``), which then advances by
           one ``[B, C, h, w]`` draw per step, so a start code drawn from it before and a next sample
           after continue the same stream, as in the original.
@@ -206,5 +283,18 @@ class Sampler:
         return self._c.sample(unet, x, c, u, float(scale), cc, z, seed, callback, gen._c if gen else None)
 
     def __repr__(self) -> str:
-        return (f"Sampler(kind={self.kind!r}, steps={self.steps}, eta={self.eta}, "
+        karras = ", karras=True" if self.karras else (f", spacing={self.spacing!r}" if self.spacing else "")
+        return (f"Sampler(kind={self.kind!r}, steps={self.steps}, eta={self.eta}{karras}, "
                 f"timesteps={len(self.timesteps)} of {len(self.alphas_cumprod)})")
+
+
+def sampler_from_name(name: str, steps: int, eta: float = 0.0, config: ConfigLike = None) -> Sampler:
+    """The :class:`Sampler` a pipeline or command line means by ``name`` (one of :data:`SAMPLER_NAMES`).
+
+    ``ValueError`` for an unknown name (listing the choices) and for whatever :class:`Sampler` rejects
+    (``eta != 0`` with any sampler but ddim, step counts).
+    """
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLER_NAMES)}")
+    kind, karras = ("dpmpp_2m", True) if name == "dpmpp_2m_karras" else (name, False)
+    return Sampler(kind, steps, eta, config=config, karras=karras)

@@ -21,7 +21,10 @@ hard-codes CUDA); ``--n_iter``, ``--n_samples > 1``, ``--from-file``,
 ``--skip_grid`` / ``--skip_save`` and ``--n_rows`` work as above (the original
 parses them and ignores them or breaks); ``--precision autocast`` (and ``auto``)
 means bf16 where the CPU has native bf16, else fp32, and ``full`` fp32.
-``--laion400m`` (the old LDM model) is not supported.
+``--laion400m`` (the old LDM model) is not supported. Beyond the original:
+``--sampler`` (ddim, the default, or plms as ``--plms``; dpmpp_2m,
+dpmpp_2m_karras, euler, euler_a: see the README's "Samplers") and
+``--negative-prompt`` (the unconditional text instead of "").
 
 Noise (``--rng``): one generator seeded with ``--seed`` gives every draw in the
 original's order: the start code of each sample call (``--fixed_code``: once,
@@ -43,6 +46,7 @@ from typing import List, Optional, Sequence
 from PIL import Image
 
 from . import _cli
+from .sampler import SAMPLER_NAMES, sampler_from_name
 
 
 class _Default(int):
@@ -70,6 +74,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_save", action="store_true")
     p.add_argument("--ddim_steps", type=int, default=50)
     p.add_argument("--plms", action="store_true")
+    p.add_argument("--sampler", type=str, default="ddim", choices=list(SAMPLER_NAMES),
+                   help="denoising sampler (default: ddim, or plms with --plms: the original's); --ddim_eta "
+                   "applies to ddim only")
+    p.add_argument("--negative-prompt", dest="negative_prompt", type=str, default="",
+                   help="the unconditional text of classifier-free guidance (default: \"\", the original's)")
     p.add_argument("--laion400m", action="store_true")
     p.add_argument("--fixed_code", action="store_true")
     p.add_argument("--ddim_eta", type=float, default=0.0)
@@ -134,6 +143,8 @@ def validate(args: argparse.Namespace) -> None:
         raise _cli.CLIError(f"--H and --W must be positive multiples of 64, got {args.H}x{args.W}")
     if args.plms and args.ddim_eta != 0:
         raise _cli.CLIError("--plms needs --ddim_eta 0 (PLMS is deterministic)")
+    if args.plms and args.sampler not in ("ddim", "plms"):
+        raise _cli.CLIError(f"--plms and --sampler {args.sampler} contradict each other: give one of them")
     for flag in ("ddim_steps", "n_iter", "n_samples"):
         if getattr(args, flag) < 1:
             raise _cli.CLIError(f"--{flag} must be >= 1")
@@ -177,8 +188,14 @@ def run(args: argparse.Namespace) -> int:
         spec = _cli.load_diffusion_config(config, "--config", "txt2img", "v1-t2i-inference.yaml")
     if config_c is not None:
         _cli.load_decoder_config(config_c, "--config_c", "autoencoder_kl_woc_32x32x4.yaml")
-    _cli.check_sampler("plms" if args.plms else "ddim", args.ddim_steps, args.ddim_eta, spec, "--ddim_steps",
-                       "--ddim_eta")
+    sampler = "plms" if args.plms else args.sampler
+    if sampler in ("ddim", "plms"):
+        _cli.check_sampler(sampler, args.ddim_steps, args.ddim_eta, spec, "--ddim_steps", "--ddim_eta")
+    try:
+        sampler_from_name(sampler, args.ddim_steps, args.ddim_eta, spec)
+    except ValueError as e:
+        raise _cli.CLIError(f"--sampler {sampler} --ddim_steps {args.ddim_steps} --ddim_eta {args.ddim_eta}: {e}") \
+            from None
     _cli.require_file(args.ckpt, "--ckpt checkpoint")
     _cli.require_file(args.ckpt_c, "--ckpt_c checkpoint")
     outdir = _cli.prepare_outdir(args.outdir)
@@ -196,13 +213,13 @@ def run(args: argparse.Namespace) -> int:
     code = gen.randn((n, 4, h, w)) if args.fixed_code else None
     images: List[Image.Image] = []
     count = 0
-    sampler = "plms" if args.plms else "ddim"
     grid = "grid.png" in output_names(args, len(prompts))
     for it in tqdm(range(iterations(args)), desc="iterations", unit="it"):
         for prompt in prompts:
             t = time.perf_counter()
             res = pipe(prompt, n_samples=n, height=args.H, width=args.W, scale=args.scale, steps=args.ddim_steps,
-                       eta=args.ddim_eta, sampler=sampler, x_T=code, round=args.round, rng=gen)
+                       eta=args.ddim_eta, sampler=sampler, negative_prompt=args.negative_prompt, x_T=code,
+                       round=args.round, rng=gen)
             for im in res.images:
                 if not args.skip_save:
                     _cli.save_png(im, outdir / f"{count}.png")

@@ -258,3 +258,39 @@ def test_a_rerun_with_everything_complete_starts_no_cluster_and_keeps_the_tables
     res = run_batch(pairs, tmp_path, job, workers=2, threads=1, progress=False, plot=False)
     assert res.done == [] and len(res.skipped) == N and res.scheduler is None
     assert len(list(csv.DictReader(open(tmp_path / "metrics.csv")))) == N
+
+
+def test_without_bokeh_the_batch_says_in_one_line_that_the_dashboard_needs_it(job, pairs, tmp_path, capsys,
+                                                                                monkeypatch):
+    monkeypatch.setattr(batch, "_has_bokeh", lambda: False)
+    one = [(pairs / "pair0.png", pairs / "pair0_mask.png")]
+    res = run_batch(one, tmp_path, job, workers=1, threads=1, progress=True, plot=False, timeout=TIMEOUT)
+    assert len(res.done) == 1 and res.dashboard is None
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "dashboard" in ln]
+    assert lines == ['Dask dashboard: not running (it needs bokeh: pip install "bokeh>=3.1")']
+
+
+class _FakeClient:
+    def __init__(self, services):
+        self.services = services
+        self.dashboard_link = "http://127.0.0.1:8787/status"
+
+    def scheduler_info(self):
+        return {"services": self.services}
+
+
+def test_a_local_scheduler_with_bokeh_has_its_dashboard_address_printed(monkeypatch):
+    monkeypatch.setattr(batch, "_has_bokeh", lambda: True)
+    link, line = batch.dashboard_status(_FakeClient({"dashboard": 8787}), local=True)
+    assert link == "http://127.0.0.1:8787/status" and line == "Dask dashboard: http://127.0.0.1:8787/status"
+
+
+def test_a_remote_scheduler_without_a_dashboard_is_said_to_need_bokeh_where_it_runs():
+    link, line = batch.dashboard_status(_FakeClient({}), local=False)
+    assert link is None and "needs bokeh where the scheduler runs" in line
+
+
+def test_a_remote_schedulers_dashboard_address_is_printed_with_its_bokeh_condition():
+    link, line = batch.dashboard_status(_FakeClient({"dashboard": 8787}), local=False)
+    assert link == "http://127.0.0.1:8787/status"
+    assert line == "Dask dashboard: http://127.0.0.1:8787/status (if bokeh is installed where the scheduler runs)"

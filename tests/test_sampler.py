@@ -426,7 +426,7 @@ def test_plms_with_nonzero_eta_is_rejected() -> None:
 
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="kind must be"):
-        Sampler("euler")
+        Sampler("heun")  # "euler" became a kind (issue 15)
 
 
 def test_a_4_channel_unet_given_c_concat_is_rejected() -> None:

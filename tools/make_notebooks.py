@@ -182,6 +182,8 @@ INDIR = None      # folder of NAME.png + NAME_mask.png; None: three generated pa
 OUTDIR = "compare_out"
 STEPS = 50
 PRECISION = "fp32"
+LPIPS = None      # optional: an LPIPS network as a torch.export file (see asymvq.quality; pip install "asymvq[quality]")
+FID = None        # optional: an InceptionV3 feature network as a torch.export file (FID per decoder)
 """),
     ("code", """
 import os
@@ -226,7 +228,8 @@ from asymvq.batch import run_batch
 from asymvq.compare import DecoderSpec, Job
 
 job = Job(config_d=CONFIG_D, ckpt_d=CKPT_D, vocab=VOCAB, steps=STEPS, precision=PRECISION, mode="compare",
-          decoders=(DecoderSpec("vanilla"),) + tuple(DecoderSpec(n, c, k) for n, (c, k) in DECODERS.items()))
+          decoders=(DecoderSpec("vanilla"),) + tuple(DecoderSpec(n, c, k) for n, (c, k) in DECODERS.items()),
+          lpips=LPIPS, fid=FID)
 res = run_batch(INDIR, OUTDIR, job, cluster=False)   # cluster=True: a Dask LocalCluster; scheduler="tcp://..."
 print(res.report())
 """),
@@ -239,8 +242,9 @@ for p in sorted(Path(OUTDIR, "strips").glob("*.png")):
 """),
     ("md", """
 The table: per decoder, mean and standard deviation over the images of the preservation error
-(MSE outside the mask, images in [0, 1]), PSNR and SSIM outside the mask. Per-image rows are in
-`metrics.csv`, both in `metrics.json`."""),
+(MSE outside the mask, images in [0, 1]), PSNR and SSIM outside the mask; with `LPIPS` set, LPIPS
+over the whole image and outside the mask, and with `FID` set, each decoder's FID against the
+originals (over the folder). Per-image rows are in `metrics.csv`, both in `metrics.json`."""),
     ("code", """
 import csv
 rows = list(csv.DictReader(open(Path(OUTDIR, "summary.csv"))))
@@ -248,7 +252,9 @@ print(f"{'decoder':10s} {'n':>3s} {'pre_error (1e-5)':>22s} {'PSNR (dB)':>16s} {
 for r in rows:
     f = {k: float(v) for k, v in r.items() if k not in ("decoder", "n")}
     print(f"{r['decoder']:10s} {r['n']:>3s} {f['pre_error_mean'] * 1e5:11.1f} ± {f['pre_error_std'] * 1e5:8.1f} "
-          f"{f['psnr_mean']:7.2f} ± {f['psnr_std']:5.2f} {f['ssim_mean']:7.4f} ± {f['ssim_std']:6.4f}")
+          f"{f['psnr_mean']:7.2f} ± {f['psnr_std']:5.2f} {f['ssim_mean']:7.4f} ± {f['ssim_std']:6.4f}"
+          + (f"  LPIPS {f['lpips_mean']:.4f} (outside mask {f['lpips_known_mean']:.4f})" if "lpips_mean" in f else "")
+          + (f"  FID {f['fid']:.2f}" if "fid" in f else ""))
 Image.open(Path(OUTDIR, "metrics.png"))
 """),
 ]

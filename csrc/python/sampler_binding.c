@@ -1,7 +1,8 @@
 /* asymvq._core.Sampler and asymvq._core.randn (private; the public API is
  * asymvq.sampler).
  *
- *   Sampler(kind: "ddim" | "plms", steps, eta, linear_start, linear_end, timesteps)
+ *   Sampler(kind: "ddim" | "plms" | "dpmpp_2m" | "euler" | "euler_a", steps, eta, linear_start, linear_end,
+ *           timesteps, karras=False)
  *   sampler.sample(unet, x_T, cond, uncond, scale, c_concat, noise, seed, callback, generator) -> x_0
  *   randn(seed, shape) -> float32 array == RandomState(seed).randn(*shape).astype(float32)
  *   Generator(kind: 0 numpy | 1 torch-cpu | 2 torch-cuda, seed, cuda_max_blocks=0)
@@ -18,7 +19,8 @@
  *    batch (2B with guidance) while it runs, so nothing else runs that plan
  *    meanwhile, and calls avq_unet_run without the GIL.
  *  - the slow path, any callable unet(x, t, context) -> eps (x float32
- *    [N, Cin, h, w], t int64 [N], context float32 [N, L, D]; eps convertible to
+ *    [N, Cin, h, w], t int64 [N] (float32 when fractional: Euler "linspace"),
+ *    context float32 [N, L, D]; eps convertible to
  *    float32 [N, C, h, w]), called with the GIL taken for each model call. Its
  *    optional int attributes in_channels / out_channels / context_dim are
  *    checked against the inputs like the C UNet's.
@@ -97,6 +99,16 @@ static PyObject *copy_to_array(const avq_tensor *t, int type) {
     return (PyObject *)a;
 }
 
+/* The timesteps for a Python model: int64 when integral (every kind but
+ * Euler with "linspace" spacing), float32 otherwise, so none is truncated. */
+static PyObject *timesteps_to_array(const avq_tensor *t) {
+    const float *v = t->data;
+    const int64_t n = avq_tensor_numel(t);
+    for (int64_t i = 0; i < n; i++)
+        if (v[i] != floorf(v[i])) return copy_to_array(t, NPY_FLOAT32);
+    return copy_to_array(t, NPY_INT64);
+}
+
 /* Copies `obj` (anything convertible to float32 of t's shape) into t. -1 with an exception set. */
 static int copy_from_array(PyObject *obj, avq_tensor *t, const char *what) {
     PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32,
@@ -123,7 +135,7 @@ static avq_status py_unet_eps(void *ud, const avq_tensor *x, const avq_tensor *t
     py_run *r = ud;
     avq_status st = AVQ_OK;
     PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *ax = copy_to_array(x, NPY_FLOAT32), *at = copy_to_array(t, NPY_INT64), *ac = copy_to_array(ctx, NPY_FLOAT32);
+    PyObject *ax = copy_to_array(x, NPY_FLOAT32), *at = timesteps_to_array(t), *ac = copy_to_array(ctx, NPY_FLOAT32);
     PyObject *out = NULL;
     if (ax && at && ac) out = PyObject_CallFunctionObjArgs(r->callable, ax, at, ac, NULL);
     if (!out || copy_from_array(out, eps, "the output of unet(x, t, context)") < 0) st = stash_exception(r);
@@ -198,23 +210,38 @@ typedef struct {
     int steps;      /* as requested */
 } SamplerObject;
 
+/* The kinds by their Python names, in avq_sampler_kind order. */
+static const char *const sampler_kind_names[] = {"ddim", "plms", "dpmpp_2m", "euler", "euler_a"};
+#define N_SAMPLER_KINDS ((int)(sizeof sampler_kind_names / sizeof sampler_kind_names[0]))
+/* diffusers' timestep_spacing names, in avq_spacing order. */
+static const char *const spacing_names[] = {"linspace", "leading", "trailing"};
+#define N_SPACINGS ((int)(sizeof spacing_names / sizeof spacing_names[0]))
+
 static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"kind", "steps", "eta", "linear_start", "linear_end", "timesteps", NULL};
-    const char *kind_s;
-    int steps, timesteps = 1000;
+    static char *kwlist[] = {"kind", "steps", "eta", "linear_start", "linear_end", "timesteps", "karras", "spacing",
+                             NULL};
+    const char *kind_s, *spacing_s = "linspace";
+    int steps, timesteps = 1000, karras = 0;
     double eta, ls = 0.00085, le = 0.012;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sid|ddi:Sampler", kwlist, &kind_s, &steps, &eta, &ls, &le, &timesteps))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "sid|ddips:Sampler", kwlist, &kind_s, &steps, &eta, &ls, &le,
+                                     &timesteps, &karras, &spacing_s))
         return NULL;
-    avq_sampler_kind kind;
-    if (strcmp(kind_s, "ddim") == 0)
-        kind = AVQ_SAMPLER_DDIM;
-    else if (strcmp(kind_s, "plms") == 0)
-        kind = AVQ_SAMPLER_PLMS;
-    else
-        return PyErr_Format(PyExc_ValueError, "kind must be \"ddim\" or \"plms\", got \"%s\"", kind_s);
+    int spacing = -1;
+    for (int i = 0; i < N_SPACINGS; i++)
+        if (strcmp(spacing_s, spacing_names[i]) == 0) spacing = i;
+    if (spacing < 0)
+        return PyErr_Format(PyExc_ValueError, "spacing must be \"linspace\", \"leading\" or \"trailing\", got \"%s\"",
+                            spacing_s);
+    int kind = -1;
+    for (int i = 0; i < N_SAMPLER_KINDS; i++)
+        if (strcmp(kind_s, sampler_kind_names[i]) == 0) kind = i;
+    if (kind < 0)
+        return PyErr_Format(PyExc_ValueError,
+                            "kind must be one of \"ddim\", \"plms\", \"dpmpp_2m\", \"euler\", \"euler_a\", got \"%s\"",
+                            kind_s);
     avq_schedule_config cfg = {ls, le, timesteps};
     avq_sampler *s;
-    avq_status st = avq_sampler_create(kind, steps, eta, &cfg, &s);
+    avq_status st = avq_sampler_create_ex((avq_sampler_kind)kind, steps, eta, karras, (avq_spacing)spacing, &cfg, &s);
     if (st != AVQ_OK) return avq_py_raise(st);
     SamplerObject *self = (SamplerObject *)type->tp_alloc(type, 0);
     if (!self) {
@@ -484,7 +511,35 @@ static PyObject *float_array(const float *v, int n) {
 
 static PyObject *get_kind(SamplerObject *self, void *closure) {
     (void)closure;
-    return PyUnicode_FromString(avq_sampler_get_kind(self->s) == AVQ_SAMPLER_DDIM ? "ddim" : "plms");
+    return PyUnicode_FromString(sampler_kind_names[avq_sampler_get_kind(self->s)]);
+}
+static PyObject *get_karras(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(avq_sampler_karras(self->s));
+}
+static PyObject *get_init_noise_sigma(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyFloat_FromDouble((double)avq_sampler_init_noise_sigma(self->s));
+}
+static PyObject *get_noise_levels(SamplerObject *self, void *closure) {
+    (void)closure;
+    const float *lev = avq_sampler_noise_levels(self->s);
+    if (!lev) Py_RETURN_NONE;
+    return float_array(lev, avq_sampler_num_steps(self->s) + 1);
+}
+static PyObject *get_spacing(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyUnicode_FromString(spacing_names[avq_sampler_spacing(self->s)]);
+}
+static PyObject *get_model_timesteps(SamplerObject *self, void *closure) {
+    (void)closure;
+    const float *t = avq_sampler_model_timesteps(self->s);
+    if (!t) Py_RETURN_NONE;
+    return float_array(t, avq_sampler_num_steps(self->s));
+}
+static PyObject *get_needs_noise(SamplerObject *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(avq_sampler_needs_noise(self->s));
 }
 static PyObject *get_steps(SamplerObject *self, void *closure) {
     (void)closure;
@@ -529,7 +584,16 @@ static PyMethodDef sampler_methods[] = {
 };
 
 static PyGetSetDef sampler_getset[] = {
-    {"kind", (getter)get_kind, NULL, "\"ddim\" or \"plms\".", NULL},
+    {"kind", (getter)get_kind, NULL, "\"ddim\", \"plms\", \"dpmpp_2m\", \"euler\" or \"euler_a\".", NULL},
+    {"karras", (getter)get_karras, NULL, "True when DPM++ 2M uses Karras sigmas.", NULL},
+    {"init_noise_sigma", (getter)get_init_noise_sigma, NULL, "The factor x_T is scaled by first (1 for DDIM/PLMS).",
+     NULL},
+    {"noise_levels", (getter)get_noise_levels, NULL,
+     "float32 sigma per loop step plus the final 0 (sigma kinds), or None.", NULL},
+    {"spacing", (getter)get_spacing, NULL, "diffusers' timestep_spacing of the sigma kinds.", NULL},
+    {"model_timesteps", (getter)get_model_timesteps, NULL,
+     "float32 timestep the model sees at each loop step (sigma kinds), or None.", NULL},
+    {"needs_noise", (getter)get_needs_noise, NULL, "True when a run adds noise every step.", NULL},
     {"steps", (getter)get_steps, NULL, "The number of steps asked for.", NULL},
     {"eta", (getter)get_eta, NULL, "DDIM eta (0 for PLMS).", NULL},
     {"num_model_calls", (getter)get_num_model_calls, NULL, "Model evaluations per sample (PLMS: steps + 1).", NULL},
@@ -546,7 +610,8 @@ static PyType_Slot sampler_slots[] = {
     {Py_tp_dealloc, sampler_dealloc},
     {Py_tp_methods, sampler_methods},
     {Py_tp_getset, sampler_getset},
-    {Py_tp_doc, "Sampler(kind, steps, eta, linear_start=0.00085, linear_end=0.012, timesteps=1000) (private)."},
+    {Py_tp_doc, "Sampler(kind, steps, eta, linear_start=0.00085, linear_end=0.012, timesteps=1000, karras=False) "
+                "(private)."},
     {0, NULL},
 };
 

@@ -80,3 +80,96 @@ avq_status avq_ddim_params(int steps, int timesteps, const float *abar, double e
     }
     return AVQ_OK;
 }
+
+/* ---- diffusers' schedulers ---------------------------------------------------------- */
+
+avq_status avq_schedule_alphas_cumprod_f32(const avq_schedule_config *cfg, float *out) {
+    AVQ_TRY(avq_schedule_check(cfg));
+    const int T = cfg->timesteps;
+    /* torch.linspace in float32: the first half walks up from the start, the
+     * second half down from the end, with a float32 step and fused
+     * multiply-adds (torch's vectorised CPU kernel; a plain multiply and add
+     * differ in the last bit for ~15% of the entries) */
+    const float lo = (float)sqrt(cfg->linear_start), hi = (float)sqrt(cfg->linear_end);
+    const float step = (hi - lo) / (float)(T - 1);
+    double prod = 1.0;
+    for (int i = 0; i < T; i++) {
+        const float root = i < T / 2 ? fmaf(step, (float)i, lo) : fmaf(-step, (float)(T - 1 - i), hi);
+        const float beta = root * root;
+        prod *= (double)(1.0f - beta);
+        out[i] = (float)prod;
+    }
+    return AVQ_OK;
+}
+
+avq_status avq_spacing_timesteps(avq_spacing spacing, int steps, int timesteps, int dpm, float *t) {
+    const int T = timesteps, n = steps;
+    if (n < 1 || n > T - 1)
+        return avq_error(AVQ_ERR_ARG,
+                         "steps must be between 1 and %d for this sampler (the schedule has %d timesteps), got %d",
+                         T - 1, T, n);
+    if (spacing == AVQ_SPACING_LINSPACE) {
+        /* numpy.linspace in float64: k * (stop / (num - 1)), the last exactly stop */
+        const int num = n + (dpm ? 1 : 0);
+        const double stop = (double)(T - 1), step = num > 1 ? stop / (double)(num - 1) : 0.0;
+        for (int i = 0; i < n; i++) {
+            const int k = num - 1 - i; /* descending */
+            const double v = (num > 1 && k == num - 1) ? stop : (double)k * step;
+            t[i] = dpm ? (float)rint(v) : (float)v;
+        }
+    } else if (spacing == AVQ_SPACING_LEADING) {
+        const int num = n + (dpm ? 1 : 0), ratio = T / num;
+        for (int i = 0; i < n; i++) t[i] = (float)((num - 1 - i) * ratio + 1);
+    } else if (spacing == AVQ_SPACING_TRAILING) {
+        /* numpy.arange(T, 0, -T / n).round() - 1 */
+        const double ratio = (double)T / (double)n;
+        const double len = ceil((0.0 - (double)T) / -ratio); /* numpy.arange's length */
+        if (len != (double)n)
+            return avq_error(AVQ_ERR_ARG,
+                             "steps=%d: the \"trailing\" spacing's float stride T/steps yields %.0f timesteps in "
+                             "diffusers, not %d; use another step count or spacing",
+                             n, len, n);
+        for (int i = 0; i < n; i++) t[i] = (float)(rint((double)T + (double)i * -ratio) - 1.0);
+    } else {
+        return avq_error(AVQ_ERR_ARG, "unknown timestep spacing %d", (int)spacing);
+    }
+    for (int i = 0; i < n; i++)
+        if (!(t[i] >= 0.0f && t[i] <= (float)(T - 1)))
+            return avq_error(AVQ_ERR_ARG,
+                             "steps=%d: this timestep spacing puts a timestep at %g, outside the schedule's 0..%d; use "
+                             "fewer steps",
+                             n, (double)t[i], T - 1);
+    return AVQ_OK;
+}
+
+double avq_interp_sigma(const float *sig, int timesteps, double t) {
+    if (t <= 0.0) return sig[0];
+    if (t >= (double)(timesteps - 1)) return sig[timesteps - 1];
+    const int j = (int)t;
+    if ((double)j == t) return sig[j];
+    const double slope = (double)sig[j + 1] - (double)sig[j];
+    return slope * (t - (double)j) + (double)sig[j];
+}
+
+void avq_karras_sigmas(const float *sig, int timesteps, int steps, double *out, int *t) {
+    const double rho = 7.0;
+    const double smin = sig[0], smax = sig[timesteps - 1];
+    const double min_inv = pow(smin, 1.0 / rho), max_inv = pow(smax, 1.0 / rho);
+    /* numpy.linspace(0, 1, n): j * (1 / (n - 1)), the last exactly 1 */
+    const double dstep = steps > 1 ? 1.0 / (double)(steps - 1) : 0.0;
+    for (int j = 0; j < steps; j++) {
+        const double ramp = (steps > 1 && j == steps - 1) ? 1.0 : (double)j * dstep;
+        out[j] = pow(max_inv + ramp * (min_inv - max_inv), rho);
+        /* diffusers' _sigma_to_t: the last index whose float32 log sigma is
+         * <= log(sigma) (0 if none, at most T - 2), then linear in log sigma */
+        const double ls = log(out[j] > 1e-10 ? out[j] : 1e-10);
+        int low = 0;
+        for (int k = 0; k < timesteps; k++)
+            if (ls - (double)logf(sig[k]) >= 0.0) low = k;
+        if (low > timesteps - 2) low = timesteps - 2;
+        const double l0 = (double)logf(sig[low]), l1 = (double)logf(sig[low + 1]);
+        double w = (l0 - ls) / (l0 - l1);
+        w = w < 0.0 ? 0.0 : (w > 1.0 ? 1.0 : w);
+        t[j] = (int)rint((1.0 - w) * (double)low + w * (double)(low + 1));
+    }
+}

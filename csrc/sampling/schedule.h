@@ -41,4 +41,28 @@ avq_status avq_ddim_count(int steps, int timesteps, int *count);
 avq_status avq_ddim_params(int steps, int timesteps, const float *abar, double eta, int *tau, float *a,
                            float *aprev, float *sigma);
 
+/* ---- diffusers' schedulers (DPM++ 2M, Euler, Euler a; see sampler.h) ---- */
+
+/* out[0..T) = diffusers' scaled_linear alphas_cumprod: float32 betas from
+ * torch.linspace(sqrt(start), sqrt(end), T) squared, their float32 1 - beta
+ * multiplied up in float64 (torch.cumprod's CPU accumulator) and stored as float32. */
+avq_status avq_schedule_alphas_cumprod_f32(const avq_schedule_config *cfg, float *out);
+
+/* diffusers' timestep_spacing (steps_offset 1 for "leading", SD 1.x's value). */
+typedef enum avq_spacing { AVQ_SPACING_LINSPACE = 0, AVQ_SPACING_LEADING = 1, AVQ_SPACING_TRAILING = 2 } avq_spacing;
+
+/* t[0..n) descending, as diffusers' set_timesteps computes them. dpm != 0:
+ * DPMSolverMultistepScheduler's integer variants (n + 1 points, the last dropped);
+ * otherwise the Euler schedulers' float32 ones (linspace may be fractional).
+ * AVQ_ERR_ARG unless 1 <= n and every t lies in [0, T - 1]. */
+avq_status avq_spacing_timesteps(avq_spacing spacing, int steps, int timesteps, int dpm, float *t);
+
+/* numpy.interp(t, arange(T), sig) in float64 for t in [0, T - 1]. */
+double avq_interp_sigma(const float *sig, int timesteps, double t);
+
+/* Karras et al.'s sigmas (rho 7) between s(0) and s(T-1) of `sig` (length T,
+ * ascending): out[0..n) descending, float64 like numpy, and their timesteps
+ * round(t(sigma)) by diffusers' log-sigma interpolation. */
+void avq_karras_sigmas(const float *sig, int timesteps, int steps, double *out, int *t);
+
 #endif

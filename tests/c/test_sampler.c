@@ -299,6 +299,76 @@ static void test_bad_inputs_are_named(void) {
     avq_sampler_destroy(s);
 }
 
+/* ---- DPM++ 2M, Euler, Euler a ----------------------------------------------------------------- */
+
+static void test_sigma_kinds_arguments_and_tables(void) {
+    avq_schedule_config cfg = AVQ_SCHEDULE_SD1;
+    avq_sampler *s = NULL;
+    const avq_sampler_kind kinds[] = {AVQ_SAMPLER_DPMPP_2M, AVQ_SAMPLER_EULER, AVQ_SAMPLER_EULER_A};
+    for (int i = 0; i < 3; i++) {
+        CHECK(avq_sampler_create(kinds[i], 20, 0.5, &cfg, &s) == AVQ_ERR_ARG && !s &&
+                  strstr(avq_last_error(), "eta applies to DDIM only"),
+              "kind %d with eta 0.5 accepted", (int)kinds[i]);
+        CHECK(avq_sampler_create(kinds[i], 20, 0.0, &cfg, &s) == AVQ_OK, "%s", avq_last_error());
+        const float *lev = avq_sampler_noise_levels(s);
+        CHECK(avq_sampler_num_steps(s) == 20 && lev[20] == 0.0f, "20 steps, final level 0");
+        for (int k = 0; k < 20; k++) CHECK(lev[k] > lev[k + 1], "noise levels must descend at %d", k);
+        CHECK(avq_sampler_needs_noise(s) == (kinds[i] == AVQ_SAMPLER_EULER_A), "needs_noise of kind %d", (int)kinds[i]);
+        avq_sampler_destroy(s);
+        s = NULL;
+    }
+    CHECK(avq_sampler_create_ex(AVQ_SAMPLER_EULER, 20, 0.0, 1, AVQ_SPACING_LINSPACE, &cfg, &s) == AVQ_ERR_ARG && !s,
+          "Euler with karras accepted");
+    CHECK(avq_sampler_create_ex(AVQ_SAMPLER_DPMPP_2M, 999, 0.0, 0, AVQ_SPACING_LEADING, &cfg, &s) == AVQ_ERR_ARG &&
+              strstr(avq_last_error(), "outside the schedule"),
+          "a leading timestep at T accepted");
+    CHECK(avq_sampler_create_ex(AVQ_SAMPLER_DPMPP_2M, 20, 0.0, 1, AVQ_SPACING_LINSPACE, &cfg, &s) == AVQ_OK, "%s",
+          avq_last_error());
+    CHECK(avq_sampler_model_timesteps(s)[0] == 999.0f && avq_sampler_init_noise_sigma(s) == 1.0f,
+          "karras starts at t 999 with x_T unscaled, got t %g", (double)avq_sampler_model_timesteps(s)[0]);
+    avq_sampler_destroy(s);
+}
+
+/* One unguided Euler step (linspace: t = 0, sigma s(0), then 0), computed by hand in double. */
+static void test_one_euler_step_by_hand(void) {
+    static case_data d;
+    make_case(&d);
+    avq_sample_inputs in = guided_inputs(&d);
+    in.uncond = NULL;
+    standin m = {0};
+    CHECK(run(AVQ_SAMPLER_EULER, 1, 0.0, &m, &d, &in) == AVQ_OK, "%s", avq_last_error());
+    CHECK(m.calls == 1 && m.last_t == 0, "one call at t 0, got %d calls, t %d", m.calls, m.last_t);
+    float abar[1000];
+    avq_schedule_config cfg = AVQ_SCHEDULE_SD1;
+    avq_schedule_alphas_cumprod_f32(&cfg, abar);
+    const double sg = sqrt((1.0 - abar[0]) / abar[0]), div = sqrt(sg * sg + 1.0);
+    int bad = 0;
+    for (int n = 0; n < B; n++)
+        for (int o = 0; o < C; o++)
+            for (int i = 0; i < HW; i++) {
+                const double x = d.x_T[(n * C + o) * HW + i] * sg, x1 = d.x_T[(n * C + (o + 1) % C) * HW + i] * sg;
+                const double e = tanh((0.1 * x + 0.01 * x1) / div + d.cond[n * LL * DD]);
+                const double want = x - sg * e; /* x + (x - x0) / sigma * (0 - sigma) */
+                /* float32 rounding relative to the terms: they nearly cancel for some values */
+                bad += fabs(d.out[(n * C + o) * HW + i] - want) > 1e-6 * (fabs(x) + fabs(sg * e));
+            }
+    CHECK(bad == 0, "%d values differ from the hand-computed Euler step", bad);
+}
+
+static void test_dpmpp_calls_once_per_step_and_euler_a_needs_noise(void) {
+    static case_data d;
+    make_case(&d);
+    avq_sample_inputs in = guided_inputs(&d);
+    standin m = {0};
+    CHECK(run(AVQ_SAMPLER_DPMPP_2M, 12, 0.0, &m, &d, &in) == AVQ_OK, "%s", avq_last_error());
+    CHECK(m.calls == 12, "DPM++ 12 steps made %d model calls", m.calls);
+    standin m2 = {0};
+    CHECK(run(AVQ_SAMPLER_EULER_A, 5, 0.0, &m2, &d, &in) == AVQ_ERR_ARG && strstr(avq_last_error(), "Euler ancestral"),
+          "Euler a without noise accepted");
+    in.use_seed = 1;
+    CHECK(run(AVQ_SAMPLER_EULER_A, 5, 0.0, &m2, &d, &in) == AVQ_OK && m2.calls == 5, "%s", avq_last_error());
+}
+
 int main(void) {
     test_alphas_cumprod_reference_values();
     test_ddim_table_of_spec_6_1();
@@ -310,6 +380,9 @@ int main(void) {
     test_abort_flag_stops_before_the_next_step();
     test_nan_is_a_numeric_error();
     test_bad_inputs_are_named();
+    test_sigma_kinds_arguments_and_tables();
+    test_one_euler_step_by_hand();
+    test_dpmpp_calls_once_per_step_and_euler_a_needs_noise();
     if (failures) {
         fprintf(stderr, "test_sampler: %d failure(s)\n", failures);
         return 1;
