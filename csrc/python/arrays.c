@@ -63,6 +63,20 @@ PyArrayObject *avq_py_f32_nchw(PyObject *obj, const char *name, int channels) {
     return a;
 }
 
+PyArrayObject *avq_py_new_f32(PyObject *oshape) {
+    PyArray_Dims dims = {NULL, 0};
+    if (!PyArray_IntpConverter(oshape, &dims)) return NULL;
+    for (int i = 0; i < dims.len; i++)
+        if (dims.ptr[i] < 0) {
+            PyDimMem_FREE(dims.ptr);
+            PyErr_Format(avq_py_exc(AVQ_ERR_SHAPE), "shape must not hold negative sizes, got %R", oshape);
+            return NULL;
+        }
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(dims.len, dims.ptr, NPY_FLOAT32);
+    PyDimMem_FREE(dims.ptr);
+    return a;
+}
+
 int avq_py_same_dims(PyArrayObject *a, npy_intp b, npy_intp c, npy_intp h, npy_intp w) {
     return PyArray_DIM(a, 0) == b && PyArray_DIM(a, 1) == c && PyArray_DIM(a, 2) == h && PyArray_DIM(a, 3) == w;
 }

@@ -24,6 +24,9 @@ PyObject *avq_py_precision_name(avq_dtype dt);
 PyArrayObject *avq_py_f32(PyObject *obj, const char *name, int ndim_min, int ndim_max);
 /* avq_py_f32 of a [B, C, H, W] array with C == channels. */
 PyArrayObject *avq_py_f32_nchw(PyObject *obj, const char *name, int channels);
+/* A new float32 array of the shape `oshape` (a sequence of sizes >= 0), or NULL
+ * with an exception set. */
+PyArrayObject *avq_py_new_f32(PyObject *oshape);
 /* Whether `a` (4-D) has dims [b, c, h, w]. */
 int avq_py_same_dims(PyArrayObject *a, npy_intp b, npy_intp c, npy_intp h, npy_intp w);
 /* Views of a checked float32 array (borrowing its data). */

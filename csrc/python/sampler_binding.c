@@ -35,6 +35,7 @@
 
 #include "bindings.h"
 #include "common.h"
+#include "pytypes.h"
 #include "unet_binding.h"
 #include "models/unet.h"
 #include "sampling/rng.h"
@@ -334,15 +335,7 @@ static int generator_acquire(GeneratorObject *g) {
 }
 
 static PyObject *generator_randn(GeneratorObject *self, PyObject *oshape) {
-    PyArray_Dims dims = {NULL, 0};
-    if (!PyArray_IntpConverter(oshape, &dims)) return NULL;
-    for (int i = 0; i < dims.len; i++)
-        if (dims.ptr[i] < 0) {
-            PyDimMem_FREE(dims.ptr);
-            return PyErr_Format(PyExc_ValueError, "shape must not hold negative sizes, got %R", oshape);
-        }
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(dims.len, dims.ptr, NPY_FLOAT32);
-    PyDimMem_FREE(dims.ptr);
+    PyArrayObject *a = avq_py_new_f32(oshape);
     if (!a) return NULL;
     if (generator_acquire(self) < 0) {
         Py_DECREF(a);
@@ -378,12 +371,9 @@ static PyGetSetDef generator_getset[] = {
 };
 
 static PyType_Slot generator_slots[] = {
-    {Py_tp_new, generator_new},
     {Py_tp_dealloc, generator_dealloc},
-    {Py_tp_methods, generator_methods},
     {Py_tp_getset, generator_getset},
-    {Py_tp_doc, "Generator(kind, seed) (private; see asymvq.rng.Generator)."},
-    {0, NULL},
+    AVQ_PY_TYPE_SLOTS(generator_new, generator_methods, "Generator(kind, seed) (private; see asymvq.rng.Generator)."),
 };
 
 static PyType_Spec generator_spec = {
@@ -557,17 +547,11 @@ static PyObject *get_timesteps(SamplerObject *self, void *closure) {
     (void)closure;
     return int_array(avq_sampler_timesteps(self->s), avq_sampler_num_steps(self->s));
 }
-static PyObject *get_alphas(SamplerObject *self, void *closure) {
-    (void)closure;
-    return float_array(avq_sampler_alphas(self->s), avq_sampler_num_steps(self->s));
-}
-static PyObject *get_alphas_prev(SamplerObject *self, void *closure) {
-    (void)closure;
-    return float_array(avq_sampler_alphas_prev(self->s), avq_sampler_num_steps(self->s));
-}
-static PyObject *get_sigmas(SamplerObject *self, void *closure) {
-    (void)closure;
-    return float_array(avq_sampler_sigmas(self->s), avq_sampler_num_steps(self->s));
+/* The per-step float tables; the getter's closure indexes them. */
+static const float *(*const step_tables[])(const avq_sampler *) = {avq_sampler_alphas, avq_sampler_alphas_prev,
+                                                                   avq_sampler_sigmas};
+static PyObject *get_step_table(SamplerObject *self, void *closure) {
+    return float_array(step_tables[(intptr_t)closure](self->s), avq_sampler_num_steps(self->s));
 }
 static PyObject *get_alphas_cumprod(SamplerObject *self, void *closure) {
     (void)closure;
@@ -598,21 +582,19 @@ static PyGetSetDef sampler_getset[] = {
     {"eta", (getter)get_eta, NULL, "DDIM eta (0 for PLMS).", NULL},
     {"num_model_calls", (getter)get_num_model_calls, NULL, "Model evaluations per sample (PLMS: steps + 1).", NULL},
     {"timesteps", (getter)get_timesteps, NULL, "int64 DDIM timesteps, ascending (the loop runs them backwards).", NULL},
-    {"alphas", (getter)get_alphas, NULL, "float32 a_k = alphas_cumprod[timesteps[k]].", NULL},
-    {"alphas_prev", (getter)get_alphas_prev, NULL, "float32 aprev_k (aprev_0 = alphas_cumprod[0]).", NULL},
-    {"sigmas", (getter)get_sigmas, NULL, "float32 sigma_k.", NULL},
+    {"alphas", (getter)get_step_table, NULL, "float32 a_k = alphas_cumprod[timesteps[k]].", (void *)0},
+    {"alphas_prev", (getter)get_step_table, NULL, "float32 aprev_k (aprev_0 = alphas_cumprod[0]).", (void *)1},
+    {"sigmas", (getter)get_step_table, NULL, "float32 sigma_k.", (void *)2},
     {"alphas_cumprod", (getter)get_alphas_cumprod, NULL, "The float32 DDPM schedule.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot sampler_slots[] = {
-    {Py_tp_new, sampler_new},
     {Py_tp_dealloc, sampler_dealloc},
-    {Py_tp_methods, sampler_methods},
     {Py_tp_getset, sampler_getset},
-    {Py_tp_doc, "Sampler(kind, steps, eta, linear_start=0.00085, linear_end=0.012, timesteps=1000, karras=False) "
-                "(private)."},
-    {0, NULL},
+    AVQ_PY_TYPE_SLOTS(sampler_new, sampler_methods,
+                      "Sampler(kind, steps, eta, linear_start=0.00085, linear_end=0.012, timesteps=1000, "
+                      "karras=False) (private)."),
 };
 
 static PyType_Spec sampler_spec = {
@@ -631,15 +613,7 @@ static PyObject *py_randn(PyObject *self, PyObject *args, PyObject *kwds) {
         PyErr_Clear();
         return PyErr_Format(PyExc_ValueError, "seed must be an integer between 0 and 2**32 - 1, got %R", oseed);
     }
-    PyArray_Dims dims = {NULL, 0};
-    if (!PyArray_IntpConverter(oshape, &dims)) return NULL;
-    for (int i = 0; i < dims.len; i++)
-        if (dims.ptr[i] < 0) {
-            PyDimMem_FREE(dims.ptr);
-            return PyErr_Format(PyExc_ValueError, "shape must not hold negative sizes, got %R", oshape);
-        }
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(dims.len, dims.ptr, NPY_FLOAT32);
-    PyDimMem_FREE(dims.ptr);
+    PyArrayObject *a = avq_py_new_f32(oshape);
     if (!a) return NULL;
     avq_rng rng;
     avq_rng_seed(&rng, (uint32_t)sv);
