@@ -144,3 +144,44 @@ def test_an_object_that_only_looks_like_a_unet_is_called_as_python() -> None:
 
 def test_the_model_classes_are_exported() -> None:
     assert asymvq.UNet is UNet and asymvq.Autoencoder is Autoencoder and asymvq.TextEncoder is TextEncoder
+
+
+# ---- the one config parser (UNet and autoencoder configs) --------------------------------------------
+
+
+def tiny_unet_config() -> dict[str, Any]:
+    from asymvq.unet import _c_config
+
+    spec = config.load(config.packaged_tiny_config("v1-t2i-inference.yaml"))
+    assert isinstance(spec, config.DiffusionSpec)
+    return _c_config(spec.unet)
+
+
+@pytest.mark.parametrize(
+    "key, value, error, message",
+    [
+        ("in_channels", 4.0, TypeError, "UNet config: in_channels must be an int, got float"),
+        ("in_channels", True, TypeError, "UNet config: in_channels must be an int, got bool"),
+        ("channel_mult", [1, "2"], TypeError, r"UNet config: channel_mult\[1\] must be an int, got str"),
+        ("channel_mult", "12", TypeError, "UNet config: channel_mult must be a sequence of ints, got str"),
+        ("in_channels", 2**40, ValueError, r"UNet config: in_channels = 1099511627776 is out of range"),
+        ("channel_mult", [1] * 9, ValueError, "UNet config: channel_mult must have 0 to 8 entries, got 9"),
+    ],
+)
+def test_a_bad_config_value_is_refused_naming_its_key(key: str, value: Any, error: type, message: str) -> None:
+    cfg = {**tiny_unet_config(), key: value}
+    with pytest.raises(error, match=message) as info:
+        _core.UNet(cfg, {})
+    assert isinstance(info.value, asymvq.Error)
+
+
+def test_a_missing_config_key_is_named() -> None:
+    cfg = tiny_unet_config()
+    del cfg["context_dim"]
+    with pytest.raises(ValueError, match="UNet config: missing 'context_dim'"):
+        _core.UNet(cfg, {})
+
+
+def test_an_autoencoder_config_goes_through_the_same_parser() -> None:
+    with pytest.raises(TypeError, match="encoder config: ch must be an int, got str"):
+        _core.Autoencoder({}, encoder={"in_channels": 3, "ch": "128"})

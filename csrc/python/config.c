@@ -1,16 +1,23 @@
 /* The config-dict parser (see config.h). */
 #include "config.h"
 
-#include <limits.h>
 #include <string.h>
 
 #include "errors.h"
 
-/* An int that fits a C int, or -1 with an exception naming key[index]. */
+#define AVQ_PY_CONFIG_MAX (1 << 20)
+
+/* An int in [-1, AVQ_PY_CONFIG_MAX], or -1 with an exception naming key[index]. */
 static int as_int(PyObject *v, const char *what, const char *key, Py_ssize_t index, int *out) {
     int overflow = 0;
-    long long x = PyLong_Check(v) ? PyLong_AsLongLongAndOverflow(v, &overflow) : 0;
-    if (!PyLong_Check(v) || PyBool_Check(v) || (x == -1 && PyErr_Occurred())) {
+    long long x = 0;
+    /* an int, or an integer type such as numpy's (__index__), but not a bool */
+    PyObject *i = PyIndex_Check(v) && !PyBool_Check(v) ? PyNumber_Index(v) : NULL;
+    if (i) {
+        x = PyLong_AsLongLongAndOverflow(i, &overflow);
+        Py_DECREF(i);
+    }
+    if (!i || (x == -1 && PyErr_Occurred())) {
         PyErr_Clear();
         if (index < 0)
             PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "%s: %s must be an int, got %s", what, key, Py_TYPE(v)->tp_name);
@@ -19,8 +26,11 @@ static int as_int(PyObject *v, const char *what, const char *key, Py_ssize_t ind
                          Py_TYPE(v)->tp_name);
         return -1;
     }
-    if (overflow || x < INT_MIN || x > INT_MAX) {
-        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s: %s = %R is out of range", what, key, v);
+    /* -1 is the "unset" of some fields; no width or count comes near 2^20, and
+     * the cap keeps the C model's size arithmetic far from overflowing */
+    if (overflow || x < -1 || x > AVQ_PY_CONFIG_MAX) {
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s: %s = %R is out of range (-1 to %d)", what, key, v,
+                     AVQ_PY_CONFIG_MAX);
         return -1;
     }
     *out = (int)x;
