@@ -74,7 +74,7 @@ ext = Extension(
 
 
 class BuildExt(build_ext):
-    """Links with only asymvq's own rpath.
+    """Compiles in the package version and links with only asymvq's own rpath.
 
     Some Pythons (pyenv, conda) put ``-Wl,-rpath,<their prefix>/lib`` into
     LDSHARED; in a binary wheel that would be a build-machine path searched
@@ -82,6 +82,10 @@ class BuildExt(build_ext):
     """
 
     def build_extensions(self) -> None:
+        # The one version string is pyproject.toml's, which setuptools has read into the metadata.
+        version = self.distribution.metadata.get_version()
+        for e in self.extensions:
+            e.define_macros.append(("AVQ_VERSION", f'"{version}"'))
         linker = getattr(self.compiler, "linker_so", None)
         if linker:
             self.compiler.linker_so = [a for a in linker if not a.startswith("-Wl,-rpath,")]

@@ -1,5 +1,7 @@
 """Required-tensor tables: every weight name and shape a model needs, derived from its spec.
 
+The tables come from the C models themselves (each built against a recording weight source, which
+hands out no memory), so the names and shapes checked here are exactly those the C loaders look up.
 Names are the original checkpoint names (SPEC §1.3, §2.5, §3.5, §4.8); the order is the order in which
 the original modules register their parameters.  The converter, the C binding and the tests all use
 these tables, and :func:`check` reports every mismatch between a table and a state dict at once.
@@ -17,7 +19,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 
 import numpy as np
 
-from . import checkpoint
+from . import _core, checkpoint
 from .config import AutoencoderSpec, DiffusionSpec, Spec, TextEncoderSpec, UNetSpec
 from .errors import Error
 
@@ -98,185 +100,68 @@ class WeightsError(Error, ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Building blocks (each appends to an ordered table)
+# Per-model tables: what each C model looks up while it is built (its loader is the one description of
+# the topology; ``_core.*_tensors`` build the model against a source that records the lookups and hands
+# out no memory).  This module adds only policy: prefixes, the known-unused tensors, checks, messages.
 
 
-class _Builder:
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.table: Table = {}
-
-    def add(self, name: str, *shape: int) -> None:
-        self.table[self.prefix + name] = tuple(shape)
-
-    def affine(self, name: str, c: int) -> None:  # GroupNorm / LayerNorm
-        self.add(f"{name}.weight", c)
-        self.add(f"{name}.bias", c)
-
-    def conv(self, name: str, cout: int, cin: int, k: int) -> None:
-        self.add(f"{name}.weight", cout, cin, k, k)
-        self.add(f"{name}.bias", cout)
-
-    def linear(self, name: str, cout: int, cin: int, bias: bool = True) -> None:
-        self.add(f"{name}.weight", cout, cin)
-        if bias:
-            self.add(f"{name}.bias", cout)
-
-    # VAE family (SPEC §3.2)
-    def vae_resnet(self, name: str, cin: int, cout: int) -> None:
-        self.affine(f"{name}.norm1", cin)
-        self.conv(f"{name}.conv1", cout, cin, 3)
-        self.affine(f"{name}.norm2", cout)
-        self.conv(f"{name}.conv2", cout, cout, 3)
-        if cin != cout:
-            self.conv(f"{name}.nin_shortcut", cout, cin, 1)
-
-    def vae_attn(self, name: str, c: int) -> None:
-        self.affine(f"{name}.norm", c)
-        for part in ("q", "k", "v", "proj_out"):
-            self.conv(f"{name}.{part}", c, c, 1)
-
-    def vae_mid(self, name: str, c: int) -> None:
-        self.vae_resnet(f"{name}.block_1", c, c)
-        self.vae_attn(f"{name}.attn_1", c)
-        self.vae_resnet(f"{name}.block_2", c, c)
-
-    # UNet family (SPEC §2.3)
-    def unet_resblock(self, name: str, cin: int, cout: int, emb: int) -> None:
-        self.affine(f"{name}.in_layers.0", cin)
-        self.conv(f"{name}.in_layers.2", cout, cin, 3)
-        self.linear(f"{name}.emb_layers.1", cout, emb)
-        self.affine(f"{name}.out_layers.0", cout)
-        self.conv(f"{name}.out_layers.3", cout, cout, 3)
-        if cin != cout:
-            self.conv(f"{name}.skip_connection", cout, cin, 1)
-
-    def spatial_transformer(self, name: str, c: int, context: int, depth: int) -> None:
-        self.affine(f"{name}.norm", c)
-        self.conv(f"{name}.proj_in", c, c, 1)
-        for d in range(depth):
-            blk = f"{name}.transformer_blocks.{d}"
-            for attn, kv in (("attn1", c), ("attn2", context)):
-                if attn == "attn2":
-                    # registration order: attn1, ff, attn2, norm1..3
-                    self.linear(f"{blk}.ff.net.0.proj", 8 * c, c)
-                    self.linear(f"{blk}.ff.net.2", c, 4 * c)
-                self.linear(f"{blk}.{attn}.to_q", c, c, bias=False)
-                self.linear(f"{blk}.{attn}.to_k", c, kv, bias=False)
-                self.linear(f"{blk}.{attn}.to_v", c, kv, bias=False)
-                self.linear(f"{blk}.{attn}.to_out.0", c, c)
-            for norm in ("norm1", "norm2", "norm3"):
-                self.affine(f"{blk}.{norm}", c)
-        self.conv(f"{name}.proj_out", c, c, 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-model tables
+def _table(entries: Iterable[tuple[str, Shape]], prefix: str, c_prefix: str) -> Table:
+    """The C model's list as a table, its ``c_prefix`` replaced by ``prefix``."""
+    return {prefix + name[len(c_prefix) :]: tuple(shape) for name, shape in entries}
 
 
 def unet_tensors(spec: UNetSpec, prefix: str = UNET_PREFIX) -> Table:
     """Every weight of ``openaimodel.UNetModel`` (SPEC §2.5: 686 tensors for SD 1.x)."""
-    b = _Builder(prefix)
-    mc, emb = spec.model_channels, spec.time_embed_dim
-    attn = set(spec.attention_resolutions)
-    b.linear("time_embed.0", emb, mc)
-    b.linear("time_embed.2", emb, emb)
+    from .unet import _c_config  # the spec -> C config mapping the model is built with
 
-    def attention(name: str, c: int) -> None:
-        b.spatial_transformer(name, c, spec.context_dim, spec.transformer_depth)
-
-    b.conv("input_blocks.0.0", mc, spec.in_channels, 3)
-    skips, ch, ds, i = [mc], mc, 1, 1
-    for level, mult in enumerate(spec.channel_mult):
-        for _ in range(spec.num_res_blocks):
-            b.unet_resblock(f"input_blocks.{i}.0", ch, mult * mc, emb)
-            ch = mult * mc
-            if ds in attn:
-                attention(f"input_blocks.{i}.1", ch)
-            skips.append(ch)
-            i += 1
-        if level != len(spec.channel_mult) - 1:
-            b.conv(f"input_blocks.{i}.0.op", ch, ch, 3)
-            skips.append(ch)
-            ds, i = ds * 2, i + 1
-
-    b.unet_resblock("middle_block.0", ch, ch, emb)
-    attention("middle_block.1", ch)
-    b.unet_resblock("middle_block.2", ch, ch, emb)
-
-    i = 0
-    for level, mult in reversed(list(enumerate(spec.channel_mult))):
-        for r in range(spec.num_res_blocks + 1):
-            b.unet_resblock(f"output_blocks.{i}.0", ch + skips.pop(), mult * mc, emb)
-            ch, sub = mult * mc, 1
-            if ds in attn:
-                attention(f"output_blocks.{i}.1", ch)
-                sub = 2
-            if level and r == spec.num_res_blocks:
-                b.conv(f"output_blocks.{i}.{sub}.conv", ch, ch, 3)
-                ds //= 2
-            i += 1
-
-    b.affine("out.0", ch)
-    b.conv("out.2", spec.out_channels, ch, 3)
-    return b.table
+    return _table(_core.unet_tensors(**_c_config(spec)), prefix, UNET_PREFIX)
 
 
 def text_encoder_tensors(spec: TextEncoderSpec, prefix: str = TEXT_PREFIX) -> Table:
     """Every weight of the CLIP text transformer (SPEC §1.3: 196 for ViT-L/14; ``position_ids`` excluded)."""
-    b = _Builder(prefix)
-    d = spec.width
-    b.add("embeddings.token_embedding.weight", spec.vocab_size, d)
-    b.add("embeddings.position_embedding.weight", spec.max_positions, d)
-    for i in range(spec.layers):
-        layer = f"encoder.layers.{i}"
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            b.linear(f"{layer}.self_attn.{proj}", d, d)
-        b.affine(f"{layer}.layer_norm1", d)
-        b.linear(f"{layer}.mlp.fc1", spec.mlp, d)
-        b.linear(f"{layer}.mlp.fc2", d, spec.mlp)
-        b.affine(f"{layer}.layer_norm2", d)
-    b.affine("final_layer_norm", d)
-    return b.table
+    entries = _core.text_encoder_tensors(
+        vocab_size=spec.vocab_size,
+        width=spec.width,
+        layers=spec.layers,
+        heads=spec.heads,
+        mlp=spec.mlp,
+        max_positions=spec.max_positions,
+    )
+    return _table(entries, prefix, TEXT_PREFIX)
 
 
 def vae_encoder_tensors(spec: AutoencoderSpec, prefix: str = FIRST_STAGE_PREFIX) -> Table:
     """The KL encoder and ``quant_conv`` (SPEC §3.5: 106 + 2 tensors for SD's VAE)."""
-    enc = spec.encoder
-    b = _Builder(prefix)
-    b.conv("encoder.conv_in", enc.ch, enc.in_channels, 3)
-    cin = enc.ch
-    for level, width in enumerate(enc.widths):
-        for r in range(enc.num_res_blocks):
-            b.vae_resnet(f"encoder.down.{level}.block.{r}", cin, width)
-            cin = width
-        if level != len(enc.widths) - 1:
-            b.conv(f"encoder.down.{level}.downsample.conv", cin, cin, 3)
-    b.vae_mid("encoder.mid", cin)
-    b.affine("encoder.norm_out", cin)
-    moments = 2 * enc.z_channels if enc.double_z else enc.z_channels
-    b.conv("encoder.conv_out", moments, cin, 3)
-    b.conv("quant_conv", 2 * spec.embed_dim, moments, 1)
-    return b.table
+    from .autoencoder import _encoder_config, _Part
+
+    return _table(_core.vae_encoder_tensors(**_encoder_config(_Part(spec, prefix))), "", "")
+
+
+def _decoder_entries(spec: AutoencoderSpec, prefix: str, conditional: bool) -> Table:
+    from .autoencoder import _decoder_config, _Part
+
+    kwargs = _decoder_config(_Part(spec, prefix))
+    kwargs["conditional"] = conditional
+    return _table(_core.decoder_tensors(**kwargs), "", "")
 
 
 def cond_encoder_tensors(spec: AutoencoderSpec, prefix: str = "") -> Table:
     """The condition encoder ``decoder.encoder.layers.0..4`` (SPEC §4.4), in every asymmetric checkpoint."""
-    c0, c1, c2 = spec.decoder.cond_channels
-    b = _Builder(prefix)
-    for i, (cout, cin, k) in enumerate([(c0, 3, 3), (c1, c0, 3), (c2, c1, 4), (c2, c2, 4), (c2, c2, 4)]):
-        b.conv(f"decoder.encoder.layers.{i}", cout, cin, k)
-    return b.table
+    table = _decoder_entries(spec, prefix, conditional=True)
+    return {name: shape for name, shape in table.items() if name.startswith(prefix + "decoder.encoder.")}
 
 
 def up_layers_tensors(spec: AutoencoderSpec, prefix: str = "") -> Table:
-    """The dead ``decoder.up_layers.*`` ConvTranspose weights ([in, out, 4, 4], SPEC §4.7): never loaded."""
+    """The dead ``decoder.up_layers.*`` ConvTranspose weights ([in, out, 4, 4], SPEC §4.7): never loaded.
+
+    The C decoder has no such module, so this known-unused checkpoint content is described here.
+    """
     w = spec.decoder.widths
-    b = _Builder(prefix)
+    table: Table = {}
     for i, (cin, cout) in enumerate([(w[3], w[3]), (2 * w[2], w[2]), (w[2], w[1]), (w[1], w[0])]):
-        b.add(f"decoder.up_layers.{i}.deconv.weight", cin, cout, 4, 4)
-        b.add(f"decoder.up_layers.{i}.deconv.bias", cout)
-    return b.table
+        table[f"{prefix}decoder.up_layers.{i}.deconv.weight"] = (cin, cout, 4, 4)
+        table[f"{prefix}decoder.up_layers.{i}.deconv.bias"] = (cout,)
+    return table
 
 
 def decoder_tensors(spec: AutoencoderSpec, prefix: str = "") -> Table:
@@ -285,25 +170,7 @@ def decoder_tensors(spec: AutoencoderSpec, prefix: str = "") -> Table:
     The condition encoder is included only for a conditional decoder: ``_wocondition`` checkpoints
     carry it too but never run it.  ``up_layers`` are never included.
     """
-    dec = spec.decoder
-    w, top = dec.widths, dec.widths[-1]
-    b = _Builder(prefix)
-    b.conv("post_quant_conv", dec.z_channels, spec.embed_dim, 1)
-    b.conv("decoder.conv_in", top, dec.z_channels, 3)
-    b.vae_mid("decoder.mid", top)
-    table = b.table
-    if dec.conditional:
-        table.update(cond_encoder_tensors(spec, prefix))
-    for level in range(len(w)):
-        cin = w[level + 1] if level + 1 < len(w) else top
-        for r in range(dec.blocks_per_level):
-            b.vae_resnet(f"decoder.up.{level}.block.{r}", cin, w[level])
-            cin = w[level]
-        if level != 0:
-            b.conv(f"decoder.up.{level}.upsample.conv", w[level], w[level], 3)
-    b.affine("decoder.norm_out", w[0])
-    b.conv("decoder.conv_out", dec.out_channels, w[0], 3)
-    return table
+    return _decoder_entries(spec, prefix, spec.decoder.conditional)
 
 
 # --------------------------------------------------------------------------------------------------

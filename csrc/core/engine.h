@@ -10,7 +10,10 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define AVQ_VERSION "0.1.0"
+/* setup.py defines it from pyproject.toml's version; builds without it say so. */
+#ifndef AVQ_VERSION
+#define AVQ_VERSION "0+unknown"
+#endif
 
 /* One-time initialisation, as pthread_once. Not pthread_once itself: that symbol moved
  * into libc in glibc 2.34 and would tie the binary wheel to glibc >= 2.34 instead of

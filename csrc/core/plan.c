@@ -30,8 +30,6 @@ struct avq_plan {
     size_t arena_bytes;
     void *scratch; /* owned */
     size_t scratch_bytes;
-
-    const volatile int *abort_flag; /* borrowed */
 };
 
 #define ARENA_ALIGN 64
@@ -93,11 +91,7 @@ dnnl_engine_t avq_plan_engine(const avq_plan *p) { return p->engine; }
 
 static _Thread_local const volatile int *thread_abort_flag; /* borrowed */
 
-void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag) { p->abort_flag = flag; }
 void avq_plan_set_thread_abort_flag(const volatile int *flag) { thread_abort_flag = flag; }
-int avq_plan_aborted(const avq_plan *p) {
-    return (p->abort_flag && *p->abort_flag) || (thread_abort_flag && *thread_abort_flag);
-}
 
 static void *aligned(size_t bytes) {
     if (bytes == 0) bytes = ARENA_ALIGN;
@@ -213,7 +207,7 @@ avq_status avq_plan_tensor(avq_plan *p, avq_tensor *t, avq_dtype dt, avq_layout 
 avq_status avq_plan_step(avq_plan *p, int kind, avq_step **out) {
     /* Every op asks for its step first: the one place to notice an abort
      * between layers, building or running. */
-    if (avq_plan_aborted(p)) return avq_error(AVQ_ERR_ABORTED, "interrupted");
+    if (thread_abort_flag && *thread_abort_flag) return avq_error(AVQ_ERR_ABORTED, "interrupted");
     if (p->state == PLAN_BUILDING) {
         /* The op about to be built creates oneDNN descriptors (see CREATE_HEADROOM). */
         AVQ_TRY(avq_memory_headroom("build the next layer"));
@@ -318,18 +312,14 @@ avq_status avq_step_set_primitive(avq_plan *p, avq_step *s, dnnl_primitive_desc_
     return st;
 }
 
-avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nhandles) {
-    int h = 0;
+avq_status avq_step_exec(avq_plan *p, avq_step *s, const avq_arg_data *data, int ndata) {
     for (int a = 0; a < s->nargs; a++) {
         if (!s->owned[a]) continue;
-        void *ptr;
-        if (s->args[a].arg == DNNL_ARG_SCRATCHPAD)
-            ptr = p->scratch;
-        else if (h < nhandles)
-            ptr = handles[h++];
-        else
-            return avq_error(AVQ_ERR_INTERNAL, "step is missing a data handle");
-        if (!ptr) continue;
+        const int id = s->args[a].arg;
+        void *ptr = id == DNNL_ARG_SCRATCHPAD ? p->scratch : NULL;
+        for (int i = 0; !ptr && i < ndata; i++)
+            if (data[i].arg == id) ptr = data[i].data;
+        if (!ptr) return avq_error(AVQ_ERR_INTERNAL, "plan step argument %d has no buffer", id);
         if (dnnl_memory_set_data_handle(s->args[a].memory, ptr) != dnnl_success)
             return avq_error(AVQ_ERR_DNNL, "cannot bind a buffer to a oneDNN memory object");
     }

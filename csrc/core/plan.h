@@ -35,14 +35,12 @@ size_t avq_plan_arena_bytes(const avq_plan *p);
 size_t avq_plan_scratch_bytes(const avq_plan *p);
 size_t avq_plan_num_steps(const avq_plan *p);
 
-/* Cooperative abort: a run (or build) whose flag becomes nonzero stops at the
- * next step (op) with AVQ_ERR_ABORTED; the plan stays usable (an interrupted
- * build leaves it empty, to be built again). Two flags are polled: the plan's
- * own (borrowed) and the calling thread's (borrowed; set around one model
- * call, which runs its steps on that thread, e.g. by the Python binding). */
-void avq_plan_set_abort_flag(avq_plan *p, const volatile int *flag);
+/* Cooperative abort: a run (or build) on a thread whose flag (borrowed; set
+ * around one model call, which runs its steps on that thread, e.g. by the
+ * Python binding for Ctrl-C) becomes nonzero stops at the next step (op) with
+ * AVQ_ERR_ABORTED; the plan stays usable (an interrupted build leaves it
+ * empty, to be built again). */
 void avq_plan_set_thread_abort_flag(const volatile int *flag);
-int avq_plan_aborted(const avq_plan *p);
 
 typedef avq_status (*avq_forward_fn)(avq_plan *p, void *ctx);
 /* Builds on first use, then runs `fn`. A failed build leaves the plan empty. */
@@ -65,9 +63,15 @@ avq_status avq_step_set_primitive(avq_plan *p, avq_step *s, dnnl_primitive_desc_
 avq_status avq_step_arg(avq_step *s, int arg, const_dnnl_memory_desc_t md);
 /* An argument bound once (packed weights; not owned). */
 avq_status avq_step_arg_fixed(avq_step *s, int arg, dnnl_memory_t mem);
-/* Sets the handles of the per-run arguments (in the order they were added,
- * NULL entries skip) and executes. */
-avq_status avq_step_exec(avq_plan *p, avq_step *s, void *const *handles, int nhandles);
+/* The buffer of one per-run argument, named by its oneDNN id (DNNL_ARG_SRC, ...). */
+typedef struct avq_arg_data {
+    int arg;
+    void *data;
+} avq_arg_data;
+/* Binds every per-run argument of the step to the buffer given for its id (the
+ * scratchpad to the plan's) and executes; an argument left without a buffer is
+ * AVQ_ERR_INTERNAL. */
+avq_status avq_step_exec(avq_plan *p, avq_step *s, const avq_arg_data *data, int ndata);
 
 dnnl_engine_t avq_plan_engine(const avq_plan *p);
 

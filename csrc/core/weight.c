@@ -1,6 +1,5 @@
 #include "weight.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 
 #include "engine.h"
@@ -21,7 +20,8 @@ avq_weight avq_weight_rows(avq_weight *w, int64_t r0, int64_t n) {
     int64_t row = 1;
     for (int i = 1; i < w->ndim; i++) row *= w->dims[i];
     v.dims[0] = n;
-    v.data = (const char *)w->data + (size_t)(r0 * row) * avq_dtype_size(w->dtype);
+    /* A recorded weight has no data (loader.h): its views have none either. */
+    v.data = w->data ? (const char *)w->data + (size_t)(r0 * row) * avq_dtype_size(w->dtype) : NULL;
     v.packed = NULL;
     v.own = NULL;
     v.origin = NULL;
@@ -229,22 +229,4 @@ avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_
 avq_status avq_weight_packed_derived(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive,
                                      void *ctx, const_dnnl_memory_desc_t want, dnnl_memory_t *out) {
     return packed(w, src, derive, ctx, want, out);
-}
-
-avq_status avq_weight_expect(const avq_weight *w, int ndim, const int64_t *dims) {
-    int ok = w->ndim == ndim;
-    for (int i = 0; ok && i < ndim; i++) ok = w->dims[i] == dims[i];
-    if (ok) return AVQ_OK;
-    char got[128], want[128];
-    size_t k = 0;
-    k += (size_t)snprintf(got + k, sizeof got - k, "[");
-    for (int i = 0; i < w->ndim && k < sizeof got; i++)
-        k += (size_t)snprintf(got + k, sizeof got - k, i ? ", %lld" : "%lld", (long long)w->dims[i]);
-    if (k < sizeof got) snprintf(got + k, sizeof got - k, "]");
-    k = 0;
-    k += (size_t)snprintf(want + k, sizeof want - k, "[");
-    for (int i = 0; i < ndim && k < sizeof want; i++)
-        k += (size_t)snprintf(want + k, sizeof want - k, i ? ", %lld" : "%lld", (long long)dims[i]);
-    if (k < sizeof want) snprintf(want + k, sizeof want - k, "]");
-    return avq_error(AVQ_ERR_SHAPE, "weight %s has shape %s, expected %s", w->name ? w->name : "?", got, want);
 }

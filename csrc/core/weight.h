@@ -68,7 +68,4 @@ typedef avq_status (*avq_weight_derive_fn)(const avq_weight *w, float *dst, void
 avq_status avq_weight_packed_derived(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive,
                                      void *ctx, const_dnnl_memory_desc_t want, dnnl_memory_t *out);
 
-/* Checks dims, naming the weight and both shapes on mismatch. */
-avq_status avq_weight_expect(const avq_weight *w, int ndim, const int64_t *dims);
-
 #endif

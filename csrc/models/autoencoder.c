@@ -151,17 +151,15 @@ static avq_status check_decoder(const avq_ae_decoder_config *d) {
 
 /* ---- weights ------------------------------------------------------------ */
 
-/* Looks weights up by "<prefix><module>.<param>"; remembers an allocation failure. */
+/* Looks weights up by "<prefix><module>.<param>" (an allocation failure is
+ * reported by avq_weight_set_finish). */
 typedef struct loader {
     avq_weight_set *ws;
     const char *prefix;
-    int oom;
 } loader;
 
 static avq_weight *get(loader *l, int ndim, const int64_t *dims, const char *module, const char *param) {
-    avq_weight *w = avq_weight_get(l->ws, ndim, dims, "%s%s.%s", l->prefix, module, param);
-    if (!w) l->oom = 1;
-    return w;
+    return avq_weight_get(l->ws, ndim, dims, "%s%s.%s", l->prefix, module, param);
 }
 
 static conv_w get_conv(loader *l, const char *module, int64_t cout, int64_t cin, int64_t k) {
@@ -303,11 +301,10 @@ avq_status avq_autoencoder_create(const avq_autoencoder_config *cfg, const avq_w
     m->dtype = precision;
     avq_weight_set_init(&m->ws, src, "");
     m->ws.store = precision; /* every conv runs in the model's precision */
-    loader l = {&m->ws, "", 0};
+    loader l = {&m->ws, ""};
     avq_status st = AVQ_OK;
     if (cfg->has_encoder) st = load_encoder(m, &l);
     if (st == AVQ_OK && cfg->has_decoder) st = load_decoder(m, &l);
-    if (st == AVQ_OK && l.oom) st = avq_error(AVQ_ERR_MEMORY, "out of memory loading the autoencoder weights");
     if (st == AVQ_OK)
         st = avq_weight_set_finish(&m->ws, cfg->has_encoder && cfg->has_decoder ? "autoencoder"
                                            : cfg->has_encoder                   ? "VAE encoder"

@@ -36,12 +36,12 @@ avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, co
     if (ws->n == ws->cap) {
         size_t cap = ws->cap ? 2 * ws->cap : 128;
         avq_weight **na = realloc(ws->all, cap * sizeof *na);
-        if (!na) return NULL;
+        if (!na) goto oom;
         ws->all = na;
         ws->cap = cap;
     }
     avq_weight *w = calloc(1, sizeof *w + strlen(name) + 1);
-    if (!w) return NULL;
+    if (!w) goto oom;
     char *owned = (char *)(w + 1);
     strcpy(owned, name);
     avq_weight_init(w, owned, AVQ_F32, ndim, dims, NULL);
@@ -57,7 +57,7 @@ avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, co
         int64_t bad = 0;
         if (avq_weight_take_copy(w, ndim >= 2 ? ws->store : AVQ_F32, &bad) != AVQ_OK) {
             free(w);
-            return NULL; /* out of memory: the caller reports it */
+            goto oom;
         }
         if (ws->src->done) ws->src->done(ws->src->ctx, owned, orig, bytes);
         if (bad > 0 && ++ws->nonfinite <= MAX_NONFINITE_LISTED) {
@@ -70,11 +70,15 @@ avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, co
     w->name = owned;
     ws->all[ws->n++] = w;
     return w;
+oom:
+    ws->oom = 1;
+    return NULL;
 }
 
 avq_status avq_weight_set_finish(avq_weight_set *ws, const char *model) {
     ws->src = NULL;
     ws->prefix = NULL;
+    if (ws->oom) return avq_error(AVQ_ERR_MEMORY, "%s: out of memory loading the weights", model);
     if (ws->nonfinite > MAX_NONFINITE_LISTED) {
         char line[128];
         size_t more = ws->nonfinite - MAX_NONFINITE_LISTED;
@@ -101,4 +105,39 @@ int64_t avq_weight_set_numel(const avq_weight_set *ws) {
     int64_t n = 0;
     for (size_t i = 0; i < ws->n; i++) n += avq_weight_numel(ws->all[i]);
     return n;
+}
+
+static int record(void *ctx, const char *name, int ndim, const int64_t *dims, avq_weight *w, char *msg,
+                  size_t msg_len) {
+    avq_weight_recorder *r = ctx;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 256;
+        avq_tensor_entry *na = realloc(r->all, cap * sizeof *na);
+        if (!na) goto oom;
+        r->all = na;
+        r->cap = cap;
+    }
+    avq_tensor_entry *e = &r->all[r->n];
+    if (!(e->name = strdup(name))) goto oom;
+    e->ndim = ndim;
+    for (int i = 0; i < ndim && i < 4; i++) e->dims[i] = dims[i];
+    r->n++;
+    avq_weight_init(w, name, AVQ_F32, ndim, dims, NULL); /* no data: nothing is copied */
+    return 0;
+oom:
+    r->oom = 1;
+    snprintf(msg, msg_len, "out of memory recording the tensor list");
+    return 1;
+}
+
+void avq_weight_recorder_init(avq_weight_recorder *r) {
+    memset(r, 0, sizeof *r);
+    r->src.ctx = r;
+    r->src.get = record;
+}
+
+void avq_weight_recorder_free(avq_weight_recorder *r) {
+    for (size_t i = 0; i < r->n; i++) free(r->all[i].name);
+    free(r->all);
+    memset(r, 0, sizeof *r);
 }

@@ -35,20 +35,43 @@ typedef struct avq_weight_set {
     size_t n, cap;
     char *errors; /* owned: accumulated problems, one per line */
     size_t errors_len, nerrors;
+    int oom; /* a lookup ran out of memory (returned NULL) */
 } avq_weight_set;
 
 /* store = AVQ_F32 (set ws->store later to narrow the weights looked up next). */
 void avq_weight_set_init(avq_weight_set *ws, const avq_weight_source *src, const char *prefix);
 /* Looks up prefix + printf(fmt, ...) with the given dims; returns a weight
- * owned by the set (never NULL unless out of memory; on a failed lookup the
- * problem is recorded and a placeholder without data is returned). */
+ * owned by the set (on a failed lookup the problem is recorded and a
+ * placeholder without data is returned; NULL only out of memory, which
+ * avq_weight_set_finish reports: models need not check each lookup). */
 avq_weight *avq_weight_get(avq_weight_set *ws, int ndim, const int64_t *dims, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* After all lookups: AVQ_OK, or AVQ_ERR_IO listing every problem. */
+/* After all lookups: AVQ_OK, AVQ_ERR_MEMORY if a lookup ran out of memory, or
+ * AVQ_ERR_IO listing every problem. */
 avq_status avq_weight_set_finish(avq_weight_set *ws, const char *model);
 void avq_weight_set_free(avq_weight_set *ws);
 /* Number of parameters held (for repr and parity with the tables). */
 int64_t avq_weight_set_numel(const avq_weight_set *ws);
+
+/* A source that hands out no data and records what it is asked for: a model
+ * built against it lists every tensor it needs, in lookup order, without
+ * memory for any of them (the model must not be run; destroy it). This is
+ * the one description of each topology's weights (asymvq.tables reads it). */
+typedef struct avq_tensor_entry {
+    char *name; /* owned */
+    int ndim;
+    int64_t dims[4];
+} avq_tensor_entry;
+
+typedef struct avq_weight_recorder {
+    avq_weight_source src; /* pass &rec->src to a model's create */
+    avq_tensor_entry *all; /* owned, n entries */
+    size_t n, cap;
+    int oom; /* an entry could not be recorded */
+} avq_weight_recorder;
+
+void avq_weight_recorder_init(avq_weight_recorder *r);
+void avq_weight_recorder_free(avq_weight_recorder *r);
 
 #define AVQ_DIMS(...) ((const int64_t[]){__VA_ARGS__})
 /* avq_weight_get(ws, 4, AVQ_DIMS(512, 4, 3, 3), "decoder.up.%d.block.%d.conv1.weight", L, b) */

@@ -74,14 +74,6 @@ static void get_layer(avq_weight_set *ws, clip_layer *l, int i, int64_t D, int64
 #undef W2
 }
 
-static int layer_complete(const clip_layer *l) {
-    const avq_weight *all[] = {l->ln1_w, l->ln1_b, l->q_w,   l->q_b,   l->k_w,   l->k_b,   l->v_w,   l->v_b,
-                               l->out_w, l->out_b, l->ln2_w, l->ln2_b, l->fc1_w, l->fc1_b, l->fc2_w, l->fc2_b};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (!all[i]) return 0;
-    return 1;
-}
-
 avq_status avq_text_encoder_create(const avq_text_encoder_config *cfg, const avq_weight_source *src,
                                    avq_dtype precision, avq_text_encoder **out) {
     *out = NULL;
@@ -106,16 +98,10 @@ avq_status avq_text_encoder_create(const avq_text_encoder_config *cfg, const avq
     /* The embeddings above are read in f32 and summed before rounding; the
      * layers' linear weights are packed to the model's precision. */
     ws->store = precision;
-    int complete = m->token && m->position;
-    for (int i = 0; i < cfg->layers; i++) {
-        get_layer(ws, &m->layer[i], i, D, F);
-        complete = complete && layer_complete(&m->layer[i]);
-    }
+    for (int i = 0; i < cfg->layers; i++) get_layer(ws, &m->layer[i], i, D, F);
     m->final_w = avq_weight_get(ws, 1, AVQ_DIMS(D), "final_layer_norm.weight");
     m->final_b = avq_weight_get(ws, 1, AVQ_DIMS(D), "final_layer_norm.bias");
-    complete = complete && m->final_w && m->final_b;
-    avq_status st = complete ? avq_weight_set_finish(ws, "CLIP text encoder")
-                             : avq_error(AVQ_ERR_MEMORY, "out of memory loading the text encoder weights");
+    avq_status st = avq_weight_set_finish(ws, "CLIP text encoder"); /* also reports running out of memory */
     if (st != AVQ_OK) {
         avq_text_encoder_destroy(m);
         return st;

@@ -1,14 +1,16 @@
 /* The SD v1 UNet (SPEC §2): timestep MLP, ResBlocks with the embedding
  * injected, spatial transformers, down/up sampling, skip concatenations.
  *
- * Blocks are functions named after the checkpoint modules. Every activation
- * is an NHWC arena tensor of the model dtype, so a [B, C, h, w] activation is
- * also the [B, h*w, C] token matrix the transformer reads. Fusions: GroupNorm
- * carries the SiLU; time_embed.2 carries the SiLU every ResBlock applies to
- * the embedding; a ResBlock's second conv adds the skip (identity or the 1x1
- * skip_connection's output); to_out, ff.net.2 and proj_out add their block's
- * residual; GEGLU is two linears on the row halves of ff.net.0.proj, the gate
- * one (GELU) multiplying by the value. */
+ * Blocks are functions named after the checkpoint modules; each replaces its
+ * input activation by its output (releasing the input unless the caller keeps
+ * it as a skip). Every activation is an NHWC arena tensor of the model dtype,
+ * so a [B, C, h, w] activation is also the [B, h*w, C] token matrix the
+ * transformer reads. Fusions: GroupNorm carries the SiLU; time_embed.2
+ * carries the SiLU every ResBlock applies to the embedding; a ResBlock's
+ * second conv adds the skip (identity or the 1x1 skip_connection's output);
+ * to_out, ff.net.2 and proj_out add their block's residual; GEGLU is two
+ * linears on the row halves of ff.net.0.proj, the gate one (GELU)
+ * multiplying by the value. */
 #include "unet.h"
 
 #include <math.h>
@@ -24,172 +26,6 @@
 #define MAX_PERIOD 10000.f
 #define MAX_RES_BLOCKS 32
 #define MAX_BLOCKS (1 + AVQ_UNET_MAX_LEVELS * (MAX_RES_BLOCKS + 1)) /* input blocks (= skips) at most */
-
-/* ---- weights ------------------------------------------------------------ */
-
-typedef struct resblock_w {
-    int64_t cin, cout;
-    avq_weight *in_norm_w, *in_norm_b, *in_conv_w, *in_conv_b; /* in_layers.0 / .2 */
-    avq_weight *emb_w, *emb_b;                                 /* emb_layers.1 */
-    avq_weight *out_norm_w, *out_norm_b, *out_conv_w, *out_conv_b; /* out_layers.0 / .3 */
-    avq_weight *skip_w, *skip_b;                               /* skip_connection; NULL if cin == cout */
-} resblock_w;
-
-typedef struct attn_w {
-    avq_weight *q, *k, *v, *out_w, *out_b; /* to_q, to_k, to_v (no bias), to_out.0 */
-} attn_w;
-
-typedef struct tblock_w {
-    avq_weight *norm1_w, *norm1_b, *norm2_w, *norm2_b, *norm3_w, *norm3_b;
-    attn_w attn1, attn2;
-    avq_weight *ff0_w, *ff0_b; /* ff.net.0.proj [8C, C], borrowed from the set */
-    /* Row views of ff.net.0.proj: value = rows [0, 4C), gate = rows [4C, 8C).
-     * Owned: each holds its own packed copy. Valid once `views` is set. */
-    avq_weight value_w, value_b, gate_w, gate_b;
-    int views;
-    avq_weight *ff2_w, *ff2_b; /* ff.net.2 [C, 4C] */
-} tblock_w;
-
-typedef struct st_w {
-    int64_t c;
-    int heads;
-    avq_weight *norm_w, *norm_b, *proj_in_w, *proj_in_b, *proj_out_w, *proj_out_b;
-    int depth;
-    tblock_w *blocks; /* owned, `depth` entries */
-} st_w;
-
-enum { CONV_NONE = 0, CONV_IN, CONV_DOWN, CONV_UP };
-
-/* One input_blocks.i / output_blocks.i: [resblock] [spatial transformer] [conv]. */
-typedef struct block_w {
-    int has_res, has_st, conv_kind;
-    resblock_w res;
-    st_w st;
-    avq_weight *conv_w, *conv_b; /* input_blocks.0.0, ...0.op or ...N.conv */
-    int64_t cout;
-} block_w;
-
-struct avq_unet {
-    avq_unet_config cfg;
-    avq_dtype dt;
-    int64_t emb_dim; /* 4 * model_channels */
-    avq_weight_set ws;
-    avq_weight *te0_w, *te0_b, *te2_w, *te2_b; /* time_embed.0 / .2 */
-    int n_in, n_out;
-    block_w *in;  /* owned, n_in: in[0] is the input conv */
-    block_w *out; /* owned, n_out */
-    resblock_w mid0, mid2;
-    st_w mid1;
-    avq_weight *out_norm_w, *out_norm_b, *out_conv_w, *out_conv_b; /* out.0 / out.2 */
-    int64_t multiple; /* latent sizes must be multiples of 2^(levels - 1) */
-    int oom;          /* a weight lookup ran out of memory */
-};
-
-/* A plan knows its model and shape: one built for another shape would replay
- * primitives over the wrong buffers. */
-struct avq_unet_plan {
-    const avq_unet *model; /* borrowed: the plan is valid for this model only */
-    int64_t batch, height, width, context_length;
-    avq_plan *plan; /* owned */
-};
-
-#define W1(n) AVQ_DIMS(n)
-/* Every lookup goes through GET so that an allocation failure is noticed. */
-#define GET(ndim, dims, ...) got(u, avq_weight_get(&u->ws, ndim, dims, __VA_ARGS__))
-
-static avq_weight *got(avq_unet *u, avq_weight *w) {
-    if (!w) u->oom = 1;
-    return w;
-}
-
-static void load_resblock(avq_unet *u, resblock_w *r, const char *name, int64_t cin, int64_t cout,
-                          int64_t emb) {
-    r->cin = cin;
-    r->cout = cout;
-    r->in_norm_w = GET(1, W1(cin), "%s.in_layers.0.weight", name);
-    r->in_norm_b = GET(1, W1(cin), "%s.in_layers.0.bias", name);
-    r->in_conv_w = GET(4, AVQ_DIMS(cout, cin, 3, 3), "%s.in_layers.2.weight", name);
-    r->in_conv_b = GET(1, W1(cout), "%s.in_layers.2.bias", name);
-    r->emb_w = GET(2, AVQ_DIMS(cout, emb), "%s.emb_layers.1.weight", name);
-    r->emb_b = GET(1, W1(cout), "%s.emb_layers.1.bias", name);
-    r->out_norm_w = GET(1, W1(cout), "%s.out_layers.0.weight", name);
-    r->out_norm_b = GET(1, W1(cout), "%s.out_layers.0.bias", name);
-    r->out_conv_w = GET(4, AVQ_DIMS(cout, cout, 3, 3), "%s.out_layers.3.weight", name);
-    r->out_conv_b = GET(1, W1(cout), "%s.out_layers.3.bias", name);
-    r->skip_w = r->skip_b = NULL;
-    if (cin != cout) {
-        r->skip_w = GET(4, AVQ_DIMS(cout, cin, 1, 1), "%s.skip_connection.weight", name);
-        r->skip_b = GET(1, W1(cout), "%s.skip_connection.bias", name);
-    }
-}
-
-static void load_attn(avq_unet *u, attn_w *a, const char *blk, const char *which, int64_t c, int64_t kv) {
-    a->q = GET(2, AVQ_DIMS(c, c), "%s.%s.to_q.weight", blk, which);
-    a->k = GET(2, AVQ_DIMS(c, kv), "%s.%s.to_k.weight", blk, which);
-    a->v = GET(2, AVQ_DIMS(c, kv), "%s.%s.to_v.weight", blk, which);
-    a->out_w = GET(2, AVQ_DIMS(c, c), "%s.%s.to_out.0.weight", blk, which);
-    a->out_b = GET(1, W1(c), "%s.%s.to_out.0.bias", blk, which);
-}
-
-static avq_status load_st(avq_unet *u, st_w *s, const char *name, int64_t c, int heads, int depth,
-                          int64_t ctx_dim) {
-    s->c = c;
-    s->heads = heads;
-    s->depth = depth;
-    s->blocks = calloc((size_t)depth, sizeof *s->blocks);
-    if (!s->blocks) return avq_error(AVQ_ERR_MEMORY, "out of memory creating the UNet");
-    s->norm_w = GET(1, W1(c), "%s.norm.weight", name);
-    s->norm_b = GET(1, W1(c), "%s.norm.bias", name);
-    s->proj_in_w = GET(4, AVQ_DIMS(c, c, 1, 1), "%s.proj_in.weight", name);
-    s->proj_in_b = GET(1, W1(c), "%s.proj_in.bias", name);
-    for (int d = 0; d < depth; d++) {
-        tblock_w *t = &s->blocks[d];
-        char blk[160];
-        snprintf(blk, sizeof blk, "%s.transformer_blocks.%d", name, d);
-        load_attn(u, &t->attn1, blk, "attn1", c, c);
-        t->ff0_w = GET(2, AVQ_DIMS(8 * c, c), "%s.ff.net.0.proj.weight", blk);
-        t->ff0_b = GET(1, W1(8 * c), "%s.ff.net.0.proj.bias", blk);
-        t->ff2_w = GET(2, AVQ_DIMS(c, 4 * c), "%s.ff.net.2.weight", blk);
-        t->ff2_b = GET(1, W1(c), "%s.ff.net.2.bias", blk);
-        load_attn(u, &t->attn2, blk, "attn2", c, ctx_dim);
-        t->norm1_w = GET(1, W1(c), "%s.norm1.weight", blk);
-        t->norm1_b = GET(1, W1(c), "%s.norm1.bias", blk);
-        t->norm2_w = GET(1, W1(c), "%s.norm2.weight", blk);
-        t->norm2_b = GET(1, W1(c), "%s.norm2.bias", blk);
-        t->norm3_w = GET(1, W1(c), "%s.norm3.weight", blk);
-        t->norm3_b = GET(1, W1(c), "%s.norm3.bias", blk);
-    }
-    s->proj_out_w = GET(4, AVQ_DIMS(c, c, 1, 1), "%s.proj_out.weight", name);
-    s->proj_out_b = GET(1, W1(c), "%s.proj_out.bias", name);
-    return AVQ_OK;
-}
-
-/* After every lookup succeeded: the GEGLU halves as views of ff.net.0.proj. */
-static void make_views(st_w *s) {
-    for (int d = 0; d < s->depth; d++) {
-        tblock_w *t = &s->blocks[d];
-        int64_t f = 4 * s->c;
-        t->value_w = avq_weight_rows(t->ff0_w, 0, f);
-        t->value_b = avq_weight_rows(t->ff0_b, 0, f);
-        t->gate_w = avq_weight_rows(t->ff0_w, f, f);
-        t->gate_b = avq_weight_rows(t->ff0_b, f, f);
-        t->views = 1;
-    }
-}
-
-static void free_st(st_w *s) {
-    if (!s->blocks) return;
-    for (int d = 0; d < s->depth; d++) {
-        tblock_w *t = &s->blocks[d];
-        if (!t->views) continue;
-        avq_weight_release(&t->value_w);
-        avq_weight_release(&t->value_b);
-        avq_weight_release(&t->gate_w);
-        avq_weight_release(&t->gate_b);
-    }
-    free(s->blocks);
-    s->blocks = NULL;
-}
 
 /* ---- config ------------------------------------------------------------- */
 
@@ -247,102 +83,238 @@ static avq_status check_config(const avq_unet_config *c) {
     return AVQ_OK;
 }
 
+/* ---- weights ------------------------------------------------------------ */
+
+/* A module's weight and bias (conv, linear) or gain and bias (norm). */
+typedef struct wb {
+    avq_weight *w, *b;
+} wb;
+
+typedef struct resblock_w {
+    wb in_norm, in_conv;   /* in_layers.0 / .2 */
+    wb emb;                /* emb_layers.1 */
+    wb out_norm, out_conv; /* out_layers.0 / .3 */
+    wb skip;               /* skip_connection; .w NULL when cin == cout */
+} resblock_w;
+
+typedef struct attn_w {
+    avq_weight *q, *k, *v; /* to_q, to_k, to_v: no bias */
+    wb out;                /* to_out.0 */
+} attn_w;
+
+typedef struct tblock_w {
+    attn_w attn1, attn2;
+    wb ff0;         /* ff.net.0.proj [8C, C]: GEGLU value rows [0, 4C), gate rows [4C, 8C) */
+    wb ff2;         /* ff.net.2 [C, 4C] */
+    wb norm1, norm2, norm3;
+    avq_weight rows[4]; /* owned row views of ff0 (value w, b, gate w, b), each with its own packed copy */
+    wb value, gate;     /* point into rows; valid once `views` is set */
+    int views;
+} tblock_w;
+
+typedef struct st_w {
+    int heads, depth;
+    wb norm, proj_in, proj_out;
+    tblock_w *blocks; /* owned, `depth` entries */
+} st_w;
+
+enum { CONV_NONE = 0, CONV_IN, CONV_DOWN, CONV_UP };
+
+/* One input_blocks.i / output_blocks.i: [resblock] [spatial transformer] [conv]. */
+typedef struct block_w {
+    int has_st, conv_kind;
+    resblock_w res;
+    st_w st;
+    wb conv; /* input_blocks.0.0, ...0.op or ...N.conv */
+} block_w;
+
+struct avq_unet {
+    avq_unet_config cfg;
+    avq_dtype dt;
+    int64_t emb_dim; /* 4 * model_channels */
+    avq_weight_set ws;
+    wb te0, te2; /* time_embed.0 / .2 */
+    int n_in, n_out;
+    block_w *in;  /* owned, n_in: in[0] is the input conv */
+    block_w *out; /* owned, n_out */
+    resblock_w mid0, mid2;
+    st_w mid1;
+    wb out_norm, out_conv; /* out.0 / out.2 */
+    int64_t multiple;      /* latent sizes must be multiples of 2^(levels - 1) */
+};
+
+/* A plan knows its model and shape: one built for another shape would replay
+ * primitives over the wrong buffers. */
+struct avq_unet_plan {
+    const avq_unet *model; /* borrowed: the plan is valid for this model only */
+    int64_t batch, height, width, context_length;
+    avq_plan *plan; /* owned */
+};
+
+/* Module names are built in each function's own buffer `n`. */
+#define NAME_LEN 160
+#define NAME(...) (snprintf(n, sizeof n, __VA_ARGS__), n)
+
+static avq_weight *get(avq_unet *u, int ndim, const int64_t *dims, const char *module, const char *param) {
+    return avq_weight_get(&u->ws, ndim, dims, "%s.%s", module, param); /* NULL (no memory): finish says so */
+}
+
+/* "<module>.weight" of `dims` and "<module>.bias" of [dims[0]], in that order. */
+static wb get_wb(avq_unet *u, int ndim, const int64_t *dims, const char *module) {
+    wb m;
+    m.w = get(u, ndim, dims, module, "weight");
+    m.b = get(u, 1, dims, module, "bias");
+    return m;
+}
+
+static wb get_conv(avq_unet *u, const char *m, int64_t co, int64_t ci, int64_t k) {
+    return get_wb(u, 4, AVQ_DIMS(co, ci, k, k), m);
+}
+static wb get_linear(avq_unet *u, const char *m, int64_t co, int64_t ci) { return get_wb(u, 2, AVQ_DIMS(co, ci), m); }
+static wb get_norm(avq_unet *u, const char *m, int64_t c) { return get_wb(u, 1, AVQ_DIMS(c), m); }
+
+static void load_resblock(avq_unet *u, resblock_w *r, const char *m, int64_t ci, int64_t co) {
+    char n[NAME_LEN];
+    r->in_norm = get_norm(u, NAME("%s.in_layers.0", m), ci);
+    r->in_conv = get_conv(u, NAME("%s.in_layers.2", m), co, ci, 3);
+    r->emb = get_linear(u, NAME("%s.emb_layers.1", m), co, u->emb_dim);
+    r->out_norm = get_norm(u, NAME("%s.out_layers.0", m), co);
+    r->out_conv = get_conv(u, NAME("%s.out_layers.3", m), co, co, 3);
+    if (ci != co) r->skip = get_conv(u, NAME("%s.skip_connection", m), co, ci, 1);
+}
+
+static void load_attn(avq_unet *u, attn_w *a, const char *m, int64_t c, int64_t kv) {
+    char n[NAME_LEN];
+    a->q = get(u, 2, AVQ_DIMS(c, c), NAME("%s.to_q", m), "weight");
+    a->k = get(u, 2, AVQ_DIMS(c, kv), NAME("%s.to_k", m), "weight");
+    a->v = get(u, 2, AVQ_DIMS(c, kv), NAME("%s.to_v", m), "weight");
+    a->out = get_linear(u, NAME("%s.to_out.0", m), c, c);
+}
+
+/* In the original's registration order: attn1, ff, attn2, norm1..3. */
+static avq_status load_st(avq_unet *u, st_w *s, const char *m, int64_t c) {
+    char n[NAME_LEN], blk[NAME_LEN - 32];
+    AVQ_TRY(heads_for(&u->cfg, c, &s->heads));
+    s->depth = u->cfg.transformer_depth;
+    if (!(s->blocks = calloc((size_t)s->depth, sizeof *s->blocks)))
+        return avq_error(AVQ_ERR_MEMORY, "out of memory creating the UNet");
+    s->norm = get_norm(u, NAME("%s.norm", m), c);
+    s->proj_in = get_conv(u, NAME("%s.proj_in", m), c, c, 1);
+    for (int d = 0; d < s->depth; d++) {
+        tblock_w *t = &s->blocks[d];
+        snprintf(blk, sizeof blk, "%s.transformer_blocks.%d", m, d);
+        load_attn(u, &t->attn1, NAME("%s.attn1", blk), c, c);
+        t->ff0 = get_linear(u, NAME("%s.ff.net.0.proj", blk), 8 * c, c);
+        t->ff2 = get_linear(u, NAME("%s.ff.net.2", blk), c, 4 * c);
+        load_attn(u, &t->attn2, NAME("%s.attn2", blk), c, u->cfg.context_dim);
+        t->norm1 = get_norm(u, NAME("%s.norm1", blk), c);
+        t->norm2 = get_norm(u, NAME("%s.norm2", blk), c);
+        t->norm3 = get_norm(u, NAME("%s.norm3", blk), c);
+    }
+    s->proj_out = get_conv(u, NAME("%s.proj_out", m), c, c, 1);
+    return AVQ_OK;
+}
+
+/* <side>.<i>.0: a ResBlock ci -> co; <side>.<i>.1: a transformer where the
+ * downsampling factor ds has attention. */
+static avq_status load_block(avq_unet *u, block_w *b, const char *side, int i, int64_t ci, int64_t co, int64_t ds) {
+    char n[NAME_LEN];
+    load_resblock(u, &b->res, NAME("%s.%d.0", side, i), ci, co);
+    b->has_st = attention_at(&u->cfg, ds);
+    return b->has_st ? load_st(u, &b->st, NAME("%s.%d.1", side, i), co) : AVQ_OK;
+}
+
+/* After every lookup succeeded: the GEGLU halves as views of ff.net.0.proj. */
+static void make_views(st_w *s) {
+    for (int d = 0; d < s->depth; d++) {
+        tblock_w *t = &s->blocks[d];
+        const int64_t f = t->ff2.w->dims[1]; /* 4C */
+        t->rows[0] = avq_weight_rows(t->ff0.w, 0, f);
+        t->rows[1] = avq_weight_rows(t->ff0.b, 0, f);
+        t->rows[2] = avq_weight_rows(t->ff0.w, f, f);
+        t->rows[3] = avq_weight_rows(t->ff0.b, f, f);
+        t->value = (wb){&t->rows[0], &t->rows[1]};
+        t->gate = (wb){&t->rows[2], &t->rows[3]};
+        t->views = 1;
+    }
+}
+
+static void free_st(st_w *s) {
+    for (int d = 0; s->blocks && d < s->depth; d++)
+        for (int k = 0; s->blocks[d].views && k < 4; k++) avq_weight_release(&s->blocks[d].rows[k]);
+    free(s->blocks);
+    s->blocks = NULL;
+}
+
+/* fn on every spatial transformer. */
+static void each_st(avq_unet *u, void (*fn)(st_w *)) {
+    for (int i = 0; u->in && i < u->n_in; i++)
+        if (u->in[i].has_st) fn(&u->in[i].st);
+    for (int i = 0; u->out && i < u->n_out; i++)
+        if (u->out[i].has_st) fn(&u->out[i].st);
+    fn(&u->mid1);
+}
+
 /* ---- creation ----------------------------------------------------------- */
 
+/* In the original's order: time_embed, input_blocks, middle_block, output_blocks, out. */
 static avq_status load_all(avq_unet *u) {
     const avq_unet_config *c = &u->cfg;
-    int64_t mc = c->model_channels, emb = u->emb_dim, ctx = c->context_dim;
-    char name[64];
-    int heads = 0;
+    const int64_t mc = c->model_channels;
+    char n[NAME_LEN];
+    u->te0 = get_linear(u, "time_embed.0", u->emb_dim, mc);
+    u->te2 = get_linear(u, "time_embed.2", u->emb_dim, u->emb_dim);
 
-    u->te0_w = GET(2, AVQ_DIMS(emb, mc), "time_embed.0.weight");
-    u->te0_b = GET(1, W1(emb), "time_embed.0.bias");
-    u->te2_w = GET(2, AVQ_DIMS(emb, emb), "time_embed.2.weight");
-    u->te2_b = GET(1, W1(emb), "time_embed.2.bias");
-
-    /* Input side: record the skip widths as the original does. */
-    int64_t skips[MAX_BLOCKS];
-    int nskips = 0;
-    block_w *b = &u->in[0];
-    b->conv_kind = CONV_IN;
-    b->cout = mc;
-    b->conv_w = GET(4, AVQ_DIMS(mc, c->in_channels, 3, 3), "input_blocks.0.0.weight");
-    b->conv_b = GET(1, W1(mc), "input_blocks.0.0.bias");
-    skips[nskips++] = mc;
-    int64_t ch = mc, ds = 1;
-    int i = 1;
+    /* input_blocks: the input conv; per level, ResBlocks [+ transformers] and
+     * (but the last) a stride-2 conv. The skip widths as the original records them. */
+    int64_t skips[MAX_BLOCKS], ch = mc, ds = 1;
+    int nskips = 0, i;
+    u->in[0].conv_kind = CONV_IN;
+    u->in[0].conv = get_conv(u, "input_blocks.0.0", mc, c->in_channels, 3);
+    skips[nskips++] = ch;
+    i = 1;
     for (int level = 0; level < c->num_levels; level++) {
-        int64_t width = mc * c->channel_mult[level];
+        const int64_t width = mc * c->channel_mult[level];
         for (int r = 0; r < c->num_res_blocks; r++, i++) {
-            b = &u->in[i];
-            snprintf(name, sizeof name, "input_blocks.%d.0", i);
-            b->has_res = 1;
-            load_resblock(u, &b->res, name, ch, width, emb);
-            ch = width;
-            if (attention_at(c, ds)) {
-                snprintf(name, sizeof name, "input_blocks.%d.1", i);
-                AVQ_TRY(heads_for(c, ch, &heads));
-                b->has_st = 1;
-                AVQ_TRY(load_st(u, &b->st, name, ch, heads, c->transformer_depth, ctx));
-            }
-            b->cout = ch;
-            skips[nskips++] = ch;
+            AVQ_TRY(load_block(u, &u->in[i], "input_blocks", i, ch, width, ds));
+            skips[nskips++] = ch = width;
         }
         if (level != c->num_levels - 1) {
-            b = &u->in[i];
-            b->conv_kind = CONV_DOWN;
-            b->cout = ch;
-            b->conv_w = GET(4, AVQ_DIMS(ch, ch, 3, 3), "input_blocks.%d.0.op.weight", i);
-            b->conv_b = GET(1, W1(ch), "input_blocks.%d.0.op.bias", i);
+            u->in[i].conv_kind = CONV_DOWN;
+            u->in[i].conv = get_conv(u, NAME("input_blocks.%d.0.op", i), ch, ch, 3);
             skips[nskips++] = ch;
             ds *= 2;
             i++;
         }
     }
 
-    load_resblock(u, &u->mid0, "middle_block.0", ch, ch, emb);
-    AVQ_TRY(heads_for(c, ch, &heads));
-    AVQ_TRY(load_st(u, &u->mid1, "middle_block.1", ch, heads, c->transformer_depth, ctx));
-    load_resblock(u, &u->mid2, "middle_block.2", ch, ch, emb);
+    load_resblock(u, &u->mid0, "middle_block.0", ch, ch);
+    AVQ_TRY(load_st(u, &u->mid1, "middle_block.1", ch));
+    load_resblock(u, &u->mid2, "middle_block.2", ch, ch);
 
+    /* output_blocks: ResBlocks over [h, skip] [+ transformers], a level's last one upsampling. */
     i = 0;
     for (int level = c->num_levels - 1; level >= 0; level--) {
-        int64_t width = mc * c->channel_mult[level];
+        const int64_t width = mc * c->channel_mult[level];
         for (int r = 0; r <= c->num_res_blocks; r++, i++) {
-            b = &u->out[i];
-            int sub = 1;
-            snprintf(name, sizeof name, "output_blocks.%d.0", i);
-            b->has_res = 1;
-            load_resblock(u, &b->res, name, ch + skips[--nskips], width, emb);
+            block_w *b = &u->out[i];
+            AVQ_TRY(load_block(u, b, "output_blocks", i, ch + skips[--nskips], width, ds));
             ch = width;
-            if (attention_at(c, ds)) {
-                snprintf(name, sizeof name, "output_blocks.%d.1", i);
-                AVQ_TRY(heads_for(c, ch, &heads));
-                b->has_st = 1;
-                AVQ_TRY(load_st(u, &b->st, name, ch, heads, c->transformer_depth, ctx));
-                sub = 2;
-            }
             if (level && r == c->num_res_blocks) {
                 b->conv_kind = CONV_UP;
-                b->conv_w = GET(4, AVQ_DIMS(ch, ch, 3, 3), "output_blocks.%d.%d.conv.weight", i, sub);
-                b->conv_b = GET(1, W1(ch), "output_blocks.%d.%d.conv.bias", i, sub);
+                b->conv = get_conv(u, NAME("output_blocks.%d.%d.conv", i, b->has_st ? 2 : 1), ch, ch, 3);
                 ds /= 2;
             }
-            b->cout = ch;
         }
     }
-    u->out_norm_w = GET(1, W1(ch), "out.0.weight");
-    u->out_norm_b = GET(1, W1(ch), "out.0.bias");
-    u->out_conv_w = GET(4, AVQ_DIMS(c->out_channels, ch, 3, 3), "out.2.weight");
-    u->out_conv_b = GET(1, W1(c->out_channels), "out.2.bias");
-    return u->oom ? avq_error(AVQ_ERR_MEMORY, "out of memory loading the UNet weights") : AVQ_OK;
+    u->out_norm = get_norm(u, "out.0", ch);
+    u->out_conv = get_conv(u, "out.2", c->out_channels, ch, 3);
+    return AVQ_OK;
 }
 
 void avq_unet_destroy(avq_unet *u) {
     if (!u) return;
-    for (int i = 0; u->in && i < u->n_in; i++) free_st(&u->in[i].st);
-    for (int i = 0; u->out && i < u->n_out; i++) free_st(&u->out[i].st);
-    free_st(&u->mid1);
+    each_st(u, free_st);
     free(u->in);
     free(u->out);
     avq_weight_set_free(&u->ws);
@@ -379,11 +351,7 @@ avq_status avq_unet_create(const avq_unet_config *cfg, avq_dtype precision, cons
         avq_unet_destroy(u);
         return st;
     }
-    for (int i = 0; i < u->n_in; i++)
-        if (u->in[i].has_st) make_views(&u->in[i].st);
-    for (int i = 0; i < u->n_out; i++)
-        if (u->out[i].has_st) make_views(&u->out[i].st);
-    make_views(&u->mid1);
+    each_st(u, make_views);
     *out = u;
     return AVQ_OK;
 }
@@ -404,249 +372,238 @@ typedef struct fwd_ctx {
     avq_tensor *eps;
 } fwd_ctx;
 
-static avq_status act4(avq_plan *p, avq_tensor *t, avq_dtype dt, int64_t n, int64_t c, int64_t h, int64_t w) {
-    return avq_plan_tensor(p, t, dt, AVQ_NHWC, 4, AVQ_DIMS(n, c, h, w));
+/* A new NHWC activation [n, c, h, w] in the model dtype. */
+static avq_status act(avq_plan *p, const avq_unet *u, avq_tensor *t, int64_t n, int64_t c, int64_t h, int64_t w) {
+    return avq_plan_tensor(p, t, u->dt, AVQ_NHWC, 4, AVQ_DIMS(n, c, h, w));
 }
 
-/* silu(emb) [B, 4mc]: the embedding is only ever used through SiLU (each
- * ResBlock's emb_layers.0), so time_embed.2 carries it as its activation. */
-static avq_status time_embed(avq_plan *p, avq_unet *u, const avq_tensor *t, avq_tensor *silu_emb) {
-    int64_t B = t->dims[0], mc = u->cfg.model_channels;
+/* One like x, with c channels. */
+static avq_status act_like(avq_plan *p, const avq_unet *u, avq_tensor *t, const avq_tensor *x, int64_t c) {
+    return act(p, u, t, x->dims[0], c, x->dims[2], x->dims[3]);
+}
+
+/* y = conv(x) into a new activation of the output size; x is kept. */
+static avq_status conv(avq_plan *p, const avq_unet *u, const wb *cw, const avq_tensor *x, avq_tensor *y,
+                       const avq_conv_params *prm) {
+    int64_t oh, ow;
+    AVQ_TRY(avq_conv2d_out_size(x, cw->w, prm, &oh, &ow));
+    AVQ_TRY(act(p, u, y, x->dims[0], cw->w->dims[0], oh, ow));
+    return avq_conv2d(p, cw->w, cw->b, x, y, prm);
+}
+
+/* *x = *y: a block's output replaces its input, released unless kept (a skip). */
+static avq_status replace(avq_plan *p, avq_tensor *x, const avq_tensor *y, int keep) {
+    if (!keep) avq_plan_release(p, x);
+    *x = *y;
+    return AVQ_OK;
+}
+
+/* [B] timesteps -> silu(emb) [B, 4mc]: the embedding is only ever used
+ * through SiLU (each ResBlock's emb_layers.0), so time_embed.2 carries it. */
+static avq_status time_embed(avq_plan *p, const avq_unet *u, const avq_tensor *t, avq_tensor *silu_emb) {
+    const int64_t B = t->dims[0], mc = u->cfg.model_channels;
     avq_tensor sin_emb, h;
-    AVQ_TRY(avq_plan_tensor(p, &sin_emb, u->dt, AVQ_PLAIN, 2, AVQ_DIMS(B, mc)));         /* [B, mc] */
+    AVQ_TRY(avq_plan_tensor(p, &sin_emb, u->dt, AVQ_PLAIN, 2, AVQ_DIMS(B, mc)));
     AVQ_TRY(avq_timestep_embedding(p, t, &sin_emb, (int)mc, MAX_PERIOD));
-    AVQ_TRY(avq_plan_tensor(p, &h, u->dt, AVQ_PLAIN, 2, AVQ_DIMS(B, u->emb_dim)));       /* [B, 4mc] */
-    AVQ_TRY(avq_linear(p, u->te0_w, u->te0_b, &sin_emb, &h, AVQ_ACT_SILU, NULL, NULL));
+    AVQ_TRY(avq_plan_tensor(p, &h, u->dt, AVQ_PLAIN, 2, AVQ_DIMS(B, u->emb_dim)));
+    AVQ_TRY(avq_linear(p, u->te0.w, u->te0.b, &sin_emb, &h, AVQ_ACT_SILU, NULL, NULL));
     avq_plan_release(p, &sin_emb);
-    AVQ_TRY(avq_plan_tensor(p, silu_emb, u->dt, AVQ_PLAIN, 2, AVQ_DIMS(B, u->emb_dim))); /* [B, 4mc] */
-    AVQ_TRY(avq_linear(p, u->te2_w, u->te2_b, &h, silu_emb, AVQ_ACT_SILU, NULL, NULL));
+    AVQ_TRY(avq_plan_tensor(p, silu_emb, u->dt, AVQ_PLAIN, 2, AVQ_DIMS(B, u->emb_dim)));
+    AVQ_TRY(avq_linear(p, u->te2.w, u->te2.b, &h, silu_emb, AVQ_ACT_SILU, NULL, NULL));
     avq_plan_release(p, &h);
     return AVQ_OK;
 }
 
-/* y = skip(x) + conv(silu(gn(conv(silu(gn(x))) + emb_proj))); x is kept. */
-static avq_status resblock(avq_plan *p, avq_unet *u, resblock_w *r, const avq_tensor *x, const avq_tensor *silu_emb,
-                           avq_tensor *y) {
-    int64_t B = x->dims[0], H = x->dims[2], W = x->dims[3];
-    avq_conv_params prm = avq_conv_simple(1, 1);
-    avq_tensor g, e, h;
-    AVQ_TRY(act4(p, &g, u->dt, B, r->cin, H, W));
-    AVQ_TRY(avq_group_norm(p, x, &g, r->in_norm_w, r->in_norm_b, GN_GROUPS, GN_EPS_RES, 1));
-    AVQ_TRY(act4(p, &e, u->dt, B, r->cout, 1, 1)); /* [B, Co, 1, 1] */
-    AVQ_TRY(avq_linear(p, r->emb_w, r->emb_b, silu_emb, &e, AVQ_ACT_NONE, NULL, NULL));
-    AVQ_TRY(act4(p, &h, u->dt, B, r->cout, H, W));
+/* ResBlock [B, Ci, H, W] -> [B, Co, H, W]:
+ * x = skip(x) + out_conv(silu(gn(in_conv(silu(gn(x))) + emb_layers(silu_emb)))). */
+static avq_status resblock(avq_plan *p, const avq_unet *u, const resblock_w *r, avq_tensor *x,
+                           const avq_tensor *silu_emb, int keep) {
+    const int64_t co = r->out_conv.w->dims[0];
+    avq_conv_params k3 = avq_conv_simple(1, 1), k1 = avq_conv_simple(1, 0);
+    avq_tensor g, e, h, sk = *x, y;
+    AVQ_TRY(act_like(p, u, &g, x, x->dims[1]));
+    AVQ_TRY(avq_group_norm(p, x, &g, r->in_norm.w, r->in_norm.b, GN_GROUPS, GN_EPS_RES, 1));
+    AVQ_TRY(act(p, u, &e, x->dims[0], co, 1, 1)); /* [B, Co, 1, 1] */
+    AVQ_TRY(avq_linear(p, r->emb.w, r->emb.b, silu_emb, &e, AVQ_ACT_NONE, NULL, NULL));
     /* oneDNN 3.2 has no optimized convolution for a per-(sample, channel)
      * binary post-op ([N, C, 1, 1] with N > 1 falls back to the reference
      * kernel, ~10x slower), so the embedding is added in place afterwards. */
-    AVQ_TRY(avq_conv2d(p, r->in_conv_w, r->in_conv_b, &g, &h, &prm));
+    AVQ_TRY(conv(p, u, &r->in_conv, &g, &h, &k3));
     AVQ_TRY(avq_add(p, &h, &e, &h));
     avq_plan_release(p, &e);
     avq_plan_release(p, &g);
-    AVQ_TRY(act4(p, &g, u->dt, B, r->cout, H, W));
-    AVQ_TRY(avq_group_norm(p, &h, &g, r->out_norm_w, r->out_norm_b, GN_GROUPS, GN_EPS_RES, 1));
+    AVQ_TRY(act_like(p, u, &g, &h, co));
+    AVQ_TRY(avq_group_norm(p, &h, &g, r->out_norm.w, r->out_norm.b, GN_GROUPS, GN_EPS_RES, 1));
     avq_plan_release(p, &h);
-    avq_tensor sk;
-    const avq_tensor *skip = x;
-    if (r->skip_w) {
-        avq_conv_params one = avq_conv_simple(1, 0);
-        AVQ_TRY(act4(p, &sk, u->dt, B, r->cout, H, W));
-        AVQ_TRY(avq_conv2d(p, r->skip_w, r->skip_b, x, &sk, &one));
-        skip = &sk;
-    }
-    AVQ_TRY(act4(p, y, u->dt, B, r->cout, H, W));
-    prm.add = skip;
-    AVQ_TRY(avq_conv2d(p, r->out_conv_w, r->out_conv_b, &g, y, &prm));
-    if (r->skip_w) avq_plan_release(p, &sk);
+    if (r->skip.w) AVQ_TRY(conv(p, u, &r->skip, x, &sk, &k1));
+    k3.add = &sk;
+    AVQ_TRY(conv(p, u, &r->out_conv, &g, &y, &k3));
+    if (r->skip.w) avq_plan_release(p, &sk);
     avq_plan_release(p, &g);
-    return AVQ_OK;
+    return replace(p, x, &y, keep);
 }
 
-/* y = x + to_out(attention(to_q(n), to_k(kv), to_v(kv))); kv = n for self-attention. */
-static avq_status attention(avq_plan *p, avq_unet *u, const attn_w *a, int heads, const avq_tensor *n,
-                            const avq_tensor *kv, const avq_tensor *x, avq_tensor *y) {
-    int64_t B = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
-    int64_t M = kv->layout == AVQ_NHWC ? kv->dims[2] * kv->dims[3] : kv->dims[1];
-    avq_tensor q, k, v, o;
-    AVQ_TRY(act4(p, &q, u->dt, B, C, H, W));
-    AVQ_TRY(avq_linear(p, a->q, NULL, n, &q, AVQ_ACT_NONE, NULL, NULL));
-    AVQ_TRY(avq_plan_tensor(p, &k, u->dt, AVQ_PLAIN, 3, AVQ_DIMS(B, M, C))); /* [B, M, C] */
+/* Tokens [B, C, H, W]: x = x + to_out(attention(to_q(n), to_k(kv), to_v(kv))),
+ * n = LayerNorm(x), kv = n (self-attention) or the context [B, L, D]. */
+static avq_status attention(avq_plan *p, const avq_unet *u, const wb *norm, const attn_w *a, int heads,
+                            avq_tensor *x, const avq_tensor *context) {
+    const int64_t B = x->dims[0], C = x->dims[1];
+    avq_tensor n, q, k, v, o, y;
+    AVQ_TRY(act_like(p, u, &n, x, C));
+    AVQ_TRY(avq_layer_norm(p, x, &n, norm->w, norm->b, LN_EPS));
+    const avq_tensor *kv = context ? context : &n;
+    const int64_t M = kv->layout == AVQ_NHWC ? kv->dims[2] * kv->dims[3] : kv->dims[1];
+    AVQ_TRY(act_like(p, u, &q, x, C));
+    AVQ_TRY(avq_linear(p, a->q, NULL, &n, &q, AVQ_ACT_NONE, NULL, NULL));
+    AVQ_TRY(avq_plan_tensor(p, &k, u->dt, AVQ_PLAIN, 3, AVQ_DIMS(B, M, C)));
     AVQ_TRY(avq_linear(p, a->k, NULL, kv, &k, AVQ_ACT_NONE, NULL, NULL));
     AVQ_TRY(avq_plan_tensor(p, &v, u->dt, AVQ_PLAIN, 3, AVQ_DIMS(B, M, C)));
     AVQ_TRY(avq_linear(p, a->v, NULL, kv, &v, AVQ_ACT_NONE, NULL, NULL));
-    AVQ_TRY(act4(p, &o, u->dt, B, C, H, W));
+    AVQ_TRY(act_like(p, u, &o, x, C));
     AVQ_TRY(avq_attention(p, &q, &k, &v, &o, heads, 1.f / sqrtf((float)(C / heads)), 0));
     avq_plan_release(p, &v);
     avq_plan_release(p, &k);
     avq_plan_release(p, &q);
-    AVQ_TRY(act4(p, y, u->dt, B, C, H, W));
-    AVQ_TRY(avq_linear(p, a->out_w, a->out_b, &o, y, AVQ_ACT_NONE, NULL, x));
+    AVQ_TRY(act_like(p, u, &y, x, C));
+    AVQ_TRY(avq_linear(p, a->out.w, a->out.b, &o, &y, AVQ_ACT_NONE, NULL, x));
     avq_plan_release(p, &o);
-    return AVQ_OK;
+    avq_plan_release(p, &n);
+    return replace(p, x, &y, 0);
 }
 
-/* x [B, C, H, W] tokens -> x + attn1 -> + attn2(context) -> + GEGLU FF. */
-static avq_status basic_transformer_block(avq_plan *p, avq_unet *u, tblock_w *t, int heads, const avq_tensor *x,
-                                          const avq_tensor *context, avq_tensor *y) {
-    int64_t B = x->dims[0], C = x->dims[1], H = x->dims[2], W = x->dims[3];
-    avq_tensor n, h1, h2, value, gated;
-    AVQ_TRY(act4(p, &n, u->dt, B, C, H, W));
-    AVQ_TRY(avq_layer_norm(p, x, &n, t->norm1_w, t->norm1_b, LN_EPS));
-    AVQ_TRY(attention(p, u, &t->attn1, heads, &n, &n, x, &h1));
-    avq_plan_release(p, &n);
-
-    AVQ_TRY(act4(p, &n, u->dt, B, C, H, W));
-    AVQ_TRY(avq_layer_norm(p, &h1, &n, t->norm2_w, t->norm2_b, LN_EPS));
-    AVQ_TRY(attention(p, u, &t->attn2, heads, &n, context, &h1, &h2));
-    avq_plan_release(p, &n);
-    avq_plan_release(p, &h1);
-
-    AVQ_TRY(act4(p, &n, u->dt, B, C, H, W));
-    AVQ_TRY(avq_layer_norm(p, &h2, &n, t->norm3_w, t->norm3_b, LN_EPS));
-    AVQ_TRY(act4(p, &value, u->dt, B, 4 * C, H, W));
-    AVQ_TRY(avq_linear(p, &t->value_w, &t->value_b, &n, &value, AVQ_ACT_NONE, NULL, NULL));
-    AVQ_TRY(act4(p, &gated, u->dt, B, 4 * C, H, W));
-    AVQ_TRY(avq_linear(p, &t->gate_w, &t->gate_b, &n, &gated, AVQ_ACT_GELU, &value, NULL));
+/* Tokens [B, C, H, W]: x = x + ff.net.2(value * gelu(gate)), value and gate
+ * the halves of ff.net.0.proj(LayerNorm(x)) [B, 4C, H, W]. */
+static avq_status geglu_ff(avq_plan *p, const avq_unet *u, const tblock_w *t, avq_tensor *x) {
+    const int64_t C = x->dims[1];
+    avq_tensor n, value, gated, y;
+    AVQ_TRY(act_like(p, u, &n, x, C));
+    AVQ_TRY(avq_layer_norm(p, x, &n, t->norm3.w, t->norm3.b, LN_EPS));
+    AVQ_TRY(act_like(p, u, &value, x, 4 * C));
+    AVQ_TRY(avq_linear(p, t->value.w, t->value.b, &n, &value, AVQ_ACT_NONE, NULL, NULL));
+    AVQ_TRY(act_like(p, u, &gated, x, 4 * C));
+    AVQ_TRY(avq_linear(p, t->gate.w, t->gate.b, &n, &gated, AVQ_ACT_GELU, &value, NULL));
     avq_plan_release(p, &value);
     avq_plan_release(p, &n);
-    AVQ_TRY(act4(p, y, u->dt, B, C, H, W));
-    AVQ_TRY(avq_linear(p, t->ff2_w, t->ff2_b, &gated, y, AVQ_ACT_NONE, NULL, &h2));
+    AVQ_TRY(act_like(p, u, &y, x, C));
+    AVQ_TRY(avq_linear(p, t->ff2.w, t->ff2.b, &gated, &y, AVQ_ACT_NONE, NULL, x));
     avq_plan_release(p, &gated);
-    avq_plan_release(p, &h2);
-    return AVQ_OK;
+    return replace(p, x, &y, 0);
 }
 
-/* y = x + proj_out(blocks(proj_in(gn(x)))); x is kept. */
-static avq_status spatial_transformer(avq_plan *p, avq_unet *u, st_w *s, const avq_tensor *x,
-                                      const avq_tensor *context, avq_tensor *y) {
-    int64_t B = x->dims[0], C = s->c, H = x->dims[2], W = x->dims[3];
-    avq_conv_params one = avq_conv_simple(1, 0);
-    avq_tensor g, h, nh;
-    AVQ_TRY(act4(p, &g, u->dt, B, C, H, W));
-    AVQ_TRY(avq_group_norm(p, x, &g, s->norm_w, s->norm_b, GN_GROUPS, GN_EPS_ST, 0));
-    AVQ_TRY(act4(p, &h, u->dt, B, C, H, W));
-    AVQ_TRY(avq_conv2d(p, s->proj_in_w, s->proj_in_b, &g, &h, &one));
+/* SpatialTransformer [B, C, H, W]: x = x + proj_out(blocks(proj_in(gn(x)))),
+ * each BasicTransformerBlock self-attention, cross-attention, GEGLU FF. */
+static avq_status spatial_transformer(avq_plan *p, const avq_unet *u, const st_w *s, avq_tensor *x,
+                                      const avq_tensor *context) {
+    avq_conv_params k1 = avq_conv_simple(1, 0);
+    avq_tensor g, h, y;
+    AVQ_TRY(act_like(p, u, &g, x, x->dims[1]));
+    AVQ_TRY(avq_group_norm(p, x, &g, s->norm.w, s->norm.b, GN_GROUPS, GN_EPS_ST, 0));
+    AVQ_TRY(conv(p, u, &s->proj_in, &g, &h, &k1));
     avq_plan_release(p, &g);
     for (int d = 0; d < s->depth; d++) {
-        AVQ_TRY(basic_transformer_block(p, u, &s->blocks[d], s->heads, &h, context, &nh));
-        avq_plan_release(p, &h);
-        h = nh;
+        const tblock_w *t = &s->blocks[d];
+        AVQ_TRY(attention(p, u, &t->norm1, &t->attn1, s->heads, &h, NULL));
+        AVQ_TRY(attention(p, u, &t->norm2, &t->attn2, s->heads, &h, context));
+        AVQ_TRY(geglu_ff(p, u, t, &h));
     }
-    AVQ_TRY(act4(p, y, u->dt, B, C, H, W));
-    one.add = x;
-    AVQ_TRY(avq_conv2d(p, s->proj_out_w, s->proj_out_b, &h, y, &one));
+    k1.add = x;
+    AVQ_TRY(conv(p, u, &s->proj_out, &h, &y, &k1));
     avq_plan_release(p, &h);
-    return AVQ_OK;
+    return replace(p, x, &y, 0);
 }
 
-/* Downsample: conv 3x3, stride 2, symmetric padding 1 (`op`). */
-static avq_status downsample(avq_plan *p, avq_unet *u, block_w *b, const avq_tensor *x, avq_tensor *y) {
+/* [B, C, H, W] -> [B, C, H/2, W/2]: conv 3x3, stride 2, padding 1 (`op`). */
+static avq_status downsample(avq_plan *p, const avq_unet *u, const wb *cw, avq_tensor *x, int keep) {
     avq_conv_params prm = avq_conv_simple(2, 1);
-    int64_t oh, ow;
-    AVQ_TRY(avq_conv2d_out_size(x, b->conv_w, &prm, &oh, &ow));
-    AVQ_TRY(act4(p, y, u->dt, x->dims[0], b->cout, oh, ow));
-    return avq_conv2d(p, b->conv_w, b->conv_b, x, y, &prm);
+    avq_tensor y;
+    AVQ_TRY(conv(p, u, cw, x, &y, &prm));
+    return replace(p, x, &y, keep);
 }
 
-/* Upsample: nearest 2x, then conv 3x3 padding 1 (`conv`). Consumes x. */
-static avq_status upsample(avq_plan *p, avq_unet *u, block_w *b, avq_tensor *x, avq_tensor *y) {
-    int64_t B = x->dims[0], C = x->dims[1], H = 2 * x->dims[2], W = 2 * x->dims[3];
+/* [B, C, H, W] -> [B, C, 2H, 2W]: nearest 2x, then conv 3x3 padding 1 (`conv`). */
+static avq_status upsample(avq_plan *p, const avq_unet *u, const wb *cw, avq_tensor *x) {
     avq_conv_params prm = avq_conv_simple(1, 1);
-    avq_tensor up;
-    AVQ_TRY(act4(p, &up, u->dt, B, C, H, W));
+    avq_tensor up, y;
+    AVQ_TRY(act(p, u, &up, x->dims[0], x->dims[1], 2 * x->dims[2], 2 * x->dims[3]));
     AVQ_TRY(avq_upsample2x(p, x, &up));
     avq_plan_release(p, x);
-    AVQ_TRY(act4(p, y, u->dt, B, b->cout, H, W));
-    AVQ_TRY(avq_conv2d(p, b->conv_w, b->conv_b, &up, y, &prm));
+    AVQ_TRY(conv(p, u, cw, &up, &y, &prm));
     avq_plan_release(p, &up);
-    return AVQ_OK;
+    return replace(p, x, &y, 1); /* x was released above */
 }
 
-/* Resblock then transformer of one block; x is kept (it is a skip). */
-static avq_status res_st(avq_plan *p, avq_unet *u, block_w *b, const avq_tensor *x, const avq_tensor *silu_emb,
-                         const avq_tensor *context, avq_tensor *y) {
-    if (!b->has_st) return resblock(p, u, &b->res, x, silu_emb, y);
-    avq_tensor h;
-    AVQ_TRY(resblock(p, u, &b->res, x, silu_emb, &h));
-    AVQ_TRY(spatial_transformer(p, u, &b->st, &h, context, y));
-    avq_plan_release(p, &h);
-    return AVQ_OK;
+/* input_blocks.i: the downsampling conv, or ResBlock [+ transformer]. Its input is kept (a skip). */
+static avq_status input_block(avq_plan *p, const avq_unet *u, const block_w *b, avq_tensor *x,
+                              const avq_tensor *silu_emb, const avq_tensor *context) {
+    if (b->conv_kind == CONV_DOWN) return downsample(p, u, &b->conv, x, 1);
+    AVQ_TRY(resblock(p, u, &b->res, x, silu_emb, 1));
+    return b->has_st ? spatial_transformer(p, u, &b->st, x, context) : AVQ_OK;
+}
+
+/* output_blocks.i: ResBlock over concat[x, skip] [+ transformer] [+ upsample]; consumes the skip. */
+static avq_status output_block(avq_plan *p, const avq_unet *u, const block_w *b, avq_tensor *x, avq_tensor *skip,
+                               const avq_tensor *silu_emb, const avq_tensor *context) {
+    avq_tensor cat;
+    AVQ_TRY(act_like(p, u, &cat, x, x->dims[1] + skip->dims[1]));
+    AVQ_TRY(avq_concat_channels(p, x, skip, &cat));
+    avq_plan_release(p, skip);
+    AVQ_TRY(replace(p, x, &cat, 0));
+    AVQ_TRY(resblock(p, u, &b->res, x, silu_emb, 0));
+    if (b->has_st) AVQ_TRY(spatial_transformer(p, u, &b->st, x, context));
+    return b->conv_kind == CONV_UP ? upsample(p, u, &b->conv, x) : AVQ_OK;
 }
 
 static avq_status forward(avq_plan *p, void *vctx) {
-    fwd_ctx *f = vctx;
-    avq_unet *u = f->u;
+    const fwd_ctx *f = vctx;
+    const avq_unet *u = f->u;
     const avq_unet_config *c = &u->cfg;
-    int64_t B = f->x->dims[0], H = f->x->dims[2], W = f->x->dims[3];
-    int64_t L = f->context->dims[1];
-    avq_tensor stack[MAX_BLOCKS];
-    int nstack = 0;
-    avq_tensor silu_emb, ctx_m, xin, h, nh;
-    const avq_tensor *context = f->context;
+    const int64_t B = f->x->dims[0], H = f->x->dims[2], W = f->x->dims[3], L = f->context->dims[1];
+    avq_conv_params k3 = avq_conv_simple(1, 1);
+    avq_tensor skips[MAX_BLOCKS], silu_emb, ctx_m, h, y;
+    int nskips = 0;
 
-    /* Context in the model dtype (k/v linears read it). */
+    /* context [B, L, D] in the model dtype (the k/v linears read it) */
+    const avq_tensor *context = f->context;
     if (u->dt != AVQ_F32) {
         AVQ_TRY(avq_plan_tensor(p, &ctx_m, u->dt, AVQ_PLAIN, 3, AVQ_DIMS(B, L, c->context_dim)));
         AVQ_TRY(avq_reorder(p, f->context, &ctx_m));
         context = &ctx_m;
     }
+    /* t [B] -> silu(emb) [B, 4mc] */
     AVQ_TRY(time_embed(p, u, f->t, &silu_emb));
 
-    AVQ_TRY(act4(p, &xin, u->dt, B, c->in_channels, H, W));
-    AVQ_TRY(avq_reorder(p, f->x, &xin)); /* plain f32 NCHW -> NHWC model dtype */
-    block_w *b = &u->in[0];
-    avq_conv_params prm = avq_conv_simple(1, 1);
-    AVQ_TRY(act4(p, &stack[nstack], u->dt, B, b->cout, H, W));
-    AVQ_TRY(avq_conv2d(p, b->conv_w, b->conv_b, &xin, &stack[nstack], &prm));
-    nstack++;
-    avq_plan_release(p, &xin);
+    /* x [B, in, H, W] (plain f32 NCHW -> NHWC model dtype) -> input_blocks.0 -> [B, mc, H, W] */
+    AVQ_TRY(act(p, u, &h, B, c->in_channels, H, W));
+    AVQ_TRY(avq_reorder(p, f->x, &h));
+    AVQ_TRY(conv(p, u, &u->in[0].conv, &h, &y, &k3));
+    AVQ_TRY(replace(p, &h, &y, 0));
+    skips[nskips++] = h;
 
-    /* input_blocks: every output stays alive as a skip */
+    /* input_blocks -> [B, mc * mult, H / ds, W / ds], down to ds = 2^(levels - 1); each output is a skip */
     for (int i = 1; i < u->n_in; i++) {
-        b = &u->in[i];
-        const avq_tensor *top = &stack[nstack - 1];
-        if (b->conv_kind == CONV_DOWN)
-            AVQ_TRY(downsample(p, u, b, top, &stack[nstack]));
-        else
-            AVQ_TRY(res_st(p, u, b, top, &silu_emb, context, &stack[nstack]));
-        nstack++;
+        AVQ_TRY(input_block(p, u, &u->in[i], &h, &silu_emb, context));
+        skips[nskips++] = h;
     }
 
-    /* middle_block */
-    AVQ_TRY(resblock(p, u, &u->mid0, &stack[nstack - 1], &silu_emb, &h));
-    AVQ_TRY(spatial_transformer(p, u, &u->mid1, &h, context, &nh));
-    avq_plan_release(p, &h);
-    AVQ_TRY(resblock(p, u, &u->mid2, &nh, &silu_emb, &h));
-    avq_plan_release(p, &nh);
+    /* middle_block: ResBlock, transformer, ResBlock at the lowest resolution (its input is the last skip) */
+    AVQ_TRY(resblock(p, u, &u->mid0, &h, &silu_emb, 1));
+    AVQ_TRY(spatial_transformer(p, u, &u->mid1, &h, context));
+    AVQ_TRY(resblock(p, u, &u->mid2, &h, &silu_emb, 0));
 
-    /* output_blocks: h = block(concat[h, skip]) */
-    for (int i = 0; i < u->n_out; i++) {
-        b = &u->out[i];
-        avq_tensor *skip = &stack[--nstack], cat;
-        AVQ_TRY(act4(p, &cat, u->dt, B, h.dims[1] + skip->dims[1], h.dims[2], h.dims[3]));
-        AVQ_TRY(avq_concat_channels(p, &h, skip, &cat));
-        avq_plan_release(p, &h);
-        avq_plan_release(p, skip);
-        AVQ_TRY(res_st(p, u, b, &cat, &silu_emb, context, &nh));
-        avq_plan_release(p, &cat);
-        h = nh;
-        if (b->conv_kind == CONV_UP) {
-            AVQ_TRY(upsample(p, u, b, &h, &nh));
-            h = nh;
-        }
-    }
+    /* output_blocks: h = block(concat[h, skip]), back up to [B, mc, H, W] */
+    for (int i = 0; i < u->n_out; i++)
+        AVQ_TRY(output_block(p, u, &u->out[i], &h, &skips[--nskips], &silu_emb, context));
     avq_plan_release(p, &silu_emb);
     if (context == &ctx_m) avq_plan_release(p, &ctx_m);
 
-    /* out: GN + SiLU, conv 3x3 */
-    avq_tensor g, e;
-    AVQ_TRY(act4(p, &g, u->dt, B, h.dims[1], H, W));
-    AVQ_TRY(avq_group_norm(p, &h, &g, u->out_norm_w, u->out_norm_b, GN_GROUPS, GN_EPS_RES, 1));
+    /* out: GN + SiLU, conv 3x3 -> eps [B, out, H, W] (NHWC model dtype -> plain f32 NCHW) */
+    AVQ_TRY(act_like(p, u, &y, &h, h.dims[1]));
+    AVQ_TRY(avq_group_norm(p, &h, &y, u->out_norm.w, u->out_norm.b, GN_GROUPS, GN_EPS_RES, 1));
+    AVQ_TRY(replace(p, &h, &y, 0));
+    AVQ_TRY(conv(p, u, &u->out_conv, &h, &y, &k3));
+    AVQ_TRY(replace(p, &h, &y, 0));
+    AVQ_TRY(avq_reorder(p, &h, f->eps));
     avq_plan_release(p, &h);
-    AVQ_TRY(act4(p, &e, u->dt, B, c->out_channels, H, W));
-    AVQ_TRY(avq_conv2d(p, u->out_conv_w, u->out_conv_b, &g, &e, &prm));
-    avq_plan_release(p, &g);
-    AVQ_TRY(avq_reorder(p, &e, f->eps)); /* NHWC model dtype -> plain f32 NCHW */
-    avq_plan_release(p, &e);
     return AVQ_OK;
 }
 

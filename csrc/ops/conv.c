@@ -55,6 +55,11 @@ static avq_status check(const avq_weight *w, const avq_weight *b, const avq_tens
     return AVQ_OK;
 }
 
+/* The residual operand's argument id: the binary add follows the activation post-op, if any. */
+static int add_arg(const avq_conv_params *prm) {
+    return DNNL_ARG_ATTR_MULTIPLE_POST_OP(prm->act != AVQ_ACT_NONE ? 1 : 0) | DNNL_ARG_SRC_1;
+}
+
 static avq_status build(avq_plan *p, avq_step *s, avq_weight *w, avq_weight *b, const avq_tensor *x,
                         const avq_tensor *y, const avq_conv_params *prm) {
     avq_status st = AVQ_OK;
@@ -96,9 +101,7 @@ static avq_status build(avq_plan *p, avq_step *s, avq_weight *w, avq_weight *b, 
 
     if ((st = avq_step_arg(s, DNNL_ARG_SRC, src_md)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_DST, dst_md)) != AVQ_OK) goto done;
-    if (prm->add && (st = avq_step_arg(s, DNNL_ARG_ATTR_MULTIPLE_POST_OP(prm->act != AVQ_ACT_NONE ? 1 : 0) | DNNL_ARG_SRC_1,
-                                       add_md)) != AVQ_OK)
-        goto done;
+    if (prm->add && (st = avq_step_arg(s, add_arg(prm), add_md)) != AVQ_OK) goto done;
     if ((st = avq_step_arg_fixed(s, DNNL_ARG_WEIGHTS, wmem)) != AVQ_OK) goto done;
     if (bmem && (st = avq_step_arg_fixed(s, DNNL_ARG_BIAS, bmem)) != AVQ_OK) goto done;
     st = avq_step_set_primitive(p, s, pd);
@@ -159,11 +162,13 @@ avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
         size_t xs = avq_tensor_bytes(x) / (size_t)n, ys = avq_tensor_bytes(y) / (size_t)n;
         size_t as = avq_tensor_bytes(prm->add) / (size_t)n;
         for (int64_t i = 0; i < n; i++) {
-            void *h[3] = {(char *)x->data + i * xs, (char *)y->data + i * ys, (char *)prm->add->data + i * as};
-            AVQ_TRY(avq_step_exec(p, s, h, 3));
+            avq_arg_data d[] = {{DNNL_ARG_SRC, (char *)x->data + i * xs},
+                                {DNNL_ARG_DST, (char *)y->data + i * ys},
+                                {add_arg(prm), (char *)prm->add->data + i * as}};
+            AVQ_TRY(avq_step_exec(p, s, d, 3));
         }
         return AVQ_OK;
     }
-    void *h[3] = {x->data, y->data, prm->add ? prm->add->data : NULL};
-    return avq_step_exec(p, s, h, prm->add ? 3 : 2);
+    avq_arg_data d[] = {{DNNL_ARG_SRC, x->data}, {DNNL_ARG_DST, y->data}, {add_arg(prm), prm->add ? prm->add->data : NULL}};
+    return avq_step_exec(p, s, d, prm->add ? 3 : 2);
 }

@@ -99,6 +99,13 @@ static avq_status md_2d(const avq_tensor *t, int64_t rows, int64_t cols, dnnl_me
     return AVQ_OK;
 }
 
+/* A binary post-op operand's argument id: post-ops are [activation] [mul] [add],
+ * so the mul follows the activation and the add follows both (`before` is the
+ * mul operand when one precedes the add, NULL otherwise). */
+static int post_arg(avq_act act, const avq_tensor *before) {
+    return DNNL_ARG_ATTR_MULTIPLE_POST_OP((act != AVQ_ACT_NONE) + (before != NULL)) | DNNL_ARG_SRC_1;
+}
+
 static avq_status linear_build(avq_plan *p, avq_step *s, avq_weight *w, avq_weight *b, const avq_tensor *x,
                                const avq_tensor *y, int64_t rows, avq_act act, const avq_tensor *mul,
                                const avq_tensor *add) {
@@ -110,7 +117,6 @@ static avq_status linear_build(avq_plan *p, avq_step *s, avq_weight *w, avq_weig
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_memory_t wmem, bmem = NULL;
-    int idx = 0, mul_idx = -1, add_idx = -1;
 
     if ((st = md_2d(x, rows, K, &src_md)) != AVQ_OK) goto done;
     if ((st = md_2d(y, rows, N, &dst_md)) != AVQ_OK) goto done;
@@ -120,16 +126,13 @@ static avq_status linear_build(avq_plan *p, avq_step *s, avq_weight *w, avq_weig
     if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
     AVQ_DNNL(dnnl_post_ops_create(&po), "post-ops");
     if ((st = avq_post_act(po, act)) != AVQ_OK) goto done;
-    if (act != AVQ_ACT_NONE) idx++;
     if (mul) {
         if ((st = md_2d(mul, rows, N, &mul_md)) != AVQ_OK) goto done;
         AVQ_DNNL(dnnl_post_ops_append_binary(po, dnnl_binary_mul, mul_md), "binary mul post-op");
-        mul_idx = idx++;
     }
     if (add) {
         if ((st = md_2d(add, rows, N, &add_md)) != AVQ_OK) goto done;
         AVQ_DNNL(dnnl_post_ops_append_binary(po, dnnl_binary_add, add_md), "binary add post-op");
-        add_idx = idx++;
     }
     AVQ_DNNL(dnnl_primitive_attr_set_post_ops(attr, po), "set post-ops");
     AVQ_DNNL(dnnl_matmul_primitive_desc_create(&pd, avq_plan_engine(p), src_md, w_md, b_md, dst_md, attr),
@@ -142,10 +145,8 @@ static avq_status linear_build(avq_plan *p, avq_step *s, avq_weight *w, avq_weig
     if (b && (st = bias_mem_nd(b, N, 2, &bmem)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_SRC, src_md)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_DST, dst_md)) != AVQ_OK) goto done;
-    if (mul && (st = avq_step_arg(s, DNNL_ARG_ATTR_MULTIPLE_POST_OP(mul_idx) | DNNL_ARG_SRC_1, mul_md)) != AVQ_OK)
-        goto done;
-    if (add && (st = avq_step_arg(s, DNNL_ARG_ATTR_MULTIPLE_POST_OP(add_idx) | DNNL_ARG_SRC_1, add_md)) != AVQ_OK)
-        goto done;
+    if (mul && (st = avq_step_arg(s, post_arg(act, NULL), mul_md)) != AVQ_OK) goto done;
+    if (add && (st = avq_step_arg(s, post_arg(act, mul), add_md)) != AVQ_OK) goto done;
     if ((st = avq_step_arg_fixed(s, DNNL_ARG_WEIGHTS, wmem)) != AVQ_OK) goto done;
     if (bmem && (st = avq_step_arg_fixed(s, DNNL_ARG_BIAS, bmem)) != AVQ_OK) goto done;
     st = avq_step_set_primitive(p, s, pd);
@@ -186,21 +187,19 @@ avq_status avq_linear(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
         return linear_build(p, s, w, b, x, y, rx, act, mul, add);
     }
     AVQ_TRY(avq_plan_step(p, AVQ_STEP_MATMUL, &s));
-    void *h[4];
-    int n = 0;
-    h[n++] = x->data;
-    h[n++] = y->data;
-    if (mul) h[n++] = mul->data;
-    if (add) h[n++] = add->data;
-    return avq_step_exec(p, s, h, n);
+    avq_arg_data d[4] = {{DNNL_ARG_SRC, x->data}, {DNNL_ARG_DST, y->data}};
+    int n = 2;
+    if (mul) d[n++] = (avq_arg_data){post_arg(act, NULL), mul->data};
+    if (add) d[n++] = (avq_arg_data){post_arg(act, mul), add->data};
+    return avq_step_exec(p, s, d, n);
 }
 
 avq_status avq_matmul(avq_plan *p, const avq_tensor *a, const avq_tensor *b, avq_tensor *c, int trans_b, float alpha) {
     avq_step *s;
     if (!avq_plan_building(p)) {
         AVQ_TRY(avq_plan_step(p, AVQ_STEP_MATMUL, &s));
-        void *h[3] = {a->data, b->data, c->data};
-        return avq_step_exec(p, s, h, 3);
+        avq_arg_data d[] = {{DNNL_ARG_SRC, a->data}, {DNNL_ARG_WEIGHTS, b->data}, {DNNL_ARG_DST, c->data}};
+        return avq_step_exec(p, s, d, 3);
     }
     char ba[96], bb[96], bc[96];
     if (a->ndim != 3 || b->ndim != 3 || c->ndim != 3 || a->layout || b->layout || c->layout)
@@ -253,8 +252,8 @@ avq_status avq_softmax(avq_plan *p, const avq_tensor *x, avq_tensor *y) {
     avq_step *s;
     if (!avq_plan_building(p)) {
         AVQ_TRY(avq_plan_step(p, AVQ_STEP_SOFTMAX, &s));
-        void *h[2] = {x->data, y->data};
-        return avq_step_exec(p, s, h, 2);
+        avq_arg_data d[] = {{DNNL_ARG_SRC, x->data}, {DNNL_ARG_DST, y->data}};
+        return avq_step_exec(p, s, d, 2);
     }
     char bx[96], by[96];
     if (!avq_tensor_same_shape(x, y) || x->layout != AVQ_PLAIN || y->layout != AVQ_PLAIN)
@@ -288,8 +287,8 @@ avq_status avq_reorder(avq_plan *p, const avq_tensor *x, avq_tensor *y) {
     avq_step *s;
     if (!avq_plan_building(p)) {
         AVQ_TRY(avq_plan_step(p, AVQ_STEP_REORDER, &s));
-        void *h[2] = {x->data, y->data};
-        return avq_step_exec(p, s, h, 2);
+        avq_arg_data d[] = {{DNNL_ARG_FROM, x->data}, {DNNL_ARG_TO, y->data}};
+        return avq_step_exec(p, s, d, 2);
     }
     char bx[96], by[96];
     if (!avq_tensor_same_shape(x, y))

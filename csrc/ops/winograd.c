@@ -235,8 +235,8 @@ avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const 
         for (int64_t k = 0; k < ws.nchunks && st == AVQ_OK; k++) {
             int64_t t0 = k * ws.chunk;
             input_chunk(&ws, (const float *)x->data, t0, zeros, (float *)V.data);
-            void *h[2] = {V.data, M.data};
-            st = avq_step_exec(p, s, h, 2);
+            avq_arg_data d[] = {{DNNL_ARG_SRC, V.data}, {DNNL_ARG_DST, M.data}};
+            st = avq_step_exec(p, s, d, 2);
             if (st == AVQ_OK) output_chunk(&ws, (const float *)M.data, t0, zeros, &o, (float *)y->data);
         }
     }

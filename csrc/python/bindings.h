@@ -12,5 +12,6 @@ int avq_py_add_autoencoder(PyObject *m);
 int avq_py_add_text_encoder(PyObject *m);
 int avq_py_add_unet(PyObject *m);
 int avq_py_add_sampler(PyObject *m);
+int avq_py_add_tables(PyObject *m);
 
 #endif

@@ -90,7 +90,7 @@ static int core_exec(PyObject *m) {
     }
     if (PyModule_AddStringConstant(m, "__version__", AVQ_VERSION) < 0) return -1;
     if (avq_py_add_autoencoder(m) < 0 || avq_py_add_text_encoder(m) < 0 || avq_py_add_unet(m) < 0 ||
-        avq_py_add_sampler(m) < 0)
+        avq_py_add_sampler(m) < 0 || avq_py_add_tables(m) < 0)
         return -1;
     return 0;
 }
