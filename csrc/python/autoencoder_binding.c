@@ -61,9 +61,15 @@ static const avq_py_field condition_fields[] = {
 #undef PREFIX
 #define NFIELDS(a) (sizeof a / sizeof a[0])
 
-static int parse_decoder(PyObject *d, avq_ae_decoder_config *c) {
-    if (avq_py_parse_config(d, "decoder config", decoder_fields, NFIELDS(decoder_fields), c) < 0) return -1;
-    return c->conditional ? avq_py_parse_config(d, "decoder config", condition_fields, 1, c) : 0;
+int avq_py_encoder_config(PyObject *cfg, avq_ae_encoder_config *out) {
+    memset(out, 0, sizeof *out);
+    return avq_py_parse_config(cfg, "encoder config", encoder_fields, NFIELDS(encoder_fields), out);
+}
+
+int avq_py_decoder_config(PyObject *cfg, avq_ae_decoder_config *out) {
+    memset(out, 0, sizeof *out);
+    if (avq_py_parse_config(cfg, "decoder config", decoder_fields, NFIELDS(decoder_fields), out) < 0) return -1;
+    return out->conditional ? avq_py_parse_config(cfg, "decoder config", condition_fields, 1, out) : 0;
 }
 
 static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -76,10 +82,9 @@ static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (avq_py_precision(prec, &dt) < 0) return NULL;
     cfg.has_encoder = enc != Py_None;
     cfg.has_decoder = dec != Py_None;
-    if (cfg.has_encoder &&
-        avq_py_parse_config(enc, "encoder config", encoder_fields, NFIELDS(encoder_fields), &cfg.encoder) < 0)
+    if (cfg.has_encoder && avq_py_encoder_config(enc, &cfg.encoder) < 0)
         return NULL;
-    if (cfg.has_decoder && parse_decoder(dec, &cfg.decoder) < 0) return NULL;
+    if (cfg.has_decoder && avq_py_decoder_config(dec, &cfg.decoder) < 0) return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
     avq_autoencoder *model;

@@ -48,16 +48,19 @@ static const avq_py_field unet_fields[] = {
 #undef F
 #undef FL
 
+int avq_py_unet_config(PyObject *cfg, avq_unet_config *out) {
+    memset(out, 0, sizeof *out);
+    return avq_py_parse_config(cfg, "UNet config", unet_fields, sizeof unet_fields / sizeof unet_fields[0], out);
+}
+
 static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"config", "weights", "precision", NULL};
     PyObject *cfg, *weights, *prec = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!|O:UNet", kwlist, &cfg, &PyDict_Type, &weights, &prec))
         return NULL;
     avq_unet_config c;
-    memset(&c, 0, sizeof c);
     avq_dtype dt;
-    if (avq_py_parse_config(cfg, "UNet config", unet_fields, sizeof unet_fields / sizeof unet_fields[0], &c) < 0 ||
-        avq_py_precision(prec, &dt) < 0)
+    if (avq_py_unet_config(cfg, &c) < 0 || avq_py_precision(prec, &dt) < 0)
         return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
