@@ -24,6 +24,9 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 MAX_SIZE = 640
 MULTIPLE = 64
 
+__all__ = ["ImageLike", "MAX_SIZE", "MULTIPLE", "ImageError", "open_image", "to_8bit", "probe_image", "probe_pair",
+           "inpaint_size", "image_to_array", "mask_to_array", "load_pair", "to_uint8", "to_pil"]
+
 
 class ImageError(Error, ValueError):
     """An image or mask that cannot be used, with the file named."""
@@ -139,7 +142,7 @@ def load_pair(image: ImageLike, mask: ImageLike, size: Tuple[int, int] | None = 
         raise ImageError(f"size {w}x{h} must be a multiple of 8 (64 for the UNet)")
     if (w, h) != img.size:
         img = img.convert("RGB").resize((w, h))
-        msk = msk.convert("L").resize((w, h), Image.NEAREST)
+        msk = msk.convert("L").resize((w, h), Image.Resampling.NEAREST)
     return image_to_array(img), mask_to_array(msk), (w, h)
 
 

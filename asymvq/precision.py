@@ -12,6 +12,8 @@ import sys
 
 from . import _core
 
+__all__ = ["PRECISIONS", "resolve_precision"]
+
 #: What ``precision=`` accepts.
 PRECISIONS = ("auto", "fp32", "bf16")
 

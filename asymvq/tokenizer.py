@@ -35,7 +35,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import ftfy
 import numpy as np
@@ -200,16 +200,16 @@ class CLIPTokenizer:
         ``vocab`` defaults to the table the merges imply; a given one (a ``vocab.json``)
         is used as is after checking its size and special ids.
         """
-        merges = [tuple(m) for m in merges[:NUM_MERGES]]
-        if len(merges) < NUM_MERGES:
-            raise ValueError(f"{len(merges)} merge rules given; {NUM_MERGES} needed")
-        derived = _derived_vocab(merges)
+        pairs = [cast(Tuple[str, str], tuple(m)) for m in merges[:NUM_MERGES]]
+        if len(pairs) < NUM_MERGES:
+            raise ValueError(f"{len(pairs)} merge rules given; {NUM_MERGES} needed")
+        derived = _derived_vocab(pairs)
         if vocab is None:
             vocab = derived
         else:
             vocab = dict(vocab)
             _check_vocab(vocab, "vocab.json")
-        self._merges: List[Tuple[str, str]] = merges  # type: ignore[assignment]
+        self._merges: List[Tuple[str, str]] = pairs
         self._vocab_is_derived = vocab == derived
         self._vocab: Dict[str, int] = dict(vocab)
         self._ranks: Dict[Tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
@@ -340,7 +340,7 @@ class CLIPTokenizer:
             out += ids
 
     def _encode_word(self, word: str) -> Tuple[int, ...]:
-        ids = _SPECIAL_WORDS.get(word)
+        ids: Optional[Tuple[int, ...]] = _SPECIAL_WORDS.get(word)
         if ids is None:
             chars = "".join([_BYTE_CHARS[b] for b in word.encode("utf-8")])
             vocab = self._vocab

@@ -29,7 +29,7 @@ import torch
 from asymvq import checkpoint, config, convert, tables
 from asymvq.autoencoder import Autoencoder
 from asymvq.config import AutoencoderSpec, DiffusionSpec
-from fixtures import checkpoints, fixture_config, fixture_spec, random_tensor, state_dict_items  # noqa: F401
+from fixtures import fixture_config, fixture_spec, random_tensor, state_dict_items
 from isa import needs_bf16
 from reference import vae_reference as ref
 

@@ -23,6 +23,7 @@ import safetensors.torch
 import torch
 
 from asymvq import checkpoint
+from asymvq.io import safetensors as st_mod
 from asymvq.checkpoint import CheckpointError
 
 # torch dtype -> (tag, numpy dtype the reader returns)
@@ -586,7 +587,7 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_partial_file(tmp_path, 
             raise KeyboardInterrupt
         out.write(array.tobytes())
 
-    monkeypatch.setattr(checkpoint, "_write_array", interrupted)
+    monkeypatch.setattr(st_mod, "_write_array", interrupted)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_safetensors(path, {"a": np.ones(4, np.float32), "b": np.ones(4, np.float32)})
     assert path.read_bytes() == before
@@ -597,7 +598,7 @@ def test_an_interrupted_first_write_leaves_no_file_at_all(tmp_path, monkeypatch)
     def interrupted(out, array):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "_write_array", interrupted)
+    monkeypatch.setattr(st_mod, "_write_array", interrupted)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_safetensors(tmp_path / "a.safetensors", {"a": np.ones(4, np.float32)})
     assert os.listdir(tmp_path) == []

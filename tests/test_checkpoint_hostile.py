@@ -29,6 +29,7 @@ from PIL import Image
 
 import hostile
 from asymvq import checkpoint, config
+from asymvq.io import unpickler
 from asymvq.checkpoint import CheckpointError
 from hostile import call_global, float_bytes, in_state_dict, ops, tensor_ops, text, torch_zip
 
@@ -477,7 +478,7 @@ def test_an_unexpected_failure_while_reading_is_a_checkpoint_error_naming_the_fi
     def broken(*args):
         raise TypeError("'int' object is not callable")
 
-    monkeypatch.setattr(checkpoint, "_flatten", broken)
+    monkeypatch.setattr(unpickler, "_flatten", broken)
     with pytest.raises(CheckpointError, match=r"a\.ckpt: cannot read the checkpoint: TypeError: 'int' object"):
         checkpoint.load(tmp_path / "a.ckpt")
 

@@ -21,8 +21,8 @@ import torch
 from asymvq import config, convert, tables, tokenizer
 from asymvq.config import ConfigError
 from asymvq.tables import WeightsError
-from tests.fixtures import CheckpointCache, fixture_config, fixture_spec
-from tests.fixtures import checkpoints  # noqa: F401  (session fixture)
+from fixtures import CheckpointCache, fixture_config, fixture_spec
+
 
 DECODERS = ("decoder-base", "decoder-large", "decoder-large2")
 WOC = {

@@ -15,6 +15,7 @@ from asymvq.config import ConfigError
 from asymvq.diffusers_io import DiffusersError
 from asymvq.image import ImageError
 from asymvq.infer import InferenceError
+from asymvq.quality import QualityError
 from asymvq.tables import WeightsError
 from asymvq.tokenizer import VocabNotFoundError
 
@@ -26,6 +27,7 @@ PUBLIC = [
     (DiffusersError, ValueError),
     (InferenceError, ValueError),
     (ModelError, RuntimeError),
+    (QualityError, ValueError),
     (VocabNotFoundError, FileNotFoundError),
     (CLIError, Exception),
     (errors.InvalidInputError, ValueError),

@@ -16,8 +16,8 @@ import torch
 
 from asymvq import tables
 from asymvq.config import DiffusionSpec
-from tests.fixtures import NAMES, CheckpointCache, fixture_spec, schedule_buffers, write_checkpoint
-from tests.fixtures import checkpoints  # noqa: F401  (session fixture)
+from fixtures import NAMES, CheckpointCache, fixture_spec, schedule_buffers, write_checkpoint
+
 
 SD = ("sd15-inpaint", "sd15-txt2img")
 DECODERS = ("decoder-base", "decoder-large", "decoder-large2")
@@ -186,7 +186,7 @@ def test_unknown_fixture_name_is_rejected(tmp_path: Path) -> None:
 
 
 def test_interrupted_fixture_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tests.fixtures as fx
+    import fixtures as fx
 
     def fail(*args: object, **kwargs: object) -> torch.Tensor:
         raise KeyboardInterrupt
@@ -198,7 +198,7 @@ def test_interrupted_fixture_write_leaves_no_file(tmp_path: Path, monkeypatch: p
 
 
 def test_command_line_writes_the_requested_files(tmp_path: Path) -> None:
-    from tests.fixtures import main
+    from fixtures import main
 
     assert main(["--out", str(tmp_path), "--which", "decoder-base", "--format", "ckpt,safetensors"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder-base-tiny.ckpt", "decoder-base-tiny.safetensors"]
@@ -214,3 +214,10 @@ def test_full_size_fixture_satisfies_the_original_config(checkpoints: Checkpoint
     req = tables.requirements(fixture_spec(which, tiny=False))
     tables.check(req, fake)
     path.unlink()  # several GB each
+
+
+def test_both_spellings_of_the_fixtures_module_are_one_module_with_one_session_cache() -> None:
+    import fixtures as plain
+    import tests.fixtures as packaged
+
+    assert packaged is plain

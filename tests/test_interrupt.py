@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import checkpoints, fixture_config  # noqa: F401  (the session fixture)
+from fixtures import fixture_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

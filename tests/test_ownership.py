@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from asymvq import Autoencoder, UNet, checkpoint
-from fixtures import checkpoints, fixture_config  # noqa: F401  (the session fixture)
+from fixtures import fixture_config
 from isa import needs_bf16
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures import checkpoints  # noqa: F401  (the session fixture)
 
 from asymvq import config, demo
 from asymvq.pipelines import InpaintPipeline

@@ -23,7 +23,7 @@ from asymvq.config import TextEncoderSpec
 from asymvq.tables import WeightsError
 from asymvq.text_encoder import TextEncoder
 from asymvq.tokenizer import CLIPTokenizer, VocabNotFoundError
-from fixtures import checkpoints, random_tensor  # noqa: F401  (session fixture)
+from fixtures import random_tensor
 from isa import needs_bf16
 from reference import clip_vocab
 

@@ -31,14 +31,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import checkpoint
-from . import config as _config
-from . import get_num_threads, set_num_threads, tables
-from . import tokenizer as _tokenizer
-from .config import TextEncoderSpec
-from .text_encoder import TextEncoder, _load_weights, _text_spec
+from .. import checkpoint, get_num_threads, set_num_threads, tables
+from .. import config as _config
+from .. import tokenizer as _tokenizer
+from ..config import TextEncoderSpec
+from ..text_encoder import TextEncoder, _load_weights, _text_spec
+from . import harness
+from .weights import random_weights
 
-__all__ = ["run", "random_weights", "sample_prompts", "forward_flop"]
+__all__ = ["run", "sample_prompts", "forward_flop"]
 
 _PROMPTS = ("", "a photograph of an astronaut riding a horse on the moon, highly detailed, 4k")
 _ASCII_WORDS = (
@@ -50,21 +51,6 @@ _ASCII_WORDS = (
     "@user 1999 3.14 100% x2 -- ... !!! ?! , , , ."
 ).split()
 _OTHER_WORDS = "café naïve résumé über 東京 夜景 桜 🐱 🚀 ✨ & &amp; &lt;3 ﬁne ｆｕｌｌｗｉｄｔｈ".split()
-
-
-def random_weights(spec: TextEncoderSpec, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Random float32 weights with the checkpoint names (weights ~ N(0, 1/fan_in), norms ~ 1)."""
-    rng = np.random.default_rng(seed)
-    out: Dict[str, np.ndarray] = {}
-    for name, shape in tables.text_encoder_tensors(spec).items():
-        if name.endswith(".bias"):
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01)
-        elif len(shape) == 1:
-            a = rng.uniform(0.9, 1.1, shape).astype(np.float32)
-        else:
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(1.0 / np.sqrt(shape[1]))
-        out[name] = a
-    return out
 
 
 def sample_prompts(n: int, seed: int = 0, ascii_only: bool = False) -> List[str]:
@@ -84,12 +70,7 @@ def forward_flop(spec: TextEncoderSpec, batch: int) -> float:
 
 
 def _timed(fn: Callable[[], Any], repeat: int) -> List[float]:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    return harness.timed(fn, repeat)[0]
 
 
 def _fmt(times: List[float]) -> str:
@@ -143,7 +124,7 @@ def _load(args: argparse.Namespace) -> Tuple[TextEncoderSpec, Dict[str, np.ndarr
     if args.checkpoint:
         weights, embedded = _load_weights(args.checkpoint, spec)
         return spec, weights, f"weights from {args.checkpoint}", embedded
-    return spec, random_weights(spec, args.seed), "random weights", None
+    return spec, random_weights(tables.text_encoder_tensors(spec), args.seed), "random weights", None
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -160,13 +141,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--precision", default="fp32,bf16", help="asymvq precisions (default fp32,bf16)")
     parser.add_argument("--tokenizer-prompts", type=int, default=5000, help="prompts for the throughput test")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--roof", action="store_true", help="also measure the machine's GFLOP/s roof (asymvq.bench.roof)")
+    parser.add_argument(
+        "--roof", action="store_true", help="also measure the machine's GFLOP/s roof (asymvq.bench.roof)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    for p in precisions:
-        if p not in ("fp32", "bf16"):
-            parser.error(f"--precision: unknown precision {p!r}; expected fp32 and/or bf16")
+    precisions = harness.parse_precisions(parser, args.precision)
     if args.batch < 1 or args.repeat < 1 or args.rounds < 1:
         parser.error("--batch, --repeat and --rounds must be >= 1")
     if args.threads:
@@ -178,8 +158,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"asymvq text encoder benchmark: width {spec.width}, {spec.layers} layers, {spec.heads} heads, "
-          f"MLP {spec.mlp}; {origin}; batch {args.batch}; {threads} thread(s)")
+    print(
+        f"asymvq text encoder benchmark: width {spec.width}, {spec.layers} layers, {spec.heads} heads, "
+        f"MLP {spec.mlp}; {origin}; batch {args.batch}; {threads} thread(s)"
+    )
 
     # Tokenizer (optional: needs the vocabulary).
     tok: Optional[_tokenizer.CLIPTokenizer] = None
@@ -189,8 +171,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         where = args.vocab or ("the weights file" if embedded and not args.vocab else _tokenizer.find_vocab())
         print(f"tokenizer: vocabulary from {where}, loaded in {1e3 * (time.perf_counter() - start):.0f} ms")
     except _tokenizer.VocabNotFoundError as exc:
-        print("tokenizer: skipped (no CLIP vocabulary: pass --vocab or set ASYMVQ_CLIP_VOCAB); "
-              f"models run on fixed ids. [{str(exc).splitlines()[0]}]")
+        print(
+            "tokenizer: skipped (no CLIP vocabulary: pass --vocab or set ASYMVQ_CLIP_VOCAB); "
+            f"models run on fixed ids. [{str(exc).splitlines()[0]}]"
+        )
     prompts = [_PROMPTS[i % len(_PROMPTS)] for i in range(args.batch)]
     if tok is not None:
         ids = tok(prompts)
@@ -214,8 +198,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     else:
         try:
             torch, model, version = _torch_model(spec, weights, threads)
-            print(f"torch: {version}, CLIPTextModel ({model.config._attn_implementation} attention), "
-                  f"{torch.get_num_threads()} thread(s)")
+            print(
+                f"torch: {version}, CLIPTextModel ({model.config._attn_implementation} attention), "
+                f"{torch.get_num_threads()} thread(s)"
+            )
             torch_ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
             models = {"fp32": model}
             if "bf16" in precisions:
@@ -230,16 +216,20 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     results: Dict[str, List[float]] = {}
     for _ in range(args.rounds):
         for p, enc in encoders.items():
-            results.setdefault(f"asymvq {p} model", []).extend(_timed(lambda: enc.encode_ids(ids), args.repeat))
+            results.setdefault(f"asymvq {p} model", []).extend(
+                _timed(functools.partial(enc.encode_ids, ids), args.repeat)
+            )
             if tok is not None:
-                results.setdefault(f"asymvq {p} prompts", []).extend(_timed(lambda: enc.encode(prompts), args.repeat))
+                results.setdefault(f"asymvq {p} prompts", []).extend(
+                    _timed(functools.partial(enc.encode, prompts), args.repeat)
+                )
         for p, fn in torch_runs.items():
             results.setdefault(f"torch {p} model", []).extend(_timed(fn, args.repeat))
 
     flop = forward_flop(spec, args.batch)
     roofs: Dict[str, float] = {}
     if args.roof:
-        from .bench import roof
+        from .ops import roof
 
         roofs = roof()
     print(f"\nencode a batch of {args.batch} ({flop / 1e9:.3g} GFLOP; best of {args.rounds * args.repeat} runs):")
@@ -257,7 +247,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         for p, enc in encoders.items():
             ref_out = torch_runs["fp32"]()
             diff = float(np.abs(enc.encode_ids(ids) - ref_out).max())
-            print(f"check: max |asymvq {p} - torch fp32| = {diff:.3g} (std of torch's output {float(ref_out.std()):.3g})")
+            print(
+                f"check: max |asymvq {p} - torch fp32| = {diff:.3g} (std of torch's output {float(ref_out.std()):.3g})"
+            )
 
     if tok is not None:
         print(f"\ntokenizer throughput, {args.tokenizer_prompts} prompts of 3-60 words (one call each):")
@@ -271,4 +263,4 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(run())
+    sys.exit(run(sys.argv[1:]))

@@ -27,25 +27,23 @@ from the repository root; ``--no-torch`` times asymvq alone.
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import importlib
 import os
-import subprocess
 import sys
 import time
-import zlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import config as _config
-from . import get_num_threads, set_num_threads, tables
-from .bench_unet import merge_round
-from .config import AutoencoderSpec, DiffusionSpec
+from .. import config as _config
+from .. import get_num_threads, set_num_threads, tables
+from ..config import AutoencoderSpec, DiffusionSpec
+from . import harness
+from .harness import merge_round, peak_rss
+from .weights import random_weights
 
-__all__ = ["run", "random_weights", "encoder_flop", "decoder_flop", "MODELS"]
+__all__ = ["run", "model_weights", "encoder_flop", "decoder_flop", "MODELS"]
 
-_RESULT = "ASYMVQ_BENCH_VAE_RESULT "
 _TARGETS = {"fp32": 0.7, "bf16": 0.4}
 #: fp32 / torch fp32 with every library capped by --isa (issue 12: where most users are).
 _ISA_TARGET = 0.8
@@ -75,23 +73,9 @@ def _table(model: str) -> Dict[str, Tuple[int, ...]]:
     return tables.decoder_tensors(spec, prefix=prefix)
 
 
-def random_weights(model: str, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Numerically sane random weights (float32, checkpoint names), deterministic per (seed, name):
-    uniform with std 1/sqrt(fan_in) for weights, [0.9, 1.1] for norm scales, std 0.01 for biases."""
-    out: Dict[str, np.ndarray] = {}
-    for name, shape in _table(model).items():
-        a = np.random.default_rng([seed, zlib.crc32(name.encode())]).random(shape, dtype=np.float32)
-        if name.endswith(".bias"):
-            lo, hi = -0.01 * math.sqrt(3.0), 0.01 * math.sqrt(3.0)
-        elif len(shape) == 1:
-            lo, hi = 0.9, 1.1
-        else:
-            bound = math.sqrt(3.0 / math.prod(shape[1:]))
-            lo, hi = -bound, bound
-        a *= np.float32(hi - lo)
-        a += np.float32(lo)
-        out[name] = a
-    return out
+def model_weights(model: str, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random full-size weights of a benchmark model (see :func:`asymvq.bench.weights.random_weights`)."""
+    return random_weights(_table(model), seed)
 
 
 class _Flop:
@@ -181,19 +165,19 @@ def _inputs(size: int, seed: int) -> Dict[str, np.ndarray]:
     }
 
 
-def _peak_rss() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-
-
-def _torch_call(model: str, spec: AutoencoderSpec, prefix: str, weights: Dict[str, np.ndarray],
-                x: Dict[str, np.ndarray], threads: int) -> Tuple[Callable[[], Any], str]:
+def _torch_call(
+    model: str,
+    spec: AutoencoderSpec,
+    prefix: str,
+    weights: Dict[str, np.ndarray],
+    x: Dict[str, np.ndarray],
+    threads: int,
+) -> Tuple[Callable[[], Any], str]:
     """One eager diffusers call holding ``weights`` (imports torch, diffusers and the test reference)."""
     torch = __import__("torch")
     torch.set_num_threads(threads)
     sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
-    from reference import vae_reference as ref  # type: ignore[import-not-found]
+    ref = importlib.import_module("reference.vae_reference")  # the test suite's, from the repository root
 
     tensors = {k: torch.from_numpy(v) for k, v in weights.items()}
     part = "encoder" if model == "encoder" else "decoder"
@@ -211,12 +195,14 @@ def _torch_call(model: str, spec: AutoencoderSpec, prefix: str, weights: Dict[st
     return call, f"torch {torch.__version__}, diffusers {diffusers.__version__}"
 
 
-def _asymvq_call(model: str, precision: str, weights: Dict[str, np.ndarray],
-                 x: Dict[str, np.ndarray]) -> Tuple[Callable[[], Any], Any]:
-    from .autoencoder import Autoencoder
+def _asymvq_call(
+    model: str, precision: str, weights: Dict[str, np.ndarray], x: Dict[str, np.ndarray]
+) -> Tuple[Callable[[], Any], Any]:
+    from ..autoencoder import Autoencoder
 
-    part = "encoder" if model == "encoder" else "decoder"
-    ae = Autoencoder.from_config(_config.packaged_config(MODELS[model]), weights, precision, parts=part)
+    ae = Autoencoder.from_config(
+        _config.packaged_config(MODELS[model]), weights, precision, parts="encoder" if model == "encoder" else "decoder"
+    )
 
     def call() -> None:
         if model == "encoder":
@@ -227,19 +213,13 @@ def _asymvq_call(model: str, precision: str, weights: Dict[str, np.ndarray],
     return call, ae
 
 
-def _timed(call: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
 def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     set_num_threads(job["threads"])
     model = job["model"]
     spec, prefix = _spec(model)
-    weights = random_weights(model, job["seed"])
+    weights = model_weights(model, job["seed"])
     x = _inputs(job["size"], job["seed"])
-    result: Dict[str, Any] = {"rss_weights": _peak_rss()}
+    result: Dict[str, Any] = {"rss_weights": peak_rss()}
     if job["engine"] == "interleave":
         # Every engine in this process, called in turn: noise from other processes hits all alike.
         calls: Dict[str, Callable[[], Any]] = {}
@@ -250,8 +230,11 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
                 result["engines"][engine] = {"times": []}
             else:
                 calls[engine], ae = _asymvq_call(model, engine, weights, x)
-                result["engines"][engine] = {"build": _timed(calls[engine]), "times": [],
-                                             "arena_bytes": ae.memory_bytes}
+                result["engines"][engine] = {
+                    "build": _timed(calls[engine]),
+                    "times": [],
+                    "arena_bytes": ae.memory_bytes,
+                }
         for _ in range(job["rounds"]):
             for engine, call in calls.items():
                 result["engines"][engine]["times"].append(_timed(call))
@@ -264,45 +247,24 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
         result["times"] = [_timed(call) for _ in range(job["repeat"])]
         result["arena_bytes"] = ae.memory_bytes
         if job["breakdown"]:
-            from .bench_unet import _breakdown
-
             start = time.perf_counter()
-            result["breakdown"] = _breakdown(call)
+            result["breakdown"] = harness.onednn_breakdown(call)
             result["breakdown_total"] = time.perf_counter() - start
-    result["peak_rss"] = _peak_rss()
+    result["peak_rss"] = peak_rss()
     return result
 
 
-def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
-    from .bench import child_env
-
-    cmd = [sys.executable, "-m", "asymvq.bench_vae", "--child", json.dumps(job)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(job.get("isa")))
-    for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT):
-            return dict(json.loads(line[len(_RESULT) :]))
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-    return {"error": f"exit status {proc.returncode}: {tail}"}
-
-
 # ---- report ------------------------------------------------------------------------------------
-
-
-def _parse_roof(text: Optional[str]) -> Dict[str, float]:
-    if text:
-        parts = [float(p) for p in text.split(",")]
-        return {"fp32": parts[0], "bf16": parts[1] if len(parts) > 1 else float("nan")}
-    from .bench import roof
-
-    return roof()
 
 
 def _print_breakdown(label: str, engine: str, r: Dict[str, Any], flop: Dict[str, float], roof: float) -> None:
     bd = r.get("breakdown")
     if not bd:
         return
-    print(f"  breakdown, {label} asymvq {engine} (oneDNN per-primitive times of one more call, "
-          f"{r['breakdown_total']:.2f} s in all):")
+    print(
+        f"  breakdown, {label} asymvq {engine} (oneDNN per-primitive times of one more call, "
+        f"{r['breakdown_total']:.2f} s in all):"
+    )
     conv_flop = flop["total"] - flop["attention"]
     accounted = 0.0
     for kind, work in (("conv", conv_flop), ("attention", flop["attention"]), ("other primitives", 0.0)):
@@ -323,33 +285,36 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run the autoencoder benchmark with command-line arguments ``argv``; prints a report, returns 0."""
     p = argparse.ArgumentParser(prog="python -m asymvq.bench vae", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=512, help="image height and width (default 512)")
-    p.add_argument("--models", default="encoder,base,large,large2",
-                   help=f"comma-separated subset of {','.join(MODELS)} (default all)")
+    p.add_argument(
+        "--models",
+        default="encoder,base,large,large2",
+        help=f"comma-separated subset of {','.join(MODELS)} (default all)",
+    )
     p.add_argument("--precision", default="fp32,bf16", help="asymvq precisions (default fp32,bf16)")
     p.add_argument("--threads", type=int, default=0, help="threads for asymvq and torch (default: asymvq's)")
     p.add_argument("--repeat", type=int, default=1, help="timed calls per engine and round (default 1)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="rounds of (torch, asymvq fp32, asymvq bf16) children, best kept: alternating rounds "
-                        "spread noise from other processes over every engine (default 1)")
-    p.add_argument("--interleave", action="store_true",
-                   help="time every engine in one process, called in turn --rounds times (best kept): fairer on a "
-                        "busy machine; peak RSS is then the engines' together")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of (torch, asymvq fp32, asymvq bf16) children, best kept: alternating rounds "
+        "spread noise from other processes over every engine (default 1)",
+    )
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time every engine in one process, called in turn --rounds times (best kept): fairer on a "
+        "busy machine; peak RSS is then the engines' together",
+    )
     p.add_argument("--roof", help="fp32[,bf16] GFLOP/s of this machine (default: measure a large matmul)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch + diffusers comparison")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-primitive breakdown")
-    p.add_argument("--isa", choices=["avx2"],
-                   help="cap every child, asymvq's and torch's, to this ISA as on a CPU without more "
-                        "(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS); fp32 only, target 0.8")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(list(argv) if argv is not None else None)
+    args = harness.parse_model_args(p, argv)
     models = [s.strip() for s in args.models.split(",") if s.strip()]
-    precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
+    precisions = harness.parse_precisions(p, args.precision)
     for m in models:
         if m not in MODELS:
             p.error(f"--models: unknown model {m!r} (use {', '.join(MODELS)})")
-    for s in precisions:
-        if s not in ("fp32", "bf16"):
-            p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
     if args.isa:
         if "bf16" in precisions:
             print(f"--isa {args.isa}: bf16 needs AVX-512, timing fp32 only")
@@ -361,38 +326,60 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         set_num_threads(args.threads)
     threads = get_num_threads()
     if args.isa:
-        from .bench import child_isa_line, roof_in_child
-
-        print(f"--isa {args.isa}: {child_isa_line(args.isa)}")
-    rf = roof_in_child(args.isa, threads) if args.isa and not args.roof else _parse_roof(args.roof)
-    print(f"asymvq autoencoder benchmark: {args.size}x{args.size} image, batch 1, random full-size weights, "
-          f"{threads} thread(s), best of {args.rounds} round(s) x {args.repeat} call(s)")
-    print(f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
-          + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"), flush=True)
-    head = (f"{'model':<14}{'engine':<13}{'GFLOP':>7}{'build s':>9}{'run s':>8}{'/ torch':>9}{'GFLOP/s':>9}"
-            f"{'% roof':>8}{'peak RSS GB':>13}{'weights GB':>12}{'arena MB':>10}")
+        print(f"--isa {args.isa}: {harness.child_isa_line(args.isa)}")
+    rf = harness.roof_in_child(args.isa, threads) if args.isa and not args.roof else harness.parse_roof(args.roof)
+    print(
+        f"asymvq autoencoder benchmark: {args.size}x{args.size} image, batch 1, random full-size weights, "
+        f"{threads} thread(s), best of {args.rounds} round(s) x {args.repeat} call(s)"
+    )
+    print(
+        f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
+        + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"),
+        flush=True,
+    )
+    head = (
+        f"{'model':<14}{'engine':<13}{'GFLOP':>7}{'build s':>9}{'run s':>8}{'/ torch':>9}{'GFLOP/s':>9}"
+        f"{'% roof':>8}{'peak RSS GB':>13}{'weights GB':>12}{'arena MB':>10}"
+    )
     print("\n" + head + "\n" + "-" * len(head), flush=True)
     summary: List[str] = []
     version = ""
     engines = (["torch"] if not args.no_torch else []) + precisions
     for model in models:
         spec, _ = _spec(model)
-        flop = (encoder_flop(spec, args.size, args.size) if model == "encoder"
-                else decoder_flop(spec, args.size, args.size))
+        flop = (
+            encoder_flop(spec, args.size, args.size) if model == "encoder" else decoder_flop(spec, args.size, args.size)
+        )
         total = flop["total"]
-        job = {"model": model, "size": args.size, "threads": threads, "seed": args.seed, "repeat": args.repeat,
-               "breakdown": False, "isa": args.isa}
+        job = {
+            "model": model,
+            "size": args.size,
+            "threads": threads,
+            "seed": args.seed,
+            "repeat": args.repeat,
+            "breakdown": False,
+            "isa": args.isa,
+        }
         results: Dict[str, Dict[str, Any]] = {}
         if args.interleave:
             r = _run_child({**job, "engine": "interleave", "engines": engines, "rounds": args.rounds})
             for engine in engines:
-                results[engine] = (dict(r["engines"][engine], peak_rss=r["peak_rss"], rss_weights=r["rss_weights"],
-                                        version=r.get("version", "")) if "error" not in r else r)
+                results[engine] = (
+                    dict(
+                        r["engines"][engine],
+                        peak_rss=r["peak_rss"],
+                        rss_weights=r["rss_weights"],
+                        version=r.get("version", ""),
+                    )
+                    if "error" not in r
+                    else r
+                )
         for rnd in range(0 if args.interleave else args.rounds):
             for engine in engines:
                 last = rnd == args.rounds - 1
-                merge_round(results, engine,
-                            _run_child({**job, "engine": engine, "breakdown": last and not args.no_breakdown}))
+                merge_round(
+                    results, engine, _run_child({**job, "engine": engine, "breakdown": last and not args.no_breakdown})
+                )
         torch_s = min(results["torch"]["times"]) if "times" in results.get("torch", {}) else None
         for engine in engines:
             r = results[engine]
@@ -406,12 +393,16 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             ratio = f"{best / torch_s:9.2f}" if torch_s and engine != "torch" else f"{'-':>9}"
             build = f"{r['build']:9.1f}" if "build" in r else f"{'-':>9}"
             arena = f"{r['arena_bytes'] / 2**20:10.0f}" if "arena_bytes" in r else f"{'-':>10}"
-            print(f"{_LABELS[model]:<14}{name:<13}{total / 1e9:7.0f}{build}{best:8.2f}{ratio}{total / best / 1e9:9.0f}"
-                  f"{100 * total / best / 1e9 / roof:8.0f}{r['peak_rss'] / 1e9:13.2f}{r['rss_weights'] / 1e9:12.2f}"
-                  f"{arena}", flush=True)
+            print(
+                f"{_LABELS[model]:<14}{name:<13}{total / 1e9:7.0f}{build}{best:8.2f}{ratio}{total / best / 1e9:9.0f}"
+                f"{100 * total / best / 1e9 / roof:8.0f}{r['peak_rss'] / 1e9:13.2f}{r['rss_weights'] / 1e9:12.2f}"
+                f"{arena}",
+                flush=True,
+            )
             if torch_s and engine != "torch":
-                summary.append(f"  {_LABELS[model]} {engine}: {best / torch_s:.2f}x torch fp32 "
-                               f"(target <= {targets[engine]})")
+                summary.append(
+                    f"  {_LABELS[model]} {engine}: {best / torch_s:.2f}x torch fp32 (target <= {targets[engine]})"
+                )
         for engine in precisions:
             if "breakdown" in results.get(engine, {}):
                 _print_breakdown(_LABELS[model], engine, results[engine], flop, rf[engine])
@@ -422,13 +413,13 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _child_main(argv: Sequence[str]) -> int:
-    job = json.loads(argv[1])
-    print(_RESULT + json.dumps(_child(job)), flush=True)
-    return 0
+def _timed(call: Callable[[], Any]) -> float:
+    return harness.timed(call)[0][0]
+
+
+def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
+    return harness.run_child("asymvq.bench.vae", job)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.exit(_child_main(sys.argv[1:]))
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(harness.module_main(_child, run))

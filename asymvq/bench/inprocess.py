@@ -29,20 +29,19 @@ Children start from the environment ``python`` was started with: asymvq's own de
 
 PyTorch is a development tool: only the children of the torch variants import it.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 from typing import Any, Dict, Optional, Sequence
 
-from . import _loader
+from .. import _loader
+from . import harness
 
 __all__ = ["run", "VARIANTS"]
-
-_RESULT = "ASYMVQ_BENCH_INPROCESS_RESULT "
 
 #: variant -> (what the child does before importing asymvq, after it, extra environment)
 VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -56,7 +55,8 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
 # The child runs as ``python -c`` so that nothing imports asymvq before the variant says so
 # (``python -m asymvq.x`` would import the package first). The torch ops mimic pre-processing:
 # they run torch's OpenMP parallel regions with the same thread count as asymvq.
-_CHILD = r"""
+_CHILD = (
+    r"""
 import json, os, sys, time, warnings
 job = json.loads(sys.argv[1])
 def torch_ops():
@@ -75,32 +75,32 @@ with warnings.catch_warnings(record=True) as caught:
     import asymvq
 if job["after"]:
     torch_ops()
-from asymvq.bench_inprocess import _child
+from asymvq.bench.inprocess import _child
 result = _child(job)
 result["warned"] = [str(w.message) for w in caught if issubclass(w.category, asymvq.OpenMPWarning)]
 print(%r + json.dumps(result), flush=True)
-""" % _RESULT
+"""
+    % harness.RESULT_MARK
+)
 
 
 def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     """Builds the benchmark model, runs it once (plan build) and times ``job["repeat"]`` calls."""
-    import time
-
-    from . import set_num_threads
-    from .bench_vae import _asymvq_call, _inputs, random_weights
+    from .. import set_num_threads
+    from .vae import _asymvq_call, _inputs, model_weights
 
     set_num_threads(job["threads"])
-    weights = random_weights(job["model"], job["seed"])
+    weights = model_weights(job["model"], job["seed"])
     call, _ = _asymvq_call(job["model"], job["precision"], weights, _inputs(job["size"], job["seed"]))
     call()
-    times, cpu = [], []
-    for _ in range(job["repeat"]):
-        start, cpu0 = time.perf_counter(), time.process_time()
-        call()
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - cpu0)
-    return {"times": times, "cpu": cpu, "runtimes": _loader.openmp_runtimes(), "parked": _loader.PARKED_TEAM,
-            "wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    times, cpu = harness.timed(call, job["repeat"])
+    return {
+        "times": times,
+        "cpu": cpu,
+        "runtimes": _loader.openmp_runtimes(),
+        "parked": _loader.PARKED_TEAM,
+        "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def _child_env(extra: Dict[str, str]) -> Dict[str, str]:
@@ -113,30 +113,29 @@ def _child_env(extra: Dict[str, str]) -> Dict[str, str]:
 
 
 def _run_child(job: Dict[str, Any], env: Dict[str, str]) -> Dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(job)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT):
-            return json.loads(line[len(_RESULT):])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-    return {"error": f"exit status {proc.returncode}: {tail}"}
+    return harness.run_command([sys.executable, "-c", _CHILD, json.dumps(job)], env)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run the in-process benchmark with command-line arguments ``argv``; prints a report, returns 0."""
-    from . import get_num_threads
-    from .bench_vae import MODELS
+    from .. import get_num_threads
+    from .vae import MODELS
 
     p = argparse.ArgumentParser(prog="python -m asymvq.bench inprocess", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="encoder", choices=sorted(MODELS),
-                   help="autoencoder part to time (default encoder: SD's KL encoder, 34 M parameters)")
+    p.add_argument(
+        "--model",
+        default="encoder",
+        choices=sorted(MODELS),
+        help="autoencoder part to time (default encoder: SD's KL encoder, 34 M parameters)",
+    )
     p.add_argument("--size", type=int, default=256, help="image height and width (default 256)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="asymvq precision (default fp32)")
     p.add_argument("--threads", type=int, default=0, help="threads for asymvq and torch (default: asymvq's)")
     p.add_argument("--repeat", type=int, default=2, help="timed calls per child (default 2; best kept)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of all variants (default 3)")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all)")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -147,13 +146,22 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--size must be a positive multiple of 8; --repeat and --rounds must be >= 1; --threads >= 0")
     threads = args.threads or get_num_threads()
     policy = _loader.USER_WAIT_POLICY
-    print(f"asymvq with torch in the same process: {args.model} {args.size}x{args.size} {args.precision}, "
-          f"{threads} thread(s), {args.rounds} round(s) x {args.repeat} call(s); OMP_WAIT_POLICY of the "
-          f"children: {policy if policy is not None else 'unset'} unless the variant sets it; "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"asymvq with torch in the same process: {args.model} {args.size}x{args.size} {args.precision}, "
+        f"{threads} thread(s), {args.rounds} round(s) x {args.repeat} call(s); OMP_WAIT_POLICY of the "
+        f"children: {policy if policy is not None else 'unset'} unless the variant sets it; "
+        f"load average {harness.load_average()}",
+        flush=True,
+    )
 
-    job = {"model": args.model, "size": args.size, "precision": args.precision, "threads": threads,
-           "repeat": args.repeat, "seed": args.seed}
+    job = {
+        "model": args.model,
+        "size": args.size,
+        "precision": args.precision,
+        "threads": threads,
+        "repeat": args.repeat,
+        "seed": args.seed,
+    }
     results: Dict[str, Dict[str, Any]] = {}
     for _ in range(args.rounds):
         for v in variants:
@@ -175,8 +183,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     base_cpu = None
     if base:
         base_cpu = results["alone"]["cpu"][results["alone"]["times"].index(base)]
-    print(f"\n{'variant':<25}{'best s':>8}{'/ alone':>9}{'CPU s':>8}{'/ alone':>9}"
-          "  OpenMP runtime; parked team; warning")
+    print(
+        f"\n{'variant':<25}{'best s':>8}{'/ alone':>9}{'CPU s':>8}{'/ alone':>9}  OpenMP runtime; parked team; warning"
+    )
     for v in variants:
         r = results[v]
         if "error" in r:
@@ -189,8 +198,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         libs = ", ".join(r["runtimes"]) or "none"
         warned = "warned" if r["warned"] else "no warning"
         print(f"{v:<25}{b:8.2f}{ratio}{cpu:8.2f}{cpu_ratio}  {libs}; {r['parked']}; {warned}")
-    print(f"(load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; CPU s above "
-          f"{threads} x the wall time means waiting threads spin)")
+    print(
+        f"(load average after: {harness.load_average()}; CPU s above "
+        f"{threads} x the wall time means waiting threads spin)"
+    )
     return 0
 
 

@@ -1,12 +1,8 @@
-"""``python -m asymvq.bench``: benchmarks at the layer shapes Stable Diffusion v1 really uses.
-
-Subcommands::
+"""``python -m asymvq.bench ops`` and ``roof``: every op at the layer shapes SD v1 really uses.
 
     python -m asymvq.bench ops [--precision fp32,bf16] [--filter TEXT] [--repeat N] [--threads N]
                                [--no-torch] [--no-roof]
     python -m asymvq.bench roof
-    python -m asymvq.bench vae|text|unet ...    (asymvq.bench_vae / bench_text / bench_unet)
-    python -m asymvq.bench inprocess ...        (asymvq.bench_inprocess: torch in the same process)
 
 ``ops`` times every op of ``asymvq._core.ops`` against PyTorch in one process with the same
 number of threads, and prints both times, the ratio asymvq / torch (below 1 means asymvq is
@@ -22,14 +18,12 @@ through asymvq's own ops; the model benchmarks report their achieved GFLOP/s aga
 
 PyTorch is a test-only dependency: only the ``ops`` subcommand imports it, and only when run.
 """
+
 from __future__ import annotations
 
 import argparse
 import functools
 import importlib
-import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +33,10 @@ import numpy as np
 
 import asymvq
 from asymvq._core import ops
+
+from .harness import parse_precisions
+
+__all__ = ["ROOF_SHAPE", "OpCase", "OpTiming", "time_case", "roof", "ops_main", "roof_main"]
 
 #: The roof GEMM, (rows, in features, out features): [8192, 2048] x [2048, 2048]^T = 69 GFLOP:
 #: on an idle 2-core AMX machine it reached 300 fp32 / 1740 bf16 GFLOP/s where [8192, 1024]
@@ -77,15 +75,27 @@ def _randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndar
     return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
 
 
-def _conv(label: str, n: int, ci: int, co: int, h: int, k: int, stride: int = 1,
-          pad: Tuple[int, int, int, int] = (1, 1, 1, 1), act: Optional[str] = None,
-          residual: bool = False) -> OpCase:
+def _conv(
+    label: str,
+    n: int,
+    ci: int,
+    co: int,
+    h: int,
+    k: int,
+    stride: int = 1,
+    pad: Tuple[int, int, int, int] = (1, 1, 1, 1),
+    act: Optional[str] = None,
+    residual: bool = False,
+) -> OpCase:
     """A square conv with bias; ``pad`` is (top, left, bottom, right)."""
     oh = (h + pad[0] + pad[2] - k) // stride + 1
 
     def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
-        arrays: List[np.ndarray] = [_randn(rng, n, ci, h, h), _randn(rng, co, ci, k, k, scale=(ci * k * k) ** -0.5),
-                                    _randn(rng, co, scale=0.1)]
+        arrays: List[np.ndarray] = [
+            _randn(rng, n, ci, h, h),
+            _randn(rng, co, ci, k, k, scale=(ci * k * k) ** -0.5),
+            _randn(rng, co, scale=0.1),
+        ]
         kw: Dict[str, Any] = {"stride": stride, "padding": pad, "activation": act}
         if residual:
             arrays.append(_randn(rng, n, co, oh, oh))
@@ -110,13 +120,20 @@ def _conv(label: str, n: int, ci: int, co: int, h: int, k: int, stride: int = 1,
     return OpCase(label, "conv2d", make, torch_fn, flop, conv=True, kw_arrays=("residual",) if residual else ())
 
 
-def _linear(label: str, shape: Tuple[int, ...], k: int, n_out: int, act: Optional[str] = None,
-            mul: bool = False, add: bool = False) -> OpCase:
+def _linear(
+    label: str,
+    shape: Tuple[int, ...],
+    k: int,
+    n_out: int,
+    act: Optional[str] = None,
+    mul: bool = False,
+    add: bool = False,
+) -> OpCase:
     rows = int(np.prod(shape))
     out_shape = shape + (n_out,)
 
     def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
-        arrays = [_randn(rng, *shape, k), _randn(rng, n_out, k, scale=k ** -0.5), _randn(rng, n_out, scale=0.1)]
+        arrays = [_randn(rng, *shape, k), _randn(rng, n_out, k, scale=k**-0.5), _randn(rng, n_out, scale=0.1)]
         if mul:
             arrays.append(_randn(rng, *out_shape))
         if add:
@@ -163,8 +180,11 @@ def _attention(label: str, b: int, n: int, m: int, c: int, heads: int, causal: b
 def _group_norm(label: str, shape: Tuple[int, ...], eps: float, silu: bool) -> OpCase:
     def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
         c = shape[1]
-        return (_randn(rng, *shape), 1 + _randn(rng, c, scale=0.1), _randn(rng, c, scale=0.1)), \
-            {"groups": 32, "eps": eps, "silu": silu}
+        return (_randn(rng, *shape), 1 + _randn(rng, c, scale=0.1), _randn(rng, c, scale=0.1)), {
+            "groups": 32,
+            "eps": eps,
+            "silu": silu,
+        }
 
     def torch_fn(torch: Any, F: Any, t: Sequence[Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -176,8 +196,9 @@ def _group_norm(label: str, shape: Tuple[int, ...], eps: float, silu: bool) -> O
     return OpCase(label, "group_norm", make, torch_fn)
 
 
-def _unary(label: str, op: str, shape: Tuple[int, ...], torch_of: Callable[[Any, Any], Callable[[Any], Any]],
-           **kw: Any) -> OpCase:
+def _unary(
+    label: str, op: str, shape: Tuple[int, ...], torch_of: Callable[[Any, Any], Callable[[Any], Any]], **kw: Any
+) -> OpCase:
     def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
         return (_randn(rng, *shape),), dict(kw)
 
@@ -188,8 +209,13 @@ def _unary(label: str, op: str, shape: Tuple[int, ...], torch_of: Callable[[Any,
     return OpCase(label, op, make, torch_fn)
 
 
-def _binary(label: str, op: str, a: Tuple[int, ...], b: Tuple[int, ...],
-            torch_of: Callable[[Any, Any], Callable[[Any, Any], Any]]) -> OpCase:
+def _binary(
+    label: str,
+    op: str,
+    a: Tuple[int, ...],
+    b: Tuple[int, ...],
+    torch_of: Callable[[Any, Any], Callable[[Any, Any], Any]],
+) -> OpCase:
     def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
         return (_randn(rng, *a), _randn(rng, *b)), {}
 
@@ -203,28 +229,35 @@ def _binary(label: str, op: str, a: Tuple[int, ...], b: Tuple[int, ...],
 def _cases() -> List[OpCase]:
     """The op list: UNet at a 64x64 latent, batch 2 (one guided step); CLIP text encoder on
     2 x 77 tokens; VAE and asymmetric decoder at 512 x 512, batch 1."""
+
     def layer_norm(label: str, shape: Tuple[int, ...]) -> OpCase:
         def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
             c = shape[-1]
             return (_randn(rng, *shape), 1 + _randn(rng, c, scale=0.1), _randn(rng, c, scale=0.1)), {"eps": 1e-5}
-        return OpCase(label, "layer_norm", make,
-                      lambda torch, F, t: lambda: F.layer_norm(t[0], (shape[-1],), t[1], t[2], 1e-5))
+
+        return OpCase(
+            label, "layer_norm", make, lambda torch, F, t: lambda: F.layer_norm(t[0], (shape[-1],), t[1], t[2], 1e-5)
+        )
 
     def blend(label: str, shape: Tuple[int, ...]) -> OpCase:
         def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
             mask = (rng.random((shape[0], 1) + shape[2:]) > 0.5).astype(np.float32)
             return (_randn(rng, *shape), _randn(rng, *shape), mask), {}
+
         return OpCase(label, "blend", make, lambda torch, F, t: lambda: t[0] * t[2] + t[1] * (1 - t[2]))
 
     def resize(label: str, shape: Tuple[int, ...], size: Tuple[int, int]) -> OpCase:
         def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
             return (_randn(rng, *shape),), {"size": size}
-        return OpCase(label, "resize_nearest", make,
-                      lambda torch, F, t: lambda: F.interpolate(t[0], size=size, mode="nearest"))
+
+        return OpCase(
+            label, "resize_nearest", make, lambda torch, F, t: lambda: F.interpolate(t[0], size=size, mode="nearest")
+        )
 
     def matmul(label: str, b: int, m: int, k: int, n: int) -> OpCase:
         def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
             return (_randn(rng, b, m, k), _randn(rng, b, k, n)), {}
+
         return OpCase(label, "matmul", make, lambda torch, F, t: lambda: torch.bmm(t[0], t[1]), 2.0 * b * m * n * k)
 
     def temb(label: str, b: int, dim: int) -> OpCase:
@@ -233,13 +266,16 @@ def _cases() -> List[OpCase]:
 
         def torch_fn(torch: Any, F: Any, t: Sequence[Any]) -> Callable[[], Any]:
             import math
+
             half = dim // 2
 
             def run() -> Any:
                 freqs = torch.exp(-math.log(10000) * torch.arange(0, half, dtype=torch.float32) / half)
                 args = t[0][:, None].float() * freqs[None]
                 return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
             return run
+
         return OpCase(label, "timestep_embedding", make, torch_fn, keep_f32=(0,))
 
     silu = lambda torch, F: F.silu  # noqa: E731
@@ -265,16 +301,34 @@ def _cases() -> List[OpCase]:
         _group_norm("unet group_norm+silu 2x320x64x64", (2, 320, 64, 64), 1e-5, True),
         _group_norm("unet group_norm+silu 2x1280x8x8", (2, 1280, 8, 8), 1e-5, True),
         layer_norm("unet layer_norm [2,4096,320]", (2, 4096, 320)),
-        _unary("unet geglu [2,4096,2560]", "geglu", (2, 4096, 2560),
-               lambda torch, F: lambda x: (lambda a, g: a * F.gelu(g))(*x.chunk(2, dim=-1))),
+        _unary(
+            "unet geglu [2,4096,2560]",
+            "geglu",
+            (2, 4096, 2560),
+            lambda torch, F: lambda x: (lambda a, g: a * F.gelu(g))(*x.chunk(2, dim=-1)),
+        ),
         _unary("gelu [2,4096,1280]", "activation", (2, 4096, 1280), lambda torch, F: F.gelu, kind="gelu"),
         _unary("silu [2,320,64,64]", "activation", (2, 320, 64, 64), silu, kind="silu"),
-        _binary("unet add temb 2x320x64x64 + [2,320,1,1]", "add", (2, 320, 64, 64), (2, 320, 1, 1),
-                lambda torch, F: lambda a, b: a + b),
-        _binary("unet skip concat 320+320 @64 b2", "concat", (2, 320, 64, 64), (2, 320, 64, 64),
-                lambda torch, F: lambda a, b: torch.cat([a, b], dim=1)),
-        _unary("unet upsample2x 2x1280x16x16", "upsample2x", (2, 1280, 16, 16),
-               lambda torch, F: lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest")),
+        _binary(
+            "unet add temb 2x320x64x64 + [2,320,1,1]",
+            "add",
+            (2, 320, 64, 64),
+            (2, 320, 1, 1),
+            lambda torch, F: lambda a, b: a + b,
+        ),
+        _binary(
+            "unet skip concat 320+320 @64 b2",
+            "concat",
+            (2, 320, 64, 64),
+            (2, 320, 64, 64),
+            lambda torch, F: lambda a, b: torch.cat([a, b], dim=1),
+        ),
+        _unary(
+            "unet upsample2x 2x1280x16x16",
+            "upsample2x",
+            (2, 1280, 16, 16),
+            lambda torch, F: lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"),
+        ),
         temb("unet timestep_embedding 2x320", 2, 320),
         # CLIP text encoder, 2 x 77 tokens
         _linear("text mlp 768->3072 quick_gelu x154", (2, 77), 768, 3072, act="quick_gelu"),
@@ -289,8 +343,12 @@ def _cases() -> List[OpCase]:
         _attention("vae mid attn 4096 tok 1x512", 1, 4096, 4096, 512, 1),
         _group_norm("vae group_norm+silu 1x512x64x64", (1, 512, 64, 64), 1e-6, True),
         _group_norm("vae group_norm+silu 1x128x512x512", (1, 128, 512, 512), 1e-6, True),
-        _unary("vae upsample2x 1x512x128x128", "upsample2x", (1, 512, 128, 128),
-               lambda torch, F: lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest")),
+        _unary(
+            "vae upsample2x 1x512x128x128",
+            "upsample2x",
+            (1, 512, 128, 128),
+            lambda torch, F: lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"),
+        ),
         blend("asym merge blend 1x128x512x512", (1, 128, 512, 512)),
         resize("mask resize 512->64", (1, 1, 512, 512), (64, 64)),
     ]
@@ -334,8 +392,7 @@ class OpTiming:
         return f"{self.bytes / self.asymvq_s / 1e9:8.1f} GB/s   "
 
 
-def time_case(case: OpCase, precision: str, repeat: int, torch: Any = None, rounds: int = 2,
-              seed: int = 0) -> OpTiming:
+def time_case(case: OpCase, precision: str, repeat: int, torch: Any = None, rounds: int = 2, seed: int = 0) -> OpTiming:
     """Times ``case`` in ``precision`` through asymvq (and torch, when given)."""
     rng = np.random.default_rng(seed)
     arrays, kw = case.make(rng)
@@ -344,19 +401,19 @@ def time_case(case: OpCase, precision: str, repeat: int, torch: Any = None, roun
     pos = arrays[:npos]
     kw.update(zip(case.kw_arrays, arrays[npos:]))
     out = getattr(ops, case.op)(*pos, **kw)  # also checks the call is valid
-    t_ours, t_torch = float("inf"), None
+    t_ours, t_torch = float("inf"), float("inf")
     torch_fns: List[Callable[[], Any]] = []
     if torch is not None:
         import torch.nn.functional as F
 
         dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-        tensors = [torch.from_numpy(a) if i in case.keep_f32 else torch.from_numpy(a).to(dtype)
-                   for i, a in enumerate(arrays)]
+        tensors = [
+            torch.from_numpy(a) if i in case.keep_f32 else torch.from_numpy(a).to(dtype) for i, a in enumerate(arrays)
+        ]
         torch_fns.append(case.torch(torch, F, tensors))
         if case.conv:
             cl = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in tensors]
             torch_fns.append(case.torch(torch, F, cl))
-        t_torch = float("inf")
         with torch.inference_mode():
             for f in torch_fns:
                 f()  # warm-up: torch creates its primitives on the first call
@@ -366,7 +423,14 @@ def time_case(case: OpCase, precision: str, repeat: int, torch: Any = None, roun
             with torch.inference_mode():
                 for f in torch_fns:
                     t_torch = min(t_torch, _time_torch(f, repeat))
-    return OpTiming(case.label, precision, t_ours, t_torch, case.flop, _bytes(arrays, out.size, precision))
+    return OpTiming(
+        case.label,
+        precision,
+        t_ours,
+        t_torch if torch is not None else None,
+        case.flop,
+        _bytes(arrays, out.size, precision),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -374,7 +438,7 @@ def _roof(threads: int, shape: Tuple[int, int, int], repeat: int) -> Tuple[float
     rows, k, n = shape
     rng = np.random.default_rng(0)
     x = _randn(rng, rows, k)
-    w = _randn(rng, n, k, scale=k ** -0.5)
+    w = _randn(rng, n, k, scale=k**-0.5)
     flop = 2.0 * rows * k * n
     fp32 = flop / ops.timeit("linear", x, w, repeat=repeat, precision="fp32") / 1e9
     if asymvq.info()["kernel_isa"] != "avx512":  # no bf16 below AVX-512 (by the CPU or the ISA cap)
@@ -395,45 +459,6 @@ def roof(shape: Tuple[int, int, int] = ROOF_SHAPE, repeat: int = 10) -> Dict[str
     return {"fp32": fp32, "bf16": bf16}
 
 
-#: ``--isa`` of the model benchmarks -> what each child process gets in its environment, so that every
-#: library in it is capped alike, as on a CPU that has no more: oneDNN (asymvq's, and PyTorch's
-#: mkldnn convolutions), PyTorch's own ATen kernels, and MKL (PyTorch's sgemm).
-ISA_ENV: Dict[str, Dict[str, str]] = {
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-}
-
-
-def child_env(isa: Optional[str]) -> Dict[str, str]:
-    """The environment of a benchmark child under ``--isa isa`` (None: this process's own)."""
-    env = dict(os.environ)
-    env.update(ISA_ENV.get(isa or "", {}))
-    return env
-
-
-def roof_in_child(isa: Optional[str], threads: int) -> Dict[str, float]:
-    """:func:`roof` measured in a child process under ``--isa isa`` (this process's ISA is decided)."""
-    code = ("import json, asymvq; from asymvq.bench import roof; "
-            f"asymvq.set_num_threads({int(threads)}); print(json.dumps(roof()))")
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"roof measurement under --isa {isa} failed: {proc.stderr.strip()[-500:]}")
-    return {k: float(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
-
-
-def child_isa_line(isa: Optional[str]) -> str:
-    """What a child under ``--isa isa`` runs: asymvq's ISAs and PyTorch's (when installed)."""
-    code = ("import asymvq, json\ni = asymvq.info()\nout = {'onednn': i['isa'], 'kernels': i['kernel_isa']}\n"
-            "try:\n    import torch\n    out['torch'] = torch.backends.cpu.get_cpu_capability()\n"
-            "except Exception:\n    pass\nprint(json.dumps(out))")
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(isa), capture_output=True, text=True)
-    try:
-        d = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return f"ISA check failed: {proc.stderr.strip()[-300:]}"
-    line = f"children run oneDNN at {d['onednn']}, asymvq's kernels at {d['kernels']}"
-    return line + (f", torch at {d['torch']}" if "torch" in d else "")
-
-
 # ---- command line ------------------------------------------------------------------------
 
 
@@ -446,8 +471,9 @@ def _fmt_ms(s: Optional[float]) -> str:
     return "       -" if s is None else f"{s * 1e3:8.2f}"
 
 
-def _ops_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m asymvq.bench ops", description=_ops_main.__doc__)
+def ops_main(argv: Sequence[str]) -> int:
+    """Times every op at the SD v1 shapes against torch with the same threads."""
+    p = argparse.ArgumentParser(prog="python -m asymvq.bench ops", description=ops_main.__doc__)
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (default both)")
     p.add_argument("--filter", default="", help="only ops whose label contains this text")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement (best kept; default 5)")
@@ -455,23 +481,23 @@ def _ops_main(argv: Sequence[str]) -> int:
     p.add_argument("--no-torch", action="store_true", help="time asymvq only")
     p.add_argument("--no-roof", action="store_true", help="skip the roof measurement at the end")
     args = p.parse_args(list(argv))
-    precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
-    for s in precisions:
-        if s not in ("fp32", "bf16"):
-            p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
+    precisions = parse_precisions(p, args.precision)
     if "bf16" in precisions and asymvq.info()["kernel_isa"] != "avx512":
         print(f"bf16 needs AVX-512 (oneDNN runs at {asymvq.info()['isa']} here): timing fp32 only")
         precisions = [s for s in precisions if s != "bf16"]
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
     threads = asymvq.get_num_threads()
-    torch = None
+    torch: Any = None
     if not args.no_torch:
         try:
-            import torch  # type: ignore[no-redef]
+            torch = importlib.import_module("torch")
         except ImportError:
-            print("torch is not installed (it is a test extra: pip install 'asymvq[test]'); "
-                  "use --no-torch to time asymvq alone", file=sys.stderr)
+            print(
+                "torch is not installed (it is a test extra: pip install 'asymvq[test]'); "
+                "use --no-torch to time asymvq alone",
+                file=sys.stderr,
+            )
             return 2
         torch.set_num_threads(threads)
     cases = [c for c in _cases() if args.filter in c.label]
@@ -479,8 +505,10 @@ def _ops_main(argv: Sequence[str]) -> int:
         print(f"no op matches --filter {args.filter!r}", file=sys.stderr)
         return 2
     info = asymvq.info()
-    print(f"asymvq {info['version']}, oneDNN {info['onednn_version']}, ISA {info['isa']}, {threads} threads"
-          + (f", torch {torch.__version__}" if torch is not None else ""))
+    print(
+        f"asymvq {info['version']}, oneDNN {info['onednn_version']}, ISA {info['isa']}, {threads} threads"
+        + (f", torch {torch.__version__}" if torch is not None else "")
+    )
     head = f"{'op':46s} {'prec':4s} {'asymvq ms':>9s} {'torch ms':>9s} {'ratio':>6s}  rate (asymvq)"
     print(head)
     print("-" * len(head))
@@ -490,8 +518,10 @@ def _ops_main(argv: Sequence[str]) -> int:
             r = time_case(case, prec, args.repeat, torch)
             rows.append(r)
             ratio = "     -" if r.ratio is None else f"{r.ratio:6.2f}"
-            print(f"{r.label:46s} {prec:4s} {_fmt_ms(r.asymvq_s):>9s} {_fmt_ms(r.torch_s):>9s} {ratio}  {r.rate()}",
-                  flush=True)
+            print(
+                f"{r.label:46s} {prec:4s} {_fmt_ms(r.asymvq_s):>9s} {_fmt_ms(r.torch_s):>9s} {ratio}  {r.rate()}",
+                flush=True,
+            )
     if not args.no_roof:
         rf = roof()
         print(f"\nroof ({_roof_label()}): fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s")
@@ -518,90 +548,18 @@ def _summary(rows: List[OpTiming]) -> None:
         print("\n".join(["", "targets:"] + ["  " + s for s in lines]))
 
 
-def _roof_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m asymvq.bench roof",
-                                description="Achievable fp32 / bf16 GFLOP/s of this machine (large GEMM).")
+def roof_main(argv: Sequence[str]) -> int:
+    """Prints the achievable fp32 / bf16 GFLOP/s of this machine."""
+    p = argparse.ArgumentParser(
+        prog="python -m asymvq.bench roof", description="Achievable fp32 / bf16 GFLOP/s of this machine (large GEMM)."
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(list(argv))
     if args.threads is not None:
         asymvq.set_num_threads(args.threads)
     rf = roof()
-    print(f"{asymvq.get_num_threads()} threads, {_roof_label()}: fp32 {rf['fp32']:.0f} GFLOP/s, "
-          f"bf16 {rf['bf16']:.0f} GFLOP/s")
+    print(
+        f"{asymvq.get_num_threads()} threads, {_roof_label()}: fp32 {rf['fp32']:.0f} GFLOP/s, "
+        f"bf16 {rf['bf16']:.0f} GFLOP/s"
+    )
     return 0
-
-
-#: Model benchmarks live in their own modules, written alongside the models.
-MODEL_BENCHES = {"vae": "asymvq.bench_vae", "text": "asymvq.bench_text", "unet": "asymvq.bench_unet",
-                 "inprocess": "asymvq.bench_inprocess"}
-
-
-def _model_main(name: str, argv: Sequence[str]) -> int:
-    module = MODEL_BENCHES[name]
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        print(f"the {name} benchmark is not available: module {module} is missing from this install",
-              file=sys.stderr)
-        return 2
-    return int(mod.run(list(argv)) or 0)
-
-
-_ops_main.__doc__ = "Times every op at the SD v1 shapes against torch with the same threads."
-
-
-def _isa_main(argv: Sequence[str]) -> int:
-    """Issue 12's AVX2 comparison in one command: the UNet forward (64x64 latent, batch 2) and the base
-    decoder at 512x512, fp32, against PyTorch, every child capped by ``--isa`` (see ``ISA_ENV``)."""
-    p = argparse.ArgumentParser(prog="python -m asymvq.bench isa", description=_isa_main.__doc__)
-    p.add_argument("--isa", default="avx2", choices=sorted(ISA_ENV), help="the cap (default avx2)")
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds, best kept (default 2)")
-    p.add_argument("--config", help="diffusion YAML for the UNet (default: the packaged v1-t2i-inference.yaml)")
-    args = p.parse_args(list(argv))
-    from . import bench_unet, bench_vae
-
-    common = ["--isa", args.isa, "--threads", str(args.threads), "--rounds", str(args.rounds), "--no-breakdown"]
-    rf = roof_in_child(args.isa, args.threads)
-    roof_arg = ["--roof", f"{rf['fp32']:.1f}"]
-    print(f"== UNet forward, {args.isa} cap ==", flush=True)
-    rc = bench_unet.run(common + roof_arg + (["--config", args.config] if args.config else []))
-    print(f"\n== base decoder at 512x512, {args.isa} cap ==", flush=True)
-    return rc or bench_vae.run(common + roof_arg + ["--models", "base"])
-
-
-USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet,inprocess,isa} [options]
-
-  ops    every op at the SD v1 shapes: asymvq vs torch, ratio, GFLOP/s (needs torch)
-  roof   the machine's achievable fp32 / bf16 GFLOP/s (large GEMM)
-  vae    VAE / asymmetric decoder benchmark (asymvq.bench_vae)
-  text   text encoder benchmark (asymvq.bench_text)
-  unet   UNet benchmark (asymvq.bench_unet)
-  inprocess  asymvq with torch imported in the same process, before or after (asymvq.bench_inprocess)
-  isa    UNet and base decoder fp32 vs torch with both capped to AVX2 (issue 12), one command
-"""
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m asymvq.bench``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        return 0 if args else 2
-    cmd, rest = args[0], args[1:]
-    if cmd == "ops":
-        return _ops_main(rest)
-    if cmd == "roof":
-        return _roof_main(rest)
-    if cmd == "isa":
-        return _isa_main(rest)
-    if cmd in MODEL_BENCHES:
-        return _model_main(cmd, rest)
-    print(f"unknown benchmark {cmd!r}\n{USAGE}", end="", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

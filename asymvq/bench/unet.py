@@ -27,47 +27,27 @@ comparison from the repository root; ``--no-torch`` times asymvq alone.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import zlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from . import config as _config
-from . import get_num_threads, set_num_threads, tables
-from .config import DiffusionSpec, UNetSpec
+from .. import config as _config
+from .. import get_num_threads, set_num_threads, tables
+from ..config import DiffusionSpec, UNetSpec
+from . import harness
+from .harness import merge_round, peak_rss, timed
+from .weights import random_weights
 
-__all__ = ["run", "random_weights", "forward_flop"]
+__all__ = ["run", "forward_flop", "forward_job"]
 
-_RESULT = "ASYMVQ_BENCH_UNET_RESULT "
 _TARGETS = {"fp32": 0.67, "bf16": 0.35}
 #: fp32 / torch fp32 with every library capped by --isa (issue 12: where most users are).
 _ISA_TARGET = 0.8
-
-
-def random_weights(spec: UNetSpec, seed: int = 0) -> Dict[str, np.ndarray]:
-    """Numerically sane random UNet weights (float32, checkpoint names), deterministic per (seed, name):
-    uniform with std 1/sqrt(fan_in) for weights, [0.9, 1.1] for norm scales, std 0.01 for biases."""
-    out: Dict[str, np.ndarray] = {}
-    for name, shape in tables.unet_tensors(spec).items():
-        a = np.random.default_rng([seed, zlib.crc32(name.encode())]).random(shape, dtype=np.float32)
-        if name.endswith(".bias"):
-            lo, hi = -0.01 * math.sqrt(3.0), 0.01 * math.sqrt(3.0)
-        elif len(shape) == 1:
-            lo, hi = 0.9, 1.1
-        else:
-            bound = math.sqrt(3.0 / math.prod(shape[1:]))
-            lo, hi = -bound, bound
-        a *= np.float32(hi - lo)
-        a += np.float32(lo)
-        out[name] = a
-    return out
 
 
 def forward_flop(spec: UNetSpec, height: int, width: int, batch: int = 1, context_length: int = 77) -> Dict[str, float]:
@@ -140,6 +120,12 @@ def forward_flop(spec: UNetSpec, height: int, width: int, batch: int = 1, contex
     return {k: v * batch for k, v in f.items()}
 
 
+def forward_job(args: argparse.Namespace, threads: int) -> Dict[str, Any]:
+    """What every child timing this forward gets: config, latent size, batch, threads, seed, repeats."""
+    keys = ("config", "size", "batch", "seed", "repeat")
+    return {"threads": threads, **{k: getattr(args, k) for k in keys}}
+
+
 # ---- child processes ---------------------------------------------------------------------------
 
 
@@ -151,114 +137,39 @@ def _inputs(spec: UNetSpec, batch: int, size: int, seed: int) -> tuple:
     return x, t, context
 
 
-def _peak_rss() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-
-
-def _breakdown(call: Any) -> Dict[str, List[float]]:
-    """{kind: [count, ms]} from oneDNN's verbose log of one call (stdout redirected to a file)."""
-    import ctypes
-
-    lib = ctypes.CDLL("libdnnl.so.3")  # already loaded by asymvq: the same library
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile(mode="w+") as log:
-        os.dup2(log.fileno(), 1)
-        try:
-            lib.dnnl_set_verbose(1)
-            call()
-            lib.dnnl_set_verbose(0)
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-        log.seek(0)
-        lines = log.read().splitlines()
-    out: Dict[str, List[float]] = {}
-    for line in lines:
-        fields = line.split(",")
-        if len(fields) < 6 or not fields[0].endswith("_verbose") or fields[1] != "exec":
-            continue
-        prim, shape = fields[3], fields[-2]
-        if prim == "convolution":
-            kind = "conv"
-        elif prim == "matmul":
-            # batched (3-D) matmuls are the 16 GEMMs of a Winograd convolution
-            kind = "conv" if len(shape.split(":")[0].split("x")) > 2 else "linear"
-        elif prim == "gemm_api":  # the fp32 attention's tile products run through oneDNN's sgemm
-            kind = "attention"
-        else:
-            kind = "other primitives"
-        entry = out.setdefault(kind, [0, 0.0])
-        entry[0] += 1
-        entry[1] += float(fields[-1])
-    return out
-
-
-def merge_round(results: Dict[str, Dict[str, Any]], engine: str, r: Dict[str, Any]) -> None:
-    """Folds one round's child result into ``results[engine]``: best times and CPU times, highest peak
-    RSS, and the last round's breakdown and loop figures."""
-    old = results.get(engine)
-    if old is None or "error" in old or "times" not in r:
-        if old is None or "error" in old:
-            results[engine] = r
-        return
-    old["times"] = [min(old["times"] + r["times"])]
-    if "cpu" in old and "cpu" in r:
-        old["cpu"] = [min(old["cpu"] + r["cpu"])]
-    old["peak_rss"] = max(old["peak_rss"], r["peak_rss"])
-    for key in ("breakdown", "breakdown_total", "loop"):
-        if key in r:
-            old[key] = r[key]
-
-
 def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     set_num_threads(job["threads"])
     spec = _spec(job["config"])
-    weights = random_weights(spec, job["seed"])
+    weights = random_weights(tables.unet_tensors(spec), job["seed"])
     x, t, context = _inputs(spec, job["batch"], job["size"], job["seed"])
-    result: Dict[str, Any] = {"rss_weights": _peak_rss()}
+    result: Dict[str, Any] = {"rss_weights": peak_rss()}
     if job["engine"] == "torch":
         torch = __import__("torch")
         torch.set_num_threads(job["threads"])
         sys.path.insert(0, os.getcwd())
-        from tests.reference.unet_reference import build_reference  # type: ignore[import-not-found]
-
-        model = build_reference(spec, weights)
+        # the test suite's ldm -> diffusers conversion, from the repository root
+        model = importlib.import_module("tests.reference.unet_reference").build_reference(spec, weights)
         diffusers = __import__("diffusers")
         result["version"] = f"torch {torch.__version__}, diffusers {diffusers.__version__}"
         tx, tt, tc = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(context)
-        times, cpu = [], []
         with torch.no_grad():
-            for _ in range(job["repeat"]):
-                start, cpu0 = time.perf_counter(), time.process_time()
-                model(tx, tt, encoder_hidden_states=tc)
-                times.append(time.perf_counter() - start)
-                cpu.append(time.process_time() - cpu0)
-        result["times"], result["cpu"] = times, cpu
+            result["times"], result["cpu"] = timed(lambda: model(tx, tt, encoder_hidden_states=tc), job["repeat"])
     else:
-        from .unet import UNet
+        from ..unet import UNet
 
         unet = UNet.from_config(spec, weights, precision=job["engine"])
         start = time.perf_counter()
         unet(x, t, context)
         result["build"] = time.perf_counter() - start
-        times, cpu = [], []
-        for _ in range(job["repeat"]):
-            start, cpu0 = time.perf_counter(), time.process_time()
-            unet(x, t, context)
-            times.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - cpu0)
-        result["times"], result["cpu"] = times, cpu
+        result["times"], result["cpu"] = timed(lambda: unet(x, t, context), job["repeat"])
         result["arena_bytes"] = unet.plans[0]["arena_bytes"]
         if job["breakdown"]:
             start = time.perf_counter()
-            result["breakdown"] = _breakdown(lambda: unet(x, t, context))
+            result["breakdown"] = harness.onednn_breakdown(lambda: unet(x, t, context))
             result["breakdown_total"] = time.perf_counter() - start
         if job.get("loop_steps"):
             # a whole guided DDIM loop in C (batch 1 -> the UNet runs at batch 2), plan already built
-            from .sampler import Sampler
+            from ..sampler import Sampler
 
             smp = Sampler(kind="ddim", steps=job["loop_steps"], eta=0.0)
             rng = np.random.default_rng(job["seed"] + 1)
@@ -270,20 +181,8 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
             start = time.perf_counter()
             smp.sample(unet, x_T, ctx1, ctx1 * 0.5, 7.5, c_concat=c_concat)
             result["loop"] = time.perf_counter() - start
-    result["peak_rss"] = _peak_rss()
+    result["peak_rss"] = peak_rss()
     return result
-
-
-def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
-    from .bench import child_env
-
-    cmd = [sys.executable, "-m", "asymvq.bench_unet", "--child", json.dumps(job)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(job.get("isa")))
-    for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT):
-            return json.loads(line[len(_RESULT) :])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-    return {"error": f"exit status {proc.returncode}: {tail}"}
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -294,15 +193,6 @@ def _spec(path: Optional[str]) -> UNetSpec:
     if not isinstance(spec, DiffusionSpec):
         raise SystemExit(f"{path}: not a diffusion config")
     return spec.unet
-
-
-def _parse_roof(text: Optional[str]) -> Dict[str, float]:
-    if text:
-        parts = [float(p) for p in text.split(",")]
-        return {"fp32": parts[0], "bf16": parts[1] if len(parts) > 1 else float("nan")}
-    from .bench import roof
-
-    return roof()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
@@ -317,20 +207,21 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--config", help="diffusion YAML (default: the packaged v1-t2i-inference.yaml)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch + diffusers comparison")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-primitive breakdown")
-    p.add_argument("--loop-steps", type=int, default=0,
-                   help="also time a whole guided DDIM loop of this many steps in C (the issue's figure: 50)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="rounds of (asymvq fp32, asymvq bf16, torch) children, best kept: on a machine whose speed "
-                        "drifts, alternating rounds give every engine the same chances (default 1)")
-    p.add_argument("--isa", choices=["avx2"],
-                   help="cap every child, asymvq's and torch's, to this ISA as on a CPU without more "
-                        "(ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS); fp32 only, target 0.8")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(list(argv) if argv is not None else None)
-    precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
-    for s in precisions:
-        if s not in ("fp32", "bf16"):
-            p.error(f"--precision: unknown precision {s!r} (use fp32, bf16)")
+    p.add_argument(
+        "--loop-steps",
+        type=int,
+        default=0,
+        help="also time a whole guided DDIM loop of this many steps in C (the issue's figure: 50)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of (asymvq fp32, asymvq bf16, torch) children, best kept: on a machine whose speed "
+        "drifts, alternating rounds give every engine the same chances (default 1)",
+    )
+    args = harness.parse_model_args(p, argv)
+    precisions = harness.parse_precisions(p, args.precision)
     if args.isa:
         if "bf16" in precisions:
             print(f"--isa {args.isa}: bf16 needs AVX-512, timing fp32 only")
@@ -345,20 +236,29 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     flop = forward_flop(spec, args.size, args.size, args.batch)
     total = sum(flop.values())
     params = sum(math.prod(s) for s in tables.unet_tensors(spec).values())
-    print(f"asymvq UNet benchmark: in_channels {spec.in_channels}, {params / 1e6:.0f} M parameters (random), "
-          f"latent {args.size}x{args.size}, batch {args.batch}, {threads} thread(s)")
-    print(f"work per forward: {total / 1e9:.0f} GFLOP (conv {flop['conv'] / 1e9:.0f}, linear "
-          f"{flop['linear'] / 1e9:.0f}, attention {flop['attention'] / 1e9:.0f})")
+    print(
+        f"asymvq UNet benchmark: in_channels {spec.in_channels}, {params / 1e6:.0f} M parameters (random), "
+        f"latent {args.size}x{args.size}, batch {args.batch}, {threads} thread(s)"
+    )
+    print(
+        f"work per forward: {total / 1e9:.0f} GFLOP (conv {flop['conv'] / 1e9:.0f}, linear "
+        f"{flop['linear'] / 1e9:.0f}, attention {flop['attention'] / 1e9:.0f})"
+    )
     if args.isa:
-        from .bench import child_isa_line, roof_in_child
+        print(f"--isa {args.isa}: {harness.child_isa_line(args.isa)}")
+    rf = harness.roof_in_child(args.isa, threads) if args.isa and not args.roof else harness.parse_roof(args.roof)
+    print(
+        f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
+        + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"),
+        flush=True,
+    )
 
-        print(f"--isa {args.isa}: {child_isa_line(args.isa)}")
-    rf = roof_in_child(args.isa, threads) if args.isa and not args.roof else _parse_roof(args.roof)
-    print(f"roof: fp32 {rf['fp32']:.0f} GFLOP/s, bf16 {rf['bf16']:.0f} GFLOP/s"
-          + ("" if args.roof else " (asymvq.bench.roof: large oneDNN matmul)"), flush=True)
-
-    job = {"config": args.config, "size": args.size, "batch": args.batch, "threads": threads, "seed": args.seed,
-           "repeat": args.repeat, "breakdown": not args.no_breakdown, "loop_steps": args.loop_steps, "isa": args.isa}
+    job = {
+        **forward_job(args, threads),
+        "breakdown": not args.no_breakdown,
+        "loop_steps": args.loop_steps,
+        "isa": args.isa,
+    }
     results: Dict[str, Dict[str, Any]] = {}
     for rnd in range(args.rounds):
         last = rnd == args.rounds - 1
@@ -367,8 +267,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             merge_round(results, engine, _run_child({**job, "engine": engine, **extra}))
     torch_s = min(results["torch"]["times"]) if "times" in results.get("torch", {}) else None
 
-    print(f"\n{'engine':<12}{'build s':>9}{'forward s':>11}{'/ torch':>9}{'GFLOP/s':>9}{'% roof':>8}"
-          f"{'peak RSS GB':>13}{'arena MB':>10}{'CPU s':>8}")
+    print(
+        f"\n{'engine':<12}{'build s':>9}{'forward s':>11}{'/ torch':>9}{'GFLOP/s':>9}{'% roof':>8}"
+        f"{'peak RSS GB':>13}{'arena MB':>10}{'CPU s':>8}"
+    )
     for engine, r in results.items():
         name = "torch fp32" if engine == "torch" else f"asymvq {engine}"
         if "error" in r:
@@ -380,20 +282,28 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         build = f"{r['build']:9.1f}" if "build" in r else f"{'-':>9}"
         arena = f"{r['arena_bytes'] / 2**20:10.0f}" if "arena_bytes" in r else f"{'-':>10}"
         cpu = min(r["cpu"])
-        print(f"{name:<12}{build}{best:11.2f}{ratio}{total / best / 1e9:9.0f}{100 * total / best / 1e9 / roof:8.0f}"
-              f"{r['peak_rss'] / 1e9:13.1f}{arena}{cpu:8.2f}")
+        print(
+            f"{name:<12}{build}{best:11.2f}{ratio}{total / best / 1e9:9.0f}{100 * total / best / 1e9 / roof:8.0f}"
+            f"{r['peak_rss'] / 1e9:13.1f}{arena}{cpu:8.2f}"
+        )
     if "torch" in results and "version" in results["torch"]:
-        print(f"(torch: {results['torch']['version']}; every peak RSS includes "
-              f"{results['torch']['rss_weights'] / 1e9:.1f} GB of process + source weights before the model)")
-    print("(CPU s: process CPU time of the forward; with one thread it is the forward's time on an unloaded "
-          "core, a fair comparison on a busy machine)")
+        print(
+            f"(torch: {results['torch']['version']}; every peak RSS includes "
+            f"{results['torch']['rss_weights'] / 1e9:.1f} GB of process + source weights before the model)"
+        )
+    print(
+        "(CPU s: process CPU time of the forward; with one thread it is the forward's time on an unloaded "
+        "core, a fair comparison on a busy machine)"
+    )
 
     for engine in precisions:
         bd = results.get(engine, {}).get("breakdown")
         if not bd:
             continue
-        print(f"\nbreakdown, asymvq {engine} (oneDNN per-primitive times of one forward, "
-              f"{results[engine]['breakdown_total']:.2f} s in all):")
+        print(
+            f"\nbreakdown, asymvq {engine} (oneDNN per-primitive times of one forward, "
+            f"{results[engine]['breakdown_total']:.2f} s in all):"
+        )
         accounted = 0.0
         for kind in ("conv", "linear", "attention", "other primitives"):
             if kind not in bd:
@@ -406,14 +316,16 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                 rate = f"{g:7.0f} GFLOP/s = {100 * g / rf[engine]:3.0f} % of the {engine} roof"
             print(f"  {kind:<17}{ms / 1e3:7.2f} s  {int(n):6d} calls  {rate}")
         rest = results[engine]["breakdown_total"] - accounted
-        extra = "Winograd transforms" if engine == "fp32" else "attention on AMX tiles"
-        print(f"  {'OpenMP kernels':<17}{rest:7.2f} s  (group/layer norm, softmax, adds, concat, upsample, {extra})")
+        also = "Winograd transforms" if engine == "fp32" else "attention on AMX tiles"
+        print(f"  {'OpenMP kernels':<17}{rest:7.2f} s  (group/layer norm, softmax, adds, concat, upsample, {also})")
 
     for engine in precisions:
         if "loop" in results.get(engine, {}):
             r = results[engine]
-            print(f"\nasymvq {engine}: {args.loop_steps}-step guided DDIM loop in C: {r['loop']:.1f} s "
-                  f"({r['loop'] / args.loop_steps:.2f} s/step)")
+            print(
+                f"\nasymvq {engine}: {args.loop_steps}-step guided DDIM loop in C: {r['loop']:.1f} s "
+                f"({r['loop'] / args.loop_steps:.2f} s/step)"
+            )
     if torch_s:
         print("\ntargets:")
         for engine in precisions:
@@ -427,13 +339,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _child_main(argv: Sequence[str]) -> int:
-    job = json.loads(argv[1])
-    print(_RESULT + json.dumps(_child(job)), flush=True)
-    return 0
+def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
+    return harness.run_child("asymvq.bench.unet", job)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.exit(_child_main(sys.argv[1:]))
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(harness.module_main(_child, run))
