@@ -58,6 +58,7 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+from .errors import Error  # noqa: E402
 from .unet import UNet  # noqa: E402
 from .sampler import Sampler  # noqa: E402
 from .text_encoder import TextEncoder  # noqa: E402
@@ -65,5 +66,5 @@ from .autoencoder import Autoencoder  # noqa: E402
 from .pipelines import InpaintPipeline, Txt2ImgPipeline  # noqa: E402
 from .diffusers_io import load_diffusers  # noqa: E402
 
-__all__ = ["__version__", "info", "OpenMPWarning", "set_num_threads", "get_num_threads", "UNet", "Sampler",
+__all__ = ["__version__", "info", "Error", "OpenMPWarning", "set_num_threads", "get_num_threads", "UNet", "Sampler",
            "TextEncoder", "Autoencoder", "InpaintPipeline", "Txt2ImgPipeline", "load_diffusers"]

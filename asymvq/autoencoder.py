@@ -21,6 +21,9 @@ blended with weights that ramp linearly across each overlap.  The conditional br
 way: each tile gets the image and mask crop of its own pixels (8 x its latent window), so the mask's
 nearest down-sampling picks the same samples as in the whole image.  Tiling is an approximation: the
 mid-block attention and every GroupNorm see one tile instead of the whole image.
+
+Plans and threads follow the protocol of every model (see :mod:`asymvq.unet`): at most four plans
+cached (one per task and image size), calls from several threads serialised.
 """
 
 from __future__ import annotations
@@ -156,24 +159,12 @@ def _finite(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); inputs must be finite")
 
 
-def _nchw(x: Any, name: str, channels: int, multiple: int = 1, layout: str = "") -> np.ndarray:
+def _float32(x: Any, name: str) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array (shapes are the binding's to check)."""
     a = np.asarray(x)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}")
-    layout = layout or f"[B, {channels}, H, W]"
-    if a.ndim != 4:
-        raise ValueError(f"{name} must be 4-D {layout} (NCHW), got shape {list(a.shape)}")
-    if a.shape[0] < 1 or a.shape[2] < 1 or a.shape[3] < 1:
-        raise ValueError(f"{name} has an empty dimension: shape {list(a.shape)}")
-    if a.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channel(s) {layout}, got {a.shape[1]} (shape {list(a.shape)})")
-    if a.shape[2] % multiple or a.shape[3] % multiple:
-        raise ValueError(
-            f"{name} height and width must be multiples of {multiple}, got {a.shape[2]} x {a.shape[3]}"
-        )
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    _finite(a, name)
-    return a
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,11 +314,16 @@ class Autoencoder:
         return part.spec.embed_dim
 
     @property
-    def factor(self) -> int:
-        """Image size / latent size (8 for every SD 1.x autoencoder)."""
+    def size_multiple(self) -> int:
+        """Image size / latent size (8 for every SD 1.x autoencoder): image sizes are multiples of it."""
         part = self._decoder or self._encoder
         assert part is not None
         return 2 ** (len(part.spec.encoder.ch_mult) - 1)
+
+    @property
+    def factor(self) -> int:
+        """:attr:`size_multiple` (the image / latent scale factor), by its older name."""
+        return self.size_multiple
 
     @property
     def num_parameters(self) -> int:
@@ -338,6 +334,13 @@ class Autoencoder:
     def memory_bytes(self) -> int:
         """Activation memory (arena + scratchpad) of the cached plans."""
         return int(self._core.memory_bytes)
+
+    @property
+    def plans(self) -> list[dict[str, Any]]:
+        """The cached plans, least recently used first: ``task`` (``"encode"``, ``"decode"`` or
+        ``"decode_cond"``), ``batch``, ``height``, ``width`` (of the image), ``bytes``
+        (= ``arena_bytes`` + ``scratch_bytes``), ``steps``."""
+        return list(self._core.plans())
 
     def clear_plans(self) -> None:
         """Free the cached plans and their activation memory (rebuilt on the next call)."""
@@ -358,8 +361,10 @@ class Autoencoder:
     def _image_for_encoder(self, image: Any) -> np.ndarray:
         if self._encoder is None:
             raise ValueError("this Autoencoder has no encoder (build it with parts='encoder' or 'both')")
-        e = self._encoder.spec.encoder
-        return _nchw(image, "image", e.in_channels, 2 ** (len(e.ch_mult) - 1))
+        x = _float32(image, "image")
+        self._core.check_encode(x)  # the contract (shape, size multiple) is the binding's
+        _finite(x, "image")
+        return x
 
     def posterior(self, image: Any) -> tuple[np.ndarray, np.ndarray]:
         """(mean, logvar) of the posterior for ``image`` [B, 3, H, W] in [-1, 1]; logvar clamped to [-30, 20]."""
@@ -393,9 +398,9 @@ class Autoencoder:
                 noise = as_generator(rng, seed).randn(shape)
         elif seed is not None or not (isinstance(rng, str) and rng == "numpy"):
             raise ValueError("give noise, or seed / rng to draw it, not both")
-        n = _nchw(noise, "noise", self.latent_channels)
-        if n.shape != shape:
-            raise ValueError(f"noise must have the latent's shape {list(shape)}, got {list(n.shape)}")
+        n = _float32(noise, "noise")
+        self._core.check_encode(x, n)
+        _finite(n, "noise")
         return self._core.encode(x, n)[2]
 
     # ---- decoder ---------------------------------------------------------------------------------
@@ -418,33 +423,18 @@ class Autoencoder:
         """
         if self._decoder is None:
             raise ValueError("this Autoencoder has no decoder (build it with parts='decoder' or 'both')")
-        d = self._decoder.spec.decoder
-        f = 2 ** (len(d.widths) - 1)
-        z = _nchw(latent, "latent", self._decoder.spec.embed_dim, layout=f"[B, {self._decoder.spec.embed_dim}, h, w]")
-        if (image is None) != (mask is None):
-            raise ValueError(
-                "mask was given without image: pass both or neither"
-                if image is None
-                else "image was given without mask: pass both or neither"
-            )
-        img = msk = None
-        if image is not None:
-            if not d.conditional:
-                raise ValueError(
-                    "this decoder has no condition (a _wocondition config or SD's decoder): pass neither image nor mask"
-                )
-            expected = [z.shape[0], d.out_channels, f * z.shape[2], f * z.shape[3]]
-            img = _nchw(image, "image", d.out_channels, f)
-            if list(img.shape) != expected:
-                raise ValueError(f"image must have shape {expected} ({f} x the latent's size), got {list(img.shape)}")
-            msk = _nchw(mask, "mask", 1, layout="[B, 1, H, W]")
-            if list(msk.shape) != [expected[0], 1, expected[2], expected[3]]:
-                raise ValueError(
-                    f"mask must have the image's shape [B, 1, H, W] = {[expected[0], 1, *expected[2:]]}, "
-                    f"got {list(msk.shape)}"
-                )
-            if not np.all((msk == 0) | (msk == 1)):
-                raise ValueError("mask values must be exactly 0 or 1 (1 = hole); binarise it first, e.g. mask >= 0.5")
+        f = 2 ** (len(self._decoder.spec.decoder.widths) - 1)
+        z = _float32(latent, "latent")
+        img = None if image is None else _float32(image, "image")
+        msk = None if mask is None else _float32(mask, "mask")
+        # The contract (shapes, image and mask together, a decoder with condition) is the binding's;
+        # what follows is this class's policy: finite values, a binary mask, tiling.
+        self._core.check_decode(z, img, msk)
+        for name, a in (("latent", z), ("image", img), ("mask", msk)):
+            if a is not None:
+                _finite(a, name)
+        if msk is not None and not np.all((msk == 0) | (msk == 1)):
+            raise ValueError("mask values must be exactly 0 or 1 (1 = hole); binarise it first, e.g. mask >= 0.5")
         if tile is None:
             return self._core.decode(z, img, msk)
         return self._decode_tiled(z, img, msk, f, tile, overlap)

@@ -62,6 +62,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _cli
 from .compare import Job, Models, find_pairs, is_complete, process_pair, write_tables
+from .errors import Error
 
 PathLike = Union[str, os.PathLike]
 PairList = Sequence[Tuple[PathLike, PathLike]]
@@ -73,7 +74,7 @@ _CACHE: Dict[str, Models] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-class ModelError(RuntimeError):
+class ModelError(Error, RuntimeError):
     """The models could not be built (bad config / checkpoint): every pair would fail the same way."""
 
 
@@ -368,7 +369,10 @@ def _run_dask(
             futures = dict(zip(fs, todo))
             t0 = time.perf_counter()
             with _bar(len(futures), progress) as bar:
-                for f in as_completed(list(futures), timeout=timeout):
+                # loop=: as_completed otherwise waits on the *default* client's loop (the first Client of
+                # the process, e.g. a notebook's own), binding the futures' events to a loop that
+                # f.result() then cannot use
+                for f in as_completed(list(futures), timeout=timeout, loop=client.loop):
                     img, msk = futures[f]
                     _account(res, _outcome(f, img, msk, client, futures), bar, t0)
         finally:
@@ -377,27 +381,15 @@ def _run_dask(
                 local.close()
 
 
-def _result(f, client):
-    """``f.result()``; Dask's synchronous ``Future.result`` now and then meets an asyncio event bound to
-    another loop of the client (seen after workers died): the client's own ``gather`` then fetches it."""
-    try:
-        return f.result()
-    except RuntimeError as e:
-        if "different event loop" not in str(e):
-            raise
-        return client.gather(f)
-
-
 def _outcome(f, img: str, msk: str, client, futures) -> dict:
     """A finished future's record, or a failure record (``killed`` set when its workers died)."""
     if f.status == "finished":
-        return _result(f, client)
-    # lost with a worker that died beside another pair's: Dask runs it again elsewhere. Poll the
-    # status (waiting on the future itself can meet an event bound to the client's own loop)
+        return f.result()
+    # lost with a worker that died beside another pair's: Dask runs it again elsewhere
     while f.status not in ("finished", "error", "cancelled"):
         time.sleep(0.05)
     if f.status == "finished":
-        return _result(f, client)
+        return f.result()
     err = f.exception() if f.status == "error" else None
     if err is None:
         return {"image": img, "mask": msk, "error": "CancelledError: the pair's task was cancelled"}

@@ -18,6 +18,8 @@ from typing import Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import Error
+
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 MAX_SIZE = 640
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-class ImageError(ValueError):
+class ImageError(Error, ValueError):
     """An image or mask that cannot be used, with the file named."""
 
 

@@ -61,6 +61,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .errors import Error
+
 #: The pip command that brings what this module needs.
 INSTALL_HINT = 'pip install "asymvq[quality]"'
 #: The FID network's input size (InceptionV3's).
@@ -69,7 +71,7 @@ FID_SIZE = 299
 PROBE_SIZE = 64
 
 
-class QualityError(ValueError):
+class QualityError(Error, ValueError):
     """A learned metric cannot run: its optional packages are missing or its network file is unusable."""
 
 

@@ -111,8 +111,9 @@ def _load_weights(weights: WeightsLike, spec: TextEncoderSpec) -> Tuple[Dict[str
 class TextEncoder:
     """CLIP ViT-L/14 text transformer (or a smaller one of the same architecture) in the C core.
 
-    Build it with :meth:`from_config`. One plan per batch size is built on first use and cached;
-    calls are thread-safe (runs on one encoder are serialised) and release the GIL.
+    Build it with :meth:`from_config`. One plan per batch size is built on first use and cached (at
+    most four, the least recently used freed first: the protocol of every model, see
+    :mod:`asymvq.unet`); calls are thread-safe (runs on one encoder are serialised) and release the GIL.
     """
 
     def __init__(
@@ -206,6 +207,16 @@ class TextEncoder:
     def memory_bytes(self) -> int:
         """Activation memory (arena + scratchpad) of the cached plans."""
         return int(self._core.memory_bytes)
+
+    @property
+    def plans(self) -> list[dict[str, int]]:
+        """The cached plans, least recently used first: ``batch``, ``tokens``, ``bytes``
+        (= ``arena_bytes`` + ``scratch_bytes``), ``steps``."""
+        return list(self._core.plans())
+
+    def clear_plans(self) -> None:
+        """Free the cached plans and their activation memory (rebuilt on the next call)."""
+        self._core.clear_plans()
 
     @property
     def tokenizer(self) -> CLIPTokenizer:

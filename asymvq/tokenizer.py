@@ -41,6 +41,8 @@ import ftfy
 import numpy as np
 import regex
 
+from .errors import Error
+
 __all__ = [
     "BOS_ID",
     "CONTEXT_LENGTH",
@@ -103,7 +105,7 @@ _ASCII_WORD_RE = re.compile(
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class VocabNotFoundError(FileNotFoundError):
+class VocabNotFoundError(Error, FileNotFoundError):
     """No CLIP BPE vocabulary could be located; the message lists every way to provide one."""
 
 

@@ -9,11 +9,17 @@ The model is built once (weights checked and copied out of the checkpoint, packe
 on first use);
 each input shape (batch, h, w) gets a plan, built on its first call and reused afterwards, so a
 sampling loop at one shape never allocates. Computation runs with the GIL released.
+
+Every model class (:class:`UNet`, :class:`asymvq.Autoencoder`, :class:`asymvq.TextEncoder`) follows one
+protocol: ``precision``, ``num_parameters``, ``memory_bytes``, ``plans`` and ``clear_plans()``; at most
+four plans are cached per model (the least recently used is freed first); calls on one model from
+several threads are serialised (each waits, with the GIL released, for the one before).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Mapping, Union
 
 import numpy as np
@@ -104,6 +110,11 @@ class UNet:
     """The SD v1 UNet (4-channel txt2img or 9-channel inpainting) running in C.
 
     Build it with :meth:`from_config`; call it as ``unet(x, timesteps, context) -> eps``.
+
+    Plans: one per input shape, at most four cached (the least recently used is freed first; see
+    :attr:`plans`, :meth:`clear_plans`). Threads: calls from several threads are serialised, each
+    waiting with the GIL released. A sampler's C loop pins the plan of its shape while it runs; a
+    direct call at that shape meanwhile raises RuntimeError instead of sharing it.
     """
 
     def __init__(self, spec: UNetSpec, core: Any, num_timesteps: int = DEFAULT_NUM_TIMESTEPS) -> None:
@@ -155,37 +166,44 @@ class UNet:
     @property
     def in_channels(self) -> int:
         """4 (txt2img) or 9 (inpainting: ``[x_t, mask, masked-image latent]``)."""
-        return int(self._core.in_channels)
+        return int(self._spec.in_channels)
 
     @property
     def out_channels(self) -> int:
         """Channels of the predicted noise (4)."""
-        return int(self._core.out_channels)
+        return int(self._spec.out_channels)
 
     @property
     def context_dim(self) -> int:
         """Feature width of the cross-attention context (768 for SD v1)."""
-        return int(self._core.context_dim)
+        return int(self._spec.context_dim)
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters."""
+        return int(self._core.num_parameters)
 
     @property
     def num_params(self) -> int:
-        """Number of parameters."""
-        return int(self._core.num_params)
+        """Deprecated alias of :attr:`num_parameters`."""
+        warnings.warn("UNet.num_params is deprecated: use num_parameters", DeprecationWarning, stacklevel=2)
+        return self.num_parameters
+
+    @property
+    def memory_bytes(self) -> int:
+        """Activation memory (arena + scratchpad) of the cached plans."""
+        return int(self._core.memory_bytes)
 
     @property
     def size_multiple(self) -> int:
         """Latent height and width must be multiples of this (8 for SD v1)."""
-        return int(self._core.size_multiple)
+        return 2 ** (len(self._spec.channel_mult) - 1)
 
     @property
     def plans(self) -> list[dict[str, int]]:
-        """The cached per-shape plans: batch, height, width, arena and scratchpad bytes, steps."""
+        """The cached plans, least recently used first: ``batch``, ``height``, ``width``, ``context_length``,
+        ``bytes`` (= ``arena_bytes`` + ``scratch_bytes``), ``steps``."""
         return list(self._core.plans())
-
-    @property
-    def _c_unet(self) -> Any:
-        """PyCapsule "asymvq.unet" with the C model, for the sampler's C loop (valid while self lives)."""
-        return self._core.capsule
 
     def _c_plan_for(self, batch: int, height: int, width: int) -> Any:
         """PyCapsule "asymvq.plan" with the cached plan for (batch, height, width), pinned while it lives."""
@@ -249,5 +267,5 @@ class UNet:
         return (
             f"UNet(in_channels={s.in_channels}, model_channels={s.model_channels}, "
             f"channel_mult={list(s.channel_mult)}, context_dim={s.context_dim}, precision={self.precision!r}, "
-            f"params={self.num_params:,})"
+            f"params={self.num_parameters:,})"
         )

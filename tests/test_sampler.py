@@ -616,7 +616,7 @@ def test_50_step_inpainting_loop_with_the_tiny_unet_matches_pytorch(tiny_inpaint
 
 
 def test_the_c_unet_runs_inside_the_c_loop_without_python(tiny_t2i, monkeypatch) -> None:
-    # asymvq.UNet exposes its C model (_c_unet): the loop calls it directly, never UNet.__call__
+    # the sampler finds the C model of an asymvq.UNet (by type): the loop calls it directly, never UNet.__call__
     spec, unet, _ = tiny_t2i
     x_T, c, uc, _ = e2e_inputs(spec, 8, 16)
     expected = Sampler("ddim", 4).sample(lambda x, t, ctx: unet(x, t, ctx), x_T, c, uc, 7.5)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, NoReturn, Optional, Sequence
 from PIL import Image
 
 from ..io import config as config_mod
+from ..errors import Error
 
 #: Set to 1 to see tracebacks instead of one-line errors.
 DEBUG_ENV = "ASYMVQ_DEBUG"
@@ -30,7 +31,7 @@ MAX_LISTED = 10
 SEED_MAX = 2**32 - 1
 
 
-class CLIError(Exception):
+class CLIError(Error):
     """A problem the user can fix; printed as one line, exit code 2."""
 
 

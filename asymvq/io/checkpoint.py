@@ -58,6 +58,8 @@ from typing import IO, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..errors import Error
+
 __all__ = [
     "BF16",
     "DTYPES",
@@ -77,7 +79,7 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """A checkpoint file is unreadable, corrupt, unsupported or refused as unsafe."""
 
 

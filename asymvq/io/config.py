@@ -58,6 +58,8 @@ from typing import Any, Callable, Literal, Mapping, TypeVar, Union
 
 import yaml
 
+from ..errors import Error
+
 __all__ = [
     "ConfigError",
     "UNetSpec",
@@ -103,7 +105,7 @@ _AUTOENCODER_TARGETS = {
 _VARIANT_DIMS: dict[str, tuple[int, int] | None] = {"base": None, "large": (192, 4), "large2": (256, 6)}
 
 
-class ConfigError(ValueError):
+class ConfigError(Error, ValueError):
     """A config file is unreadable, names an unknown model class, or has a missing/ill-typed field."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from .. import _core
 from . import checkpoint
 from .config import AutoencoderSpec, DiffusionSpec, Spec, TextEncoderSpec, UNetSpec
+from ..errors import Error
 
 __all__ = [
     "Shape",
@@ -80,7 +81,7 @@ def schedule_buffer_names() -> tuple[str, ...]:
     return _SCHEDULE_BUFFERS
 
 
-class WeightsError(ValueError):
+class WeightsError(Error, ValueError):
     """Weights do not match what the config describes; the message lists every problem."""
 
     def __init__(self, problems: list[str], context: str = "", hint: str = "") -> None:

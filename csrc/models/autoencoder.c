@@ -628,6 +628,8 @@ void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p) {
     free(p);
 }
 
+const avq_plan *avq_autoencoder_plan_core(const avq_autoencoder_plan *p) { return p->plan; }
+
 size_t avq_autoencoder_plan_bytes(const avq_autoencoder_plan *p) {
     return avq_plan_arena_bytes(p->plan) + avq_plan_scratch_bytes(p->plan);
 }

@@ -34,6 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/plan.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "models/loader.h"
@@ -101,6 +102,8 @@ avq_status avq_autoencoder_plan_create(const avq_autoencoder *m, avq_ae_task tas
 void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p);
 /* Activation arena + scratchpad bytes (0 until the first run). */
 size_t avq_autoencoder_plan_bytes(const avq_autoencoder_plan *p);
+/* The underlying plan, for its statistics (borrowed). */
+const avq_plan *avq_autoencoder_plan_core(const avq_autoencoder_plan *p);
 
 /* image f32 [B, in, H, W] -> mean, logvar f32 [B, e, H/f, W/f] (logvar clamped
  * to [-30, 20]); with noise (mean's shape) also sample = mean + exp(logvar/2) * noise

@@ -219,6 +219,8 @@ void avq_text_encoder_plan_destroy(avq_text_encoder_plan *p) {
     free(p);
 }
 
+const avq_plan *avq_text_encoder_plan_core(const avq_text_encoder_plan *p) { return p->plan; }
+
 size_t avq_text_encoder_plan_bytes(const avq_text_encoder_plan *p) {
     return avq_plan_arena_bytes(p->plan) + avq_plan_scratch_bytes(p->plan);
 }

@@ -21,6 +21,7 @@
 
 #include <stdint.h>
 
+#include "core/plan.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "models/loader.h"
@@ -59,6 +60,8 @@ avq_status avq_text_encoder_plan_create(const avq_text_encoder *m, int64_t batch
 void avq_text_encoder_plan_destroy(avq_text_encoder_plan *p);
 /* Activation arena + scratchpad bytes (0 until the first run). */
 size_t avq_text_encoder_plan_bytes(const avq_text_encoder_plan *p);
+/* The underlying plan, for its statistics (borrowed). */
+const avq_plan *avq_text_encoder_plan_core(const avq_text_encoder_plan *p);
 
 /* ids: int32 [batch, seq_len], each in [0, vocab_size); out: f32 [batch, seq_len, width],
  * the final-layer-normed last hidden state. Not re-entrant on one plan. */

@@ -14,7 +14,6 @@
 #include "unet.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -129,11 +128,6 @@ typedef struct block_w {
     wb conv; /* input_blocks.0.0, ...0.op or ...N.conv */
 } block_w;
 
-typedef struct plan_rec {
-    const avq_plan *plan; /* borrowed identity only, never dereferenced */
-    int64_t b, h, w, l;
-} plan_rec;
-
 struct avq_unet {
     avq_unet_config cfg;
     avq_dtype dt;
@@ -147,12 +141,14 @@ struct avq_unet {
     st_w mid1;
     wb out_norm, out_conv; /* out.0 / out.2 */
     int64_t multiple;      /* latent sizes must be multiples of 2^(levels - 1) */
+};
 
-    /* Which plan was built for which input shape: a plan built for another
-     * shape would replay primitives over the wrong buffers. */
-    pthread_mutex_t lock;
-    plan_rec *plans; /* owned */
-    size_t nplans, cap_plans;
+/* A plan knows its model and shape: one built for another shape would replay
+ * primitives over the wrong buffers. */
+struct avq_unet_plan {
+    const avq_unet *model; /* borrowed: the plan is valid for this model only */
+    int64_t batch, height, width, context_length;
+    avq_plan *plan; /* owned */
 };
 
 /* Module names are built in each function's own buffer `n`. */
@@ -322,8 +318,6 @@ void avq_unet_destroy(avq_unet *u) {
     free(u->in);
     free(u->out);
     avq_weight_set_free(&u->ws);
-    free(u->plans);
-    pthread_mutex_destroy(&u->lock);
     free(u);
 }
 
@@ -336,10 +330,6 @@ avq_status avq_unet_create(const avq_unet_config *cfg, avq_dtype precision, cons
     AVQ_TRY(check_config(cfg));
     avq_unet *u = calloc(1, sizeof *u);
     if (!u) return avq_error(AVQ_ERR_MEMORY, "out of memory creating the UNet");
-    if (pthread_mutex_init(&u->lock, NULL) != 0) {
-        free(u);
-        return avq_error(AVQ_ERR_MEMORY, "cannot create the UNet's lock");
-    }
     u->cfg = *cfg;
     u->dt = precision;
     u->emb_dim = 4 * (int64_t)cfg->model_channels;
@@ -651,50 +641,58 @@ static avq_status check_inputs(const avq_unet *u, const avq_tensor *x, const avq
     return AVQ_OK;
 }
 
-/* A fresh plan is recorded with its shape; a built one must match it. */
-static avq_status claim_plan(avq_unet *u, const avq_plan *plan, int64_t b, int64_t h, int64_t w, int64_t l) {
-    avq_status st = AVQ_OK;
-    pthread_mutex_lock(&u->lock);
-    plan_rec *rec = NULL;
-    for (size_t i = 0; i < u->nplans; i++)
-        if (u->plans[i].plan == plan) rec = &u->plans[i];
-    if (!avq_plan_built(plan)) {
-        if (!rec) {
-            if (u->nplans == u->cap_plans) {
-                size_t cap = u->cap_plans ? 2 * u->cap_plans : 8;
-                plan_rec *np = realloc(u->plans, cap * sizeof *np);
-                if (!np) {
-                    st = avq_error(AVQ_ERR_MEMORY, "out of memory recording a UNet plan");
-                    goto done;
-                }
-                u->plans = np;
-                u->cap_plans = cap;
-            }
-            rec = &u->plans[u->nplans++];
-        }
-        rec->plan = plan;
-        rec->b = b;
-        rec->h = h;
-        rec->w = w;
-        rec->l = l;
-    } else if (!rec) {
-        st = avq_error(AVQ_ERR_ARG, "this plan was built by another model; use one plan per UNet and input shape");
-    } else if (rec->b != b || rec->h != h || rec->w != w || rec->l != l) {
-        st = avq_error(AVQ_ERR_SHAPE, "this UNet plan was built for batch %lld, latent %lldx%lld, context length %lld; "
-                       "got batch %lld, latent %lldx%lld, context length %lld (use one plan per shape)",
-                       (long long)rec->b, (long long)rec->h, (long long)rec->w, (long long)rec->l, (long long)b,
-                       (long long)h, (long long)w, (long long)l);
+avq_status avq_unet_plan_create(const avq_unet *u, int64_t batch, int64_t height, int64_t width,
+                                int64_t context_length, avq_unet_plan **out) {
+    *out = NULL;
+    if (!u) return avq_error(AVQ_ERR_ARG, "avq_unet_plan_create: unet is required");
+    if (batch < 1 || height < 1 || width < 1 || context_length < 1)
+        return avq_error(AVQ_ERR_SHAPE, "UNet plan: batch, height, width and context length must be >= 1, got %lld, "
+                         "%lld, %lld, %lld", (long long)batch, (long long)height, (long long)width,
+                         (long long)context_length);
+    if (height % u->multiple || width % u->multiple)
+        return avq_error(AVQ_ERR_SHAPE, "UNet latent height and width must be multiples of %lld (image size a multiple "
+                         "of %lld), got %lldx%lld", (long long)u->multiple, (long long)(8 * u->multiple),
+                         (long long)height, (long long)width);
+    avq_unet_plan *up = calloc(1, sizeof *up);
+    if (!up) return avq_error(AVQ_ERR_MEMORY, "out of memory creating a UNet plan");
+    avq_status st = avq_plan_create(&up->plan);
+    if (st != AVQ_OK) {
+        free(up);
+        return st;
     }
-done:
-    pthread_mutex_unlock(&u->lock);
-    return st;
+    up->model = u;
+    up->batch = batch;
+    up->height = height;
+    up->width = width;
+    up->context_length = context_length;
+    *out = up;
+    return AVQ_OK;
 }
 
-avq_status avq_unet_run(avq_unet *u, avq_plan *plan, const avq_tensor *x, const avq_tensor *t,
+void avq_unet_plan_destroy(avq_unet_plan *p) {
+    if (!p) return;
+    avq_plan_destroy(p->plan);
+    free(p);
+}
+
+const avq_plan *avq_unet_plan_core(const avq_unet_plan *p) { return p->plan; }
+
+size_t avq_unet_plan_bytes(const avq_unet_plan *p) {
+    return avq_plan_arena_bytes(p->plan) + avq_plan_scratch_bytes(p->plan);
+}
+
+avq_status avq_unet_run(avq_unet *u, avq_unet_plan *plan, const avq_tensor *x, const avq_tensor *t,
                         const avq_tensor *context, avq_tensor *eps_out) {
     if (!u || !plan) return avq_error(AVQ_ERR_ARG, "avq_unet_run: unet and plan are required");
+    if (plan->model != u)
+        return avq_error(AVQ_ERR_ARG, "this plan was made for another model; use one plan per UNet and input shape");
     AVQ_TRY(check_inputs(u, x, t, context, eps_out));
-    AVQ_TRY(claim_plan(u, plan, x->dims[0], x->dims[2], x->dims[3], context->dims[1]));
+    const int64_t b = x->dims[0], h = x->dims[2], w = x->dims[3], l = context->dims[1];
+    if (plan->batch != b || plan->height != h || plan->width != w || plan->context_length != l)
+        return avq_error(AVQ_ERR_SHAPE, "this UNet plan was made for batch %lld, latent %lldx%lld, context length "
+                         "%lld; got batch %lld, latent %lldx%lld, context length %lld (use one plan per shape)",
+                         (long long)plan->batch, (long long)plan->height, (long long)plan->width,
+                         (long long)plan->context_length, (long long)b, (long long)h, (long long)w, (long long)l);
     fwd_ctx f = {u, x, t, context, eps_out};
-    return avq_plan_run(plan, forward, &f);
+    return avq_plan_run(plan->plan, forward, &f);
 }

@@ -4,15 +4,22 @@
  * checkpoint's own names; shapes follow from the config, so tiny variants
  * (every width a multiple of 32) work as well as the full 860 M model.
  *
- * Model vs plan: an avq_unet holds the config and the weights (immutable
- * after creation, packed lazily into the layouts the primitives choose). A
- * plan belongs to one (batch, h, w, context length): the first avq_unet_run
- * with a fresh plan builds it; every later run with that plan creates and
- * allocates nothing. A plan must only ever be used with one unet; the unet
- * refuses (AVQ_ERR_SHAPE) to run a plan it built for another shape. */
+ * Model vs plan, as for every model (autoencoder.h, text_encoder.h): an
+ * avq_unet holds the config and the weights (immutable after creation, packed
+ * lazily into the layouts the primitives choose). An avq_unet_plan belongs to
+ * one model and one (batch, h, w, context length): the first avq_unet_run with
+ * it builds it; every later run creates and allocates nothing. Running it on
+ * another model (AVQ_ERR_ARG) or shape (AVQ_ERR_SHAPE) is refused.
+ *
+ * Usage:
+ *   avq_unet *u;        avq_unet_create(&cfg, AVQ_F32, &src, &u);
+ *   avq_unet_plan *p;   avq_unet_plan_create(u, B, h, w, 77, &p);
+ *   avq_unet_run(u, p, &x, &t, &context, &eps);   (as often as needed)
+ *   avq_unet_plan_destroy(p);  avq_unet_destroy(u); */
 #ifndef AVQ_UNET_H
 #define AVQ_UNET_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/plan.h"
@@ -36,7 +43,8 @@ typedef struct avq_unet_config {
     int context_dim;       /* 768 */
 } avq_unet_config;
 
-typedef struct avq_unet avq_unet;
+typedef struct avq_unet avq_unet;           /* weights + config, immutable */
+typedef struct avq_unet_plan avq_unet_plan; /* one (batch, h, w, context length) */
 
 /* Validates the config (AVQ_ERR_ARG naming the field) and loads every weight
  * from `src` (AVQ_ERR_IO listing all missing or mis-shaped tensors at once).
@@ -56,6 +64,17 @@ int64_t avq_unet_num_params(const avq_unet *u);
 /* Latent height and width must be multiples of this (8 for SD: 2^(levels - 1)). */
 int avq_unet_size_multiple(const avq_unet *u);
 
+/* A plan for `batch` latents of height x width (multiples of the size
+ * multiple) and contexts of `context_length` tokens. Built on its first run;
+ * owned by the caller; usable with `u` only. */
+avq_status avq_unet_plan_create(const avq_unet *u, int64_t batch, int64_t height, int64_t width,
+                                int64_t context_length, avq_unet_plan **out);
+void avq_unet_plan_destroy(avq_unet_plan *p);
+/* Activation arena + scratchpad bytes (0 until the first run). */
+size_t avq_unet_plan_bytes(const avq_unet_plan *p);
+/* The underlying plan, for its statistics (borrowed). */
+const avq_plan *avq_unet_plan_core(const avq_unet_plan *p);
+
 /* One forward. All four tensors are caller-owned, f32, AVQ_PLAIN, data set,
  * arena_off = -1:
  *   x       [B, in_channels, h, w]   (h, w multiples of 8 when there are 4 levels:
@@ -66,7 +85,7 @@ int avq_unet_size_multiple(const avq_unet *u);
  * Shape problems -> AVQ_ERR_SHAPE / AVQ_ERR_ARG with a message. The plan is
  * built on the first call (see above); reuse it for every step of a loop.
  * Not reentrant on one plan; different plans may run concurrently. */
-avq_status avq_unet_run(avq_unet *u, avq_plan *plan, const avq_tensor *x, const avq_tensor *t,
+avq_status avq_unet_run(avq_unet *u, avq_unet_plan *plan, const avq_tensor *x, const avq_tensor *t,
                         const avq_tensor *context, avq_tensor *eps_out);
 
 #endif

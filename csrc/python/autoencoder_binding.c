@@ -7,152 +7,69 @@
  *   .encode(image, noise=None) -> (mean, logvar) or (mean, logvar, sample)
  *   .decode(latent, image=None, mask=None) -> image
  *
- * Arrays are float32 NCHW. The model copies the weights it needs while it is
- * built (the dict is not kept) and keeps up to MAX_PLANS plans, one per (task,
- * batch, height, width), the oldest dropped first: a decoder plan's arena can
- * hold gigabytes. Runs release the GIL and are serialised by a lock, because a
- * plan's arena is not re-entrant. */
-#include <stdlib.h>
-
+ * Arrays are float32 NCHW; this binding checks their shapes and dtypes (the
+ * decode contract: asymvq.Autoencoder adds only its policy, a binary mask and
+ * tiling). The model copies the weights it needs while it is built (the dict
+ * is not kept). Plans and concurrency follow plan_cache.h: one plan per
+ * (task, batch, height, width), calls serialised behind the model's lock. */
+#include "bindings.h"
 #include "common.h"
+#include "config.h"
+#include "model.h"
 #include "models/autoencoder.h"
 
-#define MAX_PLANS 4
+typedef avq_py_model AutoencoderObject; /* model: the avq_autoencoder */
 
-typedef struct plan_entry {
-    avq_ae_task task;
-    int64_t batch, height, width;
-    avq_autoencoder_plan *plan; /* owned */
-} plan_entry;
-
-typedef struct {
-    PyObject_HEAD
-    avq_autoencoder *model; /* owned */
-    plan_entry plans[MAX_PLANS];
-    size_t nplans;
-    PyThread_type_lock lock; /* serialises runs */
-} AutoencoderObject;
-
-static void ae_clear_plans(AutoencoderObject *self) {
-    for (size_t i = 0; i < self->nplans; i++) avq_autoencoder_plan_destroy(self->plans[i].plan);
-    self->nplans = 0;
+static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
+    return avq_autoencoder_plan_create(model, (avq_ae_task)k->task, k->dims[0], k->dims[1], k->dims[2],
+                                       (avq_autoencoder_plan **)out);
 }
 
-static void ae_dealloc(AutoencoderObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    ae_clear_plans(self);
-    avq_autoencoder_destroy(self->model);
-    if (self->lock) PyThread_free_lock(self->lock);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
+AVQ_PY_MODEL_FUNCTIONS(autoencoder)
+
+static const char *const task_names[] = {"encode", "decode", "decode_cond"};
+static const avq_py_model_kind ae_kind = {
+    {"Autoencoder", task_names, {"batch", "height", "width", NULL}, plan_create, plan_destroy, plan_core},
+    num_params,
+    precision,
+    destroy,
+};
 
 /* ---- config dicts ------------------------------------------------------- */
 
-static int cfg_int(PyObject *d, const char *what, const char *key, int *out) {
-    PyObject *v = PyDict_GetItemString(d, key); /* borrowed */
-    if (!v) {
-        PyErr_Format(PyExc_ValueError, "%s config: missing '%s'", what, key);
-        return -1;
-    }
-    long x = PyLong_AsLong(v);
-    if (x == -1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "%s config: %s must be an integer", what, key);
-        return -1;
-    }
-    if (x < 0 || x > (1 << 20)) {
-        PyErr_Format(PyExc_ValueError, "%s config: %s = %ld is out of range", what, key, x);
-        return -1;
-    }
-    *out = (int)x;
-    return 0;
+#define E(kind, key)      {#key, kind, offsetof(avq_ae_encoder_config, key), AVQ_PY_NO_COUNT, 1, 0, 0, 0}
+#define D(kind, key, req) {#key, kind, offsetof(avq_ae_decoder_config, key), AVQ_PY_NO_COUNT, req, 0, 0, 0}
+#define LEVELS(T, key)    {#key, AVQ_PY_INTS, offsetof(T, key), offsetof(T, num_levels), 1, 0, 1, AVQ_AE_MAX_LEVELS}
+#define PREFIX(T)         {"prefix", AVQ_PY_STR, offsetof(T, prefix), AVQ_PY_NO_COUNT, 0, 0, 0, AVQ_AE_PREFIX_MAX}
+static const avq_py_field encoder_fields[] = {
+    E(AVQ_PY_INT, in_channels),    E(AVQ_PY_INT, ch),         LEVELS(avq_ae_encoder_config, ch_mult),
+    E(AVQ_PY_INT, num_res_blocks), E(AVQ_PY_INT, z_channels), E(AVQ_PY_INT, embed_dim),
+    PREFIX(avq_ae_encoder_config),
+};
+static const avq_py_field decoder_fields[] = {
+    D(AVQ_PY_INT, embed_dim, 1),        D(AVQ_PY_INT, z_channels, 1),   LEVELS(avq_ae_decoder_config, widths),
+    D(AVQ_PY_INT, blocks_per_level, 1), D(AVQ_PY_INT, out_channels, 1), D(AVQ_PY_BOOL, conditional, 0),
+    PREFIX(avq_ae_decoder_config),
+};
+/* only the conditional decoder has (and needs) them */
+static const avq_py_field condition_fields[] = {
+    {"cond_channels", AVQ_PY_INTS, offsetof(avq_ae_decoder_config, cond_channels), AVQ_PY_NO_COUNT, 1, 0, 3, 3},
+};
+#undef E
+#undef D
+#undef LEVELS
+#undef PREFIX
+#define NFIELDS(a) (sizeof a / sizeof a[0])
+
+int avq_py_encoder_config(PyObject *cfg, avq_ae_encoder_config *out) {
+    memset(out, 0, sizeof *out);
+    return avq_py_parse_config(cfg, "encoder config", encoder_fields, NFIELDS(encoder_fields), out);
 }
 
-/* A sequence of 1..max integers; returns its length or -1. */
-static int cfg_ints(PyObject *d, const char *what, const char *key, int *out, int max) {
-    PyObject *v = PyDict_GetItemString(d, key);
-    if (!v) {
-        PyErr_Format(PyExc_ValueError, "%s config: missing '%s'", what, key);
-        return -1;
-    }
-    PyObject *seq = PySequence_Fast(v, "");
-    if (!seq) {
-        PyErr_Format(PyExc_TypeError, "%s config: %s must be a sequence of integers", what, key);
-        return -1;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n < 1 || n > max) {
-        Py_DECREF(seq);
-        PyErr_Format(PyExc_ValueError, "%s config: %s must have 1 to %d entries, got %zd", what, key, max, n);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if ((x == -1 && PyErr_Occurred()) || x < 1 || x > (1 << 20)) {
-            Py_DECREF(seq);
-            PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "%s config: %s[%zd] must be a positive integer", what, key, i);
-            return -1;
-        }
-        out[i] = (int)x;
-    }
-    Py_DECREF(seq);
-    return (int)n;
-}
-
-static int cfg_prefix(PyObject *d, const char *what, char *out) {
-    PyObject *v = PyDict_GetItemString(d, "prefix");
-    if (!v || v == Py_None) {
-        out[0] = '\0';
-        return 0;
-    }
-    const char *s = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
-    if (!s) {
-        PyErr_Format(PyExc_TypeError, "%s config: prefix must be a string", what);
-        return -1;
-    }
-    if (strlen(s) >= AVQ_AE_PREFIX_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s config: prefix %R is too long", what, v);
-        return -1;
-    }
-    strcpy(out, s);
-    return 0;
-}
-
-static int parse_encoder(PyObject *d, avq_ae_encoder_config *e) {
-    const char *w = "encoder";
-    if (!PyDict_Check(d)) {
-        PyErr_SetString(PyExc_TypeError, "encoder config must be a dict");
-        return -1;
-    }
-    if (cfg_int(d, w, "in_channels", &e->in_channels) < 0 || cfg_int(d, w, "ch", &e->ch) < 0 ||
-        cfg_int(d, w, "num_res_blocks", &e->num_res_blocks) < 0 || cfg_int(d, w, "z_channels", &e->z_channels) < 0 ||
-        cfg_int(d, w, "embed_dim", &e->embed_dim) < 0 || cfg_prefix(d, w, e->prefix) < 0)
-        return -1;
-    e->num_levels = cfg_ints(d, w, "ch_mult", e->ch_mult, AVQ_AE_MAX_LEVELS);
-    return e->num_levels < 0 ? -1 : 0;
-}
-
-static int parse_decoder(PyObject *d, avq_ae_decoder_config *c) {
-    const char *w = "decoder";
-    if (!PyDict_Check(d)) {
-        PyErr_SetString(PyExc_TypeError, "decoder config must be a dict");
-        return -1;
-    }
-    if (cfg_int(d, w, "embed_dim", &c->embed_dim) < 0 || cfg_int(d, w, "z_channels", &c->z_channels) < 0 ||
-        cfg_int(d, w, "blocks_per_level", &c->blocks_per_level) < 0 ||
-        cfg_int(d, w, "out_channels", &c->out_channels) < 0 || cfg_prefix(d, w, c->prefix) < 0)
-        return -1;
-    c->num_levels = cfg_ints(d, w, "widths", c->widths, AVQ_AE_MAX_LEVELS);
-    if (c->num_levels < 0) return -1;
-    PyObject *cond = PyDict_GetItemString(d, "conditional");
-    c->conditional = cond ? PyObject_IsTrue(cond) : 0;
-    if (c->conditional < 0) return -1;
-    if (c->conditional && cfg_ints(d, w, "cond_channels", c->cond_channels, 3) != 3) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "decoder config: cond_channels must have 3 entries");
-        return -1;
-    }
-    return 0;
+int avq_py_decoder_config(PyObject *cfg, avq_ae_decoder_config *out) {
+    memset(out, 0, sizeof *out);
+    if (avq_py_parse_config(cfg, "decoder config", decoder_fields, NFIELDS(decoder_fields), out) < 0) return -1;
+    return out->conditional ? avq_py_parse_config(cfg, "decoder config", condition_fields, 1, out) : 0;
 }
 
 static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
@@ -165,299 +82,212 @@ static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (avq_py_precision(prec, &dt) < 0) return NULL;
     cfg.has_encoder = enc != Py_None;
     cfg.has_decoder = dec != Py_None;
-    if (cfg.has_encoder && parse_encoder(enc, &cfg.encoder) < 0) return NULL;
-    if (cfg.has_decoder && parse_decoder(dec, &cfg.decoder) < 0) return NULL;
-    AutoencoderObject *self = (AutoencoderObject *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
+    if (cfg.has_encoder && avq_py_encoder_config(enc, &cfg.encoder) < 0)
+        return NULL;
+    if (cfg.has_decoder && avq_py_decoder_config(dec, &cfg.decoder) < 0) return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
-    avq_status st = avq_autoencoder_create(&cfg, &src, dt, &self->model);
-    if (st != AVQ_OK) {
-        Py_DECREF(self);
-        return avq_py_raise(st);
-    }
-    return (PyObject *)self;
+    avq_autoencoder *model;
+    avq_status st = avq_autoencoder_create(&cfg, &src, dt, &model);
+    return st == AVQ_OK ? avq_py_model_new(type, &ae_kind, model) : avq_py_raise(st);
 }
 
 /* ---- runs --------------------------------------------------------------- */
 
-static void ae_lock(AutoencoderObject *self) {
-    if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) return;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    Py_END_ALLOW_THREADS
+typedef struct run_args {
+    avq_autoencoder *model;
+    const float *image, *noise, *latent, *mask; /* borrowed; NULL where unused */
+    float *mean, *logvar, *sample, *out;
+} run_args;
+
+static avq_status run_encode(void *plan, void *ctx) {
+    run_args *a = ctx;
+    return avq_autoencoder_encode(a->model, plan, a->image, a->noise, a->mean, a->logvar, a->sample);
 }
 
-/* The plan for (task, batch, height, width), created on first use. Called
- * with the run lock held and possibly without the GIL: no Python API here. */
-static avq_status ae_plan(AutoencoderObject *self, avq_ae_task task, int64_t b, int64_t h, int64_t w,
-                          avq_autoencoder_plan **out) {
-    for (size_t i = 0; i < self->nplans; i++) {
-        plan_entry *e = &self->plans[i];
-        if (e->task == task && e->batch == b && e->height == h && e->width == w) {
-            *out = e->plan;
-            return AVQ_OK;
-        }
-    }
-    AVQ_TRY(avq_autoencoder_plan_create(self->model, task, b, h, w, out));
-    if (self->nplans == MAX_PLANS) { /* drop the oldest */
-        avq_autoencoder_plan_destroy(self->plans[0].plan);
-        memmove(&self->plans[0], &self->plans[1], (MAX_PLANS - 1) * sizeof self->plans[0]);
-        self->nplans--;
-    }
-    self->plans[self->nplans++] = (plan_entry){task, b, h, w, *out};
-    return AVQ_OK;
+static avq_status run_decode(void *plan, void *ctx) {
+    run_args *a = ctx;
+    return avq_autoencoder_decode(a->model, plan, a->latent, a->image, a->mask, a->out);
 }
 
-/* A float32 [B, C, H, W] array with C == channels (C unchecked if channels < 0). */
-static PyArrayObject *array4(PyObject *obj, const char *name, int channels) {
-    PyArrayObject *a = avq_py_f32(obj, name, 4, 4);
-    if (a && channels >= 0 && PyArray_DIM(a, 1) != channels) {
-        PyErr_Format(PyExc_ValueError, "%s must have %d channels ([B, %d, H, W]), got %zd", name, channels, channels,
-                     (Py_ssize_t)PyArray_DIM(a, 1));
-        Py_CLEAR(a);
-    }
-    return a;
-}
+static float *data_or_null(PyArrayObject *a) { return a ? PyArray_DATA(a) : NULL; }
 
-static int same_dims(PyArrayObject *a, npy_intp b, npy_intp c, npy_intp h, npy_intp w) {
-    return PyArray_DIM(a, 0) == b && PyArray_DIM(a, 1) == c && PyArray_DIM(a, 2) == h && PyArray_DIM(a, 3) == w;
-}
-
-static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
+/* Parses encode's (image, noise=None) and checks the encode contract: image
+ * [B, in, H, W] with H and W multiples of the factor; noise, if given, the
+ * latent's shape [B, e, H/f, W/f]. Sets the checked float32 arrays (new
+ * references; noise NULL when absent), or -1 with an exception set and
+ * nothing held. */
+static int encode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, PyArrayObject **image,
+                         PyArrayObject **noise) {
     static char *kwl[] = {"image", "noise", NULL};
     PyObject *io, *no = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &io, &no)) return NULL;
+    *image = *noise = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:encode", kwl, &io, &no)) return -1;
     const avq_autoencoder_config *cfg = avq_autoencoder_get_config(self->model);
     if (!cfg->has_encoder) {
-        PyErr_SetString(PyExc_ValueError, "this Autoencoder has no encoder (its weights were not loaded)");
-        return NULL;
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "this Autoencoder has no encoder (its weights were not loaded)");
+        return -1;
     }
     const int f = avq_autoencoder_factor(self->model, 1), e = cfg->encoder.embed_dim;
-    PyArrayObject *image = array4(io, "image", cfg->encoder.in_channels), *noise = NULL;
-    PyArrayObject *mean = NULL, *logvar = NULL, *sample = NULL;
-    PyObject *ret = NULL;
-    if (!image) return NULL;
-    const npy_intp B = PyArray_DIM(image, 0), H = PyArray_DIM(image, 2), W = PyArray_DIM(image, 3);
+    if (!(*image = avq_py_f32_nchw(io, "image", cfg->encoder.in_channels))) return -1;
+    const npy_intp B = PyArray_DIM(*image, 0), H = PyArray_DIM(*image, 2), W = PyArray_DIM(*image, 3);
     if (H % f || W % f) {
-        PyErr_Format(PyExc_ValueError, "image height and width must be multiples of %d, got %zd x %zd", f,
+        PyErr_Format(avq_py_exc(AVQ_ERR_SHAPE), "image height and width must be multiples of %d, got %zd x %zd", f,
                      (Py_ssize_t)H, (Py_ssize_t)W);
-        goto done;
+        goto fail;
     }
-    npy_intp ld[4] = {B, e, H / f, W / f};
-    if (no != Py_None) {
-        if (!(noise = array4(no, "noise", e))) goto done;
-        if (!same_dims(noise, ld[0], ld[1], ld[2], ld[3])) {
-            PyErr_Format(PyExc_ValueError, "noise must have the latent's shape [%zd, %zd, %zd, %zd]", (Py_ssize_t)ld[0],
-                         (Py_ssize_t)ld[1], (Py_ssize_t)ld[2], (Py_ssize_t)ld[3]);
-            goto done;
-        }
-        if (!(sample = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32))) goto done;
+    if (no == Py_None) return 0;
+    if (!(*noise = avq_py_f32_nchw(no, "noise", e))) goto fail;
+    if (!avq_py_same_dims(*noise, B, e, H / f, W / f)) {
+        PyErr_Format(avq_py_exc(AVQ_ERR_SHAPE), "noise must have the latent's shape [%zd, %d, %zd, %zd]", (Py_ssize_t)B,
+                     e, (Py_ssize_t)(H / f), (Py_ssize_t)(W / f));
+        goto fail;
     }
-    if (!(mean = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32)) ||
-        !(logvar = (PyArrayObject *)PyArray_SimpleNew(4, ld, NPY_FLOAT32)))
-        goto done;
-    avq_status st;
-    const float *ip = PyArray_DATA(image), *np_ = noise ? PyArray_DATA(noise) : NULL;
-    float *mp = PyArray_DATA(mean), *lp = PyArray_DATA(logvar), *sp = sample ? PyArray_DATA(sample) : NULL;
-    if (avq_py_interrupt_begin() < 0) goto done;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
-    avq_autoencoder_plan *plan = NULL;
-    st = ae_plan(self, AVQ_AE_ENCODE, B, H, W, &plan);
-    if (st == AVQ_OK) st = avq_autoencoder_encode(self->model, plan, ip, np_, mp, lp, sp);
-    avq_plan_set_thread_abort_flag(NULL);
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    avq_py_interrupt_end();
-    if (st != AVQ_OK) {
-        avq_py_raise_run(st);
-        goto done;
-    }
-    ret = sample ? PyTuple_Pack(3, mean, logvar, sample) : PyTuple_Pack(2, mean, logvar);
-done:
-    Py_XDECREF(image);
+    return 0;
+fail:
+    Py_CLEAR(*image);
+    Py_CLEAR(*noise);
+    return -1;
+}
+
+static PyObject *ae_check_encode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
+    PyArrayObject *image, *noise;
+    if (encode_inputs(self, args, kw, &image, &noise) < 0) return NULL;
+    Py_DECREF(image);
     Py_XDECREF(noise);
-    Py_XDECREF(mean);
-    Py_XDECREF(logvar);
-    Py_XDECREF(sample);
-    return ret;
-}
-
-static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
-    static char *kwl[] = {"latent", "image", "mask", NULL};
-    PyObject *zo, *io = Py_None, *mo = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO", kwl, &zo, &io, &mo)) return NULL;
-    const avq_autoencoder_config *cfg = avq_autoencoder_get_config(self->model);
-    if (!cfg->has_decoder) {
-        PyErr_SetString(PyExc_ValueError, "this Autoencoder has no decoder (its weights were not loaded)");
-        return NULL;
-    }
-    const avq_ae_decoder_config *d = &cfg->decoder;
-    if ((io == Py_None) != (mo == Py_None)) {
-        PyErr_SetString(PyExc_ValueError, io == Py_None ? "mask was given without image: pass both or neither"
-                                                        : "image was given without mask: pass both or neither");
-        return NULL;
-    }
-    const int cond = io != Py_None, f = avq_autoencoder_factor(self->model, 0);
-    if (cond && !d->conditional) {
-        PyErr_SetString(PyExc_ValueError,
-                        "this decoder has no condition (a _wocondition or SD decoder): pass neither image nor mask");
-        return NULL;
-    }
-    PyArrayObject *z = array4(zo, "latent", d->embed_dim), *image = NULL, *mask = NULL, *out = NULL;
-    PyObject *ret = NULL;
-    if (!z) return NULL;
-    const npy_intp B = PyArray_DIM(z, 0), H = f * PyArray_DIM(z, 2), W = f * PyArray_DIM(z, 3);
-    if (cond) {
-        if (!(image = array4(io, "image", d->out_channels)) || !(mask = array4(mo, "mask", 1))) goto done;
-        if (!same_dims(image, B, d->out_channels, H, W)) {
-            PyErr_Format(PyExc_ValueError, "image must have shape [%zd, %d, %zd, %zd] (%d x the latent's size)",
-                         (Py_ssize_t)B, d->out_channels, (Py_ssize_t)H, (Py_ssize_t)W, f);
-            goto done;
-        }
-        if (!same_dims(mask, B, 1, H, W)) {
-            PyErr_Format(PyExc_ValueError, "mask must have shape [%zd, 1, %zd, %zd] (the image's)", (Py_ssize_t)B,
-                         (Py_ssize_t)H, (Py_ssize_t)W);
-            goto done;
-        }
-    }
-    npy_intp od[4] = {B, d->out_channels, H, W};
-    if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, od, NPY_FLOAT32))) goto done;
-    avq_status st;
-    const float *zp = PyArray_DATA(z), *ip = image ? PyArray_DATA(image) : NULL, *mp = mask ? PyArray_DATA(mask) : NULL;
-    float *op = PyArray_DATA(out);
-    avq_ae_task task = cond ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE;
-    if (avq_py_interrupt_begin() < 0) goto done;
-    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    avq_plan_set_thread_abort_flag(avq_py_interrupt_flag());
-    avq_autoencoder_plan *plan = NULL;
-    st = ae_plan(self, task, B, H, W, &plan);
-    if (st == AVQ_OK) st = avq_autoencoder_decode(self->model, plan, zp, ip, mp, op);
-    avq_plan_set_thread_abort_flag(NULL);
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    avq_py_interrupt_end();
-    if (st != AVQ_OK) {
-        avq_py_raise_run(st);
-        goto done;
-    }
-    ret = (PyObject *)out;
-    out = NULL;
-done:
-    Py_XDECREF(z);
-    Py_XDECREF(image);
-    Py_XDECREF(mask);
-    Py_XDECREF(out);
-    return ret;
-}
-
-static PyObject *ae_clear(AutoencoderObject *self, PyObject *noargs) {
-    (void)noargs;
-    ae_lock(self);
-    ae_clear_plans(self);
-    PyThread_release_lock(self->lock);
     Py_RETURN_NONE;
 }
 
-/* ---- attributes --------------------------------------------------------- */
-
-static PyObject *ae_get_num_parameters(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyLong_FromLongLong((long long)avq_autoencoder_num_params(self->model));
-}
-
-static PyObject *ae_get_precision(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyUnicode_FromString(avq_autoencoder_precision(self->model) == AVQ_BF16 ? "bf16" : "fp32");
-}
-
-static PyObject *ae_get_memory_bytes(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    size_t total = 0;
-    ae_lock(self);
-    for (size_t i = 0; i < self->nplans; i++) total += avq_autoencoder_plan_bytes(self->plans[i].plan);
-    PyThread_release_lock(self->lock);
-    return PyLong_FromSize_t(total);
-}
-
-static PyObject *ae_get_plans(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    static const char *names[] = {"encode", "decode", "decode_cond"};
-    ae_lock(self);
-    PyObject *list = PyList_New((Py_ssize_t)self->nplans);
-    for (size_t i = 0; list && i < self->nplans; i++) {
-        const plan_entry *e = &self->plans[i];
-        PyObject *t = Py_BuildValue("(sLLLn)", names[e->task], (long long)e->batch, (long long)e->height,
-                                    (long long)e->width, (Py_ssize_t)avq_autoencoder_plan_bytes(e->plan));
-        if (!t) Py_CLEAR(list);
-        else PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
+    PyArrayObject *image, *noise;
+    if (encode_inputs(self, args, kw, &image, &noise) < 0) return NULL;
+    const int f = avq_autoencoder_factor(self->model, 1);
+    const npy_intp B = PyArray_DIM(image, 0), H = PyArray_DIM(image, 2), W = PyArray_DIM(image, 3);
+    npy_intp ld[4] = {B, avq_autoencoder_get_config(self->model)->encoder.embed_dim, H / f, W / f};
+    /* (mean, logvar[, sample]), filled by the run */
+    PyObject *outs[3] = {PyArray_SimpleNew(4, ld, NPY_FLOAT32), PyArray_SimpleNew(4, ld, NPY_FLOAT32),
+                         noise ? PyArray_SimpleNew(4, ld, NPY_FLOAT32) : NULL};
+    PyObject *ret = NULL;
+    if (outs[0] && outs[1] && (!noise || outs[2]))
+        ret = noise ? PyTuple_Pack(3, outs[0], outs[1], outs[2]) : PyTuple_Pack(2, outs[0], outs[1]);
+    if (ret) {
+        run_args a = {.model = self->model,
+                      .image = PyArray_DATA(image),
+                      .noise = data_or_null(noise),
+                      .mean = PyArray_DATA((PyArrayObject *)outs[0]),
+                      .logvar = PyArray_DATA((PyArrayObject *)outs[1]),
+                      .sample = noise ? PyArray_DATA((PyArrayObject *)outs[2]) : NULL};
+        avq_py_plan_key key = {AVQ_AE_ENCODE, {B, H, W, 0}};
+        ret = avq_py_plan_cache_call(&self->plans, &key, run_encode, &a, ret);
     }
-    PyThread_release_lock(self->lock);
-    return list;
+    for (int i = 0; i < 3; i++) Py_XDECREF(outs[i]);
+    Py_DECREF(image);
+    Py_XDECREF(noise);
+    return ret;
 }
 
-static PyObject *ae_get_has_encoder(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyBool_FromLong(avq_autoencoder_get_config(self->model)->has_encoder);
+/* Parses decode's (latent, image=None, mask=None) and checks the decode
+ * contract: latent [B, e, h, w]; image [B, out, f h, f w] and mask
+ * [B, 1, f h, f w] together, for a conditional decoder only. Sets the checked
+ * float32 arrays (new references; image and mask NULL when absent), or -1
+ * with an exception set and nothing held. */
+static int decode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, PyArrayObject **z,
+                         PyArrayObject **image, PyArrayObject **mask) {
+    static char *kwl[] = {"latent", "image", "mask", NULL};
+    PyObject *zo, *io = Py_None, *mo = Py_None;
+    *z = *image = *mask = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO:decode", kwl, &zo, &io, &mo)) return -1;
+    const avq_autoencoder_config *cfg = avq_autoencoder_get_config(self->model);
+    if (!cfg->has_decoder) {
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "this Autoencoder has no decoder (its weights were not loaded)");
+        return -1;
+    }
+    const avq_ae_decoder_config *d = &cfg->decoder;
+    if ((io == Py_None) != (mo == Py_None)) {
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), io == Py_None ? "mask was given without image: pass both or neither"
+                                                               : "image was given without mask: pass both or neither");
+        return -1;
+    }
+    const int f = avq_autoencoder_factor(self->model, 0);
+    if (io != Py_None && !d->conditional) {
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG),
+                        "this decoder has no condition (a _wocondition or SD decoder): pass neither image nor mask");
+        return -1;
+    }
+    if (!(*z = avq_py_f32_nchw(zo, "latent", d->embed_dim))) return -1;
+    if (io == Py_None) return 0;
+    const npy_intp B = PyArray_DIM(*z, 0), H = f * PyArray_DIM(*z, 2), W = f * PyArray_DIM(*z, 3);
+    if (!(*image = avq_py_f32_nchw(io, "image", d->out_channels)) || !(*mask = avq_py_f32_nchw(mo, "mask", 1)))
+        goto fail;
+    if (!avq_py_same_dims(*image, B, d->out_channels, H, W)) {
+        PyErr_Format(avq_py_exc(AVQ_ERR_SHAPE), "image must have shape [%zd, %d, %zd, %zd] (%d x the latent's size)",
+                     (Py_ssize_t)B, d->out_channels, (Py_ssize_t)H, (Py_ssize_t)W, f);
+        goto fail;
+    }
+    if (!avq_py_same_dims(*mask, B, 1, H, W)) {
+        PyErr_Format(avq_py_exc(AVQ_ERR_SHAPE), "mask must have the image's shape [B, 1, H, W] = [%zd, 1, %zd, %zd]",
+                     (Py_ssize_t)B, (Py_ssize_t)H, (Py_ssize_t)W);
+        goto fail;
+    }
+    return 0;
+fail:
+    Py_CLEAR(*z);
+    Py_CLEAR(*image);
+    Py_CLEAR(*mask);
+    return -1;
 }
 
-static PyObject *ae_get_has_decoder(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    return PyBool_FromLong(avq_autoencoder_get_config(self->model)->has_decoder);
+static PyObject *ae_check_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
+    PyArrayObject *z, *image, *mask;
+    if (decode_inputs(self, args, kw, &z, &image, &mask) < 0) return NULL;
+    Py_DECREF(z);
+    Py_XDECREF(image);
+    Py_XDECREF(mask);
+    Py_RETURN_NONE;
 }
 
-static PyObject *ae_get_conditional(AutoencoderObject *self, void *closure) {
-    (void)closure;
-    const avq_autoencoder_config *c = avq_autoencoder_get_config(self->model);
-    return PyBool_FromLong(c->has_decoder && c->decoder.conditional);
+static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
+    PyArrayObject *z, *image, *mask;
+    if (decode_inputs(self, args, kw, &z, &image, &mask) < 0) return NULL;
+    const avq_ae_decoder_config *d = &avq_autoencoder_get_config(self->model)->decoder;
+    const int f = avq_autoencoder_factor(self->model, 0);
+    const npy_intp B = PyArray_DIM(z, 0), H = f * PyArray_DIM(z, 2), W = f * PyArray_DIM(z, 3);
+    npy_intp od[4] = {B, d->out_channels, H, W};
+    PyObject *out = PyArray_SimpleNew(4, od, NPY_FLOAT32);
+    if (out) {
+        run_args a = {.model = self->model,
+                      .latent = PyArray_DATA(z),
+                      .image = data_or_null(image),
+                      .mask = data_or_null(mask),
+                      .out = PyArray_DATA((PyArrayObject *)out)};
+        avq_py_plan_key key = {image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE, {B, H, W, 0}};
+        out = avq_py_plan_cache_call(&self->plans, &key, run_decode, &a, out);
+    }
+    Py_DECREF(z);
+    Py_XDECREF(image);
+    Py_XDECREF(mask);
+    return out;
 }
+
+/* ---- the type: the model protocol (model.h) and the above -------------- */
 
 static PyMethodDef ae_methods[] = {
-    {"encode", (PyCFunction)(void (*)(void))ae_encode, METH_VARARGS | METH_KEYWORDS,
-     "encode(image, noise=None) -> (mean, logvar) or (mean, logvar, mean + exp(logvar / 2) * noise)."},
-    {"decode", (PyCFunction)(void (*)(void))ae_decode, METH_VARARGS | METH_KEYWORDS,
-     "decode(latent, image=None, mask=None) -> float32 [B, 3, H, W]; image and mask for the conditional decoder."},
-    {"clear_plans", (PyCFunction)ae_clear, METH_NOARGS, "Free every cached plan (they are rebuilt on demand)."},
+    AVQ_PY_KW_METHOD("encode", ae_encode,
+                     "encode(image, noise=None) -> (mean, logvar) or (mean, logvar, mean + exp(logvar / 2) * noise)."),
+    AVQ_PY_KW_METHOD("decode", ae_decode,
+                     "decode(latent, image=None, mask=None) -> float32 [B, 3, H, W]; image and mask for the "
+                     "conditional decoder."),
+    AVQ_PY_KW_METHOD("check_encode", ae_check_encode,
+                     "check_encode(image, noise=None): raises what encode would for these arguments, runs nothing."),
+    AVQ_PY_KW_METHOD("check_decode", ae_check_decode,
+                     "check_decode(latent, image=None, mask=None): raises what decode would, runs nothing."),
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef ae_getset[] = {
-    {"num_parameters", (getter)ae_get_num_parameters, NULL, "Parameters held.", NULL},
-    {"precision", (getter)ae_get_precision, NULL, "Activation precision: 'fp32' or 'bf16'.", NULL},
-    {"memory_bytes", (getter)ae_get_memory_bytes, NULL, "Activation arena + scratchpad bytes of all cached plans.",
-     NULL},
-    {"plans", (getter)ae_get_plans, NULL, "(task, batch, height, width, bytes) of each cached plan.", NULL},
-    {"has_encoder", (getter)ae_get_has_encoder, NULL, "Whether the encoder was loaded.", NULL},
-    {"has_decoder", (getter)ae_get_has_decoder, NULL, "Whether a decoder was loaded.", NULL},
-    {"conditional", (getter)ae_get_conditional, NULL, "Whether the decoder merges the mask condition.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
+static PyType_Slot ae_slots[] = {AVQ_PY_TYPE_SLOTS(
+    ae_new, ae_methods,
+    "KL encoder and (asymmetric) decoders on a dict of checkpoint arrays (private: use asymvq.Autoencoder).")};
 
-static PyType_Slot ae_slots[] = {
-    {Py_tp_new, ae_new},
-    {Py_tp_dealloc, ae_dealloc},
-    {Py_tp_methods, ae_methods},
-    {Py_tp_getset, ae_getset},
-    {Py_tp_doc,
-     "KL encoder and (asymmetric) decoders on a dict of checkpoint arrays (private: use asymvq.Autoencoder)."},
-    {0, NULL},
-};
+static PyType_Spec ae_spec = {"asymvq._core.Autoencoder", sizeof(avq_py_model), 0, Py_TPFLAGS_DEFAULT, ae_slots};
 
-static PyType_Spec ae_spec = {
-    "asymvq._core.Autoencoder", sizeof(AutoencoderObject), 0, Py_TPFLAGS_DEFAULT, ae_slots,
-};
-
-int avq_py_add_autoencoder(PyObject *m) {
-    PyObject *type = PyType_FromSpec(&ae_spec);
-    if (!type) return -1;
-    if (PyModule_AddObject(m, "Autoencoder", type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    return 0;
-}
+int avq_py_add_autoencoder(PyObject *m) { return avq_py_model_add_type(m, &ae_spec, NULL); }

@@ -6,7 +6,8 @@
  * Python still sees it and raises KeyboardInterrupt once the call is back. */
 #include <signal.h>
 
-#include "common.h"
+#include "errors.h"
+#include "interrupt.h"
 
 static volatile int sigint_seen;
 static int depth;                /* calls in progress; changed with the GIL held */

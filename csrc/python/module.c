@@ -1,89 +1,17 @@
-/* asymvq._core: multi-phase init; engine info and threads; the ops test surface. */
+/* asymvq._core: multi-phase init with the exception classes in the module
+ * state; engine info and threads; the ops test surface and the models come
+ * from the binding files (bindings.h). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#define PY_ARRAY_UNIQUE_SYMBOL avq_ARRAY_API
-#include <numpy/arrayobject.h>
+/* This file defines NumPy's C API table; every other file imports it (arrays.h). */
+#define AVQ_PY_DEFINES_ARRAY_API
+#include "arrays.h"
+#include "bindings.h"
+#include "errors.h"
 
-#include "common.h"
-
-PyObject *avq_py_raise(avq_status st) {
-    PyObject *exc;
-    switch (st) {
-    case AVQ_ERR_ARG:
-    case AVQ_ERR_SHAPE:
-    case AVQ_ERR_IO: exc = PyExc_ValueError; break;
-    case AVQ_ERR_DTYPE: exc = PyExc_TypeError; break;
-    case AVQ_ERR_MEMORY: exc = PyExc_MemoryError; break;
-    case AVQ_ERR_ABORTED: exc = PyExc_KeyboardInterrupt; break;
-    case AVQ_ERR_NUMERIC: exc = PyExc_FloatingPointError; break;
-    default: exc = PyExc_RuntimeError; break;
-    }
-    if (!PyErr_Occurred()) PyErr_SetString(exc, avq_last_error());
-    return NULL;
-}
-
-int avq_py_precision(PyObject *obj, avq_dtype *out) {
-    if (!obj || obj == Py_None) {
-        *out = AVQ_F32;
-        return 0;
-    }
-    if (PyUnicode_Check(obj)) {
-        if (PyUnicode_CompareWithASCIIString(obj, "fp32") == 0 || PyUnicode_CompareWithASCIIString(obj, "float32") == 0) {
-            *out = AVQ_F32;
-            return 0;
-        }
-        if (PyUnicode_CompareWithASCIIString(obj, "bf16") == 0 || PyUnicode_CompareWithASCIIString(obj, "bfloat16") == 0) {
-            *out = AVQ_BF16;
-            return 0;
-        }
-    }
-    PyErr_Format(PyExc_ValueError, "precision must be \"fp32\" or \"bf16\", got %R", obj);
-    return -1;
-}
-
-PyArrayObject *avq_py_f32(PyObject *obj, const char *name, int ndim_min, int ndim_max) {
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a numpy.ndarray of float32, got %s", name, Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_TYPE(a) != NPY_FLOAT32) {
-        PyErr_Format(PyExc_TypeError, "%s must have dtype float32, got %s", name, PyArray_DESCR(a)->typeobj->tp_name);
-        return NULL;
-    }
-    int nd = PyArray_NDIM(a);
-    if (nd < ndim_min || nd > ndim_max) {
-        if (ndim_min == ndim_max)
-            PyErr_Format(PyExc_ValueError, "%s must be %d-D, got %d-D", name, ndim_min, nd);
-        else
-            PyErr_Format(PyExc_ValueError, "%s must be %d-D to %d-D, got %d-D", name, ndim_min, ndim_max, nd);
-        return NULL;
-    }
-    if (PyArray_SIZE(a) == 0) {
-        PyErr_Format(PyExc_ValueError, "%s is empty (shape has a zero)", name);
-        return NULL;
-    }
-    return (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
-}
-
-avq_tensor avq_py_tensor(PyArrayObject *a) {
-    int64_t d[AVQ_MAX_DIMS];
-    int nd = PyArray_NDIM(a);
-    for (int i = 0; i < nd && i < AVQ_MAX_DIMS; i++) d[i] = PyArray_DIM(a, i);
-    avq_tensor t = avq_tensor_make(AVQ_F32, AVQ_PLAIN, nd, d);
-    t.data = PyArray_DATA(a);
-    return t;
-}
-
-avq_weight avq_py_weight(PyArrayObject *a, const char *name) {
-    int64_t d[4] = {1, 1, 1, 1};
-    int nd = PyArray_NDIM(a);
-    for (int i = 0; i < nd && i < 4; i++) d[i] = PyArray_DIM(a, i);
-    avq_weight w;
-    avq_weight_init(&w, name, AVQ_F32, nd, d, PyArray_DATA(a));
-    return w;
-}
+#include "core/engine.h"
+#include "ops/ops.h"
 
 static PyObject *py_info(PyObject *self, PyObject *noargs) {
     (void)self;
@@ -105,7 +33,7 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
     if (n < 1 || n > 4096) {
-        PyErr_Format(PyExc_ValueError, "num_threads must be between 1 and 4096, got %ld", n);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "num_threads must be between 1 and 4096, got %ld", n);
         return NULL;
     }
     avq_status st = avq_set_num_threads((int)n);
@@ -153,6 +81,7 @@ static PyMethodDef core_methods[] = {
 
 static int core_exec(PyObject *m) {
     import_array1(-1);
+    if (avq_py_errors_init(m, PyModule_GetState(m)) < 0) return -1;
     PyObject *ops = avq_ops_module();
     if (!ops) return -1;
     if (PyModule_AddObject(m, "ops", ops) < 0) {
@@ -171,9 +100,23 @@ static PyModuleDef_Slot core_slots[] = {
     {0, NULL},
 };
 
+static int core_traverse(PyObject *m, visitproc visit, void *arg) {
+    avq_py_state *state = PyModule_GetState(m);
+    return state ? avq_py_errors_traverse(state, visit, arg) : 0;
+}
+
+static int core_clear(PyObject *m) {
+    avq_py_state *state = PyModule_GetState(m);
+    if (state) avq_py_errors_clear(state);
+    return 0;
+}
+
+static void core_free(void *m) { core_clear(m); }
+
+/* The state holds the exception classes (errors.h). */
 static struct PyModuleDef core_def = {
-    PyModuleDef_HEAD_INIT, "asymvq._core", "asymvq's C core (private: use the asymvq package).", 0, core_methods,
-    core_slots, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "asymvq._core", "asymvq's C core (private: use the asymvq package).",
+    sizeof(avq_py_state), core_methods, core_slots, core_traverse, core_clear, core_free,
 };
 
 PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&core_def); }

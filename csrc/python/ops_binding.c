@@ -9,7 +9,9 @@
 #include <math.h>
 #include <time.h>
 
+#include "bindings.h"
 #include "common.h"
+#include "pytypes.h"
 
 #define MAX_IN 6
 
@@ -133,7 +135,7 @@ static int parse_act(PyObject *o, avq_act *act) {
                 *act = (avq_act)i;
                 return 0;
             }
-    PyErr_Format(PyExc_ValueError, "activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got %R", o);
+    PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got %R", o);
     return -1;
 }
 
@@ -148,6 +150,59 @@ static void dims_of(PyArrayObject *a, int64_t *d) {
     for (int i = 0; i < PyArray_NDIM(a); i++) d[i] = PyArray_DIM(a, i);
 }
 
+/* Releases the op's arrays; returns NULL (for `return release(...)`). */
+static PyObject *release(PyArrayObject **arr, int n) {
+    for (int i = 0; i < n; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
+/* Starts an op: no inputs yet, the precision parsed. -1 with an exception set. */
+static int op_begin(op_call *c, PyObject *precision) {
+    memset(c, 0, sizeof *c);
+    return avq_py_precision(precision, &c->dt);
+}
+
+/* The op's array arguments objs[0..n) as float32 arrays of lo..hi dims (named
+ * names[i] in errors), each added as an input in order. 0, or -1 with an
+ * exception set and none held. */
+static int op_inputs(op_call *c, PyArrayObject **arr, int n, PyObject *const *objs, const char *const *names, int lo,
+                     int hi) {
+    for (int i = 0; i < n; i++) {
+        if (!(arr[i] = avq_py_f32(objs[i], names[i], lo, hi))) {
+            release(arr, i);
+            return -1;
+        }
+        add_input(c, arr[i], 0);
+    }
+    return 0;
+}
+
+/* Parses the (x, precision='fp32') of a unary op and loads x (lo..hi dims). */
+static int op_unary(PyObject *args, PyObject *kw, op_call *c, PyArrayObject **x, int lo, int hi) {
+    static char *kwl[] = {"x", "precision", NULL};
+    static const char *const names[] = {"x"};
+    PyObject *xo, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr) || op_begin(c, pr) < 0) return -1;
+    return op_inputs(c, x, 1, &xo, names, lo, hi);
+}
+
+/* Parses the (a, b, precision='fp32') of a binary op and loads a and b. */
+static int op_binary(PyObject *args, PyObject *kw, op_call *c, PyArrayObject **arr, int lo, int hi) {
+    static char *kwl[] = {"a", "b", "precision", NULL};
+    static const char *const names[] = {"a", "b"};
+    PyObject *objs[2], *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &objs[0], &objs[1], &pr) || op_begin(c, pr) < 0) return -1;
+    return op_inputs(c, arr, 2, objs, names, lo, hi);
+}
+
+/* Runs `body` with an output of the first input's shape (consumes the arrays). */
+static PyObject *run_like_first(op_call *c, op_body body, PyArrayObject **arr, int n) {
+    int64_t od[AVQ_MAX_DIMS];
+    dims_of(arr[0], od);
+    c->body = body;
+    return run(c, arr, n, PyArray_NDIM(arr[0]), od);
+}
+
 /* ---- conv2d ---- */
 
 static avq_status body_conv(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
@@ -159,14 +214,14 @@ static avq_status body_conv(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor 
 /* A Python int that fits a C int (a silent truncation would change the op). */
 static int int_value(PyObject *o, const char *name, int *out) {
     if (!PyLong_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s values must be ints, got %R", name, o);
+        PyErr_Format(avq_py_exc(AVQ_ERR_DTYPE), "%s values must be ints, got %R", name, o);
         return -1;
     }
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
     if (overflow || v < INT_MIN || v > INT_MAX) {
-        PyErr_Format(PyExc_ValueError, "%s value %R is out of range", name, o);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s value %R is out of range", name, o);
         return -1;
     }
     *out = (int)v;
@@ -197,7 +252,7 @@ static int parse_pair_or_quad(PyObject *o, const char *name, int *vals, int n4) 
             return 0;
         }
     }
-    PyErr_Format(PyExc_ValueError, "%s must be an int, a pair%s; got %R", name, n4 == 4 ? " or (top, left, bottom, right)" : "", o);
+    PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s must be an int, a pair%s; got %R", name, n4 == 4 ? " or (top, left, bottom, right)" : "", o);
     return -1;
 }
 
@@ -213,7 +268,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     else if (!strcmp(algo, "direct")) alg = AVQ_CONV_DIRECT;
     else if (!strcmp(algo, "winograd")) alg = AVQ_CONV_WINOGRAD;
     else {
-        PyErr_Format(PyExc_ValueError, "algorithm must be 'auto', 'direct' or 'winograd', got '%s'", algo);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "algorithm must be 'auto', 'direct' or 'winograd', got '%s'", algo);
         return NULL;
     }
     op_call c;
@@ -229,12 +284,12 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     if (ro != Py_None && !(arr[na++] = avq_py_f32(ro, "residual", 4, 4))) goto fail;
     PyArrayObject *x = arr[0], *w = arr[1];
     if (PyArray_DIM(x, 1) != PyArray_DIM(w, 1)) {
-        PyErr_Format(PyExc_ValueError, "x has %zd channels but weight expects %zd (weight shape [O, I, kh, kw])",
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "x has %zd channels but weight expects %zd (weight shape [O, I, kh, kw])",
                      (Py_ssize_t)PyArray_DIM(x, 1), (Py_ssize_t)PyArray_DIM(w, 1));
         goto fail;
     }
     if (bo != Py_None && PyArray_DIM(arr[2], 0) != PyArray_DIM(w, 0)) {
-        PyErr_Format(PyExc_ValueError, "bias must have shape [%zd] (one value per output channel of weight), got [%zd]",
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "bias must have shape [%zd] (one value per output channel of weight), got [%zd]",
                      (Py_ssize_t)PyArray_DIM(w, 0), (Py_ssize_t)PyArray_DIM(arr[2], 0));
         goto fail;
     }
@@ -254,7 +309,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         npy_intp full[4] = {od[0], od[1], od[2], od[3]}, chan[4] = {od[0], od[1], 1, 1};
         PyArrayObject *r = arr[na - 1];
         if (!shape_eq(r, 4, full) && !shape_eq(r, 4, chan)) {
-            PyErr_Format(PyExc_ValueError, "residual must have the output shape [%lld, %lld, %lld, %lld] or [N, C, 1, 1]",
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "residual must have the output shape [%lld, %lld, %lld, %lld] or [N, C, 1, 1]",
                          (long long)od[0], (long long)od[1], (long long)od[2], (long long)od[3]);
             goto fail;
         }
@@ -289,7 +344,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *x = arr[0], *w = arr[1];
     int nd = PyArray_NDIM(x);
     if (PyArray_DIM(x, nd - 1) != PyArray_DIM(w, 1)) {
-        PyErr_Format(PyExc_ValueError, "x has %zd features but weight [out, in] expects %zd", (Py_ssize_t)PyArray_DIM(x, nd - 1),
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "x has %zd features but weight [out, in] expects %zd", (Py_ssize_t)PyArray_DIM(x, nd - 1),
                      (Py_ssize_t)PyArray_DIM(w, 1));
         goto fail;
     }
@@ -297,7 +352,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (bo != Py_None) {
         if (!(arr[na++] = avq_py_f32(bo, "bias", 1, 1))) goto fail;
         if (PyArray_DIM(arr[na - 1], 0) != PyArray_DIM(w, 0)) {
-            PyErr_Format(PyExc_ValueError, "bias must have shape [%zd]", (Py_ssize_t)PyArray_DIM(w, 0));
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "bias must have shape [%zd]", (Py_ssize_t)PyArray_DIM(w, 0));
             goto fail;
         }
         c.w[c.nw++] = avq_py_weight(arr[na - 1], "bias");
@@ -313,7 +368,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
         if (extra[i] == Py_None) continue;
         if (!(arr[na++] = avq_py_f32(extra[i], ename[i], nd, nd))) goto fail;
         if (!shape_eq(arr[na - 1], nd, odn)) {
-            PyErr_Format(PyExc_ValueError, "%s must have the output's shape", ename[i]);
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s must have the output's shape", ename[i]);
             goto fail;
         }
         int idx = add_input(&c, arr[na - 1], 0);
@@ -335,32 +390,26 @@ static avq_status body_matmul(avq_plan *p, op_call *c, avq_tensor *in, avq_tenso
 static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"a", "b", "trans_b", "alpha", "precision", NULL};
-    PyObject *ao, *bo, *pr = NULL;
+    static const char *const names[] = {"a", "b"};
+    PyObject *objs[2], *pr = NULL;
     int tb = 0;
     float alpha = 1.f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pfO", kwl, &ao, &bo, &tb, &alpha, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[2] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ao, "a", 3, 3)) || !(arr[na++] = avq_py_f32(bo, "b", 3, 3))) goto fail;
+    PyArrayObject *arr[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pfO", kwl, &objs[0], &objs[1], &tb, &alpha, &pr) ||
+        op_begin(&c, pr) < 0 || op_inputs(&c, arr, 2, objs, names, 3, 3) < 0)
+        return NULL;
     PyArrayObject *a = arr[0], *b = arr[1];
     npy_intp K = PyArray_DIM(a, 2), Kb = PyArray_DIM(b, tb ? 2 : 1), N = PyArray_DIM(b, tb ? 1 : 2);
     if (PyArray_DIM(a, 0) != PyArray_DIM(b, 0) || K != Kb) {
-        PyErr_Format(PyExc_ValueError, "matmul: a [B, M, K] and b [B, %s] do not fit", tb ? "N, K" : "K, N");
-        goto fail;
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "matmul: a [B, M, K] and b [B, %s] do not fit", tb ? "N, K" : "K, N");
+        return release(arr, 2);
     }
     c.i0 = tb;
     c.f0 = alpha;
-    add_input(&c, a, 0);
-    add_input(&c, b, 0);
     c.body = body_matmul;
     int64_t od[3] = {PyArray_DIM(a, 0), PyArray_DIM(a, 1), N};
-    return run(&c, arr, na, 3, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run(&c, arr, 2, 3, od);
 }
 
 static avq_status body_softmax(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
@@ -370,19 +419,9 @@ static avq_status body_softmax(avq_plan *p, op_call *c, avq_tensor *in, avq_tens
 
 static PyObject *py_softmax(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"x", "precision", NULL};
-    PyObject *xo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 1, 3);
-    if (!x) return NULL;
-    add_input(&c, x, 0);
-    c.body = body_softmax;
-    int64_t od[3];
-    dims_of(x, od);
-    return run(&c, &x, 1, PyArray_NDIM(x), od);
+    PyArrayObject *x;
+    return op_unary(args, kw, &c, &x, 1, 3) < 0 ? NULL : run_like_first(&c, body_softmax, &x, 1);
 }
 
 /* ---- attention ---- */
@@ -394,38 +433,25 @@ static avq_status body_attention(avq_plan *p, op_call *c, avq_tensor *in, avq_te
 static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"q", "k", "v", "heads", "scale", "causal", "precision", NULL};
-    PyObject *qo, *ko, *vo, *so = Py_None, *pr = NULL;
+    static const char *const names[] = {"q", "k", "v"};
+    PyObject *objs[3], *so = Py_None, *pr = NULL;
     int heads, causal = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OpO", kwl, &qo, &ko, &vo, &heads, &so, &causal, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[3] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(qo, "q", 3, 3)) || !(arr[na++] = avq_py_f32(ko, "k", 3, 3)) ||
-        !(arr[na++] = avq_py_f32(vo, "v", 3, 3)))
-        goto fail;
+    PyArrayObject *arr[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOi|OpO", kwl, &objs[0], &objs[1], &objs[2], &heads, &so, &causal,
+                                     &pr) ||
+        op_begin(&c, pr) < 0 || op_inputs(&c, arr, 3, objs, names, 3, 3) < 0)
+        return NULL;
     npy_intp C = PyArray_DIM(arr[0], 2);
     if (heads < 1 || C % heads) {
-        PyErr_Format(PyExc_ValueError, "heads must divide the %zd features of q, got %d", (Py_ssize_t)C, heads);
-        goto fail;
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "heads must divide the %zd features of q, got %d", (Py_ssize_t)C, heads);
+        return release(arr, 3);
     }
-    if (so == Py_None) {
-        c.f0 = 1.f / sqrtf((float)(C / heads));
-    } else {
-        c.f0 = (float)PyFloat_AsDouble(so);
-        if (PyErr_Occurred()) goto fail;
-    }
+    c.f0 = so == Py_None ? 1.f / sqrtf((float)(C / heads)) : (float)PyFloat_AsDouble(so);
+    if (PyErr_Occurred()) return release(arr, 3);
     c.i0 = heads;
     c.i1 = causal;
-    for (int i = 0; i < 3; i++) add_input(&c, arr[i], 0);
-    c.body = body_attention;
-    int64_t od[3];
-    dims_of(arr[0], od);
-    return run(&c, arr, na, 3, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run_like_first(&c, body_attention, arr, 3);
 }
 
 /* ---- norms ---- */
@@ -458,19 +484,19 @@ static PyObject *norm_common(PyObject *args, PyObject *kw, int group) {
     PyArrayObject *x = arr[0];
     npy_intp C = group ? PyArray_DIM(x, 1) : PyArray_DIM(x, PyArray_NDIM(x) - 1);
     if (group && PyArray_NDIM(x) == 3) {
-        PyErr_SetString(PyExc_ValueError, "x must be [N, C] or [N, C, H, W] for group_norm");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "x must be [N, C] or [N, C, H, W] for group_norm");
         goto fail;
     }
     if (PyArray_DIM(arr[1], 0) != C || PyArray_DIM(arr[2], 0) != C) {
-        PyErr_Format(PyExc_ValueError, "weight and bias must have shape [%zd]", (Py_ssize_t)C);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "weight and bias must have shape [%zd]", (Py_ssize_t)C);
         goto fail;
     }
     if (group && (groups < 1 || C % groups)) {
-        PyErr_Format(PyExc_ValueError, "groups must divide the %zd channels, got %d", (Py_ssize_t)C, groups);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "groups must divide the %zd channels, got %d", (Py_ssize_t)C, groups);
         goto fail;
     }
     if (!(eps > 0.f)) {
-        PyErr_SetString(PyExc_ValueError, "eps must be > 0");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "eps must be > 0");
         goto fail;
     }
     c.w[c.nw++] = avq_py_weight(arr[1], "weight");
@@ -521,37 +547,26 @@ static avq_status body_temb(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor 
 static PyObject *py_activation(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"x", "kind", "precision", NULL};
+    static const char *const names[] = {"x"};
     PyObject *xo, *ko, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &xo, &ko, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0 || parse_act(ko, &c.act) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 1, 4);
-    if (!x) return NULL;
-    add_input(&c, x, 0);
-    c.body = body_act;
-    int64_t od[4];
-    dims_of(x, od);
-    return run(&c, &x, 1, PyArray_NDIM(x), od);
+    PyArrayObject *x;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &xo, &ko, &pr) || op_begin(&c, pr) < 0 ||
+        parse_act(ko, &c.act) < 0 || op_inputs(&c, &x, 1, &xo, names, 1, 4) < 0)
+        return NULL;
+    return run_like_first(&c, body_act, &x, 1);
 }
 
 static PyObject *py_geglu(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"x", "precision", NULL};
-    PyObject *xo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwl, &xo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 2, 3);
-    if (!x) return NULL;
+    PyArrayObject *x;
+    if (op_unary(args, kw, &c, &x, 2, 3) < 0) return NULL;
     int nd = PyArray_NDIM(x);
     if (PyArray_DIM(x, nd - 1) % 2) {
-        Py_DECREF(x);
-        PyErr_SetString(PyExc_ValueError, "geglu: the last dim of x must be even ([value | gate])");
-        return NULL;
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "geglu: the last dim of x must be even ([value | gate])");
+        return release(&x, 1);
     }
-    add_input(&c, x, 0);
     c.body = body_geglu;
     int64_t od[3];
     dims_of(x, od);
@@ -560,25 +575,11 @@ static PyObject *py_geglu(PyObject *self, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *binary_common(PyObject *args, PyObject *kw, int is_mul) {
-    static char *kwl[] = {"a", "b", "precision", NULL};
-    PyObject *ao, *bo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &ao, &bo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[2] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ao, "a", 1, 4)) || !(arr[na++] = avq_py_f32(bo, "b", 1, 4))) goto fail;
+    PyArrayObject *arr[2];
+    if (op_binary(args, kw, &c, arr, 1, 4) < 0) return NULL;
     c.i0 = is_mul;
-    add_input(&c, arr[0], 0);
-    add_input(&c, arr[1], 0);
-    c.body = body_add;
-    int64_t od[4];
-    dims_of(arr[0], od);
-    return run(&c, arr, na, PyArray_NDIM(arr[0]), od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run_like_first(&c, body_add, arr, 2);
 }
 static PyObject *py_add(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 0); }
 static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 1); }
@@ -586,62 +587,39 @@ static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) { (void)s; return
 static PyObject *py_blend(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwl[] = {"h", "f", "mask", "precision", NULL};
-    PyObject *ho, *fo, *mo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwl, &ho, &fo, &mo, &pr)) return NULL;
+    static const char *const names[] = {"h", "f", "mask"};
+    PyObject *objs[3], *pr = NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[3] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ho, "h", 4, 4)) || !(arr[na++] = avq_py_f32(fo, "f", 4, 4)) ||
-        !(arr[na++] = avq_py_f32(mo, "mask", 4, 4)))
-        goto fail;
-    for (int i = 0; i < 3; i++) add_input(&c, arr[i], 0);
-    c.body = body_blend;
-    int64_t od[4];
-    dims_of(arr[0], od);
-    return run(&c, arr, na, 4, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    PyArrayObject *arr[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwl, &objs[0], &objs[1], &objs[2], &pr) ||
+        op_begin(&c, pr) < 0 || op_inputs(&c, arr, 3, objs, names, 4, 4) < 0)
+        return NULL;
+    return run_like_first(&c, body_blend, arr, 3);
 }
 
 static PyObject *py_concat(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"a", "b", "precision", NULL};
-    PyObject *ao, *bo, *pr = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwl, &ao, &bo, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *arr[2] = {0};
-    int na = 0;
-    if (!(arr[na++] = avq_py_f32(ao, "a", 4, 4)) || !(arr[na++] = avq_py_f32(bo, "b", 4, 4))) goto fail;
-    add_input(&c, arr[0], 0);
-    add_input(&c, arr[1], 0);
+    PyArrayObject *arr[2];
+    if (op_binary(args, kw, &c, arr, 4, 4) < 0) return NULL;
     c.body = body_concat;
     int64_t od[4];
     dims_of(arr[0], od);
     od[1] += PyArray_DIM(arr[1], 1);
-    return run(&c, arr, na, 4, od);
-fail:
-    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
-    return NULL;
+    return run(&c, arr, 2, 4, od);
 }
 
 static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
     static char *kwu[] = {"x", "precision", NULL};
     static char *kwr[] = {"x", "size", "precision", NULL};
+    static const char *const names[] = {"x"};
     PyObject *xo, *pr = NULL;
     int oh = 0, ow = 0;
     int ok = up2 ? PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwu, &xo, &pr)
                  : PyArg_ParseTupleAndKeywords(args, kw, "O(ii)|O", kwr, &xo, &oh, &ow, &pr);
-    if (!ok) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
-    PyArrayObject *x = avq_py_f32(xo, "x", 4, 4);
-    if (!x) return NULL;
+    PyArrayObject *x;
+    if (!ok || op_begin(&c, pr) < 0 || op_inputs(&c, &x, 1, &xo, names, 4, 4) < 0) return NULL;
     int64_t od[4];
     dims_of(x, od);
     if (up2) {
@@ -649,15 +627,13 @@ static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
         od[3] *= 2;
     } else {
         if (oh < 1 || ow < 1) {
-            Py_DECREF(x);
-            PyErr_Format(PyExc_ValueError, "size must be positive (height, width), got (%d, %d)", oh, ow);
-            return NULL;
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "size must be positive (height, width), got (%d, %d)", oh, ow);
+            return release(&x, 1);
         }
         od[2] = oh;
         od[3] = ow;
     }
     c.i0 = up2;
-    add_input(&c, x, 0);
     c.body = body_resize;
     return run(&c, &x, 1, 4, od);
 }
@@ -670,12 +646,11 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
     PyObject *to, *pr = NULL;
     int dim;
     float maxp = 10000.f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|fO", kwl, &to, &dim, &maxp, &pr)) return NULL;
     op_call c;
-    memset(&c, 0, sizeof c);
-    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|fO", kwl, &to, &dim, &maxp, &pr) || op_begin(&c, pr) < 0)
+        return NULL;
     if (dim < 2 || dim % 2) {
-        PyErr_Format(PyExc_ValueError, "dim must be even and >= 2, got %d", dim);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "dim must be even and >= 2, got %d", dim);
         return NULL;
     }
     PyArrayObject *t = avq_py_f32(to, "t", 1, 1);
@@ -691,7 +666,7 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
 static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
     Py_ssize_t n = PyTuple_Size(args);
     if (n < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
-        PyErr_SetString(PyExc_TypeError, "timeit(name, *args, repeat=10, **kwargs): name must be an op name (str)");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_DTYPE), "timeit(name, *args, repeat=10, **kwargs): name must be an op name (str)");
         return NULL;
     }
     PyObject *name = PyTuple_GET_ITEM(args, 0);
@@ -700,7 +675,7 @@ static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
     if (PyUnicode_CompareWithASCIIString(name, "timeit") == 0 || !(fn = PyObject_GetAttr(self, name)) ||
         !PyCFunction_Check(fn)) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "timeit: %R is not an op of asymvq._core.ops", name);
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "timeit: %R is not an op of asymvq._core.ops", name);
         goto done;
     }
     if (!(kw2 = kw ? PyDict_Copy(kw) : PyDict_New())) goto done;
@@ -709,7 +684,7 @@ static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
         long v = PyLong_Check(r) ? PyLong_AsLong(r) : -1;
         if (v < 1 || v > 1000000) {
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "repeat must be an int between 1 and 1000000, got %R", r);
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "repeat must be an int between 1 and 1000000, got %R", r);
             goto done;
         }
         tm.repeat = (int)v;
@@ -721,7 +696,7 @@ static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
     t_timing = NULL;
     if (!res) goto done;
     if (tm.best < 0.0) {
-        PyErr_SetString(PyExc_RuntimeError, "timeit: the op did not run");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_INTERNAL), "timeit: the op did not run");
         goto done;
     }
     ret = PyFloat_FromDouble(tm.best);
@@ -734,44 +709,48 @@ done:
 }
 
 static PyMethodDef ops_methods[] = {
-    {"conv2d", (PyCFunction)(void (*)(void))py_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32', "
-     "algorithm='auto')"},
-    {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS,
-     "linear(x, weight, bias=None, activation=None, mul=None, add=None, precision='fp32')"},
-    {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,
-     "matmul(a, b, trans_b=False, alpha=1.0, precision='fp32')"},
-    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_VARARGS | METH_KEYWORDS, "softmax(x, precision='fp32')"},
-    {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
-     "attention(q, k, v, heads, scale=None, causal=False, precision='fp32')"},
-    {"group_norm", (PyCFunction)(void (*)(void))py_group_norm, METH_VARARGS | METH_KEYWORDS,
-     "group_norm(x, weight, bias, groups=32, eps=1e-5, silu=False, precision='fp32')"},
-    {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
-     "layer_norm(x, weight, bias, eps=1e-5, precision='fp32')"},
-    {"activation", (PyCFunction)(void (*)(void))py_activation, METH_VARARGS | METH_KEYWORDS,
-     "activation(x, kind, precision='fp32'), kind in relu, silu, gelu, quick_gelu"},
-    {"geglu", (PyCFunction)(void (*)(void))py_geglu, METH_VARARGS | METH_KEYWORDS, "geglu(x, precision='fp32')"},
-    {"add", (PyCFunction)(void (*)(void))py_add, METH_VARARGS | METH_KEYWORDS, "add(a, b, precision='fp32')"},
-    {"mul", (PyCFunction)(void (*)(void))py_mul, METH_VARARGS | METH_KEYWORDS, "mul(a, b, precision='fp32')"},
-    {"blend", (PyCFunction)(void (*)(void))py_blend, METH_VARARGS | METH_KEYWORDS,
-     "blend(h, f, mask, precision='fp32') = h * mask + f * (1 - mask)"},
-    {"concat", (PyCFunction)(void (*)(void))py_concat, METH_VARARGS | METH_KEYWORDS, "concat(a, b, precision='fp32')"},
-    {"upsample2x", (PyCFunction)(void (*)(void))py_upsample2x, METH_VARARGS | METH_KEYWORDS,
-     "upsample2x(x, precision='fp32')"},
-    {"resize_nearest", (PyCFunction)(void (*)(void))py_resize_nearest, METH_VARARGS | METH_KEYWORDS,
-     "resize_nearest(x, size, precision='fp32')"},
-    {"timestep_embedding", (PyCFunction)(void (*)(void))py_timestep_embedding, METH_VARARGS | METH_KEYWORDS,
-     "timestep_embedding(t, dim, max_period=10000.0, precision='fp32')"},
-    {"timeit", (PyCFunction)(void (*)(void))py_timeit, METH_VARARGS | METH_KEYWORDS,
-     "timeit(name, *args, repeat=10, **kwargs) -> float: builds the plan of ops.<name>(*args, **kwargs) once, runs it "
-     "`repeat` times and returns the best seconds of the op itself (input/output layout conversions excluded)"},
+    AVQ_PY_KW_METHOD(
+        "conv2d", py_conv2d,
+        "conv2d(x, weight, bias=None, stride=1, padding=0, activation=None, residual=None, precision='fp32', "
+        "algorithm='auto')"),
+    AVQ_PY_KW_METHOD("linear", py_linear,
+                     "linear(x, weight, bias=None, activation=None, mul=None, add=None, precision='fp32')"),
+    AVQ_PY_KW_METHOD("matmul", py_matmul, "matmul(a, b, trans_b=False, alpha=1.0, precision='fp32')"),
+    AVQ_PY_KW_METHOD("softmax", py_softmax, "softmax(x, precision='fp32')"),
+    AVQ_PY_KW_METHOD("attention", py_attention,
+                     "attention(q, k, v, heads, scale=None, causal=False, precision='fp32')"),
+    AVQ_PY_KW_METHOD("group_norm", py_group_norm,
+                     "group_norm(x, weight, bias, groups=32, eps=1e-5, silu=False, precision='fp32')"),
+    AVQ_PY_KW_METHOD("layer_norm", py_layer_norm, "layer_norm(x, weight, bias, eps=1e-5, precision='fp32')"),
+    AVQ_PY_KW_METHOD("activation", py_activation,
+                     "activation(x, kind, precision='fp32'), kind in relu, silu, gelu, quick_gelu"),
+    AVQ_PY_KW_METHOD("geglu", py_geglu, "geglu(x, precision='fp32')"),
+    AVQ_PY_KW_METHOD("add", py_add, "add(a, b, precision='fp32')"),
+    AVQ_PY_KW_METHOD("mul", py_mul, "mul(a, b, precision='fp32')"),
+    AVQ_PY_KW_METHOD("blend", py_blend, "blend(h, f, mask, precision='fp32') = h * mask + f * (1 - mask)"),
+    AVQ_PY_KW_METHOD("concat", py_concat, "concat(a, b, precision='fp32')"),
+    AVQ_PY_KW_METHOD("upsample2x", py_upsample2x, "upsample2x(x, precision='fp32')"),
+    AVQ_PY_KW_METHOD("resize_nearest", py_resize_nearest, "resize_nearest(x, size, precision='fp32')"),
+    AVQ_PY_KW_METHOD("timestep_embedding", py_timestep_embedding,
+                     "timestep_embedding(t, dim, max_period=10000.0, precision='fp32')"),
+    AVQ_PY_KW_METHOD(
+        "timeit", py_timeit,
+        "timeit(name, *args, repeat=10, **kwargs) -> float: builds the plan of ops.<name>(*args, **kwargs) once, runs "
+        "it "
+        "`repeat` times and returns the best seconds of the op itself (input/output layout conversions excluded)"),
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef ops_def = {
-    PyModuleDef_HEAD_INIT, "asymvq._core.ops",
-    "Every op on NumPy arrays (private: for tests and benchmarks; float32 in PyTorch layouts).", -1, ops_methods,
-    NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT,
+    "asymvq._core.ops",
+    "Every op on NumPy arrays (private: for tests and benchmarks; float32 in PyTorch layouts).",
+    -1,
+    ops_methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyObject *avq_ops_module(void) { return PyModule_Create(&ops_def); }

@@ -14,15 +14,10 @@
  * The loop runs in C with the GIL released. The model is reached in one of two
  * ways:
  *
- *  - the fast path, any object with the attributes
- *      _c_unet                   a PyCapsule named "asymvq.unet" holding an avq_unet*,
- *      _c_plan_for(batch, h, w)  (optional) -> a PyCapsule named "asymvq.plan"
- *                                   holding the avq_plan* that UNet keeps for that
- *                                   input shape (batch = 2B with guidance);
- *    both pointers must stay valid while the object and the plan capsule live
- *    (the capsule is held for the whole loop), and nothing else may run that
- *    plan meanwhile. Without _c_plan_for the sampler builds a plan of its own
- *    for the call. The loop then calls avq_unet_run without the GIL.
+ *  - the fast path, an asymvq.UNet or asymvq._core.UNet (checked by type,
+ *    unet_binding.h): the loop pins the UNet's cached plan for the model
+ *    batch (2B with guidance) while it runs, so nothing else runs that plan
+ *    meanwhile, and calls avq_unet_run without the GIL.
  *  - the slow path, any callable unet(x, t, context) -> eps (x float32
  *    [N, Cin, h, w], t int64 [N] (float32 when fractional: Euler "linspace"),
  *    context float32 [N, L, D]; eps convertible to
@@ -38,20 +33,20 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "bindings.h"
 #include "common.h"
+#include "pytypes.h"
+#include "unet_binding.h"
 #include "models/unet.h"
 #include "sampling/rng.h"
 #include "sampling/sampler.h"
-
-#define UNET_CAPSULE "asymvq.unet"
-#define PLAN_CAPSULE "asymvq.plan"
 
 /* ---- Python <-> loop glue --------------------------------------------------------- */
 
 typedef struct py_run {
     /* the model: a C UNet and its plan, or a Python callable */
-    avq_unet *unet;     /* borrowed from the capsule */
-    avq_plan *plan;     /* borrowed from the plan capsule */
+    avq_unet *unet;      /* borrowed from the UNet object */
+    avq_unet_plan *plan; /* borrowed from the pinning capsule */
     PyObject *callable; /* borrowed */
     PyObject *callback; /* borrowed, may be NULL */
     /* the first Python exception raised inside the loop, re-raised afterwards
@@ -272,18 +267,13 @@ static void sampler_dealloc(SamplerObject *self) {
 static int resolve_model(PyObject *unet, py_run *r, avq_denoiser *d) {
     memset(d, 0, sizeof *d);
     d->user_data = r;
-    PyObject *cap = PyObject_GetAttrString(unet, "_c_unet");
-    if (cap) {
-        r->unet = PyCapsule_GetPointer(cap, UNET_CAPSULE);
-        Py_DECREF(cap);
-        if (!r->unet) return -1; /* wrong capsule: PyCapsule raised ValueError */
+    if ((r->unet = avq_py_unet_model(unet))) {
         d->eps = c_unet_eps;
         d->in_channels = avq_unet_in_channels(r->unet);
         d->out_channels = avq_unet_out_channels(r->unet);
         d->context_dim = avq_unet_context_dim(r->unet);
         return 0;
     }
-    PyErr_Clear();
     if (!PyCallable_Check(unet)) {
         PyErr_Format(PyExc_TypeError, "unet must be an asymvq.UNet or a callable unet(x, t, context) -> eps, got %s",
                      Py_TYPE(unet)->tp_name);
@@ -345,15 +335,7 @@ static int generator_acquire(GeneratorObject *g) {
 }
 
 static PyObject *generator_randn(GeneratorObject *self, PyObject *oshape) {
-    PyArray_Dims dims = {NULL, 0};
-    if (!PyArray_IntpConverter(oshape, &dims)) return NULL;
-    for (int i = 0; i < dims.len; i++)
-        if (dims.ptr[i] < 0) {
-            PyDimMem_FREE(dims.ptr);
-            return PyErr_Format(PyExc_ValueError, "shape must not hold negative sizes, got %R", oshape);
-        }
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(dims.len, dims.ptr, NPY_FLOAT32);
-    PyDimMem_FREE(dims.ptr);
+    PyArrayObject *a = avq_py_new_f32(oshape);
     if (!a) return NULL;
     if (generator_acquire(self) < 0) {
         Py_DECREF(a);
@@ -389,12 +371,9 @@ static PyGetSetDef generator_getset[] = {
 };
 
 static PyType_Slot generator_slots[] = {
-    {Py_tp_new, generator_new},
     {Py_tp_dealloc, generator_dealloc},
-    {Py_tp_methods, generator_methods},
     {Py_tp_getset, generator_getset},
-    {Py_tp_doc, "Generator(kind, seed) (private; see asymvq.rng.Generator)."},
-    {0, NULL},
+    AVQ_PY_TYPE_SLOTS(generator_new, generator_methods, "Generator(kind, seed) (private; see asymvq.rng.Generator)."),
 };
 
 static PyType_Spec generator_spec = {
@@ -416,7 +395,6 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
     avq_denoiser model;
     PyArrayObject *x = NULL, *c = NULL, *u = NULL, *cc = NULL, *noise = NULL, *out = NULL;
     PyObject *plan_cap = NULL, *ret = NULL;
-    avq_plan *own_plan = NULL; /* when the unet shares no plan */
     avq_tensor tx, tc, tu, tcc, tn, tout;
     avq_sample_inputs in;
     memset(&in, 0, sizeof in);
@@ -473,20 +451,8 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
     }
     if (r.unet) {
         const long long batch = avq_sample_guided(&in) ? 2 * tx.dims[0] : tx.dims[0];
-        if (PyObject_HasAttrString(unet, "_c_plan_for")) {
-            plan_cap = PyObject_CallMethod(unet, "_c_plan_for", "LLL", batch, (long long)tx.dims[2], (long long)tx.dims[3]);
-            if (!plan_cap) goto done;
-            r.plan = PyCapsule_GetPointer(plan_cap, PLAN_CAPSULE);
-            if (!r.plan) goto done;
-        } else {
-            /* no shared plan cache: a plan for this call only, built by the first step */
-            st = avq_plan_create(&own_plan);
-            if (st != AVQ_OK) {
-                avq_py_raise(st);
-                goto done;
-            }
-            r.plan = own_plan;
-        }
+        plan_cap = avq_py_unet_pin_plan(unet, batch, tx.dims[2], tx.dims[3], tc.dims[1], &r.plan);
+        if (!plan_cap) goto done;
     }
 
     Py_BEGIN_ALLOW_THREADS
@@ -507,7 +473,6 @@ done:
     if (gen) gen->busy = 0;
     for (int i = 0; i < 3; i++) Py_XDECREF(r.exc[i]);
     Py_XDECREF(plan_cap);
-    avq_plan_destroy(own_plan);
     Py_XDECREF(out);
     Py_XDECREF(x);
     Py_XDECREF(c);
@@ -582,17 +547,11 @@ static PyObject *get_timesteps(SamplerObject *self, void *closure) {
     (void)closure;
     return int_array(avq_sampler_timesteps(self->s), avq_sampler_num_steps(self->s));
 }
-static PyObject *get_alphas(SamplerObject *self, void *closure) {
-    (void)closure;
-    return float_array(avq_sampler_alphas(self->s), avq_sampler_num_steps(self->s));
-}
-static PyObject *get_alphas_prev(SamplerObject *self, void *closure) {
-    (void)closure;
-    return float_array(avq_sampler_alphas_prev(self->s), avq_sampler_num_steps(self->s));
-}
-static PyObject *get_sigmas(SamplerObject *self, void *closure) {
-    (void)closure;
-    return float_array(avq_sampler_sigmas(self->s), avq_sampler_num_steps(self->s));
+/* The per-step float tables; the getter's closure indexes them. */
+static const float *(*const step_tables[])(const avq_sampler *) = {avq_sampler_alphas, avq_sampler_alphas_prev,
+                                                                   avq_sampler_sigmas};
+static PyObject *get_step_table(SamplerObject *self, void *closure) {
+    return float_array(step_tables[(intptr_t)closure](self->s), avq_sampler_num_steps(self->s));
 }
 static PyObject *get_alphas_cumprod(SamplerObject *self, void *closure) {
     (void)closure;
@@ -623,21 +582,19 @@ static PyGetSetDef sampler_getset[] = {
     {"eta", (getter)get_eta, NULL, "DDIM eta (0 for PLMS).", NULL},
     {"num_model_calls", (getter)get_num_model_calls, NULL, "Model evaluations per sample (PLMS: steps + 1).", NULL},
     {"timesteps", (getter)get_timesteps, NULL, "int64 DDIM timesteps, ascending (the loop runs them backwards).", NULL},
-    {"alphas", (getter)get_alphas, NULL, "float32 a_k = alphas_cumprod[timesteps[k]].", NULL},
-    {"alphas_prev", (getter)get_alphas_prev, NULL, "float32 aprev_k (aprev_0 = alphas_cumprod[0]).", NULL},
-    {"sigmas", (getter)get_sigmas, NULL, "float32 sigma_k.", NULL},
+    {"alphas", (getter)get_step_table, NULL, "float32 a_k = alphas_cumprod[timesteps[k]].", (void *)0},
+    {"alphas_prev", (getter)get_step_table, NULL, "float32 aprev_k (aprev_0 = alphas_cumprod[0]).", (void *)1},
+    {"sigmas", (getter)get_step_table, NULL, "float32 sigma_k.", (void *)2},
     {"alphas_cumprod", (getter)get_alphas_cumprod, NULL, "The float32 DDPM schedule.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot sampler_slots[] = {
-    {Py_tp_new, sampler_new},
     {Py_tp_dealloc, sampler_dealloc},
-    {Py_tp_methods, sampler_methods},
     {Py_tp_getset, sampler_getset},
-    {Py_tp_doc, "Sampler(kind, steps, eta, linear_start=0.00085, linear_end=0.012, timesteps=1000, karras=False) "
-                "(private)."},
-    {0, NULL},
+    AVQ_PY_TYPE_SLOTS(sampler_new, sampler_methods,
+                      "Sampler(kind, steps, eta, linear_start=0.00085, linear_end=0.012, timesteps=1000, "
+                      "karras=False) (private)."),
 };
 
 static PyType_Spec sampler_spec = {
@@ -656,15 +613,7 @@ static PyObject *py_randn(PyObject *self, PyObject *args, PyObject *kwds) {
         PyErr_Clear();
         return PyErr_Format(PyExc_ValueError, "seed must be an integer between 0 and 2**32 - 1, got %R", oseed);
     }
-    PyArray_Dims dims = {NULL, 0};
-    if (!PyArray_IntpConverter(oshape, &dims)) return NULL;
-    for (int i = 0; i < dims.len; i++)
-        if (dims.ptr[i] < 0) {
-            PyDimMem_FREE(dims.ptr);
-            return PyErr_Format(PyExc_ValueError, "shape must not hold negative sizes, got %R", oshape);
-        }
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(dims.len, dims.ptr, NPY_FLOAT32);
-    PyDimMem_FREE(dims.ptr);
+    PyArrayObject *a = avq_py_new_f32(oshape);
     if (!a) return NULL;
     avq_rng rng;
     avq_rng_seed(&rng, (uint32_t)sv);

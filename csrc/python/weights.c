@@ -3,7 +3,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "weights.h"
+
+#include "arrays.h"
 
 static int dict_get(void *ctx, const char *name, int ndim, const int64_t *dims, avq_weight *w, char *msg,
                     size_t msg_len) {
