@@ -6,6 +6,7 @@ threads used by oneDNN and asymvq's own OpenMP kernels together. With torch impo
 first, asymvq throttles the spinning of the OpenMP runtime torch loaded, or warns
 (:class:`OpenMPWarning`); see ``asymvq._loader`` and the README's "Threads" section.
 """
+
 from __future__ import annotations
 
 import os as _os
@@ -58,13 +59,26 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+from .autoencoder import Autoencoder  # noqa: E402
+from .diffusers_io import load_diffusers  # noqa: E402
 from .errors import Error  # noqa: E402
-from .unet import UNet  # noqa: E402
+from .pipelines import InpaintPipeline, Txt2ImgPipeline  # noqa: E402
 from .sampler import Sampler  # noqa: E402
 from .text_encoder import TextEncoder  # noqa: E402
-from .autoencoder import Autoencoder  # noqa: E402
-from .pipelines import InpaintPipeline, Txt2ImgPipeline  # noqa: E402
-from .diffusers_io import load_diffusers  # noqa: E402
+from .unet import UNet  # noqa: E402
 
-__all__ = ["__version__", "info", "Error", "OpenMPWarning", "set_num_threads", "get_num_threads", "UNet", "Sampler",
-           "TextEncoder", "Autoencoder", "InpaintPipeline", "Txt2ImgPipeline", "load_diffusers"]
+__all__ = [
+    "__version__",
+    "info",
+    "Error",
+    "OpenMPWarning",
+    "set_num_threads",
+    "get_num_threads",
+    "UNet",
+    "Sampler",
+    "TextEncoder",
+    "Autoencoder",
+    "InpaintPipeline",
+    "Txt2ImgPipeline",
+    "load_diffusers",
+]

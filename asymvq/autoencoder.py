@@ -274,8 +274,9 @@ class Autoencoder:
 
         if parts not in ("both", "encoder", "decoder"):
             raise ValueError(f"parts must be 'both', 'encoder' or 'decoder', got {parts!r}")
-        model = read_vae(path, condition=condition, variant=variant, encoder=parts != "decoder",
-                         decoder=parts != "encoder")
+        model = read_vae(
+            path, condition=condition, variant=variant, encoder=parts != "decoder", decoder=parts != "encoder"
+        )
         assert isinstance(model.spec, AutoencoderSpec)
         return cls.from_config(model.spec, model.weights(), precision, parts)
 
@@ -371,8 +372,9 @@ class Autoencoder:
         mean, logvar = self._core.encode(self._image_for_encoder(image))
         return mean, logvar
 
-    def encode(self, image: Any, sample: bool = False, noise: Any = None, seed: int | None = None,
-               rng: Any = "numpy") -> np.ndarray:
+    def encode(
+        self, image: Any, sample: bool = False, noise: Any = None, seed: int | None = None, rng: Any = "numpy"
+    ) -> np.ndarray:
         """The (unscaled) latent of ``image`` [B, 3, H, W]: [B, 4, H/8, W/8].
 
         ``sample=False``: the posterior mode (its mean).  ``sample=True``: ``mean + exp(logvar / 2) * noise``

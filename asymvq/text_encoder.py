@@ -36,7 +36,6 @@ WeightsLike = Union[PathLike, Mapping[str, Any]]
 VocabLike = Union[PathLike, CLIPTokenizer, None]
 
 
-
 def _text_spec(config: ConfigLike) -> TextEncoderSpec:
     """The text encoder hyper-parameters of ``config`` (see :meth:`TextEncoder.from_config`)."""
     if isinstance(config, TextEncoderSpec):
@@ -47,7 +46,9 @@ def _text_spec(config: ConfigLike) -> TextEncoderSpec:
         known = {f.name for f in dataclasses.fields(TextEncoderSpec)}
         unknown = sorted(set(map(str, config)) - known)
         if unknown:
-            raise ValueError(f"text encoder config: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"text encoder config: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
         spec = TextEncoderSpec(**dict(config))
         for name in known - {"eps"}:
             value = getattr(spec, name)
@@ -74,7 +75,9 @@ def _text_spec(config: ConfigLike) -> TextEncoderSpec:
 
 def _dtype_name(array: Any) -> str:
     try:
-        return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(checkpoint.dtype_of(array), str(array.dtype))
+        return {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(
+            checkpoint.dtype_of(array), str(array.dtype)
+        )
     except checkpoint.CheckpointError:
         return str(array.dtype)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures import random_tensor
+from reference.unet_reference import random_unet_weights
 
 import asymvq
 from asymvq import _core, config, tables
@@ -17,8 +19,6 @@ from asymvq.config import TextEncoderSpec
 from asymvq.sampler import Sampler
 from asymvq.text_encoder import TextEncoder
 from asymvq.unet import UNet
-from fixtures import random_tensor
-from reference.unet_reference import random_unet_weights
 
 PROPERTIES = ("precision", "num_parameters", "memory_bytes", "plans")
 METHODS = ("clear_plans",)

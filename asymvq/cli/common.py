@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, NoReturn, Optional, Sequence
 
 from PIL import Image
 
-from ..io import config as config_mod
 from ..errors import Error
+from ..io import config as config_mod
 
 #: Set to 1 to see tracebacks instead of one-line errors.
 DEBUG_ENV = "ASYMVQ_DEBUG"

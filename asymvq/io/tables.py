@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 import numpy as np
 
 from .. import _core
+from ..errors import Error
 from . import checkpoint
 from .config import AutoencoderSpec, DiffusionSpec, Spec, TextEncoderSpec, UNetSpec
-from ..errors import Error
 
 __all__ = [
     "Shape",

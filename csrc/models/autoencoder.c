@@ -11,10 +11,10 @@
 
 #include "ops/ops.h"
 
-#define GN_GROUPS 32
-#define GN_EPS 1e-6f
-#define LOGVAR_MIN -30.f
-#define LOGVAR_MAX 20.f
+#define GN_GROUPS   32
+#define GN_EPS      1e-6f
+#define LOGVAR_MIN  -30.f
+#define LOGVAR_MAX  20.f
 #define COND_LAYERS 5
 
 typedef struct conv_w {
@@ -176,7 +176,7 @@ static norm_w get_norm(loader *l, const char *module, int64_t c) {
     return n;
 }
 
-#define NAME_MAX_LEN 160
+#define NAME_MAX_LEN   160
 #define NAME(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
 
 static resnet_w get_resnet(loader *l, const char *module, int64_t cin, int64_t cout) {
@@ -285,8 +285,8 @@ static avq_status load_decoder(avq_autoencoder *m, loader *l) {
     return AVQ_OK;
 }
 
-avq_status avq_autoencoder_create(const avq_autoencoder_config *cfg, const avq_weight_source *src,
-                                  avq_dtype precision, avq_autoencoder **out) {
+avq_status avq_autoencoder_create(const avq_autoencoder_config *cfg, const avq_weight_source *src, avq_dtype precision,
+                                  avq_autoencoder **out) {
     *out = NULL;
     if (!cfg || !src) return avq_error(AVQ_ERR_ARG, "autoencoder: config and weight source are required");
     if (!cfg->has_encoder && !cfg->has_decoder)

@@ -74,9 +74,9 @@ typedef struct avq_autoencoder_config {
 } avq_autoencoder_config;
 
 typedef enum avq_ae_task {
-    AVQ_AE_ENCODE = 0,      /* image -> mean, logvar (and a sample) */
-    AVQ_AE_DECODE = 1,      /* latent -> image, no condition (vanilla / _wocondition) */
-    AVQ_AE_DECODE_COND = 2  /* latent, image, mask -> image (conditional decoder only) */
+    AVQ_AE_ENCODE = 0,     /* image -> mean, logvar (and a sample) */
+    AVQ_AE_DECODE = 1,     /* latent -> image, no condition (vanilla / _wocondition) */
+    AVQ_AE_DECODE_COND = 2 /* latent, image, mask -> image (conditional decoder only) */
 } avq_ae_task;
 
 typedef struct avq_autoencoder avq_autoencoder;           /* weights + config, immutable */
@@ -85,8 +85,8 @@ typedef struct avq_autoencoder_plan avq_autoencoder_plan; /* one task and (batch
 /* Checks the config, then looks up every weight the configured parts need in
  * `src` (borrowed: the data must outlive the model) and reports all missing or
  * mis-shaped tensors in one AVQ_ERR_IO message. */
-avq_status avq_autoencoder_create(const avq_autoencoder_config *cfg, const avq_weight_source *src,
-                                  avq_dtype precision, avq_autoencoder **out);
+avq_status avq_autoencoder_create(const avq_autoencoder_config *cfg, const avq_weight_source *src, avq_dtype precision,
+                                  avq_autoencoder **out);
 void avq_autoencoder_destroy(avq_autoencoder *m);
 
 const avq_autoencoder_config *avq_autoencoder_get_config(const avq_autoencoder *m);

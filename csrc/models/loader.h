@@ -31,7 +31,7 @@ typedef struct avq_weight_set {
      * AVQ_F32 keeps each source's dtype. 1-D weights always keep theirs. */
     avq_dtype store;
     size_t nonfinite; /* weights holding NaN/Inf */
-    avq_weight **all;             /* owned list of owned weights */
+    avq_weight **all; /* owned list of owned weights */
     size_t n, cap;
     char *errors; /* owned: accumulated problems, one per line */
     size_t errors_len, nerrors;

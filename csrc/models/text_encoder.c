@@ -18,7 +18,7 @@ typedef struct clip_layer {
 struct avq_text_encoder {
     avq_text_encoder_config cfg;
     avq_dtype dtype;
-    avq_weight_set ws;          /* owns every weight below (data borrowed from the source) */
+    avq_weight_set ws;            /* owns every weight below (data borrowed from the source) */
     avq_weight *token, *position; /* [vocab, D], [max_positions, D] */
     avq_weight *final_w, *final_b;
     clip_layer *layer; /* owned, cfg.layers entries */
@@ -53,7 +53,7 @@ static avq_status check_config(const avq_text_encoder_config *c) {
 
 static void get_layer(avq_weight_set *ws, clip_layer *l, int i, int64_t D, int64_t F) {
 #define W2(dst, rows, cols, suffix) dst = avq_weight_get(ws, 2, AVQ_DIMS(rows, cols), "encoder.layers.%d." suffix, i)
-#define W1(dst, n, suffix) dst = avq_weight_get(ws, 1, AVQ_DIMS(n), "encoder.layers.%d." suffix, i)
+#define W1(dst, n, suffix)          dst = avq_weight_get(ws, 1, AVQ_DIMS(n), "encoder.layers.%d." suffix, i)
     W2(l->k_w, D, D, "self_attn.k_proj.weight");
     W1(l->k_b, D, "self_attn.k_proj.bias");
     W2(l->v_w, D, D, "self_attn.v_proj.weight");
@@ -231,8 +231,8 @@ avq_status avq_text_encoder_run(avq_text_encoder *m, avq_text_encoder_plan *p, c
     const int64_t n = p->batch * p->seq_len, V = m->cfg.vocab_size;
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V)
-            return avq_error(AVQ_ERR_ARG, "token id %d at [%lld, %lld] is outside the vocabulary [0, %lld)", (int)ids[i],
-                             (long long)(i / p->seq_len), (long long)(i % p->seq_len), (long long)V);
+            return avq_error(AVQ_ERR_ARG, "token id %d at [%lld, %lld] is outside the vocabulary [0, %lld)",
+                             (int)ids[i], (long long)(i / p->seq_len), (long long)(i % p->seq_len), (long long)V);
     run_ctx ctx = {m, p->batch, p->seq_len, ids, out};
     return avq_plan_run(p->plan, forward, &ctx);
 }

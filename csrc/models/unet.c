@@ -19,13 +19,13 @@
 
 #include "ops/ops.h"
 
-#define GN_GROUPS 32
-#define GN_EPS_RES 1e-5f /* ResBlocks and out.0 */
-#define GN_EPS_ST 1e-6f  /* SpatialTransformer.norm */
-#define LN_EPS 1e-5f
-#define MAX_PERIOD 10000.f
+#define GN_GROUPS      32
+#define GN_EPS_RES     1e-5f /* ResBlocks and out.0 */
+#define GN_EPS_ST      1e-6f /* SpatialTransformer.norm */
+#define LN_EPS         1e-5f
+#define MAX_PERIOD     10000.f
 #define MAX_RES_BLOCKS 32
-#define MAX_BLOCKS (1 + AVQ_UNET_MAX_LEVELS * (MAX_RES_BLOCKS + 1)) /* input blocks (= skips) at most */
+#define MAX_BLOCKS     (1 + AVQ_UNET_MAX_LEVELS * (MAX_RES_BLOCKS + 1)) /* input blocks (= skips) at most */
 
 /* ---- config ------------------------------------------------------------- */
 
@@ -39,14 +39,17 @@ static avq_status heads_for(const avq_unet_config *c, int64_t width, int *heads)
     int64_t h = c->num_head_channels == -1 ? c->num_heads : width / c->num_head_channels;
     int64_t d = c->num_head_channels == -1 ? width / c->num_heads : c->num_head_channels;
     if (h < 1 || d < 1 || h * d != width)
-        return avq_error(AVQ_ERR_ARG, "UNet config: a width of %lld channels does not split into heads (num_heads %d, "
-                         "num_head_channels %d)", (long long)width, c->num_heads, c->num_head_channels);
+        return avq_error(AVQ_ERR_ARG,
+                         "UNet config: a width of %lld channels does not split into heads (num_heads %d, "
+                         "num_head_channels %d)",
+                         (long long)width, c->num_heads, c->num_head_channels);
     *heads = (int)h;
     return AVQ_OK;
 }
 
 static avq_status check_config(const avq_unet_config *c) {
-    if (c->in_channels < 1) return avq_error(AVQ_ERR_ARG, "UNet config: in_channels must be >= 1, got %d", c->in_channels);
+    if (c->in_channels < 1)
+        return avq_error(AVQ_ERR_ARG, "UNet config: in_channels must be >= 1, got %d", c->in_channels);
     if (c->out_channels < 1)
         return avq_error(AVQ_ERR_ARG, "UNet config: out_channels must be >= 1, got %d", c->out_channels);
     if (c->model_channels < 1 || c->model_channels % GN_GROUPS)
@@ -67,17 +70,22 @@ static avq_status check_config(const avq_unet_config *c) {
                              c->attention_resolutions[i]);
     if (c->transformer_depth < 1)
         return avq_error(AVQ_ERR_ARG, "UNet config: transformer_depth must be >= 1, got %d", c->transformer_depth);
-    if (c->context_dim < 1) return avq_error(AVQ_ERR_ARG, "UNet config: context_dim must be >= 1, got %d", c->context_dim);
+    if (c->context_dim < 1)
+        return avq_error(AVQ_ERR_ARG, "UNet config: context_dim must be >= 1, got %d", c->context_dim);
     if (!(c->num_heads > 0 || (c->num_heads == -1 && c->num_head_channels > 0)) ||
         !(c->num_head_channels > 0 || c->num_head_channels == -1))
-        return avq_error(AVQ_ERR_ARG, "UNet config: need num_heads > 0 (num_head_channels -1) or num_head_channels > 0, "
-                         "got %d and %d", c->num_heads, c->num_head_channels);
+        return avq_error(AVQ_ERR_ARG,
+                         "UNet config: need num_heads > 0 (num_head_channels -1) or num_head_channels > 0, "
+                         "got %d and %d",
+                         c->num_heads, c->num_head_channels);
     for (int l = 0; l < c->num_levels; l++) {
         int64_t w = (int64_t)c->model_channels * c->channel_mult[l];
         int heads;
         if (c->channel_mult[l] < 1 || w % GN_GROUPS)
-            return avq_error(AVQ_ERR_ARG, "UNet config: channel_mult[%d] = %d gives a width of %lld, not a positive "
-                             "multiple of %d", l, c->channel_mult[l], (long long)w, GN_GROUPS);
+            return avq_error(AVQ_ERR_ARG,
+                             "UNet config: channel_mult[%d] = %d gives a width of %lld, not a positive "
+                             "multiple of %d",
+                             l, c->channel_mult[l], (long long)w, GN_GROUPS);
         AVQ_TRY(heads_for(c, w, &heads));
     }
     return AVQ_OK;
@@ -104,8 +112,8 @@ typedef struct attn_w {
 
 typedef struct tblock_w {
     attn_w attn1, attn2;
-    wb ff0;         /* ff.net.0.proj [8C, C]: GEGLU value rows [0, 4C), gate rows [4C, 8C) */
-    wb ff2;         /* ff.net.2 [C, 4C] */
+    wb ff0; /* ff.net.0.proj [8C, C]: GEGLU value rows [0, 4C), gate rows [4C, 8C) */
+    wb ff2; /* ff.net.2 [C, 4C] */
     wb norm1, norm2, norm3;
     avq_weight rows[4]; /* owned row views of ff0 (value w, b, gate w, b), each with its own packed copy */
     wb value, gate;     /* point into rows; valid once `views` is set */
@@ -152,7 +160,7 @@ struct avq_unet_plan {
 };
 
 /* Module names are built in each function's own buffer `n`. */
-#define NAME_LEN 160
+#define NAME_LEN  160
 #define NAME(...) (snprintf(n, sizeof n, __VA_ARGS__), n)
 
 static avq_weight *get(avq_unet *u, int ndim, const int64_t *dims, const char *module, const char *param) {
@@ -445,8 +453,8 @@ static avq_status resblock(avq_plan *p, const avq_unet *u, const resblock_w *r, 
 
 /* Tokens [B, C, H, W]: x = x + to_out(attention(to_q(n), to_k(kv), to_v(kv))),
  * n = LayerNorm(x), kv = n (self-attention) or the context [B, L, D]. */
-static avq_status attention(avq_plan *p, const avq_unet *u, const wb *norm, const attn_w *a, int heads,
-                            avq_tensor *x, const avq_tensor *context) {
+static avq_status attention(avq_plan *p, const avq_unet *u, const wb *norm, const attn_w *a, int heads, avq_tensor *x,
+                            const avq_tensor *context) {
     const int64_t B = x->dims[0], C = x->dims[1];
     avq_tensor n, q, k, v, o, y;
     AVQ_TRY(act_like(p, u, &n, x, C));
@@ -617,7 +625,7 @@ static avq_status check_inputs(const avq_unet *u, const avq_tensor *x, const avq
     char b1[96], b2[96];
     if (!is_input(x, 4) || !is_input(t, 1) || !is_input(ctx, 3) || !is_input(eps, 4))
         return avq_error(AVQ_ERR_ARG, "UNet inputs must be plain f32 tensors with data: x [B, C, h, w], t [B], "
-                         "context [B, L, D], eps [B, C, h, w]");
+                                      "context [B, L, D], eps [B, C, h, w]");
     int64_t B = x->dims[0], H = x->dims[2], W = x->dims[3];
     if (B < 1 || H < 1 || W < 1)
         return avq_error(AVQ_ERR_SHAPE, "UNet input x %s is empty", avq_tensor_str(x, b1, sizeof b1));
@@ -625,9 +633,10 @@ static avq_status check_inputs(const avq_unet *u, const avq_tensor *x, const avq
         return avq_error(AVQ_ERR_SHAPE, "UNet input x has %lld channels, this UNet takes %d%s", (long long)x->dims[1],
                          c->in_channels, c->in_channels == 9 ? " ([x_t (4), mask (1), masked-image latent (4)])" : "");
     if (H % u->multiple || W % u->multiple)
-        return avq_error(AVQ_ERR_SHAPE, "UNet latent height and width must be multiples of %lld (image size a multiple "
-                         "of %lld), got %lldx%lld", (long long)u->multiple, (long long)(8 * u->multiple),
-                         (long long)H, (long long)W);
+        return avq_error(AVQ_ERR_SHAPE,
+                         "UNet latent height and width must be multiples of %lld (image size a multiple "
+                         "of %lld), got %lldx%lld",
+                         (long long)u->multiple, (long long)(8 * u->multiple), (long long)H, (long long)W);
     if (t->dims[0] != B)
         return avq_error(AVQ_ERR_SHAPE, "UNet timesteps %s must have one entry per batch element (%lld)",
                          avq_tensor_str(t, b1, sizeof b1), (long long)B);
@@ -636,23 +645,25 @@ static avq_status check_inputs(const avq_unet *u, const avq_tensor *x, const avq
                          (long long)B, c->context_dim);
     if (eps->dims[0] != B || eps->dims[1] != c->out_channels || eps->dims[2] != H || eps->dims[3] != W)
         return avq_error(AVQ_ERR_SHAPE, "UNet output %s must be [%lld, %d, %lld, %lld] for input %s",
-                         avq_tensor_str(eps, b1, sizeof b1), (long long)B, c->out_channels, (long long)H,
-                         (long long)W, avq_tensor_str(x, b2, sizeof b2));
+                         avq_tensor_str(eps, b1, sizeof b1), (long long)B, c->out_channels, (long long)H, (long long)W,
+                         avq_tensor_str(x, b2, sizeof b2));
     return AVQ_OK;
 }
 
-avq_status avq_unet_plan_create(const avq_unet *u, int64_t batch, int64_t height, int64_t width,
-                                int64_t context_length, avq_unet_plan **out) {
+avq_status avq_unet_plan_create(const avq_unet *u, int64_t batch, int64_t height, int64_t width, int64_t context_length,
+                                avq_unet_plan **out) {
     *out = NULL;
     if (!u) return avq_error(AVQ_ERR_ARG, "avq_unet_plan_create: unet is required");
     if (batch < 1 || height < 1 || width < 1 || context_length < 1)
-        return avq_error(AVQ_ERR_SHAPE, "UNet plan: batch, height, width and context length must be >= 1, got %lld, "
-                         "%lld, %lld, %lld", (long long)batch, (long long)height, (long long)width,
-                         (long long)context_length);
+        return avq_error(AVQ_ERR_SHAPE,
+                         "UNet plan: batch, height, width and context length must be >= 1, got %lld, "
+                         "%lld, %lld, %lld",
+                         (long long)batch, (long long)height, (long long)width, (long long)context_length);
     if (height % u->multiple || width % u->multiple)
-        return avq_error(AVQ_ERR_SHAPE, "UNet latent height and width must be multiples of %lld (image size a multiple "
-                         "of %lld), got %lldx%lld", (long long)u->multiple, (long long)(8 * u->multiple),
-                         (long long)height, (long long)width);
+        return avq_error(AVQ_ERR_SHAPE,
+                         "UNet latent height and width must be multiples of %lld (image size a multiple "
+                         "of %lld), got %lldx%lld",
+                         (long long)u->multiple, (long long)(8 * u->multiple), (long long)height, (long long)width);
     avq_unet_plan *up = calloc(1, sizeof *up);
     if (!up) return avq_error(AVQ_ERR_MEMORY, "out of memory creating a UNet plan");
     avq_status st = avq_plan_create(&up->plan);
@@ -689,7 +700,8 @@ avq_status avq_unet_run(avq_unet *u, avq_unet_plan *plan, const avq_tensor *x, c
     AVQ_TRY(check_inputs(u, x, t, context, eps_out));
     const int64_t b = x->dims[0], h = x->dims[2], w = x->dims[3], l = context->dims[1];
     if (plan->batch != b || plan->height != h || plan->width != w || plan->context_length != l)
-        return avq_error(AVQ_ERR_SHAPE, "this UNet plan was made for batch %lld, latent %lldx%lld, context length "
+        return avq_error(AVQ_ERR_SHAPE,
+                         "this UNet plan was made for batch %lld, latent %lldx%lld, context length "
                          "%lld; got batch %lld, latent %lldx%lld, context length %lld (use one plan per shape)",
                          (long long)plan->batch, (long long)plan->height, (long long)plan->width,
                          (long long)plan->context_length, (long long)b, (long long)h, (long long)w, (long long)l);

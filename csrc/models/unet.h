@@ -29,18 +29,18 @@
 #define AVQ_UNET_MAX_LEVELS 8
 
 typedef struct avq_unet_config {
-    int in_channels;       /* 4 (txt2img) or 9 (inpainting: [x_t, mask, masked-image latent]) */
-    int out_channels;      /* 4 */
-    int model_channels;    /* 320 */
-    int num_levels;        /* entries used in channel_mult (4) */
-    int channel_mult[AVQ_UNET_MAX_LEVELS];         /* {1, 2, 4, 4} */
-    int num_res_blocks;    /* 2 */
-    int num_attention_resolutions;                 /* entries used in attention_resolutions (3) */
+    int in_channels;                       /* 4 (txt2img) or 9 (inpainting: [x_t, mask, masked-image latent]) */
+    int out_channels;                      /* 4 */
+    int model_channels;                    /* 320 */
+    int num_levels;                        /* entries used in channel_mult (4) */
+    int channel_mult[AVQ_UNET_MAX_LEVELS]; /* {1, 2, 4, 4} */
+    int num_res_blocks;                    /* 2 */
+    int num_attention_resolutions;         /* entries used in attention_resolutions (3) */
     int attention_resolutions[AVQ_UNET_MAX_LEVELS]; /* downsample factors with attention: {4, 2, 1} */
-    int num_heads;         /* 8, or -1 when num_head_channels fixes the head dim */
-    int num_head_channels; /* -1 (SD 1.x: head dim = width / num_heads), or the head dim */
-    int transformer_depth; /* 1 */
-    int context_dim;       /* 768 */
+    int num_heads;                                  /* 8, or -1 when num_head_channels fixes the head dim */
+    int num_head_channels;                          /* -1 (SD 1.x: head dim = width / num_heads), or the head dim */
+    int transformer_depth;                          /* 1 */
+    int context_dim;                                /* 768 */
 } avq_unet_config;
 
 typedef struct avq_unet avq_unet;           /* weights + config, immutable */
@@ -67,8 +67,8 @@ int avq_unet_size_multiple(const avq_unet *u);
 /* A plan for `batch` latents of height x width (multiples of the size
  * multiple) and contexts of `context_length` tokens. Built on its first run;
  * owned by the caller; usable with `u` only. */
-avq_status avq_unet_plan_create(const avq_unet *u, int64_t batch, int64_t height, int64_t width,
-                                int64_t context_length, avq_unet_plan **out);
+avq_status avq_unet_plan_create(const avq_unet *u, int64_t batch, int64_t height, int64_t width, int64_t context_length,
+                                avq_unet_plan **out);
 void avq_unet_plan_destroy(avq_unet_plan *p);
 /* Activation arena + scratchpad bytes (0 until the first run). */
 size_t avq_unet_plan_bytes(const avq_unet_plan *p);

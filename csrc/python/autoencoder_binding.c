@@ -82,8 +82,7 @@ static PyObject *ae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     if (avq_py_precision(prec, &dt) < 0) return NULL;
     cfg.has_encoder = enc != Py_None;
     cfg.has_decoder = dec != Py_None;
-    if (cfg.has_encoder && avq_py_encoder_config(enc, &cfg.encoder) < 0)
-        return NULL;
+    if (cfg.has_encoder && avq_py_encoder_config(enc, &cfg.encoder) < 0) return NULL;
     if (cfg.has_decoder && avq_py_decoder_config(dec, &cfg.decoder) < 0) return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);

@@ -36,7 +36,7 @@ int avq_py_parse_config(PyObject *cfg, const char *what, const avq_py_field *fie
  * C struct's fields, keyword arguments included. -1 with an exception set. */
 #include "models/autoencoder.h"
 #include "models/unet.h"
-int avq_py_unet_config(PyObject *cfg, avq_unet_config *out);        /* unet_binding.c */
+int avq_py_unet_config(PyObject *cfg, avq_unet_config *out);          /* unet_binding.c */
 int avq_py_encoder_config(PyObject *cfg, avq_ae_encoder_config *out); /* autoencoder_binding.c */
 int avq_py_decoder_config(PyObject *cfg, avq_ae_decoder_config *out); /* autoencoder_binding.c */
 

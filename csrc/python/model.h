@@ -20,8 +20,9 @@ typedef struct avq_py_model_kind {
 } avq_py_model_kind;
 
 typedef struct avq_py_model {
-    PyObject_HEAD const avq_py_model_kind *kind; /* NULL until avq_py_model_init */
-    void *model;                                 /* owned */
+    PyObject_HEAD
+    const avq_py_model_kind *kind; /* NULL until avq_py_model_init */
+    void *model;                   /* owned */
     avq_py_plan_cache plans;
 } avq_py_model;
 

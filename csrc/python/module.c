@@ -69,7 +69,8 @@ static PyObject *py_check_precision(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef core_methods[] = {
-    {"info", py_info, METH_NOARGS, "Versions, the ISA that oneDNN and asymvq's kernels run (the cap applied), bf16/AMX paths, threads."},
+    {"info", py_info, METH_NOARGS,
+     "Versions, the ISA that oneDNN and asymvq's kernels run (the cap applied), bf16/AMX paths, threads."},
     {"check_precision", py_check_precision, METH_O,
      "Raises what a model would for this precision (ValueError: unknown; RuntimeError: bf16 cannot run here)."},
     {"set_num_threads", py_set_num_threads, METH_O, "Threads for oneDNN and asymvq's OpenMP kernels."},
@@ -116,7 +117,8 @@ static void core_free(void *m) { core_clear(m); }
 /* The state holds the exception classes (errors.h). */
 static struct PyModuleDef core_def = {
     PyModuleDef_HEAD_INIT, "asymvq._core", "asymvq's C core (private: use the asymvq package).",
-    sizeof(avq_py_state), core_methods, core_slots, core_traverse, core_clear, core_free,
+    sizeof(avq_py_state),  core_methods,   core_slots,
+    core_traverse,         core_clear,     core_free,
 };
 
 PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&core_def); }

@@ -98,8 +98,7 @@ static PyObject *run(op_call *c, PyArrayObject **arrays, int narrays, int out_nd
     c->out_ext = avq_py_tensor(out);
     st = avq_plan_create(&plan);
     if (st == AVQ_OK) {
-        Py_BEGIN_ALLOW_THREADS
-        for (int i = 0; i < passes && st == AVQ_OK; i++) st = avq_plan_run(plan, op_forward, c);
+        Py_BEGIN_ALLOW_THREADS for (int i = 0; i < passes && st == AVQ_OK; i++) st = avq_plan_run(plan, op_forward, c);
         Py_END_ALLOW_THREADS
     }
     if (st != AVQ_OK) {
@@ -135,7 +134,8 @@ static int parse_act(PyObject *o, avq_act *act) {
                 *act = (avq_act)i;
                 return 0;
             }
-    PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got %R", o);
+    PyErr_Format(avq_py_exc(AVQ_ERR_ARG),
+                 "activation must be one of None, 'relu', 'silu', 'gelu', 'quick_gelu'; got %R", o);
     return -1;
 }
 
@@ -252,21 +252,26 @@ static int parse_pair_or_quad(PyObject *o, const char *name, int *vals, int n4) 
             return 0;
         }
     }
-    PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s must be an int, a pair%s; got %R", name, n4 == 4 ? " or (top, left, bottom, right)" : "", o);
+    PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "%s must be an int, a pair%s; got %R", name,
+                 n4 == 4 ? " or (top, left, bottom, right)" : "", o);
     return -1;
 }
 
 static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwl[] = {"x", "weight", "bias", "stride", "padding", "activation", "residual", "precision", "algorithm", NULL};
+    static char *kwl[] = {"x",          "weight",   "bias",      "stride",    "padding",
+                          "activation", "residual", "precision", "algorithm", NULL};
     PyObject *xo, *wo, *bo = Py_None, *so = NULL, *po = NULL, *ao = Py_None, *ro = Py_None, *pr = NULL;
     const char *algo = "auto";
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOOs", kwl, &xo, &wo, &bo, &so, &po, &ao, &ro, &pr, &algo))
         return NULL;
     avq_conv_algo alg;
-    if (!strcmp(algo, "auto")) alg = AVQ_CONV_AUTO;
-    else if (!strcmp(algo, "direct")) alg = AVQ_CONV_DIRECT;
-    else if (!strcmp(algo, "winograd")) alg = AVQ_CONV_WINOGRAD;
+    if (!strcmp(algo, "auto"))
+        alg = AVQ_CONV_AUTO;
+    else if (!strcmp(algo, "direct"))
+        alg = AVQ_CONV_DIRECT;
+    else if (!strcmp(algo, "winograd"))
+        alg = AVQ_CONV_WINOGRAD;
     else {
         PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "algorithm must be 'auto', 'direct' or 'winograd', got '%s'", algo);
         return NULL;
@@ -289,7 +294,8 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         goto fail;
     }
     if (bo != Py_None && PyArray_DIM(arr[2], 0) != PyArray_DIM(w, 0)) {
-        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "bias must have shape [%zd] (one value per output channel of weight), got [%zd]",
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG),
+                     "bias must have shape [%zd] (one value per output channel of weight), got [%zd]",
                      (Py_ssize_t)PyArray_DIM(w, 0), (Py_ssize_t)PyArray_DIM(arr[2], 0));
         goto fail;
     }
@@ -309,7 +315,8 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args, PyObject *kw) {
         npy_intp full[4] = {od[0], od[1], od[2], od[3]}, chan[4] = {od[0], od[1], 1, 1};
         PyArrayObject *r = arr[na - 1];
         if (!shape_eq(r, 4, full) && !shape_eq(r, 4, chan)) {
-            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "residual must have the output shape [%lld, %lld, %lld, %lld] or [N, C, 1, 1]",
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG),
+                         "residual must have the output shape [%lld, %lld, %lld, %lld] or [N, C, 1, 1]",
                          (long long)od[0], (long long)od[1], (long long)od[2], (long long)od[3]);
             goto fail;
         }
@@ -344,8 +351,8 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *x = arr[0], *w = arr[1];
     int nd = PyArray_NDIM(x);
     if (PyArray_DIM(x, nd - 1) != PyArray_DIM(w, 1)) {
-        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "x has %zd features but weight [out, in] expects %zd", (Py_ssize_t)PyArray_DIM(x, nd - 1),
-                     (Py_ssize_t)PyArray_DIM(w, 1));
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "x has %zd features but weight [out, in] expects %zd",
+                     (Py_ssize_t)PyArray_DIM(x, nd - 1), (Py_ssize_t)PyArray_DIM(w, 1));
         goto fail;
     }
     c.w[c.nw++] = avq_py_weight(w, "weight");
@@ -372,7 +379,10 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw) {
             goto fail;
         }
         int idx = add_input(&c, arr[na - 1], 0);
-        if (i == 0) c.i0 = idx; else c.i1 = idx;
+        if (i == 0)
+            c.i0 = idx;
+        else
+            c.i1 = idx;
     }
     c.body = body_linear;
     return run(&c, arr, na, nd, od);
@@ -478,8 +488,8 @@ static PyObject *norm_common(PyObject *args, PyObject *kw, int group) {
     if (avq_py_precision(pr, &c.dt) < 0) return NULL;
     PyArrayObject *arr[3] = {0};
     int na = 0;
-    if (!(arr[na++] = avq_py_f32(xo, "x", group ? 2 : 2, group ? 4 : 3)) || !(arr[na++] = avq_py_f32(wo, "weight", 1, 1)) ||
-        !(arr[na++] = avq_py_f32(bo, "bias", 1, 1)))
+    if (!(arr[na++] = avq_py_f32(xo, "x", group ? 2 : 2, group ? 4 : 3)) ||
+        !(arr[na++] = avq_py_f32(wo, "weight", 1, 1)) || !(arr[na++] = avq_py_f32(bo, "bias", 1, 1)))
         goto fail;
     PyArrayObject *x = arr[0];
     npy_intp C = group ? PyArray_DIM(x, 1) : PyArray_DIM(x, PyArray_NDIM(x) - 1);
@@ -514,8 +524,14 @@ fail:
     return NULL;
 }
 
-static PyObject *py_group_norm(PyObject *s, PyObject *a, PyObject *k) { (void)s; return norm_common(a, k, 1); }
-static PyObject *py_layer_norm(PyObject *s, PyObject *a, PyObject *k) { (void)s; return norm_common(a, k, 0); }
+static PyObject *py_group_norm(PyObject *s, PyObject *a, PyObject *k) {
+    (void)s;
+    return norm_common(a, k, 1);
+}
+static PyObject *py_layer_norm(PyObject *s, PyObject *a, PyObject *k) {
+    (void)s;
+    return norm_common(a, k, 0);
+}
 
 /* ---- elementwise ---- */
 
@@ -581,8 +597,14 @@ static PyObject *binary_common(PyObject *args, PyObject *kw, int is_mul) {
     c.i0 = is_mul;
     return run_like_first(&c, body_add, arr, 2);
 }
-static PyObject *py_add(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 0); }
-static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) { (void)s; return binary_common(a, k, 1); }
+static PyObject *py_add(PyObject *s, PyObject *a, PyObject *k) {
+    (void)s;
+    return binary_common(a, k, 0);
+}
+static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) {
+    (void)s;
+    return binary_common(a, k, 1);
+}
 
 static PyObject *py_blend(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -637,8 +659,14 @@ static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
     c.body = body_resize;
     return run(&c, &x, 1, 4, od);
 }
-static PyObject *py_upsample2x(PyObject *s, PyObject *a, PyObject *k) { (void)s; return resize_common(a, k, 1); }
-static PyObject *py_resize_nearest(PyObject *s, PyObject *a, PyObject *k) { (void)s; return resize_common(a, k, 0); }
+static PyObject *py_upsample2x(PyObject *s, PyObject *a, PyObject *k) {
+    (void)s;
+    return resize_common(a, k, 1);
+}
+static PyObject *py_resize_nearest(PyObject *s, PyObject *a, PyObject *k) {
+    (void)s;
+    return resize_common(a, k, 0);
+}
 
 static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -666,7 +694,8 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
 static PyObject *py_timeit(PyObject *self, PyObject *args, PyObject *kw) {
     Py_ssize_t n = PyTuple_Size(args);
     if (n < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(args, 0))) {
-        PyErr_SetString(avq_py_exc(AVQ_ERR_DTYPE), "timeit(name, *args, repeat=10, **kwargs): name must be an op name (str)");
+        PyErr_SetString(avq_py_exc(AVQ_ERR_DTYPE),
+                        "timeit(name, *args, repeat=10, **kwargs): name must be an op name (str)");
         return NULL;
     }
     PyObject *name = PyTuple_GET_ITEM(args, 0);

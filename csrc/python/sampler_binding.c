@@ -35,11 +35,11 @@
 
 #include "bindings.h"
 #include "common.h"
-#include "pytypes.h"
-#include "unet_binding.h"
 #include "models/unet.h"
+#include "pytypes.h"
 #include "sampling/rng.h"
 #include "sampling/sampler.h"
+#include "unet_binding.h"
 
 /* ---- Python <-> loop glue --------------------------------------------------------- */
 
@@ -47,8 +47,8 @@ typedef struct py_run {
     /* the model: a C UNet and its plan, or a Python callable */
     avq_unet *unet;      /* borrowed from the UNet object */
     avq_unet_plan *plan; /* borrowed from the pinning capsule */
-    PyObject *callable; /* borrowed */
-    PyObject *callback; /* borrowed, may be NULL */
+    PyObject *callable;  /* borrowed */
+    PyObject *callback;  /* borrowed, may be NULL */
     /* the first Python exception raised inside the loop, re-raised afterwards
      * (type, value, traceback before Python 3.12; the exception alone from 3.12 on) */
     PyObject *exc[3];
@@ -112,8 +112,8 @@ static PyObject *timesteps_to_array(const avq_tensor *t) {
 
 /* Copies `obj` (anything convertible to float32 of t's shape) into t. -1 with an exception set. */
 static int copy_from_array(PyObject *obj, avq_tensor *t, const char *what) {
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(obj, NPY_FLOAT32,
-                                                         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF(
+        obj, NPY_FLOAT32, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
     if (!a) return -1;
     int ok = PyArray_NDIM(a) == t->ndim;
     for (int i = 0; ok && i < t->ndim; i++) ok = PyArray_DIM(a, i) == t->dims[i];
@@ -219,8 +219,8 @@ static const char *const spacing_names[] = {"linspace", "leading", "trailing"};
 #define N_SPACINGS ((int)(sizeof spacing_names / sizeof spacing_names[0]))
 
 static PyObject *sampler_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"kind", "steps", "eta", "linear_start", "linear_end", "timesteps", "karras", "spacing",
-                             NULL};
+    static char *kwlist[] = {"kind",   "steps",   "eta", "linear_start", "linear_end", "timesteps",
+                             "karras", "spacing", NULL};
     const char *kind_s, *spacing_s = "linspace";
     int steps, timesteps = 1000, karras = 0;
     double eta, ls = 0.00085, le = 0.012;
@@ -326,8 +326,7 @@ static void generator_dealloc(GeneratorObject *self) {
 
 static int generator_acquire(GeneratorObject *g) {
     if (g->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "this Generator is in use by another thread: use one generator per thread");
+        PyErr_SetString(PyExc_RuntimeError, "this Generator is in use by another thread: use one generator per thread");
         return -1;
     }
     g->busy = 1;
@@ -343,10 +342,8 @@ static PyObject *generator_randn(GeneratorObject *self, PyObject *oshape) {
     }
     float *p = PyArray_DATA(a);
     const npy_intp n = PyArray_SIZE(a);
-    Py_BEGIN_ALLOW_THREADS
-    avq_generator_randn(&self->g, p, (int64_t)n);
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
+    Py_BEGIN_ALLOW_THREADS avq_generator_randn(&self->g, p, (int64_t)n);
+    Py_END_ALLOW_THREADS self->busy = 0;
     return (PyObject *)a;
 }
 
@@ -381,8 +378,8 @@ static PyType_Spec generator_spec = {
 };
 
 static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"unet",  "x_T",      "cond",      "uncond", "scale", "c_concat",
-                             "noise", "seed",     "callback",  "generator", NULL};
+    static char *kwlist[] = {"unet",  "x_T",  "cond",     "uncond",    "scale", "c_concat",
+                             "noise", "seed", "callback", "generator", NULL};
     PyObject *unet, *ox, *oc, *ou = Py_None, *occ = Py_None, *on = Py_None, *oseed = Py_None, *ocb = Py_None;
     PyObject *ogen = Py_None;
     GeneratorObject *gen = NULL; /* acquired (busy) while set */
@@ -400,8 +397,9 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
     memset(&in, 0, sizeof in);
 
     if (resolve_model(unet, &r, &model) < 0) goto done;
-    if (!(x = avq_py_f32(ox, "x_T", 4, 4)) || !(c = avq_py_f32(oc, "cond", 3, 3)) || opt_array(ou, "uncond", 3, &u) < 0 ||
-        opt_array(occ, "c_concat", 4, &cc) < 0 || opt_array(on, "noise", 5, &noise) < 0)
+    if (!(x = avq_py_f32(ox, "x_T", 4, 4)) || !(c = avq_py_f32(oc, "cond", 3, 3)) ||
+        opt_array(ou, "uncond", 3, &u) < 0 || opt_array(occ, "c_concat", 4, &cc) < 0 ||
+        opt_array(on, "noise", 5, &noise) < 0)
         goto done;
     if (oseed != Py_None) {
         unsigned long long sv = PyLong_AsUnsignedLongLong(oseed);
@@ -455,11 +453,10 @@ static PyObject *sampler_sample(SamplerObject *self, PyObject *args, PyObject *k
         if (!plan_cap) goto done;
     }
 
-    Py_BEGIN_ALLOW_THREADS
-    st = avq_sampler_run(self->s, &model, &in, &tout);
+    Py_BEGIN_ALLOW_THREADS st = avq_sampler_run(self->s, &model, &in, &tout);
     Py_END_ALLOW_THREADS
 
-    if (r.exc[0]) {
+        if (r.exc[0]) {
         restore_exception(&r);
         goto done;
     }
@@ -619,10 +616,8 @@ static PyObject *py_randn(PyObject *self, PyObject *args, PyObject *kwds) {
     avq_rng_seed(&rng, (uint32_t)sv);
     float *p = PyArray_DATA(a);
     const npy_intp n = PyArray_SIZE(a);
-    Py_BEGIN_ALLOW_THREADS
-    avq_rng_randn_f32(&rng, p, (int64_t)n);
-    Py_END_ALLOW_THREADS
-    return (PyObject *)a;
+    Py_BEGIN_ALLOW_THREADS avq_rng_randn_f32(&rng, p, (int64_t)n);
+    Py_END_ALLOW_THREADS return (PyObject *)a;
 }
 
 static PyMethodDef randn_defs[] = {

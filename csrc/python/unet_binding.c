@@ -60,8 +60,7 @@ static PyObject *unet_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     avq_unet_config c;
     avq_dtype dt;
-    if (avq_py_unet_config(cfg, &c) < 0 || avq_py_precision(prec, &dt) < 0)
-        return NULL;
+    if (avq_py_unet_config(cfg, &c) < 0 || avq_py_precision(prec, &dt) < 0) return NULL;
     avq_weight_source src;
     avq_py_dict_source(&src, weights);
     avq_unet *unet;

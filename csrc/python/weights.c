@@ -22,7 +22,8 @@ static int dict_get(void *ctx, const char *name, int ndim, const int64_t *dims, 
     PyArrayObject *a = (PyArrayObject *)obj;
     int t = PyArray_TYPE(a);
     if (t != NPY_FLOAT32 && t != NPY_UINT16) {
-        snprintf(msg, msg_len, "dtype must be float32 or bfloat16 (uint16 bits), got %s", PyArray_DESCR(a)->typeobj->tp_name);
+        snprintf(msg, msg_len, "dtype must be float32 or bfloat16 (uint16 bits), got %s",
+                 PyArray_DESCR(a)->typeobj->tp_name);
         return 1;
     }
     int same = PyArray_NDIM(a) == ndim;
