@@ -60,13 +60,13 @@ def _text_spec(config: ConfigLike) -> TextEncoderSpec:
             raise ValueError(f"text encoder config: eps must be a positive number, got {spec.eps!r}")
         return spec
     if isinstance(config, (str, os.PathLike)):
-        spec = _config.load(config)
-        if not isinstance(spec, DiffusionSpec):
+        loaded = _config.load(config)
+        if not isinstance(loaded, DiffusionSpec):
             raise ValueError(
-                f"{os.fspath(config)} describes an autoencoder ({spec.target}), not a diffusion model with a "
+                f"{os.fspath(config)} describes an autoencoder ({loaded.target}), not a diffusion model with a "
                 "text encoder; pass a Stable Diffusion config such as v1-inpainting-inference.yaml"
             )
-        return spec.text_encoder
+        return loaded.text_encoder
     raise TypeError(
         "config must be a diffusion config path, a DiffusionSpec, a TextEncoderSpec or a dict of "
         f"TextEncoderSpec fields, got {type(config).__name__}"
@@ -154,7 +154,7 @@ class TextEncoder:
         self._embedded_vocab = embedded_vocab
         self._tokenizer: Optional[CLIPTokenizer] = vocab if isinstance(vocab, CLIPTokenizer) else None
         self._tokenizer_lock = threading.Lock()
-        if vocab is not None and self._tokenizer is None:
+        if vocab is not None and not isinstance(vocab, CLIPTokenizer):  # i.e. self._tokenizer is None
             _tokenizer.find_vocab(vocab)  # a given path that does not exist is an error now, not at encode()
 
     @classmethod

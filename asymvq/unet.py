@@ -48,15 +48,14 @@ DEFAULT_NUM_TIMESTEPS = 1000
 
 def _unet_spec(config: ConfigLike) -> tuple[UNetSpec, int]:
     """The UNet's spec and the number of diffusion timesteps it is trained for."""
-    if isinstance(config, (str, os.PathLike)):
-        config = _config.load(config)
-    if isinstance(config, DiffusionSpec):
-        return config.unet, int(config.timesteps)
-    if isinstance(config, UNetSpec):
-        return config, DEFAULT_NUM_TIMESTEPS
-    if isinstance(config, _config.AutoencoderSpec):
-        raise ValueError(f"config {config.source} describes an autoencoder, not a diffusion model with a UNet")
-    raise TypeError(f"config must be a YAML path, a DiffusionSpec or a UNetSpec, got {type(config).__name__}")
+    spec = _config.load(config) if isinstance(config, (str, os.PathLike)) else config
+    if isinstance(spec, DiffusionSpec):
+        return spec.unet, int(spec.timesteps)
+    if isinstance(spec, UNetSpec):
+        return spec, DEFAULT_NUM_TIMESTEPS
+    if isinstance(spec, _config.AutoencoderSpec):
+        raise ValueError(f"config {spec.source} describes an autoencoder, not a diffusion model with a UNet")
+    raise TypeError(f"config must be a YAML path, a DiffusionSpec or a UNetSpec, got {type(spec).__name__}")
 
 
 def _as_c_array(array: Any) -> Any:
