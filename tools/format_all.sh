@@ -2,8 +2,8 @@
 # Applies the repository's formatters to the whole tree, with the versions CI checks (the `lint` extra):
 #   ruff check --fix (import order and the other safe fixes), ruff format, clang-format -i on every C
 #   source and header under csrc/ and tests/c/.
-# Run it once all open branches are merged (it touches almost every file), commit the result alone,
-# then set CI_LINT_BLOCKING=1 in .ci/run. --check only reports, as CI does.
+# CI (.ci/run) fails on any difference, so run it before committing; a formatting-only change is
+# best committed alone. --check only reports, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
