@@ -226,22 +226,8 @@ class UNet:
         """
         x = np.asarray(x, dtype=np.float32)
         context = np.asarray(context, dtype=np.float32)
-        if x.ndim != 4:
-            raise ValueError(f"x must be 4-D [B, {self.in_channels}, h, w], got shape {list(x.shape)}")
+        self._core.check_latent(x)  # the binding owns the latent's shape contract
         batch = x.shape[0]
-        if x.shape[1] != self.in_channels:
-            what = (
-                "an inpainting UNet takes [x_t (4), mask (1), masked-image latent (4)]"
-                if self.in_channels == 9
-                else f"this is a {self.in_channels}-channel (txt2img) UNet"
-            )
-            raise ValueError(f"x has {x.shape[1]} channels, expected {self.in_channels}: {what}")
-        m = self.size_multiple
-        if x.shape[2] % m or x.shape[3] % m or x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(
-                f"latent height and width must be positive multiples of {m} (image sizes multiples of {8 * m}), "
-                f"got {x.shape[2]}x{x.shape[3]}"
-            )
         want = (batch, CONTEXT_LENGTH, self.context_dim)
         if context.shape != want:
             raise ValueError(f"context must have shape {list(want)}, got {list(context.shape)}")

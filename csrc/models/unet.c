@@ -619,6 +619,26 @@ static int is_input(const avq_tensor *t, int ndim) {
     return t && t->ndim == ndim && t->dtype == AVQ_F32 && t->layout == AVQ_PLAIN && t->data && t->arena_off < 0;
 }
 
+avq_status avq_unet_check_latent(const avq_unet *u, const int64_t dims[4]) {
+    const avq_unet_config *c = &u->cfg;
+    if (dims[1] != c->in_channels) {
+        if (c->in_channels == 9)
+            return avq_error(AVQ_ERR_SHAPE,
+                             "x has %lld channels, expected 9: an inpainting UNet takes [x_t (4), mask "
+                             "(1), masked-image latent (4)]",
+                             (long long)dims[1]);
+        return avq_error(AVQ_ERR_SHAPE, "x has %lld channels, expected %d: this is a %d-channel (txt2img) UNet",
+                         (long long)dims[1], c->in_channels, c->in_channels);
+    }
+    if (dims[0] < 1 || dims[2] < 1 || dims[3] < 1 || dims[2] % u->multiple || dims[3] % u->multiple)
+        return avq_error(AVQ_ERR_SHAPE,
+                         "latent height and width must be positive multiples of %lld (image sizes "
+                         "multiples of %lld), got %lldx%lld (batch %lld)",
+                         (long long)u->multiple, (long long)(8 * u->multiple), (long long)dims[2], (long long)dims[3],
+                         (long long)dims[0]);
+    return AVQ_OK;
+}
+
 static avq_status check_inputs(const avq_unet *u, const avq_tensor *x, const avq_tensor *t, const avq_tensor *ctx,
                                const avq_tensor *eps) {
     const avq_unet_config *c = &u->cfg;
@@ -626,17 +646,8 @@ static avq_status check_inputs(const avq_unet *u, const avq_tensor *x, const avq
     if (!is_input(x, 4) || !is_input(t, 1) || !is_input(ctx, 3) || !is_input(eps, 4))
         return avq_error(AVQ_ERR_ARG, "UNet inputs must be plain f32 tensors with data: x [B, C, h, w], t [B], "
                                       "context [B, L, D], eps [B, C, h, w]");
+    AVQ_TRY(avq_unet_check_latent(u, x->dims));
     int64_t B = x->dims[0], H = x->dims[2], W = x->dims[3];
-    if (B < 1 || H < 1 || W < 1)
-        return avq_error(AVQ_ERR_SHAPE, "UNet input x %s is empty", avq_tensor_str(x, b1, sizeof b1));
-    if (x->dims[1] != c->in_channels)
-        return avq_error(AVQ_ERR_SHAPE, "UNet input x has %lld channels, this UNet takes %d%s", (long long)x->dims[1],
-                         c->in_channels, c->in_channels == 9 ? " ([x_t (4), mask (1), masked-image latent (4)])" : "");
-    if (H % u->multiple || W % u->multiple)
-        return avq_error(AVQ_ERR_SHAPE,
-                         "UNet latent height and width must be multiples of %lld (image size a multiple "
-                         "of %lld), got %lldx%lld",
-                         (long long)u->multiple, (long long)(8 * u->multiple), (long long)H, (long long)W);
     if (t->dims[0] != B)
         return avq_error(AVQ_ERR_SHAPE, "UNet timesteps %s must have one entry per batch element (%lld)",
                          avq_tensor_str(t, b1, sizeof b1), (long long)B);

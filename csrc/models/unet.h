@@ -57,6 +57,10 @@ void avq_unet_destroy(avq_unet *u);
 
 int avq_unet_in_channels(const avq_unet *u);
 int avq_unet_out_channels(const avq_unet *u);
+/* AVQ_OK when a latent of dims [B, C, h, w] fits this UNet (channels, h and w
+ * positive multiples of the size multiple), else AVQ_ERR_SHAPE naming what is
+ * wrong: the one place the latent's contract is checked (avq_unet_run calls it). */
+avq_status avq_unet_check_latent(const avq_unet *u, const int64_t dims[4]);
 int avq_unet_context_dim(const avq_unet *u);
 avq_dtype avq_unet_precision(const avq_unet *u);
 const avq_unet_config *avq_unet_get_config(const avq_unet *u);

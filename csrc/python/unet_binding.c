@@ -101,6 +101,19 @@ static PyObject *unet_call(avq_py_model *self, PyObject *args, PyObject *kwds) {
     return eps;
 }
 
+static PyObject *unet_check_latent(avq_py_model *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"x", NULL};
+    PyObject *ox;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:check_latent", kwlist, &ox)) return NULL;
+    PyArrayObject *x = avq_py_f32(ox, "x", 4, 4);
+    if (!x) return NULL;
+    const int64_t dims[4] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2), PyArray_DIM(x, 3)};
+    Py_DECREF(x);
+    avq_status st = avq_unet_check_latent(unet_of(self), dims);
+    if (st != AVQ_OK) return avq_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyObject *unet_plan_capsule(avq_py_model *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"batch", "height", "width", "context_length", NULL};
     long long b, h, w, l = CONTEXT_LENGTH;
@@ -146,6 +159,8 @@ PyObject *avq_py_unet_pin_plan(PyObject *obj, int64_t batch, int64_t height, int
 /* ---- the type: the model protocol (model.h) and the above ------------------- */
 
 static PyMethodDef unet_methods[] = {
+    AVQ_PY_KW_METHOD("check_latent", unet_check_latent,
+                     "check_latent(x): raises what a call would for this latent's shape, runs nothing."),
     AVQ_PY_KW_METHOD("plan_capsule", unet_plan_capsule,
                      "plan_capsule(batch, height, width, context_length=77) -> PyCapsule \"" AVQ_PY_PLAN_CAPSULE
                      "\" pinning the plan."),
