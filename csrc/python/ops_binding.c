@@ -524,14 +524,8 @@ fail:
     return NULL;
 }
 
-static PyObject *py_group_norm(PyObject *s, PyObject *a, PyObject *k) {
-    (void)s;
-    return norm_common(a, k, 1);
-}
-static PyObject *py_layer_norm(PyObject *s, PyObject *a, PyObject *k) {
-    (void)s;
-    return norm_common(a, k, 0);
-}
+AVQ_PY_VARIANT(py_group_norm, norm_common, 1)
+AVQ_PY_VARIANT(py_layer_norm, norm_common, 0)
 
 /* ---- elementwise ---- */
 
@@ -597,14 +591,8 @@ static PyObject *binary_common(PyObject *args, PyObject *kw, int is_mul) {
     c.i0 = is_mul;
     return run_like_first(&c, body_add, arr, 2);
 }
-static PyObject *py_add(PyObject *s, PyObject *a, PyObject *k) {
-    (void)s;
-    return binary_common(a, k, 0);
-}
-static PyObject *py_mul(PyObject *s, PyObject *a, PyObject *k) {
-    (void)s;
-    return binary_common(a, k, 1);
-}
+AVQ_PY_VARIANT(py_add, binary_common, 0)
+AVQ_PY_VARIANT(py_mul, binary_common, 1)
 
 static PyObject *py_blend(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
@@ -659,14 +647,8 @@ static PyObject *resize_common(PyObject *args, PyObject *kw, int up2) {
     c.body = body_resize;
     return run(&c, &x, 1, 4, od);
 }
-static PyObject *py_upsample2x(PyObject *s, PyObject *a, PyObject *k) {
-    (void)s;
-    return resize_common(a, k, 1);
-}
-static PyObject *py_resize_nearest(PyObject *s, PyObject *a, PyObject *k) {
-    (void)s;
-    return resize_common(a, k, 0);
-}
+AVQ_PY_VARIANT(py_upsample2x, resize_common, 1)
+AVQ_PY_VARIANT(py_resize_nearest, resize_common, 0)
 
 static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;

@@ -26,4 +26,12 @@ static inline int avq_py_add_object(PyObject *m, const char *name, PyObject *val
 #define AVQ_PY_TYPE_SLOTS(new_fn, methods, doc) \
     {Py_tp_new, new_fn}, {Py_tp_methods, methods}, {Py_tp_doc, doc}, { 0, NULL }
 
+/* A module function that is one variant of a shared implementation:
+ * name(module, args, kwargs) -> common(args, kwargs, variant). */
+#define AVQ_PY_VARIANT(name, common, variant)                               \
+    static PyObject *name(PyObject *module, PyObject *args, PyObject *kw) { \
+        (void)module;                                                       \
+        return common(args, kw, variant);                                   \
+    }
+
 #endif

@@ -100,15 +100,9 @@ static PyObject *part_tensors(PyObject *args, PyObject *kw, int decoder) {
     return record(ae_create, &c, ae_destroy);
 }
 
-static PyObject *py_vae_encoder_tensors(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return part_tensors(args, kw, 0);
-}
+AVQ_PY_VARIANT(py_vae_encoder_tensors, part_tensors, 0)
 
-static PyObject *py_decoder_tensors(PyObject *self, PyObject *args, PyObject *kw) {
-    (void)self;
-    return part_tensors(args, kw, 1);
-}
+AVQ_PY_VARIANT(py_decoder_tensors, part_tensors, 1)
 
 #define TABLE_DOC(model) "[(name, shape)] the C " model " looks up, in order."
 static PyMethodDef table_methods[] = {
