@@ -68,6 +68,17 @@ PathLike = Union[str, os.PathLike]
 PairList = Sequence[Tuple[PathLike, PathLike]]
 
 #: Deaths of a worker running a pair before that pair is marked failed (local clusters).
+__all__ = [
+    "run_batch",
+    "BatchResult",
+    "ModelError",
+    "run_pair_task",
+    "plan_local",
+    "worker_memory_bytes",
+    "cores",
+    "main",
+]
+
 ALLOWED_FAILURES = 2
 
 _CACHE: Dict[str, Models] = {}

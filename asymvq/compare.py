@@ -51,6 +51,19 @@ from PIL import Image, ImageDraw
 
 from . import _cli
 
+__all__ = [
+    "Job",
+    "DecoderSpec",
+    "Models",
+    "process_pair",
+    "find_pairs",
+    "summarize",
+    "write_tables",
+    "plot_summary",
+    "make_strip",
+    "main",
+]
+
 PROMPT = "photograph of a beautiful empty scene, highest quality settings"
 METRICS = ("pre_error", "psnr", "ssim")
 #: Per-image learned metrics, with ``--lpips`` (:mod:`asymvq.quality`).

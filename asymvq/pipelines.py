@@ -64,6 +64,15 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, os.PathLike]
 
+__all__ = [
+    "InpaintPipeline",
+    "Txt2ImgPipeline",
+    "PipelineResult",
+    "inpaint_decoder_spec",
+    "SCALE_FACTOR",
+    "INPAINT_PROMPT",
+]
+
 SCALE_FACTOR = 0.18215
 INPAINT_PROMPT = "photograph of a beautiful empty scene, highest quality settings"
 TXT2IMG_PROMPT = "a painting of a virus monster playing guitar"

@@ -64,6 +64,16 @@ def test_the_checkpoint_facade_offers_what_its_parts_define() -> None:
         "asymvq.image",
         "asymvq.rng",
         "asymvq.precision",
+        "asymvq.pipelines",
+        "asymvq.unet",
+        "asymvq.autoencoder",
+        "asymvq.text_encoder",
+        "asymvq.sampler",
+        "asymvq.metrics",
+        "asymvq.quality",
+        "asymvq.errors",
+        "asymvq.batch",
+        "asymvq.compare",
     ],
 )
 def test_a_public_module_declares_all_and_every_name_in_it_exists(module: str) -> None:
