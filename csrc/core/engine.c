@@ -143,6 +143,8 @@ static int g_park_error;   /* pthread_create's error, 0 if it started */
 static void *park_main(void *arg) {
     (void)arg;
     int got = 0;
+    /* named before the region: the team's threads inherit the name when they are created */
+    pthread_setname_np(pthread_self(), "avq-omp-park");
 #pragma omp parallel num_threads(g_park_request)
     {
 #pragma omp single
@@ -167,7 +169,6 @@ static void park_start(void) {
     g_park_error = pthread_create(&thread, &attr, park_main, NULL);
     pthread_attr_destroy(&attr);
     if (g_park_error) return;
-    pthread_setname_np(thread, "avq-omp-park");
     pthread_mutex_lock(&g_park_mutex);
     while (!g_park_size) pthread_cond_wait(&g_park_cond, &g_park_mutex);
     pthread_mutex_unlock(&g_park_mutex);
