@@ -280,7 +280,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     capped = [v for v in ISA_CAP_VARS if v in harness.child_env(job.get("isa"))]
     if capped and any(e == "openvino" for _, e, _ in engines):
         print(
-            f"(OpenVINO ran without {', '.join(capped)}: it cannot run with oneDNN's ISA cap set, so its ISA is not capped)"
+            f"(OpenVINO ran without {', '.join(capped)}: it cannot run with oneDNN's ISA cap set, "
+            "so its ISA is not capped)"
         )
     print(
         f"(threads used: process CPU time / wall time of the forward; asked {threads}. load average after: "
