@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import write_checkpoint
 from PIL import Image
 
 from asymvq import inpaint_st, txt2img
@@ -15,64 +14,12 @@ from asymvq import inpaint_st, txt2img
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 EXAMPLES = SHARED / "inpainting_examples"
-VOCAB = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-TINY = ROOT / "configs" / "tiny"
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli-ckpts")
-    return {
-        "inpaint": write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
-        "t2i": write_checkpoint(d / "sd-t2i.ckpt", "sd15-txt2img"),
-        "decoder": write_checkpoint(d / "decoder-base.ckpt", "decoder-base"),
-    }
-
-
-def inpaint_args(ckpts, indir, outdir, *extra):
-    return [
-        "--indir",
-        str(indir),
-        "--outdir",
-        str(outdir),
-        "--config_d",
-        str(TINY / "v1-inpainting-inference.yaml"),
-        "--ckpt_d",
-        str(ckpts["inpaint"]),
-        "--config",
-        str(TINY / "autoencoder_kl_32x32x4.yaml"),
-        "--ckpt",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        "--steps",
-        "2",
-        *extra,
-    ]
-
-
-def txt2img_args(ckpts, outdir, *extra):
-    return [
-        "--outdir",
-        str(outdir),
-        "--config",
-        str(TINY / "v1-t2i-inference.yaml"),
-        "--ckpt",
-        str(ckpts["t2i"]),
-        "--config_c",
-        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-        "--ckpt_c",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        "--H",
-        "128",
-        "--W",
-        "128",
-        "--ddim_steps",
-        "2",
-        *extra,
-    ]
+@pytest.fixture
+def cli(tiny_cli):
+    """This file's runs: two sampling steps; txt2img at 128 x 128."""
+    return tiny_cli.with_flags(inpaint=["--steps", "2"], txt2img=["--H", "128", "--W", "128", "--ddim_steps", "2"])
 
 
 def two_pairs(tmp_path):
@@ -84,9 +31,9 @@ def two_pairs(tmp_path):
     return indir
 
 
-def test_inpaint_st_writes_one_png_per_pair_with_the_inpaint_size(ckpts, tmp_path, capsys):
+def test_inpaint_st_writes_one_png_per_pair_with_the_inpaint_size(cli, tmp_path, capsys):
     out = tmp_path / "out"
-    assert inpaint_st.main(inpaint_args(ckpts, EXAMPLES, out)) == 0
+    assert inpaint_st.main(cli.inpaint(EXAMPLES, out)) == 0
     pairs = sorted(p.name.replace("_mask", "") for p in EXAMPLES.glob("*_mask.png"))
     assert sorted(p.name for p in out.glob("*.png")) == pairs
     for name in pairs:
@@ -98,8 +45,8 @@ def test_inpaint_st_writes_one_png_per_pair_with_the_inpaint_size(ckpts, tmp_pat
     assert len(lines) == len(pairs)
 
 
-def test_inpaint_st_report_prints_the_preservation_error(ckpts, tmp_path, capsys):
-    assert inpaint_st.main(inpaint_args(ckpts, two_pairs(tmp_path), tmp_path / "out", "--report")) == 0
+def test_inpaint_st_report_prints_the_preservation_error(cli, tmp_path, capsys):
+    assert inpaint_st.main(cli.inpaint(two_pairs(tmp_path), tmp_path / "out", "--report")) == 0
     assert capsys.readouterr().out.count("pre_error") == 2
 
 
@@ -111,77 +58,75 @@ def _fails(capsys, argv, main, match):
     assert err.startswith("error: ") and err.count("error: ") == 1, err
 
 
-def test_inpaint_st_image_without_mask_is_skipped_with_one_warning(ckpts, tmp_path, capsys):
+def test_inpaint_st_image_without_mask_is_skipped_with_one_warning(cli, tmp_path, capsys):
     # issue 11/13: like the original, which lists *_mask.png (before: an error)
     indir = two_pairs(tmp_path)
     (indir / "bench2_mask.png").unlink()
     out = tmp_path / "out"
-    assert inpaint_st.main(inpaint_args(ckpts, indir, out)) == 0
+    assert inpaint_st.main(cli.inpaint(indir, out)) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["overture-creations-5sI6fQgYIuo.png"]
     err = capsys.readouterr().err
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert warnings == ["warning: skipping 1 image(s) without a NAME_mask.png: bench2.png"]
 
 
-def test_inpaint_st_mask_without_image_fails_before_writing_anything(ckpts, tmp_path, capsys):
+def test_inpaint_st_mask_without_image_fails_before_writing_anything(cli, tmp_path, capsys):
     indir = two_pairs(tmp_path)
     (indir / "bench2.png").unlink()
     out = tmp_path / "out"
-    _fails(capsys, inpaint_args(ckpts, indir, out), inpaint_st.main, "has no image bench2.png")
+    _fails(capsys, cli.inpaint(indir, out), inpaint_st.main, "has no image bench2.png")
     assert not list(out.glob("*.png")) if out.exists() else True
 
 
-def test_inpaint_st_mask_of_another_size_is_refused(ckpts, tmp_path, capsys):
+def test_inpaint_st_mask_of_another_size_is_refused(cli, tmp_path, capsys):
     indir = two_pairs(tmp_path)
     Image.new("L", (100, 100)).save(indir / "bench2_mask.png")
-    _fails(capsys, inpaint_args(ckpts, indir, tmp_path / "out"), inpaint_st.main, "differs from image size")
+    _fails(capsys, cli.inpaint(indir, tmp_path / "out"), inpaint_st.main, "differs from image size")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
 
 
-def test_inpaint_st_non_image_file_is_refused(ckpts, tmp_path, capsys):
+def test_inpaint_st_non_image_file_is_refused(cli, tmp_path, capsys):
     indir = two_pairs(tmp_path)
     (indir / "bench2.png").write_bytes(b"not a picture")
-    _fails(capsys, inpaint_args(ckpts, indir, tmp_path / "out"), inpaint_st.main, "is not a readable image")
+    _fails(capsys, cli.inpaint(indir, tmp_path / "out"), inpaint_st.main, "is not a readable image")
 
 
-def test_inpaint_st_empty_indir_is_refused(ckpts, tmp_path, capsys):
+def test_inpaint_st_empty_indir_is_refused(cli, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    _fails(capsys, inpaint_args(ckpts, tmp_path / "empty", tmp_path / "out"), inpaint_st.main, "has no NAME.png")
+    _fails(capsys, cli.inpaint(tmp_path / "empty", tmp_path / "out"), inpaint_st.main, "has no NAME.png")
 
 
-def test_inpaint_st_unwritable_outdir_is_refused(ckpts, tmp_path, capsys):
+def test_inpaint_st_unwritable_outdir_is_refused(cli, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    _fails(
-        capsys, inpaint_args(ckpts, two_pairs(tmp_path), tmp_path / "file" / "out"), inpaint_st.main, "is not writable"
-    )
+    _fails(capsys, cli.inpaint(two_pairs(tmp_path), tmp_path / "file" / "out"), inpaint_st.main, "is not writable")
 
 
-def test_inpaint_st_checkpoint_not_matching_config_is_refused_without_output(ckpts, tmp_path, capsys):
+def test_inpaint_st_checkpoint_not_matching_config_is_refused_without_output(cli, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = inpaint_args(ckpts, two_pairs(tmp_path), out)
-    argv[argv.index("--ckpt_d") + 1] = str(ckpts["t2i"])  # 4-channel UNet for the 9-channel config
+    argv = cli.inpaint(two_pairs(tmp_path), out)
+    argv[argv.index("--ckpt_d") + 1] = str(cli.ckpts["t2i"])  # 4-channel UNet for the 9-channel config
     _fails(capsys, argv, inpaint_st.main, "input_blocks.0.0.weight: shape [32, 4, 3, 3], expected [32, 9, 3, 3]")
     assert not list(out.glob("*.png"))
 
 
-def test_txt2img_writes_samples_and_a_grid(ckpts, tmp_path):
+def test_txt2img_writes_samples_and_a_grid(cli, tmp_path):
     out = tmp_path / "out"
-    assert txt2img.main(txt2img_args(ckpts, out, "--n_samples", "2", "--n_iter", "2")) == 0
+    assert txt2img.main(cli.txt2img(out, "--n_samples", "2", "--n_iter", "2")) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png", "2.png", "3.png", "grid.png"]
     assert Image.open(out / "0.png").size == (128, 128)
     assert Image.open(out / "grid.png").size == (256, 256)
 
 
-def test_txt2img_with_the_original_defaults_writes_only_0_png(ckpts, tmp_path):
+def test_txt2img_with_the_original_defaults_writes_only_0_png(cli, tmp_path):
     # the original parses --n_iter 2 but runs one iteration and saves one image (before: 0, 1 and grid)
     out = tmp_path / "out"
-    assert txt2img.main(txt2img_args(ckpts, out)) == 0
+    assert txt2img.main(cli.txt2img(out)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["0.png"]
 
 
-def test_txt2img_explicit_n_iter_2_writes_both_images_and_the_grid(ckpts, tmp_path):
+def test_txt2img_explicit_n_iter_2_writes_both_images_and_the_grid(cli, tmp_path):
     out = tmp_path / "out"
-    assert txt2img.main(txt2img_args(ckpts, out, "--n_iter", "2")) == 0
+    assert txt2img.main(cli.txt2img(out, "--n_iter", "2")) == 0
     assert sorted(p.name for p in out.iterdir()) == ["0.png", "1.png", "grid.png"]
 
 
@@ -193,26 +138,26 @@ def test_txt2img_help_says_where_asymvq_goes_beyond_the_original(capsys):
     assert "--n_iter N given explicitly runs N iterations" in text
 
 
-def test_txt2img_skip_flags_and_plms(ckpts, tmp_path):
+def test_txt2img_skip_flags_and_plms(cli, tmp_path):
     out = tmp_path / "out"
-    assert txt2img.main(txt2img_args(ckpts, out, "--n_iter", "1", "--plms", "--skip_grid")) == 0
+    assert txt2img.main(cli.txt2img(out, "--n_iter", "1", "--plms", "--skip_grid")) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["0.png"]
     out2 = tmp_path / "out2"
-    assert txt2img.main(txt2img_args(ckpts, out2, "--n_iter", "2", "--skip_save")) == 0
+    assert txt2img.main(cli.txt2img(out2, "--n_iter", "2", "--skip_save")) == 0
     assert sorted(p.name for p in out2.glob("*.png")) == ["grid.png"]
 
 
-def test_txt2img_from_file_runs_every_prompt(ckpts, tmp_path):
+def test_txt2img_from_file_runs_every_prompt(cli, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red house\n\na blue boat\n")
     out = tmp_path / "out"
-    assert txt2img.main(txt2img_args(ckpts, out, "--n_iter", "1", "--from-file", str(prompts), "--skip_grid")) == 0
+    assert txt2img.main(cli.txt2img(out, "--n_iter", "1", "--from-file", str(prompts), "--skip_grid")) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png"]
 
 
-def test_txt2img_fixed_code_gives_identical_iterations(ckpts, tmp_path):
+def test_txt2img_fixed_code_gives_identical_iterations(cli, tmp_path):
     out = tmp_path / "out"
-    assert txt2img.main(txt2img_args(ckpts, out, "--n_iter", "2", "--fixed_code", "--skip_grid")) == 0
+    assert txt2img.main(cli.txt2img(out, "--n_iter", "2", "--fixed_code", "--skip_grid")) == 0
     a, b = (np.asarray(Image.open(out / f"{i}.png")) for i in (0, 1))
     np.testing.assert_array_equal(a, b)
 
@@ -226,8 +171,8 @@ def test_txt2img_fixed_code_gives_identical_iterations(ckpts, tmp_path):
         (["--C", "3"], "--C must be 4"),
     ],
 )
-def test_txt2img_bad_flags_fail_with_one_line(ckpts, tmp_path, capsys, flag, match):
-    _fails(capsys, txt2img_args(ckpts, tmp_path / "out", *flag), txt2img.main, match)
+def test_txt2img_bad_flags_fail_with_one_line(cli, tmp_path, capsys, flag, match):
+    _fails(capsys, cli.txt2img(tmp_path / "out", *flag), txt2img.main, match)
 
 
 def test_txt2img_accepts_every_original_flag():

@@ -15,51 +15,13 @@ from asymvq import _cli, convert, demo, inpaint_st, txt2img
 from asymvq.tables import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-VOCAB = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 TINY = ROOT / "configs" / "tiny"
 
 
-def t2i_argv(ckpts, outdir, *extra):
-    return [
-        "--outdir",
-        str(outdir),
-        "--config",
-        str(TINY / "v1-t2i-inference.yaml"),
-        "--ckpt",
-        str(ckpts["t2i"]),
-        "--config_c",
-        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-        "--ckpt_c",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        "--H",
-        "128",
-        "--W",
-        "128",
-        *extra,
-    ]
-
-
-def inpaint_argv(ckpts, indir, outdir, *extra):
-    return [
-        "--indir",
-        str(indir),
-        "--outdir",
-        str(outdir),
-        "--config_d",
-        str(TINY / "v1-inpainting-inference.yaml"),
-        "--ckpt_d",
-        str(ckpts["inpaint"]),
-        "--config",
-        str(TINY / "autoencoder_kl_32x32x4.yaml"),
-        "--ckpt",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        *extra,
-    ]
+@pytest.fixture
+def cli(empty_cli):
+    """This file's command lines: empty checkpoint files; txt2img at 128 x 128."""
+    return empty_cli.with_flags(txt2img=["--H", "128", "--W", "128"])
 
 
 def one_pair(folder: Path, name: str = "a", size: int = 64) -> Path:
@@ -119,26 +81,26 @@ def call(main, argv):
         (["--ddim_steps", "abc"], "argument --ddim_steps: invalid int value"),
     ],
 )
-def test_txt2img_bad_value_is_one_error_line_with_status_2(empty_ckpts, tmp_path, capsys, extra, match):
-    assert_one_error_line(capsys, call(txt2img.main, t2i_argv(empty_ckpts, tmp_path / "out", *extra)), match)
+def test_txt2img_bad_value_is_one_error_line_with_status_2(cli, tmp_path, capsys, extra, match):
+    assert_one_error_line(capsys, call(txt2img.main, cli.txt2img(tmp_path / "out", *extra)), match)
 
 
-def test_txt2img_from_file_that_is_not_utf8_is_refused(empty_ckpts, tmp_path, capsys):
+def test_txt2img_from_file_that_is_not_utf8_is_refused(cli, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes(b"a red house\n\xff\xfe latin-1 \xe9\n")
-    code = txt2img.main(t2i_argv(empty_ckpts, tmp_path / "out", "--from-file", str(prompts)))
+    code = txt2img.main(cli.txt2img(tmp_path / "out", "--from-file", str(prompts)))
     assert_one_error_line(capsys, code, "is not UTF-8 text")
 
 
-def test_txt2img_output_name_taken_by_a_folder_is_refused_before_the_work(empty_ckpts, tmp_path, capsys):
+def test_txt2img_output_name_taken_by_a_folder_is_refused_before_the_work(cli, tmp_path, capsys):
     (tmp_path / "out" / "0.png").mkdir(parents=True)
-    code = txt2img.main(t2i_argv(empty_ckpts, tmp_path / "out"))
+    code = txt2img.main(cli.txt2img(tmp_path / "out"))
     assert_one_error_line(capsys, code, "0.png exists and is not a file")
 
 
-def test_txt2img_explicit_iterations_check_every_output_name(empty_ckpts, tmp_path, capsys):
+def test_txt2img_explicit_iterations_check_every_output_name(cli, tmp_path, capsys):
     (tmp_path / "out" / "grid.png").mkdir(parents=True)
-    code = txt2img.main(t2i_argv(empty_ckpts, tmp_path / "out", "--n_iter", "2"))
+    code = txt2img.main(cli.txt2img(tmp_path / "out", "--n_iter", "2"))
     assert_one_error_line(capsys, code, "grid.png exists and is not a file")
 
 
@@ -154,31 +116,31 @@ def test_txt2img_explicit_iterations_check_every_output_name(empty_ckpts, tmp_pa
         (["--threads", "0"], "--threads must be >= 1"),
     ],
 )
-def test_inpaint_st_bad_value_is_one_error_line_with_status_2(empty_ckpts, tmp_path, capsys, extra, match):
-    argv = inpaint_argv(empty_ckpts, one_pair(tmp_path / "in"), tmp_path / "out", *extra)
+def test_inpaint_st_bad_value_is_one_error_line_with_status_2(cli, tmp_path, capsys, extra, match):
+    argv = cli.inpaint(one_pair(tmp_path / "in"), tmp_path / "out", *extra)
     assert_one_error_line(capsys, call(inpaint_st.main, argv), match)
 
 
-def test_inpaint_st_output_name_taken_by_a_folder_is_refused_before_the_work(empty_ckpts, tmp_path, capsys):
+def test_inpaint_st_output_name_taken_by_a_folder_is_refused_before_the_work(cli, tmp_path, capsys):
     (tmp_path / "out" / "a.png").mkdir(parents=True)
-    code = inpaint_st.main(inpaint_argv(empty_ckpts, one_pair(tmp_path / "in"), tmp_path / "out"))
+    code = inpaint_st.main(cli.inpaint(one_pair(tmp_path / "in"), tmp_path / "out"))
     assert_one_error_line(capsys, code, "a.png exists and is not a file")
 
 
-def test_inpaint_st_decompression_bomb_is_refused_by_name(empty_ckpts, tmp_path, capsys):
+def test_inpaint_st_decompression_bomb_is_refused_by_name(cli, tmp_path, capsys):
     indir = tmp_path / "in"
     indir.mkdir()
     png_header_only(indir / "huge.png", 20000, 20000)
     png_header_only(indir / "huge_mask.png", 20000, 20000)
-    code = inpaint_st.main(inpaint_argv(empty_ckpts, indir, tmp_path / "out"))
+    code = inpaint_st.main(cli.inpaint(indir, tmp_path / "out"))
     assert_one_error_line(capsys, code, f"image {indir / 'huge.png'} is too large to open safely")
 
 
-def test_inpaint_st_truncated_png_is_found_before_the_models_load(empty_ckpts, tmp_path, capsys):
+def test_inpaint_st_truncated_png_is_found_before_the_models_load(cli, tmp_path, capsys):
     indir = one_pair(tmp_path / "in")
     data = (indir / "a.png").read_bytes()
     (indir / "a.png").write_bytes(data[: len(data) - 20])
-    code = inpaint_st.main(inpaint_argv(empty_ckpts, indir, tmp_path / "out"))
+    code = inpaint_st.main(cli.inpaint(indir, tmp_path / "out"))
     assert_one_error_line(capsys, code, "is not a readable image")
 
 
@@ -280,9 +242,9 @@ def test_debug_env_shows_the_traceback(monkeypatch):
         _cli.run_command(body)
 
 
-def test_command_line_error_has_no_traceback_in_a_real_process(empty_ckpts, tmp_path):
+def test_command_line_error_has_no_traceback_in_a_real_process(cli, tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "asymvq.txt2img", *t2i_argv(empty_ckpts, tmp_path / "o"), "--ddim_eta", "nan"],
+        [sys.executable, "-m", "asymvq.txt2img", *cli.txt2img(tmp_path / "o"), "--ddim_eta", "nan"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -291,23 +253,21 @@ def test_command_line_error_has_no_traceback_in_a_real_process(empty_ckpts, tmp_
     assert r.stderr.startswith("error: --ddim_eta nan") and r.stderr.count("\n") == 1
 
 
-def test_the_checks_do_not_load_weights(empty_ckpts, tmp_path, capsys):
+def test_the_checks_do_not_load_weights(cli, tmp_path, capsys):
     # with every value good, the empty checkpoint is what fails: the checks above ran first
-    code = txt2img.main(t2i_argv(empty_ckpts, tmp_path / "out"))
+    code = txt2img.main(cli.txt2img(tmp_path / "out"))
     err = capsys.readouterr().err
-    assert code == 2 and (str(empty_ckpts["t2i"]) in err or str(empty_ckpts["decoder"]) in err), err
+    assert code == 2 and (str(cli.ckpts["t2i"]) in err or str(cli.ckpts["decoder"]) in err), err
     assert not list((tmp_path / "out").glob("*.png"))
 
 
-def test_weights_that_do_not_fit_are_one_line_naming_the_file_and_cut_after_ten(tmp_path, capsys):
-    from fixtures import write_checkpoint
-
-    decoder = write_checkpoint(tmp_path / "decoder.ckpt", "decoder-base")
-    ckpts = {"inpaint": decoder, "decoder": decoder}  # a decoder where the SD model belongs
-    code = inpaint_st.main(inpaint_argv(ckpts, one_pair(tmp_path / "in"), tmp_path / "out"))
+def test_weights_that_do_not_fit_are_one_line_naming_the_file_and_cut_after_ten(tiny_cli, tmp_path, capsys):
+    decoder = tiny_cli.ckpts["decoder"]
+    cli = tiny_cli.with_ckpts(inpaint=decoder)  # a decoder where the SD model belongs
+    code = inpaint_st.main(cli.inpaint(one_pair(tmp_path / "in"), tmp_path / "out"))
     assert_one_error_line(capsys, code, f"error: {decoder}: weights (CLIP text encoder): 36 problem(s)")
     # (assert_one_error_line consumed stderr; run again to look at the tail)
-    inpaint_st.main(inpaint_argv(ckpts, tmp_path / "in", tmp_path / "out"))
+    inpaint_st.main(cli.inpaint(tmp_path / "in", tmp_path / "out"))
     assert capsys.readouterr().err.rstrip().endswith("; and 26 more")
 
 
@@ -319,8 +279,8 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_file_and_cut_after_ten(
         ("--config_c", "v1-t2i-inference.yaml", "is not an autoencoder config"),
     ],
 )
-def test_txt2img_config_of_the_wrong_kind_is_refused_before_loading(empty_ckpts, tmp_path, capsys, flag, config, match):
-    argv = t2i_argv(empty_ckpts, tmp_path / "out")
+def test_txt2img_config_of_the_wrong_kind_is_refused_before_loading(cli, tmp_path, capsys, flag, config, match):
+    argv = cli.txt2img(tmp_path / "out")
     argv[argv.index(flag) + 1] = str(TINY / config)
     assert_one_error_line(capsys, txt2img.main(argv), match)
 
@@ -334,9 +294,7 @@ def test_txt2img_config_of_the_wrong_kind_is_refused_before_loading(empty_ckpts,
         # inpainting pipeline, to compare them with the asymmetric ones)
     ],
 )
-def test_inpaint_st_config_of_the_wrong_kind_is_refused_before_loading(
-    empty_ckpts, tmp_path, capsys, flag, config, match
-):
-    argv = inpaint_argv(empty_ckpts, one_pair(tmp_path / "in"), tmp_path / "out")
+def test_inpaint_st_config_of_the_wrong_kind_is_refused_before_loading(cli, tmp_path, capsys, flag, config, match):
+    argv = cli.inpaint(one_pair(tmp_path / "in"), tmp_path / "out")
     argv[argv.index(flag) + 1] = str(TINY / config)
     assert_one_error_line(capsys, inpaint_st.main(argv), match)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fixtures import fixture_config, write_checkpoint
 from PIL import Image
-from test_cli_errors import assert_one_error_line, inpaint_argv, one_pair
+from test_cli_errors import assert_one_error_line, one_pair
 
 from asymvq import convert, inpaint_st
 
@@ -29,29 +29,29 @@ def snapshot(folder: Path) -> dict:
 # Item 8: outputs never replace inputs
 
 
-def test_inpaint_st_outdir_equal_to_indir_is_refused_and_inputs_stay(empty_ckpts, tmp_path, capsys):
+def test_inpaint_st_outdir_equal_to_indir_is_refused_and_inputs_stay(empty_cli, tmp_path, capsys):
     indir = one_pair(tmp_path / "in")
     before = snapshot(indir)
-    code = inpaint_st.main(inpaint_argv(empty_ckpts, indir, indir))
+    code = inpaint_st.main(empty_cli.inpaint(indir, indir))
     assert_one_error_line(capsys, code, "is the --indir folder")
     assert snapshot(indir) == before
 
 
-def test_inpaint_st_outdir_linked_to_indir_is_refused(empty_ckpts, tmp_path, capsys):
+def test_inpaint_st_outdir_linked_to_indir_is_refused(empty_cli, tmp_path, capsys):
     indir = one_pair(tmp_path / "in")
     (tmp_path / "link").symlink_to(indir, target_is_directory=True)
     before = snapshot(indir)
-    code = inpaint_st.main(inpaint_argv(empty_ckpts, tmp_path / "in" / ".." / "link", indir))
+    code = inpaint_st.main(empty_cli.inpaint(tmp_path / "in" / ".." / "link", indir))
     assert_one_error_line(capsys, code, "is the --indir folder")
     assert snapshot(indir) == before
 
 
-def test_inpaint_st_output_that_is_a_hard_link_to_an_input_is_refused(empty_ckpts, tmp_path, capsys):
+def test_inpaint_st_output_that_is_a_hard_link_to_an_input_is_refused(empty_cli, tmp_path, capsys):
     indir = one_pair(tmp_path / "in")
     (tmp_path / "out").mkdir()
     os.link(indir / "a_mask.png", tmp_path / "out" / "a.png")  # the output a.png is the input mask
     before = snapshot(indir)
-    code = inpaint_st.main(inpaint_argv(empty_ckpts, indir, tmp_path / "out"))
+    code = inpaint_st.main(empty_cli.inpaint(indir, tmp_path / "out"))
     assert_one_error_line(capsys, code, "is one of the input files")
     assert snapshot(indir) == before
 
@@ -111,16 +111,7 @@ MEMORY_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def tiny_inpaint_ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stream-ckpts")
-    return {
-        "inpaint": write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
-        "decoder": write_checkpoint(d / "decoder-base.ckpt", "decoder-base"),
-    }
-
-
-def peak_rss_kib(ckpts, tmp_path: Path, pairs: int) -> int:
+def peak_rss_kib(cli, tmp_path: Path, pairs: int) -> int:
     """Peak RSS of a child running inpaint_st over ``pairs`` copies (hard links) of one 128x64 pair."""
     indir, outdir = tmp_path / f"in{pairs}", tmp_path / f"out{pairs}"
     indir.mkdir()
@@ -132,7 +123,7 @@ def peak_rss_kib(ckpts, tmp_path: Path, pairs: int) -> int:
     for i in range(pairs):
         os.link(tmp_path / "img.png", indir / f"p{i:04d}.png")
         os.link(tmp_path / "mask.png", indir / f"p{i:04d}_mask.png")
-    argv = inpaint_argv(ckpts, indir, outdir, "--steps", "1")
+    argv = cli.inpaint(indir, outdir, "--steps", "1")
     r = subprocess.run(
         [sys.executable, "-c", MEMORY_CHILD, *argv], capture_output=True, text=True, cwd=ROOT, timeout=1800
     )  # ~20 s on an idle machine; generous for loaded CI
@@ -142,9 +133,9 @@ def peak_rss_kib(ckpts, tmp_path: Path, pairs: int) -> int:
     return result["peak_kib"]
 
 
-def test_inpaint_st_memory_does_not_grow_with_the_number_of_pairs(tiny_inpaint_ckpts, tmp_path):
-    few = peak_rss_kib(tiny_inpaint_ckpts, tmp_path, 2)
-    many = peak_rss_kib(tiny_inpaint_ckpts, tmp_path, 200)
+def test_inpaint_st_memory_does_not_grow_with_the_number_of_pairs(tiny_cli, tmp_path):
+    few = peak_rss_kib(tiny_cli, tmp_path, 2)
+    many = peak_rss_kib(tiny_cli, tmp_path, 200)
     # holding every loaded pair (float32 image + mask, 128 KiB a pair) would add ~25 MiB for 198 more
     print(f"peak RSS: 2 pairs {few / 1024:.1f} MiB, 200 pairs {many / 1024:.1f} MiB")
     assert many - few < 8 * 1024, (few, many)

@@ -126,7 +126,8 @@ def test_inpaint_st_accepts_the_diffusion_config_as_config_for_the_vanilla_decod
     np.testing.assert_array_equal(np.asarray(Image.open(out / "pair0.png")), ref.uint8[0])
 
 
-def compare_args(ckpts, indir, outdir, *extra):
+def compare_head(ckpts, indir, outdir):
+    """``python -m asymvq compare``'s arguments before the decoders: the pairs, the output, the SD model."""
     return [
         "compare",
         "--indir",
@@ -137,6 +138,12 @@ def compare_args(ckpts, indir, outdir, *extra):
         str(CONFIG_D),
         "--ckpt_d",
         str(ckpts["sd"]),
+    ]
+
+
+def compare_args(ckpts, indir, outdir, *extra):
+    return [
+        *compare_head(ckpts, indir, outdir),
         "--decoder",
         "vanilla",
         "--decoder",
@@ -224,65 +231,30 @@ def test_compare_reports_a_corrupt_pair_in_failures_and_finishes_the_others(ckpt
     assert (tmp_path / "out" / "large2" / "pair0.png").is_file()
 
 
+def compare_with_decoders(ckpts, tmp_path, *decoders):
+    """``compare``'s exit status on one pair (output: ``tmp_path / "o"``) with these ``--decoder`` values."""
+    args = compare_head(ckpts, make_pairs(tmp_path / "in", 1), tmp_path / "o")
+    for value in decoders:
+        args += ["--decoder", value]
+    return asymvq_main(args)
+
+
 @pytest.mark.parametrize("value", ["base", "base=cfg.yaml", "=cfg.yaml:x.ckpt", "strips=a.yaml:b.ckpt"])
 def test_bad_decoder_argument_fails_with_one_error_line(ckpts, tmp_path, capsys, value):
-    indir = make_pairs(tmp_path / "in", 1)
-    args = [
-        "compare",
-        "--indir",
-        str(indir),
-        "--outdir",
-        str(tmp_path / "o"),
-        "--config_d",
-        str(CONFIG_D),
-        "--ckpt_d",
-        str(ckpts["sd"]),
-        "--decoder",
-        value,
-    ]
-    assert asymvq_main(args) == 2
+    assert compare_with_decoders(ckpts, tmp_path, value) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --decoder")
 
 
 def test_missing_decoder_checkpoint_fails_before_any_work(ckpts, tmp_path, capsys):
-    indir = make_pairs(tmp_path / "in", 1)
-    args = [
-        "compare",
-        "--indir",
-        str(indir),
-        "--outdir",
-        str(tmp_path / "o"),
-        "--config_d",
-        str(CONFIG_D),
-        "--ckpt_d",
-        str(ckpts["sd"]),
-        "--decoder",
-        f"x={TINY / 'autoencoder_kl_32x32x4.yaml'}:/no/such.ckpt",
-    ]
-    assert asymvq_main(args) == 2
+    decoder = f"x={TINY / 'autoencoder_kl_32x32x4.yaml'}:/no/such.ckpt"
+    assert compare_with_decoders(ckpts, tmp_path, decoder) == 2
     assert "x checkpoint not found: /no/such.ckpt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 def test_duplicate_decoder_names_are_refused(ckpts, tmp_path, capsys):
-    indir = make_pairs(tmp_path / "in", 1)
-    args = [
-        "compare",
-        "--indir",
-        str(indir),
-        "--outdir",
-        str(tmp_path / "o"),
-        "--config_d",
-        str(CONFIG_D),
-        "--ckpt_d",
-        str(ckpts["sd"]),
-        "--decoder",
-        "vanilla",
-        "--decoder",
-        "vanilla",
-    ]
-    assert asymvq_main(args) == 2
+    assert compare_with_decoders(ckpts, tmp_path, "vanilla", "vanilla") == 2
     assert "unique" in capsys.readouterr().err
 
 

@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
-from fixtures import write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny"
-VOCAB = ROOT.parent / "shared" / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 QEMU = shutil.which("qemu-x86_64")
 
 
@@ -275,52 +273,21 @@ def test_on_an_avx2_cpu_without_avx512_the_kernels_run_without_illegal_instructi
 # ---- the drop-in with its default flags ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def t2i_ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("isa-ckpts")
-    return write_checkpoint(d / "sd-t2i.ckpt", "sd15-txt2img"), write_checkpoint(d / "decoder.ckpt", "decoder-base")
-
-
-def txt2img(ckpts, out: Path, cap: str, *extra: str) -> subprocess.CompletedProcess:
-    t2i, dec = ckpts
-    cmd = [
-        sys.executable,
-        "-m",
-        "asymvq.txt2img",
-        "--outdir",
-        str(out),
-        "--config",
-        str(TINY / "v1-t2i-inference.yaml"),
-        "--ckpt",
-        str(t2i),
-        "--config_c",
-        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-        "--ckpt_c",
-        str(dec),
-        "--vocab",
-        str(VOCAB),
-        "--H",
-        "64",
-        "--W",
-        "64",
-        "--ddim_steps",
-        "2",
-        "--n_iter",
-        "1",
-        *extra,
-    ]
+def txt2img(cli, out: Path, cap: str, *extra: str) -> subprocess.CompletedProcess:
+    argv = cli.txt2img(out, "--H", "64", "--W", "64", "--ddim_steps", "2", "--n_iter", "1", *extra)
+    cmd = [sys.executable, "-m", "asymvq.txt2img", *argv]
     return subprocess.run(cmd, env=child_env(cap), cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_txt2img_with_default_precision_runs_in_fp32_under_an_avx2_cap(t2i_ckpts, tmp_path):
-    r = txt2img(t2i_ckpts, tmp_path / "out", "AVX2")
+def test_txt2img_with_default_precision_runs_in_fp32_under_an_avx2_cap(tiny_cli, tmp_path):
+    r = txt2img(tiny_cli, tmp_path / "out", "AVX2")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "out" / "0.png").is_file()
     assert "precision auto -> fp32" in r.stderr
 
 
-def test_txt2img_precision_bf16_under_an_avx2_cap_fails_with_one_error_line(t2i_ckpts, tmp_path):
-    r = txt2img(t2i_ckpts, tmp_path / "out", "AVX2", "--precision", "bf16")
+def test_txt2img_precision_bf16_under_an_avx2_cap_fails_with_one_error_line(tiny_cli, tmp_path):
+    r = txt2img(tiny_cli, tmp_path / "out", "AVX2", "--precision", "bf16")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --precision bf16: bf16 needs a CPU with AVX-512"), r.stderr

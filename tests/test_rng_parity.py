@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures import write_checkpoint
 from PIL import Image
 from reference import samplers_reference as sref
 from reference import unet_reference as uref
@@ -65,16 +64,6 @@ def assert_within_one_level(png: Path, want: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("rng-ckpts")
-    return {
-        "inpaint": write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
-        "t2i": write_checkpoint(d / "sd-t2i.ckpt", "sd15-txt2img"),
-        "decoder": write_checkpoint(d / "decoder-base.ckpt", "decoder-base"),
-    }
-
-
-@pytest.fixture(scope="module")
 def tok():
     return CLIPTokenizer.from_file(str(VOCAB))
 
@@ -92,24 +81,14 @@ def reference_parts(cfg_d: Path, ckpt_d: Path, cfg_c: Path, ckpt_c: Path):
     return spec_d, wd, clip, (lambda x, t, ctx: uref.reference_eps(unet, x, t, ctx)), dec
 
 
-def test_txt2img_rng_torch_cpu_equals_a_torch_seeded_reference_flow(ckpts, tok, tmp_path):
+def test_txt2img_rng_torch_cpu_equals_a_torch_seeded_reference_flow(tiny_cli, tok, tmp_path):
     # fixed_code + eta > 0 + two iterations: the start code is drawn once, then every DDIM step draws
     # one noise, and the stream runs on into the second iteration (the two images must differ).
     seed, eta, n_iter, prompt = 1234, 0.5, 2, "a red house"
+    ckpts = tiny_cli.ckpts
     out = tmp_path / "out"
-    args = [
-        "--outdir",
-        str(out),
-        "--config",
-        str(TINY / "v1-t2i-inference.yaml"),
-        "--ckpt",
-        str(ckpts["t2i"]),
-        "--config_c",
-        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-        "--ckpt_c",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
+    args = tiny_cli.txt2img(
+        out,
         "--H",
         "128",
         "--W",
@@ -130,7 +109,7 @@ def test_txt2img_rng_torch_cpu_equals_a_torch_seeded_reference_flow(ckpts, tok, 
         "--rng",
         "torch-cpu",
         "--skip_grid",
-    ]
+    )
     assert txt2img.main(args) == 0
 
     torch.set_num_threads(1)
@@ -150,7 +129,7 @@ def test_txt2img_rng_torch_cpu_equals_a_torch_seeded_reference_flow(ckpts, tok, 
     assert not np.array_equal(images[0], images[1])
 
 
-def test_inpaint_st_rng_torch_cpu_equals_the_originals_flow_with_an_unseeded_torch_generator(ckpts, tok, tmp_path):
+def test_inpaint_st_rng_torch_cpu_equals_the_originals_flow_with_an_unseeded_torch_generator(tiny_cli, tok, tmp_path):
     # Per image: start code RandomState(0) (reset), the posterior mean, and eta = 1 DDIM noise from
     # torch's never-seeded generator, running on from the first image into the second.
     indir = tmp_path / "in"
@@ -159,27 +138,9 @@ def test_inpaint_st_rng_torch_cpu_equals_the_originals_flow_with_an_unseeded_tor
         img, mask = demo.demo_inputs(size)
         img.save(indir / f"{name}.png")
         mask.save(indir / f"{name}_mask.png")
+    ckpts = tiny_cli.ckpts
     out = tmp_path / "out"
-    args = [
-        "--indir",
-        str(indir),
-        "--outdir",
-        str(out),
-        "--config_d",
-        str(TINY / "v1-inpainting-inference.yaml"),
-        "--ckpt_d",
-        str(ckpts["inpaint"]),
-        "--config",
-        str(TINY / "autoencoder_kl_32x32x4.yaml"),
-        "--ckpt",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        "--steps",
-        str(STEPS),
-        "--rng",
-        "torch-cpu",
-    ]
+    args = tiny_cli.inpaint(indir, out, "--steps", str(STEPS), "--rng", "torch-cpu")
     assert inpaint_st.main(args) == 0
 
     torch.set_num_threads(1)
@@ -206,47 +167,19 @@ def test_inpaint_st_rng_torch_cpu_equals_the_originals_flow_with_an_unseeded_tor
         assert_within_one_level(out / f"{name}.png", to_uint8(x))
 
 
-def test_txt2img_numpy_seed_out_of_range_fails_with_one_error_line(ckpts, tmp_path, capsys):
-    args = [
-        "--outdir",
-        str(tmp_path / "out"),
-        "--config",
-        str(TINY / "v1-t2i-inference.yaml"),
-        "--ckpt",
-        str(ckpts["t2i"]),
-        "--config_c",
-        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-        "--ckpt_c",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        "--rng",
-        "numpy",
-        "--seed",
-        str(2**32),
-    ]
+def test_txt2img_numpy_seed_out_of_range_fails_with_one_error_line(tiny_cli, tmp_path, capsys):
+    args = tiny_cli.txt2img(tmp_path / "out", "--rng", "numpy", "--seed", str(2**32))
     assert txt2img.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --seed") and "4294967296" in err[0]
     assert not (tmp_path / "out").exists()
 
 
-def test_txt2img_numpy_noise_follows_the_seed_and_differs_per_iteration(ckpts, tmp_path):
+def test_txt2img_numpy_noise_follows_the_seed_and_differs_per_iteration(tiny_cli, tmp_path):
     # issue 11 item 10: --fixed_code --n_iter 2 --ddim_eta 0.5 used to write the same image twice
     def run(out, seed):
-        args = [
-            "--outdir",
-            str(out),
-            "--config",
-            str(TINY / "v1-t2i-inference.yaml"),
-            "--ckpt",
-            str(ckpts["t2i"]),
-            "--config_c",
-            str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-            "--ckpt_c",
-            str(ckpts["decoder"]),
-            "--vocab",
-            str(VOCAB),
+        args = tiny_cli.txt2img(
+            out,
             "--H",
             "64",
             "--W",
@@ -263,7 +196,7 @@ def test_txt2img_numpy_noise_follows_the_seed_and_differs_per_iteration(ckpts, t
             "--precision",
             "full",
             "--skip_grid",
-        ]
+        )
         assert txt2img.main(args) == 0
         return [np.asarray(Image.open(out / f"{i}.png")) for i in (0, 1)]
 

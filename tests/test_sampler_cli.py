@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from fixtures import write_checkpoint
 
 from asymvq import inpaint_st, txt2img
 from asymvq.sampler import SAMPLER_NAMES
@@ -15,18 +14,12 @@ from asymvq.sampler import SAMPLER_NAMES
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 EXAMPLES = SHARED / "inpainting_examples"
-VOCAB = SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-TINY = ROOT / "configs" / "tiny"
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli-ckpts")
-    return {
-        "inpaint": write_checkpoint(d / "sd-inpaint.ckpt", "sd15-inpaint"),
-        "t2i": write_checkpoint(d / "sd-t2i.ckpt", "sd15-txt2img"),
-        "decoder": write_checkpoint(d / "decoder-base.ckpt", "decoder-base"),
-    }
+@pytest.fixture
+def cli(tiny_cli):
+    """This file's runs: txt2img at 64 x 64 in two steps (inpaint_st's steps are each test's)."""
+    return tiny_cli.with_flags(txt2img=["--H", "64", "--W", "64", "--ddim_steps", "2"])
 
 
 def one_pair(tmp_path: Path) -> Path:
@@ -37,50 +30,6 @@ def one_pair(tmp_path: Path) -> Path:
     shutil.copy(EXAMPLES / "bench2.png", indir)
     shutil.copy(EXAMPLES / "bench2_mask.png", indir)
     return indir
-
-
-def inpaint_args(ckpts, indir, outdir, *extra):
-    return [
-        "--indir",
-        str(indir),
-        "--outdir",
-        str(outdir),
-        "--config_d",
-        str(TINY / "v1-inpainting-inference.yaml"),
-        "--ckpt_d",
-        str(ckpts["inpaint"]),
-        "--config",
-        str(TINY / "autoencoder_kl_32x32x4.yaml"),
-        "--ckpt",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        *extra,
-    ]
-
-
-def txt2img_args(ckpts, outdir, *extra):
-    return [
-        "--outdir",
-        str(outdir),
-        "--config",
-        str(TINY / "v1-t2i-inference.yaml"),
-        "--ckpt",
-        str(ckpts["t2i"]),
-        "--config_c",
-        str(TINY / "autoencoder_kl_woc_32x32x4.yaml"),
-        "--ckpt_c",
-        str(ckpts["decoder"]),
-        "--vocab",
-        str(VOCAB),
-        "--H",
-        "64",
-        "--W",
-        "64",
-        "--ddim_steps",
-        "2",
-        *extra,
-    ]
 
 
 def spy_calls(monkeypatch, cls_name: str) -> List[Dict[str, Any]]:
@@ -112,9 +61,9 @@ def test_inpaint_st_defaults_are_the_original_hard_coded_values():
     assert d.eta is None  # 1.0, the original's, once the sampler is known to be ddim
 
 
-def test_inpaint_st_without_the_new_flags_calls_the_pipeline_as_the_original(ckpts, tmp_path, monkeypatch):
+def test_inpaint_st_without_the_new_flags_calls_the_pipeline_as_the_original(cli, tmp_path, monkeypatch):
     calls = spy_calls(monkeypatch, "InpaintPipeline")
-    assert inpaint_st.main(inpaint_args(ckpts, one_pair(tmp_path), tmp_path / "out", "--steps", "2")) == 0
+    assert inpaint_st.main(cli.inpaint(one_pair(tmp_path), tmp_path / "out", "--steps", "2")) == 0
     kw = calls[0]
     assert (kw["prompt"], kw["negative_prompt"], kw["seed"], kw["scale"], kw["eta"], kw["sampler"]) == (
         inpaint_st.PROMPT,
@@ -126,10 +75,9 @@ def test_inpaint_st_without_the_new_flags_calls_the_pipeline_as_the_original(ckp
     )
 
 
-def test_inpaint_st_flags_reach_the_pipeline(ckpts, tmp_path, monkeypatch):
+def test_inpaint_st_flags_reach_the_pipeline(cli, tmp_path, monkeypatch):
     calls = spy_calls(monkeypatch, "InpaintPipeline")
-    argv = inpaint_args(
-        ckpts,
+    argv = cli.inpaint(
         one_pair(tmp_path),
         tmp_path / "out",
         "--prompt",
@@ -160,16 +108,16 @@ def test_inpaint_st_flags_reach_the_pipeline(ckpts, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
-def test_txt2img_runs_every_sampler(ckpts, tmp_path, monkeypatch, name):
+def test_txt2img_runs_every_sampler(cli, tmp_path, monkeypatch, name):
     calls = spy_calls(monkeypatch, "Txt2ImgPipeline")
-    assert txt2img.main(txt2img_args(ckpts, tmp_path / "out", "--sampler", name, "--negative-prompt", "dark")) == 0
+    assert txt2img.main(cli.txt2img(tmp_path / "out", "--sampler", name, "--negative-prompt", "dark")) == 0
     assert (calls[0]["sampler"], calls[0]["negative_prompt"]) == (name, "dark")
     assert (tmp_path / "out" / "0.png").exists()
 
 
-def test_txt2img_plms_flag_still_selects_plms(ckpts, tmp_path, monkeypatch):
+def test_txt2img_plms_flag_still_selects_plms(cli, tmp_path, monkeypatch):
     calls = spy_calls(monkeypatch, "Txt2ImgPipeline")
-    assert txt2img.main(txt2img_args(ckpts, tmp_path / "out", "--plms")) == 0
+    assert txt2img.main(cli.txt2img(tmp_path / "out", "--plms")) == 0
     assert calls[0]["sampler"] == "plms"
 
 
@@ -196,8 +144,8 @@ def _fails(capsys, argv, main, match):
         (["--seed", "-1"], "--seed must be between 0 and"),
     ],
 )
-def test_inpaint_st_bad_sampler_flags_fail_with_one_line(ckpts, tmp_path, capsys, flags, match):
-    _fails(capsys, inpaint_args(ckpts, one_pair(tmp_path), tmp_path / "out", *flags), inpaint_st.main, match)
+def test_inpaint_st_bad_sampler_flags_fail_with_one_line(cli, tmp_path, capsys, flags, match):
+    _fails(capsys, cli.inpaint(one_pair(tmp_path), tmp_path / "out", *flags), inpaint_st.main, match)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -209,8 +157,8 @@ def test_inpaint_st_bad_sampler_flags_fail_with_one_line(ckpts, tmp_path, capsys
         (["--sampler", "euler", "--plms"], "--plms and --sampler euler contradict each other"),
     ],
 )
-def test_txt2img_bad_sampler_flags_fail_with_one_line(ckpts, tmp_path, capsys, flags, match):
-    _fails(capsys, txt2img_args(ckpts, tmp_path / "out", *flags), txt2img.main, match)
+def test_txt2img_bad_sampler_flags_fail_with_one_line(cli, tmp_path, capsys, flags, match):
+    _fails(capsys, cli.txt2img(tmp_path / "out", *flags), txt2img.main, match)
 
 
 @pytest.mark.parametrize("module", ["asymvq.inpaint_st", "asymvq.txt2img"])
