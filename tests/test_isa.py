@@ -6,6 +6,11 @@ Each case runs in a child process, since the ISA is decided once per process: ON
 (or removed) for the child only, whatever this process runs under. The strongest check runs the kernels
 under ``qemu-x86_64 -cpu Haswell`` (an AVX2 CPU without AVX-512): any AVX-512 instruction would kill the
 child with SIGILL. It needs Debian's ``qemu-user`` and skips, saying so, where qemu-x86_64 is missing.
+
+Every skip is a fact about the hardware or the system, never about this process's cap: ``HAS_*`` come
+from /proc/cpuinfo, so CI's second pass (ONEDNN_MAX_CPU_ISA=AVX2 for pytest itself) still runs every
+case. On CI's AVX-512 machine with qemu-user (.ci/run installs it) nothing here skips; the AVX2 level is
+covered there by the AVX2 cap in the child and by qemu's AVX2-only CPU.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ FLAGS = cpu_flags()
 HAS_AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= FLAGS
 HAS_AVX2 = {"avx2", "fma"} <= FLAGS
 HAS_NATIVE_BF16 = HAS_AVX512 and ("avx512_bf16" in FLAGS or {"amx_bf16", "amx_tile"} <= FLAGS)
+# The expected ISA is read from /proc/cpuinfo; where there is none (not Linux, a sandbox hiding /proc)
+# nothing independent of asymvq says what the CPU has, and comparing info() with itself proves nothing.
 needs_flags = pytest.mark.skipif(not FLAGS, reason="no /proc/cpuinfo: no independent truth about the CPU")
 
 
@@ -80,6 +87,7 @@ def test_without_a_cap_the_kernels_use_the_best_isa_of_the_cpu():
 
 
 @needs_flags
+# a cap only lowers the ISA: on a CPU without AVX2 there is no AVX2 level to select (CI's CPU has it)
 @pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2")
 def test_an_avx2_cap_turns_off_avx512_bf16_and_amx_in_asymvq_as_in_onednn():
     info = child_info("AVX2")
@@ -91,6 +99,7 @@ def test_an_avx2_cap_turns_off_avx512_bf16_and_amx_in_asymvq_as_in_onednn():
 
 
 @needs_flags
+# a cap cannot add AVX-512 to a CPU without it; CI's AVX-512 machine runs this case
 @pytest.mark.skipif(not HAS_AVX512, reason="the CPU has no AVX-512")
 def test_an_avx512_core_cap_keeps_avx512_kernels_but_not_native_bf16():
     info = child_info("AVX512_CORE")
@@ -188,6 +197,7 @@ print(float(np.abs(got - ref).max() / np.abs(ref).max()))
 
 
 @needs_flags
+# oneDNN's bf16 emulation needs AVX-512 (below it bf16 is refused, tested above); CI's AVX-512 machine runs it
 @pytest.mark.skipif(not HAS_AVX512, reason="the CPU has no AVX-512, where oneDNN emulates bf16")
 def test_explicit_bf16_on_avx512_without_native_bf16_runs_correctly():
     r = run_py(BF16_LINEAR, "AVX512_CORE")
@@ -255,6 +265,7 @@ def check_kernels(r: subprocess.CompletedProcess, want_isa: str) -> None:
 @pytest.mark.parametrize(
     "cap, want",
     [
+        # each level runs where the CPU has it (CI's AVX-512 machine: all three); a cap only lowers the ISA
         pytest.param(None, "avx512", marks=pytest.mark.skipif(not HAS_AVX512, reason="the CPU has no AVX-512")),
         pytest.param("AVX2", "avx2", marks=pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2")),
         ("SSE41", "baseline"),
@@ -264,6 +275,7 @@ def test_the_kernels_of_each_isa_level_match_float64_references(cap, want):
     check_kernels(run_py(KERNELS, cap), want)
 
 
+# a system package, not a CPU feature: .ci/run installs qemu-user, so CI always runs this case
 @pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 not installed (apt-get install qemu-user)")
 def test_on_an_avx2_cpu_without_avx512_the_kernels_run_without_illegal_instructions():
     """Under qemu's Haswell (AVX2, FMA, no AVX-512) an AVX-512 instruction is SIGILL."""
