@@ -5,9 +5,9 @@ oneDNN 3.2 segfaults instead of failing when memory runs out while it creates a 
 allocation operator returns NULL and the object is constructed into it; see csrc/core/plan.c), so
 the plan builder refuses to create one without some headroom. Each case runs in a child process
 with RLIMIT_AS set to its current address space plus a few MiB, the range where the crash was seen.
-asymvq's OpenMP team is started before the cap: a worker thread's stack is RLIMIT_STACK bytes of
-address space (8 MiB by default), libgomp ends the process when it cannot create one, and how many it
-needs follows the CPU count, so under the cap the outcome would depend on the machine.
+Loading a model starts asymvq's OpenMP team, before the cap: a worker thread's stack is RLIMIT_STACK
+bytes of address space (8 MiB by default) and libgomp ends the process when it cannot create one, so
+a team first started by the capped call would exit instead of raising MemoryError.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ CHILD = textwrap.dedent(
     import resource, sys
     import numpy as np
     from asymvq import Autoencoder, UNet
-    from asymvq._core import ops
 
     cfg, path, kind, extra_mib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     rng = np.random.default_rng(0)
@@ -41,10 +40,6 @@ CHILD = textwrap.dedent(
         model = Autoencoder.from_config(cfg, path)
         z = rng.standard_normal((1, 4, 32, 32)).astype(np.float32)
         call = lambda: model.decode(z)
-    # asymvq's OpenMP team starts before the cap, through one of asymvq's own kernels (no oneDNN
-    # primitive, so the call below still builds all of its own): each worker's stack is a mapping of
-    # RLIMIT_STACK bytes (8 MiB by default), and libgomp ends the process when it cannot create one.
-    ops.activation(np.zeros((1, 64), np.float32), "silu")
     with open("/proc/self/status") as f:
         vm = int(next(l for l in f if l.startswith("VmSize")).split()[1]) * 1024
     limit = vm + extra_mib * 2**20

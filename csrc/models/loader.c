@@ -1,5 +1,7 @@
 #include "loader.h"
 
+#include "core/engine.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,7 +88,13 @@ avq_status avq_weight_set_finish(avq_weight_set *ws, const char *model) {
         note(ws, line);
         ws->nerrors += more - 1; /* the summary line stands for `more` problems */
     }
-    if (ws->nerrors == 0) return AVQ_OK;
+    if (ws->nerrors == 0) {
+        /* Start the OpenMP team now, while the process still has room for the threads' stacks:
+         * libgomp ends the process when it cannot create them, and a first call made close to a
+         * memory cap would otherwise exit instead of failing with AVQ_ERR_MEMORY. */
+        avq_threads_enter();
+        return AVQ_OK;
+    }
     return avq_error(AVQ_ERR_IO, "%s: %zu weight problem%s:\n%s", model, ws->nerrors, ws->nerrors == 1 ? "" : "s",
                      ws->errors ? ws->errors : "");
 }
