@@ -136,9 +136,7 @@ static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tens
 
 #if AVQ_HAVE_AVX512_ATTENTION
 /* The tile loop for AVX-512 register blocks (attention_avx512.c): same tasks,
- * ATTN_R query rows at a time, K and V of a head packed once per thread. */
-#define ATTN_AVX512_T (16 * ATTN_R)
-
+ * K and V of a head packed once per thread and (batch, head). */
 static avq_status attention_avx512(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v,
                                    avq_tensor *o, int64_t B, int64_t N, int64_t M, int64_t C, int heads, float scale,
                                    int causal) {
@@ -148,7 +146,7 @@ static avq_status attention_avx512(avq_plan *p, const avq_tensor *q, const avq_t
     const size_t es = avq_dtype_size(q->dtype);
     /* Per thread, in bytes: packed K, packed V, the row group's workspace. */
     const int64_t kb = (g.Mpad * g.dk * (int64_t)es + 63) / 64 * 64, vb = (g.dn * g.Mpad * (int64_t)es + 63) / 64 * 64;
-    const int64_t per = (kb + vb + avq_attention_avx512_rows_workspace(&g) + 63) / 64 * 16; /* floats */
+    const int64_t per = (kb + vb + avq_attention_avx512_task_workspace(&g) + 63) / 64 * 16; /* floats */
     avq_tensor ws;
     AVQ_TRY(thread_workspace(p, per, &ws));
     if (avq_plan_building(p)) {
@@ -169,12 +167,9 @@ static avq_status attention_avx512(avq_plan *p, const avq_tensor *q, const avq_t
                 avq_attention_avx512_pack_v((const char *)v->data + (size_t)(a.b * M * C + a.h * d) * es, C, M, &g, vp);
                 cur = a.bh;
             }
-            for (int64_t r0 = 0; r0 < a.rows; r0 += ATTN_R) {
-                const size_t off = (size_t)((a.b * N + a.q0 + r0) * C + a.h * d) * es;
-                const int64_t rows = a.rows - r0 < ATTN_R ? a.rows - r0 : ATTN_R;
-                avq_attention_avx512_rows(&g, (const char *)q->data + off, C, rows, a.q0 + r0, M, causal, scale, kp,
-                                          vp, rw, (char *)o->data + off, C);
-            }
+            const size_t off = (size_t)((a.b * N + a.q0) * C + a.h * d) * es;
+            avq_attention_avx512_task(&g, (const char *)q->data + off, C, a.rows, a.q0, M, causal, scale, kp, vp, rw,
+                                      (char *)o->data + off, C);
         }
     }
     avq_plan_release(p, &ws);

@@ -15,10 +15,10 @@
  * same) and applies 1/sum to the f32 output rows. fp32 is all f32 FMA, with
  * the exp of simd_body.h's softmax. */
 #include <float.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "ops_internal.h"
-#include "simd.h"
 #include "vmath.h"
 
 #if AVQ_HAVE_AVX512_ATTENTION
@@ -36,51 +36,69 @@ void avq_attention_avx512_dims(int64_t M, int64_t d, avq_dtype dt, avq_avx512_di
     g->dn = up(d, 16);
 }
 
-/* bf16: block mb, pair p, column n, element e = k[16 mb + n][2 p + e]; f32: block mb, row j, column n = k[16 mb + n][j]. */
+/* bf16: block mb, pair p, column n, element e = k[16 mb + n][2 p + e]; f32: block mb, row j, column n = k[16 mb + n][j].
+ * A transpose of 32-bit words (bf16 pairs or floats): whole blocks by gathers,
+ * the padded tail (keys past M, the odd bf16 head dim's last pair) element by element. */
 void avq_attention_avx512_pack_k(const void *k, int64_t ld, int64_t M, const avq_avx512_dims *g, void *kp) {
-    if (g->bf16) {
-        const uint16_t *s = k;
-        uint16_t *t = kp;
-        for (int64_t mb = 0; mb < g->Mpad / 16; mb++)
-            for (int64_t p = 0; p < g->dk / 2; p++, t += 32)
-                for (int n = 0; n < 16; n++)
-                    for (int e = 0; e < 2; e++) {
-                        int64_t m = mb * 16 + n, j = 2 * p + e;
-                        t[2 * n + e] = m < M && j < g->d ? s[m * ld + j] : 0;
-                    }
-    } else {
-        const float *s = k;
-        float *t = kp;
-        for (int64_t mb = 0; mb < g->Mpad / 16; mb++)
-            for (int64_t j = 0; j < g->d; j++, t += 16)
-                for (int n = 0; n < 16; n++) {
-                    int64_t m = mb * 16 + n;
-                    t[n] = m < M ? s[m * ld + j] : 0.f;
+    const int64_t es = g->bf16 ? 2 : 4, words = g->bf16 ? g->dk / 2 : g->d, full = g->bf16 ? g->d / 2 : g->d;
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)(ld * es)));
+    uint32_t *t = kp;
+    for (int64_t mb = 0; mb < g->Mpad / 16; mb++) {
+        const char *src = (const char *)k + (size_t)(mb * 16 * ld * es);
+        const int whole = mb * 16 + 16 <= M && ld * es * 16 < INT32_MAX;
+        for (int64_t w = 0; w < words; w++, t += 16) {
+            if (whole && w < full) {
+                _mm512_storeu_si512(t, _mm512_i32gather_epi32(rows, src + w * 4, 1));
+                continue;
+            }
+            for (int n = 0; n < 16; n++) {
+                const int64_t m = mb * 16 + n;
+                if (g->bf16) {
+                    const uint16_t *r = (const uint16_t *)k + m * ld;
+                    const uint32_t lo = m < M ? r[2 * w] : 0, hi = m < M && 2 * w + 1 < g->d ? r[2 * w + 1] : 0;
+                    t[n] = lo | hi << 16;
+                } else {
+                    t[n] = 0;
+                    if (m < M) memcpy(t + n, (const float *)k + m * ld + w, 4);
                 }
+            }
+        }
     }
 }
 
-/* bf16: block jb, key pair mp, column n, element e = v[2 mp + e][16 jb + n]; f32: block jb, key m, column n = v[m][16 jb + n]. */
+/* bf16: block jb, key pair mp, column n, element e = v[2 mp + e][16 jb + n]; f32: block jb, key m, column n = v[m][16 jb + n].
+ * Rows of 16 copied (f32) or two keys' rows interleaved (bf16); the padded tail element by element. */
 void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq_avx512_dims *g, void *vp) {
     if (g->bf16) {
         const uint16_t *s = v;
         uint16_t *t = vp;
         for (int64_t jb = 0; jb < g->dn / 16; jb++)
-            for (int64_t mp = 0; mp < g->Mpad / 2; mp++, t += 32)
+            for (int64_t mp = 0; mp < g->Mpad / 2; mp++, t += 32) {
+                const int64_t m = 2 * mp;
+                if (jb * 16 + 16 <= g->d && m + 2 <= M) {
+                    const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + m * ld + jb * 16)));
+                    const __m512i b =
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + (m + 1) * ld + jb * 16)));
+                    _mm512_storeu_si512(t, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+                    continue;
+                }
                 for (int n = 0; n < 16; n++)
                     for (int e = 0; e < 2; e++) {
-                        int64_t m = 2 * mp + e, j = jb * 16 + n;
-                        t[2 * n + e] = m < M && j < g->d ? s[m * ld + j] : 0;
+                        const int64_t j = jb * 16 + n;
+                        t[2 * n + e] = m + e < M && j < g->d ? s[(m + e) * ld + j] : 0;
                     }
+            }
     } else {
         const float *s = v;
         float *t = vp;
-        for (int64_t jb = 0; jb < g->dn / 16; jb++)
-            for (int64_t m = 0; m < g->Mpad; m++, t += 16)
-                for (int n = 0; n < 16; n++) {
-                    int64_t j = jb * 16 + n;
-                    t[n] = m < M && j < g->d ? s[m * ld + j] : 0.f;
-                }
+        for (int64_t jb = 0; jb < g->dn / 16; jb++) {
+            const int64_t nj = g->d - jb * 16 < 16 ? g->d - jb * 16 : 16;
+            for (int64_t m = 0; m < g->Mpad; m++, t += 16) {
+                memset(t, 0, 64);
+                if (m < M) memcpy(t, s + m * ld + jb * 16, (size_t)nj * 4);
+            }
+        }
     }
 }
 
@@ -117,14 +135,14 @@ AVQ_INLINE void qk_bf16(const uint16_t *q, int64_t dk, const uint16_t *kb, int64
         for (int c = 0; c < NC; c++) _mm512_storeu_ps(S + r * ldS + 16 * c, acc[r][c]);
 }
 
-/* O[r][16 c + n] (row stride ldO) = sum_mp P[r][2mp..2mp+1] . vb[c][mp][n][0..1]; bf16 pairs over Mk keys. */
+/* O[r][16 c + n] (row stride ldO) += sum_mp P[r][2mp..2mp+1] . vb[c][mp][n][0..1]; bf16 pairs over Mk keys. */
 AVQ_INLINE void pv_bf16(const uint16_t *P, int64_t ldP, int64_t Mk, const uint16_t *vb, int64_t vstride, float *O,
                         int64_t ldO, const int NC) {
     __m512 acc[R][4];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_loadu_ps(O + r * ldO + 16 * c);
     for (int64_t mp = 0; mp < Mk / 2; mp++) {
         __m512bh b[4];
 #pragma GCC unroll 4
@@ -175,7 +193,7 @@ AVQ_INLINE void pv_f32(const float *P, int64_t ldP, int64_t Mk, const float *vb,
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_loadu_ps(O + r * ldO + 16 * c);
     for (int64_t m = 0; m < Mk; m++) {
         __m512 b[4];
 #pragma GCC unroll 4
@@ -205,117 +223,185 @@ static int chunk_size(int64_t n, int64_t k, int64_t i) { return (int)(n / k + (i
     default: CALL(1); break;       \
     }
 
-/* p[0, Mk) = bf16(exp(scale * s - max)) over [0, limit), zeros after; returns
- * the sum of the f32 values before rounding. exp as 2^n p(r), degree 5
- * (relative error 3e-6, far below the bf16 rounding after it), 2^n by
- * vscalefps, which takes far-below-range exponents to 0 without a clamp. */
-static float softmax_bf16(const float *s, int64_t limit, int64_t Mk, float scale, uint16_t *p) {
-    const __m512 vs = _mm512_set1_ps(scale);
-    __m512 vmx = _mm512_set1_ps(-FLT_MAX);
-    int64_t j = 0;
-    for (; j + 16 <= limit; j += 16) vmx = _mm512_max_ps(vmx, _mm512_loadu_ps(s + j));
-    if (j < limit) {
-        const __mmask16 m = (__mmask16)((1u << (limit - j)) - 1);
-        vmx = _mm512_mask_max_ps(vmx, m, vmx, _mm512_maskz_loadu_ps(m, s + j));
-    }
-    /* max of scale * s is scale * max s for the positive scale attention takes; a
-     * negative one (allowed) needs the min, so take the max of the products. */
-    float mx = _mm512_reduce_max_ps(vmx) * scale;
-    if (scale < 0) {
-        mx = -FLT_MAX;
-        for (j = 0; j < limit; j++) mx = scale * s[j] > mx ? scale * s[j] : mx;
-    }
-    const __m512 vm = _mm512_set1_ps(mx), l2e = _mm512_set1_ps(1.44269504088896341f);
-    const __m512 c1 = _mm512_set1_ps(0.693145751953125f), c2 = _mm512_set1_ps(1.42860682030941723e-06f);
-    const __m512 p5 = _mm512_set1_ps(1.f / 120.f), p4 = _mm512_set1_ps(1.f / 24.f), p3 = _mm512_set1_ps(1.f / 6.f),
-                 p2 = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.f);
-    __m512 sum = _mm512_setzero_ps();
-    for (j = 0; j < Mk; j += 16) {
-        const __mmask16 m = j + 16 <= limit ? 0xffff : j < limit ? (__mmask16)((1u << (limit - j)) - 1) : 0;
-        const __m512 x = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, s + j), vs, vm);
-        __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(n, c2, _mm512_fnmadd_ps(n, c1, x));
-        __m512 q = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(p5, r, p4), r, p3), r, p2);
-        q = _mm512_fmadd_ps(_mm512_fmadd_ps(q, r, one), r, one);
-        const __m512 e = _mm512_maskz_mov_ps(m, _mm512_scalef_ps(q, n));
-        sum = _mm512_add_ps(sum, e);
-        _mm256_storeu_si256((__m256i *)(p + j), (__m256i)_mm512_cvtneps_pbh(e));
-    }
-    return _mm512_reduce_add_ps(sum);
+/* exp(x) for 16 lanes as 2^n p(r), |r| <= ln2 / 2: degree 6 (about 2 ulp, for
+ * fp32) or 5 (relative 3e-6, far below the bf16 rounding after it); 2^n by
+ * vscalefps, which takes exponents far below the float range to 0. */
+static inline __m512 vexp16(__m512 x, const int deg6) {
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723e-06f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x));
+    __m512 q = deg6 ? _mm512_fmadd_ps(_mm512_set1_ps(1.f / 720.f), r, _mm512_set1_ps(1.f / 120.f))
+                    : _mm512_set1_ps(1.f / 120.f);
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.f / 24.f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.f / 6.f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(q, n);
 }
 
-void avq_attention_avx512_rows(const avq_avx512_dims *g, const void *q, int64_t ldq, int64_t rows, int64_t q0,
+static inline __mmask16 lanes(int64_t j, int64_t limit) {
+    return j + 16 <= limit ? 0xffff : j < limit ? (__mmask16)((1u << (limit - j)) - 1) : 0;
+}
+
+/* One row's step of the online softmax over a block of kn scores s (valid
+ * [0, lim), lim >= 1): the running max *m and sum *l move to the block,
+ * exp(scale * s - max) goes to p (bf16) or back into s (f32), zeros on
+ * [lim, kn); returns the factor exp(old max - new max) for the row's output. */
+static float online_row(float *s, int64_t lim, int64_t kn, float scale, float *m, float *l, uint16_t *p) {
+    __m512 vmx = _mm512_set1_ps(-FLT_MAX), vmn = _mm512_set1_ps(FLT_MAX);
+    for (int64_t j = 0; j < lim; j += 16) {
+        const __mmask16 k = lanes(j, lim);
+        const __m512 x = _mm512_maskz_loadu_ps(k, s + j);
+        vmx = _mm512_mask_max_ps(vmx, k, vmx, x);
+        vmn = _mm512_mask_min_ps(vmn, k, vmn, x);
+    }
+    /* the max of scale * s: scale times the max, or the min for a negative scale */
+    const float bm = scale >= 0 ? _mm512_reduce_max_ps(vmx) * scale : _mm512_reduce_min_ps(vmn) * scale;
+    const float mx = bm > *m ? bm : *m;
+    const float alpha = *m == -FLT_MAX ? 0.f : avq_vexpf(*m - mx);
+    const __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(mx);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < kn; j += 16) {
+        const __mmask16 k = lanes(j, lim);
+        const __m512 e = _mm512_maskz_mov_ps(k, vexp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, s + j), vs, vm), !p));
+        sum = _mm512_add_ps(sum, e);
+        if (p)
+            _mm256_storeu_si256((__m256i *)(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+        else
+            _mm512_storeu_ps(s + j, e);
+    }
+    *m = mx;
+    *l = *l * alpha + _mm512_reduce_add_ps(sum);
+    return alpha;
+}
+
+/* Keys per block of the online softmax: the block's packed K and V within
+ * about 128 KiB (in L2 while every row group of the task passes over them). */
+static int64_t key_block(const avq_avx512_dims *g) {
+    const int64_t es = g->bf16 ? 2 : 4;
+    int64_t kb = (128 << 10) / ((g->dk + g->dn) * es) / 16 * 16;
+    kb = kb < 64 ? 64 : kb > 512 ? 512 : kb;
+    return kb < g->Mpad ? kb : g->Mpad;
+}
+
+typedef struct task_ws {
+    void *q;             /* T x dk query rows, zero-padded */
+    float *S, *O, *m, *l; /* R x KB scores; T x dn outputs; running max and sum per row */
+    uint16_t *P;         /* R x KB bf16 probabilities */
+} task_ws;
+
+static task_ws carve(const avq_avx512_dims *g, void *ws, int64_t KB) {
+    const int64_t es = g->bf16 ? 2 : 4, T = ATTN_AVX512_T;
+    char *w = ws;
+    task_ws t;
+    t.q = w;
+    w += up(T * g->dk * es, 64);
+    t.S = (float *)w;
+    w += up(R * KB * 4, 64);
+    t.P = (uint16_t *)w;
+    w += up(R * KB * 2, 64);
+    t.O = (float *)w;
+    w += up(T * g->dn * 4, 64);
+    t.m = (float *)w;
+    t.l = t.m + T;
+    return t;
+}
+
+int64_t avq_attention_avx512_task_workspace(const avq_avx512_dims *g) {
+    const int64_t es = g->bf16 ? 2 : 4, T = ATTN_AVX512_T, KB = key_block(g);
+    return up(T * g->dk * es, 64) + up(R * KB * 4, 64) + up(R * KB * 2, 64) + up(T * g->dn * 4, 64) + 2 * T * 4;
+}
+
+void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t ldq, int64_t rows, int64_t q0,
                                int64_t M, int causal, float scale, const void *kp, const void *vp, void *ws, void *out,
                                int64_t ldo) {
-    const int64_t dk = g->dk, dn = g->dn, Mpad = g->Mpad;
+    const int64_t dk = g->dk, dn = g->dn, Mpad = g->Mpad, KB = key_block(g);
     const size_t es = g->bf16 ? 2 : 4;
-    /* workspace: query rows (R x dk, zero-padded), scores R x Mpad, bf16 P R x Mpad, output R x dn, 1/sums */
-    char *w = ws;
-    void *qb = w;
-    float *S = (float *)(w + up(R * dk * (int64_t)es, 64));
-    uint16_t *P = (uint16_t *)(S + R * Mpad);
-    float *O = (float *)((char *)P + up(R * Mpad * 2, 64)), *inv = O + R * dn;
-    /* keys this group's last row can see, whole 16-key blocks */
-    const int64_t kmax = causal && q0 + R < M ? q0 + R : M, Mk = up(kmax, 16);
-    const int64_t nkb = Mk / 16, kch = (nkb + 3) / 4, nvb = dn / 16, vch = (nvb + 3) / 4;
+    const int64_t Tp = up(rows, R), nvb = dn / 16, vch = (nvb + 3) / 4;
+    const task_ws t = carve(g, ws, KB);
 
-    memset(qb, 0, (size_t)(R * dk) * es);
+    memset(t.q, 0, (size_t)(Tp * dk) * es);
     for (int64_t r = 0; r < rows; r++)
-        memcpy((char *)qb + (size_t)(r * dk) * es, (const char *)q + (size_t)(r * ldq) * es, (size_t)g->d * es);
+        memcpy((char *)t.q + (size_t)(r * dk) * es, (const char *)q + (size_t)(r * ldq) * es, (size_t)g->d * es);
+    memset(t.O, 0, (size_t)(Tp * dn) * 4);
+    for (int64_t r = 0; r < Tp; r++) {
+        t.m[r] = -FLT_MAX;
+        t.l[r] = 0.f;
+    }
+    /* keys the task's last row can see */
+    const int64_t kend = causal && q0 + Tp < M ? up(q0 + Tp, 16) : Mpad;
 
-    int64_t kb0 = 0;
-    for (int64_t i = 0; i < kch; i++) {
-        const int nc = chunk_size(nkb, kch, i);
-        if (g->bf16) {
-            const uint16_t *kb = (const uint16_t *)kp + kb0 * 16 * dk;
-#define QKB(N) qk_bf16(qb, dk, kb, 16 * dk, S + kb0 * 16, Mpad, N)
-            DISPATCH(nc, QKB)
+    for (int64_t k0 = 0; k0 < kend; k0 += KB) {
+        const int64_t kn = kend - k0 < KB ? kend - k0 : KB, nkb = kn / 16, kch = (nkb + 3) / 4;
+        for (int64_t g0 = 0; g0 < Tp; g0 += R) {
+            if (causal && k0 > q0 + g0 + R - 1) continue; /* no row of the group sees these keys */
+            /* S = Q K^T over the block */
+            int64_t kb0 = 0;
+            for (int64_t i = 0; i < kch; i++) {
+                const int nc = chunk_size(nkb, kch, i);
+                if (g->bf16) {
+                    const uint16_t *qg = (const uint16_t *)t.q + g0 * dk, *kb = (const uint16_t *)kp + (k0 + kb0 * 16) * dk;
+#define QKB(N) qk_bf16(qg, dk, kb, 16 * dk, t.S + kb0 * 16, KB, N)
+                    DISPATCH(nc, QKB)
 #undef QKB
-        } else {
-            const float *kb = (const float *)kp + kb0 * 16 * dk;
-#define QKF(N) qk_f32(qb, dk, kb, 16 * dk, S + kb0 * 16, Mpad, N)
-            DISPATCH(nc, QKF)
+                } else {
+                    const float *qg = (const float *)t.q + g0 * dk, *kb = (const float *)kp + (k0 + kb0 * 16) * dk;
+#define QKF(N) qk_f32(qg, dk, kb, 16 * dk, t.S + kb0 * 16, KB, N)
+                    DISPATCH(nc, QKF)
 #undef QKF
-        }
-        kb0 += nc;
-    }
-
-    float (*softmax_row)(float *, int64_t, int64_t, float) = avq_simd()->softmax_row_unnormalised;
-    for (int64_t r = 0; r < R; r++) {
-        int64_t limit = causal ? q0 + r + 1 : M;
-        limit = limit < M ? limit : M;
-        const float sum = g->bf16 ? softmax_bf16(S + r * Mpad, limit, Mk, scale, P + r * Mpad)
-                                  : softmax_row(S + r * Mpad, limit, Mk, scale);
-        inv[r] = 1.f / sum;
-    }
-
-    int64_t vb0 = 0;
-    for (int64_t i = 0; i < vch; i++) {
-        const int nc = chunk_size(nvb, vch, i);
-        if (g->bf16) {
-            const uint16_t *vb = (const uint16_t *)vp + vb0 * 16 * Mpad;
-#define PVB(N) pv_bf16(P, Mpad, Mk, vb, 16 * Mpad, O + vb0 * 16, dn, N)
-            DISPATCH(nc, PVB)
+                }
+                kb0 += nc;
+            }
+            /* the online softmax, row by row; a row that sees no key of the block keeps its state */
+            for (int64_t r = 0; r < R; r++) {
+                int64_t limit = causal ? q0 + g0 + r + 1 : M;
+                limit = (limit < M ? limit : M) - k0;
+                float *srow = t.S + r * KB;
+                uint16_t *prow = g->bf16 ? t.P + r * KB : NULL;
+                if (limit <= 0) {
+                    if (prow)
+                        memset(prow, 0, (size_t)kn * 2);
+                    else
+                        memset(srow, 0, (size_t)kn * 4);
+                    continue;
+                }
+                const float alpha =
+                    online_row(srow, limit < kn ? limit : kn, kn, scale, t.m + g0 + r, t.l + g0 + r, prow);
+                if (alpha != 1.f) {
+                    float *orow = t.O + (g0 + r) * dn;
+                    const __m512 a = _mm512_set1_ps(alpha);
+                    for (int64_t j = 0; j < dn; j += 16)
+                        _mm512_storeu_ps(orow + j, _mm512_mul_ps(_mm512_loadu_ps(orow + j), a));
+                }
+            }
+            /* O += P V over the block */
+            int64_t vb0 = 0;
+            for (int64_t i = 0; i < vch; i++) {
+                const int nc = chunk_size(nvb, vch, i);
+                float *og = t.O + g0 * dn + vb0 * 16;
+                if (g->bf16) {
+                    const uint16_t *vb = (const uint16_t *)vp + vb0 * 16 * Mpad + k0 * 16;
+#define PVB(N) pv_bf16(t.P, KB, kn, vb, 16 * Mpad, og, dn, N)
+                    DISPATCH(nc, PVB)
 #undef PVB
-        } else {
-            const float *vb = (const float *)vp + vb0 * 16 * Mpad;
-#define PVF(N) pv_f32(S, Mpad, Mk, vb, 16 * Mpad, O + vb0 * 16, dn, N)
-            DISPATCH(nc, PVF)
+                } else {
+                    const float *vb = (const float *)vp + vb0 * 16 * Mpad + k0 * 16;
+#define PVF(N) pv_f32(t.S, KB, kn, vb, 16 * Mpad, og, dn, N)
+                    DISPATCH(nc, PVF)
 #undef PVF
+                }
+                vb0 += nc;
+            }
         }
-        vb0 += nc;
     }
 
     for (int64_t r = 0; r < rows; r++) {
-        float *orow = O + r * dn;
-        const __m512 s = _mm512_set1_ps(inv[r]);
+        float *orow = t.O + r * dn;
+        const __m512 s = _mm512_set1_ps(1.f / t.l[r]);
         for (int64_t j = 0; j < dn; j += 16) _mm512_storeu_ps(orow + j, _mm512_mul_ps(_mm512_loadu_ps(orow + j), s));
         avq_store_row(out, g->bf16 ? AVQ_BF16 : AVQ_F32, r * ldo, orow, g->d);
     }
-}
-
-int64_t avq_attention_avx512_rows_workspace(const avq_avx512_dims *g) {
-    const int64_t es = g->bf16 ? 2 : 4;
-    return up(R * g->dk * es, 64) + R * g->Mpad * 4 + up(R * g->Mpad * 2, 64) + R * g->dn * 4 + R * 4;
 }
 #endif
