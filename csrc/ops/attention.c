@@ -176,12 +176,14 @@ static avq_status attention_avx512(avq_plan *p, const avq_tensor *q, const avq_t
     return AVQ_OK;
 }
 
-/* fp32 wherever AVX-512 is allowed; bf16 where AVX512-BF16 is too (the ISA
- * decision's bf16_native at the AVX-512 level: AMX CPUs have it as well). */
-static int avx512_fits(avq_dtype dt) {
+/* bf16 where AVX512-BF16 is allowed (the ISA decision's bf16_native at the
+ * AVX-512 level: AMX CPUs have it as well); fp32 on AVX-512 for heads of up to
+ * 96 (SD's 40 and 80, CLIP's 64): with wider heads sgemm's K = d is long
+ * enough for it to win (measured at 160 and 512, Zen 4, 2 threads). */
+static int avx512_fits(avq_dtype dt, int64_t d) {
     const avq_isa *isa = avq_isa_get();
     if (isa->level < AVQ_ISA_AVX512) return 0;
-    return dt == AVQ_F32 || (dt == AVQ_BF16 && isa->bf16_native);
+    return (dt == AVQ_F32 && d <= 96) || (dt == AVQ_BF16 && isa->bf16_native);
 }
 #endif
 
@@ -210,7 +212,7 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
         return attention_amx(p, q, k, v, o, B, N, M, C, heads, scale, causal);
 #endif
 #if AVQ_HAVE_AVX512_ATTENTION
-    if (avx512_fits(q->dtype)) return attention_avx512(p, q, k, v, o, B, N, M, C, heads, scale, causal);
+    if (avx512_fits(q->dtype, C / heads)) return attention_avx512(p, q, k, v, o, B, N, M, C, heads, scale, causal);
 #endif
     const int64_t d = C / heads, T = N < ATTN_T ? N : ATTN_T;
     const int wide = q->dtype != AVQ_F32;

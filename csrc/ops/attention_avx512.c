@@ -94,15 +94,17 @@ void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq
         float *t = vp;
         for (int64_t jb = 0; jb < g->dn / 16; jb++) {
             const int64_t nj = g->d - jb * 16 < 16 ? g->d - jb * 16 : 16;
-            for (int64_t m = 0; m < g->Mpad; m++, t += 16) {
-                memset(t, 0, 64);
-                if (m < M) memcpy(t, s + m * ld + jb * 16, (size_t)nj * 4);
-            }
+            const __mmask16 cols = (__mmask16)((1u << nj) - 1);
+            for (int64_t m = 0; m < g->Mpad; m++, t += 16)
+                _mm512_storeu_ps(t, m < M ? _mm512_maskz_loadu_ps(cols, s + m * ld + jb * 16) : _mm512_setzero_ps());
         }
     }
 }
 
 #define R ATTN_R
+#ifndef NCMAX
+#define NCMAX 4
+#endif
 #define AVQ_INLINE static inline __attribute__((always_inline))
 
 /* The micro-kernels: R rows x NC vectors, NC a constant at each call site so
@@ -319,7 +321,7 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
                                int64_t ldo) {
     const int64_t dk = g->dk, dn = g->dn, Mpad = g->Mpad, KB = key_block(g);
     const size_t es = g->bf16 ? 2 : 4;
-    const int64_t Tp = up(rows, R), nvb = dn / 16, vch = (nvb + 3) / 4;
+    const int64_t Tp = up(rows, R), nvb = dn / 16, vch = (nvb + NCMAX - 1) / NCMAX;
     const task_ws t = carve(g, ws, KB);
 
     memset(t.q, 0, (size_t)(Tp * dk) * es);
@@ -334,7 +336,7 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
     const int64_t kend = causal && q0 + Tp < M ? up(q0 + Tp, 16) : Mpad;
 
     for (int64_t k0 = 0; k0 < kend; k0 += KB) {
-        const int64_t kn = kend - k0 < KB ? kend - k0 : KB, nkb = kn / 16, kch = (nkb + 3) / 4;
+        const int64_t kn = kend - k0 < KB ? kend - k0 : KB, nkb = kn / 16, kch = (nkb + NCMAX - 1) / NCMAX;
         for (int64_t g0 = 0; g0 < Tp; g0 += R) {
             if (causal && k0 > q0 + g0 + R - 1) continue; /* no row of the group sees these keys */
             /* S = Q K^T over the block */
