@@ -7,8 +7,10 @@
  * O_blk = P V written back through the leading dimension. Only
  * threads x T x M scores exist at once (T = 128: 2 MiB per thread for 4096
  * keys), so nothing of size B x heads x N x M is ever made. bf16 runs the
- * same tasks on AMX tiles where the CPU has them (attention_amx.c); elsewhere
- * its operands are widened per task into f32 buffers (fp32 accumulation). */
+ * same tasks on AMX tiles where the CPU has them (attention_amx.c), else on
+ * AVX512-BF16 register blocks (attention_avx512.c, which also takes fp32 with
+ * heads up to 96 on any AVX-512 CPU); elsewhere (AVX2, or AVX-512 without
+ * BF16) bf16 operands are widened per task into f32 buffers for sgemm. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>

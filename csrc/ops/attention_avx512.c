@@ -1,9 +1,14 @@
 /* Attention tiles on AVX-512 register blocks, fp32 and (with AVX512-BF16) bf16.
  *
- * The same tasks as attention.c's tile loop; per group of ATTN_R query rows:
- * S = Q K^T for all keys, a row softmax, O = P V, each product a
- * register-blocked micro-kernel of ATTN_R rows x up to 4 vectors of 16 columns
- * (24 accumulators). A head's K and V are repacked once per (batch, head) so
+ * The same tasks as attention.c's tile loop (batch, head, block of up to
+ * ATTN_AVX512_T query rows). A task walks the keys in blocks of 64 to 512
+ * (key_block: the block's packed K and V stay in L2 while all its row groups
+ * pass, where whole rows of 4096 keys would stream K and V from L3 for every
+ * group) with an online softmax: per row a running max and sum, the output
+ * rescaled when the max moves. Per group of ATTN_R rows and key block:
+ * S = Q K^T, the softmax step, O += P V, each product a register-blocked
+ * micro-kernel of ATTN_R rows x up to 4 vectors of 16 columns (24
+ * accumulators). A head's K and V are repacked once per (batch, head) so that
  * every vector load is one contiguous 64-byte line:
  *   K: key blocks of 16, inside one a row per head-dim step (bf16: per pair of
  *      head-dim elements, interleaved as vdpbf16ps wants them);
@@ -12,8 +17,9 @@
  *
  * bf16 multiplies bf16 pairs into f32 (vdpbf16ps), rounds exp(score - max) to
  * bf16 for P V as a bf16 attention's probabilities are (the AMX path does the
- * same) and applies 1/sum to the f32 output rows. fp32 is all f32 FMA, with
- * the exp of simd_body.h's softmax. */
+ * same) and applies 1/sum to the f32 output rows. fp32 is all f32 FMA with a
+ * degree-6 exp. The file targets AVX512-BF16, but only the bf16 branches use
+ * its instructions: attention.c calls the fp32 ones on any AVX-512 CPU. */
 #include <float.h>
 #include <stdint.h>
 #include <string.h>
@@ -101,10 +107,8 @@ void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq
     }
 }
 
-#define R ATTN_R
-#ifndef NCMAX
-#define NCMAX 4
-#endif
+#define R     ATTN_R
+#define NCMAX 4 /* vectors per micro-kernel: R x 4 = 24 accumulators of 32 registers */
 #define AVQ_INLINE static inline __attribute__((always_inline))
 
 /* The micro-kernels: R rows x NC vectors, NC a constant at each call site so
@@ -213,7 +217,7 @@ AVQ_INLINE void pv_f32(const float *P, int64_t ldP, int64_t Mk, const float *vb,
         for (int c = 0; c < NC; c++) _mm512_storeu_ps(O + r * ldO + 16 * c, acc[r][c]);
 }
 
-/* Splits n vectors into chunks of at most 4, as even as they go (5 -> 3 + 2, not 4 + 1:
+/* Splits n vectors into chunks of at most NCMAX, as even as they go (5 -> 3 + 2, not 4 + 1:
  * a one-vector chunk waits on its R broadcasts). Returns the size of chunk i of k. */
 static int chunk_size(int64_t n, int64_t k, int64_t i) { return (int)(n / k + (i < n % k)); }
 
@@ -252,15 +256,19 @@ static inline __mmask16 lanes(int64_t j, int64_t limit) {
  * exp(scale * s - max) goes to p (bf16) or back into s (f32), zeros on
  * [lim, kn); returns the factor exp(old max - new max) for the row's output. */
 static float online_row(float *s, int64_t lim, int64_t kn, float scale, float *m, float *l, uint16_t *p) {
-    __m512 vmx = _mm512_set1_ps(-FLT_MAX), vmn = _mm512_set1_ps(FLT_MAX);
-    for (int64_t j = 0; j < lim; j += 16) {
-        const __mmask16 k = lanes(j, lim);
-        const __m512 x = _mm512_maskz_loadu_ps(k, s + j);
-        vmx = _mm512_mask_max_ps(vmx, k, vmx, x);
-        vmn = _mm512_mask_min_ps(vmn, k, vmn, x);
+    /* the max of scale * s: scale times the max of s, or the min for a negative scale */
+    float bm;
+    if (scale >= 0) {
+        __m512 vmx = _mm512_set1_ps(-FLT_MAX);
+        for (int64_t j = 0; j < lim; j += 16)
+            vmx = _mm512_mask_max_ps(vmx, lanes(j, lim), vmx, _mm512_loadu_ps(s + j));
+        bm = _mm512_reduce_max_ps(vmx) * scale;
+    } else {
+        __m512 vmn = _mm512_set1_ps(FLT_MAX);
+        for (int64_t j = 0; j < lim; j += 16)
+            vmn = _mm512_mask_min_ps(vmn, lanes(j, lim), vmn, _mm512_loadu_ps(s + j));
+        bm = _mm512_reduce_min_ps(vmn) * scale;
     }
-    /* the max of scale * s: scale times the max, or the min for a negative scale */
-    const float bm = scale >= 0 ? _mm512_reduce_max_ps(vmx) * scale : _mm512_reduce_min_ps(vmn) * scale;
     const float mx = bm > *m ? bm : *m;
     const float alpha = *m == -FLT_MAX ? 0.f : avq_vexpf(*m - mx);
     const __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(mx);
