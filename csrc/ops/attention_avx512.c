@@ -83,7 +83,8 @@ void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq
             for (int64_t mp = 0; mp < g->Mpad / 2; mp++, t += 32) {
                 const int64_t m = 2 * mp;
                 if (jb * 16 + 16 <= g->d && m + 2 <= M) {
-                    const __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + m * ld + jb * 16)));
+                    const __m512i a =
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + m * ld + jb * 16)));
                     const __m512i b =
                         _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + (m + 1) * ld + jb * 16)));
                     _mm512_storeu_si512(t, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
@@ -107,8 +108,8 @@ void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq
     }
 }
 
-#define R     ATTN_R
-#define NCMAX 4 /* vectors per micro-kernel: R x 4 = 24 accumulators of 32 registers */
+#define R          ATTN_R
+#define NCMAX      4 /* vectors per micro-kernel: R x 4 = 24 accumulators of 32 registers */
 #define AVQ_INLINE static inline __attribute__((always_inline))
 
 /* The micro-kernels: R rows x NC vectors, NC a constant at each call site so
@@ -193,8 +194,8 @@ AVQ_INLINE void qk_f32(const float *q, int64_t d, const float *kb, int64_t kstri
         for (int c = 0; c < NC; c++) _mm512_storeu_ps(S + r * ldS + 16 * c, acc[r][c]);
 }
 
-AVQ_INLINE void pv_f32(const float *P, int64_t ldP, int64_t Mk, const float *vb, int64_t vstride, float *O,
-                       int64_t ldO, const int NC) {
+AVQ_INLINE void pv_f32(const float *P, int64_t ldP, int64_t Mk, const float *vb, int64_t vstride, float *O, int64_t ldO,
+                       const int NC) {
     __m512 acc[R][4];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
@@ -221,12 +222,12 @@ AVQ_INLINE void pv_f32(const float *P, int64_t ldP, int64_t Mk, const float *vb,
  * a one-vector chunk waits on its R broadcasts). Returns the size of chunk i of k. */
 static int chunk_size(int64_t n, int64_t k, int64_t i) { return (int)(n / k + (i < n % k)); }
 
-#define DISPATCH(NCV, CALL)        \
-    switch (NCV) {                 \
-    case 4: CALL(4); break;        \
-    case 3: CALL(3); break;        \
-    case 2: CALL(2); break;        \
-    default: CALL(1); break;       \
+#define DISPATCH(NCV, CALL)  \
+    switch (NCV) {           \
+    case 4: CALL(4); break;  \
+    case 3: CALL(3); break;  \
+    case 2: CALL(2); break;  \
+    default: CALL(1); break; \
     }
 
 /* exp(x) for 16 lanes as 2^n p(r), |r| <= ln2 / 2: degree 6 (about 2 ulp, for
@@ -260,13 +261,11 @@ static float online_row(float *s, int64_t lim, int64_t kn, float scale, float *m
     float bm;
     if (scale >= 0) {
         __m512 vmx = _mm512_set1_ps(-FLT_MAX);
-        for (int64_t j = 0; j < lim; j += 16)
-            vmx = _mm512_mask_max_ps(vmx, lanes(j, lim), vmx, _mm512_loadu_ps(s + j));
+        for (int64_t j = 0; j < lim; j += 16) vmx = _mm512_mask_max_ps(vmx, lanes(j, lim), vmx, _mm512_loadu_ps(s + j));
         bm = _mm512_reduce_max_ps(vmx) * scale;
     } else {
         __m512 vmn = _mm512_set1_ps(FLT_MAX);
-        for (int64_t j = 0; j < lim; j += 16)
-            vmn = _mm512_mask_min_ps(vmn, lanes(j, lim), vmn, _mm512_loadu_ps(s + j));
+        for (int64_t j = 0; j < lim; j += 16) vmn = _mm512_mask_min_ps(vmn, lanes(j, lim), vmn, _mm512_loadu_ps(s + j));
         bm = _mm512_reduce_min_ps(vmn) * scale;
     }
     const float mx = bm > *m ? bm : *m;
@@ -297,9 +296,9 @@ static int64_t key_block(const avq_avx512_dims *g) {
 }
 
 typedef struct task_ws {
-    void *q;             /* T x dk query rows, zero-padded */
+    void *q;              /* T x dk query rows, zero-padded */
     float *S, *O, *m, *l; /* R x KB scores; T x dn outputs; running max and sum per row */
-    uint16_t *P;         /* R x KB bf16 probabilities */
+    uint16_t *P;          /* R x KB bf16 probabilities */
 } task_ws;
 
 static task_ws carve(const avq_avx512_dims *g, void *ws, int64_t KB) {
@@ -352,7 +351,8 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
             for (int64_t i = 0; i < kch; i++) {
                 const int nc = chunk_size(nkb, kch, i);
                 if (g->bf16) {
-                    const uint16_t *qg = (const uint16_t *)t.q + g0 * dk, *kb = (const uint16_t *)kp + (k0 + kb0 * 16) * dk;
+                    const uint16_t *qg = (const uint16_t *)t.q + g0 * dk,
+                                   *kb = (const uint16_t *)kp + (k0 + kb0 * 16) * dk;
 #define QKB(N) qk_bf16(qg, dk, kb, 16 * dk, t.S + kb0 * 16, KB, N)
                     DISPATCH(nc, QKB)
 #undef QKB
