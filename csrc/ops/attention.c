@@ -7,8 +7,10 @@
  * O_blk = P V written back through the leading dimension. Only
  * threads x T x M scores exist at once (T = 128: 2 MiB per thread for 4096
  * keys), so nothing of size B x heads x N x M is ever made. bf16 runs the
- * same tasks on AMX tiles where the CPU has them (attention_amx.c); elsewhere
- * its operands are widened per task into f32 buffers (fp32 accumulation). */
+ * same tasks on AMX tiles where the CPU has them (attention_amx.c), else on
+ * AVX512-BF16 register blocks (attention_avx512.c, which also takes fp32 with
+ * heads up to 96 on any AVX-512 CPU); elsewhere (AVX2, or AVX-512 without
+ * BF16) bf16 operands are widened per task into f32 buffers for sgemm. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -134,6 +136,59 @@ static avq_status attention_amx(avq_plan *p, const avq_tensor *q, const avq_tens
 }
 #endif
 
+#if AVQ_HAVE_AVX512_ATTENTION
+/* The tile loop for AVX-512 register blocks (attention_avx512.c): same tasks,
+ * K and V of a head packed once per thread and (batch, head). */
+static avq_status attention_avx512(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v,
+                                   avq_tensor *o, int64_t B, int64_t N, int64_t M, int64_t C, int heads, float scale,
+                                   int causal) {
+    const int64_t d = C / heads, T = N < ATTN_AVX512_T ? N : ATTN_AVX512_T;
+    avq_avx512_dims g;
+    avq_attention_avx512_dims(M, d, q->dtype, &g);
+    const size_t es = avq_dtype_size(q->dtype);
+    /* Per thread, in bytes: packed K, packed V, the row group's workspace. */
+    const int64_t kb = (g.Mpad * g.dk * (int64_t)es + 63) / 64 * 64, vb = (g.dn * g.Mpad * (int64_t)es + 63) / 64 * 64;
+    const int64_t per = (kb + vb + avq_attention_avx512_task_workspace(&g) + 63) / 64 * 16; /* floats */
+    avq_tensor ws;
+    AVQ_TRY(thread_workspace(p, per, &ws));
+    if (avq_plan_building(p)) {
+        avq_plan_release(p, &ws);
+        return AVQ_OK;
+    }
+    const int64_t nblk = (N + T - 1) / T, ntask = B * heads * nblk;
+#pragma omp parallel num_threads(run_threads())
+    {
+        char *base = (char *)((float *)ws.data + per * omp_get_thread_num());
+        void *kp = base, *vp = base + kb, *rw = base + kb + vb;
+        int64_t cur = -1;
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < ntask; task++) {
+            const attn_task a = task_at(task, nblk, heads, T, N);
+            if (cur != a.bh) {
+                avq_attention_avx512_pack_k((const char *)k->data + (size_t)(a.b * M * C + a.h * d) * es, C, M, &g, kp);
+                avq_attention_avx512_pack_v((const char *)v->data + (size_t)(a.b * M * C + a.h * d) * es, C, M, &g, vp);
+                cur = a.bh;
+            }
+            const size_t off = (size_t)((a.b * N + a.q0) * C + a.h * d) * es;
+            avq_attention_avx512_task(&g, (const char *)q->data + off, C, a.rows, a.q0, M, causal, scale, kp, vp, rw,
+                                      (char *)o->data + off, C);
+        }
+    }
+    avq_plan_release(p, &ws);
+    return AVQ_OK;
+}
+
+/* bf16 where AVX512-BF16 is allowed (the ISA decision's bf16_native at the
+ * AVX-512 level: AMX CPUs have it as well); fp32 on AVX-512 for heads of up to
+ * 96 (SD's 40 and 80, CLIP's 64): with wider heads sgemm's K = d is long
+ * enough for it to win (measured at 160 and 512, Zen 4, 2 threads). */
+static int avx512_fits(avq_dtype dt, int64_t d) {
+    const avq_isa *isa = avq_isa_get();
+    if (isa->level < AVQ_ISA_AVX512) return 0;
+    return (dt == AVQ_F32 && d <= 96) || (dt == AVQ_BF16 && isa->bf16_native);
+}
+#endif
+
 int avq_attention_uses_amx(void) { return AVQ_HAVE_AMX_KERNELS && avq_attention_amx_supported(); }
 
 avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v, avq_tensor *o,
@@ -157,6 +212,9 @@ avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, 
 #if AVQ_HAVE_AMX_KERNELS
     if (q->dtype == AVQ_BF16 && avq_attention_amx_supported())
         return attention_amx(p, q, k, v, o, B, N, M, C, heads, scale, causal);
+#endif
+#if AVQ_HAVE_AVX512_ATTENTION
+    if (avx512_fits(q->dtype, C / heads)) return attention_avx512(p, q, k, v, o, B, N, M, C, heads, scale, causal);
 #endif
     const int64_t d = C / heads, T = N < ATTN_T ? N : ATTN_T;
     const int wide = q->dtype != AVQ_F32;

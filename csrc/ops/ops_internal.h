@@ -53,6 +53,36 @@ void avq_attention_amx_qk32(const uint16_t *q, const uint16_t *kp, const avq_amx
 void avq_attention_amx_pv32(const uint16_t *P, const uint16_t *vp, const avq_amx_dims *g, float *O);
 float avq_attention_amx_softmax(const float *s, int64_t limit, int64_t Mpad, float scale, uint16_t *p);
 
+/* fp32 and bf16 attention tiles on AVX-512 register blocks (attention_avx512.c);
+ * bf16 needs AVX512-BF16. Tasks of ATTN_AVX512_T query rows, ATTN_R at a time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define AVQ_HAVE_AVX512_ATTENTION 1
+#else
+#define AVQ_HAVE_AVX512_ATTENTION 0
+#endif
+#define ATTN_R        6
+#define ATTN_AVX512_T (16 * ATTN_R)
+typedef struct avq_avx512_dims {
+    int bf16;     /* operands bf16 (else f32) */
+    int64_t d;    /* head dim */
+    int64_t Mpad; /* keys, padded to 16 */
+    int64_t dk;   /* head dim as the reduction of Q K^T: padded to 2 for bf16 */
+    int64_t dn;   /* head dim as the columns of P V, padded to 16 */
+} avq_avx512_dims;
+void avq_attention_avx512_dims(int64_t M, int64_t d, avq_dtype dt, avq_avx512_dims *g);
+/* Packed K and V of one head: Mpad x dk and dn x Mpad elements of the operand dtype. */
+void avq_attention_avx512_pack_k(const void *k, int64_t ld, int64_t M, const avq_avx512_dims *g, void *kp);
+void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq_avx512_dims *g, void *vp);
+/* Bytes of workspace avq_attention_avx512_task needs. */
+int64_t avq_attention_avx512_task_workspace(const avq_avx512_dims *g);
+/* Attention of up to ATTN_AVX512_T query rows (q0: the first one's index, for
+ * the causal mask) against a packed head, written to out (row stride ldo):
+ * key blocks with an online softmax, so the block's K and V stay in cache
+ * while every row of the task passes. */
+void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t ldq, int64_t rows, int64_t q0,
+                               int64_t M, int causal, float scale, const void *kp, const void *vp, void *ws, void *out,
+                               int64_t ldo);
+
 /* The Winograd path of avq_conv2d (3x3, stride 1, padding 1, f32). */
 int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm);
 avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
