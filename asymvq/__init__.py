@@ -39,7 +39,8 @@ def info() -> dict:
     ``cpu_isa``: the CPU's own best ISA (no cap); ``kernel_isa``: asymvq's own kernels (``"avx512"``,
     ``"avx2"`` or ``"baseline"``); ``bf16_native``: AVX512-BF16 or AMX in use (``precision="auto"`` then
     means bf16; bf16 runs, emulated, wherever ``kernel_isa`` is ``"avx512"``); ``amx_attention``: bf16
-    attention on AMX tiles (else its operands are widened to f32); ``num_threads``.
+    attention on AMX tiles (else on AVX512-BF16 register tiles where the CPU has them, and on f32
+    operands elsewhere); ``num_threads``.
     """
     return dict(_core.info())
 
