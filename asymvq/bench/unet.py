@@ -196,13 +196,13 @@ def _spec(path: Optional[str]) -> UNetSpec:
     return spec.unet
 
 
-
 def _attention_tiles(engine: str) -> bool:
     """Whether asymvq's attention runs (partly) in its own tiles, outside oneDNN's timed primitives."""
     info = _asymvq_info()
     if engine == "bf16":
         return bool(info["amx_attention"] or info["bf16_native"])
     return info["kernel_isa"] == "avx512"  # fp32 heads up to 96 wide
+
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run the UNet benchmark with command-line arguments ``argv``; prints a report, returns 0."""
