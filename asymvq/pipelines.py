@@ -198,6 +198,17 @@ class _Base:
         finally:
             bar.close()
 
+    @classmethod
+    def _from_parts(cls, p: Any, precision: str) -> Any:
+        """A pipeline from :func:`asymvq.diffusers_io.pipeline_parts`'s result (both ``from_diffusers``)."""
+        spec, dec = p.spec, p.decoder_spec
+        return cls._build(spec, dec, p.weights, p.decoder_weights, p.tokenizer, precision, p.sources, spec, dec)
+
+    @classmethod
+    def _build(cls, spec_d, spec_c, wd, wc, tok, precision, sources, cfg_d, cfg_c) -> Any:
+        """Each pipeline's models from specs and weights (overridden by both pipelines)."""
+        raise NotImplementedError
+
     def _encode_text(self, prompts: Sequence[str]) -> np.ndarray:
         ids = self.tokenizer(list(prompts))
         return self.text_encoder.encode_ids(ids)
@@ -323,17 +334,8 @@ class InpaintPipeline(_Base):
         """
         from .diffusers_io import pipeline_parts
 
-        p = pipeline_parts(path, kind="inpaint", decoder=decoder, vocab=vocab, variant=variant)
-        return cls._build(
-            p.spec,
-            p.decoder_spec,
-            p.weights,
-            p.decoder_weights,
-            p.tokenizer,
-            precision,
-            p.sources,
-            p.spec,
-            p.decoder_spec,
+        return cls._from_parts(
+            pipeline_parts(path, kind="inpaint", decoder=decoder, vocab=vocab, variant=variant), precision
         )
 
     @classmethod
@@ -587,17 +589,8 @@ class Txt2ImgPipeline(_Base):
         """
         from .diffusers_io import pipeline_parts
 
-        p = pipeline_parts(path, kind="txt2img", decoder=decoder, vocab=vocab, variant=variant)
-        return cls._build(
-            p.spec,
-            p.decoder_spec,
-            p.weights,
-            p.decoder_weights,
-            p.tokenizer,
-            precision,
-            p.sources,
-            p.spec,
-            p.decoder_spec,
+        return cls._from_parts(
+            pipeline_parts(path, kind="txt2img", decoder=decoder, vocab=vocab, variant=variant), precision
         )
 
     @classmethod
