@@ -130,6 +130,10 @@ static avq_status alloc_buffers(avq_plan *p) {
 static avq_status finish_build(avq_plan *p) {
     if (p->nlive != 0) return avq_error(AVQ_ERR_INTERNAL, "plan build leaked %zu arena tensors", p->nlive);
     p->arena_bytes = (size_t)p->peak;
+    /* Packing weights while building frees each source once its packed copy
+     * exists: the heap is left with hundreds of MB of holes (a 2x decoder:
+     * 0.5 GB) that would sit beside the arena; hand them back first. */
+    avq_memory_trim();
     AVQ_TRY(alloc_buffers(p));
     p->state = PLAN_BUILT;
     return AVQ_OK;

@@ -19,10 +19,23 @@ static void free_packed(avq_packed *p) {
     free(p);
 }
 
+/* Packing frees each source once its packed copy exists, while the next
+ * copies are allocated: the freed sources become heap holes the larger
+ * packed layouts do not fit (a 2x decoder's build left 0.5 GB of them), so
+ * every TRIM_EVERY bytes freed go back to the system. */
+#define TRIM_EVERY ((size_t)64 << 20)
+static atomic_size_t freed_since_trim;
+
 static void free_own(avq_weight *w) {
-    if (w->own) atomic_fetch_sub(&live_bytes, own_bytes(w));
+    if (!w->own) return;
+    const size_t bytes = own_bytes(w);
+    atomic_fetch_sub(&live_bytes, bytes);
     free(w->own);
     w->own = NULL;
+    if (atomic_fetch_add(&freed_since_trim, bytes) + bytes >= TRIM_EVERY) {
+        atomic_store(&freed_since_trim, 0);
+        avq_memory_trim();
+    }
 }
 
 void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data) {
