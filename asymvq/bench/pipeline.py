@@ -27,7 +27,7 @@ import argparse
 import gc
 import json
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -65,24 +65,6 @@ DECODERS = {"base": "base", "large": "1.5x", "large2": "2x"}
 HEADROOM_TARGET = {"bf16": 1.0e9, "fp32": 1.5e9}
 _PROMPT = "a photograph of an astronaut riding a horse on the moon"
 _SCALE = 7.5
-
-
-class _LazyWeights(Mapping[str, np.ndarray]):
-    """:func:`random_weights` of ``table``, each tensor made when a model asks for it (the same
-    tensors: they are deterministic per name), so the build holds one model's float32 arrays at a
-    time, not the whole table's (text encoder, UNet and KL encoder: 4.1 GB)."""
-
-    def __init__(self, table: Mapping[str, Sequence[int]], seed: int) -> None:
-        self._table, self._seed = table, seed
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return random_weights({name: self._table[name]}, self._seed)[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._table)
-
-    def __len__(self) -> int:
-        return len(self._table)
 
 
 def _config_path(name: str, tiny: bool) -> str:
@@ -161,7 +143,7 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     h = size // 8
 
     def build() -> Dict[str, Any]:
-        weights = _LazyWeights(tables.requirements(spec_d).table, seed)
+        weights = random_weights(tables.requirements(spec_d).table, seed)
         tok, _ = demo_tokenizer()
         models = {
             "text": TextEncoder.from_config(spec_d, weights, vocab=tok, precision=precision),
@@ -195,8 +177,9 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
     for name in job["decoders"]:  # the other models stay, as a pipeline holds them
         cfg_c = _config_path(task["decoders"][name], tiny)
         spec_c = _config.load(cfg_c)
-        weights = _LazyWeights(tables.requirements(spec_c).table, seed + 3)
+        weights = random_weights(tables.requirements(spec_c).table, seed + 3)
         dec = Autoencoder.from_config(cfg_c, weights, precision=precision, parts="decoder")
+        del weights  # the decoder holds its own copy
         st.run(f"decode {name}", _decode_call(dec, x0 / SCALE_FACTOR, x), [dec])
         del dec  # one decoder at a time, as a run holds one
     models.clear()
