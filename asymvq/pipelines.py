@@ -7,8 +7,17 @@ that merges the known pixels back in. :class:`Txt2ImgPipeline` is
 ``txt2img.py``: the 4-channel UNet, DDIM or PLMS, and the decoder without
 condition.
 
-Weights are loaded once (memory-mapped, no copy) and plans are built on the
-first call for a given size and reused afterwards.
+Weights are copied into each model once (the checkpoint's memory map is closed
+when the pipeline is built) and plans are built on the first call for a given
+size and reused afterwards.
+
+Memory: each model's plan holds an activation arena and a oneDNN scratchpad
+(for a 512 x 512 image the 2x decoder's alone is GBs in fp32). The stages run
+one after the other, so by default a stage hands its model's arena back when
+it is over (``release_between_stages``): a call then peaks at the packed
+weights plus the largest stage, not plus the sum of all of them; the next call
+allocates the arenas again (the plans themselves are kept). :meth:`memory`
+reports the weights and every plan's arena and scratchpad.
 
 Noise streams, chosen by ``rng=`` (:mod:`asymvq.rng`):
 
@@ -35,8 +44,7 @@ Each can also be passed in as arrays (``x_T=``, ``posterior_noise=``,
 
 Thread-safety: a pipeline may be called from several threads, but calls on one
 pipeline are serialised by a lock (plans are not reentrant); use one pipeline
-per thread for parallel work (weights memory-mapped from the same file are
-shared by the OS page cache).
+per thread for parallel work (each holds its own copy of the weights).
 """
 
 from __future__ import annotations
@@ -150,7 +158,16 @@ class _Progress:
             self.bar.close()
 
 
+def _release(model: Any) -> None:
+    """Frees ``model``'s plan arenas and scratchpads (the plans stay) and trims the heap."""
+    model._core.release_memory()
+
+
 class _Base:
+    #: Free each model's activation arena and scratchpad when its stage of a call is over (the
+    #: peak is then the weights plus the largest stage); False keeps them for the next call.
+    release_between_stages: bool = True
+
     # set by each pipeline's __init__
     diffusion_spec: config_mod.DiffusionSpec
     unet: UNet
@@ -197,6 +214,46 @@ class _Base:
             return smp.sample(self.unet, x_T, c, uc, scale, c_concat=c_concat, seed=seed + 2, callback=bar)
         finally:
             bar.close()
+
+    @classmethod
+    def _from_parts(cls, p: Any, precision: str) -> Any:
+        """A pipeline from :func:`asymvq.diffusers_io.pipeline_parts`'s result (both ``from_diffusers``)."""
+        spec, dec = p.spec, p.decoder_spec
+        return cls._build(spec, dec, p.weights, p.decoder_weights, p.tokenizer, precision, p.sources, spec, dec)
+
+    @classmethod
+    def _build(cls, spec_d, spec_c, wd, wc, tok, precision, sources, cfg_d, cfg_c) -> Any:
+        """Each pipeline's models from specs and weights (overridden by both pipelines)."""
+        raise NotImplementedError
+
+    def _models(self) -> dict[str, Any]:
+        names = ("text_encoder", "unet", "encoder", "decoder")
+        return {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
+
+    def _stage_done(self, *models: Any) -> None:
+        if self.release_between_stages:
+            for m in models:
+                _release(m)
+
+    def release_memory(self) -> None:
+        """Frees every model's plan arenas and scratchpads now (the plans stay; the next call
+        allocates them again) and hands the allocator's free memory back to the system."""
+        for m in self._models().values():
+            _release(m)
+
+    def memory(self) -> dict[str, Any]:
+        """Where this pipeline's memory is, in bytes: per model (``text_encoder``, ``unet``,
+        ``encoder`` for inpainting, ``decoder``) its cached ``plans`` (each with ``arena_bytes``,
+        ``scratch_bytes`` and ``resident``: held now) and ``resident_bytes`` (what they hold now);
+        and ``weight_bytes`` / ``plan_bytes``: the owned and packed weights (Winograd copies
+        included) and the resident arenas + scratchpads of every model in the process."""
+        from . import _core
+
+        out: dict[str, Any] = {
+            n: {"plans": m.plans, "resident_bytes": m.memory_bytes} for n, m in self._models().items()
+        }
+        out.update(_core.Model.process_memory())
+        return out
 
     def _encode_text(self, prompts: Sequence[str]) -> np.ndarray:
         ids = self.tokenizer(list(prompts))
@@ -323,17 +380,8 @@ class InpaintPipeline(_Base):
         """
         from .diffusers_io import pipeline_parts
 
-        p = pipeline_parts(path, kind="inpaint", decoder=decoder, vocab=vocab, variant=variant)
-        return cls._build(
-            p.spec,
-            p.decoder_spec,
-            p.weights,
-            p.decoder_weights,
-            p.tokenizer,
-            precision,
-            p.sources,
-            p.spec,
-            p.decoder_spec,
+        return cls._from_parts(
+            pipeline_parts(path, kind="inpaint", decoder=decoder, vocab=vocab, variant=variant), precision
         )
 
     @classmethod
@@ -429,6 +477,7 @@ class InpaintPipeline(_Base):
             t = time.perf_counter()
             c = self._encode_text([prompt])
             uc = self._encode_text([negative_prompt])
+            self._stage_done(self.text_encoder)
             timings["text"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -439,6 +488,8 @@ class InpaintPipeline(_Base):
                 eps_post = posterior_noise if posterior_noise is not None else _randn(seed + 1, (1, 4, h, w))
                 z_mi = SCALE_FACTOR * self.encoder.encode(masked, sample=True, noise=eps_post)
             c_cat = np.concatenate([_nearest_resize(msk, h, w), z_mi], axis=1).astype(np.float32)
+            del masked
+            self._stage_done(self.encoder)
             timings["encode"] = time.perf_counter() - t
 
             x_T = x_T if x_T is not None else _randn(seed, (1, 4, h, w))
@@ -446,6 +497,7 @@ class InpaintPipeline(_Base):
             x0 = self._denoise(
                 x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback, c_concat=c_cat, gen=gen
             )
+            self._stage_done(self.unet)
             timings["sample"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -453,6 +505,7 @@ class InpaintPipeline(_Base):
                 out = self.decoder.decode(x0 / SCALE_FACTOR, image=img, mask=msk)
             else:  # SD's vanilla decoder (or one without condition): the latent alone, nothing merged back
                 out = self.decoder.decode(x0 / SCALE_FACTOR)
+            self._stage_done(self.decoder)
             timings["decode"] = time.perf_counter() - t
         return PipelineResult(to_pil(out, round=round), out, x0, time.perf_counter() - t0, steps, timings)
 
@@ -587,17 +640,8 @@ class Txt2ImgPipeline(_Base):
         """
         from .diffusers_io import pipeline_parts
 
-        p = pipeline_parts(path, kind="txt2img", decoder=decoder, vocab=vocab, variant=variant)
-        return cls._build(
-            p.spec,
-            p.decoder_spec,
-            p.weights,
-            p.decoder_weights,
-            p.tokenizer,
-            precision,
-            p.sources,
-            p.spec,
-            p.decoder_spec,
+        return cls._from_parts(
+            pipeline_parts(path, kind="txt2img", decoder=decoder, vocab=vocab, variant=variant), precision
         )
 
     @classmethod
@@ -686,14 +730,17 @@ class Txt2ImgPipeline(_Base):
             t = time.perf_counter()
             c = self._encode_text(prompts)
             uc = self._encode_text([negative_prompt] * n_samples)
+            self._stage_done(self.text_encoder)
             timings["text"] = time.perf_counter() - t
             if x_T is None:
                 x_T = gen.randn((n_samples, 4, h, w)) if gen is not None else _randn(seed, (n_samples, 4, h, w))
             t = time.perf_counter()
             x0 = self._denoise(x_T, c, uc, scale, sampler, steps, eta, seed, step_noise, progress, callback, gen=gen)
+            self._stage_done(self.unet)
             timings["sample"] = time.perf_counter() - t
             t = time.perf_counter()
             out = self.decoder.decode(x0 / SCALE_FACTOR)
+            self._stage_done(self.decoder)
             timings["decode"] = time.perf_counter() - t
         return PipelineResult(to_pil(out, round=round), out, x0, time.perf_counter() - t0, steps, timings)
 

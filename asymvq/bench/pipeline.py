@@ -7,13 +7,18 @@ asymmetric decoder base / 1.5x / 2x with the mask condition) and one txt2img as 
 fp32 and bf16. Full-size models with random weights (:func:`asymvq.bench.weights.random_weights`):
 the time of a step does not depend on the weights' values.
 
-Each (task, precision) runs in a child process of its own. Reported per stage: the wall time, the
-process CPU time (on a busy machine the steadier figure; above threads x wall, waiting threads spin)
-and the peak RSS during that stage (the kernel's high-water mark, reset before each stage); then the
-totals per decoder: text + encode + sampling + that decoder's decode, the figure of one image as a
-user sees it. Every stage is a first call, its plan build included, as in a one-image run; building
-the models from the weights is reported apart and is not in the totals (a real run reads a
-checkpoint instead). ``--steps`` shortens the loop; ``--tiny`` runs the tiny test configs.
+Each (task, precision) runs in a child process of its own, holding every model at once as a
+pipeline does (the decoders one at a time). Reported per stage: the wall time, the process CPU time
+(on a busy machine the steadier figure; above threads x wall, waiting threads spin), the peak RSS
+during that stage (the kernel's high-water mark, reset before each stage), the packed weights of
+every model held after it (owned copies, Winograd's included), the arena and oneDNN scratchpad of
+that stage's model, and the headroom: peak RSS minus the weights, against issue 17's targets
+(1 GB in bf16, 1.5 GB in fp32). As the pipelines do, each stage frees its model's arena when it is
+over (``--keep-arenas``: they stay, as before). Then the totals per decoder: text + encode +
+sampling + that decoder's decode, the figure of one image as a user sees it. Every stage is a first
+call, its plan build included, as in a one-image run; building the models from the weights is
+reported apart and is not in the totals (a real run reads a checkpoint instead). ``--steps`` shortens
+the loop; ``--tiny`` runs the tiny test configs.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .. import _core, get_num_threads, info, set_num_threads, tables
 from .. import config as _config
-from .. import get_num_threads, info, set_num_threads, tables
 from . import harness
 from .weights import random_weights
 
@@ -56,6 +61,8 @@ TASKS: Dict[str, Dict[str, Any]] = {
 }
 #: decoder name -> its label in the report
 DECODERS = {"base": "base", "large": "1.5x", "large2": "2x"}
+#: issue 17's memory targets: peak RSS minus the packed weights, per precision
+HEADROOM_TARGET = {"bf16": 1.0e9, "fp32": 1.5e9}
 _PROMPT = "a photograph of an astronaut riding a horse on the moon"
 _SCALE = 7.5
 
@@ -65,18 +72,41 @@ def _config_path(name: str, tiny: bool) -> str:
 
 
 class _Stages:
-    """Times stages in this process: wall, CPU and the peak RSS of each."""
+    """Times stages in this process: wall, CPU, the peak RSS and the memory of each."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: bool) -> None:
         self.rows: List[Dict[str, Any]] = []
         self.rss_resets = True
+        self.release = release
 
-    def run(self, name: str, call: Callable[[], Any]) -> Any:
+    def run(self, name: str, call: Callable[[], Any], models: Sequence[Any] = ()) -> Any:
+        """Runs ``call`` as stage ``name`` of ``models`` (whose plans it reports, then frees unless kept)."""
+        from ..pipelines import _release
+
         gc.collect()
+        _core.Model.trim()
         self.rss_resets = harness.reset_peak_rss() and self.rss_resets
         out: List[Any] = []
         times, cpu = harness.timed(lambda: out.append(call()))
-        self.rows.append({"stage": name, "wall": times[0], "cpu": cpu[0], "peak_rss": harness.peak_rss()})
+        peak = harness.peak_rss()
+        held = _core.Model.process_memory()
+        plans = [p for m in models for p in m.plans]
+        self.rows.append(
+            {
+                "stage": name,
+                "wall": times[0],
+                "cpu": cpu[0],
+                "peak_rss": peak,
+                "weight_bytes": held["weight_bytes"],
+                "arena_bytes": sum(p["arena_bytes"] for p in plans),
+                "scratch_bytes": sum(p["scratch_bytes"] for p in plans),
+                "plan_bytes": held["plan_bytes"],  # every model's, held at the stage's end
+                "headroom": peak - held["weight_bytes"],
+            }
+        )
+        if self.release:
+            for m in models:
+                _release(m)
         return out[0]
 
 
@@ -105,7 +135,7 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
 
     set_num_threads(job["threads"])
     task, precision, size, seed, tiny = TASKS[job["task"]], job["precision"], job["size"], job["seed"], job["tiny"]
-    st = _Stages()
+    st = _Stages(release=not job.get("keep_arenas", False))
     cfg_d = _config_path(task["config"], tiny)
     spec_d = _config.load(cfg_d)
     assert isinstance(spec_d, _config.DiffusionSpec)
@@ -125,7 +155,7 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
 
     models = st.run("models (random weights)", build)
     x = _inputs(size, seed)
-    cond = st.run("text", lambda: (models["text"].encode([_PROMPT]), models["text"].encode([""])))
+    cond = st.run("text", lambda: (models["text"].encode([_PROMPT]), models["text"].encode([""])), [models["text"]])
     c_concat = None
     if inpaint:
 
@@ -136,25 +166,23 @@ def _child(job: Dict[str, Any]) -> Dict[str, Any]:
             small = x["mask"][:, :, ::8, ::8]  # nearest resize to the latent grid
             return np.concatenate([small, z], axis=1).astype(np.float32)
 
-        c_concat = st.run("encode", encode)
+        c_concat = st.run("encode", encode, [models["encoder"]])
     sampler = Sampler(kind="ddim", steps=job["steps"], eta=task["eta"], config=spec_d)
     x_T = np.random.default_rng(seed).standard_normal((1, 4, h, h), dtype=np.float32)
     x0 = st.run(
         "sample",
         lambda: sampler.sample(models["unet"], x_T, cond[0], cond[1], _SCALE, c_concat=c_concat, seed=seed + 2),
+        [models["unet"]],
     )
-    models.clear()
-    for name in job["decoders"]:
+    for name in job["decoders"]:  # the other models stay, as a pipeline holds them
         cfg_c = _config_path(task["decoders"][name], tiny)
         spec_c = _config.load(cfg_c)
         weights = random_weights(tables.requirements(spec_c).table, seed + 3)
-        st.run(
-            f"decode {name}",
-            _decode_call(
-                Autoencoder.from_config(cfg_c, weights, precision=precision, parts="decoder"), x0 / SCALE_FACTOR, x
-            ),
-        )
-        del weights  # one decoder at a time, as a run holds one
+        dec = Autoencoder.from_config(cfg_c, weights, precision=precision, parts="decoder")
+        del weights  # the decoder holds its own copy
+        st.run(f"decode {name}", _decode_call(dec, x0 / SCALE_FACTOR, x), [dec])
+        del dec  # one decoder at a time, as a run holds one
+    models.clear()
     return {"stages": st.rows, "rss_resets": st.rss_resets}
 
 
@@ -163,7 +191,8 @@ def _run_child(job: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _totals(rows: List[Dict[str, Any]], decoders: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """decoder -> {wall, cpu, peak_rss} of text + encode + sample + that decoder's decode."""
+    """decoder -> {wall, cpu, peak_rss, headroom} of text + encode + sample + that decoder's decode
+    (headroom: the largest of the stages')."""
     common = [r for r in rows if r["stage"] in ("text", "encode", "sample")]
     out: Dict[str, Dict[str, float]] = {}
     for name in decoders:
@@ -172,6 +201,7 @@ def _totals(rows: List[Dict[str, Any]], decoders: Sequence[str]) -> Dict[str, Di
             "wall": sum(r["wall"] for r in part),
             "cpu": sum(r["cpu"] for r in part),
             "peak_rss": max(r["peak_rss"] for r in part),
+            "headroom": max(r["headroom"] for r in part),
         }
     return out
 
@@ -191,6 +221,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--tasks", default="inpaint,txt2img", help="comma-separated: inpaint, txt2img (default both)")
     p.add_argument("--threads", type=int, default=0, help="threads (default: asymvq's)")
     p.add_argument("--tiny", action="store_true", help="the tiny test configs instead of the full-size models")
+    p.add_argument(
+        "--keep-arenas", action="store_true", help="keep each model's arena after its stage (default: freed)"
+    )
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -231,7 +264,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
     report: Dict[str, Any] = {"size": args.size, "steps": args.steps, "threads": threads, "tiny": args.tiny, "runs": []}
     failed = False
-    head = f"{'task':<9}{'prec':<6}{'stage':<26}{'wall s':>9}{'CPU s':>9}{'peak RSS GB':>13}"
+    head = (
+        f"{'task':<9}{'prec':<6}{'stage':<26}{'wall s':>9}{'CPU s':>9}{'peak RSS GB':>13}"
+        f"{'weights GB':>12}{'arena GB':>10}{'scratch GB':>12}{'headroom GB':>13}"
+    )
     print("\n" + head + "\n" + "-" * len(head), flush=True)
     for task in tasks:
         for prec in precisions:
@@ -244,6 +280,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                 "seed": args.seed,
                 "tiny": args.tiny,
                 "decoders": decoders,
+                "keep_arenas": args.keep_arenas,
             }
             r = _run_child(job)
             if "error" in r:
@@ -256,13 +293,20 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                     label = f"sample ({args.steps} steps)"
                 elif label.startswith("decode "):
                     label = f"decode {DECODERS[label.split()[1]]}"
-                print(f"{task:<9}{prec:<6}{label:<26}{row['wall']:9.2f}{row['cpu']:9.2f}{row['peak_rss'] / 1e9:13.2f}")
+                print(
+                    f"{task:<9}{prec:<6}{label:<26}{row['wall']:9.2f}{row['cpu']:9.2f}{row['peak_rss'] / 1e9:13.2f}"
+                    f"{row['weight_bytes'] / 1e9:12.2f}{row['arena_bytes'] / 1e9:10.3f}"
+                    f"{row['scratch_bytes'] / 1e9:12.3f}{row['headroom'] / 1e9:13.2f}"
+                )
             sample = next(row for row in r["stages"] if row["stage"] == "sample")
             totals = _totals(r["stages"], decoders)
             for name, tot in totals.items():
+                target = HEADROOM_TARGET[prec]
+                verdict = "within" if tot["headroom"] <= target else "OVER"
                 print(
                     f"{task:<9}{prec:<6}{'TOTAL with ' + DECODERS[name]:<26}{tot['wall']:9.2f}{tot['cpu']:9.2f}"
-                    f"{tot['peak_rss'] / 1e9:13.2f}"
+                    f"{tot['peak_rss'] / 1e9:13.2f}{'':34}{tot['headroom'] / 1e9:13.2f}"
+                    f"  ({verdict} the {target / 1e9:.1f} GB target)"
                 )
             print(
                 f"{'':<15}({sample['wall'] / args.steps:.3f} s per guided step)"

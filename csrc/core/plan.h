@@ -35,6 +35,20 @@ size_t avq_plan_arena_bytes(const avq_plan *p);
 size_t avq_plan_scratch_bytes(const avq_plan *p);
 size_t avq_plan_num_steps(const avq_plan *p);
 
+/* Memory between runs. A built plan holds its arena and scratchpad (sized by
+ * avq_plan_arena_bytes / avq_plan_scratch_bytes) until they are released;
+ * the next run allocates them again (same sizes, same offsets), so a model
+ * that is idle for a while (a pipeline stage that is over) need not hold its
+ * activations. Not while a run is in progress (the caller serialises). */
+void avq_plan_release_buffers(avq_plan *p);
+/* Arena + scratchpad bytes this plan holds now (0 once released). */
+size_t avq_plan_resident_bytes(const avq_plan *p);
+/* The same over every plan of the process. */
+size_t avq_plan_total_resident_bytes(void);
+/* Hands the allocator's free memory back to the system (glibc's malloc_trim:
+ * freed weights and small buffers otherwise stay in the process's heap). */
+void avq_memory_trim(void);
+
 /* Cooperative abort: a run (or build) on a thread whose flag (borrowed; set
  * around one model call, which runs its steps on that thread, e.g. by the
  * Python binding for Ctrl-C) becomes nonzero stops at the next step (op) with

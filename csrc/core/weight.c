@@ -1,9 +1,42 @@
 #include "weight.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "engine.h"
 #include "plan.h"
+
+static atomic_size_t live_bytes; /* see avq_weight_live_bytes */
+
+size_t avq_weight_live_bytes(void) { return atomic_load(&live_bytes); }
+
+static size_t own_bytes(const avq_weight *w) { return (size_t)avq_weight_numel(w) * avq_dtype_size(w->dtype); }
+
+static void free_packed(avq_packed *p) {
+    atomic_fetch_sub(&live_bytes, dnnl_memory_desc_get_size(p->md));
+    dnnl_memory_destroy(p->mem);
+    dnnl_memory_desc_destroy(p->md);
+    free(p);
+}
+
+/* Packing frees each source once its packed copy exists, while the next
+ * copies are allocated: the freed sources become heap holes the larger
+ * packed layouts do not fit (a 2x decoder's build left 0.5 GB of them), so
+ * every TRIM_EVERY bytes freed go back to the system. */
+#define TRIM_EVERY ((size_t)64 << 20)
+static atomic_size_t freed_since_trim;
+
+static void free_own(avq_weight *w) {
+    if (!w->own) return;
+    const size_t bytes = own_bytes(w);
+    atomic_fetch_sub(&live_bytes, bytes);
+    free(w->own);
+    w->own = NULL;
+    if (atomic_fetch_add(&freed_since_trim, bytes) + bytes >= TRIM_EVERY) {
+        atomic_store(&freed_since_trim, 0);
+        avq_memory_trim();
+    }
+}
 
 void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data) {
     memset(w, 0, sizeof *w);
@@ -40,17 +73,14 @@ void avq_weight_release(avq_weight *w) {
     avq_packed *p = w->packed;
     while (p) {
         avq_packed *next = p->next;
-        dnnl_memory_destroy(p->mem);
-        dnnl_memory_desc_destroy(p->md);
-        free(p);
+        free_packed(p);
         p = next;
     }
     w->packed = NULL;
     w->origin = NULL;
     if (w->origin_src_md) dnnl_memory_desc_destroy(w->origin_src_md);
     w->origin_src_md = NULL;
-    free(w->own);
-    w->own = NULL;
+    free_own(w);
     w->data = NULL;
 }
 
@@ -85,6 +115,7 @@ avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfini
     w->own = buf;
     w->data = buf;
     w->dtype = dt;
+    atomic_fetch_add(&live_bytes, own_bytes(w));
     *nonfinite = bad;
     return AVQ_OK;
 }
@@ -199,6 +230,7 @@ static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight
         free(p);
         goto done;
     }
+    atomic_fetch_add(&live_bytes, dnnl_memory_desc_get_size(p->md));
     p->next = w->packed;
     w->packed = p;
     *out = p->mem;
@@ -210,8 +242,7 @@ static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight
     if (!derive && w->own && !w->has_views && !w->origin && w->ndim >= 2 && pdt == avq_dnnl_dt(w->dtype) &&
         dnnl_memory_desc_clone(&w->origin_src_md, src) == dnnl_success) {
         w->origin = p;
-        free(w->own);
-        w->own = NULL;
+        free_own(w);
         w->data = NULL;
     }
 done:

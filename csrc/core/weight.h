@@ -44,6 +44,9 @@ avq_weight avq_weight_rows(avq_weight *w, int64_t r0, int64_t n);
 int64_t avq_weight_numel(const avq_weight *w);
 /* Frees the packed copies and the owned source. */
 void avq_weight_release(avq_weight *w);
+/* Bytes held by all weights of the process: owned sources and packed copies
+ * (Winograd's derived ones included); borrowed sources are not counted. */
+size_t avq_weight_live_bytes(void);
 
 /* Replaces the borrowed source by an owned copy stored as `store` (AVQ_BF16
  * narrows an f32 source with the rounding oneDNN's reorders use, so packing

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "arrays.h"
+#include "core/weight.h"
 
 PyObject *avq_py_model_new(PyTypeObject *type, const avq_py_model_kind *kind, void *model) {
     avq_py_model *self = (avq_py_model *)type->tp_alloc(type, 0);
@@ -31,6 +32,28 @@ static void model_dealloc(avq_py_model *self) {
 static PyObject *model_clear_plans(avq_py_model *self, PyObject *noargs) {
     (void)noargs;
     avq_py_plan_cache_clear(&self->plans); /* pinned plans stay */
+    Py_RETURN_NONE;
+}
+
+static PyObject *model_release_memory(avq_py_model *self, PyObject *noargs) {
+    (void)noargs;
+    avq_py_plan_cache_release(&self->plans); /* pinned plans keep theirs */
+    avq_memory_trim();
+    Py_RETURN_NONE;
+}
+
+/* Process-wide figures: every model's weights and plans, whichever object holds them. */
+static PyObject *model_process_memory(PyObject *unused, PyObject *noargs) {
+    (void)unused;
+    (void)noargs;
+    return Py_BuildValue("{s:n,s:n}", "weight_bytes", (Py_ssize_t)avq_weight_live_bytes(), "plan_bytes",
+                         (Py_ssize_t)avq_plan_total_resident_bytes());
+}
+
+static PyObject *model_trim(PyObject *unused, PyObject *noargs) {
+    (void)unused;
+    (void)noargs;
+    avq_memory_trim();
     Py_RETURN_NONE;
 }
 
@@ -65,15 +88,24 @@ static PyObject *model_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 static PyMethodDef model_methods[] = {
     {"clear_plans", (PyCFunction)model_clear_plans, METH_NOARGS,
      "Free every cached plan that no sampler pins (they are rebuilt on demand)."},
+    {"release_memory", (PyCFunction)model_release_memory, METH_NOARGS,
+     "Free the arenas and scratchpads of the cached plans, keeping the plans (the next call allocates them "
+     "again), and hand freed memory back to the system."},
     {"plans", (PyCFunction)model_plans, METH_NOARGS,
-     "The cached plans, least recently used first: [task,] shape, bytes, arena_bytes, scratch_bytes, steps."},
+     "The cached plans, least recently used first: [task,] shape, bytes, arena_bytes, scratch_bytes, resident, "
+     "steps."},
+    {"process_memory", (PyCFunction)model_process_memory, METH_NOARGS | METH_STATIC,
+     "Bytes held now by every model of the process: {'weight_bytes': owned and packed weights, 'plan_bytes': "
+     "plan arenas and scratchpads}."},
+    {"trim", (PyCFunction)model_trim, METH_NOARGS | METH_STATIC,
+     "Hand the allocator's free memory back to the system (malloc_trim)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef model_getset[] = {
     AVQ_PY_GETTER("precision", get_precision, "Activation precision: 'fp32' or 'bf16'."),
     AVQ_PY_GETTER("num_parameters", get_num_parameters, "Parameters held."),
-    AVQ_PY_GETTER("memory_bytes", get_memory_bytes, "Activation arena + scratchpad bytes of all cached plans."),
+    AVQ_PY_GETTER("memory_bytes", get_memory_bytes, "Activation arena + scratchpad bytes the cached plans hold now."),
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -2,7 +2,7 @@
  * Autoencoder and TextEncoder. It owns the C model and its plan cache
  * (plan_cache.h: the one caching and concurrency rule) and gives every model
  * the same names: precision, num_parameters, memory_bytes, plans(),
- * clear_plans(). A subtype adds its constructor and its compute methods. */
+ * clear_plans(), release_memory(). A subtype adds its constructor and its compute methods. */
 #ifndef AVQ_PY_MODEL_H
 #define AVQ_PY_MODEL_H
 

@@ -162,13 +162,21 @@ void avq_py_plan_cache_clear(avq_py_plan_cache *c) {
     PyThread_release_lock(c->lock);
 }
 
-static size_t plan_bytes(const avq_plan *p) { return avq_plan_arena_bytes(p) + avq_plan_scratch_bytes(p); }
+void avq_py_plan_cache_release(avq_py_plan_cache *c) {
+    lock_gil_held(c);
+    for (int i = 0; i < AVQ_PY_PLAN_CACHE_SIZE; i++) {
+        const avq_py_plan_slot *s = &c->slots[i];
+        /* The cache owns the plan (core() hands it out read-only for the listing). */
+        if (s->plan && !s->pins) avq_plan_release_buffers((avq_plan *)c->kind->core(s->plan));
+    }
+    PyThread_release_lock(c->lock);
+}
 
 size_t avq_py_plan_cache_bytes(avq_py_plan_cache *c) {
     size_t total = 0;
     lock_gil_held(c);
     for (int i = 0; i < AVQ_PY_PLAN_CACHE_SIZE; i++)
-        if (c->slots[i].plan) total += plan_bytes(c->kind->core(c->slots[i].plan));
+        if (c->slots[i].plan) total += avq_plan_resident_bytes(c->kind->core(c->slots[i].plan));
     PyThread_release_lock(c->lock);
     return total;
 }
@@ -179,12 +187,13 @@ typedef struct plan_info {
     avq_py_plan_key key;
     unsigned long long last_use;
     size_t arena, scratch, steps;
+    int resident;
 } plan_info;
 
 static PyObject *describe(const avq_py_plan_kind *kind, const plan_info *in) {
-    PyObject *d =
-        Py_BuildValue("{s:n,s:n,s:n,s:n}", "bytes", (Py_ssize_t)(in->arena + in->scratch), "arena_bytes",
-                      (Py_ssize_t)in->arena, "scratch_bytes", (Py_ssize_t)in->scratch, "steps", (Py_ssize_t)in->steps);
+    PyObject *d = Py_BuildValue("{s:n,s:n,s:n,s:O,s:n}", "bytes", (Py_ssize_t)(in->arena + in->scratch), "arena_bytes",
+                                (Py_ssize_t)in->arena, "scratch_bytes", (Py_ssize_t)in->scratch, "resident",
+                                in->resident ? Py_True : Py_False, "steps", (Py_ssize_t)in->steps);
     if (d && kind->task_names) {
         PyObject *task = PyUnicode_FromString(kind->task_names[in->key.task]);
         if (!task || PyDict_SetItemString(d, "task", task) < 0) Py_CLEAR(d);
@@ -208,8 +217,12 @@ PyObject *avq_py_plan_cache_list(avq_py_plan_cache *c) {
         if (!p || !avq_plan_built(p)) continue;
         int j = n++;
         for (; j > 0 && info[j - 1].last_use > s->last_use; j--) info[j] = info[j - 1];
-        info[j] =
-            (plan_info){s->key, s->last_use, avq_plan_arena_bytes(p), avq_plan_scratch_bytes(p), avq_plan_num_steps(p)};
+        info[j] = (plan_info){s->key,
+                              s->last_use,
+                              avq_plan_arena_bytes(p),
+                              avq_plan_scratch_bytes(p),
+                              avq_plan_num_steps(p),
+                              avq_plan_resident_bytes(p) > 0};
     }
     PyThread_release_lock(c->lock);
     PyObject *list = PyList_New(n);

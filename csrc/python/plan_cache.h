@@ -80,10 +80,14 @@ PyObject *avq_py_plan_cache_pin(avq_py_plan_cache *c, PyObject *owner, const avq
 
 /* Frees the unpinned plans. */
 void avq_py_plan_cache_clear(avq_py_plan_cache *c);
-/* Arena + scratchpad bytes of the cached plans. */
+/* Frees the arenas and scratchpads of the unpinned plans, keeping the plans
+ * (their next run allocates them again; avq_plan_release_buffers). */
+void avq_py_plan_cache_release(avq_py_plan_cache *c);
+/* Arena + scratchpad bytes the cached plans hold now (released ones: 0). */
 size_t avq_py_plan_cache_bytes(avq_py_plan_cache *c);
-/* [{"task"?, <dim names>..., "bytes", "arena_bytes", "scratch_bytes", "steps"}]
- * for each built plan, least recently used first. New reference or NULL. */
+/* [{"task"?, <dim names>..., "bytes", "arena_bytes", "scratch_bytes",
+ * "resident", "steps"}] for each built plan, least recently used first
+ * ("resident": its arena and scratchpad are held now). New reference or NULL. */
 PyObject *avq_py_plan_cache_list(avq_py_plan_cache *c);
 
 #endif
