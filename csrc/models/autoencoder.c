@@ -544,8 +544,8 @@ typedef struct band_src {
 
 /* What becomes of a band conv's output rows: written, added to, or blended. */
 typedef struct band_dst {
-    avq_tensor *y;         /* the whole output */
-    int residual;          /* y += conv (y holds the shortcut) */
+    avq_tensor *y;          /* the whole output */
+    int residual;           /* y += conv (y holds the shortcut) */
     const avq_tensor *mask; /* f32 [N, 1, H, W]: y = y * m + conv * (1 - m) */
 } band_dst;
 
@@ -607,7 +607,8 @@ static avq_status banded_conv(avq_plan *p, avq_dtype dt, const avq_autoencoder_p
     const int64_t H = d->y->dims[2];
     const int64_t rows = band_height(ap, dt, s->x->dims[1], cw->w->dims[0], H, d->y->dims[3]);
     for (int64_t n = 0; n < d->y->dims[0]; n++)
-        for (int64_t r0 = 0; r0 < H; r0 += rows) AVQ_TRY(band_conv(p, dt, cw, s, d, n, r0, H - r0 < rows ? H - r0 : rows));
+        for (int64_t r0 = 0; r0 < H; r0 += rows)
+            AVQ_TRY(band_conv(p, dt, cw, s, d, n, r0, H - r0 < rows ? H - r0 : rows));
     return AVQ_OK;
 }
 
@@ -797,15 +798,16 @@ avq_status avq_autoencoder_plan_create(const avq_autoencoder *m, avq_ae_task tas
     return AVQ_OK;
 }
 
-avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_task task, int64_t batch,
-                                              int64_t height, int64_t width, int64_t band_rows,
-                                              avq_autoencoder_plan **out) {
+avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_task task, int64_t batch, int64_t height,
+                                              int64_t width, int64_t band_rows, avq_autoencoder_plan **out) {
     *out = NULL;
     if (task == AVQ_AE_ENCODE)
         return avq_error(AVQ_ERR_ARG, "autoencoder: banded plans decode; the encoder has no banded form");
     if (band_rows < 0)
-        return avq_error(AVQ_ERR_ARG, "autoencoder banded decode: band_rows must be >= 1 (or 0: from the %d MiB "
-                         "budget), got %lld", (int)(AVQ_AE_BAND_BUDGET_BYTES >> 20), (long long)band_rows);
+        return avq_error(AVQ_ERR_ARG,
+                         "autoencoder banded decode: band_rows must be >= 1 (or 0: from the %d MiB "
+                         "budget), got %lld",
+                         (int)(AVQ_AE_BAND_BUDGET_BYTES >> 20), (long long)band_rows);
     AVQ_TRY(avq_autoencoder_plan_create(m, task, batch, height, width, out));
     (*out)->banded = 1;
     (*out)->band_rows = band_rows;

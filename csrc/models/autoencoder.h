@@ -110,9 +110,8 @@ avq_status avq_autoencoder_plan_create(const avq_autoencoder *m, avq_ae_task tas
  * two rows more than they keep. */
 #define AVQ_AE_BAND_BUDGET_BYTES ((size_t)128 << 20)
 #define AVQ_AE_BAND_MIN_ROWS     16
-avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_task task, int64_t batch,
-                                              int64_t height, int64_t width, int64_t band_rows,
-                                              avq_autoencoder_plan **out);
+avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_task task, int64_t batch, int64_t height,
+                                              int64_t width, int64_t band_rows, avq_autoencoder_plan **out);
 /* 1 for a banded plan. */
 int avq_autoencoder_plan_banded(const avq_autoencoder_plan *p);
 void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p);

@@ -144,9 +144,9 @@ avq_status avq_group_norm_stats(avq_plan *p, const avq_tensor *x, avq_tensor *st
     int64_t N = x->dims[0], HW = rows / N, nblk = (HW + GN_BLOCK - 1) / GN_BLOCK;
     if (stats->ndim != 3 || stats->dtype != AVQ_F32 || stats->layout != AVQ_PLAIN || stats->dims[0] != N ||
         stats->dims[1] != 3 || stats->dims[2] != C)
-        return avq_error(AVQ_ERR_SHAPE, "group_norm_stats: statistics %s must be f32 plain [%lld, 3, %lld] for input %s",
-                         avq_tensor_str(stats, bs, sizeof bs), (long long)N, (long long)C,
-                         avq_tensor_str(x, bx, sizeof bx));
+        return avq_error(
+            AVQ_ERR_SHAPE, "group_norm_stats: statistics %s must be f32 plain [%lld, 3, %lld] for input %s",
+            avq_tensor_str(stats, bs, sizeof bs), (long long)N, (long long)C, avq_tensor_str(x, bx, sizeof bx));
     /* scratch: the per-block channel sums [N, nblk, C] and M, A as gn_stats makes them */
     avq_tensor ws;
     int64_t wsd[1] = {N * nblk * C + 2 * N * C + C};

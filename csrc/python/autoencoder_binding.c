@@ -300,7 +300,8 @@ static PyMethodDef ae_methods[] = {
     AVQ_PY_KW_METHOD("check_encode", ae_check_encode,
                      "check_encode(image, noise=None): raises what encode would for these arguments, runs nothing."),
     AVQ_PY_KW_METHOD("check_decode", ae_check_decode,
-                     "check_decode(latent, image=None, mask=None, *, banded=False, band_rows=0): raises what decode would, runs nothing."),
+                     "check_decode(latent, image=None, mask=None, *, banded=False, band_rows=0): raises what decode "
+                     "would, runs nothing."),
     {NULL, NULL, 0, NULL},
 };
 

@@ -213,9 +213,12 @@ static void test_bad_row_range_operands_are_reported(void) {
         avq_status status;
         const char *text;
     } want[] = {
-        {AVQ_ERR_SHAPE, "must be f32 plain [2, 3, 32]"}, {AVQ_ERR_SHAPE, "must be f32 plain [2, 3, 32]"},
-        {AVQ_ERR_SHAPE, "[1, 32, rows, 4]"},             {AVQ_ERR_ARG, "sample 2 outside the batch of 2"},
-        {AVQ_ERR_SHAPE, "[1, 32, rows, 8]"},             {AVQ_ERR_SHAPE, "dtype"},
+        {AVQ_ERR_SHAPE, "must be f32 plain [2, 3, 32]"},
+        {AVQ_ERR_SHAPE, "must be f32 plain [2, 3, 32]"},
+        {AVQ_ERR_SHAPE, "[1, 32, rows, 4]"},
+        {AVQ_ERR_ARG, "sample 2 outside the batch of 2"},
+        {AVQ_ERR_SHAPE, "[1, 32, rows, 8]"},
+        {AVQ_ERR_SHAPE, "dtype"},
     };
     float gd[32], bd[32];
     for (int i = 0; i < 32; i++) gd[i] = 1.f, bd[i] = 0.f;
