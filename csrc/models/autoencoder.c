@@ -519,8 +519,9 @@ static avq_status merge(avq_plan *p, const run_ctx *c, avq_tensor *h, avq_tensor
  * are gathered (normalised, or upsampled) into a small scratch with zero rows
  * past the image's edges. GroupNorm statistics are those of the whole tensor
  * (one pass before the bands), so the result is the whole decode's: only
- * each resnet block's input and conv1's output exist whole, never the
- * normalised or the upsampled tensors. The latent-resolution part (conv_in,
+ * each resnet block's input and conv1's output exist whole (the shortcut
+ * and the block's output overwrite its input), never the normalised or the
+ * upsampled tensors. The latent-resolution part (conv_in,
  * mid block with its attention) and the condition encoder run as usual. */
 
 /* Rows [r0, r0 + rows) of sample n of a whole NHWC activation (or a [N, 1, H, W]
@@ -618,6 +619,29 @@ static avq_status norm_stats(avq_plan *p, const norm_w *nw, const avq_tensor *x,
     return avq_group_norm_stats(p, x, st, nw->g, nw->b, GN_GROUPS, GN_EPS);
 }
 
+/* The nin shortcut y = nin(x) written over x's own memory (y is no wider
+ * than x, so *y takes over x's arena block): band by band in memory order,
+ * each band of x read into a scratch before its y rows are written, which
+ * end before the first byte of x's next band. x is consumed. */
+static avq_status nin_over_input(avq_plan *p, avq_dtype dt, const avq_autoencoder_plan *ap, const conv_w *nin,
+                                 avq_tensor *x, avq_tensor *y) {
+    const int64_t cout = nin->w->dims[0], H = x->dims[2];
+    const int64_t rows = band_height(ap, dt, x->dims[1], cout, H, x->dims[3]);
+    avq_conv_params one = avq_conv_simple(1, 0);
+    *y = *x;
+    y->dims[1] = cout;
+    for (int64_t n = 0; n < x->dims[0]; n++) {
+        for (int64_t r0 = 0; r0 < H; r0 += rows) {
+            const int64_t m = H - r0 < rows ? H - r0 : rows;
+            avq_tensor xv = rows_view(x, n, r0, m), yv = rows_view(y, n, r0, m), o;
+            AVQ_TRY(conv(p, dt, nin, &xv, &o, &one));
+            AVQ_TRY(avq_copy(p, &o, &yv));
+            avq_plan_release(p, &o);
+        }
+    }
+    return AVQ_OK;
+}
+
 /* resnet_block in bands; conv2 adds into the shortcut in place. */
 static avq_status resnet_banded(avq_plan *p, avq_dtype dt, const avq_autoencoder_plan *ap, const resnet_w *r,
                                 avq_tensor *x) {
@@ -628,7 +652,9 @@ static avq_status resnet_banded(avq_plan *p, avq_dtype dt, const avq_autoencoder
     band_dst d1 = {&h, 0, NULL};
     AVQ_TRY(banded_conv(p, dt, ap, &r->conv1, &s1, &d1));
     avq_plan_release(p, &st);
-    if (r->nin.w) {
+    if (r->nin.w && r->nin.w->dims[0] <= x->dims[1]) {
+        AVQ_TRY(nin_over_input(p, dt, ap, &r->nin, x, &y));
+    } else if (r->nin.w) {
         avq_conv_params one = avq_conv_simple(1, 0);
         AVQ_TRY(conv(p, dt, &r->nin, x, &y, &one));
         avq_plan_release(p, x);
