@@ -551,16 +551,18 @@ typedef struct band_dst {
 } band_dst;
 
 /* Rows per band: the fixed band height, or what the budget allows for the
- * scratch input and output of one band (at least AVQ_AE_BAND_MIN_ROWS). */
+ * scratch input and output of one band (at least AVQ_AE_BAND_MIN_ROWS),
+ * evened out over the bands the height then needs. */
 static int64_t band_height(const avq_autoencoder_plan *ap, avq_dtype dt, int64_t cin, int64_t cout, int64_t H,
                            int64_t W) {
     int64_t rows = ap->band_rows;
-    if (rows <= 0) {
-        int64_t per_row = (cin + cout) * W * (int64_t)avq_dtype_size(dt);
-        rows = (int64_t)AVQ_AE_BAND_BUDGET_BYTES / per_row - 2;
-        if (rows < AVQ_AE_BAND_MIN_ROWS) rows = AVQ_AE_BAND_MIN_ROWS;
-    }
-    return rows < H ? rows : H;
+    if (rows > 0) return rows < H ? rows : H;
+    int64_t per_row = (cin + cout) * W * (int64_t)avq_dtype_size(dt);
+    rows = (int64_t)AVQ_AE_BAND_BUDGET_BYTES / per_row - 2;
+    if (rows < AVQ_AE_BAND_MIN_ROWS) rows = AVQ_AE_BAND_MIN_ROWS;
+    if (rows >= H) return H;
+    int64_t bands = (H + rows - 1) / rows;
+    return (H + bands - 1) / bands; /* even bands: no short last one */
 }
 
 /* One band of a 3x3 stride-1 pad-1 conv: output rows [r0, r0 + rows) of sample n. */
