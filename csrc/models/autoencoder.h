@@ -102,8 +102,11 @@ avq_status avq_autoencoder_plan_create(const avq_autoencoder *m, avq_ae_task tas
 /* A decode plan (AVQ_AE_DECODE or AVQ_AE_DECODE_COND) that decodes in row
  * bands, with the same result as the whole decode up to rounding (GroupNorm
  * statistics over the whole image, computed before the bands): only each
- * resnet block's input and first conv's output exist at full size, the
- * normalised, upsampled and F0 tensors only one band at a time. band_rows:
+ * resnet block's input and first conv's output exist at full size; the
+ * normalised and upsampled tensors and the condition's full-resolution
+ * features F0 and F1 only one band at a time (F1 is made twice: for F2 and
+ * for its merge). The plan is validated like avq_autoencoder_plan_create's;
+ * an encode task or band_rows < 0 is AVQ_ERR_ARG. band_rows:
  * rows per band at every resolution (>= 1), or 0 for as many as
  * AVQ_AE_BAND_BUDGET_BYTES of band scratch (input + output of one band conv)
  * allow, at least AVQ_AE_BAND_MIN_ROWS. Band convs that fit Winograd compute
