@@ -598,8 +598,17 @@ static avq_status band_conv(avq_plan *p, avq_dtype dt, const conv_w *cw, const b
         AVQ_TRY(avq_gather_rows(p, s->x, &g, n, r0 - 1));
     avq_tensor dv = rows_view(d->y, n, r0, rows);
     avq_conv_params pad1 = same3(), halo = {1, 1, 0, 1, 0, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO};
-    if (!d->residual && !d->mask && !avq_conv2d_auto_winograd(cw->w, &g, &pad1)) {
-        AVQ_TRY(avq_conv2d(p, cw->w, cw->b, &g, &dv, &halo)); /* straight into the output */
+    if (!d->mask && !avq_conv2d_auto_winograd(cw->w, &g, &pad1)) {
+        if (!d->residual) {
+            AVQ_TRY(avq_conv2d(p, cw->w, cw->b, &g, &dv, &halo)); /* straight into the output */
+        } else {
+            /* the shortcut as the conv's fused add (one rounding, like the whole
+             * decode's conv2) into a scratch, copied over the shortcut's rows */
+            halo.add = &dv;
+            AVQ_TRY(conv(p, dt, cw, &g, &o, &halo));
+            AVQ_TRY(avq_copy(p, &o, &dv));
+            avq_plan_release(p, &o);
+        }
         avq_plan_release(p, &g);
         return AVQ_OK;
     }
