@@ -22,6 +22,15 @@ way: each tile gets the image and mask crop of its own pixels (8 x its latent wi
 nearest down-sampling picks the same samples as in the whole image.  Tiling is an approximation: the
 mid-block attention and every GroupNorm see one tile instead of the whole image.
 
+Banded decoding (``decode(..., banded=True)``, the default above :data:`BANDED_MIN_PIXELS` pixels) is
+exact: the C decoder runs layer by layer over bands of image rows, each 3x3 conv reading its band plus
+one row of halo, with every GroupNorm's statistics taken over the whole image first (two passes).  It
+returns the whole decode's result up to float rounding (measured <= 3e-6 relative in fp32) while the
+normalised, upsampled and condition tensors exist one band at a time; only each resnet block's input
+and its first conv's output are held at full size.  The band height comes from a budget of
+``AVQ_AE_BAND_BUDGET_BYTES`` (128 MiB) for one band's conv input and output, at least 16 rows;
+``band_rows`` fixes it (tests).
+
 Plans and threads follow the protocol of every model (see :mod:`asymvq.unet`): at most four plans
 cached (one per task and image size), calls from several threads serialised.
 """
@@ -191,6 +200,14 @@ def _ramp(starts: list[int], index: int, size: int, scale: int) -> np.ndarray:
         ov = (s + size - starts[index + 1]) * scale
         w[size * scale - ov :] = np.minimum(w[size * scale - ov :], (ov - np.arange(ov) - 0.5) / ov)
     return w
+
+
+#: ``decode(banded=None)`` decodes in row bands above this many image pixels (H x W).  Chosen from
+#: measurements (README, "Large images"): at 512 x 512 a banded run is as fast as a whole one within
+#: the noise and holds less (0.54 vs 0.89 GiB of arena, base decoder, fp32), but its plan builds a few
+#: seconds slower, so 512 x 512 itself (the pipelines' usual size) stays whole; above it the memory
+#: saved grows with the image (2.2 vs 3.5 GiB at 1024 x 1024).
+BANDED_MIN_PIXELS = 512 * 512
 
 
 class Autoencoder:
@@ -414,6 +431,8 @@ class Autoencoder:
         mask: Any = None,
         tile: int | None = None,
         overlap: int | None = None,
+        banded: bool | None = None,
+        band_rows: int | None = None,
     ) -> np.ndarray:
         """The image [B, 3, H, W] (about [-1, 1]) for an unscaled ``latent`` [B, 4, H/8, W/8].
 
@@ -422,6 +441,13 @@ class Autoencoder:
         mask).  Decoders without condition take neither.  ``tile`` (image pixels, a multiple of 8)
         decodes in overlapping tiles of at most ``tile`` x ``tile`` pixels; ``overlap`` (image pixels,
         default ``tile // 4`` rounded down to a multiple of 8) is how much neighbouring tiles share.
+
+        ``banded``: True decodes exactly in row bands (the same result as the whole decode up to
+        float rounding, in bounded memory; see the module docstring), False the whole image at once,
+        None (default) banded when H x W > :data:`BANDED_MIN_PIXELS` and no ``tile`` is given.
+        ``band_rows`` (>= 1, banded only) fixes the rows per band at every resolution instead of the
+        memory budget's choice.  ``banded=True`` with ``tile`` is a ``ValueError``: they are two
+        different ways of bounding memory, the banded one exact.
         """
         if self._decoder is None:
             raise ValueError("this Autoencoder has no decoder (build it with parts='decoder' or 'both')")
@@ -437,9 +463,26 @@ class Autoencoder:
                 _finite(a, name)
         if msk is not None and not np.all((msk == 0) | (msk == 1)):
             raise ValueError("mask values must be exactly 0 or 1 (1 = hole); binarise it first, e.g. mask >= 0.5")
-        if tile is None:
-            return self._core.decode(z, img, msk)
-        return self._decode_tiled(z, img, msk, f, tile, overlap)
+        if banded is not None and not isinstance(banded, (bool, np.bool_)):
+            raise ValueError(f"banded must be True, False or None, got {banded!r}")
+        if banded and tile is not None:
+            raise ValueError(
+                "banded=True and tile= cannot be combined: the banded decode is exact and needs no tiles "
+                "(pass one of them)"
+            )
+        if band_rows is not None:
+            if isinstance(band_rows, bool) or not isinstance(band_rows, (int, np.integer)) or band_rows < 1:
+                raise ValueError(f"band_rows must be an integer >= 1, got {band_rows!r}")
+            if banded is False or tile is not None:
+                raise ValueError("band_rows applies to the banded decode only (banded=True or None, no tile)")
+            banded = True
+        if tile is not None:
+            return self._decode_tiled(z, img, msk, f, tile, overlap)
+        if banded is None:
+            banded = z.shape[2] * z.shape[3] * f * f > BANDED_MIN_PIXELS
+        if banded:
+            return self._core.decode(z, img, msk, banded=True, band_rows=int(band_rows or 0))
+        return self._core.decode(z, img, msk)
 
     def _decode_tiled(
         self, z: np.ndarray, img: np.ndarray | None, msk: np.ndarray | None, f: int, tile: int, overlap: int | None

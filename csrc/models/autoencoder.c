@@ -76,6 +76,8 @@ struct avq_autoencoder_plan {
     const avq_autoencoder *model; /* borrowed: the plan is valid for this model only */
     avq_ae_task task;
     int64_t batch, height, width; /* of the image */
+    int banded;                   /* decode in row bands (exact: whole-image GroupNorm statistics) */
+    int64_t band_rows;            /* banded: rows per band at every level; 0 = from the memory budget */
     float *masked;                /* owned, AVQ_AE_DECODE_COND only: (1 - mask) * image */
     avq_plan *plan;               /* owned */
 };
@@ -510,6 +512,298 @@ static avq_status merge(avq_plan *p, const run_ctx *c, avq_tensor *h, avq_tensor
     return AVQ_OK;
 }
 
+/* ---- banded decoding ---------------------------------------------------- */
+
+/* The decoder layer by layer, each 3x3 conv over row bands of its output: a
+ * band of rows [r0, r0 + rows) reads input rows r0 - 1 .. r0 + rows, which
+ * are gathered (normalised, or upsampled) into a small scratch with zero rows
+ * past the image's edges. GroupNorm statistics are those of the whole tensor
+ * (one pass before the bands), so the result is the whole decode's: only
+ * each resnet block's input and conv1's output exist whole (the shortcut
+ * and the block's output overwrite its input), never the normalised or the
+ * upsampled tensors. The latent-resolution part (conv_in, mid block with
+ * its attention) runs as usual, the condition encoder too from F2 on. */
+
+/* Rows [r0, r0 + rows) of sample n of a whole NHWC activation (or a [N, 1, H, W]
+ * mask): a contiguous view, borrowed (never released). */
+static avq_tensor rows_view(const avq_tensor *t, int64_t n, int64_t r0, int64_t rows) {
+    avq_tensor v = *t;
+    v.dims[0] = 1;
+    v.dims[2] = rows;
+    v.arena_off = -1;
+    if (t->data)
+        v.data = (char *)t->data + (size_t)((n * t->dims[2] + r0) * t->dims[3] * t->dims[1]) * avq_dtype_size(t->dtype);
+    return v;
+}
+
+/* Where a band conv's input rows come from. */
+typedef struct band_src {
+    const avq_tensor *x;     /* the whole input (half the output's size if up2) */
+    const avq_tensor *stats; /* non-NULL: SiLU(GN(x)) with these whole-tensor statistics */
+    int up2;                 /* nearest x2 of x (the upsampler) */
+} band_src;
+
+/* What becomes of a band conv's output rows: written, added to, or blended. */
+typedef struct band_dst {
+    avq_tensor *y;          /* the whole output */
+    int residual;           /* y += conv (y holds the shortcut) */
+    const avq_tensor *mask; /* f32 [N, 1, H, W]: y = y * m + conv * (1 - m) */
+} band_dst;
+
+/* Rows per band: the fixed band height, or what the budget allows for the
+ * scratch input and output of one band (at least AVQ_AE_BAND_MIN_ROWS),
+ * evened out over the bands the height then needs. */
+static int64_t band_height(const avq_autoencoder_plan *ap, avq_dtype dt, int64_t cin, int64_t cout, int64_t H,
+                           int64_t W) {
+    int64_t rows = ap->band_rows;
+    if (rows > 0) return rows < H ? rows : H;
+    int64_t per_row = (cin + cout) * W * (int64_t)avq_dtype_size(dt);
+    rows = (int64_t)AVQ_AE_BAND_BUDGET_BYTES / per_row - 2;
+    if (rows < AVQ_AE_BAND_MIN_ROWS) rows = AVQ_AE_BAND_MIN_ROWS;
+    if (rows >= H) return H;
+    int64_t bands = (H + rows - 1) / rows;
+    return (H + bands - 1) / bands; /* even bands: no short last one */
+}
+
+/* A 3x3 stride-1 conv over a gathered band g [1, C, rows + 2, W] (one halo
+ * row each side), act fused: its `rows` output rows are *ov, a borrowed view
+ * of the new scratch *o (the caller releases *o). */
+static avq_status conv_rows(avq_plan *p, avq_dtype dt, const conv_w *cw, const avq_tensor *g, int64_t rows, avq_act a,
+                            avq_tensor *o, avq_tensor *ov) {
+    avq_conv_params pad1 = same3(), halo = {1, 1, 0, 1, 0, 1, a, NULL, AVQ_CONV_AUTO};
+    pad1.act = a;
+    if (avq_conv2d_auto_winograd(cw->w, g, &pad1)) {
+        /* Winograd (the f32 path of the whole decode) pads all round: two
+         * rows more are computed and dropped, cheaper than direct convolution. */
+        AVQ_TRY(conv(p, dt, cw, g, o, &pad1));
+        *ov = rows_view(o, 0, 1, rows);
+    } else {
+        AVQ_TRY(conv(p, dt, cw, g, o, &halo));
+        *ov = rows_view(o, 0, 0, rows);
+    }
+    return AVQ_OK;
+}
+
+/* One band of a 3x3 stride-1 pad-1 conv: output rows [r0, r0 + rows) of sample n. */
+static avq_status band_conv(avq_plan *p, avq_dtype dt, const conv_w *cw, const band_src *s, const band_dst *d,
+                            int64_t n, int64_t r0, int64_t rows) {
+    const int64_t cin = s->x->dims[1], W = d->y->dims[3];
+    avq_tensor g, o, ov;
+    AVQ_TRY(act(p, dt, &g, 1, cin, rows + 2, W));
+    if (s->stats)
+        AVQ_TRY(avq_group_norm_rows(p, s->x, s->stats, &g, n, r0 - 1, 1));
+    else if (s->up2)
+        AVQ_TRY(avq_upsample2x_rows(p, s->x, &g, n, r0 - 1));
+    else
+        AVQ_TRY(avq_gather_rows(p, s->x, &g, n, r0 - 1));
+    avq_tensor dv = rows_view(d->y, n, r0, rows);
+    avq_conv_params pad1 = same3(), halo = {1, 1, 0, 1, 0, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO};
+    if (!d->mask && !avq_conv2d_auto_winograd(cw->w, &g, &pad1)) {
+        if (!d->residual) {
+            AVQ_TRY(avq_conv2d(p, cw->w, cw->b, &g, &dv, &halo)); /* straight into the output */
+        } else {
+            /* the shortcut as the conv's fused add (one rounding, like the whole
+             * decode's conv2) into a scratch, copied over the shortcut's rows */
+            halo.add = &dv;
+            AVQ_TRY(conv(p, dt, cw, &g, &o, &halo));
+            AVQ_TRY(avq_copy(p, &o, &dv));
+            avq_plan_release(p, &o);
+        }
+        avq_plan_release(p, &g);
+        return AVQ_OK;
+    }
+    AVQ_TRY(conv_rows(p, dt, cw, &g, rows, AVQ_ACT_NONE, &o, &ov));
+    avq_plan_release(p, &g);
+    if (d->mask) {
+        avq_tensor mv = rows_view(d->mask, n, r0, rows);
+        AVQ_TRY(avq_blend(p, &dv, &ov, &mv, &dv));
+    } else if (d->residual) {
+        AVQ_TRY(avq_add(p, &ov, &dv, &dv)); /* conv + shortcut, the whole decode's order */
+    } else {
+        AVQ_TRY(avq_copy(p, &ov, &dv));
+    }
+    avq_plan_release(p, &o);
+    return AVQ_OK;
+}
+
+static avq_status banded_conv(avq_plan *p, avq_dtype dt, const avq_autoencoder_plan *ap, const conv_w *cw,
+                              const band_src *s, const band_dst *d) {
+    const int64_t H = d->y->dims[2];
+    const int64_t rows = band_height(ap, dt, s->x->dims[1], cw->w->dims[0], H, d->y->dims[3]);
+    for (int64_t n = 0; n < d->y->dims[0]; n++)
+        for (int64_t r0 = 0; r0 < H; r0 += rows)
+            AVQ_TRY(band_conv(p, dt, cw, s, d, n, r0, H - r0 < rows ? H - r0 : rows));
+    return AVQ_OK;
+}
+
+/* Whole-tensor GroupNorm statistics of x, into a new f32 [N, 3, C]. */
+static avq_status norm_stats(avq_plan *p, const norm_w *nw, const avq_tensor *x, avq_tensor *st) {
+    AVQ_TRY(avq_plan_tensor(p, st, AVQ_F32, AVQ_PLAIN, 3, AVQ_DIMS(x->dims[0], 3, x->dims[1])));
+    return avq_group_norm_stats(p, x, st, nw->g, nw->b, GN_GROUPS, GN_EPS);
+}
+
+/* The nin shortcut y = nin(x) written over x's own memory (y is no wider
+ * than x, so *y takes over x's arena block): band by band in memory order,
+ * each band of x read into a scratch before its y rows are written, which
+ * end before the first byte of x's next band. x is consumed. */
+static avq_status nin_over_input(avq_plan *p, avq_dtype dt, const avq_autoencoder_plan *ap, const conv_w *nin,
+                                 avq_tensor *x, avq_tensor *y) {
+    const int64_t cout = nin->w->dims[0], H = x->dims[2];
+    const int64_t rows = band_height(ap, dt, x->dims[1], cout, H, x->dims[3]);
+    avq_conv_params one = avq_conv_simple(1, 0);
+    *y = *x;
+    y->dims[1] = cout;
+    for (int64_t n = 0; n < x->dims[0]; n++) {
+        for (int64_t r0 = 0; r0 < H; r0 += rows) {
+            const int64_t m = H - r0 < rows ? H - r0 : rows;
+            avq_tensor xv = rows_view(x, n, r0, m), yv = rows_view(y, n, r0, m), o;
+            AVQ_TRY(conv(p, dt, nin, &xv, &o, &one));
+            AVQ_TRY(avq_copy(p, &o, &yv));
+            avq_plan_release(p, &o);
+        }
+    }
+    return AVQ_OK;
+}
+
+/* resnet_block in bands; conv2 adds into the shortcut in place. */
+static avq_status resnet_banded(avq_plan *p, avq_dtype dt, const avq_autoencoder_plan *ap, const resnet_w *r,
+                                avq_tensor *x) {
+    avq_tensor st, h, y;
+    AVQ_TRY(norm_stats(p, &r->norm1, x, &st));
+    AVQ_TRY(act(p, dt, &h, x->dims[0], r->conv1.w->dims[0], x->dims[2], x->dims[3]));
+    band_src s1 = {x, &st, 0};
+    band_dst d1 = {&h, 0, NULL};
+    AVQ_TRY(banded_conv(p, dt, ap, &r->conv1, &s1, &d1));
+    avq_plan_release(p, &st);
+    if (r->nin.w && r->nin.w->dims[0] <= x->dims[1]) {
+        AVQ_TRY(nin_over_input(p, dt, ap, &r->nin, x, &y));
+    } else if (r->nin.w) {
+        avq_conv_params one = avq_conv_simple(1, 0);
+        AVQ_TRY(conv(p, dt, &r->nin, x, &y, &one));
+        avq_plan_release(p, x);
+    } else {
+        y = *x;
+    }
+    AVQ_TRY(norm_stats(p, &r->norm2, &h, &st));
+    band_src s2 = {&h, &st, 0};
+    band_dst d2 = {&y, 1, NULL};
+    AVQ_TRY(banded_conv(p, dt, ap, &r->conv2, &s2, &d2));
+    avq_plan_release(p, &st);
+    avq_plan_release(p, &h);
+    *x = y;
+    return AVQ_OK;
+}
+
+static avq_status upsample_banded(avq_plan *p, avq_dtype dt, const avq_autoencoder_plan *ap, const conv_w *cw,
+                                  avq_tensor *x) {
+    avq_tensor y;
+    AVQ_TRY(act(p, dt, &y, x->dims[0], cw->w->dims[0], 2 * x->dims[2], 2 * x->dims[3]));
+    band_src s = {x, NULL, 1};
+    band_dst d = {&y, 0, NULL};
+    AVQ_TRY(banded_conv(p, dt, ap, cw, &s, &d));
+    avq_plan_release(p, x);
+    *x = y;
+    return AVQ_OK;
+}
+
+/* F1 = cond[1](relu(cond[0](masked))) at full resolution is as large as the
+ * biggest activations (W1 channels), so the banded decode never holds it:
+ * its rows are made where they are used, for F2 and again for the level-0
+ * merge (one more pass of cond[1], a few % of the decode). */
+
+/* Rows [r0, r0 + rows) (inside the image) of F1 of sample n: *ov, a view of
+ * the new scratch *o (the caller releases *o). mi: the masked image. */
+static avq_status f1_rows(avq_plan *p, avq_dtype dt, const decoder_w *w, const avq_tensor *mi, int64_t n, int64_t r0,
+                          int64_t rows, avq_tensor *o, avq_tensor *ov) {
+    const int64_t H = mi->dims[2], W = mi->dims[3];
+    /* the relu(F0) rows F1's halo reads, clipped to the image (zero rows outside) */
+    const int64_t a = r0 > 0 ? r0 - 1 : 0, b = r0 + rows + 1 < H ? r0 + rows + 1 : H;
+    avq_tensor gm, f0, f0v, g;
+    AVQ_TRY(act(p, dt, &gm, 1, mi->dims[1], b - a + 2, W));
+    AVQ_TRY(avq_gather_rows(p, mi, &gm, n, a - 1));
+    AVQ_TRY(conv_rows(p, dt, &w->cond[0], &gm, b - a, AVQ_ACT_RELU, &f0, &f0v));
+    avq_plan_release(p, &gm);
+    AVQ_TRY(act(p, dt, &g, 1, f0v.dims[1], rows + 2, W));
+    AVQ_TRY(avq_gather_rows(p, &f0v, &g, 0, r0 - 1 - a));
+    avq_plan_release(p, &f0);
+    AVQ_TRY(conv_rows(p, dt, &w->cond[1], &g, rows, AVQ_ACT_NONE, o, ov));
+    avq_plan_release(p, &g);
+    return AVQ_OK;
+}
+
+/* cond_encoder without F1: F2 = cond[2](relu(F1)) (4x4, stride 2, pad 1) band
+ * by band from F1's rows, then F3, F4 as usual. F[1] is left unset. */
+static avq_status cond_encoder_banded(avq_plan *p, avq_dtype dt, const decoder_w *w, const run_ctx *c,
+                                      avq_tensor F[5]) {
+    const avq_autoencoder_plan *ap = c->ap;
+    const int64_t H = ap->height, c1 = w->cond[1].w->dims[0], c2 = w->cond[2].w->dims[0];
+    avq_tensor mi, r;
+    avq_conv_params k4 = avq_conv_simple(2, 1), k4halo = {2, 2, 0, 1, 0, 1, AVQ_ACT_NONE, NULL, AVQ_CONV_AUTO};
+    AVQ_TRY(load_image(p, dt, c->masked, ap->batch, c->m->cfg.decoder.out_channels, H, ap->width, &mi));
+    AVQ_TRY(act(p, dt, &F[2], ap->batch, c2, H / 2, ap->width / 2));
+    /* per F2 row: two full-resolution rows of relu(F0), F1 and its gathered copy */
+    const int64_t rows = band_height(ap, dt, 4 * (w->cond[0].w->dims[0] + 2 * c1), c2, H / 2, ap->width / 2);
+    for (int64_t n = 0; n < ap->batch; n++) {
+        for (int64_t i0 = 0; i0 < H / 2; i0 += rows) {
+            const int64_t m = H / 2 - i0 < rows ? H / 2 - i0 : rows;
+            const int64_t q0 = 2 * i0 - 1, q1 = 2 * (i0 + m) + 1; /* F1 rows the band reads */
+            const int64_t a = q0 > 0 ? q0 : 0, b = q1 < H ? q1 : H;
+            avq_tensor o, f1, g, fv = rows_view(&F[2], n, i0, m);
+            AVQ_TRY(f1_rows(p, dt, w, &mi, n, a, b - a, &o, &f1));
+            AVQ_TRY(avq_activation(p, &f1, &f1, AVQ_ACT_RELU));
+            AVQ_TRY(act(p, dt, &g, 1, c1, q1 - q0, ap->width));
+            AVQ_TRY(avq_gather_rows(p, &f1, &g, 0, q0 - a));
+            avq_plan_release(p, &o);
+            AVQ_TRY(avq_conv2d(p, w->cond[2].w, w->cond[2].b, &g, &fv, &k4halo));
+            avq_plan_release(p, &g);
+        }
+    }
+    avq_plan_release(p, &mi);
+    for (int i = 3; i < COND_LAYERS; i++) {
+        AVQ_TRY(relu_copy(p, dt, &F[i - 1], &r));
+        AVQ_TRY(conv(p, dt, &w->cond[i], &r, &F[i], &k4));
+        avq_plan_release(p, &r);
+    }
+    return AVQ_OK;
+}
+
+/* The level-0 merge h = h * m + F1 * (1 - m), F1 made band by band. */
+static avq_status merge_f1_banded(avq_plan *p, avq_dtype dt, const run_ctx *c, avq_tensor *h) {
+    const avq_autoencoder_plan *ap = c->ap;
+    const decoder_w *w = &c->m->dec;
+    avq_tensor mi, mask = avq_tensor_4d(AVQ_F32, AVQ_PLAIN, ap->batch, 1, ap->height, ap->width);
+    mask.data = (void *)c->mask;
+    mask.arena_off = -1;
+    AVQ_TRY(load_image(p, dt, c->masked, ap->batch, c->m->cfg.decoder.out_channels, ap->height, ap->width, &mi));
+    const int64_t H = ap->height, c0 = w->cond[0].w->dims[0], c1 = w->cond[1].w->dims[0];
+    const int64_t rows = band_height(ap, dt, c0 + c1, c1, H, ap->width);
+    for (int64_t n = 0; n < ap->batch; n++) {
+        for (int64_t r0 = 0; r0 < H; r0 += rows) {
+            const int64_t m = H - r0 < rows ? H - r0 : rows;
+            avq_tensor o, f1, hv = rows_view(h, n, r0, m), mv = rows_view(&mask, n, r0, m);
+            AVQ_TRY(f1_rows(p, dt, w, &mi, n, r0, m, &o, &f1));
+            AVQ_TRY(avq_blend(p, &hv, &f1, &mv, &hv));
+            avq_plan_release(p, &o);
+        }
+    }
+    avq_plan_release(p, &mi);
+    return AVQ_OK;
+}
+
+/* The final merge with F0 = cond[0](masked), made band by band (F0 never whole). */
+static avq_status merge_f0_banded(avq_plan *p, avq_dtype dt, const run_ctx *c, avq_tensor *h) {
+    const avq_autoencoder_plan *ap = c->ap;
+    avq_tensor mi, mask = avq_tensor_4d(AVQ_F32, AVQ_PLAIN, ap->batch, 1, ap->height, ap->width);
+    mask.data = (void *)c->mask;
+    mask.arena_off = -1;
+    AVQ_TRY(load_image(p, dt, c->masked, ap->batch, c->m->cfg.decoder.out_channels, ap->height, ap->width, &mi));
+    band_src s = {&mi, NULL, 0};
+    band_dst d = {h, 0, &mask};
+    AVQ_TRY(banded_conv(p, dt, ap, &c->m->dec.cond[0], &s, &d));
+    avq_plan_release(p, &mi);
+    return AVQ_OK;
+}
+
 /* ---- forwards ----------------------------------------------------------- */
 
 static avq_status encoder_forward(avq_plan *p, void *vctx) {
@@ -559,12 +853,31 @@ static avq_status decoder_forward(avq_plan *p, void *vctx) {
     AVQ_TRY(conv(p, dt, &w->conv_in, &q, &h, &prm));
     avq_plan_release(p, &q);
     AVQ_TRY(mid(p, dt, &w->mid, &h));
-    if (cond) AVQ_TRY(cond_encoder(p, dt, w, c, F));
+    if (cond) AVQ_TRY(ap->banded ? cond_encoder_banded(p, dt, w, c, F) : cond_encoder(p, dt, w, c, F));
     for (int L = d->num_levels - 1; L >= 0; L--) {
-        if (cond) AVQ_TRY(merge(p, c, &h, &F[L + 1]));
-        for (int b = 0; b < d->blocks_per_level; b++)
-            AVQ_TRY(resnet_block(p, dt, &w->block[L * d->blocks_per_level + b], &h));
-        if (L != 0) AVQ_TRY(upsample(p, dt, &w->upsample[L], &h));
+        if (cond && ap->banded && L == 0)
+            AVQ_TRY(merge_f1_banded(p, dt, c, &h));
+        else if (cond)
+            AVQ_TRY(merge(p, c, &h, &F[L + 1]));
+        for (int b = 0; b < d->blocks_per_level; b++) {
+            const resnet_w *r = &w->block[L * d->blocks_per_level + b];
+            AVQ_TRY(ap->banded ? resnet_banded(p, dt, ap, r, &h) : resnet_block(p, dt, r, &h));
+        }
+        if (L != 0)
+            AVQ_TRY(ap->banded ? upsample_banded(p, dt, ap, &w->upsample[L], &h)
+                               : upsample(p, dt, &w->upsample[L], &h));
+    }
+    if (ap->banded) {
+        avq_tensor st;
+        if (cond) AVQ_TRY(merge_f0_banded(p, dt, c, &h));
+        AVQ_TRY(norm_stats(p, &w->norm_out, &h, &st));
+        AVQ_TRY(act(p, dt, &out, ap->batch, d->out_channels, ap->height, ap->width));
+        band_src s = {&h, &st, 0};
+        band_dst dd = {&out, 0, NULL};
+        AVQ_TRY(banded_conv(p, dt, ap, &w->conv_out, &s, &dd));
+        avq_plan_release(p, &st);
+        avq_plan_release(p, &h);
+        return store(p, &out, c->out);
     }
     if (cond) {
         avq_tensor mi;
@@ -620,6 +933,24 @@ avq_status avq_autoencoder_plan_create(const avq_autoencoder *m, avq_ae_task tas
     *out = ap;
     return AVQ_OK;
 }
+
+avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_task task, int64_t batch, int64_t height,
+                                              int64_t width, int64_t band_rows, avq_autoencoder_plan **out) {
+    *out = NULL;
+    if (task == AVQ_AE_ENCODE)
+        return avq_error(AVQ_ERR_ARG, "autoencoder: banded plans decode; the encoder has no banded form");
+    if (band_rows < 0)
+        return avq_error(AVQ_ERR_ARG,
+                         "autoencoder banded decode: band_rows must be >= 1 (or 0: from the %d MiB "
+                         "budget), got %lld",
+                         (int)(AVQ_AE_BAND_BUDGET_BYTES >> 20), (long long)band_rows);
+    AVQ_TRY(avq_autoencoder_plan_create(m, task, batch, height, width, out));
+    (*out)->banded = 1;
+    (*out)->band_rows = band_rows;
+    return AVQ_OK;
+}
+
+int avq_autoencoder_plan_banded(const avq_autoencoder_plan *p) { return p->banded; }
 
 void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p) {
     if (!p) return;

@@ -99,6 +99,24 @@ int avq_autoencoder_factor(const avq_autoencoder *m, int enc);
  * multiples of the factor). Built on its first run; owned by the caller. */
 avq_status avq_autoencoder_plan_create(const avq_autoencoder *m, avq_ae_task task, int64_t batch, int64_t height,
                                        int64_t width, avq_autoencoder_plan **out);
+/* A decode plan (AVQ_AE_DECODE or AVQ_AE_DECODE_COND) that decodes in row
+ * bands, with the same result as the whole decode up to rounding (GroupNorm
+ * statistics over the whole image, computed before the bands): only each
+ * resnet block's input and first conv's output exist at full size; the
+ * normalised and upsampled tensors and the condition's full-resolution
+ * features F0 and F1 only one band at a time (F1 is made twice: for F2 and
+ * for its merge). The plan is validated like avq_autoencoder_plan_create's;
+ * an encode task or band_rows < 0 is AVQ_ERR_ARG. band_rows:
+ * rows per band at every resolution (>= 1), or 0 for as many as
+ * AVQ_AE_BAND_BUDGET_BYTES of band scratch (input + output of one band conv)
+ * allow, at least AVQ_AE_BAND_MIN_ROWS. Band convs that fit Winograd compute
+ * two rows more than they keep. */
+#define AVQ_AE_BAND_BUDGET_BYTES ((size_t)128 << 20)
+#define AVQ_AE_BAND_MIN_ROWS     16
+avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_task task, int64_t batch, int64_t height,
+                                              int64_t width, int64_t band_rows, avq_autoencoder_plan **out);
+/* 1 for a banded plan. */
+int avq_autoencoder_plan_banded(const avq_autoencoder_plan *p);
 void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p);
 /* Activation arena + scratchpad bytes (0 until the first run). */
 size_t avq_autoencoder_plan_bytes(const avq_autoencoder_plan *p);

@@ -37,6 +37,63 @@ static const float *wdata_f32(const avq_weight *w, float *tmp, int64_t n) {
  * the thread count. */
 #define GN_BLOCK 128
 
+/* Checks a GroupNorm's operands: x NHWC or [N, C], C split into `groups`,
+ * gamma and beta [C]. Sets rows (pixels over the batch) and C. */
+static avq_status gn_check(const avq_tensor *x, const avq_weight *gamma, const avq_weight *beta, int groups, float eps,
+                           int64_t *rows, int64_t *C) {
+    AVQ_TRY(need_rows(x, "group_norm input", rows, C));
+    if (groups < 1 || *C % groups)
+        return avq_error(AVQ_ERR_SHAPE, "group_norm: %lld channels cannot form %d groups", (long long)*C, groups);
+    if (gamma->ndim != 1 || gamma->dims[0] != *C || beta->ndim != 1 || beta->dims[0] != *C)
+        return avq_error(AVQ_ERR_SHAPE, "group_norm weight %s and bias %s must have shape [%lld]",
+                         gamma->name ? gamma->name : "", beta->name ? beta->name : "", (long long)*C);
+    if (!(eps > 0.f)) return avq_error(AVQ_ERR_ARG, "group_norm eps must be > 0");
+    return AVQ_OK;
+}
+
+/* Per (n, c): the group mean M and the scale A = gamma / std of x (N samples
+ * of HW pixels), from the per-block channel sums in part [N, nblk, C]. */
+static void gn_stats(const avq_tensor *x, int64_t N, int64_t HW, int64_t C, int groups, float eps, const float *g,
+                     float *part, float *M, float *A) {
+    int64_t cg = C / groups, nblk = (HW + GN_BLOCK - 1) / GN_BLOCK;
+    const void *xd = x->data;
+    avq_dtype dt = x->dtype;
+    double cnt = (double)(HW * cg);
+    /* Two passes over the tensor in memory order (mean, then centred
+     * squares: fp32 parity with PyTorch even for large means), each
+     * parallel over pixel blocks and vectorised over channels; the block
+     * sums are reduced per group in double, in a fixed order, serially
+     * (N x nblk x C adds: small next to a pass, and one barrier fewer). */
+    const avq_simd_kernels *k = avq_simd();
+    for (int pass = 0; pass < 2; pass++) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t b = 0; b < nblk; b++) {
+                float *acc = part + (n * nblk + b) * C;
+                int64_t r0 = b * GN_BLOCK, len = HW - r0 < GN_BLOCK ? HW - r0 : GN_BLOCK;
+                for (int64_t c = 0; c < C; c++) acc[c] = 0.f;
+                k->gn_accumulate(xd, dt, n * HW + r0, len, C, M + n * C, acc, pass);
+            }
+        }
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t gi = 0; gi < groups; gi++) {
+                double sum = 0.0;
+                for (int64_t b = 0; b < nblk; b++) {
+                    const float *acc = part + (n * nblk + b) * C + gi * cg;
+                    for (int64_t c = 0; c < cg; c++) sum += acc[c];
+                }
+                if (pass == 0) {
+                    float mean = (float)(sum / cnt);
+                    for (int64_t c = gi * cg; c < (gi + 1) * cg; c++) M[n * C + c] = mean;
+                } else {
+                    float rstd = (float)(1.0 / sqrt(sum / cnt + (double)eps));
+                    for (int64_t c = gi * cg; c < (gi + 1) * cg; c++) A[n * C + c] = rstd * g[c];
+                }
+            }
+        }
+    }
+}
+
 avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const avq_weight *gamma,
                           const avq_weight *beta, int groups, float eps, int silu_after) {
     int64_t rows, C;
@@ -45,13 +102,8 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
     if (!avq_tensor_same_shape(x, y))
         return avq_error(AVQ_ERR_SHAPE, "group_norm output %s must match input %s", avq_tensor_str(y, by, sizeof by),
                          avq_tensor_str(x, bx, sizeof bx));
-    if (groups < 1 || C % groups)
-        return avq_error(AVQ_ERR_SHAPE, "group_norm: %lld channels cannot form %d groups", (long long)C, groups);
-    if (gamma->ndim != 1 || gamma->dims[0] != C || beta->ndim != 1 || beta->dims[0] != C)
-        return avq_error(AVQ_ERR_SHAPE, "group_norm weight %s and bias %s must have shape [%lld]",
-                         gamma->name ? gamma->name : "", beta->name ? beta->name : "", (long long)C);
-    if (!(eps > 0.f)) return avq_error(AVQ_ERR_ARG, "group_norm eps must be > 0");
-    int64_t N = x->dims[0], HW = rows / N, cg = C / groups, nblk = (HW + GN_BLOCK - 1) / GN_BLOCK;
+    AVQ_TRY(gn_check(x, gamma, beta, groups, eps, &rows, &C));
+    int64_t N = x->dims[0], HW = rows / N, nblk = (HW + GN_BLOCK - 1) / GN_BLOCK;
     /* scratch: per-block channel sums [N, nblk, C], then per (n, c): the group
      * mean M and the scale A; gamma and beta as f32 */
     avq_tensor ws;
@@ -62,40 +114,8 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
         const float *g = wdata_f32(gamma, gtmp, C), *bt = wdata_f32(beta, btmp, C);
         const void *xd = x->data;
         avq_dtype dt = x->dtype;
-        double cnt = (double)(HW * cg);
-        /* Two passes over the tensor in memory order (mean, then centred
-         * squares: fp32 parity with PyTorch even for large means), each
-         * parallel over pixel blocks and vectorised over channels; the block
-         * sums are reduced per group in double, in a fixed order, serially
-         * (N x nblk x C adds: small next to a pass, and one barrier fewer). */
         const avq_simd_kernels *k = avq_simd();
-        for (int pass = 0; pass < 2; pass++) {
-#pragma omp parallel for collapse(2) schedule(static)
-            for (int64_t n = 0; n < N; n++) {
-                for (int64_t b = 0; b < nblk; b++) {
-                    float *acc = part + (n * nblk + b) * C;
-                    int64_t r0 = b * GN_BLOCK, len = HW - r0 < GN_BLOCK ? HW - r0 : GN_BLOCK;
-                    for (int64_t c = 0; c < C; c++) acc[c] = 0.f;
-                    k->gn_accumulate(xd, dt, n * HW + r0, len, C, M + n * C, acc, pass);
-                }
-            }
-            for (int64_t n = 0; n < N; n++) {
-                for (int64_t gi = 0; gi < groups; gi++) {
-                    double sum = 0.0;
-                    for (int64_t b = 0; b < nblk; b++) {
-                        const float *acc = part + (n * nblk + b) * C + gi * cg;
-                        for (int64_t c = 0; c < cg; c++) sum += acc[c];
-                    }
-                    if (pass == 0) {
-                        float mean = (float)(sum / cnt);
-                        for (int64_t c = gi * cg; c < (gi + 1) * cg; c++) M[n * C + c] = mean;
-                    } else {
-                        float rstd = (float)(1.0 / sqrt(sum / cnt + (double)eps));
-                        for (int64_t c = gi * cg; c < (gi + 1) * cg; c++) A[n * C + c] = rstd * g[c];
-                    }
-                }
-            }
-        }
+        gn_stats(x, N, HW, C, groups, eps, g, part, M, A);
         void *yd = y->data;
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
@@ -111,6 +131,132 @@ avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const
     }
     avq_plan_release(p, &ws);
     return AVQ_OK;
+}
+
+/* ---- row ranges (banded decoding) -------------------------------------- */
+
+avq_status avq_group_norm_stats(avq_plan *p, const avq_tensor *x, avq_tensor *stats, const avq_weight *gamma,
+                                const avq_weight *beta, int groups, float eps) {
+    int64_t rows, C;
+    char bx[96], bs[96];
+    if (x->ndim != 4) return avq_error(AVQ_ERR_SHAPE, "group_norm_stats: the input must be 4-D NHWC");
+    AVQ_TRY(gn_check(x, gamma, beta, groups, eps, &rows, &C));
+    int64_t N = x->dims[0], HW = rows / N, nblk = (HW + GN_BLOCK - 1) / GN_BLOCK;
+    if (stats->ndim != 3 || stats->dtype != AVQ_F32 || stats->layout != AVQ_PLAIN || stats->dims[0] != N ||
+        stats->dims[1] != 3 || stats->dims[2] != C)
+        return avq_error(
+            AVQ_ERR_SHAPE, "group_norm_stats: statistics %s must be f32 plain [%lld, 3, %lld] for input %s",
+            avq_tensor_str(stats, bs, sizeof bs), (long long)N, (long long)C, avq_tensor_str(x, bx, sizeof bx));
+    /* scratch: the per-block channel sums [N, nblk, C] and M, A as gn_stats makes them */
+    avq_tensor ws;
+    int64_t wsd[1] = {N * nblk * C + 2 * N * C + C};
+    AVQ_TRY(avq_plan_tensor(p, &ws, AVQ_F32, AVQ_PLAIN, 1, wsd));
+    if (!avq_plan_building(p)) {
+        float *part = (float *)ws.data, *M = part + N * nblk * C, *A = M + N * C, *tmp = A + N * C;
+        float *out = (float *)stats->data;
+        gn_stats(x, N, HW, C, groups, eps, wdata_f32(gamma, tmp, C), part, M, A);
+        const float *bt = wdata_f32(beta, tmp, C);
+        for (int64_t n = 0; n < N; n++) {
+            memcpy(out + (n * 3 + 0) * C, M + n * C, (size_t)C * sizeof(float));
+            memcpy(out + (n * 3 + 1) * C, A + n * C, (size_t)C * sizeof(float));
+            memcpy(out + (n * 3 + 2) * C, bt, (size_t)C * sizeof(float));
+        }
+    }
+    avq_plan_release(p, &ws);
+    return AVQ_OK;
+}
+
+/* y [1, C, rows, Wy] NHWC takes rows from sample n of x [N, C, H, Wx] NHWC
+ * (Wy = Wx, or 2 Wx for up2), same dtype. */
+static avq_status rows_pair(const avq_tensor *x, const avq_tensor *y, int64_t n, int up2, const char *op) {
+    char bx[96], by[96];
+    int64_t wy = up2 ? 2 * x->dims[3] : x->dims[3];
+    if (x->ndim != 4 || y->ndim != 4 || x->layout != AVQ_NHWC || y->layout != AVQ_NHWC || x->dtype != y->dtype ||
+        y->dims[0] != 1 || y->dims[1] != x->dims[1] || y->dims[3] != wy)
+        return avq_error(AVQ_ERR_SHAPE, "%s: output %s must be NHWC [1, %lld, rows, %lld] of the input %s's dtype", op,
+                         avq_tensor_str(y, by, sizeof by), (long long)x->dims[1], (long long)wy,
+                         avq_tensor_str(x, bx, sizeof bx));
+    if (avq_tensor_numel(x) <= 0 || avq_tensor_numel(y) <= 0) return avq_error(AVQ_ERR_SHAPE, "%s: empty tensor", op);
+    if (n < 0 || n >= x->dims[0])
+        return avq_error(AVQ_ERR_ARG, "%s: sample %lld outside the batch of %lld", op, (long long)n,
+                         (long long)x->dims[0]);
+    return AVQ_OK;
+}
+
+avq_status avq_group_norm_rows(avq_plan *p, const avq_tensor *x, const avq_tensor *stats, avq_tensor *y, int64_t n,
+                               int64_t r0, int silu_after) {
+    char bs[96];
+    AVQ_TRY(rows_pair(x, y, n, 0, "group_norm_rows"));
+    const int64_t C = x->dims[1], H = x->dims[2], W = x->dims[3], rows = y->dims[2];
+    if (stats->ndim != 3 || stats->dtype != AVQ_F32 || stats->layout != AVQ_PLAIN || stats->dims[0] != x->dims[0] ||
+        stats->dims[1] != 3 || stats->dims[2] != C)
+        return avq_error(AVQ_ERR_SHAPE, "group_norm_rows: statistics %s must be f32 plain [%lld, 3, %lld]",
+                         avq_tensor_str(stats, bs, sizeof bs), (long long)x->dims[0], (long long)C);
+    if (avq_plan_building(p)) return AVQ_OK;
+    const float *st = (const float *)stats->data + n * 3 * C, *M = st, *A = st + C, *bt = st + 2 * C;
+    const avq_simd_kernels *k = avq_simd();
+    const size_t es = avq_dtype_size(x->dtype);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t j = 0; j < rows; j++) {
+        for (int64_t px = 0; px < W; px++) {
+            int64_t r = r0 + j, o = (j * W + px) * C;
+            if (r < 0 || r >= H) { /* outside the image: the conv's zero padding */
+                memset((char *)y->data + (size_t)o * es, 0, (size_t)C * es);
+                continue;
+            }
+            int64_t i = ((n * H + r) * W + px) * C;
+            float buf[ROW_CHUNK];
+            for (int64_t c0 = 0; c0 < C; c0 += ROW_CHUNK) {
+                int64_t m = C - c0 < ROW_CHUNK ? C - c0 : ROW_CHUNK;
+                avq_load_row(x->data, x->dtype, i + c0, buf, m);
+                k->gn_apply(buf, M + c0, A + c0, bt + c0, m, silu_after);
+                avq_store_row(y->data, y->dtype, o + c0, buf, m);
+            }
+        }
+    }
+    return AVQ_OK;
+}
+
+/* Rows r0.. of sample n of x, or of its nearest x2 upsampling (up2); zeros
+ * outside the image. */
+static avq_status gather_rows(avq_plan *p, const avq_tensor *x, avq_tensor *y, int64_t n, int64_t r0, int up2,
+                              const char *op) {
+    AVQ_TRY(rows_pair(x, y, n, up2, op));
+    if (avq_plan_building(p)) return AVQ_OK;
+    const int64_t C = x->dims[1], H = x->dims[2], W = x->dims[3], rows = y->dims[2], Hy = up2 ? 2 * H : H;
+    const int64_t Wy = y->dims[3];
+    const size_t es = avq_dtype_size(x->dtype), px = (size_t)C * es;
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < rows; j++) {
+        int64_t r = r0 + j;
+        char *dst = (char *)y->data + (size_t)(j * Wy) * px;
+        if (r < 0 || r >= Hy) {
+            memset(dst, 0, (size_t)Wy * px);
+            continue;
+        }
+        const char *src = (const char *)x->data + (size_t)((n * H + (up2 ? r >> 1 : r)) * W) * px;
+        if (!up2) {
+            memcpy(dst, src, (size_t)W * px);
+            continue;
+        }
+        for (int64_t i = 0; i < W; i++) {
+            memcpy(dst + (size_t)(2 * i) * px, src + (size_t)i * px, px);
+            memcpy(dst + (size_t)(2 * i + 1) * px, src + (size_t)i * px, px);
+        }
+    }
+    return AVQ_OK;
+}
+
+avq_status avq_gather_rows(avq_plan *p, const avq_tensor *x, avq_tensor *y, int64_t n, int64_t r0) {
+    return gather_rows(p, x, y, n, r0, 0, "gather_rows");
+}
+
+int avq_conv2d_auto_winograd(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
+    return prm->algo == AVQ_CONV_AUTO && avq_conv2d_winograd_fits(w, x, prm);
+}
+
+avq_status avq_upsample2x_rows(avq_plan *p, const avq_tensor *x, avq_tensor *y, int64_t n, int64_t r0) {
+    return gather_rows(p, x, y, n, r0, 1, "upsample2x_rows");
 }
 
 /* ---- layer norm ------------------------------------------------------- */

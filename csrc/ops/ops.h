@@ -52,6 +52,9 @@ avq_status avq_conv2d_out_size(const avq_tensor *x, const avq_weight *w, const a
 avq_status avq_conv2d(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
                       const avq_conv_params *prm);
 
+/* 1 where avq_conv2d with AVQ_CONV_AUTO takes the Winograd path for these operands. */
+int avq_conv2d_auto_winograd(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm);
+
 /* y = act(x W^T + b) * mul + add over rows: x [rows, K], w [N, K], y [rows, N];
  * mul/add optional, y's shape. 4-D NHWC tensors count as [N*H*W, C]. */
 avq_status avq_linear(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y, avq_act act,
@@ -76,6 +79,21 @@ int avq_attention_uses_amx(void);
 /* GroupNorm over NHWC or [N, C] tensors, fp32 statistics, optional fused SiLU. */
 avq_status avq_group_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const avq_weight *gamma,
                           const avq_weight *beta, int groups, float eps, int silu);
+/* Row ranges of a whole image, for banded (exact tiled) decoding: a 3x3 conv
+ * over rows [r0, r1) reads rows r0 - 1 .. r1 of its input, which these make
+ * in a small NHWC scratch y [1, C, rows, W'] from sample n of x [N, C, H, W]
+ * NHWC; rows outside [0, H) (or [0, 2H)) are zeros, the conv's padding.
+ * stats: f32 plain [N, 3, C] = per (n, c) the group mean, gamma / std, beta,
+ * over the whole x (fp32 statistics, bit-identical to avq_group_norm's). */
+avq_status avq_group_norm_stats(avq_plan *p, const avq_tensor *x, avq_tensor *stats, const avq_weight *gamma,
+                                const avq_weight *beta, int groups, float eps);
+/* y rows j = GN(x)[n, :, r0 + j, :] with x's statistics, optional fused SiLU. */
+avq_status avq_group_norm_rows(avq_plan *p, const avq_tensor *x, const avq_tensor *stats, avq_tensor *y, int64_t n,
+                               int64_t r0, int silu);
+/* y rows j = x[n, :, r0 + j, :] (W' = W). */
+avq_status avq_gather_rows(avq_plan *p, const avq_tensor *x, avq_tensor *y, int64_t n, int64_t r0);
+/* y rows j = upsample2x(x)[n, :, r0 + j, :] (nearest; W' = 2W, rows in [0, 2H)). */
+avq_status avq_upsample2x_rows(avq_plan *p, const avq_tensor *x, avq_tensor *y, int64_t n, int64_t r0);
 /* LayerNorm over the last dim (features), biased variance, affine. */
 avq_status avq_layer_norm(avq_plan *p, const avq_tensor *x, avq_tensor *y, const avq_weight *gamma,
                           const avq_weight *beta, float eps);

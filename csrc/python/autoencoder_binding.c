@@ -5,7 +5,7 @@
  *     decoder: {"embed_dim", "z_channels", "widths", "blocks_per_level", "out_channels",
  *               "conditional", "cond_channels", "prefix"}
  *   .encode(image, noise=None) -> (mean, logvar) or (mean, logvar, sample)
- *   .decode(latent, image=None, mask=None) -> image
+ *   .decode(latent, image=None, mask=None, *, banded=False, band_rows=0) -> image
  *
  * Arrays are float32 NCHW; this binding checks their shapes and dtypes (the
  * decode contract: asymvq.Autoencoder adds only its policy, a binary mask and
@@ -20,14 +20,20 @@
 
 typedef avq_py_model AutoencoderObject; /* model: the avq_autoencoder */
 
+/* Tasks 3 and 4: the banded forms of decode and decode_cond, band rows in dims[3] (0 = from the budget). */
+#define BANDED_TASK 2
+
 static avq_status plan_create(const void *model, const avq_py_plan_key *k, void **out) {
+    if (k->task > BANDED_TASK)
+        return avq_autoencoder_plan_create_banded(model, (avq_ae_task)(k->task - BANDED_TASK), k->dims[0], k->dims[1],
+                                                  k->dims[2], k->dims[3], (avq_autoencoder_plan **)out);
     return avq_autoencoder_plan_create(model, (avq_ae_task)k->task, k->dims[0], k->dims[1], k->dims[2],
                                        (avq_autoencoder_plan **)out);
 }
 
 AVQ_PY_MODEL_FUNCTIONS(autoencoder)
 
-static const char *const task_names[] = {"encode", "decode", "decode_cond"};
+static const char *const task_names[] = {"encode", "decode", "decode_cond", "decode_banded", "decode_cond_banded"};
 static const avq_py_model_kind ae_kind = {
     {"Autoencoder", task_names, {"batch", "height", "width", NULL}, plan_create, plan_destroy, plan_core},
     num_params,
@@ -191,11 +197,20 @@ static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw
  * float32 arrays (new references; image and mask NULL when absent), or -1
  * with an exception set and nothing held. */
 static int decode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, PyArrayObject **z,
-                         PyArrayObject **image, PyArrayObject **mask) {
-    static char *kwl[] = {"latent", "image", "mask", NULL};
+                         PyArrayObject **image, PyArrayObject **mask, int *banded, long long *band_rows) {
+    static char *kwl[] = {"latent", "image", "mask", "banded", "band_rows", NULL};
     PyObject *zo, *io = Py_None, *mo = Py_None;
     *z = *image = *mask = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO:decode", kwl, &zo, &io, &mo)) return -1;
+    *banded = 0;
+    *band_rows = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO$pL:decode", kwl, &zo, &io, &mo, banded, band_rows)) return -1;
+    if (*band_rows < 0 || (*band_rows && !*banded)) {
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG),
+                     *band_rows < 0 ? "band_rows must be >= 1 (or 0: from the memory budget), got %lld"
+                                    : "band_rows (%lld) applies to the banded decode only: pass banded=True",
+                     *band_rows);
+        return -1;
+    }
     const avq_autoencoder_config *cfg = avq_autoencoder_get_config(self->model);
     if (!cfg->has_decoder) {
         PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "this Autoencoder has no decoder (its weights were not loaded)");
@@ -238,7 +253,9 @@ fail:
 
 static PyObject *ae_check_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *z, *image, *mask;
-    if (decode_inputs(self, args, kw, &z, &image, &mask) < 0) return NULL;
+    int banded;
+    long long band_rows;
+    if (decode_inputs(self, args, kw, &z, &image, &mask, &banded, &band_rows) < 0) return NULL;
     Py_DECREF(z);
     Py_XDECREF(image);
     Py_XDECREF(mask);
@@ -247,7 +264,9 @@ static PyObject *ae_check_decode(AutoencoderObject *self, PyObject *args, PyObje
 
 static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *z, *image, *mask;
-    if (decode_inputs(self, args, kw, &z, &image, &mask) < 0) return NULL;
+    int banded;
+    long long band_rows;
+    if (decode_inputs(self, args, kw, &z, &image, &mask, &banded, &band_rows) < 0) return NULL;
     const avq_ae_decoder_config *d = &avq_autoencoder_get_config(self->model)->decoder;
     const int f = avq_autoencoder_factor(self->model, 0);
     const npy_intp B = PyArray_DIM(z, 0), H = f * PyArray_DIM(z, 2), W = f * PyArray_DIM(z, 3);
@@ -259,7 +278,8 @@ static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw
                       .image = data_or_null(image),
                       .mask = data_or_null(mask),
                       .out = PyArray_DATA((PyArrayObject *)out)};
-        avq_py_plan_key key = {image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE, {B, H, W, 0}};
+        int task = (image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE) + (banded ? BANDED_TASK : 0);
+        avq_py_plan_key key = {task, {B, H, W, banded ? band_rows : 0}};
         out = avq_py_plan_cache_call(&self->plans, &key, run_decode, &a, out);
     }
     Py_DECREF(z);
@@ -274,12 +294,14 @@ static PyMethodDef ae_methods[] = {
     AVQ_PY_KW_METHOD("encode", ae_encode,
                      "encode(image, noise=None) -> (mean, logvar) or (mean, logvar, mean + exp(logvar / 2) * noise)."),
     AVQ_PY_KW_METHOD("decode", ae_decode,
-                     "decode(latent, image=None, mask=None) -> float32 [B, 3, H, W]; image and mask for the "
-                     "conditional decoder."),
+                     "decode(latent, image=None, mask=None, *, banded=False, band_rows=0) -> float32 [B, 3, H, W]; "
+                     "image and mask for the conditional decoder; banded: the exact decode in row bands of "
+                     "band_rows rows (0: from the memory budget)."),
     AVQ_PY_KW_METHOD("check_encode", ae_check_encode,
                      "check_encode(image, noise=None): raises what encode would for these arguments, runs nothing."),
     AVQ_PY_KW_METHOD("check_decode", ae_check_decode,
-                     "check_decode(latent, image=None, mask=None): raises what decode would, runs nothing."),
+                     "check_decode(latent, image=None, mask=None, *, banded=False, band_rows=0): raises what decode "
+                     "would, runs nothing."),
     {NULL, NULL, 0, NULL},
 };
 
