@@ -204,10 +204,11 @@ def _ramp(starts: list[int], index: int, size: int, scale: int) -> np.ndarray:
 
 #: ``decode(banded=None)`` decodes in row bands above this many image pixels (H x W).  Chosen from
 #: measurements (README, "Large images"): at 512 x 512 a banded run is as fast as a whole one within
-#: the noise and holds less (0.54 vs 0.89 GiB of arena, base decoder, fp32), but its plan builds a few
-#: seconds slower, so 512 x 512 itself (the pipelines' usual size) stays whole; above it the memory
-#: saved grows with the image (2.2 vs 3.5 GiB at 1024 x 1024).
-BANDED_MIN_PIXELS = 512 * 512
+#: the noise and holds less (0.54 vs 0.89 GiB of arena, base decoder, fp32; 0.58 vs 0.95 GiB with the
+#: 2x decoder in bf16, which keeps a whole inpainting within the memory targets of issue 17), so the
+#: pipelines' usual 512 x 512 is banded, at the cost of a plan that builds a few seconds slower; the
+#: memory saved grows with the image (2.2 vs 3.5 GiB at 1024 x 1024).
+BANDED_MIN_PIXELS = 256 * 256
 
 
 class Autoencoder:

@@ -94,7 +94,7 @@ def test_the_automatic_choice_decodes_in_bands_above_the_threshold(monkeypatch: 
 
 
 def test_the_default_threshold_is_the_documented_one() -> None:
-    assert autoencoder_module.BANDED_MIN_PIXELS == 512 * 512
+    assert autoencoder_module.BANDED_MIN_PIXELS == 256 * 256
     assert "BANDED_MIN_PIXELS" in (Autoencoder.decode.__doc__ or "")
 
 
