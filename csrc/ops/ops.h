@@ -73,7 +73,7 @@ avq_status avq_softmax(avq_plan *p, const avq_tensor *x, avq_tensor *y);
  * B x heads x N x M tensor never exists at once. causal: key j > query i masked. */
 avq_status avq_attention(avq_plan *p, const avq_tensor *q, const avq_tensor *k, const avq_tensor *v, avq_tensor *o,
                          int heads, float scale, int causal);
-/* 1 where bf16 attention runs on AMX tiles (else it widens to f32 for sgemm). */
+/* 1 where bf16 attention runs on AMX tiles (else on AVX512-BF16 tiles, or widened to f32). */
 int avq_attention_uses_amx(void);
 
 /* GroupNorm over NHWC or [N, C] tensors, fp32 statistics, optional fused SiLU. */
