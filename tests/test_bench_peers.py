@@ -238,3 +238,10 @@ def test_a_missing_config_file_is_one_error_line(capsys: Any, tmp_path: Path) ->
     assert peers.run(["--config", str(tmp_path / "nowhere.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nowhere.yaml" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", [["--size", "12"], ["--batch", "0"], ["--rounds", "0"], ["--precision", "fp16"]])
+def test_a_bad_number_or_precision_is_a_usage_error(capsys: Any, bad: List[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        peers.run(["--tiny", *bad])
+    assert e.value.code == 2 and "error: " in capsys.readouterr().err

@@ -104,7 +104,7 @@ def _load(model: str, path: str) -> Tuple[Any, str, Dict[str, Tuple[int, ...]]]:
     return spec, "", tables.decoder_tensors(spec)
 
 
-def _batch(model: str, batch: int) -> int:
+def _batch(model: str, batch: Optional[int]) -> int:
     return batch or (2 if model == "unet" else 1)
 
 
@@ -418,7 +418,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m asymvq.bench peers", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="unet", help=f"comma-separated subset of {', '.join(MODELS)} (default unet)")
     p.add_argument("--size", type=int, default=64, help="latent height and width (default 64: 512x512 images)")
-    p.add_argument("--batch", type=int, default=0, help="batch (default 2 for the UNet, the guidance pair; 1 else)")
+    p.add_argument("--batch", type=int, default=None, help="batch (default 2 for the UNet, the guidance pair; 1 else)")
     p.add_argument("--threads", type=int, default=0, help="threads for every engine (default: asymvq's)")
     p.add_argument("--repeat", type=int, default=1, help="timed calls per child after a warm-up (default 1)")
     p.add_argument(
@@ -448,10 +448,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             p.error(f"--model: unknown model {m!r} (use {', '.join(MODELS)})")
     if not models:
         p.error(f"--model: give one or more of {', '.join(MODELS)}")
-    if args.size < 8 or args.size % 8 or args.batch < 0 or args.repeat < 1 or args.rounds < 1 or args.threads < 0:
-        p.error(
-            "--size must be a positive multiple of 8; --repeat and --rounds must be >= 1; --batch and --threads >= 0"
-        )
+    batch_ok = args.batch is None or args.batch >= 1
+    if args.size < 8 or args.size % 8 or not batch_ok or args.repeat < 1 or args.rounds < 1 or args.threads < 0:
+        p.error("--size must be a positive multiple of 8; --batch, --repeat and --rounds must be >= 1; --threads >= 0")
     have = installed_peers()
     wanted = [e.strip() for e in args.engines.split(",") if e.strip()] or have
     for e in wanted:
