@@ -93,7 +93,7 @@ def test_every_engine_reports_its_time_and_the_threads_it_used(run: Dict[str, An
     threads = run["report"]["threads"]
     for model, m in run["report"]["models"].items():
         for name, r in m["engines"].items():
-            assert r["seconds"] > 0 and r["cpu"] > 0 and r["peak_rss"] > 0, (model, name)
+            assert r["seconds"] > 0 and r["cpu"] > 0 and r["peak_rss"] > 0 and r["load"] >= 0, (model, name)
             assert r["threads_used"] == pytest.approx(r["cpu"] / r["seconds"])
             assert r["fair"] == (r["threads_used"] >= peers.FAIR_SHARE * threads)
 

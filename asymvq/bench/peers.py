@@ -365,7 +365,7 @@ def _report_model(
     best = {label: min(r["times"]) for label, r in results.items() if "times" in r}
     head = (
         f"{'engine':<18}{'run s':>9}{'CPU s':>8}{'threads used':>14}{'/ asymvq fp32':>15}{'/ OpenVINO':>12}"
-        f"{'peak RSS GB':>13}{'max |diff|':>12}{'relative':>10}  version"
+        f"{'peak RSS GB':>13}{'max |diff|':>12}{'relative':>10}{'load':>6}  version"
     )
     print("\n" + head + "\n" + "-" * len(head))
     report: Dict[str, Any] = {"engines": {}, "unconverted": dict(unconverted), "vs_openvino": {}}
@@ -390,7 +390,7 @@ def _report_model(
             + "".join(f"{v:{w}.2f}" if v is not None else f"{'-':>{w}}" for v, w in ((vs_fp32, 15), (vs_ov, 12)))
             + f"{r['peak_rss'] / 1e9:13.2f}"
             + "".join(f"{v:{w}.2e}" if v is not None else f"{'-':>{w}}" for v, w in ((max_diff, 12), (rel, 10)))
-            + f"  {r['version']}"
+            + f"{r['load']:6.1f}  {r['version']}"
         )
         report["engines"][name] = {
             "seconds": seconds,
@@ -403,6 +403,7 @@ def _report_model(
             "vs_asymvq_fp32": vs_fp32,
             "vs_openvino": vs_ov,
             "version": r["version"],
+            "load": r["load"],
         }
         if label in ("fp32", "bf16") and vs_ov is not None:
             report["vs_openvino"][label] = vs_ov
@@ -508,7 +509,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                     out = os.path.join(tmp, f"{m}-{label.replace(' ', '-')}-{rnd}.npy")
                     path = files[m].get(engine, {}).get("path")
                     r = _run_child({**job, "engine": engine, "precision": prec, "path": path, "out": out})
-                    r["out"] = out
+                    r["out"], r["load"] = out, os.getloadavg()[0]  # the 1-minute load as it ended
                     _keep_best(results, label, r)
             report["models"][m] = _report_model(m, engines, results, unconverted, threads)
     capped = [v for v in ISA_CAP_VARS if v in harness.child_env(None)]
@@ -520,7 +521,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     report["load_after"] = harness.load_average()
     print(
         f"(threads used: process CPU time / wall time of the call; asked {threads}. relative: max |diff| / "
-        f"max |asymvq fp32|. load average after: {report['load_after']})"
+        f"max |asymvq fp32|; load: the 1-minute load average as the engine's child ended. load average after: "
+        f"{report['load_after']})"
     )
     targets = []
     for m, r in report["models"].items():
