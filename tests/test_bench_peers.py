@@ -245,3 +245,17 @@ def test_a_bad_number_or_precision_is_a_usage_error(capsys: Any, bad: List[str])
     with pytest.raises(SystemExit) as e:
         peers.run(["--tiny", *bad])
     assert e.value.code == 2 and "error: " in capsys.readouterr().err
+
+
+def test_asymvq_bf16_is_compared_with_openvino_bf16_not_fp32(tmp_path: Path, capsys: Any) -> None:
+    out = str(tmp_path / "y.npy")
+    np.save(out, np.ones((1, 3, 8, 8), np.float32))
+    engines = [("fp32", "fp32", "fp32"), ("bf16", "bf16", "bf16")]
+    engines += [("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16")]
+    seconds = {"fp32": 4.0, "bf16": 2.0, "openvino fp32": 8.0, "openvino bf16": 5.0}
+    results = {
+        label: {"times": [s], "cpu": [2 * s], "peak_rss": 1, "out": out, "load": 0.0, "version": "v"}
+        for label, s in seconds.items()
+    }
+    r = peers._report_model("kl-decoder", engines, results, {}, threads=2)
+    assert r["vs_openvino"] == {"fp32": pytest.approx(0.5), "bf16": pytest.approx(0.4)}

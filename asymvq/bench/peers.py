@@ -497,7 +497,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             batch = _batch(m, args.batch)
             print(f"\n== {MODELS[m][1]}: {_describe(m, specs[m], batch, args.size)} ==", flush=True)
             unconverted = {peer: f["error"] for peer, f in files[m].items() if "error" in f}
-            engines = [(prec, prec, "fp32") for prec in precisions]
+            engines = [(prec, prec, prec) for prec in precisions]  # (label, engine, precision)
             for peer in wanted:
                 if peer not in unconverted:
                     for prec in precisions if peer == "openvino" else ["fp32"]:
