@@ -247,15 +247,18 @@ def test_a_bad_number_or_precision_is_a_usage_error(capsys: Any, bad: List[str])
     assert e.value.code == 2 and "error: " in capsys.readouterr().err
 
 
-def test_asymvq_bf16_is_compared_with_openvino_bf16_not_fp32(tmp_path: Path, capsys: Any) -> None:
-    out = str(tmp_path / "y.npy")
-    np.save(out, np.ones((1, 3, 8, 8), np.float32))
-    engines = [("fp32", "fp32", "fp32"), ("bf16", "bf16", "bf16")]
-    engines += [("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16")]
-    seconds = {"fp32": 4.0, "bf16": 2.0, "openvino fp32": 8.0, "openvino bf16": 5.0}
-    results = {
-        label: {"times": [s], "cpu": [2 * s], "peak_rss": 1, "out": out, "load": 0.0, "version": "v"}
-        for label, s in seconds.items()
-    }
-    r = peers._report_model("kl-decoder", engines, results, {}, threads=2)
+def test_asymvq_bf16_is_compared_with_openvino_bf16_not_fp32(monkeypatch: Any, tmp_path: Path) -> None:
+    seconds = {("fp32", "fp32"): 4.0, ("bf16", "bf16"): 2.0, ("openvino", "fp32"): 8.0, ("openvino", "bf16"): 5.0}
+
+    def fake(job: Dict[str, Any]) -> Dict[str, Any]:  # every child, without running one
+        if job["engine"] == "export":
+            return {"models": {"kl-decoder": {"openvino": {"path": "unused"}}}, "version": "t"}
+        np.save(job["out"], np.ones((1, 3, 8, 8), np.float32))
+        s = seconds[job["engine"], job["precision"]]
+        return {"times": [s], "cpu": [2 * s], "peak_rss": 1, "version": "v"}
+
+    monkeypatch.setattr(peers, "_run_child", fake)
+    argv = ["--tiny", "--model", "kl-decoder", "--size", "8", "--engines", "openvino", "--threads", "2"]
+    assert peers.run(argv + ["--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())["models"]["kl-decoder"]
     assert r["vs_openvino"] == {"fp32": pytest.approx(0.5), "bf16": pytest.approx(0.4)}
