@@ -8,7 +8,7 @@ Subcommands (``python -m asymvq.bench --help``), one module each:
 * ``inprocess`` (:mod:`asymvq.bench.inprocess`): asymvq with torch in the same process;
 * ``isa``: the UNet and the base decoder with every library capped to AVX2;
 * ``pipeline`` (:mod:`asymvq.bench.pipeline`): a whole inpainting and txt2img run, stage by stage;
-* ``peers`` (:mod:`asymvq.bench.peers`): the UNet forward in OpenVINO and ONNX Runtime.
+* ``peers`` (:mod:`asymvq.bench.peers`): the UNet and the decoders in OpenVINO and ONNX Runtime.
 
 Shared by all: :mod:`asymvq.bench.harness` (child processes, timing, peak RSS, the roof in a child)
 and :func:`asymvq.bench.weights.random_weights`. PyTorch and the peers are never dependencies: only

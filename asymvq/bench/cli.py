@@ -65,7 +65,7 @@ USAGE = """usage: python -m asymvq.bench {ops,roof,vae,text,unet,inprocess,isa,p
   inprocess  asymvq with torch imported in the same process, before or after (asymvq.bench.inprocess)
   isa        UNet and base decoder fp32 vs torch with both capped to AVX2 (issue 12), one command
   pipeline   one whole 512x512 inpainting and one txt2img: per-stage times, peak RSS, totals
-  peers      the same UNet forward in OpenVINO and ONNX Runtime, when installed (asymvq[peers])
+  peers      the UNet and the decoders in OpenVINO and ONNX Runtime, when installed (asymvq[peers])
 """
 
 
