@@ -23,41 +23,12 @@
 #include "models/unet.h"
 #include "ops/ops.h"
 
-/* A dims array literal: DIMS(2, 320, 64, 64). */
-#define DIMS(...) ((const int64_t[]){__VA_ARGS__})
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        checks++;                                                \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-        }                                                        \
-    } while (0)
-
-#define CHECK_OK(expr)                                                                                       \
-    do {                                                                                                     \
-        avq_status check_ok_s_ = (expr);                                                                     \
-        CHECK(check_ok_s_ == AVQ_OK, "%s -> %s: %s", #expr, avq_status_name(check_ok_s_), avq_last_error()); \
-    } while (0)
-
-/* ---- helpers ------------------------------------------------------------- */
+#include "check.h"
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 
 /* Uniform in [-1, 1): xorshift64*, deterministic across runs. */
-static float frand(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    uint64_t r = rng_state * 0x2545F4914F6CDD1Dull;
-    return (float)((double)(r >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
-}
+static float frand(void) { return check_frand(&rng_state); }
 
 static float *random_buffer(int64_t n) {
     float *p = malloc((size_t)n * sizeof *p);
