@@ -115,22 +115,25 @@ void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq
 /* The micro-kernels: R rows x NC vectors, NC a constant at each call site so
  * the accumulators stay in registers. */
 
-/* S[r][16 c + n] (row stride ldS) += sum_p q[r][2p..2p+1] . kb[c][p][n][0..1]; bf16 pairs. */
-AVQ_INLINE void qk_bf16(const uint16_t *q, int64_t dk, const uint16_t *kb, int64_t kstride, float *S, int64_t ldS,
-                        const int NC) {
+/* C[r][16 c + n] (row stride ldc) = (accumulate ? C : 0) + sum_p A[r][2p..2p+1] . B[c][p][n][0..1]
+ * over np bf16 pairs: S = Q K^T (A = the query rows, B = packed K, zeroed) and O += P V (A = the
+ * probabilities, B = packed V, accumulated into the running output). */
+AVQ_INLINE void dot_bf16(const uint16_t *A, int64_t lda, int64_t np, const uint16_t *B, int64_t bstride, float *Cm,
+                         int64_t ldc, int accumulate, const int NC) {
     __m512 acc[R][4];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < dk / 2; p++) {
+        for (int c = 0; c < NC; c++)
+            acc[r][c] = accumulate ? _mm512_loadu_ps(Cm + r * ldc + 16 * c) : _mm512_setzero_ps();
+    for (int64_t p = 0; p < np; p++) {
         __m512bh b[4];
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) b[c] = (__m512bh)_mm512_loadu_si512(kb + c * kstride + p * 32);
+        for (int c = 0; c < NC; c++) b[c] = (__m512bh)_mm512_loadu_si512(B + c * bstride + p * 32);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             int32_t pair;
-            memcpy(&pair, q + r * dk + 2 * p, 4);
+            memcpy(&pair, A + r * lda + 2 * p, 4);
             const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
 #pragma GCC unroll 4
             for (int c = 0; c < NC; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
@@ -139,51 +142,25 @@ AVQ_INLINE void qk_bf16(const uint16_t *q, int64_t dk, const uint16_t *kb, int64
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) _mm512_storeu_ps(S + r * ldS + 16 * c, acc[r][c]);
+        for (int c = 0; c < NC; c++) _mm512_storeu_ps(Cm + r * ldc + 16 * c, acc[r][c]);
 }
 
-/* O[r][16 c + n] (row stride ldO) += sum_mp P[r][2mp..2mp+1] . vb[c][mp][n][0..1]; bf16 pairs over Mk keys. */
-AVQ_INLINE void pv_bf16(const uint16_t *P, int64_t ldP, int64_t Mk, const uint16_t *vb, int64_t vstride, float *O,
-                        int64_t ldO, const int NC) {
+/* The same product in f32 over K elements: B rows of 16 per element (head-dim element or key). */
+AVQ_INLINE void dot_f32(const float *A, int64_t lda, int64_t K, const float *B, int64_t bstride, float *Cm, int64_t ldc,
+                        int accumulate, const int NC) {
     __m512 acc[R][4];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_loadu_ps(O + r * ldO + 16 * c);
-    for (int64_t mp = 0; mp < Mk / 2; mp++) {
-        __m512bh b[4];
-#pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) b[c] = (__m512bh)_mm512_loadu_si512(vb + c * vstride + mp * 32);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            int32_t pair;
-            memcpy(&pair, P + r * ldP + 2 * mp, 4);
-            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-#pragma GCC unroll 4
-            for (int c = 0; c < NC; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) _mm512_storeu_ps(O + r * ldO + 16 * c, acc[r][c]);
-}
-
-/* The same two products in f32: kb rows of 16 per head-dim element, vb rows of 16 per key. */
-AVQ_INLINE void qk_f32(const float *q, int64_t d, const float *kb, int64_t kstride, float *S, int64_t ldS,
-                       const int NC) {
-    __m512 acc[R][4];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < d; j++) {
+        for (int c = 0; c < NC; c++)
+            acc[r][c] = accumulate ? _mm512_loadu_ps(Cm + r * ldc + 16 * c) : _mm512_setzero_ps();
+    for (int64_t j = 0; j < K; j++) {
         __m512 b[4];
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) b[c] = _mm512_loadu_ps(kb + c * kstride + j * 16);
+        for (int c = 0; c < NC; c++) b[c] = _mm512_loadu_ps(B + c * bstride + j * 16);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            const __m512 a = _mm512_set1_ps(q[r * d + j]);
+            const __m512 a = _mm512_set1_ps(A[r * lda + j]);
 #pragma GCC unroll 4
             for (int c = 0; c < NC; c++) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
         }
@@ -191,31 +168,7 @@ AVQ_INLINE void qk_f32(const float *q, int64_t d, const float *kb, int64_t kstri
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) _mm512_storeu_ps(S + r * ldS + 16 * c, acc[r][c]);
-}
-
-AVQ_INLINE void pv_f32(const float *P, int64_t ldP, int64_t Mk, const float *vb, int64_t vstride, float *O, int64_t ldO,
-                       const int NC) {
-    __m512 acc[R][4];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) acc[r][c] = _mm512_loadu_ps(O + r * ldO + 16 * c);
-    for (int64_t m = 0; m < Mk; m++) {
-        __m512 b[4];
-#pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) b[c] = _mm512_loadu_ps(vb + c * vstride + m * 16);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            const __m512 a = _mm512_set1_ps(P[r * ldP + m]);
-#pragma GCC unroll 4
-            for (int c = 0; c < NC; c++) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < NC; c++) _mm512_storeu_ps(O + r * ldO + 16 * c, acc[r][c]);
+        for (int c = 0; c < NC; c++) _mm512_storeu_ps(Cm + r * ldc + 16 * c, acc[r][c]);
 }
 
 /* Splits n vectors into chunks of at most NCMAX, as even as they go (5 -> 3 + 2, not 4 + 1:
@@ -353,12 +306,12 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
                 if (g->bf16) {
                     const uint16_t *qg = (const uint16_t *)t.q + g0 * dk,
                                    *kb = (const uint16_t *)kp + (k0 + kb0 * 16) * dk;
-#define QKB(N) qk_bf16(qg, dk, kb, 16 * dk, t.S + kb0 * 16, KB, N)
+#define QKB(N) dot_bf16(qg, dk, dk / 2, kb, 16 * dk, t.S + kb0 * 16, KB, 0, N)
                     DISPATCH(nc, QKB)
 #undef QKB
                 } else {
                     const float *qg = (const float *)t.q + g0 * dk, *kb = (const float *)kp + (k0 + kb0 * 16) * dk;
-#define QKF(N) qk_f32(qg, dk, kb, 16 * dk, t.S + kb0 * 16, KB, N)
+#define QKF(N) dot_f32(qg, dk, dk, kb, 16 * dk, t.S + kb0 * 16, KB, 0, N)
                     DISPATCH(nc, QKF)
 #undef QKF
                 }
@@ -393,12 +346,12 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
                 float *og = t.O + g0 * dn + vb0 * 16;
                 if (g->bf16) {
                     const uint16_t *vb = (const uint16_t *)vp + vb0 * 16 * Mpad + k0 * 16;
-#define PVB(N) pv_bf16(t.P, KB, kn, vb, 16 * Mpad, og, dn, N)
+#define PVB(N) dot_bf16(t.P, KB, kn / 2, vb, 16 * Mpad, og, dn, 1, N)
                     DISPATCH(nc, PVB)
 #undef PVB
                 } else {
                     const float *vb = (const float *)vp + vb0 * 16 * Mpad + k0 * 16;
-#define PVF(N) pv_f32(t.S, KB, kn, vb, 16 * Mpad, og, dn, N)
+#define PVF(N) dot_f32(t.S, KB, kn, vb, 16 * Mpad, og, dn, 1, N)
                     DISPATCH(nc, PVF)
 #undef PVF
                 }
