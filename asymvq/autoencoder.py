@@ -31,13 +31,24 @@ and its first conv's output are held at full size.  The band height comes from a
 ``AVQ_AE_BAND_BUDGET_BYTES`` (128 MiB) for one band's conv input and output, at least 16 rows;
 ``band_rows`` fixes it (tests).
 
+Spilling (``decode(..., memory_budget=..., spill_dir=...)``, banded only) bounds what stays resident
+beyond that: when the banded plan's activation arena exceeds ``memory_budget`` bytes (by default
+:data:`SPILL_MIN_BYTES`), the arena is an unlinked temporary file in ``spill_dir`` (by default
+``tempfile.gettempdir()``) mapped into the process, and each band loop drops the rows it is done with
+from the process, so a few bands of each whole tensor are resident at a time while the rest lives in
+the page cache, which the kernel writes to disk and reclaims as memory runs short.  The result is
+bitwise the unspilled banded one (same kernels, same order).  A GroupNorm statistics pass maps one
+whole tensor while it runs (the largest: 2 GiB at 2048 x 2048 with the base decoder in bf16).
+
 Plans and threads follow the protocol of every model (see :mod:`asymvq.unet`): at most four plans
 cached (one per task and image size), calls from several threads serialised.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Union
 
@@ -48,7 +59,7 @@ from . import config as _config
 from .config import AutoencoderSpec, DiffusionSpec, Spec
 from .precision import resolve_precision
 
-__all__ = ["Autoencoder", "Parts", "FIRST_STAGE_PREFIX"]
+__all__ = ["Autoencoder", "Parts", "FIRST_STAGE_PREFIX", "SPILL_MIN_BYTES"]
 
 #: Key prefix of the first stage inside SD checkpoints.
 FIRST_STAGE_PREFIX = "first_stage_model."
@@ -209,6 +220,45 @@ def _ramp(starts: list[int], index: int, size: int, scale: int) -> np.ndarray:
 #: pipelines' usual 512 x 512 is banded, at the cost of a plan that builds a few seconds slower; the
 #: memory saved grows with the image (2.2 vs 3.5 GiB at 1024 x 1024).
 BANDED_MIN_PIXELS = 256 * 256
+
+#: ``decode(memory_budget=None)`` spills a banded decode's arena to a file above this many bytes
+#: (4 GiB): the base decoder at 2048 x 2048 in bf16 (4.3 GiB of arena) and anything larger; below it
+#: the arena stays in memory, where it is as fast and costs no disk traffic (README, "Decode sizes
+#: and memory").
+SPILL_MIN_BYTES = 4 << 30
+
+
+def _in_memory_fs(path: str) -> bool:
+    """True when ``path`` is on tmpfs / ramfs (Linux ``/proc/self/mounts``): spilling there bounds nothing."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    for point, kind in mounts:
+        point = point.replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype in ("tmpfs", "ramfs")
+
+
+def _spill_dir(spill_dir: Any) -> str:
+    """The checked directory ``spill_dir`` names (``OSError`` subclasses name the problem)."""
+    try:
+        path = os.fspath(spill_dir)
+    except TypeError:
+        raise ValueError(f"spill_dir must be a path (str or os.PathLike), got {spill_dir!r}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "spill_dir does not exist", path)
+    if not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "spill_dir is not a directory", path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "spill_dir is not writable", path)
+    return path
 
 
 class Autoencoder:
@@ -434,6 +484,8 @@ class Autoencoder:
         overlap: int | None = None,
         banded: bool | None = None,
         band_rows: int | None = None,
+        memory_budget: int | None = None,
+        spill_dir: str | os.PathLike[str] | None = None,
     ) -> np.ndarray:
         """The image [B, 3, H, W] (about [-1, 1]) for an unscaled ``latent`` [B, 4, H/8, W/8].
 
@@ -449,6 +501,16 @@ class Autoencoder:
         ``band_rows`` (>= 1, banded only) fixes the rows per band at every resolution instead of the
         memory budget's choice.  ``banded=True`` with ``tile`` is a ``ValueError``: they are two
         different ways of bounding memory, the banded one exact.
+
+        ``memory_budget`` (bytes, >= 1): the activation memory the banded decode may keep resident;
+        an arena larger than that is an unlinked file in ``spill_dir`` (default
+        ``tempfile.gettempdir()``) whose pages are dropped from the process once the bands are done
+        with them (module docstring: "Spilling"), with a result bitwise equal to the unspilled one.
+        None (default): spill above :data:`SPILL_MIN_BYTES`, into ``spill_dir`` or the temporary
+        directory unless that is in memory (tmpfs).  Either option implies the banded decode: with
+        ``banded=False`` or ``tile`` it is a ``ValueError``.  A ``spill_dir`` that is missing, not a
+        directory or not writable raises the matching ``OSError``; one in memory (tmpfs) or without
+        room for the arena a ``ValueError`` naming it and the size.
         """
         if self._decoder is None:
             raise ValueError("this Autoencoder has no decoder (build it with parts='decoder' or 'both')")
@@ -477,12 +539,39 @@ class Autoencoder:
             if banded is False or tile is not None:
                 raise ValueError("band_rows applies to the banded decode only (banded=True or None, no tile)")
             banded = True
+        if memory_budget is not None or spill_dir is not None:
+            if memory_budget is not None and (
+                isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, np.integer)) or memory_budget < 1
+            ):
+                raise ValueError(f"memory_budget must be a number of bytes >= 1, got {memory_budget!r}")
+            if banded is False or tile is not None:
+                what = "memory_budget" if memory_budget is not None else "spill_dir"
+                raise ValueError(
+                    f"{what} applies to the banded decode only (banded=True or None, no tile): it spills the "
+                    "banded decode's arena, which it reads a few rows at a time; the whole and the tiled decodes "
+                    "read every activation at once"
+                )
+            banded = True
+        spill = None if spill_dir is None else _spill_dir(spill_dir)
         if tile is not None:
             return self._decode_tiled(z, img, msk, f, tile, overlap)
         if banded is None:
             banded = z.shape[2] * z.shape[3] * f * f > BANDED_MIN_PIXELS
         if banded:
-            return self._core.decode(z, img, msk, banded=True, band_rows=int(band_rows or 0))
+            if spill is None:
+                tmp = tempfile.gettempdir()
+                # an explicit budget must be kept (tmpfs raises in C); the automatic one is skipped there
+                spill = tmp if memory_budget is not None or not _in_memory_fs(tmp) else None
+            budget = int(memory_budget) if memory_budget is not None else SPILL_MIN_BYTES
+            return self._core.decode(
+                z,
+                img,
+                msk,
+                banded=True,
+                band_rows=int(band_rows or 0),
+                spill_dir=spill,
+                memory_budget=budget if spill is not None else 0,
+            )
         return self._core.decode(z, img, msk)
 
     def _decode_tiled(

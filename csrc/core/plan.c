@@ -1,8 +1,14 @@
 #include "plan.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -34,6 +40,10 @@ struct avq_plan {
     size_t arena_bytes;
     void *scratch; /* owned */
     size_t scratch_bytes;
+
+    char *spill_dir;     /* owned; NULL: the arena is never file-backed */
+    size_t spill_budget; /* arenas above this many bytes spill */
+    int arena_mapped;    /* the held arena is a spill file mapping (munmap, not free) */
 };
 
 #define ARENA_ALIGN 64
@@ -67,11 +77,26 @@ static void free_steps(avq_plan *p) {
 /* Arena + scratchpad bytes held by all plans (what the memory report reads). */
 static atomic_size_t resident_total;
 
+static size_t page_size(void) {
+    long ps = sysconf(_SC_PAGESIZE);
+    return ps > 0 ? (size_t)ps : 4096;
+}
+
+/* A spill file's mapping covers whole pages. */
+static size_t mapped_bytes(size_t bytes) {
+    size_t ps = page_size();
+    return (bytes ? bytes + ps - 1 : ps) / ps * ps;
+}
+
 static void free_buffers(avq_plan *p) {
     if (p->arena && p->scratch) atomic_fetch_sub(&resident_total, p->arena_bytes + p->scratch_bytes);
-    free(p->arena);
+    if (p->arena_mapped && p->arena)
+        munmap(p->arena, mapped_bytes(p->arena_bytes)); /* the file's last reference: it goes */
+    else
+        free(p->arena);
     free(p->scratch);
     p->arena = p->scratch = NULL;
+    p->arena_mapped = 0;
 }
 
 static void reset(avq_plan *p) {
@@ -90,6 +115,7 @@ void avq_plan_destroy(avq_plan *p) {
     if (!p) return;
     reset(p);
     free(p->live);
+    free(p->spill_dir);
     if (p->stream) dnnl_stream_destroy(p->stream);
     free(p);
 }
@@ -111,13 +137,65 @@ static void *aligned(size_t bytes) {
     return aligned_alloc(ARENA_ALIGN, bytes);
 }
 
+static int wants_spill(const avq_plan *p) { return p->spill_dir && p->arena_bytes > p->spill_budget; }
+
+#define TMPFS_MAGIC_ 0x01021994
+#define RAMFS_MAGIC_ 0x858458f6
+
+/* The arena as an unlinked file of `spill_dir`, mapped shared: its pages can
+ * leave the process (avq_plan_drop) and the machine's memory (writeback)
+ * without losing their content. */
+static avq_status map_spill_file(avq_plan *p) {
+    const size_t len = mapped_bytes(p->arena_bytes);
+    const double gib = (double)len / (1 << 30);
+    size_t n = strlen(p->spill_dir) + sizeof "/asymvq-arena-XXXXXX";
+    char *path = malloc(n);
+    if (!path) return avq_error(AVQ_ERR_MEMORY, "out of memory naming a spill file");
+    snprintf(path, n, "%s/asymvq-arena-XXXXXX", p->spill_dir);
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        int e = errno;
+        free(path);
+        return avq_error(AVQ_ERR_IO, "cannot create a spill file for %zu bytes (%.2f GiB) of activations in %s: %s",
+                         len, gib, p->spill_dir, strerror(e));
+    }
+    unlink(path); /* nameless from now on: no file outlives the mapping, whatever happens */
+    free(path);
+    struct statfs fs;
+    avq_status st = AVQ_OK;
+    int e;
+    if (fstatfs(fd, &fs) == 0 && ((unsigned long)fs.f_type == TMPFS_MAGIC_ || (unsigned long)fs.f_type == RAMFS_MAGIC_))
+        st = avq_error(AVQ_ERR_IO,
+                       "spill directory %s is in memory (tmpfs/ramfs): spilling %zu bytes (%.2f GiB) there would "
+                       "not bound memory; give a directory on a disk",
+                       p->spill_dir, len, gib);
+    else if ((e = posix_fallocate(fd, 0, (off_t)len)) != 0)
+        st = avq_error(AVQ_ERR_IO, "cannot reserve %zu bytes (%.2f GiB) for a spill file in %s: %s", len, gib,
+                       p->spill_dir, strerror(e));
+    if (st == AVQ_OK) {
+        void *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (a == MAP_FAILED)
+            st = avq_error(AVQ_ERR_MEMORY, "cannot map a spill file of %zu bytes (%.2f GiB) in %s: %s", len, gib,
+                           p->spill_dir, strerror(errno));
+        else
+            p->arena = a;
+    }
+    close(fd); /* the mapping holds the file */
+    p->arena_mapped = st == AVQ_OK;
+    return st;
+}
+
 /* The arena and scratchpad of a built plan (after the build, and again after
  * avq_plan_release_buffers). Large ones come from mmap and go back to the
- * system when freed. */
+ * system when freed; a spilled arena is a file mapping. */
 static avq_status alloc_buffers(avq_plan *p) {
-    if (p->arena && p->scratch) return AVQ_OK;
+    if (p->arena && p->scratch && p->arena_mapped == wants_spill(p)) return AVQ_OK;
     free_buffers(p);
-    p->arena = aligned(p->arena_bytes);
+    if (wants_spill(p)) {
+        AVQ_TRY(map_spill_file(p));
+    } else {
+        p->arena = aligned(p->arena_bytes);
+    }
     p->scratch = aligned(p->scratch_bytes);
     if (!p->arena || !p->scratch) {
         free_buffers(p);
@@ -148,6 +226,39 @@ size_t avq_plan_resident_bytes(const avq_plan *p) {
 }
 
 size_t avq_plan_total_resident_bytes(void) { return atomic_load(&resident_total); }
+
+avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget) {
+    if (p->state == PLAN_RUNNING || p->state == PLAN_BUILDING)
+        return avq_error(AVQ_ERR_INTERNAL, "plan spill setting changed during a run");
+    if (dir && !*dir) return avq_error(AVQ_ERR_ARG, "spill directory: empty path");
+    if (dir && (!p->spill_dir || strcmp(dir, p->spill_dir) != 0)) {
+        char *copy = strdup(dir);
+        if (!copy) return avq_error(AVQ_ERR_MEMORY, "out of memory for the spill directory");
+        free(p->spill_dir);
+        p->spill_dir = copy;
+        if (p->arena_mapped) free_buffers(p); /* its file is in the old directory */
+    } else if (!dir) {
+        free(p->spill_dir);
+        p->spill_dir = NULL;
+    }
+    p->spill_budget = budget;
+    /* held buffers of the other kind go; the next run allocates the right one */
+    if (p->state == PLAN_BUILT && p->arena && p->arena_mapped != wants_spill(p)) free_buffers(p);
+    return AVQ_OK;
+}
+
+int avq_plan_spilled(const avq_plan *p) { return p->arena && p->arena_mapped; }
+
+void avq_plan_drop(avq_plan *p, const void *ptr, size_t bytes) {
+    if (!p->arena_mapped || !p->arena || !ptr || p->state != PLAN_RUNNING) return;
+    const uintptr_t lo = (uintptr_t)p->arena, hi = lo + p->arena_bytes, ps = page_size();
+    uintptr_t a = (uintptr_t)ptr, b = a + bytes;
+    if (a < lo) a = lo;
+    if (b > hi) b = hi;
+    a = (a + ps - 1) / ps * ps; /* whole pages only: a neighbour's bytes stay */
+    b = b / ps * ps;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
 
 void avq_memory_trim(void) {
 #ifdef __GLIBC__
@@ -235,6 +346,8 @@ void avq_plan_release(avq_plan *p, avq_tensor *t) {
     if (t->arena_off < 0) return;
     for (size_t i = 0; i < p->nlive; i++) {
         if (p->live[i].off == t->arena_off) {
+            if (p->arena_mapped && p->state == PLAN_RUNNING)
+                avq_plan_drop(p, (char *)p->arena + p->live[i].off, (size_t)p->live[i].size);
             memmove(&p->live[i], &p->live[i + 1], (p->nlive - i - 1) * sizeof(span));
             p->nlive--;
             break;

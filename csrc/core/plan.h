@@ -49,6 +49,28 @@ size_t avq_plan_total_resident_bytes(void);
  * freed weights and small buffers otherwise stay in the process's heap). */
 void avq_memory_trim(void);
 
+/* Spilling: an arena larger than `budget` bytes is backed by an unlinked
+ * temporary file in `dir` (mkstemp there, unlinked at once, its blocks
+ * reserved with posix_fallocate so that a full disk fails here and not as a
+ * SIGBUS mid-run, mapped MAP_SHARED) instead of anonymous memory. dir NULL
+ * (the default): never. The setting is copied and takes effect at the next
+ * run's allocation: held buffers of the other kind are released. Not while a
+ * run is in progress. A directory that is missing, not writable, in memory
+ * (tmpfs, ramfs: spilling there bounds nothing) or without room for the arena
+ * is AVQ_ERR_IO at that run, naming the directory and the size. The file is
+ * gone (unmapped, and closed right after mapping) once the buffers are
+ * released or the plan destroyed. */
+avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget);
+/* 1 while the held arena is a spill file mapping. */
+int avq_plan_spilled(const avq_plan *p);
+/* Drops the whole pages inside [ptr, ptr + bytes) of a spilled arena from
+ * the process (madvise MADV_DONTNEED): resident memory falls, the content
+ * stays in the file (page cache, written back and reclaimed by the kernel as
+ * it needs) and is faulted back in by the next access. A hint: a no-op for an
+ * anonymous arena (there it would zero the content), while building, and for
+ * memory outside the arena. avq_plan_release drops a released block too. */
+void avq_plan_drop(avq_plan *p, const void *ptr, size_t bytes);
+
 /* Cooperative abort: a run (or build) on a thread whose flag (borrowed; set
  * around one model call, which runs its steps on that thread, e.g. by the
  * Python binding for Ctrl-C) becomes nonzero stops at the next step (op) with

@@ -493,6 +493,12 @@ static avq_status cond_encoder(avq_plan *p, avq_dtype dt, const decoder_w *w, co
     return AVQ_OK;
 }
 
+/* from the banded section below */
+static avq_tensor rows_view(const avq_tensor *t, int64_t n, int64_t r0, int64_t rows);
+static void drop_rows(avq_plan *p, const avq_tensor *t, int64_t n, int64_t r0, int64_t rows);
+static int64_t band_height(const avq_autoencoder_plan *ap, avq_dtype dt, int64_t cin, int64_t cout, int64_t H,
+                           int64_t W);
+
 /* SPEC §4.5: h = h * m + F * (1 - m), m = nearest(mask) at h's size (the
  * caller's full-resolution mask as is when sizes agree); releases F. */
 static avq_status merge(avq_plan *p, const run_ctx *c, avq_tensor *h, avq_tensor *F) {
@@ -500,14 +506,28 @@ static avq_status merge(avq_plan *p, const run_ctx *c, avq_tensor *h, avq_tensor
     avq_tensor full = avq_tensor_4d(AVQ_F32, AVQ_PLAIN, ap->batch, 1, ap->height, ap->width), ms;
     full.data = (void *)c->mask;
     full.arena_off = -1;
-    if (h->dims[2] == ap->height && h->dims[3] == ap->width) {
-        AVQ_TRY(avq_blend(p, h, F, &full, h));
-    } else {
+    const avq_tensor *m = &full;
+    if (h->dims[2] != ap->height || h->dims[3] != ap->width) {
         AVQ_TRY(avq_plan_tensor(p, &ms, AVQ_F32, AVQ_PLAIN, 4, AVQ_DIMS(ap->batch, 1, h->dims[2], h->dims[3])));
         AVQ_TRY(avq_resize_nearest(p, &full, &ms));
-        AVQ_TRY(avq_blend(p, h, F, &ms, h));
-        avq_plan_release(p, &ms);
+        m = &ms;
     }
+    if (!ap->banded) {
+        AVQ_TRY(avq_blend(p, h, F, m, h));
+    } else {
+        /* elementwise, so the same values band by band; a spilled arena holds a few bands of h and F */
+        const int64_t H = h->dims[2], rows = band_height(ap, h->dtype, 2 * h->dims[1], 0, H, h->dims[3]);
+        for (int64_t n = 0; n < h->dims[0]; n++) {
+            for (int64_t r0 = 0; r0 < H; r0 += rows) {
+                const int64_t k = H - r0 < rows ? H - r0 : rows;
+                avq_tensor hv = rows_view(h, n, r0, k), fv = rows_view(F, n, r0, k), mv = rows_view(m, n, r0, k);
+                AVQ_TRY(avq_blend(p, &hv, &fv, &mv, &hv));
+                drop_rows(p, h, n, r0, k);
+                drop_rows(p, F, n, r0, k);
+            }
+        }
+    }
+    if (m == &ms) avq_plan_release(p, &ms);
     avq_plan_release(p, F);
     return AVQ_OK;
 }
@@ -534,6 +554,31 @@ static avq_tensor rows_view(const avq_tensor *t, int64_t n, int64_t r0, int64_t 
     if (t->data)
         v.data = (char *)t->data + (size_t)((n * t->dims[2] + r0) * t->dims[3] * t->dims[1]) * avq_dtype_size(t->dtype);
     return v;
+}
+
+/* Spilling (avq_autoencoder_plan_set_spill): the arena is a file mapping,
+ * and every loop below drops from the process the rows of whole tensors that
+ * it is done with -- output rows once written, input rows once no later band
+ * of the loop reads them -- and whole-tensor passes (GroupNorm statistics,
+ * the merges at low resolution) drop their tensors after them, so only a few
+ * bands' pages are resident at a time; the content stays in the file. The
+ * drops are no-ops for an anonymous arena, so the computation is the same
+ * either way (bitwise). */
+
+/* Drops rows [r0, r0 + rows) of sample n of a whole NHWC activation (clipped to the image). */
+static void drop_rows(avq_plan *p, const avq_tensor *t, int64_t n, int64_t r0, int64_t rows) {
+    if (r0 < 0) {
+        rows += r0;
+        r0 = 0;
+    }
+    if (r0 + rows > t->dims[2]) rows = t->dims[2] - r0;
+    if (rows <= 0 || !t->data) return;
+    const avq_tensor v = rows_view(t, n, r0, rows);
+    avq_plan_drop(p, v.data, (size_t)(rows * t->dims[3] * t->dims[1]) * avq_dtype_size(t->dtype));
+}
+
+static void drop_all(avq_plan *p, const avq_tensor *t) {
+    if (t->data) avq_plan_drop(p, t->data, avq_tensor_bytes(t));
 }
 
 /* Where a band conv's input rows come from. */
@@ -630,16 +675,27 @@ static avq_status banded_conv(avq_plan *p, avq_dtype dt, const avq_autoencoder_p
                               const band_src *s, const band_dst *d) {
     const int64_t H = d->y->dims[2];
     const int64_t rows = band_height(ap, dt, s->x->dims[1], cw->w->dims[0], H, d->y->dims[3]);
-    for (int64_t n = 0; n < d->y->dims[0]; n++)
-        for (int64_t r0 = 0; r0 < H; r0 += rows)
-            AVQ_TRY(band_conv(p, dt, cw, s, d, n, r0, H - r0 < rows ? H - r0 : rows));
+    for (int64_t n = 0; n < d->y->dims[0]; n++) {
+        int64_t kept = 0; /* input rows [0, kept) of sample n are dropped */
+        for (int64_t r0 = 0; r0 < H; r0 += rows) {
+            const int64_t m = H - r0 < rows ? H - r0 : rows, r1 = r0 + m;
+            AVQ_TRY(band_conv(p, dt, cw, s, d, n, r0, m));
+            drop_rows(p, d->y, n, r0, m);
+            /* the next band reads output rows r1 - 1 .. of the (upsampled) input */
+            const int64_t next = r1 >= H ? s->x->dims[2] : s->up2 ? (r1 - 1) / 2 : r1 - 1;
+            drop_rows(p, s->x, n, kept, next - kept);
+            kept = next;
+        }
+    }
     return AVQ_OK;
 }
 
 /* Whole-tensor GroupNorm statistics of x, into a new f32 [N, 3, C]. */
 static avq_status norm_stats(avq_plan *p, const norm_w *nw, const avq_tensor *x, avq_tensor *st) {
     AVQ_TRY(avq_plan_tensor(p, st, AVQ_F32, AVQ_PLAIN, 3, AVQ_DIMS(x->dims[0], 3, x->dims[1])));
-    return avq_group_norm_stats(p, x, st, nw->g, nw->b, GN_GROUPS, GN_EPS);
+    AVQ_TRY(avq_group_norm_stats(p, x, st, nw->g, nw->b, GN_GROUPS, GN_EPS));
+    drop_all(p, x); /* the pass maps all of x; the bands read it again a few rows at a time */
+    return AVQ_OK;
 }
 
 /* The nin shortcut y = nin(x) written over x's own memory (y is no wider
@@ -660,6 +716,8 @@ static avq_status nin_over_input(avq_plan *p, avq_dtype dt, const avq_autoencode
             AVQ_TRY(conv(p, dt, nin, &xv, &o, &one));
             AVQ_TRY(avq_copy(p, &o, &yv));
             avq_plan_release(p, &o);
+            drop_rows(p, x, n, r0, m);
+            drop_rows(p, y, n, r0, m);
         }
     }
     return AVQ_OK;
@@ -681,6 +739,7 @@ static avq_status resnet_banded(avq_plan *p, avq_dtype dt, const avq_autoencoder
         avq_conv_params one = avq_conv_simple(1, 0);
         AVQ_TRY(conv(p, dt, &r->nin, x, &y, &one));
         avq_plan_release(p, x);
+        drop_all(p, &y);
     } else {
         y = *x;
     }
@@ -756,13 +815,16 @@ static avq_status cond_encoder_banded(avq_plan *p, avq_dtype dt, const decoder_w
             avq_plan_release(p, &o);
             AVQ_TRY(avq_conv2d(p, w->cond[2].w, w->cond[2].b, &g, &fv, &k4halo));
             avq_plan_release(p, &g);
+            drop_rows(p, &F[2], n, i0, m);
         }
     }
     avq_plan_release(p, &mi);
     for (int i = 3; i < COND_LAYERS; i++) {
         AVQ_TRY(relu_copy(p, dt, &F[i - 1], &r));
+        drop_all(p, &F[i - 1]);
         AVQ_TRY(conv(p, dt, &w->cond[i], &r, &F[i], &k4));
         avq_plan_release(p, &r);
+        drop_all(p, &F[i]);
     }
     return AVQ_OK;
 }
@@ -784,6 +846,7 @@ static avq_status merge_f1_banded(avq_plan *p, avq_dtype dt, const run_ctx *c, a
             AVQ_TRY(f1_rows(p, dt, w, &mi, n, r0, m, &o, &f1));
             AVQ_TRY(avq_blend(p, &hv, &f1, &mv, &hv));
             avq_plan_release(p, &o);
+            drop_rows(p, h, n, r0, m);
         }
     }
     avq_plan_release(p, &mi);
@@ -951,6 +1014,15 @@ avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_t
 }
 
 int avq_autoencoder_plan_banded(const avq_autoencoder_plan *p) { return p->banded; }
+
+avq_status avq_autoencoder_plan_set_spill(avq_autoencoder_plan *p, const char *dir, size_t budget) {
+    if (dir && !p->banded)
+        return avq_error(AVQ_ERR_ARG,
+                         "autoencoder: spilling needs a banded decode plan (the whole %s reads every activation at "
+                         "once)",
+                         task_name(p->task));
+    return avq_plan_set_spill(p->plan, dir, budget);
+}
 
 void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p) {
     if (!p) return;

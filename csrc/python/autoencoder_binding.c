@@ -5,7 +5,8 @@
  *     decoder: {"embed_dim", "z_channels", "widths", "blocks_per_level", "out_channels",
  *               "conditional", "cond_channels", "prefix"}
  *   .encode(image, noise=None) -> (mean, logvar) or (mean, logvar, sample)
- *   .decode(latent, image=None, mask=None, *, banded=False, band_rows=0) -> image
+ *   .decode(latent, image=None, mask=None, *, banded=False, band_rows=0, spill_dir=None,
+ *           memory_budget=0) -> image
  *
  * Arrays are float32 NCHW; this binding checks their shapes and dtypes (the
  * decode contract: asymvq.Autoencoder adds only its policy, a binary mask and
@@ -103,6 +104,8 @@ typedef struct run_args {
     avq_autoencoder *model;
     const float *image, *noise, *latent, *mask; /* borrowed; NULL where unused */
     float *mean, *logvar, *sample, *out;
+    const char *spill_dir; /* borrowed (decode); NULL: the arena stays in memory */
+    size_t memory_budget;  /* with spill_dir: arenas above it spill */
 } run_args;
 
 static avq_status run_encode(void *plan, void *ctx) {
@@ -112,6 +115,8 @@ static avq_status run_encode(void *plan, void *ctx) {
 
 static avq_status run_decode(void *plan, void *ctx) {
     run_args *a = ctx;
+    /* every call states its spilling: a cached plan spilled before goes back to memory when not asked */
+    AVQ_TRY(avq_autoencoder_plan_set_spill(plan, a->spill_dir, a->memory_budget));
     return avq_autoencoder_decode(a->model, plan, a->latent, a->image, a->mask, a->out);
 }
 
@@ -191,44 +196,71 @@ static PyObject *ae_encode(AutoencoderObject *self, PyObject *args, PyObject *kw
     return ret;
 }
 
+/* decode's options besides the arrays. */
+typedef struct decode_opts {
+    int banded;
+    long long band_rows;
+    PyObject *spill_dir;     /* new reference to the path as bytes (PyUnicode_FSConverter), or NULL */
+    long long memory_budget; /* bytes, >= 1 with spill_dir */
+} decode_opts;
+
 /* Parses decode's (latent, image=None, mask=None) and checks the decode
  * contract: latent [B, e, h, w]; image [B, out, f h, f w] and mask
- * [B, 1, f h, f w] together, for a conditional decoder only. Sets the checked
- * float32 arrays (new references; image and mask NULL when absent), or -1
- * with an exception set and nothing held. */
+ * [B, 1, f h, f w] together, for a conditional decoder only; spilling for the
+ * banded decode only. Sets the checked float32 arrays (new references; image
+ * and mask NULL when absent) and the options, or -1 with an exception set and
+ * nothing held. */
 static int decode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, PyArrayObject **z,
-                         PyArrayObject **image, PyArrayObject **mask, int *banded, long long *band_rows) {
-    static char *kwl[] = {"latent", "image", "mask", "banded", "band_rows", NULL};
-    PyObject *zo, *io = Py_None, *mo = Py_None;
+                         PyArrayObject **image, PyArrayObject **mask, decode_opts *o) {
+    static char *kwl[] = {"latent", "image", "mask", "banded", "band_rows", "spill_dir", "memory_budget", NULL};
+    PyObject *zo, *io = Py_None, *mo = Py_None, *so = Py_None;
     *z = *image = *mask = NULL;
-    *banded = 0;
-    *band_rows = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO$pL:decode", kwl, &zo, &io, &mo, banded, band_rows)) return -1;
-    if (*band_rows < 0 || (*band_rows && !*banded)) {
+    memset(o, 0, sizeof *o);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO$pLOL:decode", kwl, &zo, &io, &mo, &o->banded, &o->band_rows,
+                                     &so, &o->memory_budget))
+        return -1;
+    if (o->band_rows < 0 || (o->band_rows && !o->banded)) {
         PyErr_Format(avq_py_exc(AVQ_ERR_ARG),
-                     *band_rows < 0 ? "band_rows must be >= 1 (or 0: from the memory budget), got %lld"
-                                    : "band_rows (%lld) applies to the banded decode only: pass banded=True",
-                     *band_rows);
+                     o->band_rows < 0 ? "band_rows must be >= 1 (or 0: from the memory budget), got %lld"
+                                      : "band_rows (%lld) applies to the banded decode only: pass banded=True",
+                     o->band_rows);
+        return -1;
+    }
+    if (so != Py_None) {
+        if (!o->banded) {
+            PyErr_SetString(avq_py_exc(AVQ_ERR_ARG),
+                            "spill_dir applies to the banded decode only (the whole decode reads every activation "
+                            "at once): pass banded=True");
+            return -1;
+        }
+        if (o->memory_budget < 1) {
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "memory_budget must be >= 1 byte with spill_dir, got %lld",
+                         o->memory_budget);
+            return -1;
+        }
+        if (!PyUnicode_FSConverter(so, &o->spill_dir)) return -1;
+    } else if (o->memory_budget) {
+        PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "memory_budget needs spill_dir: where the arena spills");
         return -1;
     }
     const avq_autoencoder_config *cfg = avq_autoencoder_get_config(self->model);
     if (!cfg->has_decoder) {
         PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), "this Autoencoder has no decoder (its weights were not loaded)");
-        return -1;
+        goto fail;
     }
     const avq_ae_decoder_config *d = &cfg->decoder;
     if ((io == Py_None) != (mo == Py_None)) {
         PyErr_SetString(avq_py_exc(AVQ_ERR_ARG), io == Py_None ? "mask was given without image: pass both or neither"
                                                                : "image was given without mask: pass both or neither");
-        return -1;
+        goto fail;
     }
     const int f = avq_autoencoder_factor(self->model, 0);
     if (io != Py_None && !d->conditional) {
         PyErr_SetString(avq_py_exc(AVQ_ERR_ARG),
                         "this decoder has no condition (a _wocondition or SD decoder): pass neither image nor mask");
-        return -1;
+        goto fail;
     }
-    if (!(*z = avq_py_f32_nchw(zo, "latent", d->embed_dim))) return -1;
+    if (!(*z = avq_py_f32_nchw(zo, "latent", d->embed_dim))) goto fail;
     if (io == Py_None) return 0;
     const npy_intp B = PyArray_DIM(*z, 0), H = f * PyArray_DIM(*z, 2), W = f * PyArray_DIM(*z, 3);
     if (!(*image = avq_py_f32_nchw(io, "image", d->out_channels)) || !(*mask = avq_py_f32_nchw(mo, "mask", 1)))
@@ -248,25 +280,27 @@ fail:
     Py_CLEAR(*z);
     Py_CLEAR(*image);
     Py_CLEAR(*mask);
+    Py_CLEAR(o->spill_dir);
     return -1;
 }
 
 static PyObject *ae_check_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *z, *image, *mask;
-    int banded;
-    long long band_rows;
-    if (decode_inputs(self, args, kw, &z, &image, &mask, &banded, &band_rows) < 0) return NULL;
+    decode_opts o;
+    if (decode_inputs(self, args, kw, &z, &image, &mask, &o) < 0) return NULL;
     Py_DECREF(z);
     Py_XDECREF(image);
     Py_XDECREF(mask);
+    Py_XDECREF(o.spill_dir);
     Py_RETURN_NONE;
 }
 
 static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw) {
     PyArrayObject *z, *image, *mask;
-    int banded;
-    long long band_rows;
-    if (decode_inputs(self, args, kw, &z, &image, &mask, &banded, &band_rows) < 0) return NULL;
+    decode_opts o;
+    if (decode_inputs(self, args, kw, &z, &image, &mask, &o) < 0) return NULL;
+    const int banded = o.banded;
+    const long long band_rows = o.band_rows;
     const avq_ae_decoder_config *d = &avq_autoencoder_get_config(self->model)->decoder;
     const int f = avq_autoencoder_factor(self->model, 0);
     const npy_intp B = PyArray_DIM(z, 0), H = f * PyArray_DIM(z, 2), W = f * PyArray_DIM(z, 3);
@@ -277,7 +311,9 @@ static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw
                       .latent = PyArray_DATA(z),
                       .image = data_or_null(image),
                       .mask = data_or_null(mask),
-                      .out = PyArray_DATA((PyArrayObject *)out)};
+                      .out = PyArray_DATA((PyArrayObject *)out),
+                      .spill_dir = o.spill_dir ? PyBytes_AS_STRING(o.spill_dir) : NULL,
+                      .memory_budget = (size_t)o.memory_budget};
         int task = (image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE) + (banded ? BANDED_TASK : 0);
         avq_py_plan_key key = {task, {B, H, W, banded ? band_rows : 0}};
         out = avq_py_plan_cache_call(&self->plans, &key, run_decode, &a, out);
@@ -285,6 +321,7 @@ static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw
     Py_DECREF(z);
     Py_XDECREF(image);
     Py_XDECREF(mask);
+    Py_XDECREF(o.spill_dir);
     return out;
 }
 
@@ -294,14 +331,15 @@ static PyMethodDef ae_methods[] = {
     AVQ_PY_KW_METHOD("encode", ae_encode,
                      "encode(image, noise=None) -> (mean, logvar) or (mean, logvar, mean + exp(logvar / 2) * noise)."),
     AVQ_PY_KW_METHOD("decode", ae_decode,
-                     "decode(latent, image=None, mask=None, *, banded=False, band_rows=0) -> float32 [B, 3, H, W]; "
-                     "image and mask for the conditional decoder; banded: the exact decode in row bands of "
-                     "band_rows rows (0: from the memory budget)."),
+                     "decode(latent, image=None, mask=None, *, banded=False, band_rows=0, spill_dir=None, "
+                     "memory_budget=0) -> float32 [B, 3, H, W]; image and mask for the conditional decoder; banded: "
+                     "the exact decode in row bands of band_rows rows (0: from the memory budget); spill_dir "
+                     "(banded only): an arena above memory_budget bytes is an unlinked file there."),
     AVQ_PY_KW_METHOD("check_encode", ae_check_encode,
                      "check_encode(image, noise=None): raises what encode would for these arguments, runs nothing."),
     AVQ_PY_KW_METHOD("check_decode", ae_check_decode,
-                     "check_decode(latent, image=None, mask=None, *, banded=False, band_rows=0): raises what decode "
-                     "would, runs nothing."),
+                     "check_decode(latent, image=None, mask=None, *, banded=False, band_rows=0, spill_dir=None, "
+                     "memory_budget=0): raises what decode would, runs nothing."),
     {NULL, NULL, 0, NULL},
 };
 
