@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,15 +251,65 @@ avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget) {
 
 int avq_plan_spilled(const avq_plan *p) { return p->arena && p->arena_mapped; }
 
-void avq_plan_drop(avq_plan *p, const void *ptr, size_t bytes) {
+/* The whole pages of [ptr, ptr + bytes) inside a spilled arena during a run: *a, *b (empty: a == b). */
+static void drop_range(const avq_plan *p, const void *ptr, size_t bytes, uintptr_t *a, uintptr_t *b) {
+    *a = *b = 0;
     if (!p->arena_mapped || !p->arena || !ptr || p->state != PLAN_RUNNING) return;
     const uintptr_t lo = (uintptr_t)p->arena, hi = lo + p->arena_bytes, ps = page_size();
-    uintptr_t a = (uintptr_t)ptr, b = a + bytes;
-    if (a < lo) a = lo;
-    if (b > hi) b = hi;
-    a = (a + ps - 1) / ps * ps; /* whole pages only: a neighbour's bytes stay */
-    b = b / ps * ps;
+    uintptr_t x = (uintptr_t)ptr, y = x + bytes;
+    if (x < lo) x = lo;
+    if (y > hi) y = hi;
+    x = (x + ps - 1) / ps * ps; /* whole pages only: a neighbour's bytes stay */
+    y = y / ps * ps;
+    if (y > x) *a = x, *b = y;
+}
+
+void avq_plan_drop(avq_plan *p, const void *ptr, size_t bytes) {
+    uintptr_t a, b;
+    drop_range(p, ptr, bytes, &a, &b);
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+struct avq_drop_behind {
+    pthread_t thread;
+    atomic_int stop;
+    void *lo;
+    size_t len;
+};
+
+static void *drop_behind_loop(void *arg) {
+    avq_drop_behind *d = arg;
+    const struct timespec tick = {0, AVQ_DROP_BEHIND_MS * 1000000L};
+    while (!atomic_load(&d->stop)) {
+        nanosleep(&tick, NULL);
+        madvise(d->lo, d->len, MADV_DONTNEED);
+    }
+    return NULL;
+}
+
+void avq_plan_drop_behind_begin(avq_plan *p, const void *ptr, size_t bytes, avq_drop_behind **out) {
+    uintptr_t a, b;
+    *out = NULL;
+    drop_range(p, ptr, bytes, &a, &b);
+    if (b <= a) return;
+    avq_drop_behind *d = malloc(sizeof *d);
+    if (!d) return; /* an optimisation only: the pass then keeps its pages until dropped */
+    atomic_init(&d->stop, 0);
+    d->lo = (void *)a;
+    d->len = b - a;
+    if (pthread_create(&d->thread, NULL, drop_behind_loop, d) != 0) {
+        free(d);
+        return;
+    }
+    *out = d;
+}
+
+void avq_plan_drop_behind_end(avq_drop_behind *d) {
+    if (!d) return;
+    atomic_store(&d->stop, 1);
+    pthread_join(d->thread, NULL);
+    madvise(d->lo, d->len, MADV_DONTNEED);
+    free(d);
 }
 
 void avq_memory_trim(void) {

@@ -71,6 +71,21 @@ int avq_plan_spilled(const avq_plan *p);
  * memory outside the arena. avq_plan_release drops a released block too. */
 void avq_plan_drop(avq_plan *p, const void *ptr, size_t bytes);
 
+/* Drop-behind for a whole-tensor pass that the caller cannot cut into
+ * bands (an op that reads all of a spilled tensor, e.g. GroupNorm
+ * statistics): between begin and end a helper thread drops [ptr, ptr + bytes)
+ * every AVQ_DROP_BEHIND_MS, so only what the pass touched since the last tick
+ * stays resident. Safe while the pass reads or writes the range: a dropped
+ * page of a shared file mapping keeps its content and is faulted back in.
+ * begin sets *out to NULL (nothing runs) unless the arena is spilled and a
+ * run is in progress, or when no thread can be started (the pass then keeps
+ * its pages until the caller drops them); end(NULL) is a no-op, end drops the
+ * range a last time. */
+#define AVQ_DROP_BEHIND_MS 2
+typedef struct avq_drop_behind avq_drop_behind;
+void avq_plan_drop_behind_begin(avq_plan *p, const void *ptr, size_t bytes, avq_drop_behind **out);
+void avq_plan_drop_behind_end(avq_drop_behind *d);
+
 /* Cooperative abort: a run (or build) on a thread whose flag (borrowed; set
  * around one model call, which runs its steps on that thread, e.g. by the
  * Python binding for Ctrl-C) becomes nonzero stops at the next step (op) with

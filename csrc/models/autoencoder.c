@@ -693,9 +693,12 @@ static avq_status banded_conv(avq_plan *p, avq_dtype dt, const avq_autoencoder_p
 /* Whole-tensor GroupNorm statistics of x, into a new f32 [N, 3, C]. */
 static avq_status norm_stats(avq_plan *p, const norm_w *nw, const avq_tensor *x, avq_tensor *st) {
     AVQ_TRY(avq_plan_tensor(p, st, AVQ_F32, AVQ_PLAIN, 3, AVQ_DIMS(x->dims[0], 3, x->dims[1])));
-    AVQ_TRY(avq_group_norm_stats(p, x, st, nw->g, nw->b, GN_GROUPS, GN_EPS));
-    drop_all(p, x); /* the pass maps all of x; the bands read it again a few rows at a time */
-    return AVQ_OK;
+    /* the pass reads all of x (twice); spilled, its pages are dropped behind it */
+    avq_drop_behind *d;
+    avq_plan_drop_behind_begin(p, x->data, x->data ? avq_tensor_bytes(x) : 0, &d);
+    avq_status s = avq_group_norm_stats(p, x, st, nw->g, nw->b, GN_GROUPS, GN_EPS);
+    avq_plan_drop_behind_end(d);
+    return s;
 }
 
 /* The nin shortcut y = nin(x) written over x's own memory (y is no wider
@@ -820,9 +823,20 @@ static avq_status cond_encoder_banded(avq_plan *p, avq_dtype dt, const decoder_w
     }
     avq_plan_release(p, &mi);
     for (int i = 3; i < COND_LAYERS; i++) {
-        AVQ_TRY(relu_copy(p, dt, &F[i - 1], &r));
-        drop_all(p, &F[i - 1]);
-        AVQ_TRY(conv(p, dt, &w->cond[i], &r, &F[i], &k4));
+        /* whole-tensor passes (relu(F2) is as large as F2): spilled, their pages are dropped behind them */
+        const avq_tensor *x = &F[i - 1];
+        avq_drop_behind *d[2];
+        int64_t oh, ow;
+        AVQ_TRY(act(p, dt, &r, x->dims[0], x->dims[1], x->dims[2], x->dims[3]));
+        avq_plan_drop_behind_begin(p, x->data, x->data ? avq_tensor_bytes(x) : 0, &d[0]);
+        avq_plan_drop_behind_begin(p, r.data, r.data ? avq_tensor_bytes(&r) : 0, &d[1]);
+        avq_status s = avq_activation(p, x, &r, AVQ_ACT_RELU);
+        avq_plan_drop_behind_end(d[0]);
+        if (s == AVQ_OK) s = avq_conv2d_out_size(&r, w->cond[i].w, &k4, &oh, &ow);
+        if (s == AVQ_OK) s = act(p, dt, &F[i], x->dims[0], w->cond[i].w->dims[0], oh, ow);
+        if (s == AVQ_OK) s = avq_conv2d(p, w->cond[i].w, w->cond[i].b, &r, &F[i], &k4);
+        avq_plan_drop_behind_end(d[1]);
+        AVQ_TRY(s);
         avq_plan_release(p, &r);
         drop_all(p, &F[i]);
     }
