@@ -37,8 +37,9 @@ beyond that: when the banded plan's activation arena exceeds ``memory_budget`` b
 ``tempfile.gettempdir()``) mapped into the process, and each band loop drops the rows it is done with
 from the process, so a few bands of each whole tensor are resident at a time while the rest lives in
 the page cache, which the kernel writes to disk and reclaims as memory runs short.  The result is
-bitwise the unspilled banded one (same kernels, same order).  A GroupNorm statistics pass maps one
-whole tensor while it runs (the largest: 2 GiB at 2048 x 2048 with the base decoder in bf16).
+bitwise the unspilled banded one (same kernels, same order).  The few passes that read a whole tensor
+(GroupNorm statistics, the condition's F3 from F2) run with a thread that drops their pages behind
+them every 2 ms.  The band scratch (up to 128 MiB, see above) stays resident.
 
 Plans and threads follow the protocol of every model (see :mod:`asymvq.unet`): at most four plans
 cached (one per task and image size), calls from several threads serialised.

@@ -7,9 +7,11 @@ in ``/proc/self/maps`` while the plan holds it, and gone after ``release_memory`
 left in ``spill_dir``, the peak resident memory of a spilled decode must stay well below the arena,
 and bad settings must be refused with a message that names the problem.
 
-Checked that the tests catch real defects: with ``avq_plan_drop`` made a no-op, the resident-memory
-test fails (growth = the whole arena); with the drops in ``banded_conv`` made to drop the input one
-band too early (the next band's halo row), the bitwise tests fail.
+A drop never changes content (a dropped page of the shared file mapping is faulted back in), so a
+drop in the wrong place costs time, not values; what the bitwise tests catch is a mapping that loses
+dropped writes.  Checked that the tests catch real defects: with the spill file mapped MAP_PRIVATE
+(a drop then discards what was written), the bitwise tests fail; with ``avq_plan_drop`` made a
+no-op, the resident-memory test fails (growth = the whole arena).
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def kb(key):
             return int(line.split()[1])
 
 ae = decoder("base", True)
-x = inputs(1, 768, 768)
+x = inputs(1, 768, 768)  # band_rows 16: bands of < 4 MiB, so what stays is what the drops leave
 kw = {kw}
 ae.decode(x["latent"], x["image"], x["mask"], **kw)  # builds the plan
 ae._core.release_memory()  # the arena goes; the next call maps (or allocates) it again
@@ -177,15 +179,17 @@ def peak_growth(kw: str) -> tuple[int, int]:
 
 
 def test_a_spilled_decode_keeps_its_resident_memory_well_below_the_arena(disk_dir: Path) -> None:
-    """Tiny base decoder, 768 x 768, fp32: a 306 MiB arena.  Unspilled, the decode's peak grows by
-    the whole arena (measured 313 MiB); spilled, by a few bands plus the largest whole tensor (the
-    144 MiB level-0 input that a GroupNorm statistics pass maps while it runs; measured 184 MiB)."""
-    whole, arena = peak_growth("dict(banded=True)")
+    """Tiny base decoder, 768 x 768, fp32, bands of 16 rows: a 234 MiB arena.  Unspilled, the
+    decode's peak grows by the whole arena; spilled, sampled every 3 ms, the resident spill pages
+    stay under 20 MiB with spikes to 60 MiB when a GroupNorm statistics pass outruns its
+    drop-behind thread (at load 6 on 2 cores), and the peak grew by 97 MiB (0.41 x the arena;
+    without the drop-behind thread: 148 MiB, the 144 MiB level-0 input plus a few bands)."""
+    whole, arena = peak_growth("dict(banded=True, band_rows=16)")
     assert arena >= 200 << 20, f"the test needs an arena of >= 200 MiB, got {arena >> 20} MiB"
     assert whole >= 0.9 * arena, f"control: the unspilled decode grew by {whole >> 20} of {arena >> 20} MiB"
-    spilled, arena2 = peak_growth(f"dict(banded=True, memory_budget=1, spill_dir={str(disk_dir)!r})")
+    spilled, arena2 = peak_growth(f"dict(banded=True, band_rows=16, memory_budget=1, spill_dir={str(disk_dir)!r})")
     assert arena2 == arena
-    assert spilled <= 0.65 * arena, (
+    assert spilled <= 0.5 * arena, (
         f"spilled decode grew by {spilled >> 20} MiB, arena {arena >> 20} MiB (unspilled {whole >> 20} MiB)"
     )
 

@@ -559,8 +559,9 @@ static avq_tensor rows_view(const avq_tensor *t, int64_t n, int64_t r0, int64_t 
 /* Spilling (avq_autoencoder_plan_set_spill): the arena is a file mapping,
  * and every loop below drops from the process the rows of whole tensors that
  * it is done with -- output rows once written, input rows once no later band
- * of the loop reads them -- and whole-tensor passes (GroupNorm statistics,
- * the merges at low resolution) drop their tensors after them, so only a few
+ * of the loop reads them -- the merges run band by band too, and the passes
+ * that read a whole tensor (GroupNorm statistics, the condition's F3 from
+ * F2) run under a drop-behind thread (avq_plan_drop_behind_begin), so only a few
  * bands' pages are resident at a time; the content stays in the file. The
  * drops are no-ops for an anonymous arena, so the computation is the same
  * either way (bitwise). */

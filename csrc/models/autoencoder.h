@@ -118,8 +118,8 @@ avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_t
 /* Spilling for a banded plan (see avq_plan_set_spill): from its next run, an
  * activation arena above `budget` bytes is an unlinked file in `dir`, and the
  * band loops drop from the process the rows they are done with, so that a
- * few bands of each whole tensor are resident at a time (a GroupNorm
- * statistics pass maps one whole tensor while it runs); the result is
+ * few bands of each whole tensor are resident at a time (whole-tensor
+ * passes run under a drop-behind thread: avq_plan_drop_behind_begin); the result is
  * bitwise the unspilled one. dir NULL: no spilling (the default). A whole
  * (unbanded) plan reads every activation at once: dir there is AVQ_ERR_ARG. */
 avq_status avq_autoencoder_plan_set_spill(avq_autoencoder_plan *p, const char *dir, size_t budget);

@@ -216,8 +216,8 @@ static int decode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, 
     PyObject *zo, *io = Py_None, *mo = Py_None, *so = Py_None;
     *z = *image = *mask = NULL;
     memset(o, 0, sizeof *o);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO$pLOL:decode", kwl, &zo, &io, &mo, &o->banded, &o->band_rows,
-                                     &so, &o->memory_budget))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO$pLOL:decode", kwl, &zo, &io, &mo, &o->banded, &o->band_rows, &so,
+                                     &o->memory_budget))
         return -1;
     if (o->band_rows < 0 || (o->band_rows && !o->banded)) {
         PyErr_Format(avq_py_exc(AVQ_ERR_ARG),

@@ -61,6 +61,8 @@ static int dir_entries(const char *dir) {
 typedef struct run_ctx {
     long rss_before, rss_written, rss_dropped; /* RssFile, kB */
     int64_t mismatches;                        /* values that changed across the drop */
+    int behind;                                /* write under a drop-behind thread (avq_plan_drop_behind_*) */
+    int behind_started;                        /* begin gave a thread */
 } run_ctx;
 
 /* Allocates one arena tensor, writes a pattern, drops it, reads it back. */
@@ -71,7 +73,11 @@ static avq_status fill_drop_read(avq_plan *p, void *vctx) {
     if (!avq_plan_building(p)) {
         float *x = t.data;
         c->rss_before = status_kb("RssFile");
+        avq_drop_behind *d = NULL;
+        if (c->behind) avq_plan_drop_behind_begin(p, x, (size_t)ARENA_FLOATS * sizeof(float), &d);
+        c->behind_started = d != NULL;
         for (int64_t i = 0; i < ARENA_FLOATS; i++) x[i] = (float)(i % 1000003) * 0.5f;
+        avq_plan_drop_behind_end(d);
         c->rss_written = status_kb("RssFile");
         avq_plan_drop(p, x, (size_t)ARENA_FLOATS * sizeof(float));
         c->rss_dropped = status_kb("RssFile");
@@ -121,6 +127,27 @@ static void test_spilled_arena_drops_pages_and_keeps_content(void) {
     avq_plan_destroy(p);
     CHECK(!spill_mapped(), "the spill file is still mapped after avq_plan_destroy");
     CHECK(rmdir(dir) == 0, "the spill directory %s is not empty after destroy", dir);
+}
+
+static void test_drop_behind_thread_keeps_content_and_leaves_no_pages(void) {
+    const char *dir = new_dir();
+    CHECK(dir != NULL, "cannot make a directory for the spill file");
+    if (!dir) return;
+    avq_plan *p;
+    CHECK_OK(avq_plan_create(&p));
+    CHECK_OK(avq_plan_set_spill(p, dir, 0));
+    run_ctx c = {0};
+    c.behind = 1;
+    CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
+    CHECK(c.behind_started, "no drop-behind thread over a spilled arena");
+    CHECK(c.mismatches == 0, "%lld values written under the drop-behind thread changed", (long long)c.mismatches);
+    CHECK(c.rss_written - c.rss_before < 1024, "64 MiB written under the drop-behind thread left %ld kB resident",
+          c.rss_written - c.rss_before);
+    avq_plan_set_spill(p, NULL, 0);
+    CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
+    CHECK(!c.behind_started && c.mismatches == 0, "a drop-behind thread ran over an anonymous arena");
+    avq_plan_destroy(p);
+    rmdir(dir);
 }
 
 static void test_arena_within_budget_stays_anonymous(void) {
@@ -198,6 +225,7 @@ static const struct {
     void (*fn)(void);
 } tests[] = {
     {"spilled_arena_drops_pages_and_keeps_content", test_spilled_arena_drops_pages_and_keeps_content},
+    {"drop_behind_thread_keeps_content_and_leaves_no_pages", test_drop_behind_thread_keeps_content_and_leaves_no_pages},
     {"arena_within_budget_stays_anonymous", test_arena_within_budget_stays_anonymous},
     {"missing_directory_is_an_io_error", test_missing_directory_is_an_io_error},
     {"full_disk_fails_when_the_arena_is_made", test_full_disk_fails_when_the_arena_is_made},
