@@ -180,16 +180,18 @@ def peak_growth(kw: str) -> tuple[int, int]:
 
 def test_a_spilled_decode_keeps_its_resident_memory_well_below_the_arena(disk_dir: Path) -> None:
     """Tiny base decoder, 768 x 768, fp32, bands of 16 rows: a 234 MiB arena.  Unspilled, the
-    decode's peak grows by the whole arena; spilled, sampled every 3 ms, the resident spill pages
-    stay under 20 MiB with spikes to 60 MiB when a GroupNorm statistics pass outruns its
-    drop-behind thread (at load 6 on 2 cores), and the peak grew by 97 MiB (0.41 x the arena;
-    without the drop-behind thread: 148 MiB, the 144 MiB level-0 input plus a few bands)."""
+    decode's peak grows by the whole arena (240 MiB; also with every drop disabled).  Spilled, the
+    resident spill pages sampled every 3 ms stay under 20 MiB, with spikes when a GroupNorm
+    statistics pass outruns its drop-behind thread: the peak grew by 97 MiB at load 6 on 2 cores
+    and up to 132 MiB at load 8 (the thread is scheduled late).  The bound, 0.65 x the arena,
+    holds even when that thread never runs (148 MiB: the 144 MiB level-0 input a statistics pass
+    maps, plus a few bands), so it does not depend on the machine's load."""
     whole, arena = peak_growth("dict(banded=True, band_rows=16)")
     assert arena >= 200 << 20, f"the test needs an arena of >= 200 MiB, got {arena >> 20} MiB"
     assert whole >= 0.9 * arena, f"control: the unspilled decode grew by {whole >> 20} of {arena >> 20} MiB"
     spilled, arena2 = peak_growth(f"dict(banded=True, band_rows=16, memory_budget=1, spill_dir={str(disk_dir)!r})")
     assert arena2 == arena
-    assert spilled <= 0.5 * arena, (
+    assert spilled <= 0.65 * arena, (
         f"spilled decode grew by {spilled >> 20} MiB, arena {arena >> 20} MiB (unspilled {whole >> 20} MiB)"
     )
 
