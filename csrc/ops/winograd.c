@@ -107,13 +107,15 @@ static wino_shape shape_of(const avq_weight *w, const avq_tensor *x) {
     return s;
 }
 
-/* U[a][i][o] = (G g G^T)[a] for g = w[o, i] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
+/* U[a][i][o] = (G g G^T)[a] for g = w[o, i] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
+ * o innermost so that U is written in order (o outermost stored one float per
+ * cache line visited, a slow build for the large convs). */
 static avq_status transform_weights(const avq_weight *w, float *u, void *ctx) {
     (void)ctx;
     const int64_t co = w->dims[0], ci = w->dims[1];
 #pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < co; o++) {
-        for (int64_t i = 0; i < ci; i++) {
+    for (int64_t i = 0; i < ci; i++) {
+        for (int64_t o = 0; o < co; o++) {
             float g[9], t[4][3];
             avq_load_row(w->data, w->dtype, (o * ci + i) * 9, g, 9);
             for (int c = 0; c < 3; c++) { /* t = G g */
