@@ -131,6 +131,13 @@ def test_bf16_auto_takes_winograd_on_avx512_bf16_without_amx_only() -> None:
     np.testing.assert_array_equal(auto, ops.conv2d(x, wt, b, algorithm=expect, **kw))
 
 
+def test_bf16_auto_keeps_direct_below_128_tiles() -> None:
+    """The UNet's 8x8 level (2 x 4 x 4 = 32 tiles): U's memory for no measurable gain (winograd.c)."""
+    x, wt, b = bf16_operands(12, 2, 128, 128, 8, 8)
+    kw = dict(padding=1, precision="bf16")
+    np.testing.assert_array_equal(ops.conv2d(x, wt, b, **kw), ops.conv2d(x, wt, b, algorithm="direct", **kw))
+
+
 def test_bf16_auto_keeps_direct_below_128_channels() -> None:
     x, wt, b = bf16_operands(10, 1, 64, 64, 32, 32)
     kw = dict(padding=1, precision="bf16")

@@ -56,10 +56,14 @@
  *             128 @32 1.5 -> 1.0, 64 @128 5.6 -> 5.2, 64 @64 1.4 -> 1.7,
  *             32 @128 1.4 -> 2.5, 128->32 @128 6.2 -> 5.7
  * Below 128 channels the GEMMs are too thin for the transforms to pay (64 is a
- * toss-up, 32 loses); from 128 channels it wins down to about 8 tiles: 16 is
- * the threshold, with a margin. */
+ * toss-up, 32 loses). From 128 channels it is faster down to about 8 tiles,
+ * but U (16/9 of the weight) is held beside the weight's own copy: the UNet's
+ * 8x8 level (32 tiles at batch 2) held 0.9 GB more for no measurable gain in
+ * the whole forward (bench unet bf16, load 8: peak RSS 5.5 GB direct, 7.4 GB
+ * from 16 tiles, 6.5 GB from 128 tiles; forward CPU s 8.4-9.3, 7.2-7.8, 7.7).
+ * So 128 tiles, as for f32: the 16x16 level (128 tiles) and up. */
 #define WINO_BF16_MIN_CHANNELS 128
-#define WINO_BF16_MIN_TILES    16
+#define WINO_BF16_MIN_TILES    128
 
 static int bf16_fits(int64_t ci, int64_t co, int64_t tiles) {
     const avq_isa *isa = avq_isa_get();
