@@ -179,7 +179,7 @@ def test_a_failing_exporter_becomes_that_peers_one_line_reason_in_the_export_chi
     job = {
         "engines": ["onnxruntime", "openvino"],
         "configs": {"decoder-large": peers._config_path("decoder-large", None, tiny=True)},
-        "dir": str(tmp_path),
+        "dirs": {"decoder-large": str(tmp_path)},
         "batch": 0,
         "size": 8,
         "seed": 0,
@@ -195,7 +195,11 @@ def test_a_failing_exporter_becomes_that_peers_one_line_reason_in_the_export_chi
 def test_a_model_that_cannot_be_built_is_every_peers_reason(tmp_path: Path) -> None:
     # the KL decoder from a config that is no diffusion config
     bad = str(config.packaged_tiny_config("autoencoder_kl_32x32x4"))
-    job = {"engines": ["onnxruntime", "openvino"], "configs": {"kl-decoder": bad}, "dir": str(tmp_path)}
+    job = {
+        "engines": ["onnxruntime", "openvino"],
+        "configs": {"kl-decoder": bad},
+        "dirs": {"kl-decoder": str(tmp_path)},
+    }
     out = peers._export_model(None, {**job, "batch": 0, "size": 8, "seed": 0}, "kl-decoder")
     assert set(out) == {"onnxruntime", "openvino"}
     for r in out.values():
@@ -262,3 +266,70 @@ def test_asymvq_bf16_is_compared_with_openvino_bf16_not_fp32(monkeypatch: Any, t
     assert peers.run(argv + ["--json", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())["models"]["kl-decoder"]
     assert r["vs_openvino"] == {"fp32": pytest.approx(0.5), "bf16": pytest.approx(0.4)}
+
+
+# ---- --keep: exports kept between runs ----------------------------------------------------------
+
+
+def _fake_children(calls: List[Dict[str, Any]], export_ok: bool = True) -> Any:
+    """A _run_child stand-in: the export writes an OpenVINO file into its folder; timings are fixed."""
+
+    def fake(job: Dict[str, Any]) -> Dict[str, Any]:
+        calls.append(job)
+        if job["engine"] == "export":
+            if not export_ok:
+                return {"error": "killed"}
+            path = os.path.join(job["dirs"]["kl-decoder"], "kl-decoder.xml")
+            Path(path).write_text("model")
+            return {"models": {"kl-decoder": {"openvino": {"path": path}}}, "version": "t"}
+        np.save(job["out"], np.ones((1, 3, 8, 8), np.float32))
+        return {"times": [1.0], "cpu": [2.0], "peak_rss": 1, "version": "v"}
+
+    return fake
+
+
+KEEP_ARGV = ["--tiny", "--model", "kl-decoder", "--size", "8", "--engines", "openvino", "--threads", "2"]
+
+
+def test_keep_exports_a_model_once_and_later_runs_reuse_it(monkeypatch: Any, tmp_path: Path, capsys: Any) -> None:
+    calls: List[Dict[str, Any]] = []
+    monkeypatch.setattr(peers, "_run_child", _fake_children(calls))
+    keep = tmp_path / "exports"
+    assert peers.run(KEEP_ARGV + ["--keep", str(keep)]) == 0
+    assert peers.run(KEEP_ARGV + ["--keep", str(keep)]) == 0
+    exports = [c for c in calls if c["engine"] == "export"]
+    assert len(exports) == 1
+    kept = [p for p in keep.iterdir()]
+    assert len(kept) == 1 and not kept[0].name.count(".partial")
+    openvino_paths = {c["path"] for c in calls if c["engine"] == "openvino"}
+    assert openvino_paths == {str(kept[0] / "kl-decoder.xml")}
+    assert f"reusing the exports of kl-decoder in {kept[0]}" in capsys.readouterr().out
+
+
+def test_keep_does_not_reuse_an_export_of_another_size(monkeypatch: Any, tmp_path: Path) -> None:
+    calls: List[Dict[str, Any]] = []
+    monkeypatch.setattr(peers, "_run_child", _fake_children(calls))
+    keep = tmp_path / "exports"
+    assert peers.run(KEEP_ARGV + ["--keep", str(keep)]) == 0
+    assert peers.run([*KEEP_ARGV[:4], "16", *KEEP_ARGV[5:], "--keep", str(keep)]) == 0
+    assert len([c for c in calls if c["engine"] == "export"]) == 2
+    assert len(list(keep.iterdir())) == 2
+
+
+def test_keep_never_reuses_an_export_that_did_not_finish(monkeypatch: Any, tmp_path: Path) -> None:
+    calls: List[Dict[str, Any]] = []
+    keep = tmp_path / "exports"
+    monkeypatch.setattr(peers, "_run_child", _fake_children(calls, export_ok=False))
+    assert peers.run(KEEP_ARGV + ["--keep", str(keep)]) == 0  # the peer is reported as not converted
+    monkeypatch.setattr(peers, "_run_child", _fake_children(calls))
+    assert peers.run(KEEP_ARGV + ["--keep", str(keep)]) == 0
+    assert len([c for c in calls if c["engine"] == "export"]) == 2
+    assert [c["path"] for c in calls if c["engine"] == "openvino"] != []
+
+
+def test_keep_that_is_a_file_is_one_error_line(tmp_path: Path, capsys: Any) -> None:
+    afile = tmp_path / "f"
+    afile.write_text("")
+    assert peers.run(KEEP_ARGV + ["--keep", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --keep: cannot use") and str(afile) in err and err.count("\n") == 1

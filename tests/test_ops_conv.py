@@ -287,8 +287,7 @@ def test_auto_algorithm_matches_torch_where_it_picks_winograd() -> None:
         pytest.param(dict(stride=2, padding=1), id="stride_2"),
         pytest.param(dict(padding=0), id="no_padding"),
         pytest.param(dict(padding=(0, 0, 1, 1)), id="asymmetric_padding"),
-        pytest.param(dict(padding=1, precision="bf16"), id="bf16"),
-    ],
+    ],  # bf16 Winograd runs: test_winograd_bf16.py
 )
 def test_forcing_winograd_where_it_does_not_apply_raises_value_error(kw) -> None:
     rng = np.random.default_rng(10)

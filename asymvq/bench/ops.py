@@ -86,8 +86,10 @@ def _conv(
     pad: Tuple[int, int, int, int] = (1, 1, 1, 1),
     act: Optional[str] = None,
     residual: bool = False,
+    algorithm: Optional[str] = None,
 ) -> OpCase:
-    """A square conv with bias; ``pad`` is (top, left, bottom, right)."""
+    """A square conv with bias; ``pad`` is (top, left, bottom, right); ``algorithm`` forces
+    ``ops.conv2d``'s (default: its own choice, as the models run)."""
     oh = (h + pad[0] + pad[2] - k) // stride + 1
 
     def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
@@ -97,6 +99,8 @@ def _conv(
             _randn(rng, co, scale=0.1),
         ]
         kw: Dict[str, Any] = {"stride": stride, "padding": pad, "activation": act}
+        if algorithm is not None:
+            kw["algorithm"] = algorithm
         if residual:
             arrays.append(_randn(rng, n, co, oh, oh))
         return tuple(arrays), kw
@@ -288,6 +292,9 @@ def _cases() -> List[OpCase]:
         _conv("unet conv 3x3 640->640 @32 b2", 2, 640, 640, 32, 3),
         _conv("unet conv 3x3 1280->1280 @16 b2", 2, 1280, 1280, 16, 3),
         _conv("unet conv 3x3 1280->1280 @8 b2", 2, 1280, 1280, 8, 3),
+        # the same convs forced direct: what Winograd (taken by "auto" for these) saves
+        _conv("direct: unet conv 3x3 320->320 @64 b2", 2, 320, 320, 64, 3, algorithm="direct"),
+        _conv("direct: unet conv 3x3 1280->1280 @16 b2", 2, 1280, 1280, 16, 3, algorithm="direct"),
         _conv("unet skip 1x1 960->640 @32 b2", 2, 960, 640, 32, 1, pad=(0, 0, 0, 0)),
         _linear("unet q/k/v 320->320 x8192", (2, 4096), 320, 320),
         _linear("unet geglu 320->1280 gelu*mul x8192", (2, 4096), 320, 1280, act="gelu", mul=True),
@@ -338,6 +345,8 @@ def _cases() -> List[OpCase]:
         _conv("vae conv 3x3 512->512 @64", 1, 512, 512, 64, 3),
         _conv("vae conv 3x3 256->256 @256", 1, 256, 256, 256, 3),
         _conv("vae conv 3x3 128->128 @512", 1, 128, 128, 512, 3),
+        _conv("direct: vae conv 3x3 512->512 @64", 1, 512, 512, 64, 3, algorithm="direct"),
+        _conv("direct: vae conv 3x3 256->256 @256", 1, 256, 256, 256, 3, algorithm="direct"),
         _conv("vae down 3x3 s2 pad(0,0,1,1) 128 @512->256", 1, 128, 128, 512, 3, stride=2, pad=(0, 0, 1, 1)),
         _conv("cond enc 4x4 s2 p1 512->512 @128->64 relu", 1, 512, 512, 128, 4, stride=2, act="relu"),
         _attention("vae mid attn 4096 tok 1x512", 1, 4096, 4096, 512, 1),

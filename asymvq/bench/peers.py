@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import importlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -192,7 +194,7 @@ def _export_model(torch: Any, job: Dict[str, Any], model: str) -> Dict[str, Dict
     except Exception as e:  # every peer is told why, the other models still run
         return {peer: {"error": f"building diffusers' model failed: {_one_line(e)}"} for peer in engines}
     args = tuple(torch.from_numpy(v) for v in feed.values())
-    base = os.path.join(job["dir"], model)
+    base = os.path.join(job["dirs"][model], model)
     out: Dict[str, Dict[str, str]] = {}
     onnx: Dict[str, str] = {}
     if "onnxruntime" in engines or (model == "unet" and "openvino" in engines):
@@ -230,9 +232,38 @@ def _export_model(torch: Any, job: Dict[str, Any], model: str) -> Dict[str, Dict
     return out
 
 
+def _export_name(model: str, config: str, size: int, batch: int, seed: int) -> str:
+    """The folder name of a kept export: what the exported model depends on, the config by content."""
+    with open(config, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    return f"{model}-latent{size}-batch{batch}-seed{seed}-{digest}"
+
+
+def _kept_files(folder: str, model: str, engines: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """peer -> {"path": ...} from a kept export folder, or {} unless it holds every engine's file."""
+    out = {}
+    for peer in engines:
+        name = model + (".onnx" if peer == "onnxruntime" or model == "unet" else ".xml")
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return {}
+        out[peer] = {"path": path}
+    return out
+
+
+def _keep_export(partial: str, folder: str, files: Dict[str, Dict[str, str]]) -> Dict[str, Dict[str, str]]:
+    """Rename a finished export folder into place (replacing an older one); the paths now inside it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(partial, folder)
+    return {
+        peer: {"path": os.path.join(folder, os.path.basename(f["path"]))} if "path" in f else f
+        for peer, f in files.items()
+    }
+
+
 def _export(job: Dict[str, Any]) -> Dict[str, Any]:
-    """Every model of ``job["models"]`` exported for ``job["engines"]`` into ``job["dir"]``: one torch
-    import for all of them."""
+    """Every model of ``job["models"]`` exported for ``job["engines"]`` into its folder
+    ``job["dirs"][model]``: one torch import for all of them."""
     torch = __import__("torch")
     torch.set_num_threads(job["threads"])
     sys.path.insert(0, os.getcwd())
@@ -439,6 +470,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--config", help="diffusion YAML of the UNet and the KL decoder (default: v1-t2i-inference.yaml)")
     p.add_argument("--tiny", action="store_true", help="the packaged tiny configs instead (tests, smoke runs)")
     p.add_argument("--onnx", help="an ONNX export of the UNet to reuse (default: export one into a temporary folder)")
+    p.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep the peers' exported models in DIR and reuse those already there (same model, size, batch, "
+        "seed and config): converting a full-size decoder for OpenVINO takes tens of minutes",
+    )
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -478,19 +515,45 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     common = {"size": args.size, "seed": args.seed, "threads": threads, "repeat": args.repeat}
     report: Dict[str, Any] = {"threads": threads, "rounds": args.rounds, "load_before": harness.load_average()}
     report["models"] = {}
+    if args.keep:
+        try:
+            os.makedirs(args.keep, exist_ok=True)
+        except OSError as err:
+            print(f"error: --keep: cannot use {args.keep!r} as a folder: {err.strerror}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="asymvq-peers-") as tmp:
         files: Dict[str, Dict[str, Dict[str, str]]] = {m: {} for m in models}
         if args.onnx and "unet" in files:
             files["unet"] = {peer: {"path": args.onnx} for peer in wanted}
+        kept = (
+            {
+                m: os.path.join(args.keep, _export_name(m, configs[m], args.size, _batch(m, args.batch), args.seed))
+                for m in models
+            }
+            if args.keep
+            else {}
+        )
+        for m in kept:
+            if not files[m] and _kept_files(kept[m], m, wanted):
+                files[m] = _kept_files(kept[m], m, wanted)
+                print(f"reusing the exports of {m} in {kept[m]}", flush=True)
         to_export = [m for m in models if not files[m]]
         if to_export:
+            # with --keep, each model is exported into a partial folder renamed into place once complete, so
+            # an interrupted export is never reused
+            dirs = {m: kept[m] + f".partial-{os.getpid()}" if kept else os.path.join(tmp, m) for m in to_export}
+            for d in dirs.values():
+                shutil.rmtree(d, ignore_errors=True)
+                os.makedirs(d)
             job = {**common, "engine": "export", "models": to_export, "configs": configs, "batch": args.batch}
-            r = _run_child({**job, "engines": wanted, "dir": tmp})
+            r = _run_child({**job, "engines": wanted, "dirs": dirs})
             for m in to_export:
                 if "error" in r:  # the export child died: no peer has this model
                     files[m] = {peer: {"error": f"the export child failed: {r['error']}"} for peer in wanted}
                 else:
                     files[m] = r["models"][m]
+                if kept:
+                    files[m] = _keep_export(dirs[m], kept[m], files[m])
             if "version" in r:
                 print(f"exported diffusers' models with {r['version']}", flush=True)
         for m in models:

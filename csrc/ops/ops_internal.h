@@ -83,7 +83,7 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
                                int64_t M, int causal, float scale, const void *kp, const void *vp, void *ws, void *out,
                                int64_t ldo);
 
-/* The Winograd path of avq_conv2d (3x3, stride 1, padding 1, f32). */
+/* The Winograd path of avq_conv2d (3x3, stride 1, padding 1, f32 or bf16 NHWC). */
 int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm);
 avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y,
                                const avq_conv_params *prm);

@@ -25,6 +25,10 @@ typedef struct avq_simd_kernels {
     /* Output transform of one tile plus bias and add: 16 rows m -> 4 rows y, C wide. */
     void (*wino_output_tile)(const float *const *m, float *const *y, const float *bias, const float *const *a,
                              int64_t C);
+    /* wino_input_tile for bf16 rows (computed in f32, stored rounded to bf16). */
+    void (*wino_input_tile_bf16)(const uint16_t *const *d, uint16_t *const *v, int64_t C);
+    /* y = bf16(v + add) over C values (add bf16, or NULL for none), rounding to nearest even. */
+    void (*add_store_bf16)(const float *v, const uint16_t *add, uint16_t *y, int64_t C);
 } avq_simd_kernels;
 
 /* The kernels for this process's ISA level (decided once); never NULL. */

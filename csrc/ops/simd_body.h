@@ -181,6 +181,56 @@ static void wino_output_tile(const float *const *m, float *const *y, const float
     }
 }
 
+/* bf16 <-> f32 as core/tensor.h's avq_bf16_to_f32 / avq_f32_to_bf16 (round to
+ * nearest even, NaN kept quiet), written with shifts and a select so that
+ * the loops below vectorise. */
+static inline float bf16_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t f32_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+}
+
+/* wino_input_tile on bf16 rows: the transform in f32 (exact: B^T d B only adds
+ * and subtracts), each of the 16 results rounded to bf16 once. */
+static void wino_input_tile_bf16(const uint16_t *const *d, uint16_t *const *v, int64_t C) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        float x[16], t[4][4];
+        for (int a = 0; a < 16; a++) x[a] = bf16_f32(d[a][c]);
+        for (int j = 0; j < 4; j++) {
+            t[0][j] = x[j] - x[8 + j];
+            t[1][j] = x[4 + j] + x[8 + j];
+            t[2][j] = x[8 + j] - x[4 + j];
+            t[3][j] = x[4 + j] - x[12 + j];
+        }
+        for (int i = 0; i < 4; i++) {
+            v[i * 4 + 0][c] = f32_bf16(t[i][0] - t[i][2]);
+            v[i * 4 + 1][c] = f32_bf16(t[i][1] + t[i][2]);
+            v[i * 4 + 2][c] = f32_bf16(t[i][2] - t[i][1]);
+            v[i * 4 + 3][c] = f32_bf16(t[i][1] - t[i][3]);
+        }
+    }
+}
+
+/* y = bf16(v + add) over a row, add bf16 or NULL: the one rounding of a bf16 output. */
+static void add_store_bf16(const float *v, const uint16_t *add, uint16_t *y, int64_t C) {
+    if (add) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) y[c] = f32_bf16(v[c] + bf16_f32(add[c]));
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) y[c] = f32_bf16(v[c]);
+    }
+}
+
 const avq_simd_kernels AVQ_SIMD_TABLE = {
-    AVQ_SIMD_NAME, gn_accumulate, gn_apply, act_row, softmax_row_unnormalised, wino_input_tile, wino_output_tile,
+    AVQ_SIMD_NAME,    gn_accumulate,    gn_apply, act_row, softmax_row_unnormalised, wino_input_tile, wino_output_tile,
+    wino_input_tile_bf16, add_store_bf16,
 };

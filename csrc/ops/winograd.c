@@ -13,7 +13,14 @@
  * transform (OpenMP, vectorised over channels: activations are NHWC), the
  * matmul, then the output transform with bias, activation and residual add
  * fused (a per-sample [N, C, 1, 1] add included, which oneDNN's direct
- * convolution cannot fuse). Zero padding of 1 is read from a zero row. */
+ * convolution cannot fuse). Zero padding of 1 is read from a zero row.
+ *
+ * bf16 activations: the transforms run in f32 on the bf16 values (exact: they
+ * only add and subtract), V is stored as bf16 and the matmul is bf16 x bf16
+ * -> f32, so M and the output transform stay f32; the output is rounded to
+ * bf16 once, after bias, activation and residual add, as the direct bf16
+ * conv rounds its post-ops. U = G g G^T is made in f32 from the weight's own
+ * values (f32 or bf16) and rounded to bf16 once, when it is packed. */
 #include <omp.h>
 #include <stdio.h>
 
@@ -32,6 +39,38 @@
 #define WINO_MIN_CHANNELS 64
 #define WINO_MIN_TILES    128
 
+/* bf16 auto-selection: only on AVX512-BF16 without AMX (oneDNN avx512_core_bf16),
+ * where it was measured. With AMX, oneDNN's direct bf16 conv runs on tiles at
+ * several times the AVX512-BF16 rate, so the transforms (memory-bound, as fast
+ * as before) would weigh far more: it stays direct there, unmeasured (no AMX
+ * machine was at hand). Below AVX512-BF16 (oneDNN's bf16 emulation on plain
+ * AVX-512) it stays direct too, as it was.
+ *
+ * Measured, EPYC 2 threads, load 3-5 (others' jobs), ms direct -> Winograd:
+ *   UNet b2:  320 @64 70 -> 38 (+[N,C,1,1] add: 68 -> 39), 640->320 @64 142 -> 93,
+ *             640 @32 72 -> 41, 1280 @16 66 -> 37, 1280 @8 16 -> 11
+ *   decoder:  512 @64 87 -> 45, 512 @128 359 -> 185, 256 @256 350 -> 218,
+ *             512 @256 1557 -> 880, 256 @512 1485 -> 1278, 128 @512 516 -> 457
+ *   small:    1280 @8 b1 (16 tiles) 8.1 -> 5.8, 1280 @4 b2 (8 tiles) 5.1 -> 4.5,
+ *             1280 @4 b1 (4 tiles) 2.9 -> 3.7, 320 @16 b1 2.1 -> 1.3,
+ *             128 @32 1.5 -> 1.0, 64 @128 5.6 -> 5.2, 64 @64 1.4 -> 1.7,
+ *             32 @128 1.4 -> 2.5, 128->32 @128 6.2 -> 5.7
+ * Below 128 channels the GEMMs are too thin for the transforms to pay (64 is a
+ * toss-up, 32 loses). From 128 channels it is faster down to about 8 tiles,
+ * but U (16/9 of the weight) is held beside the weight's own copy: the UNet's
+ * 8x8 level (32 tiles at batch 2) held 0.9 GB more for no measurable gain in
+ * the whole forward (bench unet bf16, load 8: peak RSS 5.5 GB direct, 7.4 GB
+ * from 16 tiles, 6.5 GB from 128 tiles; forward CPU s 8.4-9.3, 7.2-7.8, 7.7).
+ * So 128 tiles, as for f32: the 16x16 level (128 tiles) and up. */
+#define WINO_BF16_MIN_CHANNELS 128
+#define WINO_BF16_MIN_TILES    128
+
+static int bf16_fits(int64_t ci, int64_t co, int64_t tiles) {
+    const avq_isa *isa = avq_isa_get();
+    if (isa->level < AVQ_ISA_AVX512 || !isa->bf16_native || isa->amx_bf16) return 0;
+    return ci >= WINO_BF16_MIN_CHANNELS && co >= WINO_BF16_MIN_CHANNELS && tiles >= WINO_BF16_MIN_TILES;
+}
+
 typedef struct wino_shape {
     int64_t n, h, w, ci, co; /* input [n, ci, h, w]; output [n, co, h, w] */
     int64_t th, tw, tiles;   /* tiles per column and row, in all */
@@ -41,16 +80,18 @@ typedef struct wino_shape {
 static int fits_shape(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
     return w->ndim == 4 && w->dims[2] == 3 && w->dims[3] == 3 && x->ndim == 4 && x->dims[1] == w->dims[1] &&
            prm->stride_h == 1 && prm->stride_w == 1 && prm->pad_t == 1 && prm->pad_l == 1 && prm->pad_b == 1 &&
-           prm->pad_r == 1 && x->dtype == AVQ_F32 && x->layout == AVQ_NHWC;
+           prm->pad_r == 1 && (x->dtype == AVQ_F32 || x->dtype == AVQ_BF16) && x->layout == AVQ_NHWC;
 }
 
 int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
-    if (!fits_shape(w, x, prm)) return 0;
+    if (!fits_shape(w, x, prm) || (prm->add && prm->add->dtype != x->dtype)) return 0;
     int64_t tiles = x->dims[0] * ((x->dims[2] + 1) / 2) * ((x->dims[3] + 1) / 2);
+    if (x->dtype == AVQ_BF16) return bf16_fits(w->dims[1], w->dims[0], tiles);
     return w->dims[0] >= WINO_MIN_CHANNELS && w->dims[1] >= WINO_MIN_CHANNELS && tiles >= WINO_MIN_TILES;
 }
 
 static wino_shape shape_of(const avq_weight *w, const avq_tensor *x) {
+    const int64_t esz = (int64_t)avq_dtype_size(x->dtype); /* of x, y and V; M is f32 */
     wino_shape s;
     s.n = x->dims[0];
     s.ci = x->dims[1];
@@ -60,8 +101,8 @@ static wino_shape shape_of(const avq_weight *w, const avq_tensor *x) {
     s.th = (s.h + 1) / 2;
     s.tw = (s.w + 1) / 2;
     s.tiles = s.n * s.th * s.tw;
-    int64_t per_tile = 16 * (s.ci + s.co) * (int64_t)sizeof(float);
-    int64_t budget = s.n * s.h * s.w * (s.ci + s.co) * (int64_t)sizeof(float) / 4;
+    int64_t per_tile = 16 * (s.ci * esz + s.co * (int64_t)sizeof(float));
+    int64_t budget = s.n * s.h * s.w * (s.ci + s.co) * esz / 4;
     if (budget > WINO_CHUNK_MAX_BYTES) budget = WINO_CHUNK_MAX_BYTES;
     int64_t most = budget / per_tile;
     if (most < WINO_CHUNK_MIN_TILES) most = WINO_CHUNK_MIN_TILES;
@@ -70,13 +111,15 @@ static wino_shape shape_of(const avq_weight *w, const avq_tensor *x) {
     return s;
 }
 
-/* U[a][i][o] = (G g G^T)[a] for g = w[o, i] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
+/* U[a][i][o] = (G g G^T)[a] for g = w[o, i] (3x3), G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
+ * o innermost so that U is written in order (o outermost stored one float per
+ * cache line visited, a slow build for the large convs). */
 static avq_status transform_weights(const avq_weight *w, float *u, void *ctx) {
     (void)ctx;
     const int64_t co = w->dims[0], ci = w->dims[1];
 #pragma omp parallel for schedule(static)
-    for (int64_t o = 0; o < co; o++) {
-        for (int64_t i = 0; i < ci; i++) {
+    for (int64_t i = 0; i < ci; i++) {
+        for (int64_t o = 0; o < co; o++) {
             float g[9], t[4][3];
             avq_load_row(w->data, w->dtype, (o * ci + i) * 9, g, 9);
             for (int c = 0; c < 3; c++) { /* t = G g */
@@ -95,28 +138,33 @@ static avq_status transform_weights(const avq_weight *w, float *u, void *ctx) {
     return AVQ_OK;
 }
 
-static void input_chunk(const wino_shape *s, const float *x, int64_t t0, const float *zeros, float *V) {
+/* V rows of tiles [t0, t0 + chunk) from x (dtype dt; zeros: a zero row at least ci wide). */
+static void input_chunk(const wino_shape *s, avq_dtype dt, const void *x, int64_t t0, const float *zeros, void *V) {
     const int64_t per_img = s->th * s->tw, nt = s->tiles - t0 < s->chunk ? s->tiles - t0 : s->chunk;
+    const size_t esz = avq_dtype_size(dt);
     const avq_simd_kernels *k = avq_simd();
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < s->chunk; r++) {
-        float *v[16];
-        for (int a = 0; a < 16; a++) v[a] = V + (a * s->chunk + r) * s->ci;
+        void *v[16];
+        for (int a = 0; a < 16; a++) v[a] = (char *)V + ((a * s->chunk + r) * s->ci) * esz;
         if (r >= nt) { /* padding rows of the last chunk */
-            for (int a = 0; a < 16; a++) memset(v[a], 0, (size_t)s->ci * sizeof(float));
+            for (int a = 0; a < 16; a++) memset(v[a], 0, (size_t)s->ci * esz);
             continue;
         }
         int64_t t = t0 + r, n = t / per_img, ty = t % per_img / s->tw, tx = t % s->tw;
-        const float *d[16];
+        const void *d[16];
         for (int i = 0; i < 4; i++) {
             int64_t yy = 2 * ty - 1 + i;
             for (int j = 0; j < 4; j++) {
                 int64_t xx = 2 * tx - 1 + j;
                 int in = yy >= 0 && yy < s->h && xx >= 0 && xx < s->w;
-                d[i * 4 + j] = in ? x + ((n * s->h + yy) * s->w + xx) * s->ci : zeros;
+                d[i * 4 + j] = in ? (const char *)x + (((n * s->h + yy) * s->w + xx) * s->ci) * esz : (const void *)zeros;
             }
         }
-        k->wino_input_tile(d, v, s->ci);
+        if (dt == AVQ_BF16)
+            k->wino_input_tile_bf16((const uint16_t *const *)d, (uint16_t *const *)v, s->ci);
+        else
+            k->wino_input_tile((const float *const *)d, (float *const *)v, s->ci);
     }
 }
 
@@ -125,7 +173,7 @@ typedef struct out_args {
     const float *add;  /* NULL, the output's shape, or [n, co] */
     int add_per_channel;
     avq_act act;
-    float *spill; /* threads x co: where the outputs past the edge go */
+    float *spill; /* threads x co (bf16: threads x 4 x co): where the outputs past the edge go */
 } out_args;
 
 static void output_chunk(const wino_shape *s, const float *M, int64_t t0, const float *zeros, const out_args *o,
@@ -165,15 +213,42 @@ static void output_chunk(const wino_shape *s, const float *M, int64_t t0, const 
     }
 }
 
-static avq_status build_matmul(avq_plan *p, avq_step *s, avq_weight *w, const wino_shape *ws) {
+/* output_chunk for bf16 y and add: each tile in f32 into the thread's 4 scratch
+ * rows, then act, add and the one rounding per valid output row. */
+static void output_chunk_bf16(const wino_shape *s, const float *M, int64_t t0, const float *zeros, const out_args *o,
+                              const uint16_t *add, uint16_t *y) {
+    const int64_t per_img = s->th * s->tw, nt = s->tiles - t0 < s->chunk ? s->tiles - t0 : s->chunk;
+    const avq_simd_kernels *k = avq_simd();
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nt; r++) {
+        float *tmp = o->spill + omp_get_thread_num() * 4 * s->co;
+        const float *m[16];
+        for (int a = 0; a < 16; a++) m[a] = M + (a * s->chunk + r) * s->co;
+        int64_t t = t0 + r, n = t / per_img, ty = t % per_img / s->tw, tx = t % s->tw;
+        float *out[4] = {tmp, tmp + s->co, tmp + 2 * s->co, tmp + 3 * s->co};
+        const float *none[4] = {zeros, zeros, zeros, zeros};
+        k->wino_output_tile(m, out, o->bias, none, s->co);
+        for (int q = 0; q < 4; q++) {
+            int64_t yy = 2 * ty + q / 2, xx = 2 * tx + q % 2;
+            if (yy >= s->h || xx >= s->w) continue;
+            int64_t off = ((n * s->h + yy) * s->w + xx) * s->co;
+            if (o->act != AVQ_ACT_NONE) k->act_row(out[q], s->co, o->act); /* act first, then the add */
+            const uint16_t *a = !add ? NULL : o->add_per_channel ? add + n * s->co : add + off;
+            k->add_store_bf16(out[q], a, y + off, s->co);
+        }
+    }
+}
+
+static avq_status build_matmul(avq_plan *p, avq_step *s, avq_weight *w, const wino_shape *ws, avq_dtype dt) {
     avq_status st = AVQ_OK;
     dnnl_memory_desc_t src_md = NULL, wany_md = NULL, dst_md = NULL, usrc_md = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_memory_t umem;
     dnnl_dims_t sd = {16, ws->chunk, ws->ci}, wd = {16, ws->ci, ws->co}, dd = {16, ws->chunk, ws->co};
-    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&src_md, 3, sd, dnnl_f32, dnnl_abc), "winograd input md");
-    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&wany_md, 3, wd, dnnl_f32, dnnl_format_tag_any), "winograd weights md");
+    const dnnl_data_type_t vdt = avq_dnnl_dt(dt); /* V and U; M is f32 */
+    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&src_md, 3, sd, vdt, dnnl_abc), "winograd input md");
+    AVQ_DNNL(dnnl_memory_desc_create_with_tag(&wany_md, 3, wd, vdt, dnnl_format_tag_any), "winograd weights md");
     AVQ_DNNL(dnnl_memory_desc_create_with_tag(&usrc_md, 3, wd, dnnl_f32, dnnl_abc), "winograd weights source md");
     AVQ_DNNL(dnnl_memory_desc_create_with_tag(&dst_md, 3, dd, dnnl_f32, dnnl_abc), "winograd output md");
     if ((st = avq_primitive_attr(&attr)) != AVQ_OK) goto done;
@@ -201,14 +276,17 @@ avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const 
                                const avq_conv_params *prm) {
     if (!fits_shape(w, x, prm))
         return avq_error(AVQ_ERR_ARG,
-                         "Winograd convolution needs a 3x3 kernel, stride 1, padding 1 and f32 "
+                         "Winograd convolution needs a 3x3 kernel, stride 1, padding 1 and f32 or bf16 "
                          "channels-last tensors (conv %s)",
+                         w->name ? w->name : "");
+    if (prm->add && prm->add->dtype != x->dtype)
+        return avq_error(AVQ_ERR_DTYPE, "Winograd convolution %s needs its residual in the input's dtype",
                          w->name ? w->name : "");
     const wino_shape ws = shape_of(w, x);
     const int building = avq_plan_building(p);
     avq_step *s;
     AVQ_TRY(avq_plan_step(p, AVQ_STEP_WINOGRAD, &s));
-    if (building) AVQ_TRY(build_matmul(p, s, w, &ws));
+    if (building) AVQ_TRY(build_matmul(p, s, w, &ws, x->dtype));
 
     /* Bias as f32; its cached copy is found again (no allocation) on every run. */
     const float *bias = NULL;
@@ -224,8 +302,10 @@ avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const 
     const int64_t zn = ws.ci > ws.co ? ws.ci : ws.co;
     const int nthr = avq_get_num_threads();
     avq_tensor V, M, Z, S;
-    int64_t vd[1] = {16 * ws.chunk * ws.ci}, md[1] = {16 * ws.chunk * ws.co}, zd[1] = {zn}, sd[1] = {nthr * ws.co};
-    AVQ_TRY(avq_plan_tensor(p, &V, AVQ_F32, AVQ_PLAIN, 1, vd));
+    const int bf = x->dtype == AVQ_BF16;
+    int64_t vd[1] = {16 * ws.chunk * ws.ci}, md[1] = {16 * ws.chunk * ws.co}, zd[1] = {zn},
+            sd[1] = {nthr * (bf ? 4 : 1) * ws.co};
+    AVQ_TRY(avq_plan_tensor(p, &V, x->dtype, AVQ_PLAIN, 1, vd));
     AVQ_TRY(avq_plan_tensor(p, &M, AVQ_F32, AVQ_PLAIN, 1, md));
     AVQ_TRY(avq_plan_tensor(p, &Z, AVQ_F32, AVQ_PLAIN, 1, zd));
     AVQ_TRY(avq_plan_tensor(p, &S, AVQ_F32, AVQ_PLAIN, 1, sd));
@@ -233,15 +313,20 @@ avq_status avq_conv2d_winograd(avq_plan *p, avq_weight *w, avq_weight *b, const 
     if (!building) {
         float *zeros = (float *)Z.data;
         memset(zeros, 0, (size_t)zn * sizeof(float));
-        out_args o = {bias ? bias : zeros, prm->add ? (const float *)prm->add->data : NULL,
+        out_args o = {bias ? bias : zeros, prm->add && !bf ? (const float *)prm->add->data : NULL,
                       prm->add && prm->add->dims[2] == 1 && prm->add->dims[3] == 1 && (ws.h != 1 || ws.w != 1),
                       prm->act, (float *)S.data};
         for (int64_t k = 0; k < ws.nchunks && st == AVQ_OK; k++) {
             int64_t t0 = k * ws.chunk;
-            input_chunk(&ws, (const float *)x->data, t0, zeros, (float *)V.data);
+            input_chunk(&ws, x->dtype, x->data, t0, zeros, V.data);
             avq_arg_data d[] = {{DNNL_ARG_SRC, V.data}, {DNNL_ARG_DST, M.data}};
             st = avq_step_exec(p, s, d, 2);
-            if (st == AVQ_OK) output_chunk(&ws, (const float *)M.data, t0, zeros, &o, (float *)y->data);
+            if (st != AVQ_OK) break;
+            if (bf)
+                output_chunk_bf16(&ws, (const float *)M.data, t0, zeros, &o,
+                                  prm->add ? (const uint16_t *)prm->add->data : NULL, (uint16_t *)y->data);
+            else
+                output_chunk(&ws, (const float *)M.data, t0, zeros, &o, (float *)y->data);
         }
     }
     avq_plan_release(p, &S);
