@@ -508,7 +508,8 @@ class Autoencoder:
         ``tempfile.gettempdir()``) whose pages are dropped from the process once the bands are done
         with them (module docstring: "Spilling"), with a result bitwise equal to the unspilled one.
         None (default): spill above :data:`SPILL_MIN_BYTES`, into ``spill_dir`` or the temporary
-        directory unless that is in memory (tmpfs).  Either option implies the banded decode: with
+        directory unless that is in memory (tmpfs); with neither option given, a temporary directory
+        where no spill file can be made (full, not writable) leaves the arena in memory.  Either option implies the banded decode: with
         ``banded=False`` or ``tile`` it is a ``ValueError``.  A ``spill_dir`` that is missing, not a
         directory or not writable raises the matching ``OSError``; one in memory (tmpfs) or without
         room for the arena a ``ValueError`` naming it and the size.
@@ -559,9 +560,12 @@ class Autoencoder:
         if banded is None:
             banded = z.shape[2] * z.shape[3] * f * f > BANDED_MIN_PIXELS
         if banded:
+            # the automatic spilling (no option given) is skipped where the temporary directory is in
+            # memory, and a spill file that cannot be made there (full, unwritable) leaves the arena in
+            # memory as before; an explicit budget or directory must be kept (C raises naming why)
+            automatic = memory_budget is None and spill is None
             if spill is None:
                 tmp = tempfile.gettempdir()
-                # an explicit budget must be kept (tmpfs raises in C); the automatic one is skipped there
                 spill = tmp if memory_budget is not None or not _in_memory_fs(tmp) else None
             budget = int(memory_budget) if memory_budget is not None else SPILL_MIN_BYTES
             return self._core.decode(
@@ -572,6 +576,7 @@ class Autoencoder:
                 band_rows=int(band_rows or 0),
                 spill_dir=spill,
                 memory_budget=budget if spill is not None else 0,
+                spill_optional=automatic and spill is not None,
             )
         return self._core.decode(z, img, msk)
 

@@ -139,6 +139,29 @@ def test_the_automatic_budget_spills_above_spill_min_bytes(monkeypatch: pytest.M
     ae._core.release_memory()
 
 
+def test_the_automatic_spilling_keeps_the_arena_in_memory_where_no_spill_file_can_be_made(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # a temporary directory the process cannot write in: the default decode still runs, unspilled
+    ae = decoder("base", True)
+    args = decode_args(True, 1)
+    expected = ae.decode(*args, banded=True)
+    monkeypatch.setattr(autoencoder_module, "SPILL_MIN_BYTES", 1)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "vanished"))
+    got = ae.decode(*args, banded=True)
+    assert not spill_mapped(), "a spill file was mapped although the temporary directory does not exist"
+    assert_bitwise(got, expected)
+
+
+def test_an_explicit_budget_that_cannot_be_spilled_is_an_error_naming_the_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ae = decoder("base", True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "vanished"))
+    with pytest.raises(ValueError, match="vanished"):
+        ae.decode(*decode_args(True, 1), memory_budget=1)
+
+
 def test_spill_min_bytes_is_the_documented_4_gib() -> None:
     assert autoencoder_module.SPILL_MIN_BYTES == 4 << 30
 

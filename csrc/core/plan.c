@@ -45,6 +45,7 @@ struct avq_plan {
 
     char *spill_dir;     /* owned; NULL: the arena is never file-backed */
     size_t spill_budget; /* arenas above this many bytes spill */
+    int spill_optional;  /* a spill file that cannot be made leaves the arena in memory */
     int arena_mapped;    /* the held arena is a spill file mapping (munmap, not free) */
 };
 
@@ -194,10 +195,10 @@ static avq_status alloc_buffers(avq_plan *p) {
     if (p->arena && p->scratch && p->arena_mapped == wants_spill(p)) return AVQ_OK;
     free_buffers(p);
     if (wants_spill(p)) {
-        AVQ_TRY(map_spill_file(p));
-    } else {
-        p->arena = aligned(p->arena_bytes);
+        avq_status st = map_spill_file(p);
+        if (st != AVQ_OK && !p->spill_optional) return st;
     }
+    if (!p->arena) p->arena = aligned(p->arena_bytes); /* not spilled, or optional and no file could be made */
     p->scratch = aligned(p->scratch_bytes);
     if (!p->arena || !p->scratch) {
         free_buffers(p);
@@ -229,7 +230,7 @@ size_t avq_plan_resident_bytes(const avq_plan *p) {
 
 size_t avq_plan_total_resident_bytes(void) { return atomic_load(&resident_total); }
 
-avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget) {
+avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget, int optional) {
     if (p->state == PLAN_RUNNING || p->state == PLAN_BUILDING)
         return avq_error(AVQ_ERR_INTERNAL, "plan spill setting changed during a run");
     if (dir && !*dir) return avq_error(AVQ_ERR_ARG, "spill directory: empty path");
@@ -244,6 +245,7 @@ avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget) {
         p->spill_dir = NULL;
     }
     p->spill_budget = budget;
+    p->spill_optional = optional;
     /* held buffers of the other kind go; the next run allocates the right one */
     if (p->state == PLAN_BUILT && p->arena && p->arena_mapped != wants_spill(p)) free_buffers(p);
     return AVQ_OK;

@@ -59,8 +59,10 @@ void avq_memory_trim(void);
  * (tmpfs, ramfs: spilling there bounds nothing) or without room for the arena
  * is AVQ_ERR_IO at that run, naming the directory and the size. The file is
  * gone (unmapped, and closed right after mapping) once the buffers are
- * released or the plan destroyed. */
-avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget);
+ * released or the plan destroyed. `optional` (the automatic setting of a
+ * caller that did not ask for spilling): a spill file that cannot be made
+ * leaves the arena in memory, as without spilling, instead of failing. */
+avq_status avq_plan_set_spill(avq_plan *p, const char *dir, size_t budget, int optional);
 /* 1 while the held arena is a spill file mapping. */
 int avq_plan_spilled(const avq_plan *p);
 /* Drops the whole pages inside [ptr, ptr + bytes) of a spilled arena from

@@ -1030,13 +1030,13 @@ avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_t
 
 int avq_autoencoder_plan_banded(const avq_autoencoder_plan *p) { return p->banded; }
 
-avq_status avq_autoencoder_plan_set_spill(avq_autoencoder_plan *p, const char *dir, size_t budget) {
+avq_status avq_autoencoder_plan_set_spill(avq_autoencoder_plan *p, const char *dir, size_t budget, int optional) {
     if (dir && !p->banded)
         return avq_error(AVQ_ERR_ARG,
                          "autoencoder: spilling needs a banded decode plan (the whole %s reads every activation at "
                          "once)",
                          task_name(p->task));
-    return avq_plan_set_spill(p->plan, dir, budget);
+    return avq_plan_set_spill(p->plan, dir, budget, optional);
 }
 
 void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p) {

@@ -121,8 +121,9 @@ avq_status avq_autoencoder_plan_create_banded(const avq_autoencoder *m, avq_ae_t
  * few bands of each whole tensor are resident at a time (whole-tensor
  * passes run under a drop-behind thread: avq_plan_drop_behind_begin); the result is
  * bitwise the unspilled one. dir NULL: no spilling (the default). A whole
- * (unbanded) plan reads every activation at once: dir there is AVQ_ERR_ARG. */
-avq_status avq_autoencoder_plan_set_spill(avq_autoencoder_plan *p, const char *dir, size_t budget);
+ * (unbanded) plan reads every activation at once: dir there is AVQ_ERR_ARG.
+ * optional: see avq_plan_set_spill. */
+avq_status avq_autoencoder_plan_set_spill(avq_autoencoder_plan *p, const char *dir, size_t budget, int optional);
 /* 1 for a banded plan. */
 int avq_autoencoder_plan_banded(const avq_autoencoder_plan *p);
 void avq_autoencoder_plan_destroy(avq_autoencoder_plan *p);

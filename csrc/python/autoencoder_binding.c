@@ -6,7 +6,7 @@
  *               "conditional", "cond_channels", "prefix"}
  *   .encode(image, noise=None) -> (mean, logvar) or (mean, logvar, sample)
  *   .decode(latent, image=None, mask=None, *, banded=False, band_rows=0, spill_dir=None,
- *           memory_budget=0) -> image
+ *           memory_budget=0, spill_optional=False) -> image
  *
  * Arrays are float32 NCHW; this binding checks their shapes and dtypes (the
  * decode contract: asymvq.Autoencoder adds only its policy, a binary mask and
@@ -106,6 +106,7 @@ typedef struct run_args {
     float *mean, *logvar, *sample, *out;
     const char *spill_dir; /* borrowed (decode); NULL: the arena stays in memory */
     size_t memory_budget;  /* with spill_dir: arenas above it spill */
+    int spill_optional;    /* with spill_dir: no spill file possible -> the arena stays in memory */
 } run_args;
 
 static avq_status run_encode(void *plan, void *ctx) {
@@ -116,7 +117,7 @@ static avq_status run_encode(void *plan, void *ctx) {
 static avq_status run_decode(void *plan, void *ctx) {
     run_args *a = ctx;
     /* every call states its spilling: a cached plan spilled before goes back to memory when not asked */
-    AVQ_TRY(avq_autoencoder_plan_set_spill(plan, a->spill_dir, a->memory_budget));
+    AVQ_TRY(avq_autoencoder_plan_set_spill(plan, a->spill_dir, a->memory_budget, a->spill_optional));
     return avq_autoencoder_decode(a->model, plan, a->latent, a->image, a->mask, a->out);
 }
 
@@ -202,6 +203,7 @@ typedef struct decode_opts {
     long long band_rows;
     PyObject *spill_dir;     /* new reference to the path as bytes (PyUnicode_FSConverter), or NULL */
     long long memory_budget; /* bytes, >= 1 with spill_dir */
+    int spill_optional;      /* the automatic spilling: without a spill file, in memory */
 } decode_opts;
 
 /* Parses decode's (latent, image=None, mask=None) and checks the decode
@@ -212,12 +214,13 @@ typedef struct decode_opts {
  * nothing held. */
 static int decode_inputs(AutoencoderObject *self, PyObject *args, PyObject *kw, PyArrayObject **z,
                          PyArrayObject **image, PyArrayObject **mask, decode_opts *o) {
-    static char *kwl[] = {"latent", "image", "mask", "banded", "band_rows", "spill_dir", "memory_budget", NULL};
+    static char *kwl[] = {"latent",    "image",         "mask",           "banded", "band_rows",
+                          "spill_dir", "memory_budget", "spill_optional", NULL};
     PyObject *zo, *io = Py_None, *mo = Py_None, *so = Py_None;
     *z = *image = *mask = NULL;
     memset(o, 0, sizeof *o);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO$pLOL:decode", kwl, &zo, &io, &mo, &o->banded, &o->band_rows, &so,
-                                     &o->memory_budget))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OO$pLOLp:decode", kwl, &zo, &io, &mo, &o->banded, &o->band_rows, &so,
+                                     &o->memory_budget, &o->spill_optional))
         return -1;
     if (o->band_rows < 0 || (o->band_rows && !o->banded)) {
         PyErr_Format(avq_py_exc(AVQ_ERR_ARG),
@@ -313,7 +316,8 @@ static PyObject *ae_decode(AutoencoderObject *self, PyObject *args, PyObject *kw
                       .mask = data_or_null(mask),
                       .out = PyArray_DATA((PyArrayObject *)out),
                       .spill_dir = o.spill_dir ? PyBytes_AS_STRING(o.spill_dir) : NULL,
-                      .memory_budget = (size_t)o.memory_budget};
+                      .memory_budget = (size_t)o.memory_budget,
+                      .spill_optional = o.spill_optional};
         int task = (image ? AVQ_AE_DECODE_COND : AVQ_AE_DECODE) + (banded ? BANDED_TASK : 0);
         avq_py_plan_key key = {task, {B, H, W, banded ? band_rows : 0}};
         out = avq_py_plan_cache_call(&self->plans, &key, run_decode, &a, out);

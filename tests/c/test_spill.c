@@ -105,7 +105,7 @@ static void test_spilled_arena_drops_pages_and_keeps_content(void) {
     if (!dir) return;
     avq_plan *p;
     CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, 0));
+    CHECK_OK(avq_plan_set_spill(p, dir, 0, 0));
     run_ctx c = {0};
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     const long mib64 = 64 << 10; /* kB */
@@ -135,7 +135,7 @@ static void test_drop_behind_thread_keeps_content_and_leaves_no_pages(void) {
     if (!dir) return;
     avq_plan *p;
     CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, 0));
+    CHECK_OK(avq_plan_set_spill(p, dir, 0, 0));
     run_ctx c = {0};
     c.behind = 1;
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
@@ -143,7 +143,7 @@ static void test_drop_behind_thread_keeps_content_and_leaves_no_pages(void) {
     CHECK(c.mismatches == 0, "%lld values written under the drop-behind thread changed", (long long)c.mismatches);
     CHECK(c.rss_written - c.rss_before < 1024, "64 MiB written under the drop-behind thread left %ld kB resident",
           c.rss_written - c.rss_before);
-    avq_plan_set_spill(p, NULL, 0);
+    avq_plan_set_spill(p, NULL, 0, 0);
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     CHECK(!c.behind_started && c.mismatches == 0, "a drop-behind thread ran over an anonymous arena");
     avq_plan_destroy(p);
@@ -156,17 +156,17 @@ static void test_arena_within_budget_stays_anonymous(void) {
     if (!dir) return;
     avq_plan *p;
     CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, (size_t)1 << 30));
+    CHECK_OK(avq_plan_set_spill(p, dir, (size_t)1 << 30, 0));
     run_ctx c = {0};
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     CHECK(!avq_plan_spilled(p) && !spill_mapped(), "a 64 MiB arena under a 1 GiB budget spilled");
     /* MADV_DONTNEED on anonymous memory would zero it: the drop must not happen */
     CHECK(c.mismatches == 0, "a drop on an anonymous arena changed %lld values", (long long)c.mismatches);
     /* a budget below the arena spills from the next run on */
-    CHECK_OK(avq_plan_set_spill(p, dir, 1));
+    CHECK_OK(avq_plan_set_spill(p, dir, 1, 0));
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     CHECK(avq_plan_spilled(p), "lowering the budget under the arena did not spill it");
-    CHECK_OK(avq_plan_set_spill(p, NULL, 0));
+    CHECK_OK(avq_plan_set_spill(p, NULL, 0, 0));
     CHECK(!spill_mapped(), "turning spilling off left the file mapped");
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     CHECK(!avq_plan_spilled(p) && c.mismatches == 0, "turning spilling off did not bring an anonymous arena back");
@@ -178,7 +178,7 @@ static void test_arena_within_budget_stays_anonymous(void) {
 static void expect_io_error(const char *dir, const char *want1, const char *want2) {
     avq_plan *p;
     CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, 0));
+    CHECK_OK(avq_plan_set_spill(p, dir, 0, 0));
     run_ctx c = {0};
     avq_status st = avq_plan_run(p, fill_drop_read, &c);
     const char *msg = avq_last_error();
@@ -211,6 +211,17 @@ static void test_full_disk_fails_when_the_arena_is_made(void) {
     rmdir(dir);
 }
 
+static void test_optional_spill_without_a_file_keeps_the_arena_in_memory(void) {
+    avq_plan *p;
+    CHECK_OK(avq_plan_create(&p));
+    CHECK_OK(avq_plan_set_spill(p, "/nonexistent-avq-spill-dir", 0, 1));
+    run_ctx c = {0};
+    CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
+    CHECK(!avq_plan_spilled(p) && !spill_mapped(), "an optional spill without a directory mapped something");
+    CHECK(c.mismatches == 0, "%lld values changed in the in-memory arena", (long long)c.mismatches);
+    avq_plan_destroy(p);
+}
+
 static void test_in_memory_directory_is_refused(void) {
     struct statfs fs;
     if (statfs("/dev/shm", &fs) != 0 || (unsigned long)fs.f_type != 0x01021994 || access("/dev/shm", W_OK) != 0) {
@@ -230,6 +241,8 @@ static const struct {
     {"missing_directory_is_an_io_error", test_missing_directory_is_an_io_error},
     {"full_disk_fails_when_the_arena_is_made", test_full_disk_fails_when_the_arena_is_made},
     {"in_memory_directory_is_refused", test_in_memory_directory_is_refused},
+    {"optional_spill_without_a_file_keeps_the_arena_in_memory",
+     test_optional_spill_without_a_file_keeps_the_arena_in_memory},
 };
 
 int main(int argc, char **argv) {
