@@ -231,6 +231,6 @@ static void add_store_bf16(const float *v, const uint16_t *add, uint16_t *y, int
 }
 
 const avq_simd_kernels AVQ_SIMD_TABLE = {
-    AVQ_SIMD_NAME,    gn_accumulate,    gn_apply, act_row, softmax_row_unnormalised, wino_input_tile, wino_output_tile,
-    wino_input_tile_bf16, add_store_bf16,
+    AVQ_SIMD_NAME,    gn_accumulate,        gn_apply,       act_row, softmax_row_unnormalised, wino_input_tile,
+    wino_output_tile, wino_input_tile_bf16, add_store_bf16,
 };

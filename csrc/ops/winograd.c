@@ -158,7 +158,8 @@ static void input_chunk(const wino_shape *s, avq_dtype dt, const void *x, int64_
             for (int j = 0; j < 4; j++) {
                 int64_t xx = 2 * tx - 1 + j;
                 int in = yy >= 0 && yy < s->h && xx >= 0 && xx < s->w;
-                d[i * 4 + j] = in ? (const char *)x + (((n * s->h + yy) * s->w + xx) * s->ci) * esz : (const void *)zeros;
+                d[i * 4 + j] =
+                    in ? (const char *)x + (((n * s->h + yy) * s->w + xx) * s->ci) * esz : (const void *)zeros;
             }
         }
         if (dt == AVQ_BF16)
