@@ -510,9 +510,10 @@ class Autoencoder:
         None (default): spill above :data:`SPILL_MIN_BYTES`, into ``spill_dir`` or the temporary
         directory unless that is in memory (tmpfs); with neither option given, a temporary directory
         where no spill file can be made (full, not writable) leaves the arena in memory.  Either
-        option implies the banded decode: with ``banded=False`` or ``tile`` it is a ``ValueError``.  A ``spill_dir`` that is missing, not a
-        directory or not writable raises the matching ``OSError``; one in memory (tmpfs) or without
-        room for the arena a ``ValueError`` naming it and the size.
+        option implies the banded decode: with ``banded=False`` or ``tile`` it is a ``ValueError``.
+        A ``spill_dir`` that is missing, not a directory or not writable raises the matching
+        ``OSError``; one in memory (tmpfs) or without room for the arena a ``ValueError`` naming it
+        and the size.
         """
         if self._decoder is None:
             raise ValueError("this Autoencoder has no decoder (build it with parts='decoder' or 'both')")
