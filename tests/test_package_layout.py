@@ -101,3 +101,19 @@ def test_the_old_entry_points_still_run(argv: list, text: str) -> None:
     proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert text in proc.stdout
+
+
+def test_the_extension_needs_no_glibc_symbol_newer_than_manylinux2014s() -> None:
+    # the manylinux2014 wheel promises glibc >= 2.17: a newer symbol version (glibc 2.34's pthread_create,
+    # say) makes auditwheel refuse it
+    import shutil
+
+    import asymvq._core as core
+
+    if shutil.which("objdump") is None:
+        pytest.skip("objdump (binutils) is not installed")  # CI installs it: the wheel build needs it too
+    out = subprocess.run(["objdump", "-T", core.__file__], capture_output=True, text=True, check=True).stdout
+    newer = sorted(
+        {line.split()[-1] for line in out.splitlines() if any(f"(GLIBC_2.{v})" in line for v in range(18, 60))}
+    )
+    assert newer == [], f"symbols bound to glibc > 2.17: {newer}"

@@ -11,6 +11,13 @@
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__GLIBC__) && defined(__x86_64__)
+/* glibc 2.34 moved the pthread functions into libc under new symbol versions;
+ * bind the x86-64 baseline ones so that the manylinux2014 wheel (glibc >= 2.17)
+ * still loads. */
+__asm__(".symver pthread_create,pthread_create@GLIBC_2.2.5");
+__asm__(".symver pthread_join,pthread_join@GLIBC_2.2.5");
+#endif
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
