@@ -213,32 +213,11 @@ static void test_bad_row_range_operands_are_reported(void) {
     avq_weight_release(&b);
 }
 
-#define TEST(f) {#f, f}
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
+static const check_test tests[] = {
     TEST(test_group_norm_rows_equal_the_whole_group_norm_and_are_zero_past_the_edges),
     TEST(test_upsample2x_rows_equal_the_whole_upsample_and_are_zero_past_the_edges),
     TEST(test_gather_rows_copy_the_input_rows_and_are_zero_past_the_edges),
     TEST(test_bad_row_range_operands_are_reported),
 };
 
-int main(int argc, char **argv) {
-    int ran = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int selected = argc < 2;
-        for (int a = 1; a < argc; a++) selected |= strstr(tests[i].name, argv[a]) != NULL;
-        if (!selected) continue;
-        int before = failures;
-        tests[i].fn();
-        printf("%s %s\n", failures == before ? "ok  " : "FAIL", tests[i].name);
-        ran++;
-    }
-    if (ran == 0) {
-        fprintf(stderr, "no test matches the given names\n");
-        return 2;
-    }
-    printf("%d tests, %d checks, %d failed\n", ran, checks, failures);
-    return failures ? 1 : 0;
-}
+CHECK_MAIN(tests)

@@ -902,13 +902,7 @@ static void test_a_unet_built_against_the_recorder_lists_its_tensors_in_lookup_o
 
 /* ---- runner ------------------------------------------------------------------------ */
 
-typedef struct test_entry {
-    const char *name;
-    void (*fn)(void);
-} test_entry;
-
-#define TEST(f) {#f, f}
-static const test_entry tests[] = {
+static const check_test tests[] = {
     TEST(test_status_message_is_per_call_and_named),
     TEST(test_tensor_shape_bytes_and_description),
     TEST(test_nhwc_memory_descriptor_has_channels_last_strides),
@@ -937,21 +931,4 @@ static const test_entry tests[] = {
     TEST(test_a_unet_built_against_the_recorder_lists_its_tensors_in_lookup_order_without_data),
 };
 
-int main(int argc, char **argv) {
-    int ran = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int selected = argc < 2;
-        for (int a = 1; a < argc; a++) selected |= strstr(tests[i].name, argv[a]) != NULL;
-        if (!selected) continue;
-        int before = failures;
-        tests[i].fn();
-        printf("%s %s\n", failures == before ? "ok  " : "FAIL", tests[i].name);
-        ran++;
-    }
-    if (ran == 0) {
-        fprintf(stderr, "no test matches the given names\n");
-        return 2;
-    }
-    printf("%d tests, %d checks, %d failed\n", ran, checks, failures);
-    return failures ? 1 : 0;
-}
+CHECK_MAIN(tests)

@@ -10,17 +10,7 @@
 
 #include "sampling/rng.h"
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-        }                                                        \
-    } while (0)
+#include "check.h"
 
 /* MT19937 reference: init_genrand(5489) gives 3499211612 first and
  * 4123659995 as its 10000th output (the C++ standard's std::mt19937 check). */
@@ -159,21 +149,12 @@ static void test_torch_cuda_published_values(void) {
     CHECK(g.offset == 4, "offset after one small draw: %llu, expected 4", (unsigned long long)g.offset);
 }
 
-int main(void) {
-    test_torch_cuda_published_values();
-    test_torch_cpu_reference_bits();
-    test_torch_cpu_seed_low_32_bits();
-    test_numpy_kind_is_randomstate();
-    test_mt19937_reference_outputs();
-    test_spec_vectors();
-    test_float32_is_rounded_double();
-    test_split_draws_continue_the_stream();
-    test_reseed_clears_cache();
-    test_doubles_in_unit_interval();
-    if (failures) {
-        fprintf(stderr, "test_rng: %d failure(s)\n", failures);
-        return 1;
-    }
-    printf("test_rng: all checks passed\n");
-    return 0;
-}
+static const check_test tests[] = {
+    TEST(test_torch_cuda_published_values), TEST(test_torch_cpu_reference_bits),
+    TEST(test_torch_cpu_seed_low_32_bits),  TEST(test_numpy_kind_is_randomstate),
+    TEST(test_mt19937_reference_outputs),   TEST(test_spec_vectors),
+    TEST(test_float32_is_rounded_double),   TEST(test_split_draws_continue_the_stream),
+    TEST(test_reseed_clears_cache),         TEST(test_doubles_in_unit_interval),
+};
+
+CHECK_MAIN(tests)

@@ -15,17 +15,7 @@
 #include "sampling/rng.h"
 #include "sampling/sampler.h"
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-        }                                                        \
-    } while (0)
+#include "check.h"
 
 static int close_rel(double got, double want, double rel) { return fabs(got - want) <= rel * fabs(want); }
 
@@ -374,24 +364,20 @@ static void test_dpmpp_calls_once_per_step_and_euler_a_needs_noise(void) {
     CHECK(run(AVQ_SAMPLER_EULER_A, 5, 0.0, &m2, &d, &in) == AVQ_OK && m2.calls == 5, "%s", avq_last_error());
 }
 
-int main(void) {
-    test_alphas_cumprod_reference_values();
-    test_ddim_table_of_spec_6_1();
-    test_step_counts();
-    test_guided_hybrid_batch_layout();
-    test_plms_makes_one_extra_call();
-    test_one_ddim_step_by_hand();
-    test_seeded_noise_equals_injected_randn();
-    test_abort_flag_stops_before_the_next_step();
-    test_nan_is_a_numeric_error();
-    test_bad_inputs_are_named();
-    test_sigma_kinds_arguments_and_tables();
-    test_one_euler_step_by_hand();
-    test_dpmpp_calls_once_per_step_and_euler_a_needs_noise();
-    if (failures) {
-        fprintf(stderr, "test_sampler: %d failure(s)\n", failures);
-        return 1;
-    }
-    printf("test_sampler: all checks passed\n");
-    return 0;
-}
+static const check_test tests[] = {
+    TEST(test_alphas_cumprod_reference_values),
+    TEST(test_ddim_table_of_spec_6_1),
+    TEST(test_step_counts),
+    TEST(test_guided_hybrid_batch_layout),
+    TEST(test_plms_makes_one_extra_call),
+    TEST(test_one_ddim_step_by_hand),
+    TEST(test_seeded_noise_equals_injected_randn),
+    TEST(test_abort_flag_stops_before_the_next_step),
+    TEST(test_nan_is_a_numeric_error),
+    TEST(test_bad_inputs_are_named),
+    TEST(test_sigma_kinds_arguments_and_tables),
+    TEST(test_one_euler_step_by_hand),
+    TEST(test_dpmpp_calls_once_per_step_and_euler_a_needs_noise),
+};
+
+CHECK_MAIN(tests)

@@ -99,13 +99,26 @@ static const char *new_dir(void) {
     return dir_buf;
 }
 
+/* A new plan spilling into dir above budget (the caller destroys it); NULL after a failed check. */
+static avq_plan *spilled_plan(const char *dir, size_t budget, int optional) {
+    avq_plan *p = NULL;
+    CHECK_OK(avq_plan_create(&p));
+    if (!p) return NULL;
+    avq_status st = avq_plan_set_spill(p, dir, budget, optional);
+    CHECK(st == AVQ_OK, "avq_plan_set_spill(%s, %zu, %d): %s", dir, budget, optional, avq_last_error());
+    if (st != AVQ_OK) {
+        avq_plan_destroy(p);
+        return NULL;
+    }
+    return p;
+}
+
 static void test_spilled_arena_drops_pages_and_keeps_content(void) {
     const char *dir = new_dir();
     CHECK(dir != NULL, "cannot make a directory for the spill file");
     if (!dir) return;
-    avq_plan *p;
-    CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, 0, 0));
+    avq_plan *p = spilled_plan(dir, 0, 0);
+    if (!p) return;
     run_ctx c = {0};
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     const long mib64 = 64 << 10; /* kB */
@@ -133,9 +146,8 @@ static void test_drop_behind_thread_keeps_content_and_leaves_no_pages(void) {
     const char *dir = new_dir();
     CHECK(dir != NULL, "cannot make a directory for the spill file");
     if (!dir) return;
-    avq_plan *p;
-    CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, 0, 0));
+    avq_plan *p = spilled_plan(dir, 0, 0);
+    if (!p) return;
     run_ctx c = {0};
     c.behind = 1;
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
@@ -154,9 +166,8 @@ static void test_arena_within_budget_stays_anonymous(void) {
     const char *dir = new_dir();
     CHECK(dir != NULL, "cannot make a directory for the spill file");
     if (!dir) return;
-    avq_plan *p;
-    CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, (size_t)1 << 30, 0));
+    avq_plan *p = spilled_plan(dir, (size_t)1 << 30, 0);
+    if (!p) return;
     run_ctx c = {0};
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     CHECK(!avq_plan_spilled(p) && !spill_mapped(), "a 64 MiB arena under a 1 GiB budget spilled");
@@ -176,9 +187,8 @@ static void test_arena_within_budget_stays_anonymous(void) {
 
 /* One run in `dir` that must fail with AVQ_ERR_IO whose message holds every `want` string. */
 static void expect_io_error(const char *dir, const char *want1, const char *want2) {
-    avq_plan *p;
-    CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, dir, 0, 0));
+    avq_plan *p = spilled_plan(dir, 0, 0);
+    if (!p) return;
     run_ctx c = {0};
     avq_status st = avq_plan_run(p, fill_drop_read, &c);
     const char *msg = avq_last_error();
@@ -212,9 +222,8 @@ static void test_full_disk_fails_when_the_arena_is_made(void) {
 }
 
 static void test_optional_spill_without_a_file_keeps_the_arena_in_memory(void) {
-    avq_plan *p;
-    CHECK_OK(avq_plan_create(&p));
-    CHECK_OK(avq_plan_set_spill(p, "/nonexistent-avq-spill-dir", 0, 1));
+    avq_plan *p = spilled_plan("/nonexistent-avq-spill-dir", 0, 1);
+    if (!p) return;
     run_ctx c = {0};
     CHECK_OK(avq_plan_run(p, fill_drop_read, &c));
     CHECK(!avq_plan_spilled(p) && !spill_mapped(), "an optional spill without a directory mapped something");
@@ -231,35 +240,14 @@ static void test_in_memory_directory_is_refused(void) {
     expect_io_error("/dev/shm", "in memory", "67108864 bytes");
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {
-    {"spilled_arena_drops_pages_and_keeps_content", test_spilled_arena_drops_pages_and_keeps_content},
-    {"drop_behind_thread_keeps_content_and_leaves_no_pages", test_drop_behind_thread_keeps_content_and_leaves_no_pages},
-    {"arena_within_budget_stays_anonymous", test_arena_within_budget_stays_anonymous},
-    {"missing_directory_is_an_io_error", test_missing_directory_is_an_io_error},
-    {"full_disk_fails_when_the_arena_is_made", test_full_disk_fails_when_the_arena_is_made},
-    {"in_memory_directory_is_refused", test_in_memory_directory_is_refused},
-    {"optional_spill_without_a_file_keeps_the_arena_in_memory",
-     test_optional_spill_without_a_file_keeps_the_arena_in_memory},
+static const check_test tests[] = {
+    TEST(test_spilled_arena_drops_pages_and_keeps_content),
+    TEST(test_drop_behind_thread_keeps_content_and_leaves_no_pages),
+    TEST(test_arena_within_budget_stays_anonymous),
+    TEST(test_missing_directory_is_an_io_error),
+    TEST(test_full_disk_fails_when_the_arena_is_made),
+    TEST(test_in_memory_directory_is_refused),
+    TEST(test_optional_spill_without_a_file_keeps_the_arena_in_memory),
 };
 
-int main(int argc, char **argv) {
-    int ran = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int selected = argc < 2;
-        for (int a = 1; a < argc; a++) selected |= strstr(tests[i].name, argv[a]) != NULL;
-        if (!selected) continue;
-        int before = failures;
-        tests[i].fn();
-        printf("%s %s\n", failures == before ? "ok  " : "FAIL", tests[i].name);
-        ran++;
-    }
-    if (ran == 0) {
-        fprintf(stderr, "no test matches the given names\n");
-        return 2;
-    }
-    printf("%d tests, %d checks, %d failed\n", ran, checks, failures);
-    return failures ? 1 : 0;
-}
+CHECK_MAIN(tests)
