@@ -120,6 +120,43 @@ static void test_bf16_rounds_to_nearest_even_and_keeps_nan(void) {
     CHECK(isinf(avq_bf16_to_f32(avq_f32_to_bf16(big))), "beyond bf16's max rounds to inf");
 }
 
+/* The row conversions (vectorised, one clone per ISA) give the scalar
+ * conversion's bits for every kind of value, at every length and offset. */
+static void test_row_conversions_equal_the_scalar_ones_bit_for_bit(void) {
+    enum { N = 4099 };
+    static float src[N], back[N];
+    static uint16_t dst[N + 8];
+    uint64_t st = 7;
+    const uint32_t special[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x007fffffu, 0x7f7fffffu, 0x7f800000u,
+                                0xff800000u, 0x7fc00000u, 0x7f800001u, 0xffbfffffu, 0x3f808000u, 0x3f818000u,
+                                0x3f808001u, 0x3f80ffffu, 0x7f7f8000u, 0x0000ffffu};
+    for (int i = 0; i < N; i++) {
+        uint32_t u = (uint32_t)(check_frand(&st) * 2147483647.0f) * 2u + (uint32_t)i;
+        if (i < (int)(sizeof special / sizeof special[0])) u = special[i];
+        memcpy(&src[i], &u, 4);
+    }
+    const int64_t lens[] = {0, 1, 15, 16, 17, 63, 64, 65, N - 3};
+    for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
+        for (int64_t off = 0; off < 3; off++) {
+            memset(dst, 0xAB, sizeof dst);
+            avq_store_row(dst, AVQ_BF16, off, src, lens[l]);
+            int bad = 0;
+            for (int64_t i = 0; i < lens[l]; i++) bad += dst[off + i] != avq_f32_to_bf16(src[i]);
+            for (int64_t i = 0; i < off; i++) bad += dst[i] != 0xABAB;
+            bad += dst[off + lens[l]] != 0xABAB;
+            CHECK(bad == 0, "store_row length %lld offset %lld: %d elements differ from avq_f32_to_bf16",
+                  (long long)lens[l], (long long)off, bad);
+            avq_load_row(dst, AVQ_BF16, off, back, lens[l]);
+            bad = 0;
+            for (int64_t i = 0; i < lens[l]; i++) {
+                const float want = avq_bf16_to_f32(dst[off + i]);
+                bad += memcmp(&back[i], &want, 4) != 0;
+            }
+            CHECK(bad == 0, "load_row length %lld offset %lld: %d elements differ from avq_bf16_to_f32",
+                  (long long)lens[l], (long long)off, bad);
+        }
+}
+
 static void test_engine_info_and_threads(void) {
     avq_info info;
     CHECK_OK(avq_get_info(&info));
@@ -907,6 +944,7 @@ static const check_test tests[] = {
     TEST(test_tensor_shape_bytes_and_description),
     TEST(test_nhwc_memory_descriptor_has_channels_last_strides),
     TEST(test_bf16_rounds_to_nearest_even_and_keeps_nan),
+    TEST(test_row_conversions_equal_the_scalar_ones_bit_for_bit),
     TEST(test_engine_info_and_threads),
     TEST(test_parked_openmp_team_starts_once_and_pushes_the_threads_past_the_cpus),
     TEST(test_plan_arena_is_first_fit_with_measured_peak),
