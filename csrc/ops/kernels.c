@@ -12,8 +12,6 @@
 
 float avq_expf(float x) { return avq_vexpf(x); }
 
-static inline float gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
-
 #define ROW_CHUNK 1024
 
 static avq_status need_rows(const avq_tensor *t, const char *what, int64_t *rows, int64_t *cols) {
@@ -371,7 +369,7 @@ avq_status avq_geglu(avq_plan *p, const avq_tensor *x, avq_tensor *y) {
             int64_t m = cy - k < ROW_CHUNK ? cy - k : ROW_CHUNK;
             avq_load_row(x->data, x->dtype, r * cx + k, a, m);
             avq_load_row(x->data, x->dtype, r * cx + cy + k, g, m);
-            for (int64_t i = 0; i < m; i++) a[i] *= gelu(g[i]);
+            avq_simd()->geglu_row(a, g, a, m);
             avq_store_row(y->data, y->dtype, r * cy + k, a, m);
         }
     }
