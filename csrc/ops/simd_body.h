@@ -259,11 +259,41 @@ static void add_store_bf16(const float *v, const uint16_t *add, uint16_t *y, int
     }
 }
 
-/* y = value * gelu(gate) over m values (y may alias either). */
-static void geglu_row(const float *value, const float *gate, float *y, int64_t m) {
+/* y = value * gelu(gate) over m values of dtype dt (y may alias either). The
+ * scalar form under omp simd: AVX-512 if-converts it with masks; the vector
+ * form is for levels that do not. bf16 is read and written here directly. */
+static void geglu_row(const void *value, const void *gate, void *y, int64_t m, avq_dtype dt) {
+    if (dt == AVQ_BF16) {
+        const uint16_t *v = value, *g = gate;
+        uint16_t *o = y;
+#if AVQ_SIMD_WIDTH >= 16
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) o[i] = f32_bf16(bf16_f32(v[i]) * simd_gelu(bf16_f32(g[i])));
+#else
+        float a[VW], b[VW];
+        int64_t i = 0;
+        for (; i + VW <= m; i += VW) {
+            for (int j = 0; j < VW; j++) {
+                a[j] = bf16_f32(v[i + j]);
+                b[j] = bf16_f32(g[i + j]);
+            }
+            vf_store(a, vf_load(a) * vgelu(vf_load(b)));
+            for (int j = 0; j < VW; j++) o[i + j] = f32_bf16(a[j]);
+        }
+        for (; i < m; i++) o[i] = f32_bf16(bf16_f32(v[i]) * simd_gelu(bf16_f32(g[i])));
+#endif
+        return;
+    }
+    const float *v = value, *g = gate;
+    float *o = y;
+#if AVQ_SIMD_WIDTH >= 16
+#pragma omp simd
+    for (int64_t i = 0; i < m; i++) o[i] = v[i] * simd_gelu(g[i]);
+#else
     int64_t i = 0;
-    for (; i + VW <= m; i += VW) vf_store(y + i, vf_load(value + i) * vgelu(vf_load(gate + i)));
-    for (; i < m; i++) y[i] = value[i] * simd_gelu(gate[i]);
+    for (; i + VW <= m; i += VW) vf_store(o + i, vf_load(v + i) * vgelu(vf_load(g + i)));
+    for (; i < m; i++) o[i] = v[i] * simd_gelu(g[i]);
+#endif
 }
 
 const avq_simd_kernels AVQ_SIMD_TABLE = {
