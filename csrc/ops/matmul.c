@@ -1,7 +1,6 @@
 /* Linear layers, batched matmul, softmax and reorders on oneDNN primitives,
  * plus the small helpers the primitive-based ops share. */
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "core/engine.h"
 #include "ops_internal.h"
@@ -200,11 +199,8 @@ avq_status avq_linear(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tenso
 }
 
 /* Rows per GEGLU chunk: the chunk's [rows, 2F] product (bf16: 1.3 MB at F 1280)
- * is read back by the epilogue while still in cache instead of from memory. */
-static int64_t geglu_chunk_rows(void) {
-    const char *e = getenv("AVQ_GEGLU_ROWS");
-    return e && atoll(e) > 0 ? atoll(e) : 256;
-}
+ * is read back by the epilogue from cache instead of from memory. */
+#define GEGLU_CHUNK_ROWS 256
 
 avq_status avq_linear_geglu(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y) {
     int64_t rows, K, ry, F;
@@ -223,7 +219,7 @@ avq_status avq_linear_geglu(avq_plan *p, avq_weight *w, avq_weight *b, const avq
     }
     avq_tensor_rows_cols(x, &rows, &K);
     avq_tensor_rows_cols(y, &ry, &F);
-    const int64_t R = rows < geglu_chunk_rows() ? rows : geglu_chunk_rows(), tail = rows % R;
+    const int64_t R = rows < GEGLU_CHUNK_ROWS ? rows : GEGLU_CHUNK_ROWS, tail = rows % R;
     avq_tensor tmp, xv;
     const int64_t tdims[2] = {R, 2 * F};
     AVQ_TRY(avq_plan_tensor(p, &tmp, x->dtype, AVQ_PLAIN, 2, tdims));

@@ -297,6 +297,6 @@ static void geglu_row(const void *value, const void *gate, void *y, int64_t m, a
 }
 
 const avq_simd_kernels AVQ_SIMD_TABLE = {
-    AVQ_SIMD_NAME,    gn_accumulate,        gn_apply,       act_row, softmax_row_unnormalised, wino_input_tile,
+    AVQ_SIMD_NAME,    gn_accumulate,        gn_apply,       act_row,   softmax_row_unnormalised, wino_input_tile,
     wino_output_tile, wino_input_tile_bf16, add_store_bf16, geglu_row,
 };
