@@ -118,6 +118,43 @@ def test_geglu_as_two_fused_linears_matches_torch_geglu(precision: str, bound: f
     assert rel_err(got, (a * F.gelu(g)).numpy()) <= bound
 
 
+GEGLU_LINEARS = {
+    # id: (input shape, in features C, F = 4C): the UNet's three widths; row counts that are a
+    # multiple of the chunk, one that leaves a tail, fewer rows than one chunk, and a 3-D batch.
+    "level0_320_on_8192_tokens": ((8192,), 320, 1280),
+    "level1_640_on_2048_tokens": ((2048,), 640, 2560),
+    "level2_1280_on_512_tokens": ((512,), 1280, 5120),
+    "odd_1000_rows_leave_a_tail_chunk": ((1000,), 320, 1280),
+    "fewer_rows_than_one_chunk_77": ((77,), 64, 40),
+    "batch_3_odd_widths": ((3, 301), 40, 24),
+}
+
+
+@pytest.mark.parametrize("precision, bound", precisions(BF16_LINEAR_BOUND))
+@pytest.mark.parametrize("lead, c, f", list(GEGLU_LINEARS.values()), ids=list(GEGLU_LINEARS))
+def test_linear_geglu_matches_torch_geglu(lead, c, f, precision: str, bound: float) -> None:
+    """ops.linear_geglu: one [2F, C] matmul (value rows, then gate rows, as ff.net.0.proj is
+    stored) per chunk of rows, then value * gelu(gate) (erf form) against float64 torch."""
+    rng = np.random.default_rng(31)
+    x, w, b = randn(rng, *lead, c), randn(rng, 2 * f, c, scale=c**-0.5), randn(rng, 2 * f, scale=0.1)
+    got = ops.linear_geglu(x, w, b, precision=precision)
+    a, g = F.linear(t64(x), t64(w), t64(b)).chunk(2, dim=-1)
+    assert rel_err(got, (a * F.gelu(g)).numpy()) <= bound
+
+
+def test_linear_geglu_without_bias() -> None:
+    rng = np.random.default_rng(32)
+    x, w = randn(rng, 300, 32), randn(rng, 48, 32, scale=32**-0.5)
+    a, g = F.linear(t64(x), t64(w)).chunk(2, dim=-1)
+    assert rel_err(ops.linear_geglu(x, w), (a * F.gelu(g)).numpy()) <= FP32_BOUND
+
+
+def test_linear_geglu_rejects_an_odd_number_of_weight_rows() -> None:
+    rng = np.random.default_rng(33)
+    with pytest.raises(ValueError, match="not an even"):
+        ops.linear_geglu(randn(rng, 4, 8), randn(rng, 7, 8))
+
+
 @pytest.mark.parametrize("precision, bound", precisions(BF16_LINEAR_BOUND))
 def test_linear_fuses_activation_mul_and_add_in_that_order(precision: str, bound: float) -> None:
     rng = np.random.default_rng(4)

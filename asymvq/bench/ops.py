@@ -164,6 +164,22 @@ def _linear(
     return OpCase(label, "linear", make, torch_fn, 2.0 * rows * k * n_out, kw_arrays=names)
 
 
+def _linear_geglu(label: str, rows: int, k: int, f: int) -> OpCase:
+    """``ops.linear_geglu``: value * gelu(gate) from one [2F, K] weight (ff.net.0.proj)."""
+
+    def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
+        return (_randn(rng, rows, k), _randn(rng, 2 * f, k, scale=k**-0.5), _randn(rng, 2 * f, scale=0.1)), {}
+
+    def torch_fn(torch: Any, F: Any, t: Sequence[Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            a, g = F.linear(t[0], t[1], t[2]).chunk(2, dim=-1)
+            return a * F.gelu(g)
+
+        return run
+
+    return OpCase(label, "linear_geglu", make, torch_fn, 2.0 * rows * k * 2 * f)
+
+
 def _attention(label: str, b: int, n: int, m: int, c: int, heads: int, causal: bool = False) -> OpCase:
     def make(rng: np.random.Generator) -> Tuple[Arrays, Dict[str, Any]]:
         return (_randn(rng, b, n, c), _randn(rng, b, m, c), _randn(rng, b, m, c)), {"heads": heads, "causal": causal}
@@ -298,6 +314,9 @@ def _cases() -> List[OpCase]:
         _conv("unet skip 1x1 960->640 @32 b2", 2, 960, 640, 32, 1, pad=(0, 0, 0, 0)),
         _linear("unet q/k/v 320->320 x8192", (2, 4096), 320, 320),
         _linear("unet geglu 320->1280 gelu*mul x8192", (2, 4096), 320, 1280, act="gelu", mul=True),
+        _linear("unet geglu value 320->1280 x8192", (2, 4096), 320, 1280),
+        _linear_geglu("unet geglu fused 320->2x1280 x8192", 8192, 320, 1280),
+        _linear_geglu("unet geglu fused 1280->2x5120 x512", 512, 1280, 5120),
         _linear("unet ff out 1280->320 +add x8192", (2, 4096), 1280, 320, add=True),
         _linear("unet k/v 768->320 x154", (2, 77), 768, 320),
         _attention("unet self-attn 4096 tok 8x40 b2", 2, 4096, 4096, 320, 8),

@@ -12,8 +12,6 @@
 
 float avq_expf(float x) { return avq_vexpf(x); }
 
-static inline float gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
-
 #define ROW_CHUNK 1024
 
 static avq_status need_rows(const avq_tensor *t, const char *what, int64_t *rows, int64_t *cols) {
@@ -364,15 +362,25 @@ avq_status avq_geglu(avq_plan *p, const avq_tensor *x, avq_tensor *y) {
         return avq_error(AVQ_ERR_SHAPE, "geglu: output %s must be the input %s with half the features",
                          avq_tensor_str(y, by, sizeof by), avq_tensor_str(x, bx, sizeof bx));
     if (avq_plan_building(p)) return AVQ_OK;
+    const size_t es = avq_dtype_size(x->dtype);
+    const avq_simd_kernels *k = avq_simd();
+    if (x->dtype == y->dtype) {
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rx; r++) {
+            const char *row = (const char *)x->data + (size_t)(r * cx) * es;
+            k->geglu_row(row, row + (size_t)cy * es, (char *)y->data + (size_t)(r * cy) * es, cy, x->dtype);
+        }
+        return AVQ_OK;
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rx; r++) {
-        for (int64_t k = 0; k < cy; k += ROW_CHUNK) {
+        for (int64_t c = 0; c < cy; c += ROW_CHUNK) {
             float a[ROW_CHUNK], g[ROW_CHUNK];
-            int64_t m = cy - k < ROW_CHUNK ? cy - k : ROW_CHUNK;
-            avq_load_row(x->data, x->dtype, r * cx + k, a, m);
-            avq_load_row(x->data, x->dtype, r * cx + cy + k, g, m);
-            for (int64_t i = 0; i < m; i++) a[i] *= gelu(g[i]);
-            avq_store_row(y->data, y->dtype, r * cy + k, a, m);
+            int64_t m = cy - c < ROW_CHUNK ? cy - c : ROW_CHUNK;
+            avq_load_row(x->data, x->dtype, r * cx + c, a, m);
+            avq_load_row(x->data, x->dtype, r * cx + cy + c, g, m);
+            k->geglu_row(a, g, a, m, AVQ_F32);
+            avq_store_row(y->data, y->dtype, r * cy + c, a, m);
         }
     }
     return AVQ_OK;

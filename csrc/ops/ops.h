@@ -62,6 +62,15 @@ int avq_conv2d_auto_winograd(const avq_weight *w, const avq_tensor *x, const avq
  * mul/add optional, y's shape. 4-D NHWC tensors count as [N*H*W, C]. */
 avq_status avq_linear(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y, avq_act act,
                       const avq_tensor *mul, const avq_tensor *add);
+/* GEGLU as one linear: y [rows, F] = value * GELU(gate), [value | gate] =
+ * x W^T + b with w [2F, in] (ff.net.0.proj as stored: value rows, then gate
+ * rows) and b [2F]. One matmul per chunk of rows into a scratch [chunk, 2F]
+ * that the SIMD epilogue reads back from cache. Measured against the UNet's
+ * two linears (value; gate with gelu_erf and mul post-ops) on a 2-core
+ * AVX-512 machine it was not faster in bf16 (its epilogue costs what oneDNN's
+ * post-ops cost), so the UNet keeps those; kept for the benchmark and for
+ * machines where the balance differs. */
+avq_status avq_linear_geglu(avq_plan *p, avq_weight *w, avq_weight *b, const avq_tensor *x, avq_tensor *y);
 
 /* Batched c = alpha * a @ b (b transposed if trans_b): a [B, M, K], b [B, K, N]
  * or [B, N, K], c [B, M, N]; plain tensors. */

@@ -29,6 +29,9 @@ typedef struct avq_simd_kernels {
     void (*wino_input_tile_bf16)(const uint16_t *const *d, uint16_t *const *v, int64_t C);
     /* y = bf16(v + add) over C values (add bf16, or NULL for none), rounding to nearest even. */
     void (*add_store_bf16)(const float *v, const uint16_t *add, uint16_t *y, int64_t C);
+    /* y = value * GELU(gate) (erf form, |erf error| <= 1.5e-7) over m values of dtype dt
+     * (f32 or bf16, computed in f32); y may alias either. */
+    void (*geglu_row)(const void *value, const void *gate, void *y, int64_t m, avq_dtype dt);
 } avq_simd_kernels;
 
 /* The kernels for this process's ISA level (decided once); never NULL. */

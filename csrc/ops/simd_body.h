@@ -16,7 +16,23 @@
 #define SIMD_ROW_CHUNK 1024
 
 static inline float simd_silu(float x) { return x / (1.f + avq_vexpf(-x)); }
-static inline float simd_gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
+/* GELU(x) = 0.5 x (1 + erf(x / sqrt 2)) with erf by Abramowitz & Stegun 7.1.26
+ * (|error| <= 1.5e-7, the form oneDNN's gelu_erf uses): 1 - erf(a) = P(t) exp(-a^2),
+ * t = 1 / (1 + p a), a = |z|. For z < 0, 1 + erf(z) is P(t) exp(-a^2) itself, not
+ * 1 - (1 - tiny): relative error < 5e-4 down to x = -4. */
+#define GELU_P  0.3275911f
+#define GELU_A1 0.254829592f
+#define GELU_A2 -0.284496736f
+#define GELU_A3 1.421413741f
+#define GELU_A4 -1.453152027f
+#define GELU_A5 1.061405429f
+
+static inline float simd_gelu(float x) {
+    float z = x * 0.70710678118654752f, a = fabsf(z);
+    float t = 1.f / (1.f + GELU_P * a);
+    float q = t * (GELU_A1 + t * (GELU_A2 + t * (GELU_A3 + t * (GELU_A4 + t * GELU_A5)))) * avq_vexpf(-a * a);
+    return 0.5f * x * (z < 0.f ? q : 2.f - q);
+}
 
 /* avq_vexpf on AVQ_SIMD_WIDTH lanes with GCC vector extensions: GCC will not
  * if-convert the scalar form's clamps without AVX-512 masks (AVX2 and SSE2
@@ -54,6 +70,16 @@ static inline vf_t vexp(vf_t x) {
 }
 
 static inline vf_t vsilu(vf_t x) { return x / (1.f + vexp(-x)); }
+
+/* simd_gelu on AVQ_SIMD_WIDTH lanes (same polynomial, so the same values). */
+static inline vf_t vgelu(vf_t x) {
+    const vf_t zero = {0};
+    vf_t z = x * 0.70710678118654752f;
+    vf_t a = vf_select(z < zero, zero - z, z);
+    vf_t t = 1.f / (1.f + GELU_P * a);
+    vf_t q = t * (GELU_A1 + t * (GELU_A2 + t * (GELU_A3 + t * (GELU_A4 + t * GELU_A5)))) * vexp(zero - a * a);
+    return 0.5f * x * vf_select(z < zero, q, 2.f - q);
+}
 
 static void gn_accumulate(const void *xd, avq_dtype dt, int64_t r0, int64_t n, int64_t C, const float *mean, float *acc,
                           int sq) {
@@ -113,9 +139,12 @@ static void act_row(float *v, int64_t m, avq_act act) {
         for (; i < m; i++) v[i] = v[i] / (1.f + avq_vexpf(-1.702f * v[i]));
         break;
     }
-    case AVQ_ACT_GELU:
-        for (int64_t i = 0; i < m; i++) v[i] = simd_gelu(v[i]); /* erff: scalar */
+    case AVQ_ACT_GELU: {
+        int64_t i = 0;
+        for (; i + VW <= m; i += VW) vf_store(v + i, vgelu(vf_load(v + i)));
+        for (; i < m; i++) v[i] = simd_gelu(v[i]);
         break;
+    }
     default: break;
     }
 }
@@ -230,7 +259,44 @@ static void add_store_bf16(const float *v, const uint16_t *add, uint16_t *y, int
     }
 }
 
+/* y = value * gelu(gate) over m values of dtype dt (y may alias either). The
+ * scalar form under omp simd: AVX-512 if-converts it with masks; the vector
+ * form is for levels that do not. bf16 is read and written here directly. */
+static void geglu_row(const void *value, const void *gate, void *y, int64_t m, avq_dtype dt) {
+    if (dt == AVQ_BF16) {
+        const uint16_t *v = value, *g = gate;
+        uint16_t *o = y;
+#if AVQ_SIMD_WIDTH >= 16
+#pragma omp simd
+        for (int64_t i = 0; i < m; i++) o[i] = f32_bf16(bf16_f32(v[i]) * simd_gelu(bf16_f32(g[i])));
+#else
+        float a[VW], b[VW];
+        int64_t i = 0;
+        for (; i + VW <= m; i += VW) {
+            for (int j = 0; j < VW; j++) {
+                a[j] = bf16_f32(v[i + j]);
+                b[j] = bf16_f32(g[i + j]);
+            }
+            vf_store(a, vf_load(a) * vgelu(vf_load(b)));
+            for (int j = 0; j < VW; j++) o[i + j] = f32_bf16(a[j]);
+        }
+        for (; i < m; i++) o[i] = f32_bf16(bf16_f32(v[i]) * simd_gelu(bf16_f32(g[i])));
+#endif
+        return;
+    }
+    const float *v = value, *g = gate;
+    float *o = y;
+#if AVQ_SIMD_WIDTH >= 16
+#pragma omp simd
+    for (int64_t i = 0; i < m; i++) o[i] = v[i] * simd_gelu(g[i]);
+#else
+    int64_t i = 0;
+    for (; i + VW <= m; i += VW) vf_store(o + i, vf_load(v + i) * vgelu(vf_load(g + i)));
+    for (; i < m; i++) o[i] = v[i] * simd_gelu(g[i]);
+#endif
+}
+
 const avq_simd_kernels AVQ_SIMD_TABLE = {
-    AVQ_SIMD_NAME,    gn_accumulate,        gn_apply,       act_row, softmax_row_unnormalised, wino_input_tile,
-    wino_output_tile, wino_input_tile_bf16, add_store_bf16,
+    AVQ_SIMD_NAME,    gn_accumulate,        gn_apply,       act_row,   softmax_row_unnormalised, wino_input_tile,
+    wino_output_tile, wino_input_tile_bf16, add_store_bf16, geglu_row,
 };

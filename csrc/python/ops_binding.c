@@ -391,6 +391,54 @@ fail:
     return NULL;
 }
 
+static avq_status body_linear_geglu(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
+    return avq_linear_geglu(p, &c->w[0], c->nw > 1 ? &c->w[1] : NULL, &in[0], out);
+}
+
+static PyObject *py_linear_geglu(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwl[] = {"x", "weight", "bias", "precision", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *pr = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OO", kwl, &xo, &wo, &bo, &pr)) return NULL;
+    op_call c;
+    memset(&c, 0, sizeof c);
+    c.i0 = c.i1 = -1;
+    if (avq_py_precision(pr, &c.dt) < 0) return NULL;
+    PyArrayObject *arr[3] = {0};
+    int na = 0;
+    if (!(arr[na++] = avq_py_f32(xo, "x", 2, 3)) || !(arr[na++] = avq_py_f32(wo, "weight", 2, 2))) goto fail;
+    PyArrayObject *x = arr[0], *w = arr[1];
+    int nd = PyArray_NDIM(x);
+    if (PyArray_DIM(x, nd - 1) != PyArray_DIM(w, 1)) {
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "x has %zd features but weight [2F, in] expects %zd",
+                     (Py_ssize_t)PyArray_DIM(x, nd - 1), (Py_ssize_t)PyArray_DIM(w, 1));
+        goto fail;
+    }
+    if (PyArray_DIM(w, 0) % 2) {
+        PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "linear_geglu: weight has %zd rows, not an even [value | gate] count",
+                     (Py_ssize_t)PyArray_DIM(w, 0));
+        goto fail;
+    }
+    c.w[c.nw++] = avq_py_weight(w, "weight");
+    if (bo != Py_None) {
+        if (!(arr[na++] = avq_py_f32(bo, "bias", 1, 1))) goto fail;
+        if (PyArray_DIM(arr[na - 1], 0) != PyArray_DIM(w, 0)) {
+            PyErr_Format(avq_py_exc(AVQ_ERR_ARG), "bias must have shape [%zd]", (Py_ssize_t)PyArray_DIM(w, 0));
+            goto fail;
+        }
+        c.w[c.nw++] = avq_py_weight(arr[na - 1], "bias");
+    }
+    int64_t od[3];
+    dims_of(x, od);
+    od[nd - 1] = PyArray_DIM(w, 0) / 2;
+    add_input(&c, x, 0);
+    c.body = body_linear_geglu;
+    return run(&c, arr, na, nd, od);
+fail:
+    for (int i = 0; i < na; i++) Py_XDECREF(arr[i]);
+    return NULL;
+}
+
 /* ---- matmul, softmax ---- */
 
 static avq_status body_matmul(avq_plan *p, op_call *c, avq_tensor *in, avq_tensor *out) {
@@ -726,6 +774,9 @@ static PyMethodDef ops_methods[] = {
         "algorithm='auto')"),
     AVQ_PY_KW_METHOD("linear", py_linear,
                      "linear(x, weight, bias=None, activation=None, mul=None, add=None, precision='fp32')"),
+    AVQ_PY_KW_METHOD("linear_geglu", py_linear_geglu,
+                     "linear_geglu(x, weight, bias=None, precision='fp32'): value * gelu(gate), [value | gate] = "
+                     "linear(x, weight, bias), weight [2F, in]"),
     AVQ_PY_KW_METHOD("matmul", py_matmul, "matmul(a, b, trans_b=False, alpha=1.0, precision='fp32')"),
     AVQ_PY_KW_METHOD("softmax", py_softmax, "softmax(x, precision='fp32')"),
     AVQ_PY_KW_METHOD("attention", py_attention,
