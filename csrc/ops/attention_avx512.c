@@ -58,13 +58,23 @@ void avq_attention_avx512_dims(int64_t M, int64_t d, avq_dtype dt, avq_avx512_di
 }
 
 /* bf16: block kb, pair p, key i = the word (k[8 kb + i][2p], k[8 kb + i][2p + 1]);
- * f32: block kb, element j, key i = k[8 kb + i][j]. Zeros past M and d. */
+ * f32: block kb, element j, key i = k[8 kb + i][j]. Zeros past M and d.
+ * A transpose of 32-bit words: whole blocks by gathers, the tails word by word. */
 void avq_attention_avx512_pack_k(const void *k, int64_t ld, int64_t M, const avq_avx512_dims *g, int negate, void *kp) {
-    const int64_t words = g->bf16 ? g->dk / 2 : g->d;
-    uint32_t *t = kp;
+    const int64_t es = g->bf16 ? 2 : 4, words = g->bf16 ? g->dk / 2 : g->d, full = g->bf16 ? g->d / 2 : g->d;
     const uint32_t flip = negate ? (g->bf16 ? 0x80008000u : 0x80000000u) : 0;
-    for (int64_t kb = 0; kb < g->Mpad / 8; kb++)
-        for (int64_t w = 0; w < words; w++, t += 8)
+    const __m256i rows =
+        _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)(ld * es)));
+    uint32_t *t = kp;
+    for (int64_t kb = 0; kb < g->Mpad / 8; kb++) {
+        const char *src = (const char *)k + kb * 8 * ld * es;
+        const int whole = kb * 8 + 8 <= M && ld * es * 8 < INT32_MAX;
+        for (int64_t w = 0; w < words; w++, t += 8) {
+            if (whole && w < full) {
+                const __m256i x = _mm256_i32gather_epi32((const int *)(src + w * 4), rows, 1);
+                _mm256_storeu_si256((__m256i *)t, _mm256_xor_si256(x, _mm256_set1_epi32((int)flip)));
+                continue;
+            }
             for (int i = 0; i < 8; i++) {
                 const int64_t m = kb * 8 + i;
                 uint32_t x = 0;
@@ -74,8 +84,10 @@ void avq_attention_avx512_pack_k(const void *k, int64_t ld, int64_t M, const avq
                 } else if (m < M) {
                     memcpy(&x, (const float *)k + m * ld + w, 4);
                 }
-                t[i] = x ? x ^ flip : 0;
+                t[i] = x ^ flip;
             }
+        }
+    }
 }
 
 /* bf16: block jb, key pair mp, element i = the word (v[2 mp][8 jb + i], v[2 mp + 1][8 jb + i]);
@@ -228,10 +240,10 @@ AVQ_INLINE void pv_block(const avq_avx512_dims *g, const void *vb, const void *P
 }
 
 /* The task's workspace: Q packed, the sub-block's scores (then probabilities,
- * in place), O^T, the running max (log2 units) and sum per query, one output row. */
+ * in place), O^T, the running max (log2 units) and sum per query. */
 typedef struct task_ws {
     void *q;
-    float *S, *O, *m, *l, *row;
+    float *S, *O, *m, *l;
 } task_ws;
 
 static task_ws carve(const avq_avx512_dims *g, void *ws) {
@@ -243,13 +255,12 @@ static task_ws carve(const avq_avx512_dims *g, void *ws) {
     t.O = t.S + KS * LDS;
     t.m = t.O + g->dv * T;
     t.l = t.m + T;
-    t.row = t.l + T;
     return t;
 }
 
 int64_t avq_attention_avx512_task_workspace(const avq_avx512_dims *g) {
     const int64_t T = up(ATTN_AVX512_T, 16);
-    return up((g->bf16 ? 2 : 4) * g->dk * T, 64) + 4 * (KS * LDS + g->dv * T + 2 * T + g->dv);
+    return up((g->bf16 ? 2 : 4) * g->dk * T, 64) + 4 * (KS * LDS + g->dv * T + 2 * T);
 }
 
 /* Keys per L2 block: the block's packed K and V within about 128 KiB; a multiple of KS. */
@@ -345,19 +356,33 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
     const task_ws t = carve(g, ws);
     const float cl = scale * 1.44269504088896341f;
 
-    /* Q^T: bf16 words (pairs of head-dim elements) or floats, a column per query, zeros past rows and d */
-    if (g->bf16) {
+    /* Q^T: bf16 words (pairs of head-dim elements) or floats, a column per query, zeros past rows and d;
+     * 16 queries at a time by gathers, the tails word by word */
+    {
+        const int64_t es = g->bf16 ? 2 : 4, words = g->bf16 ? g->dk / 2 : g->d, full = g->bf16 ? g->d / 2 : g->d;
+        const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32((int)(ldq * es)));
         uint32_t *qt = t.q;
-        memset(qt, 0, (size_t)(g->dk / 2 * Tq) * 4);
-        for (int64_t r = 0; r < rows; r++) {
-            const uint16_t *s = (const uint16_t *)q + r * ldq;
-            for (int64_t j = 0; j < g->d; j++) qt[j / 2 * Tq + r] |= (uint32_t)s[j] << (16 * (j & 1));
+        for (int64_t r0 = 0; r0 < Tq; r0 += 16) {
+            const char *src = (const char *)q + r0 * ldq * es;
+            const int whole = r0 + 16 <= rows && ldq * es * 16 < INT32_MAX;
+            for (int64_t w = 0; w < words; w++) {
+                if (whole && w < full) {
+                    _mm512_storeu_si512(qt + w * Tq + r0, _mm512_i32gather_epi32(idx, src + w * 4, 1));
+                    continue;
+                }
+                for (int64_t r = r0; r < r0 + 16; r++) {
+                    uint32_t x = 0;
+                    if (r < rows && g->bf16) {
+                        const uint16_t *s = (const uint16_t *)q + r * ldq;
+                        x = s[2 * w] | (uint32_t)(2 * w + 1 < g->d ? s[2 * w + 1] : 0) << 16;
+                    } else if (r < rows) {
+                        memcpy(&x, (const float *)q + r * ldq + w, 4);
+                    }
+                    qt[w * Tq + r] = x;
+                }
+            }
         }
-    } else {
-        float *qt = t.q;
-        memset(qt, 0, (size_t)(g->d * Tq) * 4);
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < g->d; j++) qt[j * Tq + r] = ((const float *)q)[r * ldq + j];
     }
     memset(t.O, 0, (size_t)(g->dv * Tq) * 4);
     for (int64_t r = 0; r < Tq; r++) {
@@ -391,10 +416,22 @@ void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t 
         }
     }
 
-    for (int64_t r = 0; r < rows; r++) {
-        const float inv = 1.f / t.l[r];
-        for (int64_t j = 0; j < g->d; j++) t.row[j] = t.O[j * Tq + r] * inv;
-        avq_store_row(out, g->bf16 ? AVQ_BF16 : AVQ_F32, r * ldo, t.row, g->d);
+    /* O = (O^T / l)^T: the columns scaled in place, then each row gathered from its column */
+    for (int64_t r0 = 0; r0 < Tq; r0 += 16) {
+        const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_loadu_ps(t.l + r0));
+        for (int64_t j = 0; j < g->d; j++)
+            _mm512_storeu_ps(t.O + j * Tq + r0, _mm512_mul_ps(_mm512_loadu_ps(t.O + j * Tq + r0), inv));
     }
+    const __m512i col = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)Tq));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < g->d; j += 16) {
+            const __mmask16 k = g->d - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (g->d - j)) - 1);
+            const __m512 x = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, col, t.O + j * Tq + r, 4);
+            if (g->bf16)
+                _mm256_mask_storeu_epi16((uint16_t *)out + r * ldo + j, k, (__m256i)_mm512_cvtneps_pbh(x));
+            else
+                _mm512_mask_storeu_ps((float *)out + r * ldo + j, k, x);
+        }
 }
 #endif
