@@ -1,16 +1,20 @@
 """ops.attention on the AVX-512 tile path against torch's scaled_dot_product_attention, fp32 and bf16.
 
 On a CPU with AVX-512 (and AVX512-BF16 for bf16) but no AMX, ops.attention runs register-blocked
-tiles (csrc/ops/attention_avx512.c): tasks of 96 query rows taken 6 at a time, keys in blocks of
-64 to 512 (by head dim and dtype) with an online softmax, K and V packed per head. Elsewhere the
-same calls take the AMX or the sgemm path, and these tests hold them to the same bounds.
+tiles (csrc/ops/attention_avx512.c) in the transposed form: tasks of up to 96 queries laid across
+the 16 vector lanes, taken in chunks of up to 3 vectors (48 queries); keys in register blocks of
+8, in softmax sub-blocks of 64 and in L2 blocks of 64 to 1024 (by head dim and dtype) with an
+online softmax per query column; the head dim in blocks of 8 output rows; K and V packed per
+head, Q per task. Elsewhere the same calls take the AMX or the sgemm path (fp32 heads wider than
+96 take sgemm on AVX-512 as well), and these tests hold them to the same bounds.
 
 The shapes are Stable Diffusion 1.x's (UNet self-attention at 64x64, 32x32 and 16x16 latents with
 heads of 40, 80 and 160, cross-attention to the 77-token context, the VAE's single 512-wide head,
 the text encoder's causal attention) and the edges of the tiling: query counts that are not a
-multiple of the 6-row group or the 96-row task, key counts that are not a multiple of 16 or of
-the key block, odd head dims (the bf16 kernel multiplies head-dim pairs), the causal mask across
-tasks and key blocks, and scores whose maximum moves from block to block.
+multiple of a vector, a chunk or a task, key counts that are not a multiple of 8, 64 or the key
+block, head dims that are not a multiple of 8 (and odd ones: the bf16 kernel multiplies head-dim
+pairs), the causal mask across tasks, chunks and key blocks, scores whose maximum moves from
+block to block, and scores so low that their exponentials underflow.
 
 Reference: torch.nn.functional.scaled_dot_product_attention in float64 on the same float32
 inputs, a few heads at a time. Metric and bounds as tests/test_ops_matmul.py: max|ours - ref| /
