@@ -1,16 +1,20 @@
 """ops.attention on the AVX-512 tile path against torch's scaled_dot_product_attention, fp32 and bf16.
 
 On a CPU with AVX-512 (and AVX512-BF16 for bf16) but no AMX, ops.attention runs register-blocked
-tiles (csrc/ops/attention_avx512.c): tasks of 96 query rows taken 6 at a time, keys in blocks of
-64 to 512 (by head dim and dtype) with an online softmax, K and V packed per head. Elsewhere the
-same calls take the AMX or the sgemm path, and these tests hold them to the same bounds.
+tiles (csrc/ops/attention_avx512.c) in the transposed form: tasks of up to 96 queries laid across
+the 16 vector lanes, taken in chunks of up to 3 vectors (48 queries); keys in register blocks of
+8, in softmax sub-blocks of 64 and in L2 blocks of 64 to 1024 (by head dim and dtype) with an
+online softmax per query column; the head dim in blocks of 8 output rows; K and V packed per
+head, Q per task. Elsewhere the same calls take the AMX or the sgemm path (fp32 heads wider than
+96 take sgemm on AVX-512 as well), and these tests hold them to the same bounds.
 
 The shapes are Stable Diffusion 1.x's (UNet self-attention at 64x64, 32x32 and 16x16 latents with
 heads of 40, 80 and 160, cross-attention to the 77-token context, the VAE's single 512-wide head,
 the text encoder's causal attention) and the edges of the tiling: query counts that are not a
-multiple of the 6-row group or the 96-row task, key counts that are not a multiple of 16 or of
-the key block, odd head dims (the bf16 kernel multiplies head-dim pairs), the causal mask across
-tasks and key blocks, and scores whose maximum moves from block to block.
+multiple of a vector, a chunk or a task, key counts that are not a multiple of 8, 64 or the key
+block, head dims that are not a multiple of 8 (and odd ones: the bf16 kernel multiplies head-dim
+pairs), the causal mask across tasks, chunks and key blocks, scores whose maximum moves from
+block to block, and scores so low that their exponentials underflow.
 
 Reference: torch.nn.functional.scaled_dot_product_attention in float64 on the same float32
 inputs, a few heads at a time. Metric and bounds as tests/test_ops_matmul.py: max|ours - ref| /
@@ -149,3 +153,115 @@ def test_heads_read_from_a_wider_token_matrix_do_not_leak_into_each_other(precis
     np.testing.assert_array_equal(part[..., 20:40], full[..., 20:40])
     np.testing.assert_array_equal(part[..., 60:80], full[..., 60:80])
     assert rel_err(full, sdpa_reference(q, k, v, 4)) <= bound
+
+
+# The transposed AVX-512 kernel (queries across the 16 lanes, chunks of up to 3 vectors = 48
+# queries, keys in register blocks of 8 and softmax sub-blocks of 64, head-dim rows in blocks of
+# 8): the shapes that fall between its blocks.
+
+
+@pytest.mark.parametrize("precision, bound", PRECISIONS)
+@pytest.mark.parametrize("d", [1, 3, 33, 40, 64, 80, 160, 512])
+def test_head_dims_below_between_and_past_the_8_row_blocks_match_torch(d, precision, bound) -> None:
+    rng = np.random.default_rng(30 + d)
+    q, k, v = tokens(rng, 3, 50, 2 * d), tokens(rng, 3, 77, 2 * d), tokens(rng, 3, 77, 2 * d)
+    got = ops.attention(q, k, v, 2, precision=precision)
+    assert rel_err(got, sdpa_reference(q, k, v, 2)) <= bound
+
+
+@pytest.mark.parametrize("precision, bound", PRECISIONS)
+@pytest.mark.parametrize("m", [1, 15, 16, 17, 63, 65, 77, 4099])
+def test_key_counts_off_the_8_key_blocks_and_64_key_sub_blocks_match_torch(m, precision, bound) -> None:
+    rng = np.random.default_rng(40 + m)
+    q, k, v = tokens(rng, 1, 53, 80), tokens(rng, 1, m, 80), tokens(rng, 1, m, 80)
+    got = ops.attention(q, k, v, 2, precision=precision)
+    assert rel_err(got, sdpa_reference(q, k, v, 2)) <= bound
+
+
+@pytest.mark.parametrize("precision, bound", PRECISIONS)
+@pytest.mark.parametrize("n", [1, 15, 17, 47, 49, 95, 97, 143, 145])
+def test_query_counts_off_the_16_lane_vectors_and_48_query_chunks_match_torch(n, precision, bound) -> None:
+    rng = np.random.default_rng(50 + n)
+    q, k, v = tokens(rng, 2, n, 80), tokens(rng, 2, 130, 80), tokens(rng, 2, 130, 80)
+    got = ops.attention(q, k, v, 2, precision=precision)
+    assert rel_err(got, sdpa_reference(q, k, v, 2)) <= bound
+
+
+@pytest.mark.parametrize("precision, bound", PRECISIONS)
+@pytest.mark.parametrize(
+    "n, d", [(333, 40), (200, 512), (150, 3)], ids=["333_tokens_heads_of_40", "200_tokens_head_of_512", "head_dim_3"]
+)
+def test_causal_mask_where_query_chunks_and_key_sub_blocks_do_not_line_up(n, d, precision, bound) -> None:
+    """Chunks of 48 queries start inside 64-key sub-blocks, and (head of 512) inside key blocks
+    of 64: the mask cuts through a sub-block at a different key in every lane."""
+    rng = np.random.default_rng(60 + d)
+    q, k, v = tokens(rng, 3, n, 2 * d), tokens(rng, 3, n, 2 * d), tokens(rng, 3, n, 2 * d)
+    got = ops.attention(q, k, v, 2, causal=True, precision=precision)
+    assert rel_err(got, sdpa_reference(q, k, v, 2, causal=True)) <= bound
+
+
+def softmax_reference(logits: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """softmax(logits) @ v in float64 for one head: logits [N, M], v [M, d]."""
+    x = logits.astype(np.float64)
+    w = np.exp(x - x.max(axis=1, keepdims=True))
+    return (w / w.sum(axis=1, keepdims=True)) @ v.astype(np.float64)
+
+
+def logit_operands(logits: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """q [1, N, d] and k [1, M, d] with q k^T = logits at scale 1: q's first element 1, k's first
+    element the logit (choose bf16-exact logits and both precisions see the same scores)."""
+    n, m = logits.shape
+    q = np.zeros((1, n, d), np.float32)
+    q[0, :, 0] = 1.0
+    k = np.zeros((1, m, d), np.float32)
+    k[0, :, 0] = logits[0]
+    return q, k
+
+
+@pytest.mark.parametrize("precision, bound", PRECISIONS)
+def test_a_later_key_block_with_a_much_larger_maximum_rescales_the_earlier_output(precision, bound) -> None:
+    """Logits about 0 for 3000 keys, then 300 keys 12 higher: the running maximum jumps by 12 after
+    47 sub-blocks; the earlier blocks' output and sum are scaled by exp(-12), not dropped or kept."""
+    rng = np.random.default_rng(70)
+    m = 3300
+    logits = (np.round(rng.standard_normal((1, m)) * 8) / 8).astype(np.float32)
+    logits[0, 3000:] += 12.0
+    q, k = logit_operands(np.repeat(logits, 20, axis=0), 40)
+    v = tokens(rng, 1, m, 40)
+    v[0, :3000] += 3.0  # the early keys' values differ: their weight shows in the output
+    got = ops.attention(q, k, v, 1, scale=1.0, precision=precision)
+    ref = softmax_reference(np.repeat(logits, 20, axis=0), v[0])[None]
+    assert rel_err(got, ref) <= bound
+
+
+@pytest.mark.parametrize("precision, bound", PRECISIONS)
+def test_keys_with_logits_of_minus_ten_thousand_get_no_weight(precision, bound) -> None:
+    """The first 2000 keys (31 sub-blocks) score -10240 against every query, the rest about 0:
+    their exponentials, and the rescale factor when the maximum leaves -10240, underflow to 0
+    instead of turning into inf or NaN."""
+    rng = np.random.default_rng(71)
+    m = 2100
+    logits = (np.round(rng.standard_normal((1, m)) * 8) / 8).astype(np.float32)
+    logits[0, :2000] = -10240.0
+    q, k = logit_operands(np.repeat(logits, 33, axis=0), 64)
+    v = tokens(rng, 1, m, 64)
+    got = ops.attention(q, k, v, 1, scale=1.0, precision=precision)
+    ref = softmax_reference(np.repeat(logits, 33, axis=0), v[0])[None]
+    assert rel_err(got, ref) <= bound
+
+
+@pytest.mark.parametrize("precision, bound", PRECISIONS)
+def test_causal_rows_whose_first_keys_score_minus_ten_thousand(precision, bound) -> None:
+    """Causal: query i sees keys 0..i, and keys below 100 score -10240. Queries below 100 see only
+    such keys (their softmax is over -10240s: uniform); the others must ignore them."""
+    rng = np.random.default_rng(72)
+    n = 230
+    logits = (np.round(rng.standard_normal((1, n)) * 8) / 8).astype(np.float32)
+    logits[0, :100] = -10240.0
+    q, k = logit_operands(np.repeat(logits, n, axis=0), 40)
+    v = tokens(rng, 1, n, 40)
+    got = ops.attention(q, k, v, 1, scale=1.0, causal=True, precision=precision)
+    full = np.repeat(logits, n, axis=0).astype(np.float64)
+    full[np.triu_indices(n, 1)] = -np.inf
+    ref = softmax_reference(full, v[0])[None]
+    assert rel_err(got, ref) <= bound

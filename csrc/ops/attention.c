@@ -147,7 +147,7 @@ static avq_status attention_avx512(avq_plan *p, const avq_tensor *q, const avq_t
     avq_attention_avx512_dims(M, d, q->dtype, &g);
     const size_t es = avq_dtype_size(q->dtype);
     /* Per thread, in bytes: packed K, packed V, the row group's workspace. */
-    const int64_t kb = (g.Mpad * g.dk * (int64_t)es + 63) / 64 * 64, vb = (g.dn * g.Mpad * (int64_t)es + 63) / 64 * 64;
+    const int64_t kb = (g.Mpad * g.dk * (int64_t)es + 63) / 64 * 64, vb = (g.dv * g.Mpad * (int64_t)es + 63) / 64 * 64;
     const int64_t per = (kb + vb + avq_attention_avx512_task_workspace(&g) + 63) / 64 * 16; /* floats */
     avq_tensor ws;
     AVQ_TRY(thread_workspace(p, per, &ws));
@@ -165,13 +165,14 @@ static avq_status attention_avx512(avq_plan *p, const avq_tensor *q, const avq_t
         for (int64_t task = 0; task < ntask; task++) {
             const attn_task a = task_at(task, nblk, heads, T, N);
             if (cur != a.bh) {
-                avq_attention_avx512_pack_k((const char *)k->data + (size_t)(a.b * M * C + a.h * d) * es, C, M, &g, kp);
+                avq_attention_avx512_pack_k((const char *)k->data + (size_t)(a.b * M * C + a.h * d) * es, C, M, &g,
+                                            scale < 0, kp);
                 avq_attention_avx512_pack_v((const char *)v->data + (size_t)(a.b * M * C + a.h * d) * es, C, M, &g, vp);
                 cur = a.bh;
             }
             const size_t off = (size_t)((a.b * N + a.q0) * C + a.h * d) * es;
-            avq_attention_avx512_task(&g, (const char *)q->data + off, C, a.rows, a.q0, M, causal, scale, kp, vp, rw,
-                                      (char *)o->data + off, C);
+            avq_attention_avx512_task(&g, (const char *)q->data + off, C, a.rows, a.q0, M, causal, fabsf(scale), kp, vp,
+                                      rw, (char *)o->data + off, C);
         }
     }
     avq_plan_release(p, &ws);

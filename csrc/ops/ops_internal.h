@@ -54,31 +54,32 @@ void avq_attention_amx_pv32(const uint16_t *P, const uint16_t *vp, const avq_amx
 float avq_attention_amx_softmax(const float *s, int64_t limit, int64_t Mpad, float scale, uint16_t *p);
 
 /* fp32 and bf16 attention tiles on AVX-512 register blocks (attention_avx512.c);
- * bf16 needs AVX512-BF16. Tasks of ATTN_AVX512_T query rows, ATTN_R at a time. */
+ * bf16 needs AVX512-BF16. Tasks of up to ATTN_AVX512_T query rows, the queries
+ * across the vector lanes (transposed products: S^T = K Q^T, O^T += V^T P^T). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define AVQ_HAVE_AVX512_ATTENTION 1
 #else
 #define AVQ_HAVE_AVX512_ATTENTION 0
 #endif
-#define ATTN_R        6
-#define ATTN_AVX512_T (16 * ATTN_R)
+#define ATTN_AVX512_T 96
 typedef struct avq_avx512_dims {
     int bf16;     /* operands bf16 (else f32) */
     int64_t d;    /* head dim */
-    int64_t Mpad; /* keys, padded to 16 */
-    int64_t dk;   /* head dim as the reduction of Q K^T: padded to 2 for bf16 */
-    int64_t dn;   /* head dim as the columns of P V, padded to 16 */
+    int64_t Mpad; /* keys, padded to 8 */
+    int64_t dk;   /* head dim as the reduction of K Q^T: padded to 2 for bf16 */
+    int64_t dv;   /* head dim as the rows of V^T P^T, padded to 8 */
 } avq_avx512_dims;
 void avq_attention_avx512_dims(int64_t M, int64_t d, avq_dtype dt, avq_avx512_dims *g);
-/* Packed K and V of one head: Mpad x dk and dn x Mpad elements of the operand dtype. */
-void avq_attention_avx512_pack_k(const void *k, int64_t ld, int64_t M, const avq_avx512_dims *g, void *kp);
+/* Packed K and V of one head: Mpad x dk and dv x Mpad elements of the operand
+ * dtype; negate: K packed as -K (a negative scale becomes a positive one). */
+void avq_attention_avx512_pack_k(const void *k, int64_t ld, int64_t M, const avq_avx512_dims *g, int negate, void *kp);
 void avq_attention_avx512_pack_v(const void *v, int64_t ld, int64_t M, const avq_avx512_dims *g, void *vp);
 /* Bytes of workspace avq_attention_avx512_task needs. */
 int64_t avq_attention_avx512_task_workspace(const avq_avx512_dims *g);
 /* Attention of up to ATTN_AVX512_T query rows (q0: the first one's index, for
  * the causal mask) against a packed head, written to out (row stride ldo):
  * key blocks with an online softmax, so the block's K and V stay in cache
- * while every row of the task passes. */
+ * while every query of the task passes. scale: |scale| (the sign is in kp). */
 void avq_attention_avx512_task(const avq_avx512_dims *g, const void *q, int64_t ldq, int64_t rows, int64_t q0,
                                int64_t M, int causal, float scale, const void *kp, const void *vp, void *ws, void *out,
                                int64_t ldo);
