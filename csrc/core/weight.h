@@ -29,7 +29,7 @@ typedef struct avq_weight {
     int ndim;
     int64_t dims[4];
     const void *data;   /* row-major: `own`, or borrowed (must outlive the weight); NULL once
-                           the source lives on as `origin` */
+                           the source lives on as `origin`, or was dropped */
     void *own;          /* owned source buffer, or NULL when `data` is borrowed */
     avq_packed *packed; /* owned cache of reordered copies */
     /* After the first lossless pack of an owned multi-dimensional source, that

@@ -4,7 +4,8 @@
  * patch d: 16 multiplies per (tile, input channel, output channel) where the
  * direct form needs 36. The 16 elementwise products summed over input
  * channels are 16 GEMMs, [tiles, Cin] x [Cin, Cout], run as one batched oneDNN
- * matmul whose weights U = G g G^T are made and packed once. The transforms
+ * matmul whose weights U = G g G^T are made and packed once, and then are
+ * the weight's only copy (its owned source is freed). The transforms
  * only add and subtract (plus the 1/2 of G), so rounding stays at the level
  * of a direct convolution's.
  *
@@ -46,7 +47,7 @@
  *
  * Measured (ops.timeit best of 5, EPYC AVX512-BF16, 2 threads, load 0.4-1.3),
  * ms direct -> Winograd, fp32 | bf16, by the smaller channel count:
- *   1280 (and 2560->1280):  4 tiles (4x4 b1) 3.4 -> 3.8 | 1.3 -> 1.9 (2560: 3.9 -> 3.3);
+ *   1280 (and 2560->1280):  4 tiles (4x4 b1) 3.4 -> 3.8 | 1.3 -> 1.9 (2560: 7.1 -> 9.4 | 3.9 -> 3.3);
  *        8 (4x4 b2) 6.0 -> 4.3 | 2.1 -> 1.9 (2560: 11.6 -> 8.4 | 9.3 -> 5.0);
  *        32 (8x8 b2) 29 -> 17 | 7.4 -> 4.6 (2560: 31 -> 19 | 16 -> 9.3); 512 259 -> 136 | 127 -> 67
  *   320..640:  8 tiles 0.2-0.8 -> 0.25-0.9 | 0.13-0.4 -> 0.18-0.36;
