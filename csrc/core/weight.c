@@ -60,6 +60,7 @@ avq_weight avq_weight_rows(avq_weight *w, int64_t r0, int64_t n) {
     v.origin = NULL;
     v.origin_src_md = NULL;
     v.has_views = 0;
+    v.wino_auto = 0;
     return v;
 }
 

@@ -42,6 +42,9 @@ typedef struct avq_weight {
     /* The owned source was freed by avq_weight_drop_source: only copies of
      * the derived transforms already packed can still be made (from them). */
     int source_dropped;
+    /* Winograd's AUTO decision for this 3x3 weight, made once for every shape
+     * (winograd.c): 0 not yet, 1 Winograd, -1 direct. Guarded by avq_pack_lock. */
+    int wino_auto;
 } avq_weight;
 
 void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data);

@@ -35,9 +35,10 @@ enum {
  * at 1280 channels to 2048 at 128: winograd.c), in f32 (2.25x fewer
  * multiplies than direct convolution, rounding differs at the 1e-6 relative
  * level) and in bf16 on AVX512-BF16 without AMX (rounding within the bf16
- * conv bound); and for every such conv of a weight already packed for
- * Winograd, whose source that packing freed (a model's weights). oneDNN's
- * direct convolution everywhere else. WINOGRAD forces it for any 3x3 stride-1
+ * conv bound). The choice is made once per weight, at its first such conv,
+ * and holds for all its shapes: a model's Winograd weight keeps U alone (its
+ * source is freed), and plans built earlier replay as built. oneDNN's direct
+ * convolution everywhere else. WINOGRAD forces it for any 3x3 stride-1
  * pad-1 NHWC f32 or bf16 conv. */
 typedef enum avq_conv_algo { AVQ_CONV_AUTO = 0, AVQ_CONV_DIRECT, AVQ_CONV_WINOGRAD } avq_conv_algo;
 

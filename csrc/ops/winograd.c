@@ -60,8 +60,8 @@
  *        2048 10.6 -> 8.3 | 5.2 -> 6.1; 4096 22 -> 14 | 10.6 -> 10.3
  *   64:   1024 tiles 1.4 -> 3.0 | 0.7 -> 2.2; 4096 5.3 -> 6.1 | 2.7 -> 5.7
  * Below 128 channels the GEMMs are too thin for the transforms to pay at any
- * size. A weight that has been packed for Winograd stays Winograd for every
- * shape it fits (avq_conv2d_winograd_fits): its source is freed once U is
+ * size. The decision is made once per weight, for every shape it fits
+ * (avq_conv2d_winograd_fits): a Winograd weight's source is freed once U is
  * made, so direct convolution could not run without a second copy. */
 #define WINO_MIN_CHANNELS 128
 
@@ -84,22 +84,34 @@ typedef struct wino_shape {
     int64_t chunk, nchunks;  /* tiles per chunk (the last one padded with zero rows) */
 } wino_shape;
 
-static avq_status transform_weights(const avq_weight *w, float *u, void *ctx);
-
 static int fits_shape(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
     return w->ndim == 4 && w->dims[2] == 3 && w->dims[3] == 3 && x->ndim == 4 && x->dims[1] == w->dims[1] &&
            prm->stride_h == 1 && prm->stride_w == 1 && prm->pad_t == 1 && prm->pad_l == 1 && prm->pad_b == 1 &&
            prm->pad_r == 1 && (x->dtype == AVQ_F32 || x->dtype == AVQ_BF16) && x->layout == AVQ_NHWC;
 }
 
+/* Records AUTO's decision for w unless one was made; returns the decision.
+ * The weight is never a const object: the decision is a memo, written under
+ * the pack lock. */
+static int decide(const avq_weight *w, int wino) {
+    avq_weight *m = (avq_weight *)w;
+    avq_pack_lock();
+    if (!m->wino_auto) m->wino_auto = wino ? 1 : -1;
+    const int d = m->wino_auto;
+    avq_pack_unlock();
+    return d > 0;
+}
+
+/* Decided once per weight, at its first conv where Winograd applies (or when
+ * it is forced and U made): the plans built before a later, larger shape
+ * replay as they were built, and a weight holds U or its direct copy, not
+ * both (a model's Winograd weights drop their source). */
 int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
     if (!fits_shape(w, x, prm) || (prm->add && prm->add->dtype != x->dtype)) return 0;
-    if (avq_weight_has_derived(w, transform_weights)) return 1; /* committed: see min_tiles */
     const int64_t tiles = x->dims[0] * ((x->dims[2] + 1) / 2) * ((x->dims[3] + 1) / 2);
     const int bf = x->dtype == AVQ_BF16;
-    if (bf && !bf16_isa()) return 0;
-    return w->dims[0] >= WINO_MIN_CHANNELS && w->dims[1] >= WINO_MIN_CHANNELS &&
-           tiles >= min_tiles(w->dims[1], w->dims[0], bf);
+    return decide(w, (!bf || bf16_isa()) && w->dims[0] >= WINO_MIN_CHANNELS && w->dims[1] >= WINO_MIN_CHANNELS &&
+                         tiles >= min_tiles(w->dims[1], w->dims[0], bf));
 }
 
 static wino_shape shape_of(const avq_weight *w, const avq_tensor *x) {
@@ -270,7 +282,9 @@ static avq_status build_matmul(avq_plan *p, avq_step *s, avq_weight *w, const wi
     if ((st = avq_weight_packed_derived(w, usrc_md, transform_weights, NULL,
                                         dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &umem)) != AVQ_OK)
         goto done;
-    /* U is now the weight's only copy (a model's weights; the ops binding's are borrowed and kept). */
+    /* U is now the weight's only copy (a model's weights; the ops binding's are
+     * borrowed and kept), and AUTO takes Winograd for it from now on. */
+    decide(w, 1);
     avq_weight_drop_source(w);
     if ((st = avq_step_arg(s, DNNL_ARG_SRC, src_md)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_DST, dst_md)) != AVQ_OK) goto done;

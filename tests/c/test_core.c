@@ -529,6 +529,35 @@ static void test_a_winograd_weight_keeps_only_u_and_gives_the_same_results_on_la
     free(wd), free(bd), free(x), free(y1), free(y2), free(y3), free(yr);
 }
 
+static void test_auto_decides_once_per_weight_so_earlier_plans_replay_as_built(void) {
+    const int64_t co = 128, ci = 128; /* direct below 2048 tiles, Winograd from there (min_tiles) */
+    float *wd = random_buffer(co * ci * 9), *x = random_buffer(2 * ci * 64 * 64), *y = calloc(2 * co * 64 * 64, 4);
+    float *small = calloc(co * 4 * 4, 4), *again = calloc(co * 4 * 4, 4);
+    avq_weight w;
+    avq_weight_init(&w, "once.w", AVQ_F32, 4, DIMS(co, ci, 3, 3), wd);
+    int64_t bad;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad));
+    conv_ctx c = {.w = &w, .b = NULL, .prm = pad1_algo(AVQ_CONV_AUTO), .dt = AVQ_F32};
+    c.x = ext_tensor(4, DIMS(1, ci, 4, 4), x);
+    c.y = ext_tensor(4, DIMS(1, co, 4, 4), small);
+    avq_plan *p;
+    CHECK_OK(avq_plan_create(&p));
+    CHECK_OK(avq_plan_run(p, conv_forward, &c)); /* 4 tiles: direct */
+    CHECK(w.wino_auto == -1 && w.origin != NULL, "the first shape decides: direct");
+    /* 2048 tiles would take Winograd on a fresh weight; this one stays direct */
+    CHECK_OK(run_conv_plan(&w, NULL, pad1_algo(AVQ_CONV_AUTO), 2, 64, 64, x, y));
+    CHECK(w.wino_auto == -1 && w.packed && !w.packed->next, "still one direct copy");
+    /* forced Winograd derives U from the direct copy and keeps both (a plan holds that copy) */
+    CHECK_OK(run_conv_plan(&w, NULL, pad1_algo(AVQ_CONV_WINOGRAD), 2, 64, 64, x, y));
+    CHECK(w.origin != NULL && w.packed->next != NULL, "U beside the direct copy");
+    c.y.data = again;
+    CHECK_OK(avq_plan_run(p, conv_forward, &c));
+    CHECK(memcmp(small, again, (size_t)(co * 4 * 4) * 4) == 0, "the first plan replays as built");
+    avq_plan_destroy(p);
+    avq_weight_release(&w);
+    free(wd), free(x), free(y), free(small), free(again);
+}
+
 static void test_a_conv_that_needs_the_dropped_source_of_a_winograd_weight_fails_naming_it(void) {
     const int64_t co = 6, ci = 5;
     float *wd = random_buffer(co * ci * 9), *x = random_buffer(ci * 7 * 7), *y = calloc(co * 7 * 7, 4);
@@ -1135,6 +1164,7 @@ static const check_test tests[] = {
     TEST(test_conv2d_packs_weights_once_across_plans),
     TEST(test_a_winograd_weight_keeps_only_u_and_gives_the_same_results_on_later_plans_and_shapes),
     TEST(test_a_conv_that_needs_the_dropped_source_of_a_winograd_weight_fails_naming_it),
+    TEST(test_auto_decides_once_per_weight_so_earlier_plans_replay_as_built),
     TEST(test_group_norm_matches_naive_loops),
     TEST(test_linear_matches_naive_loops),
     TEST(test_an_owned_weight_copy_does_not_depend_on_its_source),
