@@ -276,9 +276,34 @@ def test_winograd_and_direct_agree_to_float32_rounding() -> None:
 
 def test_auto_algorithm_matches_torch_where_it_picks_winograd() -> None:
     rng = np.random.default_rng(9)
-    x, wt, b = operands(rng, 2, 64, 64, 32, 32, 3)  # 512 tiles, 64 channels: Winograd
+    x, wt, b = operands(rng, 2, 256, 256, 16, 16, 3)  # 128 tiles, 256 channels: Winograd
     got = ops.conv2d(x, wt, b, padding=1, precision="fp32")
     assert rel_err(got, reference(x, wt, b, 1, (1, 1, 1, 1))) <= FP32_BOUND
+
+
+# (N, Cin, Cout, H): AUTO's threshold in 2x2 tiles falls with the channel count (winograd.c, min_tiles,
+# measured: the transforms pay from 8 tiles at 1280 channels, never below 128 channels). Each width at
+# its threshold and just below it.
+AUTO_FP32_CHOICES = {
+    "unet_1280_at_4x4_batch_2_is_8_tiles": (2, 1280, 1280, 4, "winograd"),
+    "unet_2560_to_1280_at_4x4_batch_2": (2, 2560, 1280, 4, "winograd"),
+    "unet_1280_at_4x4_batch_1_is_4_tiles": (1, 1280, 1280, 4, "direct"),
+    "unet_320_at_8x8_batch_2_is_32_tiles": (2, 320, 320, 8, "winograd"),
+    "unet_320_at_8x8_batch_1_is_16_tiles": (1, 320, 320, 8, "direct"),
+    "decoder_256_at_16x16_is_64_tiles": (1, 256, 256, 16, "winograd"),
+    "decoder_256_at_8x8_batch_2_is_32_tiles": (2, 256, 256, 8, "direct"),
+    "decoder_128_at_64x64_batch_2_is_2048_tiles": (2, 128, 128, 64, "winograd"),
+    "decoder_128_at_64x64_is_1024_tiles": (1, 128, 128, 64, "direct"),
+    "64_channels_at_128x128_never": (1, 64, 64, 128, "direct"),
+}
+
+
+@pytest.mark.parametrize("n, ci, co, h, expect", conv_params(AUTO_FP32_CHOICES))
+def test_auto_takes_winograd_from_the_measured_tile_count_for_the_channel_width(n, ci, co, h, expect) -> None:
+    rng = np.random.default_rng(12)
+    x, wt, b = operands(rng, n, ci, co, h, h, 3)
+    auto = ops.conv2d(x, wt, b, padding=1, precision="fp32")
+    np.testing.assert_array_equal(auto, ops.conv2d(x, wt, b, padding=1, precision="fp32", algorithm=expect))
 
 
 @pytest.mark.parametrize(

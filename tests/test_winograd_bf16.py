@@ -131,11 +131,29 @@ def test_bf16_auto_takes_winograd_on_avx512_bf16_without_amx_only() -> None:
     np.testing.assert_array_equal(auto, ops.conv2d(x, wt, b, algorithm=expect, **kw))
 
 
-def test_bf16_auto_keeps_direct_below_128_tiles() -> None:
-    """The UNet's 8x8 level (2 x 4 x 4 = 32 tiles): U's memory for no measurable gain (winograd.c)."""
-    x, wt, b = bf16_operands(12, 2, 128, 128, 8, 8)
+# (N, Cin, Cout, H): as in fp32 (test_ops_conv.py), but 128 channels need 4096 tiles in bf16 (winograd.c, min_tiles:
+# at 2048 direct was 5.2 ms, Winograd 6.1). The UNet's 8x8 level (32 tiles) now takes Winograd: its weights keep U
+# alone, not U beside their own copy, so it costs no memory.
+AUTO_BF16_CHOICES = {
+    "unet_1280_at_8x8_batch_2_is_32_tiles": (2, 1280, 1280, 8, "winograd"),
+    "unet_1280_at_4x4_batch_2_is_8_tiles": (2, 1280, 1280, 4, "winograd"),
+    "unet_1280_at_4x4_batch_1_is_4_tiles": (1, 1280, 1280, 4, "direct"),
+    "unet_640_at_8x8_batch_2_is_32_tiles": (2, 640, 640, 8, "winograd"),
+    "unet_640_at_8x8_batch_1_is_16_tiles": (1, 640, 640, 8, "direct"),
+    "decoder_256_at_16x16_is_64_tiles": (1, 256, 256, 16, "winograd"),
+    "decoder_256_at_8x8_batch_2_is_32_tiles": (2, 256, 256, 8, "direct"),
+    "decoder_128_at_128x128_is_4096_tiles": (1, 128, 128, 128, "winograd"),
+    "decoder_128_at_64x64_batch_2_is_2048_tiles": (2, 128, 128, 64, "direct"),
+}
+
+
+@pytest.mark.parametrize("n, ci, co, h, expect", [pytest.param(*v, id=k) for k, v in AUTO_BF16_CHOICES.items()])
+def test_bf16_auto_takes_winograd_from_the_measured_tile_count_for_the_channel_width(n, ci, co, h, expect) -> None:
+    x, wt, b = bf16_operands(12, n, ci, co, h, h)
     kw = dict(padding=1, precision="bf16")
-    np.testing.assert_array_equal(ops.conv2d(x, wt, b, **kw), ops.conv2d(x, wt, b, algorithm="direct", **kw))
+    if INFO["isa"] != "avx512_core_bf16":
+        expect = "direct"  # AMX or emulated bf16: always direct (test above)
+    np.testing.assert_array_equal(ops.conv2d(x, wt, b, **kw), ops.conv2d(x, wt, b, algorithm=expect, **kw))
 
 
 def test_bf16_auto_keeps_direct_below_128_channels() -> None:

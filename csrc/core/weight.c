@@ -60,6 +60,7 @@ avq_weight avq_weight_rows(avq_weight *w, int64_t r0, int64_t n) {
     v.origin = NULL;
     v.origin_src_md = NULL;
     v.has_views = 0;
+    v.wino_auto = 0;
     return v;
 }
 
@@ -82,6 +83,7 @@ void avq_weight_release(avq_weight *w) {
     w->origin_src_md = NULL;
     free_own(w);
     w->data = NULL;
+    w->source_dropped = 0;
 }
 
 avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfinite) {
@@ -182,21 +184,63 @@ done:
     return st;
 }
 
+static dnnl_data_type_t md_dtype(const_dnnl_memory_desc_t md) {
+    dnnl_data_type_t dt = dnnl_data_type_undef;
+    dnnl_memory_desc_query(md, dnnl_query_data_type, &dt);
+    return dt;
+}
+
+static int same_dims(const_dnnl_memory_desc_t a, const_dnnl_memory_desc_t b) {
+    int na = 0, nb = 0;
+    const dnnl_dims_t *da = NULL, *db = NULL;
+    dnnl_memory_desc_query(a, dnnl_query_ndims_s32, &na);
+    dnnl_memory_desc_query(b, dnnl_query_ndims_s32, &nb);
+    dnnl_memory_desc_query(a, dnnl_query_dims, &da);
+    dnnl_memory_desc_query(b, dnnl_query_dims, &db);
+    if (na != nb || !da || !db) return 0;
+    for (int i = 0; i < na; i++)
+        if ((*da)[i] != (*db)[i]) return 0;
+    return 1;
+}
+
+/* With w's source dropped: a packed copy of `derive` that `want` can be
+ * reordered from and get the bits a fresh derive would give (the derive is
+ * made in f32 and rounded once, by the reorder into `want`), or NULL. */
+static const avq_packed *kept_transform(const avq_weight *w, avq_weight_derive_fn derive,
+                                        const_dnnl_memory_desc_t want) {
+    if (!w->source_dropped || !derive) return NULL;
+    for (const avq_packed *q = w->packed; q; q = q->next) {
+        const dnnl_data_type_t dt = md_dtype(q->md);
+        if (q->derive == derive && same_dims(q->md, want) && (dt == dnnl_f32 || dt == md_dtype(want))) return q;
+    }
+    return NULL;
+}
+
 /* Looks up `want` in w's cache; on a miss reorders the source (or, with
  * derive, the f32 buffer derive fills from it) into a new cached copy. */
 static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive, void *ctx,
                          const_dnnl_memory_desc_t want, dnnl_memory_t *out) {
     dnnl_engine_t eng;
     AVQ_TRY(avq_engine_get(&eng));
-    if (!w->data && !w->origin) return avq_error(AVQ_ERR_INTERNAL, "weight %s has no data", w->name ? w->name : "?");
+    if (!w->data && !w->origin && !w->source_dropped)
+        return avq_error(AVQ_ERR_INTERNAL, "weight %s has no data", w->name ? w->name : "?");
     avq_status st = AVQ_OK;
     void *tmp = NULL, *source = NULL;
     avq_pack_lock();
     for (avq_packed *p = w->packed; p; p = p->next) {
-        if (dnnl_memory_desc_equal(p->md, want)) {
+        if (p->derive == derive && dnnl_memory_desc_equal(p->md, want)) {
             *out = p->mem;
             goto done;
         }
+    }
+    const avq_packed *kept = NULL; /* with the source dropped: the copy to make this one from */
+    if (!w->data && !w->origin && !(kept = kept_transform(w, derive, want))) {
+        st = avq_error(AVQ_ERR_ARG,
+                       "weight %s no longer has its source: it was freed once its Winograd copy was packed, which "
+                       "holds it in one dtype and form only; build this model's plans in one precision and let the "
+                       "convolution algorithm be chosen automatically",
+                       w->name ? w->name : "?");
+        goto done;
     }
     avq_packed *p = calloc(1, sizeof *p);
     if (!p) {
@@ -209,6 +253,14 @@ static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight
         free(p);
         st = avq_error(AVQ_ERR_MEMORY, "cannot allocate the packed copy of %s", w->name);
         goto done;
+    }
+    p->derive = derive;
+    if (kept) { /* the source was dropped: the same transform, in another layout (or narrowed) */
+        void *h = NULL;
+        st = dnnl_memory_get_data_handle(kept->mem, &h) == dnnl_success
+                 ? reorder(eng, kept->md, h, p->mem)
+                 : avq_error(AVQ_ERR_DNNL, "cannot read the packed copy of %s", w->name);
+        goto made;
     }
     if (!w->data) { /* the source lives on as `origin`: read it back for now */
         source = malloc(dnnl_memory_desc_get_size(w->origin_src_md));
@@ -224,6 +276,7 @@ static avq_status packed(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight
     }
     if (st == AVQ_OK) st = reorder(eng, src, from, p->mem);
     if (source) w->data = NULL;
+made:
     if (st != AVQ_OK) {
         dnnl_memory_destroy(p->mem);
         dnnl_memory_desc_destroy(p->md);
@@ -260,4 +313,27 @@ avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_
 avq_status avq_weight_packed_derived(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive,
                                      void *ctx, const_dnnl_memory_desc_t want, dnnl_memory_t *out) {
     return packed(w, src, derive, ctx, want, out);
+}
+
+int avq_weight_has_derived(const avq_weight *w, avq_weight_derive_fn derive) {
+    int found = 0;
+    avq_pack_lock();
+    for (const avq_packed *q = w->packed; q && !found; q = q->next) found = derive && q->derive == derive;
+    avq_pack_unlock();
+    return found;
+}
+
+int avq_weight_drop_source(avq_weight *w) {
+    int dropped = 0;
+    avq_pack_lock();
+    int derived = 0;
+    for (const avq_packed *q = w->packed; q; q = q->next) derived |= q->derive != NULL;
+    if (derived && w->own && !w->has_views && !w->origin) {
+        free_own(w);
+        w->data = NULL;
+        w->source_dropped = 1;
+        dropped = 1;
+    }
+    avq_pack_unlock();
+    return dropped;
 }

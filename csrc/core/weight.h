@@ -12,10 +12,15 @@
 
 #include "tensor.h"
 
+struct avq_weight;
+/* Fills `dst` (f32, laid out as the `src` md of avq_weight_packed_derived) with a transform of w. */
+typedef avq_status (*avq_weight_derive_fn)(const struct avq_weight *w, float *dst, void *ctx);
+
 typedef struct avq_packed {
     dnnl_memory_desc_t md; /* owned */
     dnnl_memory_t mem;     /* owned; buffer allocated by oneDNN */
     struct avq_packed *next;
+    avq_weight_derive_fn derive; /* the transform this copy holds (avq_weight_packed_derived); NULL: the source */
 } avq_packed;
 
 typedef struct avq_weight {
@@ -24,7 +29,7 @@ typedef struct avq_weight {
     int ndim;
     int64_t dims[4];
     const void *data;   /* row-major: `own`, or borrowed (must outlive the weight); NULL once
-                           the source lives on as `origin` */
+                           the source lives on as `origin`, or was dropped */
     void *own;          /* owned source buffer, or NULL when `data` is borrowed */
     avq_packed *packed; /* owned cache of reordered copies */
     /* After the first lossless pack of an owned multi-dimensional source, that
@@ -34,6 +39,12 @@ typedef struct avq_weight {
     avq_packed *origin;
     dnnl_memory_desc_t origin_src_md; /* owned */
     int has_views;                    /* row views borrow `data`: keep it */
+    /* The owned source was freed by avq_weight_drop_source: only copies of
+     * the derived transforms already packed can still be made (from them). */
+    int source_dropped;
+    /* Winograd's AUTO decision for this 3x3 weight, made once for every shape
+     * (winograd.c): 0 not yet, 1 Winograd, -1 direct. Guarded by avq_pack_lock. */
+    int wino_auto;
 } avq_weight;
 
 void avq_weight_init(avq_weight *w, const char *name, avq_dtype dt, int ndim, const int64_t *dims, const void *data);
@@ -63,12 +74,24 @@ avq_status avq_weight_take_copy(avq_weight *w, avq_dtype store, int64_t *nonfini
 avq_status avq_weight_packed(avq_weight *w, const_dnnl_memory_desc_t src, const_dnnl_memory_desc_t want,
                              dnnl_memory_t *out);
 
-/* Fills `dst` (f32, laid out as the `src` md below) with a transform of w. */
-typedef avq_status (*avq_weight_derive_fn)(const avq_weight *w, float *dst, void *ctx);
 /* As avq_weight_packed, for a copy of a transform of w (e.g. Winograd's
  * G g G^T): derive runs only on a cache miss, into a temporary f32 buffer
- * that `src` describes. `want` must differ from every md of w's plain copies. */
+ * that `src` describes. Copies are looked up by md and transform: a transform
+ * is known by its function (`ctx` must not change what it computes). */
 avq_status avq_weight_packed_derived(avq_weight *w, const_dnnl_memory_desc_t src, avq_weight_derive_fn derive,
                                      void *ctx, const_dnnl_memory_desc_t want, dnnl_memory_t *out);
+
+/* Whether w holds a packed copy of the transform `derive`. */
+int avq_weight_has_derived(const avq_weight *w, avq_weight_derive_fn derive);
+
+/* Frees w's owned source once w holds a derived copy (e.g. Winograd's U), so
+ * that the transform is the only copy kept, not the source beside it. Only an
+ * owned source with no row views, not yet replaced by `origin` (plans use
+ * that copy), is freed; otherwise this does nothing. Returns 1 when it freed
+ * the source. Afterwards a copy of a transform already packed is reordered
+ * from that copy (same dims; from an f32 copy, or into its own dtype: the bits
+ * a fresh derive would give), and any other request -- a plain copy, another
+ * transform, a wider dtype -- fails with AVQ_ERR_ARG naming the weight. */
+int avq_weight_drop_source(avq_weight *w);
 
 #endif

@@ -30,11 +30,14 @@ enum {
     AVQ_STEP_WINOGRAD
 };
 
-/* How a conv is computed. AUTO takes Winograd F(2x2, 3x3) for the large 3x3
- * stride-1 f32 convs, where it needs 2.25x fewer multiplies than direct
- * convolution (rounding differs at the 1e-6 relative level), for the 3x3
- * stride-1 bf16 convs of 128+ channels and 128+ 2x2 tiles on AVX512-BF16
- * without AMX (rounding within the bf16 conv bound), and oneDNN's direct
+/* How a conv is computed. AUTO takes Winograd F(2x2, 3x3) for the 3x3
+ * stride-1 pad-1 NHWC convs of 128+ channels with enough 2x2 tiles (from 8
+ * at 1280 channels to 2048 at 128: winograd.c), in f32 (2.25x fewer
+ * multiplies than direct convolution, rounding differs at the 1e-6 relative
+ * level) and in bf16 on AVX512-BF16 without AMX (rounding within the bf16
+ * conv bound). The choice is made once per weight, at its first such conv,
+ * and holds for all its shapes: a model's Winograd weight keeps U alone (its
+ * source is freed), and plans built earlier replay as built. oneDNN's direct
  * convolution everywhere else. WINOGRAD forces it for any 3x3 stride-1
  * pad-1 NHWC f32 or bf16 conv. */
 typedef enum avq_conv_algo { AVQ_CONV_AUTO = 0, AVQ_CONV_DIRECT, AVQ_CONV_WINOGRAD } avq_conv_algo;

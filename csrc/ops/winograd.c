@@ -4,7 +4,8 @@
  * patch d: 16 multiplies per (tile, input channel, output channel) where the
  * direct form needs 36. The 16 elementwise products summed over input
  * channels are 16 GEMMs, [tiles, Cin] x [Cin, Cout], run as one batched oneDNN
- * matmul whose weights U = G g G^T are made and packed once. The transforms
+ * matmul whose weights U = G g G^T are made and packed once, and then are
+ * the weight's only copy (its owned source is freed). The transforms
  * only add and subtract (plus the 1/2 of G), so rounding stays at the level
  * of a direct convolution's.
  *
@@ -35,40 +36,46 @@
 #define WINO_CHUNK_MAX_BYTES (16 << 20)
 #define WINO_CHUNK_MIN_TILES 64
 
-/* Auto-selection: the GEMMs must be big enough to beat oneDNN's direct conv. */
-#define WINO_MIN_CHANNELS 64
-#define WINO_MIN_TILES    128
-
-/* bf16 auto-selection: only on AVX512-BF16 without AMX (oneDNN avx512_core_bf16),
- * where it was measured. With AMX, oneDNN's direct bf16 conv runs on tiles at
- * several times the AVX512-BF16 rate, so the transforms (memory-bound, as fast
- * as before) would weigh far more: it stays direct there, unmeasured (no AMX
+/* Auto-selection: the GEMMs must be big enough to beat oneDNN's direct conv,
+ * the smaller the channel counts the more tiles they need (min_tiles). bf16
+ * only on AVX512-BF16 without AMX (oneDNN avx512_core_bf16), where it was
+ * measured. With AMX, oneDNN's direct bf16 conv runs on tiles at several
+ * times the AVX512-BF16 rate, so the transforms (memory-bound, as fast as
+ * before) would weigh far more: it stays direct there, unmeasured (no AMX
  * machine was at hand). Below AVX512-BF16 (oneDNN's bf16 emulation on plain
  * AVX-512) it stays direct too, as it was.
  *
- * Measured, EPYC 2 threads, load 3-5 (others' jobs), ms direct -> Winograd:
- *   UNet b2:  320 @64 70 -> 38 (+[N,C,1,1] add: 68 -> 39), 640->320 @64 142 -> 93,
- *             640 @32 72 -> 41, 1280 @16 66 -> 37, 1280 @8 16 -> 11
- *   decoder:  512 @64 87 -> 45, 512 @128 359 -> 185, 256 @256 350 -> 218,
- *             512 @256 1557 -> 880, 256 @512 1485 -> 1278, 128 @512 516 -> 457
- *   small:    1280 @8 b1 (16 tiles) 8.1 -> 5.8, 1280 @4 b2 (8 tiles) 5.1 -> 4.5,
- *             1280 @4 b1 (4 tiles) 2.9 -> 3.7, 320 @16 b1 2.1 -> 1.3,
- *             128 @32 1.5 -> 1.0, 64 @128 5.6 -> 5.2, 64 @64 1.4 -> 1.7,
- *             32 @128 1.4 -> 2.5, 128->32 @128 6.2 -> 5.7
- * Below 128 channels the GEMMs are too thin for the transforms to pay (64 is a
- * toss-up, 32 loses). From 128 channels it is faster down to about 8 tiles,
- * but U (16/9 of the weight) is held beside the weight's own copy: the UNet's
- * 8x8 level (32 tiles at batch 2) held 0.9 GB more for no measurable gain in
- * the whole forward (bench unet bf16, load 8: peak RSS 5.5 GB direct, 7.4 GB
- * from 16 tiles, 6.5 GB from 128 tiles; forward CPU s 8.4-9.3, 7.2-7.8, 7.7).
- * So 128 tiles, as for f32: the 16x16 level (128 tiles) and up. */
-#define WINO_BF16_MIN_CHANNELS 128
-#define WINO_BF16_MIN_TILES    128
+ * Measured (ops.timeit best of 5, EPYC AVX512-BF16, 2 threads, load 0.4-1.3),
+ * ms direct -> Winograd, fp32 | bf16, by the smaller channel count:
+ *   1280 (and 2560->1280):  4 tiles (4x4 b1) 3.4 -> 3.8 | 1.3 -> 1.9 (2560: 7.1 -> 9.4 | 3.9 -> 3.3);
+ *        8 (4x4 b2) 6.0 -> 4.3 | 2.1 -> 1.9 (2560: 11.6 -> 8.4 | 9.3 -> 5.0);
+ *        32 (8x8 b2) 29 -> 17 | 7.4 -> 4.6 (2560: 31 -> 19 | 16 -> 9.3); 512 259 -> 136 | 127 -> 67
+ *   320..640:  8 tiles 0.2-0.8 -> 0.25-0.9 | 0.13-0.4 -> 0.18-0.36;
+ *        16 (8x8 b1) 320 0.56 -> 0.52 | 0.32 -> 0.40, 640 1.86 -> 1.89 | 1.08 -> 0.92;
+ *        32 (8x8 b2) 320 0.98 -> 0.94 | 0.55 -> 0.43, 512 2.5 -> 1.8 | 1.3 -> 1.1,
+ *        640 3.8 -> 2.6 | 1.8 -> 1.2; 128 640 15.6 -> 9.0 | 7.6 -> 4.3
+ *   256:  32 tiles 0.59 -> 0.62 | 0.36 -> 0.40; 64 1.2 -> 0.7 | 0.66 -> 0.47;
+ *        512 10.0 -> 6.1 | 5.1 -> 3.6
+ *   128:  512 tiles 2.7 -> 2.7 | 1.4 -> 2.0; 1024 5.1 -> 5.3 | 2.6 -> 3.7;
+ *        2048 10.6 -> 8.3 | 5.2 -> 6.1; 4096 22 -> 14 | 10.6 -> 10.3
+ *   64:   1024 tiles 1.4 -> 3.0 | 0.7 -> 2.2; 4096 5.3 -> 6.1 | 2.7 -> 5.7
+ * Below 128 channels the GEMMs are too thin for the transforms to pay at any
+ * size. The decision is made once per weight, for every shape it fits
+ * (avq_conv2d_winograd_fits): a Winograd weight's source is freed once U is
+ * made, so direct convolution could not run without a second copy. */
+#define WINO_MIN_CHANNELS 128
 
-static int bf16_fits(int64_t ci, int64_t co, int64_t tiles) {
+static int64_t min_tiles(int64_t ci, int64_t co, int bf16) {
+    const int64_t c = ci < co ? ci : co;
+    if (c >= 1280) return 8;
+    if (c >= 320) return 32;
+    if (c >= 256) return 64;
+    return bf16 ? 4096 : 2048;
+}
+
+static int bf16_isa(void) {
     const avq_isa *isa = avq_isa_get();
-    if (isa->level < AVQ_ISA_AVX512 || !isa->bf16_native || isa->amx_bf16) return 0;
-    return ci >= WINO_BF16_MIN_CHANNELS && co >= WINO_BF16_MIN_CHANNELS && tiles >= WINO_BF16_MIN_TILES;
+    return isa->level >= AVQ_ISA_AVX512 && isa->bf16_native && !isa->amx_bf16;
 }
 
 typedef struct wino_shape {
@@ -83,11 +90,28 @@ static int fits_shape(const avq_weight *w, const avq_tensor *x, const avq_conv_p
            prm->pad_r == 1 && (x->dtype == AVQ_F32 || x->dtype == AVQ_BF16) && x->layout == AVQ_NHWC;
 }
 
+/* Records AUTO's decision for w unless one was made; returns the decision.
+ * The weight is never a const object: the decision is a memo, written under
+ * the pack lock. */
+static int decide(const avq_weight *w, int wino) {
+    avq_weight *m = (avq_weight *)w;
+    avq_pack_lock();
+    if (!m->wino_auto) m->wino_auto = wino ? 1 : -1;
+    const int d = m->wino_auto;
+    avq_pack_unlock();
+    return d > 0;
+}
+
+/* Decided once per weight, at its first conv where Winograd applies (or when
+ * it is forced and U made): the plans built before a later, larger shape
+ * replay as they were built, and a weight holds U or its direct copy, not
+ * both (a model's Winograd weights drop their source). */
 int avq_conv2d_winograd_fits(const avq_weight *w, const avq_tensor *x, const avq_conv_params *prm) {
     if (!fits_shape(w, x, prm) || (prm->add && prm->add->dtype != x->dtype)) return 0;
-    int64_t tiles = x->dims[0] * ((x->dims[2] + 1) / 2) * ((x->dims[3] + 1) / 2);
-    if (x->dtype == AVQ_BF16) return bf16_fits(w->dims[1], w->dims[0], tiles);
-    return w->dims[0] >= WINO_MIN_CHANNELS && w->dims[1] >= WINO_MIN_CHANNELS && tiles >= WINO_MIN_TILES;
+    const int64_t tiles = x->dims[0] * ((x->dims[2] + 1) / 2) * ((x->dims[3] + 1) / 2);
+    const int bf = x->dtype == AVQ_BF16;
+    return decide(w, (!bf || bf16_isa()) && w->dims[0] >= WINO_MIN_CHANNELS && w->dims[1] >= WINO_MIN_CHANNELS &&
+                         tiles >= min_tiles(w->dims[1], w->dims[0], bf));
 }
 
 static wino_shape shape_of(const avq_weight *w, const avq_tensor *x) {
@@ -258,6 +282,10 @@ static avq_status build_matmul(avq_plan *p, avq_step *s, avq_weight *w, const wi
     if ((st = avq_weight_packed_derived(w, usrc_md, transform_weights, NULL,
                                         dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &umem)) != AVQ_OK)
         goto done;
+    /* U is now the weight's only copy (a model's weights; the ops binding's are
+     * borrowed and kept), and AUTO takes Winograd for it from now on. */
+    decide(w, 1);
+    avq_weight_drop_source(w);
     if ((st = avq_step_arg(s, DNNL_ARG_SRC, src_md)) != AVQ_OK) goto done;
     if ((st = avq_step_arg(s, DNNL_ARG_DST, dst_md)) != AVQ_OK) goto done;
     if ((st = avq_step_arg_fixed(s, DNNL_ARG_WEIGHTS, umem)) != AVQ_OK) goto done;

@@ -463,6 +463,121 @@ static void test_conv2d_packs_weights_once_across_plans(void) {
     free(x), free(wd), free(bd), free(y);
 }
 
+/* ---- a Winograd weight's source ---------------------------------------------- */
+
+/* The last error names the weight and says its source was dropped. */
+static int error_names(const char *weight) {
+    const char *m = avq_last_error();
+    return m && strstr(m, weight) && strstr(m, "no longer has its source");
+}
+
+/* One fresh plan of conv(x [n, ci, h, wd]) with w and prm into y (f32, NCHW). */
+static avq_status run_conv_plan(avq_weight *w, avq_weight *b, avq_conv_params prm, int64_t n, int64_t h, int64_t wd,
+                                float *x, float *y) {
+    int64_t oh = h + prm.pad_t + prm.pad_b - 2, ow = wd + prm.pad_l + prm.pad_r - 2;
+    conv_ctx c = {.w = w, .b = b, .prm = prm, .dt = AVQ_F32};
+    c.x = ext_tensor(4, DIMS(n, w->dims[1], h, wd), x);
+    c.y = ext_tensor(4, DIMS(n, w->dims[0], oh, ow), y);
+    avq_plan *p;
+    AVQ_TRY(avq_plan_create(&p));
+    avq_status st = avq_plan_run(p, conv_forward, &c);
+    avq_plan_destroy(p);
+    return st;
+}
+
+static size_t packed_bytes(const avq_weight *w) {
+    size_t n = 0;
+    for (const avq_packed *p = w->packed; p; p = p->next) n += dnnl_memory_desc_get_size(p->md);
+    return n;
+}
+
+static avq_conv_params pad1_algo(avq_conv_algo algo) {
+    avq_conv_params prm = avq_conv_simple(1, 1);
+    prm.algo = algo;
+    return prm;
+}
+
+static void test_a_winograd_weight_keeps_only_u_and_gives_the_same_results_on_later_plans_and_shapes(void) {
+    const int64_t co = 12, ci = 10; /* few channels: AUTO alone would take direct convolution */
+    float *wd = random_buffer(co * ci * 9), *bd = random_buffer(co), *x = random_buffer(2 * ci * 9 * 11);
+    float *y1 = calloc(2 * co * 9 * 11, 4), *y2 = calloc(2 * co * 9 * 11, 4);
+    float *y3 = calloc(co * 5 * 4, 4), *yr = calloc(co * 5 * 4, 4);
+    avq_weight w, ref, b;
+    avq_weight_init(&w, "wino.w", AVQ_F32, 4, DIMS(co, ci, 3, 3), wd);
+    avq_weight_init(&ref, "ref.w", AVQ_F32, 4, DIMS(co, ci, 3, 3), wd); /* borrowed: keeps its source */
+    avq_weight_init(&b, "wino.b", AVQ_F32, 1, DIMS(co), bd);
+    int64_t bad;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad)); /* as a model's weights */
+    const size_t own = (size_t)(co * ci * 9) * sizeof(float), live0 = avq_weight_live_bytes();
+    CHECK_OK(run_conv_plan(&w, &b, pad1_algo(AVQ_CONV_WINOGRAD), 2, 9, 11, x, y1));
+    CHECK(w.own == NULL && w.data == NULL && w.source_dropped, "the source is freed once U is made");
+    CHECK(w.packed && !w.packed->next, "U is the only copy");
+    const size_t u = dnnl_memory_desc_get_size(w.packed->md);
+    CHECK(u > own && avq_weight_live_bytes() == live0 - own + u + packed_bytes(&b),
+          "live bytes: U (%zu) replaces the source (%zu)", u, own);
+    CHECK_OK(run_conv_plan(&w, &b, pad1_algo(AVQ_CONV_AUTO), 2, 9, 11, x, y2));
+    CHECK(memcmp(y1, y2, (size_t)(2 * co * 9 * 11) * 4) == 0, "a second plan (AUTO) gives the same bits");
+    CHECK_OK(run_conv_plan(&w, &b, pad1_algo(AVQ_CONV_AUTO), 1, 5, 4, x, y3));
+    CHECK_OK(run_conv_plan(&ref, &b, pad1_algo(AVQ_CONV_WINOGRAD), 1, 5, 4, x, yr));
+    CHECK(memcmp(y3, yr, (size_t)(co * 5 * 4) * 4) == 0,
+          "another shape takes Winograd too and gives the bits of a weight that kept its source");
+    CHECK(avq_weight_live_bytes() == live0 - own + packed_bytes(&w) + packed_bytes(&ref) + packed_bytes(&b),
+          "the source stays freed: live bytes are the packed copies alone");
+    avq_weight_release(&w);
+    avq_weight_release(&ref);
+    avq_weight_release(&b);
+    free(wd), free(bd), free(x), free(y1), free(y2), free(y3), free(yr);
+}
+
+static void test_auto_decides_once_per_weight_so_earlier_plans_replay_as_built(void) {
+    const int64_t co = 128, ci = 128; /* direct below 2048 tiles, Winograd from there (min_tiles) */
+    float *wd = random_buffer(co * ci * 9), *x = random_buffer(2 * ci * 64 * 64), *y = calloc(2 * co * 64 * 64, 4);
+    float *small = calloc(co * 4 * 4, 4), *again = calloc(co * 4 * 4, 4);
+    avq_weight w;
+    avq_weight_init(&w, "once.w", AVQ_F32, 4, DIMS(co, ci, 3, 3), wd);
+    int64_t bad;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad));
+    conv_ctx c = {.w = &w, .b = NULL, .prm = pad1_algo(AVQ_CONV_AUTO), .dt = AVQ_F32};
+    c.x = ext_tensor(4, DIMS(1, ci, 4, 4), x);
+    c.y = ext_tensor(4, DIMS(1, co, 4, 4), small);
+    avq_plan *p;
+    CHECK_OK(avq_plan_create(&p));
+    CHECK_OK(avq_plan_run(p, conv_forward, &c)); /* 4 tiles: direct */
+    CHECK(w.wino_auto == -1 && w.origin != NULL, "the first shape decides: direct");
+    /* 2048 tiles would take Winograd on a fresh weight; this one stays direct */
+    CHECK_OK(run_conv_plan(&w, NULL, pad1_algo(AVQ_CONV_AUTO), 2, 64, 64, x, y));
+    CHECK(w.wino_auto == -1 && w.packed && !w.packed->next, "still one direct copy");
+    /* forced Winograd derives U from the direct copy and keeps both (a plan holds that copy) */
+    CHECK_OK(run_conv_plan(&w, NULL, pad1_algo(AVQ_CONV_WINOGRAD), 2, 64, 64, x, y));
+    CHECK(w.origin != NULL && w.packed->next != NULL, "U beside the direct copy");
+    c.y.data = again;
+    CHECK_OK(avq_plan_run(p, conv_forward, &c));
+    CHECK(memcmp(small, again, (size_t)(co * 4 * 4) * 4) == 0, "the first plan replays as built");
+    avq_plan_destroy(p);
+    avq_weight_release(&w);
+    free(wd), free(x), free(y), free(small), free(again);
+}
+
+static void test_a_conv_that_needs_the_dropped_source_of_a_winograd_weight_fails_naming_it(void) {
+    const int64_t co = 6, ci = 5;
+    float *wd = random_buffer(co * ci * 9), *x = random_buffer(ci * 7 * 7), *y = calloc(co * 7 * 7, 4);
+    avq_weight w;
+    avq_weight_init(&w, "dropped.w", AVQ_F32, 4, DIMS(co, ci, 3, 3), wd);
+    int64_t bad;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad));
+    CHECK_OK(run_conv_plan(&w, NULL, pad1_algo(AVQ_CONV_WINOGRAD), 1, 7, 7, x, y));
+    /* Only a C caller can get here: models pass AUTO and pad 1 to their 3x3 stride-1 convs (or ask
+     * avq_conv2d_auto_winograd first), and the ops binding's weights are borrowed. */
+    CHECK(run_conv_plan(&w, NULL, pad1_algo(AVQ_CONV_DIRECT), 1, 7, 7, x, y) == AVQ_ERR_ARG && error_names("dropped.w"),
+          "explicit direct: %s", avq_last_error());
+    avq_conv_params pad0 = avq_conv_simple(1, 0); /* AUTO, but Winograd does not apply */
+    CHECK(run_conv_plan(&w, NULL, pad0, 1, 7, 7, x, y) == AVQ_ERR_ARG && error_names("dropped.w"), "no padding: %s",
+          avq_last_error());
+    CHECK(run_conv_plan(&w, NULL, pad1_algo(AVQ_CONV_AUTO), 1, 7, 7, x, y) == AVQ_OK, "Winograd still runs");
+    avq_weight_release(&w);
+    free(wd), free(x), free(y);
+}
+
 /* ---- group norm -------------------------------------------------------------- */
 
 typedef struct gn_ctx {
@@ -637,6 +752,98 @@ static void test_the_first_packed_copy_replaces_the_source_and_later_copies_are_
     dnnl_memory_desc_destroy(ba);
     dnnl_memory_desc_destroy(ab16);
     avq_weight_release(&w);
+}
+
+static avq_status negate_it(const avq_weight *w, float *dst, void *ctx) {
+    (void)ctx;
+    for (int64_t i = 0; i < avq_weight_numel(w); i++) dst[i] = -((const float *)w->data)[i];
+    return AVQ_OK;
+}
+
+static void test_a_dropped_source_leaves_copies_of_the_kept_transform_only(void) {
+    float src[12];
+    for (int i = 0; i < 12; i++) src[i] = (float)i * 0.37f - 2.1f;
+    avq_weight w;
+    avq_weight_init(&w, "kept.w", AVQ_F32, 2, DIMS(3, 4), src);
+    int64_t bad;
+    CHECK_OK(avq_weight_take_copy(&w, AVQ_F32, &bad));
+    dnnl_memory_desc_t ab, ba, ab16;
+    dnnl_dims_t d = {3, 4};
+    CHECK(dnnl_memory_desc_create_with_tag(&ab, 2, d, dnnl_f32, dnnl_ab) == dnnl_success, "md ab");
+    CHECK(dnnl_memory_desc_create_with_tag(&ba, 2, d, dnnl_f32, dnnl_ba) == dnnl_success, "md ba");
+    CHECK(dnnl_memory_desc_create_with_tag(&ab16, 2, d, dnnl_bf16, dnnl_ab) == dnnl_success, "md ab bf16");
+    dnnl_memory_t m;
+    CHECK(avq_weight_drop_source(&w) == 0 && w.own != NULL, "nothing derived yet: the source stays");
+    CHECK_OK(avq_weight_packed_derived(&w, ab, double_it, NULL, ab, &m));
+    const size_t before = avq_weight_live_bytes();
+    CHECK(avq_weight_drop_source(&w) == 1, "the source is dropped");
+    CHECK(w.own == NULL && w.data == NULL && w.source_dropped, "no source is left");
+    CHECK(avq_weight_live_bytes() == before - sizeof src, "live bytes drop by the source's %zu", sizeof src);
+    CHECK(avq_weight_has_derived(&w, double_it) && !avq_weight_has_derived(&w, negate_it), "the kept transform");
+    /* double_it would read the NULL source: these copies come from the kept one */
+    CHECK_OK(avq_weight_packed_derived(&w, ab, double_it, NULL, ba, &m));
+    float *t = NULL;
+    dnnl_memory_get_data_handle(m, (void **)&t);
+    int ok = 1;
+    for (int r = 0; r < 3; r++)
+        for (int c = 0; c < 4; c++) ok = ok && t[c * 3 + r] == 2.0f * src[r * 4 + c];
+    CHECK(ok, "another layout of the transform is reordered from the kept copy");
+    CHECK_OK(avq_weight_packed_derived(&w, ab, double_it, NULL, ab16, &m));
+    uint16_t *h = NULL;
+    dnnl_memory_get_data_handle(m, (void **)&h);
+    ok = 1;
+    for (int i = 0; i < 12; i++) ok = ok && h[i] == avq_f32_to_bf16(2.0f * src[i]);
+    CHECK(ok, "a bf16 copy rounds the f32 one once, as a fresh derive does");
+    CHECK(avq_weight_packed(&w, ab, ab, &m) == AVQ_ERR_ARG && error_names("kept.w"), "a plain copy: %s",
+          avq_last_error());
+    CHECK(avq_weight_packed_derived(&w, ab, negate_it, NULL, ab, &m) == AVQ_ERR_ARG && error_names("kept.w"),
+          "another transform: %s", avq_last_error());
+    avq_weight_release(&w);
+
+    /* a bf16 transform cannot give back the f32 one */
+    avq_weight v;
+    avq_weight_init(&v, "narrow.w", AVQ_F32, 2, DIMS(3, 4), src);
+    CHECK_OK(avq_weight_take_copy(&v, AVQ_F32, &bad));
+    CHECK_OK(avq_weight_packed_derived(&v, ab, double_it, NULL, ab16, &m));
+    CHECK(avq_weight_drop_source(&v) == 1, "dropped");
+    CHECK(avq_weight_packed_derived(&v, ab, double_it, NULL, ba, &m) == AVQ_ERR_ARG && error_names("narrow.w"),
+          "f32 from bf16: %s", avq_last_error());
+    avq_weight_release(&v);
+    dnnl_memory_desc_destroy(ab);
+    dnnl_memory_desc_destroy(ba);
+    dnnl_memory_desc_destroy(ab16);
+}
+
+static void test_only_an_owned_unviewed_source_not_yet_replaced_is_dropped(void) {
+    float src[12] = {0};
+    dnnl_memory_desc_t ab, ba;
+    dnnl_dims_t d = {3, 4};
+    CHECK(dnnl_memory_desc_create_with_tag(&ab, 2, d, dnnl_f32, dnnl_ab) == dnnl_success, "md ab");
+    CHECK(dnnl_memory_desc_create_with_tag(&ba, 2, d, dnnl_f32, dnnl_ba) == dnnl_success, "md ba");
+    dnnl_memory_t m;
+    int64_t bad;
+    avq_weight borrowed, viewed, packed;
+    avq_weight_init(&borrowed, "borrowed", AVQ_F32, 2, DIMS(3, 4), src); /* the ops binding's weights */
+    CHECK_OK(avq_weight_packed_derived(&borrowed, ab, double_it, NULL, ba, &m));
+    CHECK(avq_weight_drop_source(&borrowed) == 0 && borrowed.data == src, "a borrowed source stays");
+    avq_weight_init(&viewed, "viewed", AVQ_F32, 2, DIMS(3, 4), src);
+    CHECK_OK(avq_weight_take_copy(&viewed, AVQ_F32, &bad));
+    avq_weight row = avq_weight_rows(&viewed, 1, 1);
+    CHECK_OK(avq_weight_packed_derived(&viewed, ab, double_it, NULL, ba, &m));
+    CHECK(avq_weight_drop_source(&viewed) == 0 && viewed.own && row.data == (const float *)viewed.data + 4,
+          "a source its row views read stays");
+    avq_weight_init(&packed, "packed", AVQ_F32, 2, DIMS(3, 4), src);
+    CHECK_OK(avq_weight_take_copy(&packed, AVQ_F32, &bad));
+    CHECK_OK(avq_weight_packed(&packed, ab, ab, &m)); /* becomes `origin`, which plans hold */
+    CHECK_OK(avq_weight_packed_derived(&packed, ab, double_it, NULL, ba, &m));
+    CHECK(avq_weight_drop_source(&packed) == 0 && packed.origin != NULL, "a source replaced by `origin` stays");
+    CHECK_OK(avq_weight_packed(&packed, ab, ab, &m));
+    avq_weight_release(&row);
+    avq_weight_release(&borrowed);
+    avq_weight_release(&viewed);
+    avq_weight_release(&packed);
+    dnnl_memory_desc_destroy(ab);
+    dnnl_memory_desc_destroy(ba);
 }
 
 static void test_a_bf16_store_narrows_f32_weights_like_a_reorder(void) {
@@ -955,11 +1162,16 @@ static const check_test tests[] = {
     TEST(test_conv2d_matches_naive_loops),
     TEST(test_winograd_conv2d_matches_naive_loops),
     TEST(test_conv2d_packs_weights_once_across_plans),
+    TEST(test_a_winograd_weight_keeps_only_u_and_gives_the_same_results_on_later_plans_and_shapes),
+    TEST(test_a_conv_that_needs_the_dropped_source_of_a_winograd_weight_fails_naming_it),
+    TEST(test_auto_decides_once_per_weight_so_earlier_plans_replay_as_built),
     TEST(test_group_norm_matches_naive_loops),
     TEST(test_linear_matches_naive_loops),
     TEST(test_an_owned_weight_copy_does_not_depend_on_its_source),
     TEST(test_a_bf16_store_narrows_f32_weights_like_a_reorder),
     TEST(test_the_first_packed_copy_replaces_the_source_and_later_copies_are_made_from_it),
+    TEST(test_a_dropped_source_leaves_copies_of_the_kept_transform_only),
+    TEST(test_only_an_owned_unviewed_source_not_yet_replaced_is_dropped),
     TEST(test_taking_a_copy_counts_nan_and_inf_values),
     TEST(test_a_raised_thread_abort_flag_stops_a_run_at_the_next_step_and_the_plan_stays_usable),
     TEST(test_attention_matches_naive_loops),
